@@ -1,0 +1,41 @@
+# The two commands a newcomer needs: `make serve` and `make test`.
+# Both create .venv and install the project on a fresh machine by themselves;
+# the install runs again only when pyproject.toml changes.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup serve test test-all lint zoo clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade --quiet pip
+	# On a machine without CUDA pin the CPU wheel first, so nothing pulls a multi-GB CUDA build.
+	if command -v nvidia-smi >/dev/null 2>&1; then \
+	  $(BIN)/python -m pip install --quiet "torch>=2.4,<2.15"; \
+	else \
+	  $(BIN)/python -m pip install --quiet torch==2.13.0; \
+	fi
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+serve: setup
+	$(BIN)/trdq serve
+
+test: setup
+	$(BIN)/python -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
+
+test-all: setup
+	$(BIN)/python -m pytest -q -m "not gpu"
+
+lint: setup
+	$(BIN)/ruff check trdq server tests
+
+zoo: setup
+	$(BIN)/python scripts/build_zoo.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info
