@@ -1,0 +1,111 @@
+"""The contract every kernel backend implements.
+
+Notation (as in nunchaku's kernel wrappers): M rows of activations (tokens x batch,
+flattened with the batch dimension outermost), K input channels, N output channels.
+
+Conventions every backend follows (see trdq/rotation.py and trdq/primitives.py):
+
+- Weights reach ``pack`` already smoothed, rotated and quantized: ``qweight`` is
+  ``[N, K]`` int8 holding symmetric integers in ``[-(2^(b-1)-1), 2^(b-1)-1]`` (for the
+  fp8 preset it is ``torch.float8_e4m3fn``) and ``weight_scale`` is ``[N]`` float32, so
+  ``W_rot ~= qweight * weight_scale[:, None]``.
+- Rotation is block-diagonal normalized Hadamard on the K axis, block size
+  ``act.rotation_block`` (a power of two dividing K). It is symmetric and orthogonal,
+  so ``x W^T = (x R)(W R)^T``; the weight side is folded offline, the activation side
+  is applied online by the backend.
+- Smoothing: ``x / act.smooth_divisor`` (per K channel) before rotation; the weights
+  were multiplied by the same vector offline.
+- Activation quantization is symmetric: static mode uses ``act.row_scale`` ([M], one
+  scale per row, already chosen per timestep group and per CFG half); dynamic mode uses
+  ``absmax(row) * act.clip_ratio / qmax`` per row (per token).
+
+``linear`` does: smooth -> rotate -> quantize -> low-bit GEMM -> rescale (+ bias), and
+returns ``[M, N]`` in the dtype of ``x``.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from trdq.config import QuantConfig
+
+__all__ = ["ActQuant", "KernelBackend", "BackendUnavailableError"]
+
+
+class BackendUnavailableError(RuntimeError):
+    """A named backend cannot run here; the message says what is missing."""
+
+
+@dataclass(frozen=True)
+class ActQuant:
+    """How one call quantizes its activations.
+
+    Built by QuantLinear for every forward from the current timestep group and CFG
+    layout. Tensors here are small (``[K]`` or ``[M]``) and live on x's device.
+    """
+
+    bits: int = 8
+    #: block size of the block-diagonal Hadamard on K, or None for no rotation
+    rotation_block: int | None = None
+    #: per-input-channel divisor ``[K]`` (SmoothQuant), or None
+    smooth_divisor: torch.Tensor | None = None
+    #: static mode: one scale per row ``[M]`` (float32); None means dynamic per-token
+    row_scale: torch.Tensor | None = None
+    #: dynamic mode: fraction of the per-token absmax mapped to qmax
+    clip_ratio: float = 1.0
+    #: e4m3 activations (fp8 preset) instead of symmetric integers
+    fp8: bool = False
+
+    @property
+    def static(self) -> bool:
+        return self.row_scale is not None
+
+
+class KernelBackend(abc.ABC):
+    """A quantized-linear implementation registered under ``name``.
+
+    Subclasses set ``name``; ``device_types`` and ``priority`` drive ``backend="auto"``
+    (highest priority among the available backends that support the config wins).
+    """
+
+    name: str = ""
+    #: device types ("cpu", "cuda") this backend can run on
+    device_types: tuple[str, ...] = ()
+    #: auto-selection priority; the reference backend is 0 (last resort)
+    priority: int = 0
+
+    @abc.abstractmethod
+    def is_available(self, device: torch.device | str) -> tuple[bool, str]:
+        """Whether this backend runs on ``device``; the reason says what is missing."""
+
+    def supports(self, config: QuantConfig) -> tuple[bool, str]:
+        """Whether this backend implements ``config`` (bits, formats, modes)."""
+        return True, ""
+
+    @abc.abstractmethod
+    def pack(
+        self, qweight: torch.Tensor, weight_scale: torch.Tensor, bits: int
+    ) -> dict[str, torch.Tensor]:
+        """Turn quantized weights into backend storage; the values become buffers."""
+
+    @abc.abstractmethod
+    def unpack(self, packed: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inverse of ``pack``: ``(qweight [N, K] int8 or e4m3, weight_scale [N] fp32)``."""
+
+    @abc.abstractmethod
+    def linear(
+        self,
+        x: torch.Tensor,
+        packed: dict[str, torch.Tensor],
+        act: ActQuant,
+        bias: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """``[M, K]`` activations -> ``[M, N]`` outputs in x's dtype."""
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} name={self.name!r}>"

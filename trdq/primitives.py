@@ -1,0 +1,131 @@
+"""Pure tensor functions for quantization: ranges, scales, rounding, packing.
+
+Scale convention everywhere: ``x ~= q * scale`` with symmetric integers
+``q in [-qmax, qmax]``, ``qmax = 2^(bits-1) - 1`` (the value -2^(bits-1) is never used,
+so negation is exact and int8 x int8 products cannot hit the asymmetric corner).
+FP8 uses e4m3 (max 448) with the same ``x ~= q * scale`` convention.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = [
+    "FP8_E4M3_MAX",
+    "qmax_for",
+    "scale_from_absmax",
+    "quantize_symmetric",
+    "dequantize",
+    "fake_quant_symmetric",
+    "quantize_weight_per_channel",
+    "quantize_fp8",
+    "fake_quant_fp8",
+    "dynamic_row_scale",
+    "pack_int4",
+    "unpack_int4",
+    "sqnr_db",
+    "psnr_db",
+]
+
+FP8_E4M3_MAX = 448.0
+#: smallest scale we ever use, so an all-zero row/channel does not divide by zero
+MIN_SCALE = 1e-8
+
+
+def qmax_for(bits: int) -> int:
+    if not 2 <= bits <= 8:
+        raise ValueError(f"integer bits must be in [2, 8], got {bits}")
+    return (1 << (bits - 1)) - 1
+
+
+def scale_from_absmax(absmax: torch.Tensor, bits: int, fp8: bool = False) -> torch.Tensor:
+    """Scale that maps ``absmax`` onto the largest representable value (float32)."""
+    top = FP8_E4M3_MAX if fp8 else float(qmax_for(bits))
+    return (absmax.float() / top).clamp_min(MIN_SCALE)
+
+
+def quantize_symmetric(x: torch.Tensor, scale: torch.Tensor, bits: int) -> torch.Tensor:
+    """Round-to-nearest-even then clamp; ``scale`` broadcasts against ``x``. Returns int8."""
+    q = qmax_for(bits)
+    return torch.clamp(torch.round(x.float() / scale), -q, q).to(torch.int8)
+
+
+def dequantize(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return q.float() * scale
+
+
+def fake_quant_symmetric(x: torch.Tensor, scale: torch.Tensor, bits: int) -> torch.Tensor:
+    """Quantize-dequantize in float32 (the oracle arithmetic; no int8 round trip)."""
+    q = qmax_for(bits)
+    return torch.clamp(torch.round(x.float() / scale), -q, q) * scale
+
+
+def quantize_fp8(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``x / scale`` saturated to the e4m3 range and cast (round-to-nearest)."""
+    return (x.float() / scale).clamp(-FP8_E4M3_MAX, FP8_E4M3_MAX).to(torch.float8_e4m3fn)
+
+
+def fake_quant_fp8(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return quantize_fp8(x, scale).float() * scale
+
+
+def quantize_weight_per_channel(
+    weight: torch.Tensor, bits: int, fp8: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-output-channel min-max RTN: ``[N, K]`` -> (q ``[N, K]``, scale ``[N]``).
+
+    ``q`` is int8 (values within the ``bits`` range) or float8_e4m3fn when ``fp8``.
+    """
+    absmax = weight.detach().float().abs().amax(dim=1)
+    scale = scale_from_absmax(absmax, bits, fp8=fp8)
+    if fp8:
+        return quantize_fp8(weight, scale[:, None]), scale
+    return quantize_symmetric(weight, scale[:, None], bits), scale
+
+
+def dynamic_row_scale(
+    x: torch.Tensor, bits: int, clip_ratio: float | torch.Tensor = 1.0, fp8: bool = False
+) -> torch.Tensor:
+    """Per-row (per-token) scale ``absmax(row) * clip / qmax`` for ``[M, K]`` -> ``[M]``."""
+    absmax = x.detach().float().abs().amax(dim=-1)
+    return scale_from_absmax(absmax * clip_ratio, bits, fp8=fp8)
+
+
+def pack_int4(q: torch.Tensor) -> torch.Tensor:
+    """Pack int8 values in [-8, 7] two per byte: ``[N, K]`` -> ``[N, K/2]`` uint8.
+
+    Low nibble holds even k, high nibble odd k, each as a two's-complement nibble.
+    """
+    if q.shape[-1] % 2:
+        raise ValueError(f"K must be even to pack 4-bit weights, got {q.shape[-1]}")
+    if q.numel() and (q.min() < -8 or q.max() > 7):
+        raise ValueError("values out of the 4-bit range [-8, 7]")
+    nib = (q.to(torch.int16) & 0xF).to(torch.uint8)
+    return nib[..., 0::2] | (nib[..., 1::2] << 4)
+
+
+def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
+    """Inverse of ``pack_int4``: ``[N, K/2]`` uint8 -> ``[N, K]`` int8 (sign-extended)."""
+    low = (packed & 0xF).to(torch.int8)
+    high = (packed >> 4).to(torch.int8)
+    # sign-extend the nibbles: values 8..15 stand for -8..-1
+    low = low - ((low >= 8).to(torch.int8) << 4)
+    high = high - ((high >= 8).to(torch.int8) << 4)
+    return torch.stack((low, high), dim=-1).flatten(-2)
+
+
+def sqnr_db(reference: torch.Tensor, approx: torch.Tensor) -> float:
+    """Signal-to-quantization-noise ratio in dB (higher is closer)."""
+    ref = reference.detach().double()
+    noise = (ref - approx.detach().double()).pow(2).sum()
+    signal = ref.pow(2).sum()
+    if noise == 0:
+        return float("inf")
+    return float(10 * torch.log10(signal / noise))
+
+
+def psnr_db(reference: torch.Tensor, approx: torch.Tensor, data_range: float = 1.0) -> float:
+    mse = (reference.detach().double() - approx.detach().double()).pow(2).mean()
+    if mse == 0:
+        return float("inf")
+    return float(10 * torch.log10(data_range**2 / mse))
