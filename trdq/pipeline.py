@@ -1,0 +1,195 @@
+"""Load a supported diffusers pipeline from the embedded zoo or a local folder, and run it.
+
+This module is the one place that knows diffusers' call conventions for the pipeline
+classes we serve (PixArt-alpha/Sigma for images, Latte for videos), so the server, the
+CLI, the benchmark and the evaluator all generate the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from trdq.zoo.registry import ZOO_MODELS, zoo_path
+
+logger = logging.getLogger(__name__)
+
+IMAGE_PIPELINES = ("PixArtAlphaPipeline", "PixArtSigmaPipeline")
+VIDEO_PIPELINES = ("LattePipeline",)
+SUPPORTED_PIPELINES = IMAGE_PIPELINES + VIDEO_PIPELINES
+
+
+class UnsupportedPipelineError(ValueError):
+    """The folder is not a diffusers pipeline of a class we can serve."""
+
+
+def resolve_model_path(name_or_path: str | Path) -> Path:
+    """A zoo name or a local diffusers folder -> the folder. Never downloads."""
+    if str(name_or_path) in ZOO_MODELS:
+        path = zoo_path(str(name_or_path))
+        if not (path / "model_index.json").exists():
+            raise FileNotFoundError(
+                f"zoo model {name_or_path!r} is not built at {path}; run `python -m trdq.zoo.build`"
+            )
+        return path
+    path = Path(name_or_path).expanduser()
+    if not (path / "model_index.json").exists():
+        raise FileNotFoundError(
+            f"{name_or_path!r} is neither a zoo model ({', '.join(sorted(ZOO_MODELS))}) "
+            "nor a local diffusers folder with a model_index.json"
+        )
+    return path
+
+
+def pipeline_class_name(path: Path) -> str:
+    return json.loads((path / "model_index.json").read_text())["_class_name"]
+
+
+def load_pipeline(
+    name_or_path: str | Path,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+):
+    """Load a zoo pipeline or a local diffusers folder of a supported class, offline."""
+    import diffusers
+
+    path = resolve_model_path(name_or_path)
+    class_name = pipeline_class_name(path)
+    if class_name not in SUPPORTED_PIPELINES:
+        raise UnsupportedPipelineError(
+            f"{path} holds a {class_name}; supported: {', '.join(SUPPORTED_PIPELINES)}"
+        )
+    pipeline_cls = getattr(diffusers, class_name)
+    pipe = pipeline_cls.from_pretrained(path, dtype=dtype, local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.to(device)
+    if class_name in VIDEO_PIPELINES:
+        _allow_shorter_videos(pipe.transformer)
+    logger.info("loaded %s (%s) on %s in %s", name_or_path, class_name, device, dtype)
+    return pipe
+
+
+def pipeline_task(pipe) -> str:
+    """'image' or 'video', from the pipeline class."""
+    name = type(pipe).__name__
+    if name in IMAGE_PIPELINES:
+        return "image"
+    if name in VIDEO_PIPELINES:
+        return "video"
+    raise UnsupportedPipelineError(f"unsupported pipeline class {name}")
+
+
+def max_frames(pipe) -> int:
+    """Longest video the denoiser's temporal position embedding covers (1 for images)."""
+    return int(getattr(pipe.transformer.config, "video_length", 1) or 1)
+
+
+def _allow_shorter_videos(transformer: torch.nn.Module) -> None:
+    """Let a Latte transformer denoise fewer frames than its `video_length`.
+
+    Latte adds a fixed sin-cos temporal embedding of `video_length` rows; its rows are
+    positions 0..L-1, so a shorter clip needs only the first rows. A pre-forward hook
+    swaps in that prefix for the call (the full table is kept aside), with no change
+    to diffusers' code.
+    """
+    full_table = transformer.temp_pos_embed
+
+    def use_prefix(module, args, kwargs):
+        hidden_states = kwargs.get("hidden_states", args[0] if args else None)
+        num_frames = hidden_states.shape[2]
+        module.temp_pos_embed = full_table[:, :num_frames].to(hidden_states.device)
+
+    transformer.register_forward_pre_hook(use_prefix, with_kwargs=True)
+
+
+@dataclass
+class GenerationRequest:
+    """What one pipeline call produces: a batch of prompts with one seed each."""
+
+    prompts: list[str]
+    seeds: list[int]
+    width: int
+    height: int
+    num_inference_steps: int
+    guidance_scale: float
+    negative_prompts: list[str] | None = None
+    num_frames: int | None = None
+
+
+StepCallback = Callable[[int, int], None]  # (step_index, num_steps)
+
+
+def generate(pipe, request: GenerationRequest, on_step: StepCallback | None = None) -> np.ndarray:
+    """Run the pipeline; returns uint8 [B, H, W, 3] (images) or [B, F, H, W, 3] (videos).
+
+    Each prompt gets its own CPU generator seeded with its seed, so an output depends
+    only on its own seed and parameters, not on what else is in the batch.
+    """
+    if len(request.prompts) != len(request.seeds):
+        raise ValueError("one seed per prompt is required")
+    generators = [torch.Generator("cpu").manual_seed(int(seed)) for seed in request.seeds]
+    kwargs = dict(
+        prompt=request.prompts,
+        negative_prompt=request.negative_prompts or [""] * len(request.prompts),
+        width=request.width,
+        height=request.height,
+        num_inference_steps=request.num_inference_steps,
+        guidance_scale=request.guidance_scale,
+        generator=generators,
+        output_type="np",
+        clean_caption=False,
+    )
+    if on_step is not None:
+        steps = request.num_inference_steps
+
+        def step_end(_pipe, step_index, _timestep, callback_kwargs):
+            on_step(step_index, steps)
+            return callback_kwargs
+
+        kwargs["callback_on_step_end"] = step_end
+    task = pipeline_task(pipe)
+    if task == "image":
+        kwargs["use_resolution_binning"] = False
+        output = pipe(**kwargs).images
+    else:
+        kwargs["video_length"] = request.num_frames or max_frames(pipe)
+        output = pipe(**kwargs).frames
+    return _to_uint8(np.asarray(output))
+
+
+def _to_uint8(array: np.ndarray) -> np.ndarray:
+    return (np.clip(array, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def weight_bytes(module: torch.nn.Module) -> dict[str, int]:
+    """Bytes of parameters and persistent buffers by dtype (packed low-bit weights included)."""
+    totals: dict[str, int] = {}
+    seen: set[int] = set()
+    for submodule in module.modules():
+        tensors = list(submodule._parameters.items()) + [
+            (name, buf)
+            for name, buf in submodule._buffers.items()
+            if name not in submodule._non_persistent_buffers_set
+        ]
+        for _, tensor in tensors:
+            if tensor is None or id(tensor) in seen:
+                continue
+            seen.add(id(tensor))
+            key = str(tensor.dtype).removeprefix("torch.")
+            totals[key] = totals.get(key, 0) + tensor.numel() * tensor.element_size()
+    return totals
+
+
+def pipeline_weight_bytes(pipe) -> dict[str, dict[str, int]]:
+    """weight_bytes for every torch component of a pipeline: {component: {dtype: bytes}}."""
+    return {
+        name: weight_bytes(component)
+        for name, component in pipe.components.items()
+        if isinstance(component, torch.nn.Module)
+    }
