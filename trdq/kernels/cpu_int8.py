@@ -1,0 +1,125 @@
+"""CPU INT8 backend: int8 activations x int8 weights through ``torch._int_mm``.
+
+``torch._int_mm`` on CPU (oneDNN; AVX-512 VNNI / AMX here) computes an exact int32
+product for any M (no M > 16 restriction on CPU, unlike CUDA), so no padding is needed.
+The epilogue ``acc * (act_scale[m] * weight_scale[n]) + bias`` runs in place on the
+int32->float32 result: one extra pass over the ``[M, N]`` output.
+
+4-bit weights stay packed two per byte in memory and are unpacked to int8 per call
+(the GEMM itself is int8 x int8). FP8 configs are not supported here.
+
+The whole op is a ``torch.library`` custom op (``trdq::cpu_int8_linear``) with a fake
+implementation, so ``torch.compile`` sees one opaque node instead of a graph break.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from trdq import primitives as P
+from trdq.kernels.base import ActQuant, KernelBackend
+from trdq.kernels.registry import register
+from trdq.rotation import fwht
+
+__all__ = ["CpuInt8Backend"]
+
+
+@torch.library.custom_op("trdq::cpu_int8_linear", mutates_args=())
+def cpu_int8_linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    weight_scale: torch.Tensor,
+    bias: torch.Tensor | None,
+    smooth_divisor: torch.Tensor | None,
+    row_scale: torch.Tensor | None,
+    rotation_block: int,
+    clip_ratio: float,
+    bits: int,
+) -> torch.Tensor:
+    """``[M, K]`` x (``[N, K]`` int8 or ``[N, K/2]`` packed uint8) -> ``[M, N]`` x.dtype.
+
+    ``rotation_block`` <= 0 means no rotation; ``row_scale`` None means dynamic per-token.
+    """
+    xf = x.float()
+    if smooth_divisor is not None:
+        xf = xf / smooth_divisor
+    if rotation_block > 0:
+        xf = fwht(xf, rotation_block)
+    if row_scale is None:
+        a_scale = P.dynamic_row_scale(xf, 8, clip_ratio)
+    else:
+        a_scale = row_scale.float().clamp_min(P.MIN_SCALE)
+    xq = P.quantize_symmetric(xf, a_scale[:, None], 8)
+    w = P.unpack_int4(weight) if weight.dtype == torch.uint8 else weight
+    acc = torch._int_mm(xq, w.t())
+    out = acc.to(torch.float32).mul_(a_scale[:, None]).mul_(weight_scale[None, :])
+    if bias is not None:
+        out.add_(bias.float())
+    return out.to(x.dtype)
+
+
+@cpu_int8_linear.register_fake
+def _(x, weight, weight_scale, bias, smooth_divisor, row_scale, rotation_block, clip_ratio, bits):
+    return x.new_empty((x.shape[0], weight.shape[0]))
+
+
+class CpuInt8Backend(KernelBackend):
+    name = "cpu_int8"
+    device_types = ("cpu",)
+    priority = 10
+
+    def is_available(self, device: torch.device | str) -> tuple[bool, str]:
+        if torch.device(device).type != "cpu":
+            return False, f"cpu_int8 runs on CPU only, not {device}"
+        if not hasattr(torch, "_int_mm"):
+            return False, f"torch {torch.__version__} has no torch._int_mm"
+        return True, ""
+
+    def supports(self, config) -> tuple[bool, str]:  # type: ignore[override]
+        if getattr(config, "fp8", False):
+            return False, "fp8 (e4m3) configs need cuda_fp8 or reference"
+        if config.act_bits != 8:
+            return False, f"activations must be 8-bit, got {config.act_bits}"
+        if config.weight_bits not in (4, 8):
+            return False, f"weights must be 4- or 8-bit, got {config.weight_bits}"
+        if config.rotation == "duquant":
+            return False, "duquant rotation (faithful preset) runs on reference only"
+        return True, ""
+
+    def pack(
+        self, qweight: torch.Tensor, weight_scale: torch.Tensor, bits: int
+    ) -> dict[str, torch.Tensor]:
+        if qweight.dtype != torch.int8:
+            raise TypeError(f"cpu_int8 packs int8 weights, got {qweight.dtype}")
+        weight = P.pack_int4(qweight) if bits == 4 else qweight.contiguous()
+        return {"weight": weight, "weight_scale": weight_scale.float().contiguous()}
+
+    def unpack(self, packed: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        weight = packed["weight"]
+        if weight.dtype == torch.uint8:
+            weight = P.unpack_int4(weight)
+        return weight, packed["weight_scale"]
+
+    def linear(
+        self,
+        x: torch.Tensor,
+        packed: dict[str, torch.Tensor],
+        act: ActQuant,
+        bias: torch.Tensor | None,
+    ) -> torch.Tensor:
+        if act.bits != 8 or act.fp8:
+            raise ValueError("cpu_int8 quantizes activations to int8 only")
+        return cpu_int8_linear(
+            x,
+            packed["weight"],
+            packed["weight_scale"],
+            bias,
+            act.smooth_divisor,
+            act.row_scale,
+            act.rotation_block or 0,
+            float(act.clip_ratio),
+            act.bits,
+        )
+
+
+register(CpuInt8Backend())
