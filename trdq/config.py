@@ -1,0 +1,256 @@
+"""QuantConfig: the typed, versioned description of one quantization recipe.
+
+A config is plain data (JSON/YAML round-trip, stable ``config_hash``) and the preset
+names are what the server's ``TRDQ_QUANT`` takes: ``fp``, ``w8a8``, ``w4a8``, ``fp8``,
+the ablation chain ``{w8a8,w4a8}-minmax -> -rot -> -rot-groups -> -rot-groups-search ->
+{w8a8,w4a8}`` (the full method adds CFG-wise parameters), dynamic-activation variants
+``{w8a8,w4a8}-dyn`` and ``faithful`` / ``faithful-w4a8`` (the released algorithm, reference
+backend only; see TRDQ-RELEASED.md).
+
+Timestep groups live on the model's training scale [0, 1000]: ``group_boundaries`` are the
+ascending interior cut points; group g covers ``[edge[g], edge[g+1])``, group 0 being the
+least noisy (smallest t).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+__all__ = ["QuantConfig", "CONFIG_VERSION", "PRESETS", "preset_names", "DEFAULT_FP_PATTERNS"]
+
+CONFIG_VERSION = 1
+TIMESTEP_SCALE = 1000.0
+
+#: module-name regexes (re.search) kept in full precision: embedders and adaLN projection
+DEFAULT_FP_PATTERNS: tuple[str, ...] = (
+    r"(^|\.)pos_embed(\.|$)",
+    r"patch_embed",
+    r"(^|\.)x_embedder(\.|$)",
+    r"adaln_single",
+    r"time_embed",
+    r"timestep_embedder",
+    r"(^|\.)t_embedder(\.|$)",
+    r"caption_projection",
+    r"(^|\.)y_embedder(\.|$)",
+    r"(^|\.)norm_out(\.|$)",
+    r"csize_embedder|ar_embedder|resolution_embedder|aspect_ratio_embedder",
+)
+
+RotationKind = Literal["none", "hadamard", "duquant"]
+ActMode = Literal["static", "dynamic"]
+
+
+@dataclass
+class QuantConfig:
+    """One quantization recipe. Field groups: bits/formats, groups, rotation, smoothing,
+    search, CFG, layer selection, calibration, faithful-mode switches."""
+
+    name: str = "w8a8"
+    version: int = CONFIG_VERSION
+    #: False only for ``fp``: nothing is replaced
+    enabled: bool = True
+
+    weight_bits: int = 8
+    act_bits: int = 8
+    #: e4m3 weights and activations (with fp32 row-wise weight scales)
+    fp8: bool = False
+    weight_granularity: Literal["per_channel"] = "per_channel"
+    #: static: per-group (per CFG half) per-tensor scale; dynamic: per-token absmax x clip
+    act_mode: ActMode = "static"
+
+    num_groups: int = 8
+    #: interior cut points on [0, 1000], ascending, len == num_groups - 1; None = uniform
+    group_boundaries: list[float] | None = None
+
+    rotation: RotationKind = "hadamard"
+    rotation_block_size: int = 128
+
+    smoothing: bool = False
+    smoothing_alpha: float = 0.5
+
+    #: per-group search of the clip ratio (and of alpha when smoothing is on)
+    search: bool = True
+    clip_grid: list[float] = field(
+        default_factory=lambda: [1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.6, 0.5]
+    )
+    alpha_grid: list[float] = field(default_factory=lambda: [0.25, 0.4, 0.5, 0.6, 0.75])
+
+    #: separate activation parameters for the uncond/cond halves of a CFG batch
+    cfg_wise: bool = True
+    #: faithful only: run the denoiser once per CFG half (as the released code)
+    cfg_split: bool = False
+
+    fp_layer_patterns: list[str] = field(default_factory=lambda: list(DEFAULT_FP_PATTERNS))
+    #: layers with fewer input channels than this stay in full precision
+    min_in_features: int = 16
+
+    # calibration
+    calib_steps: int = 20
+    calib_guidance_scale: float = 4.5
+    calib_num_prompts: int = 8
+    calib_batch_size: int = 4
+    #: activation rows kept per (layer, group, CFG half) for the search
+    calib_rows: int = 256
+    calib_height: int | None = None
+    calib_width: int | None = None
+    calib_num_frames: int | None = None
+
+    # faithful-mode switches (TRDQ-RELEASED.md 14.2/14.8)
+    weight_symmetric: bool = True
+    act_symmetric: bool = True
+    ema_momentum: float = 0.95
+
+    # ---- derived -------------------------------------------------------------------
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        if self.version != CONFIG_VERSION:
+            raise ValueError(f"config version {self.version} unsupported (want {CONFIG_VERSION})")
+        if self.weight_bits not in (4, 8):
+            raise ValueError(f"weight_bits must be 4 or 8, got {self.weight_bits}")
+        if self.act_bits != 8:
+            raise ValueError(f"act_bits must be 8, got {self.act_bits}")
+        if self.fp8 and self.weight_bits != 8:
+            raise ValueError("fp8 needs weight_bits=8")
+        if self.act_mode not in ("static", "dynamic"):
+            raise ValueError(f"act_mode must be static or dynamic, got {self.act_mode!r}")
+        if self.rotation not in ("none", "hadamard", "duquant"):
+            raise ValueError(f"unknown rotation {self.rotation!r}")
+        rb = self.rotation_block_size
+        if rb < 1 or rb & (rb - 1):
+            raise ValueError(f"rotation_block_size must be a power of two, got {rb}")
+        if self.num_groups < 1:
+            raise ValueError("num_groups must be >= 1")
+        b = self.group_boundaries
+        if b is not None:
+            if len(b) != self.num_groups - 1:
+                raise ValueError(f"{self.num_groups} groups need {self.num_groups - 1} boundaries")
+            if list(b) != sorted(b) or any(not 0 < v < TIMESTEP_SCALE for v in b):
+                raise ValueError(f"group boundaries must be ascending inside (0, 1000): {b}")
+        if not self.clip_grid or any(not 0 < c <= 1.5 for c in self.clip_grid):
+            raise ValueError(f"clip_grid values must be in (0, 1.5]: {self.clip_grid}")
+
+    def boundaries(self) -> list[float]:
+        """Interior cut points (explicit or uniform over [0, 1000])."""
+        if self.group_boundaries is not None:
+            return [float(v) for v in self.group_boundaries]
+        step = TIMESTEP_SCALE / self.num_groups
+        return [step * i for i in range(1, self.num_groups)]
+
+    @property
+    def faithful(self) -> bool:
+        return self.rotation == "duquant"
+
+    # ---- serialisation -------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> QuantConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown QuantConfig fields: {unknown}")
+        return cls(**data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> QuantConfig:
+        return cls.from_dict(json.loads(text))
+
+    def to_yaml(self) -> str:
+        import yaml
+
+        return yaml.safe_dump(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_yaml(cls, text: str) -> QuantConfig:
+        import yaml
+
+        data = yaml.safe_load(text)
+        if not isinstance(data, dict):
+            raise ValueError("YAML config must be a mapping")
+        return cls.from_dict(data)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> QuantConfig:
+        path = Path(path)
+        text = path.read_text()
+        return cls.from_json(text) if path.suffix == ".json" else cls.from_yaml(text)
+
+    def config_hash(self) -> str:
+        """sha256 over the canonical JSON (the name is part of the recipe's identity)."""
+        canon = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canon.encode()).hexdigest()
+
+    def replace(self, **changes: Any) -> QuantConfig:
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def preset(cls, name: str) -> QuantConfig:
+        try:
+            builder = PRESETS[name]
+        except KeyError:
+            raise ValueError(f"unknown quant preset {name!r}; known: {preset_names()}") from None
+        return builder()
+
+
+def _chain(bits: int, name: str, stage: int, **extra: Any) -> QuantConfig:
+    """Ablation stage 0..4: minmax, +rot, +groups, +search, +cfg-wise (full)."""
+    return QuantConfig(
+        name=name,
+        weight_bits=bits,
+        rotation="hadamard" if stage >= 1 else "none",
+        num_groups=8 if stage >= 2 else 1,
+        search=stage >= 3,
+        cfg_wise=stage >= 4,
+        **extra,
+    )
+
+
+def _faithful(bits: int, name: str) -> QuantConfig:
+    return QuantConfig(
+        name=name,
+        weight_bits=bits,
+        act_mode="dynamic",
+        num_groups=20,
+        rotation="duquant",
+        smoothing=True,
+        smoothing_alpha=0.11,
+        search=False,
+        cfg_wise=False,
+        cfg_split=True,
+        weight_symmetric=False,
+        act_symmetric=False,
+        ema_momentum=0.5,
+    )
+
+
+PRESETS: dict[str, Any] = {
+    "fp": lambda: QuantConfig(name="fp", enabled=False, num_groups=1, search=False,
+                              cfg_wise=False, rotation="none"),
+    "fp8": lambda: QuantConfig(name="fp8", fp8=True),
+    "faithful": lambda: _faithful(8, "faithful"),
+    "faithful-w4a8": lambda: _faithful(4, "faithful-w4a8"),
+}
+for _bits in (8, 4):
+    _base = f"w{_bits}a8"
+    for _stage, _suffix in enumerate(("-minmax", "-rot", "-rot-groups", "-rot-groups-search", "")):
+        PRESETS[_base + _suffix] = (
+            lambda b=_bits, n=_base + _suffix, s=_stage: _chain(b, n, s)
+        )
+    PRESETS[_base + "-dyn"] = lambda b=_bits, n=_base + "-dyn": _chain(
+        b, n, 4, act_mode="dynamic"
+    )
+
+
+def preset_names() -> list[str]:
+    return sorted(PRESETS)
