@@ -1,0 +1,196 @@
+"""QuantLinear: packed low-bit weights + per-timestep-group activation parameters.
+
+Weights are smoothed (optional), rotated and quantized ONCE here, then handed to the
+kernel backend's ``pack``; what it returns becomes buffers ``packed_<key>`` (so summing
+parameters + buffers by dtype gives the real weight bytes). Activation parameters are
+per timestep group and per CFG half: ``act_scale_by_group [G, 2]`` (static mode) and
+``clip_ratio_by_group [G, 2]`` (dynamic mode); column 0 is the uncond half, column 1 the
+cond half (also used when CFG is off). With CFG-wise off both columns are equal.
+
+Every forward reads the owning model's ``QuantContext`` (group, CFG layout) and builds an
+``ActQuant`` for the backend: in static mode a per-row scale vector [M] whose first half
+holds the uncond scale and second half the cond scale, so both CFG branches run in ONE
+GEMM. Rows are flattened with the batch dimension outermost, which is how diffusers DiTs
+lay out [uncond x B, cond x B] batches (also after Latte's spatial/temporal reshapes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from trdq import primitives as P
+from trdq.kernels.base import ActQuant, KernelBackend
+from trdq.rotation import rotate_weight
+from trdq.timestep import QuantContext
+
+__all__ = ["QuantLinear", "LayerQuantParams"]
+
+
+@dataclass
+class LayerQuantParams:
+    """Calibrated parameters of one layer (what the cache stores per layer)."""
+
+    #: block size of the Hadamard rotation, or None
+    rotation_block: int | None
+    #: SmoothQuant divisor [K] (float32) or None
+    smooth_divisor: torch.Tensor | None
+    #: [G, 2] static activation scales (uncond, cond)
+    act_scale_by_group: torch.Tensor
+    #: [G, 2] clip ratios (uncond, cond)
+    clip_ratio_by_group: torch.Tensor
+
+    @classmethod
+    def minmax_default(cls, num_groups: int, rotation_block: int | None) -> LayerQuantParams:
+        """Uncalibrated placeholder: dynamic-safe clip 1, unit static scales."""
+        return cls(
+            rotation_block=rotation_block,
+            smooth_divisor=None,
+            act_scale_by_group=torch.ones(num_groups, 2),
+            clip_ratio_by_group=torch.ones(num_groups, 2),
+        )
+
+
+class QuantLinear(nn.Module):
+    """A drop-in ``nn.Linear`` replacement running on a kernel backend."""
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        backend: KernelBackend,
+        packed: dict[str, torch.Tensor],
+        bias: torch.Tensor | None,
+        params: LayerQuantParams,
+        context: QuantContext,
+        weight_bits: int,
+        act_bits: int = 8,
+        fp8: bool = False,
+        act_mode: str = "static",
+        cfg_wise: bool = True,
+    ) -> None:
+        super().__init__()
+        self.in_features = in_features
+        self.out_features = out_features
+        self.backend = backend
+        self.context = context
+        self.weight_bits = weight_bits
+        self.act_bits = act_bits
+        self.fp8 = fp8
+        self.act_mode = act_mode
+        self.cfg_wise = cfg_wise
+        self.rotation_block = params.rotation_block
+        self._packed_keys = sorted(packed)
+        for key in self._packed_keys:
+            self.register_buffer(f"packed_{key}", packed[key])
+        self.bias = nn.Parameter(bias.detach().clone(), requires_grad=False) if bias is not None else None
+        smooth = params.smooth_divisor
+        self.register_buffer("smooth_divisor", smooth.float() if smooth is not None else None)
+        self.register_buffer("act_scale_by_group", params.act_scale_by_group.float().clone())
+        self.register_buffer("clip_ratio_by_group", params.clip_ratio_by_group.float().clone())
+        self._clip_list = self.clip_ratio_by_group.tolist()
+
+    # ---- construction --------------------------------------------------------------------
+    @classmethod
+    def from_linear(
+        cls,
+        linear: nn.Linear,
+        params: LayerQuantParams,
+        backend: KernelBackend,
+        context: QuantContext,
+        *,
+        weight_bits: int = 8,
+        fp8: bool = False,
+        act_mode: str = "static",
+        cfg_wise: bool = True,
+    ) -> QuantLinear:
+        """Smooth, rotate and quantize ``linear``'s weight and pack it for ``backend``."""
+        weight = linear.weight.detach().float()
+        if params.smooth_divisor is not None:
+            weight = weight * params.smooth_divisor.to(weight.device)[None, :]
+        if params.rotation_block is not None:
+            weight = rotate_weight(weight, params.rotation_block)
+        qweight, weight_scale = P.quantize_weight_per_channel(weight, weight_bits, fp8=fp8)
+        packed = backend.pack(qweight, weight_scale, weight_bits)
+        device = linear.weight.device
+        bias = linear.bias.detach() if linear.bias is not None else None
+        params = LayerQuantParams(
+            rotation_block=params.rotation_block,
+            smooth_divisor=None if params.smooth_divisor is None else params.smooth_divisor.to(device),
+            act_scale_by_group=params.act_scale_by_group.to(device),
+            clip_ratio_by_group=params.clip_ratio_by_group.to(device),
+        )
+        return cls(
+            linear.in_features,
+            linear.out_features,
+            backend=backend,
+            packed={k: v.to(device) for k, v in packed.items()},
+            bias=bias,
+            params=params,
+            context=context,
+            weight_bits=weight_bits,
+            fp8=fp8,
+            act_mode=act_mode,
+            cfg_wise=cfg_wise,
+        )
+
+    # ---- helpers ---------------------------------------------------------------------------
+    @property
+    def packed(self) -> dict[str, torch.Tensor]:
+        return {key: getattr(self, f"packed_{key}") for key in self._packed_keys}
+
+    def set_activation_params(self, act_scale_by_group: torch.Tensor, clip_ratio_by_group: torch.Tensor) -> None:
+        self.act_scale_by_group.copy_(act_scale_by_group)
+        self.clip_ratio_by_group.copy_(clip_ratio_by_group)
+        self._clip_list = self.clip_ratio_by_group.tolist()
+
+    def _act(self, row_scale: torch.Tensor | None, clip: float) -> ActQuant:
+        return ActQuant(
+            bits=self.act_bits,
+            rotation_block=self.rotation_block,
+            smooth_divisor=self.smooth_divisor,
+            row_scale=row_scale,
+            clip_ratio=clip,
+            fp8=self.fp8,
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, self.in_features)
+        m = x2.shape[0]
+        ctx = self.context
+        g = min(ctx.group, self.act_scale_by_group.shape[0] - 1)
+        split = ctx.cfg_active and self.cfg_wise and m % 2 == 0
+        packed = self.packed
+        if self.act_mode == "static":
+            scales = self.act_scale_by_group[g]  # [2] (uncond, cond); no host sync
+            if split:
+                row_scale = scales.repeat_interleave(m // 2)
+            else:
+                row_scale = scales[1:].expand(m)
+            out = self.backend.linear(x2, packed, self._act(row_scale, 1.0), self.bias)
+        else:
+            clip_uncond, clip_cond = self._clip_list[g]
+            if split and clip_uncond != clip_cond:
+                # dynamic per-token scales with a different clip per half: two launches
+                half = m // 2
+                out = torch.cat(
+                    (
+                        self.backend.linear(x2[:half], packed, self._act(None, clip_uncond), self.bias),
+                        self.backend.linear(x2[half:], packed, self._act(None, clip_cond), self.bias),
+                    )
+                )
+            else:
+                out = self.backend.linear(x2, packed, self._act(None, clip_cond), self.bias)
+        return out.reshape(*lead, self.out_features)
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"w{self.weight_bits}a{self.act_bits}{'-fp8' if self.fp8 else ''}, "
+            f"act={self.act_mode}, rot={self.rotation_block}, backend={self.backend.name}, "
+            f"groups={self.act_scale_by_group.shape[0]}, cfg_wise={self.cfg_wise}"
+        )

@@ -1,0 +1,203 @@
+"""Timestep groups and the per-call step context.
+
+The diffusers sampler passes ``timestep`` to the denoiser on every step. A forward
+pre-hook (``TimestepHook``) reads it, maps it to a group with the config's boundaries on
+the training scale [0, 1000], and writes the group into a ``QuantContext`` that every
+quantized layer of that model reads. The context is a plain object owned by the quantized
+model (no globals), so two quantized pipelines in one process never interfere.
+
+CFG detection: the hook cannot tell from a tensor whether the batch is [uncond, cond].
+The library therefore learns it from the pipeline call itself: ``integrations`` wraps
+the pipeline's ``__call__`` and sets ``context.cfg_from_call`` from ``guidance_scale > 1``
+(the condition every diffusers DiT pipeline uses to duplicate the batch). A caller that
+drives the denoiser directly sets ``context.cfg_override`` (True/False); the hook also
+refuses CFG for an odd batch (with a warning) since it cannot be [uncond, cond].
+"""
+
+from __future__ import annotations
+
+import bisect
+import inspect
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["GroupMap", "QuantContext", "StepEvent", "TimestepHook", "timestep_value"]
+
+
+@dataclass(frozen=True)
+class GroupMap:
+    """Interior boundaries (ascending) on [0, 1000] -> group index (0 = smallest t)."""
+
+    boundaries: tuple[float, ...]
+
+    @property
+    def num_groups(self) -> int:
+        return len(self.boundaries) + 1
+
+    def group_of(self, t: float) -> int:
+        return bisect.bisect_right(self.boundaries, float(t))
+
+
+@dataclass
+class QuantContext:
+    """Shared, mutable state read by every quantized layer of one model."""
+
+    num_groups: int = 1
+    group: int = 0
+    #: CFG as learnt from the current pipeline call (guidance_scale > 1)
+    cfg_from_call: bool = False
+    #: explicit override for callers that drive the denoiser directly
+    cfg_override: bool | None = None
+    #: resolved by the hook for the current forward: batch is [uncond x B, cond x B]
+    cfg_active: bool = False
+    #: faithful CFG split: "both", "uncond" or "cond" for the current half-call
+    branch: str = "both"
+    #: current timestep on the training scale (None before the first step)
+    timestep: float | None = None
+
+
+@dataclass(frozen=True)
+class StepEvent:
+    """What listeners receive after every denoiser forward."""
+
+    step_index: int
+    timestep: float
+    group: int
+    switched: bool
+    seconds: float
+
+
+def timestep_value(timestep: Any) -> float:
+    """A single float from a number or a (per-sample) tensor; warns if samples differ."""
+    if isinstance(timestep, torch.Tensor):
+        flat = timestep.detach().reshape(-1)
+        if flat.numel() == 0:
+            raise ValueError("empty timestep tensor")
+        first = flat[0]
+        if flat.numel() > 1 and not bool((flat == first).all()):
+            logger.warning("per-sample timesteps differ; using the first one for the group")
+        return float(first)
+    return float(timestep)
+
+
+@dataclass
+class TimestepHook:
+    """Pre/post forward hooks on a denoiser that set the group and time each step."""
+
+    group_map: GroupMap
+    context: QuantContext
+    #: multiply the passed timestep by this to reach the [0, 1000] training scale
+    timestep_multiplier: float = 1.0
+    #: synchronize CUDA before timing (only when someone listens)
+    synchronize: bool = True
+    trace: list[int] = field(default_factory=list)
+    timesteps: list[float] = field(default_factory=list)
+    step_seconds: list[float] = field(default_factory=list)
+    switches_total: int = 0
+    _listeners: list[Callable[[StepEvent], None]] = field(default_factory=list)
+    _handles: list[Any] = field(default_factory=list)
+    _signature: inspect.Signature | None = None
+    _t0: float = 0.0
+    _step_index: int = 0
+    _prev_group: int | None = None
+
+    # ---- attachment ----------------------------------------------------------------
+    def attach(self, module: torch.nn.Module) -> TimestepHook:
+        if self._handles:
+            raise RuntimeError("TimestepHook is already attached")
+        self._signature = inspect.signature(module.forward)
+        self._handles = [
+            module.register_forward_pre_hook(self._pre_hook, with_kwargs=True),
+            module.register_forward_hook(self._post_hook, with_kwargs=True),
+        ]
+        return self
+
+    def detach(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    # ---- listeners and trace ---------------------------------------------------------
+    def add_listener(self, fn: Callable[[StepEvent], None]) -> None:
+        """``fn(event)`` runs after every denoiser forward (keep it cheap; never raise)."""
+        self._listeners.append(fn)
+
+    def remove_listener(self, fn: Callable[[StepEvent], None]) -> None:
+        self._listeners.remove(fn)
+
+    def begin_call(self, cfg_active: bool | None = None) -> None:
+        """Start a new pipeline call: resets the trace and the step counter."""
+        self.trace = []
+        self.timesteps = []
+        self.step_seconds = []
+        self._step_index = 0
+        self._prev_group = None
+        if cfg_active is not None:
+            self.context.cfg_from_call = cfg_active
+
+    def end_call(self) -> None:
+        self.context.cfg_from_call = False
+
+    # ---- hooks -------------------------------------------------------------------------
+    def _find_timestep(self, args: tuple, kwargs: dict) -> Any:
+        if "timestep" in kwargs:
+            return kwargs["timestep"]
+        assert self._signature is not None
+        params = list(self._signature.parameters)
+        if "timestep" in params:
+            idx = params.index("timestep")
+            if idx < len(args):
+                return args[idx]
+        raise ValueError("denoiser forward called without a timestep argument")
+
+    def _batch_size(self, args: tuple, kwargs: dict) -> int | None:
+        hidden = kwargs.get("hidden_states", args[0] if args else None)
+        return hidden.shape[0] if isinstance(hidden, torch.Tensor) else None
+
+    def _pre_hook(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        t = timestep_value(self._find_timestep(args, kwargs)) * self.timestep_multiplier
+        ctx = self.context
+        ctx.timestep = t
+        ctx.group = self.group_map.group_of(t)
+        cfg = ctx.cfg_override if ctx.cfg_override is not None else ctx.cfg_from_call
+        batch = self._batch_size(args, kwargs)
+        if cfg and batch is not None and batch % 2:
+            logger.warning("CFG announced but batch %d is odd; using cond parameters", batch)
+            cfg = False
+        ctx.cfg_active = bool(cfg)
+        if self._listeners and self.synchronize and torch.cuda.is_available():
+            torch.cuda.synchronize()
+        self._t0 = time.perf_counter()
+
+    def _post_hook(self, module: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+        if self._listeners and self.synchronize and torch.cuda.is_available():
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - self._t0
+        group = self.context.group
+        switched = self._prev_group is not None and group != self._prev_group
+        if switched:
+            self.switches_total += 1
+        event = StepEvent(
+            step_index=self._step_index,
+            timestep=float(self.context.timestep or 0.0),
+            group=group,
+            switched=switched,
+            seconds=seconds,
+        )
+        self.trace.append(group)
+        self.timesteps.append(event.timestep)
+        self.step_seconds.append(seconds)
+        self._prev_group = group
+        self._step_index += 1
+        for fn in list(self._listeners):
+            try:
+                fn(event)
+            except Exception:  # a metrics listener must never break generation
+                logger.exception("step listener %r failed", fn)
