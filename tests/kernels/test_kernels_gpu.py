@@ -1,0 +1,158 @@
+"""CUDA tests: each fast kernel against its pure-torch reference (skipped without a GPU)."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+
+from trdq import primitives as P
+from trdq.kernels.base import ActQuant
+from trdq.kernels.reference import ReferenceBackend
+from trdq.rotation import fwht
+
+HAS_CUDA = torch.cuda.is_available()
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+requires_cuda_triton = pytest.mark.skipif(
+    not (HAS_CUDA and HAS_TRITON), reason="needs a CUDA device and triton"
+)
+
+
+def requires_fp8():
+    ok = HAS_CUDA and HAS_TRITON and torch.cuda.get_device_capability() >= (8, 9)
+    return pytest.mark.skipif(not ok, reason="needs CUDA sm_89+ and triton for FP8")
+
+pytestmark = [pytest.mark.gpu, requires_cuda_triton]
+
+SHAPES = [(1, 1152), (77, 1152), (2048, 1152), (300, 4608), (64, 96)]
+
+
+def _x(m, k, seed):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    x = torch.randn(m, k, device="cuda", generator=g) * 2
+    x[:, 3] *= 50  # outlier channel
+    return x.to(torch.bfloat16)
+
+
+@pytest.mark.parametrize("m,k", SHAPES)
+@pytest.mark.parametrize("static", [False, True])
+@pytest.mark.parametrize("smooth", [False, True])
+@pytest.mark.parametrize("use_dot", [False, True])
+def test_rotate_quant_int8_matches_reference(m, k, static, smooth, use_dot):
+    from trdq.kernels.triton_rotate_quant import rotate_quant_reference, rotate_quant_triton
+    from trdq.rotation import hadamard_block_size
+
+    x = _x(m, k, seed=m + k)
+    b = hadamard_block_size(k)
+    sm = torch.rand(k, device="cuda") + 0.5 if smooth else None
+    rs = torch.rand(m, device="cuda") * 0.05 + 0.01 if static else None
+    kw = dict(block=b, smooth=sm, row_scale=rs, clip_ratio=0.9, out_dtype=torch.int8)
+    q_ref, s_ref = rotate_quant_reference(x, **kw)
+    q = torch.full_like(q_ref, 99)  # poison: every element must be written
+    q, s = rotate_quant_triton(x, use_dot=use_dot, **kw)
+    torch.testing.assert_close(s, s_ref, rtol=1e-5, atol=0)
+    # summation order differs (butterfly vs matmul): allow rare off-by-one at .5 ties
+    diff = (q.int() - q_ref.int()).abs()
+    assert diff.max() <= 1 and diff.float().mean() < 1e-3
+
+
+@requires_fp8()
+@pytest.mark.parametrize("m,k", SHAPES)
+@pytest.mark.parametrize("static", [False, True])
+@pytest.mark.parametrize("use_dot", [False, True])
+def test_rotate_quant_fp8_matches_reference(m, k, static, use_dot):
+    from trdq.kernels.triton_rotate_quant import rotate_quant_reference, rotate_quant_triton
+    from trdq.rotation import hadamard_block_size
+
+    x = _x(m, k, seed=2 * m + k)
+    rs = torch.rand(m, device="cuda") * 0.02 + 0.005 if static else None
+    kw = dict(block=hadamard_block_size(k), row_scale=rs, clip_ratio=1.0)
+    q_ref, s_ref = rotate_quant_reference(x, **kw)
+    q, s = rotate_quant_triton(x, use_dot=use_dot, **kw)
+    assert not torch.isnan(q.float()).any()
+    deq, deq_ref = q.float() * s[:, None], q_ref.float() * s_ref[:, None]
+    assert P.sqnr_db(deq_ref, deq) > 45
+    assert (q.float() != q_ref.float()).float().mean() < 1e-3
+
+
+@requires_fp8()
+@pytest.mark.parametrize("act_fp8", [True, False])
+@pytest.mark.parametrize("static", [False, True])
+def test_cuda_fp8_backend_vs_reference(act_fp8, static):
+    from trdq.kernels.cuda_fp8 import CudaFp8Backend
+
+    torch.manual_seed(0)
+    m, k, n = 512, 1152, 4608
+    x = _x(m, k, seed=7)
+    w = torch.randn(n, k, device="cuda") * 0.02
+    bias = torch.randn(n, device="cuda").to(torch.bfloat16)
+    wr = fwht(w, 128)
+    qw, ws = P.quantize_weight_per_channel(wr, 8, fp8=act_fp8)
+    ref_packed = ReferenceBackend().pack(qw, ws, 8)
+    be = CudaFp8Backend()
+    packed = be.pack(qw, ws, 8)
+    xr = fwht(x.float(), 128)
+    row_scale = None
+    if static:
+        row_scale = P.dynamic_row_scale(xr, 8, 0.95, fp8=act_fp8)
+    act = ActQuant(rotation_block=128, row_scale=row_scale, clip_ratio=0.95, fp8=act_fp8)
+    ref = ReferenceBackend().linear(x, ref_packed, act, bias).float()
+    out = be.linear(x, packed, act, bias).float()
+    exact = (x.float() @ w.t() + bias.float())
+    # same e4m3 numbers as the oracle when the config is fp8; int8 grid re-rounded otherwise
+    assert P.sqnr_db(ref, out) > (35 if act_fp8 else 25)
+    assert P.sqnr_db(exact, out) > 25
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("m", [1, 130, 1024])
+def test_cuda_w4a8_backend_matches_reference(bits, m):
+    from trdq.kernels.cuda_w4a8 import CudaW4A8Backend
+
+    torch.manual_seed(bits + m)
+    k, n = 1152, 1152
+    x = _x(m, k, seed=m)
+    w = torch.randn(n, k, device="cuda") * 0.02
+    bias = torch.randn(n, device="cuda").to(torch.bfloat16)
+    qw, ws = P.quantize_weight_per_channel(fwht(w, 128), bits)
+    act = ActQuant(rotation_block=128, clip_ratio=0.9)
+    be = CudaW4A8Backend()
+    packed = be.pack(qw, ws, bits)
+    if bits == 4:
+        assert packed["weight"].dtype == torch.uint8 and packed["weight"].shape == (n, k // 2)
+    ref = ReferenceBackend().linear(x, ReferenceBackend().pack(qw, ws, bits), act, bias)
+    out = be.linear(x, packed, act, bias)
+    # integer products are exact; only bf16 output rounding and rare rotation ties differ
+    assert P.sqnr_db(ref.float(), out.float()) > 40
+
+
+@requires_fp8()
+def test_w4a8_gemm_fp8_activation_path():
+    from trdq.kernels.triton_w4a8 import w4a8_matmul_reference, w4a8_matmul_triton
+
+    m, k, n = 333, 1152, 4608
+    a = (torch.randn(m, k, device="cuda") * 100).clamp(-448, 448).to(torch.float8_e4m3fn)
+    w = torch.randint(-7, 8, (n, k), device="cuda", dtype=torch.int8)
+    sa, sw = torch.rand(m, device="cuda") + 0.1, torch.rand(n, device="cuda") * 0.01
+    ref = w4a8_matmul_reference(a.float(), sa, P.pack_int4(w), sw, out_dtype=torch.float32)
+    out = w4a8_matmul_triton(a, sa, P.pack_int4(w), sw, out_dtype=torch.float32)
+    assert P.sqnr_db(ref, out) > 60
+
+
+@requires_fp8()
+def test_fp8_linear_compiles_without_graph_break():
+    from trdq.kernels import ops
+
+    torch._dynamo.reset()
+    w = torch.randn(256, 1152, device="cuda")
+    qw, ws = P.quantize_weight_per_channel(fwht(w, 128), 8, fp8=True)
+
+    def f(x):
+        return torch.nn.functional.gelu(ops.fp8_linear(x, qw, ws, None, None, None, 128, 1.0))
+
+    x = _x(64, 1152, seed=3)
+    explanation = torch._dynamo.explain(f)(x)
+    assert explanation.graph_break_count == 0
+    compiled = torch.compile(f, fullgraph=True)
+    torch.testing.assert_close(compiled(x), f(x))

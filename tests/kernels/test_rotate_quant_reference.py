@@ -1,0 +1,122 @@
+"""CPU tests of the pure-torch math behind the fused rotate+quantize kernel (run in CI)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from trdq import primitives as P
+from trdq.kernels import ops
+from trdq.kernels.base import ActQuant
+from trdq.kernels.reference import fake_quant_activation, prepare_activation
+from trdq.kernels.triton_rotate_quant import (
+    block_hadamard_reference,
+    rotate_quant_reference,
+    sylvester_hadamard,
+)
+from trdq.rotation import block_hadamard_matrix, fwht, hadamard_block_size
+
+
+@pytest.mark.parametrize("k", [96, 256, 1152])
+def test_block_hadamard_matches_dense_and_fwht(k):
+    x = torch.randn(7, k, dtype=torch.float64).float()
+    b = hadamard_block_size(k)
+    dense = x @ block_hadamard_matrix(k, b)
+    torch.testing.assert_close(block_hadamard_reference(x, b), dense, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fwht(x, b), dense, atol=1e-5, rtol=1e-5)
+
+
+def test_sylvester_entries():
+    h = sylvester_hadamard(16)
+    i = torch.arange(16)
+    popcount = torch.tensor([bin(int(v)).count("1") for v in (i[:, None] & i[None, :]).flatten()])
+    torch.testing.assert_close(h.flatten(), (-1.0) ** popcount.float())
+
+
+@pytest.mark.parametrize("fp8", [False, True])
+@pytest.mark.parametrize("static", [False, True])
+@pytest.mark.parametrize("smooth", [False, True])
+def test_reference_equals_backend_fake_quant(fp8, static, smooth):
+    torch.manual_seed(0)
+    m, k = 9, 1152
+    x = (torch.randn(m, k) * 2).to(torch.bfloat16)
+    x[:, 5] *= 40  # an outlier channel
+    act = ActQuant(
+        rotation_block=128,
+        smooth_divisor=torch.rand(k) + 0.5 if smooth else None,
+        row_scale=torch.rand(m) * 0.05 + 0.01 if static else None,
+        clip_ratio=0.9,
+        fp8=fp8,
+    )
+    dtype = torch.float8_e4m3fn if fp8 else torch.int8
+    q, scale = rotate_quant_reference(
+        x, block=128, smooth=act.smooth_divisor, row_scale=act.row_scale,
+        clip_ratio=act.clip_ratio, out_dtype=dtype,
+    )
+    assert q.dtype == dtype and scale.shape == (m,)
+    expected = fake_quant_activation(prepare_activation(x, act), act)
+    torch.testing.assert_close(q.float() * scale[:, None], expected, atol=0, rtol=0)
+
+
+def test_dynamic_zero_row_does_not_divide_by_zero():
+    x = torch.zeros(2, 256, dtype=torch.bfloat16)
+    q, scale = rotate_quant_reference(x, block=128, out_dtype=torch.int8)
+    assert torch.all(q == 0) and torch.all(scale > 0)
+
+
+def test_ops_cpu_path_matches_reference_backend():
+    """The custom ops run their reference path on CPU; same numbers as the oracle."""
+    from trdq.kernels.reference import ReferenceBackend
+
+    torch.manual_seed(1)
+    m, k, n = 6, 256, 64
+    x = torch.randn(m, k, dtype=torch.bfloat16)
+    w = torch.randn(n, k)
+    bias = torch.randn(n, dtype=torch.bfloat16)
+    qw, ws = P.quantize_weight_per_channel(fwht(w, 128), 8, fp8=True)
+    act = ActQuant(rotation_block=128, fp8=True, clip_ratio=1.0)
+    ref = ReferenceBackend().linear(x, {"weight": qw, "weight_scale": ws}, act, bias)
+    out = ops.fp8_linear(x, qw, ws, bias, None, None, 128, 1.0)
+    assert P.sqnr_db(ref.float(), out.float()) > 40
+
+    qw4, ws4 = P.quantize_weight_per_channel(fwht(w, 128), 4)
+    act8 = ActQuant(rotation_block=128, clip_ratio=1.0)
+    ref4 = ReferenceBackend().linear(x, {"weight": P.pack_int4(qw4), "weight_scale": ws4}, act8, bias)
+    out4 = ops.lowbit_linear(x, P.pack_int4(qw4), ws4, bias, None, None, 128, 1.0, False)
+    assert P.sqnr_db(ref4.float(), out4.float()) > 40
+
+
+def test_fake_impls_trace_under_fake_tensors():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        x = torch.empty(5, 256, dtype=torch.bfloat16)
+        w = torch.empty(64, 256, dtype=torch.float8_e4m3fn)
+        ws = torch.empty(64)
+        out = ops.fp8_linear(x, w, ws, None, None, None, 128, 1.0)
+        assert out.shape == (5, 64) and out.dtype == torch.bfloat16
+        q, s = ops.rotate_quant(x, None, None, 128, 1.0, False)
+        assert q.dtype == torch.int8 and s.shape == (5,)
+        wp = torch.empty(64, 128, dtype=torch.uint8)
+        assert ops.lowbit_linear(x, wp, ws, None, None, None, 128, 1.0, False).shape == (5, 64)
+
+
+def test_custom_ops_compile_without_graph_break():
+    torch._dynamo.reset()
+    w = torch.randn(64, 256)
+    qw, ws = P.quantize_weight_per_channel(fwht(w, 128), 8, fp8=True)
+
+    def f(x):
+        return torch.nn.functional.gelu(ops.fp8_linear(x, qw, ws, None, None, None, 128, 1.0))
+
+    explanation = torch._dynamo.explain(f)(torch.randn(4, 256, dtype=torch.bfloat16))
+    assert explanation.graph_break_count == 0
+
+
+def test_backends_import_and_report_unavailable_without_cuda():
+    from trdq.kernels.cuda_fp8 import CudaFp8Backend
+    from trdq.kernels.cuda_w4a8 import CudaW4A8Backend
+
+    for backend in (CudaFp8Backend(), CudaW4A8Backend()):
+        ok, reason = backend.is_available("cpu")
+        assert not ok and reason

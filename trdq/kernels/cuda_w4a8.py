@@ -1,0 +1,90 @@
+"""CUDA W4A8 backend: packed 4-bit weights (two per byte) x int8 activations, Triton GEMM.
+
+Weights stay packed in device memory (``[N, K/2]`` uint8, a quarter of bf16) and are
+unpacked in registers inside the GEMM (``triton_w4a8``). Activations go through the same
+fused rotate+quantize kernel as ``cuda_fp8`` but to int8, so the integers, the int32
+accumulation and the scales are exactly those of the reference backend; only the fp32
+epilogue rounding differs. 8-bit integer weights (``w8a8``) run through the same kernel
+unpacked: an exact int8 x int8 tensor-core GEMM.
+
+Needs Triton and a CUDA GPU with int8 tensor cores (compute capability >= 8.0).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from trdq import primitives as P
+from trdq.kernels import ops
+from trdq.kernels.base import ActQuant, KernelBackend
+from trdq.kernels.registry import register
+
+__all__ = ["CudaW4A8Backend"]
+
+
+class CudaW4A8Backend(KernelBackend):
+    name = "cuda_w4a8"
+    device_types = ("cuda",)
+    priority = 25
+
+    def is_available(self, device: torch.device | str) -> tuple[bool, str]:
+        device = torch.device(device)
+        if device.type != "cuda":
+            return False, f"needs a CUDA device, got {device}"
+        if not torch.cuda.is_available():
+            return False, "torch.cuda.is_available() is False"
+        if not ops.TRITON_AVAILABLE:
+            return False, "triton is not installed (the W4A8 GEMM is a Triton kernel)"
+        major, minor = torch.cuda.get_device_capability(device)
+        if major < 8:
+            return False, f"int8 tensor-core GEMM needs compute capability >= 8.0, got {major}.{minor}"
+        return True, ""
+
+    def supports(self, config) -> tuple[bool, str]:  # type: ignore[override]
+        if getattr(config, "fp8", False):
+            return False, "fp8 (e4m3) configs run on cuda_fp8"
+        if config.act_bits != 8 or config.weight_bits not in (4, 8):
+            return False, "cuda_w4a8 serves 4- or 8-bit integer weights with 8-bit activations"
+        if config.rotation == "duquant":
+            return False, "duquant rotation (faithful preset) runs on reference only"
+        return True, ""
+
+    def pack(
+        self, qweight: torch.Tensor, weight_scale: torch.Tensor, bits: int
+    ) -> dict[str, torch.Tensor]:
+        if qweight.dtype != torch.int8:
+            raise TypeError(f"cuda_w4a8 packs int8-held integers, got {qweight.dtype}")
+        if qweight.shape[1] % 128:
+            raise ValueError(f"K={qweight.shape[1]} must be a multiple of 128")
+        weight = P.pack_int4(qweight) if bits == 4 else qweight
+        return {"weight": weight.contiguous(), "weight_scale": weight_scale.float().contiguous()}
+
+    def unpack(self, packed: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        weight = packed["weight"]
+        if weight.dtype == torch.uint8:
+            weight = P.unpack_int4(weight)
+        return weight, packed["weight_scale"]
+
+    def linear(
+        self,
+        x: torch.Tensor,
+        packed: dict[str, torch.Tensor],
+        act: ActQuant,
+        bias: torch.Tensor | None,
+    ) -> torch.Tensor:
+        if act.bits != 8 or act.fp8:
+            raise ValueError("cuda_w4a8 quantizes activations to int8")
+        return ops.lowbit_linear(
+            x,
+            packed["weight"],
+            packed["weight_scale"],
+            bias,
+            act.smooth_divisor,
+            act.row_scale,
+            act.rotation_block or 0,
+            float(act.clip_ratio),
+            False,
+        )
+
+
+register(CudaW4A8Backend())

@@ -1,0 +1,147 @@
+"""GEMM and rotate+quantize microbenchmarks at DiT shapes (``python -m trdq.kernels.microbench``).
+
+Times (median, CUDA events via ``triton.testing.do_bench``) for every linear shape of a
+PixArt-alpha-1024 CFG step (M = 2 x 4096 tokens, K/N from hidden 1152 and MLP 4608), for:
+bf16 ``F.linear``; FP8 ``_scaled_mm`` alone; the fused rotate+quantize kernel alone
+(butterfly and tensor-core variants); the whole ``trdq::fp8_linear`` op; an unfused FP8
+linear in plain torch ops (rotation matmul + absmax + cast + ``_scaled_mm``); the Triton
+W4A8 and int8 GEMMs; ``torch._int_mm``. Also two ceilings: device copy bandwidth and
+8192^3 bf16 / FP8 GEMM rates. Prints a table and writes JSON to ``--json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+#: (name, M, K, N) for one PixArt-alpha-1024 CFG step (batch 2 x 4096 tokens, 120 text tokens)
+PIXART_SHAPES = [
+    ("attn1.qkv(each)", 8192, 1152, 1152),
+    ("attn2.kv(text)", 240, 1152, 1152),
+    ("ff.up", 8192, 1152, 4608),
+    ("ff.down", 8192, 4608, 1152),
+    ("batch4.ff.up", 32768, 1152, 4608),
+]
+
+
+def _bench(fn, warmup=25, rep=100) -> float:
+    import triton.testing
+
+    return float(triton.testing.do_bench(fn, warmup=warmup, rep=rep, return_mode="median"))
+
+
+def ceilings() -> dict[str, float]:
+    n = 1 << 28  # 512 MiB of bf16 copied
+    src = torch.randn(n, device="cuda", dtype=torch.bfloat16)
+    dst = torch.empty_like(src)
+    ms = _bench(lambda: dst.copy_(src))
+    out = {"copy_TBps": 2 * n * 2 / ms / 1e9}
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    ms = _bench(lambda: a @ b)
+    out["bf16_TFLOPs"] = 2 * 8192**3 / ms / 1e9
+    a8, b8 = a.to(torch.float8_e4m3fn), b.to(torch.float8_e4m3fn)
+    one = torch.ones(8192, 1, device="cuda")
+    ms = _bench(lambda: torch._scaled_mm(a8, b8.t(), scale_a=one, scale_b=one.t(),
+                                         out_dtype=torch.bfloat16))
+    out["fp8_rowwise_TFLOPs"] = 2 * 8192**3 / ms / 1e9
+    return out
+
+
+def shape_rows(name: str, m: int, k: int, n: int) -> dict[str, float]:
+    from trdq import primitives as P
+    from trdq.kernels import ops
+    from trdq.kernels.triton_rotate_quant import rotate_quant_triton, sylvester_hadamard
+    from trdq.kernels.triton_w4a8 import w4a8_matmul_triton
+    from trdq.rotation import fwht, hadamard_block_size
+
+    torch.manual_seed(0)
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+    w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02
+    bias = torch.randn(n, device="cuda", dtype=torch.bfloat16)
+    blk = hadamard_block_size(k)
+    wr = fwht(w.float(), blk)
+    w8, s8 = P.quantize_weight_per_channel(wr, 8, fp8=True)
+    wi8, si8 = P.quantize_weight_per_channel(wr, 8)
+    wi4, si4 = P.quantize_weight_per_channel(wr, 4)
+    wp4 = P.pack_int4(wi4)
+    xq, xs = rotate_quant_triton(x, block=blk)
+    xq8, xs8 = rotate_quant_triton(x, block=blk, out_dtype=torch.int8)
+    row_scale = xs.clone()
+    h = sylvester_hadamard(blk, "cuda", torch.bfloat16) / math.sqrt(blk)
+
+    def unfused_fp8():
+        xr = (x.view(m, k // blk, blk) @ h).view(m, k).float()
+        sa = (xr.abs().amax(dim=1, keepdim=True) / 448.0).clamp_min(1e-8)
+        q = (xr / sa).clamp(-448, 448).to(torch.float8_e4m3fn)
+        return torch._scaled_mm(q, w8.t(), scale_a=sa, scale_b=s8.view(1, -1), bias=bias,
+                                out_dtype=torch.bfloat16)
+
+    r: dict[str, float] = {}
+    r["bf16_linear"] = _bench(lambda: torch.nn.functional.linear(x, w, bias))
+    r["fp8_scaled_mm"] = _bench(lambda: torch._scaled_mm(
+        xq, w8.t(), scale_a=xs.view(-1, 1), scale_b=s8.view(1, -1), bias=bias,
+        out_dtype=torch.bfloat16))
+    r["rq_fwht_dyn"] = _bench(lambda: rotate_quant_triton(x, block=blk))
+    r["rq_fwht_static"] = _bench(lambda: rotate_quant_triton(x, block=blk, row_scale=row_scale))
+    r["rq_dot_dyn"] = _bench(lambda: rotate_quant_triton(x, block=blk, use_dot=True))
+    r["rq_noro_dyn"] = _bench(lambda: rotate_quant_triton(x, block=None))
+    r["fp8_linear_op"] = _bench(lambda: ops.fp8_linear(x, w8, s8, bias, None, None, blk, 1.0))
+    r["fp8_linear_op_static"] = _bench(
+        lambda: ops.fp8_linear(x, w8, s8, bias, None, row_scale, blk, 1.0))
+    r["fp8_unfused_torch"] = _bench(unfused_fp8)
+    if k % 128 == 0:
+        r["w4a8_gemm_int8act"] = _bench(lambda: w4a8_matmul_triton(xq8, xs8, wp4, si4, bias))
+        r["w4a8_gemm_fp8act"] = _bench(lambda: w4a8_matmul_triton(xq, xs, wp4, si4, bias))
+        r["w8a8_triton_int8"] = _bench(lambda: w4a8_matmul_triton(xq8, xs8, wi8, si8, bias))
+        r["w4a8_linear_op"] = _bench(
+            lambda: ops.lowbit_linear(x, wp4, si4, bias, None, None, blk, 1.0, False))
+    if m > 16:
+        r["int_mm"] = _bench(lambda: torch._int_mm(xq8, wi8.t()))
+    # achieved rates
+    flops = 2 * m * k * n
+    r["bf16_TFLOPs"] = flops / r["bf16_linear"] / 1e9
+    r["fp8_TFLOPs"] = flops / r["fp8_scaled_mm"] / 1e9
+    r["rq_GBps"] = (m * k * 2 + m * k + m * 4) / r["rq_fwht_dyn"] / 1e6
+    return r
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", help="write all numbers here")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("microbench needs CUDA", file=sys.stderr)
+        return 2
+    import triton
+
+    result = {
+        "device": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "ceilings": ceilings(),
+        "shapes": {},
+    }
+    print(json.dumps(result["ceilings"]), flush=True)
+    for name, m, k, n in PIXART_SHAPES:
+        rows = shape_rows(name, m, k, n)
+        result["shapes"][f"{name} M={m} K={k} N={n}"] = rows
+        print(f"\n{name} M={m} K={k} N={n}", flush=True)
+        for key, val in rows.items():
+            unit = "" if "TFLOP" in key or "GBps" in key else " ms"
+            print(f"  {key:24s} {val:10.4f}{unit}", flush=True)
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(result, fh, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

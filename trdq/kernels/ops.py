@@ -1,0 +1,142 @@
+"""torch custom ops for the CUDA backends, with fake (meta) implementations.
+
+``torch.compile`` sees each op as one opaque node (no graph break) and traces shapes
+through the ``register_fake`` functions. Each op runs its Triton / cuBLASLt path on CUDA
+when Triton is installed, and the pure-torch reference of the same math elsewhere, so the
+ops themselves are testable on a CPU machine.
+
+Ops (notation M rows, K input channels, N output channels):
+- ``trdq::rotate_quant(x [M,K], smooth?[K], row_scale?[M], rotation_block, clip_ratio,
+  fp8) -> (q [M,K] e4m3|int8, scale [M] fp32)``: the fused activation kernel.
+- ``trdq::fp8_linear(x [M,K], weight [N,K] e4m3, weight_scale [N], bias?[N], smooth?,
+  row_scale?, rotation_block, clip_ratio) -> [M,N] x.dtype``: rotate+quantize to e4m3,
+  then ``torch._scaled_mm`` with row-wise scales and the bias in its epilogue.
+- ``trdq::lowbit_linear(x, weight [N,K/2] uint8 packed int4 | [N,K] int8, weight_scale,
+  bias?, smooth?, row_scale?, rotation_block, clip_ratio, act_fp8) -> [M,N]``: rotate+
+  quantize to int8 (or e4m3), then the Triton GEMM that unpacks 4-bit weights in registers.
+
+``rotation_block <= 0`` means no rotation; ``row_scale`` None means dynamic per-token.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from trdq.kernels import triton_rotate_quant as rq
+from trdq.kernels import triton_w4a8 as w4
+
+__all__ = ["rotate_quant", "fp8_linear", "lowbit_linear", "fast_path_available"]
+
+TRITON_AVAILABLE = rq.TRITON_AVAILABLE
+
+
+def fast_path_available(x: torch.Tensor) -> bool:
+    return x.is_cuda and TRITON_AVAILABLE
+
+
+def _rotate_quant_impl(x, smooth, row_scale, rotation_block, clip_ratio, fp8):
+    block = rotation_block if rotation_block > 0 else None
+    out_dtype = torch.float8_e4m3fn if fp8 else torch.int8
+    if fast_path_available(x):
+        return rq.rotate_quant_triton(
+            x.contiguous(), block=block, smooth=smooth, row_scale=row_scale,
+            clip_ratio=clip_ratio, out_dtype=out_dtype,
+        )
+    return rq.rotate_quant_reference(
+        x, block=block, smooth=smooth, row_scale=row_scale, clip_ratio=clip_ratio,
+        out_dtype=out_dtype,
+    )
+
+
+@torch.library.custom_op("trdq::rotate_quant", mutates_args=())
+def rotate_quant(
+    x: torch.Tensor,
+    smooth: torch.Tensor | None,
+    row_scale: torch.Tensor | None,
+    rotation_block: int,
+    clip_ratio: float,
+    fp8: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    q, scale = _rotate_quant_impl(x, smooth, row_scale, rotation_block, clip_ratio, fp8)
+    # a custom op must not return an alias of an input (static scales are passed through)
+    return q, scale.clone() if row_scale is not None else scale
+
+
+@rotate_quant.register_fake
+def _(x, smooth, row_scale, rotation_block, clip_ratio, fp8):
+    dtype = torch.float8_e4m3fn if fp8 else torch.int8
+    return x.new_empty(x.shape, dtype=dtype), x.new_empty((x.shape[0],), dtype=torch.float32)
+
+
+def scaled_mm_rowwise(
+    q: torch.Tensor,
+    a_scale: torch.Tensor,
+    weight: torch.Tensor,
+    weight_scale: torch.Tensor,
+    bias: torch.Tensor | None,
+    out_dtype: torch.dtype,
+) -> torch.Tensor:
+    """e4m3 ``[M,K] x [N,K]^T`` with per-row and per-column fp32 scales (+ bias)."""
+    if q.is_cuda:
+        # cuBLASLt/CUTLASS row-wise FP8 wants bf16 output (and a bf16 bias in the epilogue)
+        out = torch._scaled_mm(
+            q,
+            weight.t(),
+            scale_a=a_scale.view(-1, 1),
+            scale_b=weight_scale.view(1, -1),
+            bias=bias.to(torch.bfloat16) if bias is not None else None,
+            out_dtype=torch.bfloat16,
+        )
+        return out if out_dtype == torch.bfloat16 else out.to(out_dtype)
+    # reference: dequantize and multiply in float32
+    out = (q.float() * a_scale[:, None]) @ (weight.float() * weight_scale[:, None]).t()
+    if bias is not None:
+        out = out + bias.float()
+    return out.to(out_dtype)
+
+
+@torch.library.custom_op("trdq::fp8_linear", mutates_args=())
+def fp8_linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    weight_scale: torch.Tensor,
+    bias: torch.Tensor | None,
+    smooth: torch.Tensor | None,
+    row_scale: torch.Tensor | None,
+    rotation_block: int,
+    clip_ratio: float,
+) -> torch.Tensor:
+    q, a_scale = _rotate_quant_impl(x, smooth, row_scale, rotation_block, clip_ratio, True)
+    return scaled_mm_rowwise(q, a_scale, weight, weight_scale, bias, x.dtype)
+
+
+@fp8_linear.register_fake
+def _(x, weight, weight_scale, bias, smooth, row_scale, rotation_block, clip_ratio):
+    return x.new_empty((x.shape[0], weight.shape[0]))
+
+
+def lowbit_gemm(q, a_scale, weight, weight_scale, bias, out_dtype):
+    if q.is_cuda and TRITON_AVAILABLE:
+        return w4.w4a8_matmul_triton(q, a_scale, weight, weight_scale, bias, out_dtype)
+    return w4.w4a8_matmul_reference(q, a_scale, weight, weight_scale, bias, out_dtype)
+
+
+@torch.library.custom_op("trdq::lowbit_linear", mutates_args=())
+def lowbit_linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    weight_scale: torch.Tensor,
+    bias: torch.Tensor | None,
+    smooth: torch.Tensor | None,
+    row_scale: torch.Tensor | None,
+    rotation_block: int,
+    clip_ratio: float,
+    act_fp8: bool,
+) -> torch.Tensor:
+    q, a_scale = _rotate_quant_impl(x, smooth, row_scale, rotation_block, clip_ratio, act_fp8)
+    return lowbit_gemm(q, a_scale, weight, weight_scale, bias, x.dtype)
+
+
+@lowbit_linear.register_fake
+def _(x, weight, weight_scale, bias, smooth, row_scale, rotation_block, clip_ratio, act_fp8):
+    return x.new_empty((x.shape[0], weight.shape[0]))

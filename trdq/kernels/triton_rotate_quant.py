@@ -1,0 +1,243 @@
+"""Fused activation path: bf16 ``[M, K]`` -> (/ smooth) -> block Hadamard -> e4m3 or int8.
+
+One Triton kernel reads the activations once, divides by the SmoothQuant vector, applies
+the block-diagonal normalized Hadamard rotation (a fast Walsh-Hadamard transform inside
+each block of ``HB`` channels, in registers), scales every row and writes the low-bit
+values plus the per-row scales. No rotation matmul, no intermediate tensor in memory.
+
+Notation: M rows (tokens x batch), K channels, HB the Hadamard block (power of two that
+divides K, at most 128; 1152 = 9 x 128).
+
+Scale convention (shared with ``trdq.kernels.base``): ``x_rot ~= q * scale[:, None]``.
+- static mode: ``scale`` is given per row (timestep group, CFG half) and returned as is;
+- dynamic mode: ``scale = max(absmax(x_rot row) * clip_ratio / qmax, 1e-8)`` with
+  ``qmax = 448`` for e4m3 and ``127`` for int8.
+Values beyond ``qmax`` saturate (e4m3fn has no infinity; an unclamped cast gives NaN).
+int8 rounding is round-half-to-even, as ``torch.round``.
+
+``rotate_quant_reference`` is the pure-torch oracle of the same math; the kernel is
+tested against it. Importing this module never needs Triton: ``TRITON_AVAILABLE`` says
+whether the kernel can be launched.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import math
+
+import torch
+
+from trdq.primitives import FP8_E4M3_MAX, MIN_SCALE
+from trdq.rotation import fwht, hadamard_block_size, hadamard_matrix
+
+__all__ = [
+    "TRITON_AVAILABLE",
+    "EPS",
+    "E4M3_MAX",
+    "INT8_MAX",
+    "hadamard_block_size",
+    "sylvester_hadamard",
+    "block_hadamard_reference",
+    "rotate_quant_reference",
+    "rotate_quant_triton",
+]
+
+TRITON_AVAILABLE = importlib.util.find_spec("triton") is not None
+
+EPS = MIN_SCALE
+E4M3_MAX = FP8_E4M3_MAX
+INT8_MAX = 127.0
+
+
+@functools.lru_cache(maxsize=16)
+def _sylvester_cpu(n: int) -> torch.Tensor:
+    return hadamard_matrix(n)
+
+
+def sylvester_hadamard(n: int, device: torch.device | str = "cpu", dtype=torch.float32):
+    """Unnormalized Sylvester Hadamard matrix (entries +-1), ``H[i, j] = (-1)^popcount(i&j)``.
+
+    This is the order an in-place fast Walsh-Hadamard transform produces.
+    """
+    return _sylvester_cpu(n).to(device=device, dtype=dtype)
+
+
+def block_hadamard_reference(x: torch.Tensor, block: int) -> torch.Tensor:
+    """``x R`` with R block-diagonal ``H_block / sqrt(block)``, in float32."""
+    k = x.shape[-1]
+    if k % block:
+        raise ValueError(f"block {block} does not divide K={k}")
+    h = sylvester_hadamard(block, x.device) / math.sqrt(block)
+    xb = x.float().reshape(*x.shape[:-1], k // block, block)
+    return (xb @ h).reshape(x.shape)
+
+
+def _qmax(out_dtype: torch.dtype) -> float:
+    if out_dtype == torch.float8_e4m3fn:
+        return E4M3_MAX
+    if out_dtype == torch.int8:
+        return INT8_MAX
+    raise ValueError(f"unsupported output dtype {out_dtype}; use float8_e4m3fn or int8")
+
+
+def rotate_quant_reference(
+    x: torch.Tensor,
+    *,
+    block: int | None,
+    smooth: torch.Tensor | None = None,
+    row_scale: torch.Tensor | None = None,
+    clip_ratio: float = 1.0,
+    out_dtype: torch.dtype = torch.float8_e4m3fn,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pure-torch oracle: ``[M, K]`` -> (``q [M, K]`` out_dtype, ``scale [M]`` float32).
+
+    Same arithmetic as ``trdq.kernels.reference`` (``rotation.fwht``, ``primitives``),
+    but returns the low-bit tensor instead of dequantizing it.
+    """
+    qmax = _qmax(out_dtype)
+    xf = x.float()
+    if smooth is not None:
+        xf = xf / smooth.float()
+    if block is not None:
+        xf = fwht(xf, block)
+    if row_scale is not None:
+        scale = row_scale.float().reshape(-1).expand(xf.shape[0]).clamp_min(MIN_SCALE)
+    else:
+        scale = (xf.abs().amax(dim=-1) * clip_ratio / qmax).clamp_min(MIN_SCALE)
+    v = torch.clamp(xf / scale[:, None], -qmax, qmax)
+    q = torch.round(v).to(torch.int8) if out_dtype == torch.int8 else v.to(out_dtype)
+    return q, scale.contiguous()
+
+
+if TRITON_AVAILABLE:
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def _fwht(x, BLOCK_M: tl.constexpr, HB: tl.constexpr, LOG_HB: tl.constexpr):
+        """In-register unnormalized Walsh-Hadamard transform along axis 1 of [BLOCK_M, HB].
+
+        Stage with stride h pairs element k = j*2h + i with k + h (natural order):
+        view [BLOCK_M, HB/2h, 2, h], move the pair axis last, split, butterfly, join back.
+        """
+        for i in tl.static_range(LOG_HB):
+            h: tl.constexpr = 1 << i
+            y = tl.reshape(x, (BLOCK_M, HB // (2 * h), 2, h))
+            y = tl.permute(y, (0, 1, 3, 2))
+            a, b = tl.split(y)
+            y = tl.join(a + b, a - b)
+            y = tl.permute(y, (0, 1, 3, 2))
+            x = tl.reshape(y, (BLOCK_M, HB))
+        return x
+
+    @triton.jit
+    def _load_rotated(
+        x_ptr, smooth_ptr, h_ptr, rows, rmask, k0, stride_xm, inv_sqrt_hb,
+        BLOCK_M: tl.constexpr, HB: tl.constexpr, LOG_HB: tl.constexpr,
+        HAS_SMOOTH: tl.constexpr, ROTATE: tl.constexpr, USE_DOT: tl.constexpr,
+    ):
+        cols = k0 + tl.arange(0, HB)
+        x = tl.load(x_ptr + rows[:, None] * stride_xm + cols[None, :], mask=rmask[:, None],
+                    other=0.0).to(tl.float32)
+        if HAS_SMOOTH:
+            x = x / tl.load(smooth_ptr + cols)[None, :]
+        if ROTATE:
+            if USE_DOT:
+                # H has entries +-1 (exact in bf16); split x into bf16 hi + lo so the
+                # tensor-core product keeps ~16 mantissa bits of the fp32 input.
+                hb = tl.arange(0, HB)
+                hmat = tl.load(h_ptr + hb[:, None] * HB + hb[None, :])
+                x_hi = x.to(tl.bfloat16)
+                x_lo = (x - x_hi.to(tl.float32)).to(tl.bfloat16)
+                x = tl.dot(x_hi, hmat, out_dtype=tl.float32)
+                x = tl.dot(x_lo, hmat, acc=x, out_dtype=tl.float32)
+            else:
+                x = _fwht(x, BLOCK_M, HB, LOG_HB)
+            x = x * inv_sqrt_hb
+        return x
+
+    @triton.jit
+    def _rotate_quant_kernel(
+        x_ptr, smooth_ptr, scale_in_ptr, h_ptr, q_ptr, scale_out_ptr,
+        M, K, stride_xm, stride_qm, clip_ratio, qmax, inv_sqrt_hb, eps,
+        BLOCK_M: tl.constexpr, HB: tl.constexpr, LOG_HB: tl.constexpr,
+        HAS_SMOOTH: tl.constexpr, ROTATE: tl.constexpr, STATIC: tl.constexpr,
+        OUT_INT8: tl.constexpr, USE_DOT: tl.constexpr,
+    ):
+        pid = tl.program_id(0)
+        rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+        rmask = rows < M
+        if STATIC:
+            scale = tl.maximum(tl.load(scale_in_ptr + rows, mask=rmask, other=1.0), eps)
+        else:
+            # Pass 1: per-token absmax of the rotated row. Pass 2 re-reads the same
+            # BLOCK_M x K tile, which is still in L2, so DRAM sees x once.
+            amax = tl.zeros((BLOCK_M,), dtype=tl.float32)
+            for k0 in range(0, K, HB):
+                xr = _load_rotated(x_ptr, smooth_ptr, h_ptr, rows, rmask, k0, stride_xm,
+                                   inv_sqrt_hb, BLOCK_M, HB, LOG_HB, HAS_SMOOTH, ROTATE,
+                                   USE_DOT)
+                amax = tl.maximum(amax, tl.max(tl.abs(xr), axis=1))
+            scale = tl.maximum(amax * clip_ratio / qmax, eps)
+            tl.store(scale_out_ptr + rows, scale, mask=rmask)
+        for k0 in range(0, K, HB):
+            xr = _load_rotated(x_ptr, smooth_ptr, h_ptr, rows, rmask, k0, stride_xm,
+                               inv_sqrt_hb, BLOCK_M, HB, LOG_HB, HAS_SMOOTH, ROTATE, USE_DOT)
+            v = xr / scale[:, None]
+            v = tl.minimum(tl.maximum(v, -qmax), qmax)
+            if OUT_INT8:
+                # round half to even (as torch.round): adding 1.5 * 2^23 leaves no
+                # fraction bits in fp32, so the add itself rounds; exact for |v| < 2^22.
+                out = ((v + 12582912.0) - 12582912.0).to(tl.int8)
+            else:
+                out = v.to(tl.float8e4nv)
+            cols = k0 + tl.arange(0, HB)
+            tl.store(q_ptr + rows[:, None] * stride_qm + cols[None, :], out,
+                     mask=rmask[:, None])
+
+
+def rotate_quant_triton(
+    x: torch.Tensor,
+    *,
+    block: int | None,
+    smooth: torch.Tensor | None = None,
+    row_scale: torch.Tensor | None = None,
+    clip_ratio: float = 1.0,
+    out_dtype: torch.dtype = torch.float8_e4m3fn,
+    use_dot: bool = False,
+    block_m: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fused kernel; same contract as ``rotate_quant_reference`` (x 2-D, rows contiguous)."""
+    if not TRITON_AVAILABLE:
+        raise RuntimeError("triton is not installed; use rotate_quant_reference")
+    if x.dim() != 2 or x.stride(-1) != 1:
+        raise ValueError("x must be a 2-D tensor with contiguous rows")
+    m, k = x.shape
+    qmax = _qmax(out_dtype)
+    hb = block if block is not None else hadamard_block_size(k)
+    if k % hb or hb & (hb - 1):
+        raise ValueError(f"rotation block {hb} must be a power of two dividing K={k}")
+    q = torch.empty((m, k), device=x.device, dtype=out_dtype)
+    static = row_scale is not None
+    if static:
+        scale = row_scale.to(torch.float32).reshape(-1).expand(m).contiguous()
+    else:
+        scale = torch.empty((m,), device=x.device, dtype=torch.float32)
+    smooth_t = smooth.to(torch.float32).contiguous() if smooth is not None else scale
+    use_dot = bool(use_dot and block is not None)
+    h = sylvester_hadamard(hb, x.device, torch.bfloat16) if use_dot else scale
+    if block_m is None:
+        block_m = 16 if hb >= 64 else 32
+    if use_dot:
+        block_m = max(block_m, 16)
+    grid = (triton.cdiv(m, block_m),)
+    _rotate_quant_kernel[grid](
+        x, smooth_t, scale, h, q, scale,
+        m, k, x.stride(0), q.stride(0), float(clip_ratio), qmax, 1.0 / math.sqrt(hb), EPS,
+        BLOCK_M=block_m, HB=hb, LOG_HB=int(math.log2(hb)),
+        HAS_SMOOTH=smooth is not None, ROTATE=block is not None, STATIC=static,
+        OUT_INT8=out_dtype == torch.int8, USE_DOT=use_dot,
+        num_warps=4,
+    )
+    return q, scale

@@ -1,0 +1,164 @@
+"""Triton GEMM for packed 4-bit weights x 8-bit activations (W4A8), unpacked in registers.
+
+Notation: A ``[M, K]`` activations (int8 or e4m3, one scale per row), B ``[N, K/2]`` uint8
+(two's-complement nibbles, low nibble = even k, high nibble = odd k, as
+``trdq.primitives.pack_int4``) with one scale per output channel ``[N]``.
+
+``out[m, n] = (sum_k A[m, k] * B[n, k]) * a_scale[m] * w_scale[n] + bias[n]``
+
+The nibbles are sign-extended with two shifts and interleaved back to ``[BN, BK]`` in
+registers; the tile then goes to the tensor cores as int8 (A int8: exact int32
+accumulation, the same integers as the reference backend) or as e4m3 (A e4m3: every
+4-bit integer is exact in e4m3, fp32 accumulation). HBM traffic for the weights is
+K/2 bytes per output channel, a quarter of bf16.
+
+The same kernel also takes unpacked int8 weights (``B [N, K]`` int8, ``PACKED=False``),
+which gives an exact W8A8 int8 GEMM on tensor cores for comparison with ``_int_mm``.
+``w4a8_matmul_reference`` is the pure-torch oracle.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import torch
+
+from trdq.primitives import unpack_int4
+
+__all__ = ["TRITON_AVAILABLE", "w4a8_matmul_reference", "w4a8_matmul_triton"]
+
+TRITON_AVAILABLE = importlib.util.find_spec("triton") is not None
+
+
+def w4a8_matmul_reference(
+    a: torch.Tensor,
+    a_scale: torch.Tensor,
+    b: torch.Tensor,
+    w_scale: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    out_dtype: torch.dtype = torch.bfloat16,
+) -> torch.Tensor:
+    """Oracle in float64 accumulation (exact for int8 x int4 at any K we use)."""
+    w = unpack_int4(b) if b.dtype == torch.uint8 else b
+    acc = a.double() @ w.double().t()
+    out = acc * a_scale.double()[:, None] * w_scale.double()[None, :]
+    if bias is not None:
+        out = out + bias.double()
+    return out.to(out_dtype)
+
+
+if TRITON_AVAILABLE:
+    import triton
+    import triton.language as tl
+
+    _CONFIGS = [
+        triton.Config({"BM": 128, "BN": 128, "BK": 128}, num_warps=8, num_stages=3),
+        triton.Config({"BM": 128, "BN": 256, "BK": 64}, num_warps=8, num_stages=3),
+        triton.Config({"BM": 128, "BN": 64, "BK": 128}, num_warps=4, num_stages=4),
+        triton.Config({"BM": 64, "BN": 128, "BK": 128}, num_warps=4, num_stages=4),
+        triton.Config({"BM": 64, "BN": 64, "BK": 128}, num_warps=4, num_stages=4),
+    ]
+
+    @triton.jit
+    def _lowbit_gemm_kernel(
+        a_ptr, b_ptr, a_scale_ptr, w_scale_ptr, bias_ptr, c_ptr,
+        M, N, K, M_BUCKET,
+        stride_am, stride_bn, stride_cm,
+        HAS_BIAS: tl.constexpr, PACKED: tl.constexpr, A_FP8: tl.constexpr,
+        BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+    ):
+        pid = tl.program_id(0)
+        num_pid_m = tl.cdiv(M, BM)
+        num_pid_n = tl.cdiv(N, BN)
+        # grouped ordering: neighbouring programs share B tiles in L2
+        GROUP_M: tl.constexpr = 8
+        group = pid // (GROUP_M * num_pid_n)
+        first_m = group * GROUP_M
+        size_m = tl.minimum(num_pid_m - first_m, GROUP_M)
+        pid_m = first_m + (pid % size_m)
+        pid_n = (pid % (GROUP_M * num_pid_n)) // size_m
+
+        rm = pid_m * BM + tl.arange(0, BM)
+        rn = pid_n * BN + tl.arange(0, BN)
+        mmask = rm < M
+        nmask = rn < N
+        rk = tl.arange(0, BK)
+        rk2 = tl.arange(0, BK // 2)
+        if A_FP8:
+            acc = tl.zeros((BM, BN), dtype=tl.float32)
+        else:
+            acc = tl.zeros((BM, BN), dtype=tl.int32)
+        for k0 in range(0, K, BK):
+            a = tl.load(a_ptr + rm[:, None] * stride_am + (k0 + rk)[None, :],
+                        mask=mmask[:, None], other=0)
+            if PACKED:
+                p = tl.load(b_ptr + rn[:, None] * stride_bn + (k0 // 2 + rk2)[None, :],
+                            mask=nmask[:, None], other=0)
+                p8 = p.to(tl.int8, bitcast=True)
+                low = (p8 << 4) >> 4  # arithmetic shift sign-extends the low nibble
+                high = p8 >> 4
+                w = tl.reshape(tl.join(low, high), (BN, BK))
+            else:
+                w = tl.load(b_ptr + rn[:, None] * stride_bn + (k0 + rk)[None, :],
+                            mask=nmask[:, None], other=0)
+            if A_FP8:
+                w = w.to(tl.float32).to(tl.float8e4nv)
+                acc = tl.dot(a, tl.trans(w), acc=acc, out_dtype=tl.float32)
+            else:
+                acc = tl.dot(a, tl.trans(w), acc=acc, out_dtype=tl.int32)
+        sa = tl.load(a_scale_ptr + rm, mask=mmask, other=0.0)
+        sw = tl.load(w_scale_ptr + rn, mask=nmask, other=0.0)
+        out = acc.to(tl.float32) * sa[:, None] * sw[None, :]
+        if HAS_BIAS:
+            out += tl.load(bias_ptr + rn, mask=nmask, other=0.0).to(tl.float32)[None, :]
+        tl.store(c_ptr + rm[:, None] * stride_cm + rn[None, :],
+                 out.to(c_ptr.dtype.element_ty), mask=mmask[:, None] & nmask[None, :])
+
+    _lowbit_gemm_autotuned = triton.autotune(configs=_CONFIGS, key=["M_BUCKET", "N", "K"])(
+        _lowbit_gemm_kernel
+    )
+
+
+def w4a8_matmul_triton(
+    a: torch.Tensor,
+    a_scale: torch.Tensor,
+    b: torch.Tensor,
+    w_scale: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    out_dtype: torch.dtype = torch.bfloat16,
+    config: dict | None = None,
+) -> torch.Tensor:
+    """A ``[M, K]`` int8/e4m3, B ``[N, K/2]`` uint8 (packed) or ``[N, K]`` int8 -> ``[M, N]``."""
+    if not TRITON_AVAILABLE:
+        raise RuntimeError("triton is not installed; use w4a8_matmul_reference")
+    m, k = a.shape
+    packed = b.dtype == torch.uint8
+    n = b.shape[0]
+    if (b.shape[1] * 2 if packed else b.shape[1]) != k:
+        raise ValueError(f"K mismatch: A {tuple(a.shape)}, B {tuple(b.shape)}")
+    if k % 128:
+        raise ValueError(f"K={k} must be a multiple of 128 for the W4A8 kernel")
+    if a.dtype not in (torch.int8, torch.float8_e4m3fn):
+        raise TypeError(f"A must be int8 or float8_e4m3fn, got {a.dtype}")
+    a = a.contiguous()
+    b = b.contiguous()
+    c = torch.empty((m, n), device=a.device, dtype=out_dtype)
+    # autotune per power-of-two bucket of M, not per exact M (token counts vary)
+    m_bucket = 1 << max(0, (m - 1).bit_length())
+
+    def grid(meta):
+        return (triton.cdiv(m, meta["BM"]) * triton.cdiv(n, meta["BN"]),)
+
+    kernel = _lowbit_gemm_autotuned
+    meta: dict = {}
+    if config is not None:  # explicit tile (tests, interpreter, microbenchmarks)
+        kernel, meta = _lowbit_gemm_kernel, dict(config)
+    kernel[grid](
+        a, b, a_scale.float().contiguous(), w_scale.float().contiguous(),
+        bias if bias is not None else w_scale, c,
+        m, n, k, m_bucket,
+        a.stride(0), b.stride(0), c.stride(0),
+        HAS_BIAS=bias is not None, PACKED=packed, A_FP8=a.dtype == torch.float8_e4m3fn,
+        **meta,
+    )
+    return c
