@@ -1,0 +1,37 @@
+"""`python -m server` (and `trdq serve`): run the app with uvicorn."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from pydantic import ValidationError
+
+
+def main(argv: list[str] | None = None) -> int:
+    import uvicorn
+
+    from server.app import create_app
+    from server.settings import Settings
+
+    try:
+        settings = Settings()
+    except ValidationError as error:
+        for err in error.errors():
+            name = "TRDQ_" + "_".join(str(part) for part in err["loc"]).upper()
+            print(f"invalid setting {name}: {err['msg']}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    app = create_app(settings)
+    uvicorn.run(
+        app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
+        timeout_graceful_shutdown=30,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

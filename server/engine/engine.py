@@ -1,0 +1,243 @@
+"""The generation engine: the only code that touches the pipelines.
+
+Requests become jobs in a bounded queue (full -> 429). One dispatcher coroutine takes
+the oldest job plus compatible waiting ones (same size, steps, frames, guidance,
+precision) and runs them as one pipeline call on a single worker thread, so the
+event loop never blocks and the pipelines are never used concurrently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import resource
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+
+from server.engine.jobs import Job, JobOutput, JobQueue, JobSpec, QueueFull, StageTimings
+from server.engine.models import ModelSet, ServedModel, load_models, resolve_device
+from server.errors import (
+    DeviceOutOfMemoryError,
+    GenerationCancelledError,
+    GenerationFailedError,
+    GenerationTimeoutError,
+    NotReadyError,
+    QueueFullError,
+    ServiceError,
+)
+from server.metrics import Metrics
+from server.settings import Settings
+from trdq.pipeline import GenerationRequest, generate
+
+logger = logging.getLogger(__name__)
+
+
+class GenerationEngine:
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.models: ModelSet | None = None
+        self.ready = False
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="trdq-worker")
+        self._queue: JobQueue | None = None
+        self._dispatcher: asyncio.Task | None = None
+        self.device = resolve_device(settings.device)
+        self.startup_seconds: float | None = None
+
+    # -- life cycle ---------------------------------------------------------------
+    async def start(self) -> None:
+        started = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        self._queue = JobQueue(self.settings.max_queue)
+        self.models = await loop.run_in_executor(
+            self._executor, load_models, self.settings, self.metrics
+        )
+        if self.settings.warmup:
+            await loop.run_in_executor(self._executor, self._warm_up)
+        self._update_memory_metrics()
+        self._dispatcher = asyncio.create_task(self._dispatch_forever(), name="trdq-dispatch")
+        self.startup_seconds = time.perf_counter() - started
+        self.ready = True
+        logger.info("engine ready in %.1f s", self.startup_seconds)
+
+    async def stop(self) -> None:
+        self.ready = False
+        if self._dispatcher is not None:
+            self._dispatcher.cancel()
+            try:
+                await self._dispatcher
+            except asyncio.CancelledError:
+                pass
+        if self._queue is not None:
+            for job in self._queue.drain():
+                if not job.future.done():
+                    job.future.set_exception(NotReadyError("server is shutting down"))
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+    def _warm_up(self) -> None:
+        """One short generation per variant, so the first request pays no lazy set-up."""
+        for model in self.models.all():
+            request = GenerationRequest(
+                prompts=["warm-up"], seeds=[0], width=model.default_width,
+                height=model.default_height, num_inference_steps=2, guidance_scale=4.5,
+                num_frames=min(2, model.max_frames) if model.task == "video" else None,
+            )
+            generate(model.pipe, request)
+
+    # -- submission ---------------------------------------------------------------
+    def served_model(self, task: str, quant: str | None) -> ServedModel:
+        if not self.ready or self.models is None:
+            raise NotReadyError("the server is still loading its models")
+        return self.models.get(task, quant)
+
+    def queue_depth(self) -> int:
+        return 0 if self._queue is None else len(self._queue)
+
+    async def submit(self, spec: JobSpec) -> JobOutput:
+        """Queue a job and wait for its result (raises a ServiceError on failure)."""
+        self.served_model(spec.task, spec.quant)  # fail fast on an unknown precision
+        job = Job(spec=spec, future=asyncio.get_running_loop().create_future())
+        try:
+            self._queue.put(job)
+        except QueueFull:
+            retry_after = max(1, round(self.settings.request_timeout_s / 10))
+            raise QueueFullError(
+                f"the queue is full ({self._queue.max_size} waiting); retry later",
+                headers={"Retry-After": str(retry_after)},
+            ) from None
+        self.metrics.queue_depth.set(len(self._queue))
+        self.metrics.inflight.inc()
+        try:
+            return await asyncio.wait_for(
+                asyncio.shield(job.future), timeout=self.settings.request_timeout_s
+            )
+        except asyncio.TimeoutError:
+            job.cancelled.set()
+            raise GenerationTimeoutError(
+                f"generation did not finish within {self.settings.request_timeout_s:g} s"
+            ) from None
+        except asyncio.CancelledError:  # the client went away: stop work on its behalf
+            job.cancelled.set()
+            raise
+        finally:
+            self.metrics.inflight.dec()
+
+    # -- dispatch -----------------------------------------------------------------
+    async def _dispatch_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = await self._queue.take_batch(
+                self.settings.max_batch, self.settings.batch_window_ms / 1000
+            )
+            self.metrics.queue_depth.set(len(self._queue))
+            batch = [job for job in batch if not job.cancelled.is_set()]
+            if not batch:
+                continue
+            now = time.perf_counter()
+            for job in batch:
+                self.metrics.queue_wait.observe(now - job.enqueued_at)
+            self.metrics.batch_size.observe(len(batch))
+            try:
+                outputs = await loop.run_in_executor(self._executor, self._run_batch, batch, now)
+            except ServiceError as error:
+                self._fail(batch, error)
+                continue
+            except Exception as error:  # a failed generation fails its requests, not the server
+                logger.exception("generation failed")
+                self._fail(batch, GenerationFailedError(f"generation failed: {error}"))
+                continue
+            for job, output in zip(batch, outputs):
+                if not job.future.done():
+                    job.future.set_result(output)
+
+    @staticmethod
+    def _fail(batch: list[Job], error: ServiceError) -> None:
+        for job in batch:
+            if not job.future.done():
+                job.future.set_exception(error)
+
+    def _run_batch(self, batch: list[Job], dequeued_at: float) -> list[JobOutput]:
+        """Worker thread: one pipeline call for the whole batch."""
+        first = batch[0].spec
+        model = self.models.get(first.task, first.quant)
+        prompts, negatives, seeds = [], [], []
+        for job in batch:
+            count = len(job.spec.seeds)
+            prompts += [job.spec.prompt] * count
+            negatives += [job.spec.negative_prompt] * count
+            seeds += list(job.spec.seeds)
+        request = GenerationRequest(
+            prompts=prompts, seeds=seeds, width=first.width, height=first.height,
+            num_inference_steps=first.num_inference_steps,
+            guidance_scale=first.guidance_scale, negative_prompts=negatives,
+            num_frames=first.num_frames,
+        )
+
+        def on_step(step_index: int, num_steps: int) -> None:
+            for job in batch:
+                job.steps_done = step_index + 1
+            if all(job.cancelled.is_set() for job in batch):
+                raise GenerationCancelledError("request cancelled")
+
+        try:
+            with model.profiler.call() as profile:
+                pixels = generate(model.pipe, request, on_step=on_step)
+        except torch.cuda.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            raise DeviceOutOfMemoryError("the device ran out of memory; retry with less work")
+        finally:
+            self._update_memory_metrics()
+        self._observe_generation(model, profile, pixels)
+        return self._split(batch, model, pixels, profile, dequeued_at)
+
+    def _observe_generation(self, model: ServedModel, profile, pixels: np.ndarray) -> None:
+        stage = self.metrics.stage_duration
+        labels = dict(model=model.name, quant=model.quant)
+        stage.labels(stage="text_encode", **labels).observe(profile.text_encode_s)
+        stage.labels(stage="denoise", **labels).observe(profile.denoise_s)
+        stage.labels(stage="vae_decode", **labels).observe(profile.decode_s)
+        if model.task == "image":
+            self.metrics.generated_images.inc(pixels.shape[0])
+        else:
+            self.metrics.generated_video_frames.inc(pixels.shape[0] * pixels.shape[1])
+
+    @staticmethod
+    def _split(batch, model, pixels, profile, dequeued_at) -> list[JobOutput]:
+        outputs, start = [], 0
+        for job in batch:
+            count = len(job.spec.seeds)
+            timings = StageTimings(
+                queue_s=dequeued_at - job.enqueued_at, text_encode_s=profile.text_encode_s,
+                denoise_s=profile.denoise_s, vae_decode_s=profile.decode_s,
+            )
+            outputs.append(JobOutput(
+                pixels=pixels[start:start + count], seeds=job.spec.seeds, model=model.name,
+                quant=model.quant, timings=timings,
+            ))
+            start += count
+        return outputs
+
+    # -- observability ------------------------------------------------------------
+    def _update_memory_metrics(self) -> None:
+        gauge = self.metrics.device_memory
+        device = self.device
+        if device.type == "cuda":
+            name = str(device)
+            gauge.labels(device=name, kind="allocated").set(torch.cuda.memory_allocated(device))
+            gauge.labels(device=name, kind="reserved").set(torch.cuda.memory_reserved(device))
+            gauge.labels(device=name, kind="peak").set(torch.cuda.max_memory_allocated(device))
+            return
+        rss = _resident_bytes()
+        gauge.labels(device="cpu", kind="allocated").set(rss)
+        gauge.labels(device="cpu", kind="reserved").set(rss)
+        gauge.labels(device="cpu", kind="peak").set(
+            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        )
+
+
+def _resident_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * resource.getpagesize()

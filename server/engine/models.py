@@ -1,0 +1,165 @@
+"""Load, quantize and warm the served pipelines (runs on the engine's worker thread).
+
+For each enabled model (image, video) the pipeline is loaded once; each precision in
+TRDQ_QUANT gets its own denoiser (the full-precision one for `fp`, a TR-DQ-quantized
+copy otherwise) while the text encoder, VAE and scheduler config are shared.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from server.errors import ModelUnavailableError
+from server.metrics import Metrics
+from server.settings import Settings
+from trdq.pipeline import (
+    load_pipeline,
+    max_frames,
+    pipeline_task,
+    pipeline_weight_bytes,
+)
+from trdq.profiling import PipelineProfiler
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ServedModel:
+    """One pipeline variant the engine can run."""
+
+    name: str
+    task: str
+    quant: str
+    pipe: Any
+    profiler: PipelineProfiler
+    default_width: int
+    default_height: int
+    max_frames: int
+    group_of: Callable[[float | None], str] = lambda timestep: "0"
+    info: dict = field(default_factory=dict)
+
+
+@dataclass
+class ModelSet:
+    by_task_and_quant: dict[tuple[str, str], ServedModel]
+    default_quant: str
+
+    def get(self, task: str, quant: str | None) -> ServedModel:
+        key = (task, quant or self.default_quant)
+        if key not in self.by_task_and_quant:
+            available = sorted(q for t, q in self.by_task_and_quant if t == task)
+            if not available:
+                raise ModelUnavailableError(f"this server serves no {task} model")
+            raise ModelUnavailableError(
+                f"precision {key[1]!r} is not loaded for {task}; loaded: {', '.join(available)}"
+            )
+        return self.by_task_and_quant[key]
+
+    def all(self) -> list[ServedModel]:
+        return list(self.by_task_and_quant.values())
+
+
+def resolve_device(setting: str) -> torch.device:
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if setting.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"TRDQ_DEVICE={setting} but no CUDA device is available")
+    return torch.device(setting)
+
+
+def load_models(settings: Settings, metrics: Metrics) -> ModelSet:
+    device = resolve_device(settings.device)
+    if device.type == "cpu" and settings.threads:
+        torch.set_num_threads(settings.threads)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    served: dict[tuple[str, str], ServedModel] = {}
+    for model_name in (settings.image_model, settings.video_model_name):
+        if model_name is None:
+            continue
+        base = load_pipeline(model_name, device=device, dtype=dtype)
+        task = pipeline_task(base)
+        for quant in settings.quant_names:
+            pipe = base if quant == "fp" else _pipeline_copy_with_own_denoiser(base)
+            model = _make_served(model_name, task, quant, pipe, metrics)
+            if quant != "fp":
+                _quantize(model, settings, metrics)
+            _publish_weight_bytes(model, metrics)
+            served[(task, quant)] = model
+            logger.info("serving %s (%s) at %s on %s", model_name, task, quant, device)
+    if not served:
+        raise RuntimeError("both TRDQ_MODEL and TRDQ_VIDEO_MODEL are disabled: nothing to serve")
+    return ModelSet(served, default_quant=settings.quant_names[0])
+
+
+def _pipeline_copy_with_own_denoiser(base):
+    """A pipeline sharing every component with `base` except a copy of the denoiser."""
+    components = dict(base.components)
+    components["transformer"] = copy.deepcopy(base.transformer)
+    pipe = type(base)(**components)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _make_served(name: str, task: str, quant: str, pipe, metrics: Metrics) -> ServedModel:
+    scale = pipe.vae_scale_factor
+    size = int(pipe.transformer.config.sample_size) * scale
+    model = ServedModel(
+        name=name, task=task, quant=quant, pipe=pipe, profiler=PipelineProfiler(pipe),
+        default_width=size, default_height=size,
+        max_frames=max_frames(pipe) if task == "video" else 1,
+        info={"quant": quant, "dtype": str(pipe.transformer.dtype).removeprefix("torch.")},
+    )
+
+    def observe_step(seconds: float, timestep: float | None) -> None:
+        metrics.denoise_step.labels(
+            model=name, quant=quant, group=model.group_of(timestep)
+        ).observe(seconds)
+
+    model.profiler.add_step_listener(observe_step)
+    return model
+
+
+def _quantize(model: ServedModel, settings: Settings, metrics: Metrics) -> None:
+    """Quantize the model's denoiser with TR-DQ from the calibration cache."""
+    from trdq.api import quantize
+    from trdq.config import QuantConfig
+
+    started = time.perf_counter()
+    report = quantize(
+        model.pipe,
+        QuantConfig.preset(model.quant),
+        cache_dir=settings.cache_dir.expanduser(),
+        backend=settings.backend,
+        calibration_prompts=settings.calibration_prompts,
+        recalibrate_on_invalid=settings.recalibrate,
+        progress=False,
+    )
+    for result in report.cache_results:
+        metrics.calibration_cache.labels(result=result).inc()
+    if report.timestep_hook is not None:
+        report.timestep_hook.add_listener(
+            lambda event: metrics.group_switches.labels(model=model.name).inc()
+            if event.switched else None
+        )
+        model.group_of = report.group_label
+    model.info.update(report.summary())
+    logger.info(
+        "quantized %s to %s in %.1f s (cache: %s)",
+        model.name, model.quant, time.perf_counter() - started, ",".join(report.cache_results),
+    )
+
+
+def _publish_weight_bytes(model: ServedModel, metrics: Metrics) -> None:
+    by_component = pipeline_weight_bytes(model.pipe)
+    model.info["weight_bytes"] = by_component
+    for component, by_dtype in by_component.items():
+        for dtype, size in by_dtype.items():
+            metrics.weight_bytes.labels(
+                model=model.name, quant=model.quant, component=component, dtype=dtype
+            ).set(size)

@@ -1,0 +1,145 @@
+"""POST /generate/image and POST /generate/video.
+
+Routes validate (pydantic, from the limits), hand a JobSpec to the engine, and shape
+the reply: JSON with base64 media by default, raw bytes when the client asks for a
+media type in Accept.
+"""
+
+
+import asyncio
+import base64
+import secrets
+import time
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from server import media
+from server.engine.jobs import JobSpec
+from server.errors import InvalidRequestError, NotAcceptableError
+from server.schemas import ErrorResponse, ImageResponse, VideoResponse
+
+ERROR_RESPONSES = {
+    code: {"model": ErrorResponse}
+    for code in (401, 404, 406, 413, 422, 429, 500, 503, 504)
+}
+
+
+def _seeds(seed: int | None, count: int) -> tuple[int, ...]:
+    base = secrets.randbelow(2**31) if seed is None else seed
+    return tuple(base + i for i in range(count))
+
+
+def _raw_format(accept: str, formats: dict[str, str]) -> str | None:
+    """The output format named by an Accept header (first match), or None for JSON."""
+    for part in accept.split(","):
+        media_type = part.split(";")[0].strip().lower()
+        for fmt, fmt_type in formats.items():
+            if media_type == fmt_type:
+                return fmt
+    return None
+
+
+def _timings(output, encode_s: float, started: float) -> dict:
+    t = output.timings
+    return dict(
+        queue_s=round(t.queue_s, 4), text_encode_s=round(t.text_encode_s, 4),
+        denoise_s=round(t.denoise_s, 4), vae_decode_s=round(t.vae_decode_s, 4),
+        encode_s=round(encode_s, 4), total_s=round(time.perf_counter() - started, 4),
+    )
+
+
+def make_router(image_model, video_model) -> APIRouter:
+    router = APIRouter(tags=["generate"])
+
+    @router.post(
+        "/generate/image", response_model=ImageResponse, responses=ERROR_RESPONSES,
+        summary="Generate images from a prompt",
+    )
+    async def generate_image(body: image_model, request: Request):  # type: ignore[valid-type]
+        started = time.perf_counter()
+        engine = request.app.state.engine
+        raw = _raw_format(request.headers.get("accept", ""), media.IMAGE_FORMATS)
+        if raw is not None and body.num_images != 1:
+            raise NotAcceptableError("raw image bytes need num_images=1; ask for JSON instead")
+        served = engine.served_model("image", body.quant)
+        spec = JobSpec(
+            task="image", quant=served.quant, prompt=body.prompt,
+            negative_prompt=body.negative_prompt,
+            width=body.width or served.default_width, height=body.height or served.default_height,
+            num_inference_steps=body.num_inference_steps, guidance_scale=body.guidance_scale,
+            seeds=_seeds(body.seed, body.num_images),
+        )
+        output = await engine.submit(spec)
+        fmt = raw or body.output_format
+        encode_started = time.perf_counter()
+        encoded = await asyncio.to_thread(
+            lambda: [media.encode_image(pixels, fmt) for pixels in output.pixels]
+        )
+        encode_s = time.perf_counter() - encode_started
+        engine.metrics.stage_duration.labels(
+            model=output.model, quant=output.quant, stage="encode"
+        ).observe(encode_s)
+        headers = {"X-TRDQ-Model": output.model, "X-TRDQ-Quant": output.quant,
+                   "X-TRDQ-Seed": str(output.seeds[0])}
+        if raw is not None:
+            return Response(encoded[0], media_type=media.IMAGE_FORMATS[fmt], headers=headers)
+        return JSONResponse({
+            "images": [
+                {"b64": base64.b64encode(data).decode(), "seed": seed}
+                for data, seed in zip(encoded, output.seeds)
+            ],
+            "model": output.model, "quant": output.quant,
+            "width": spec.width, "height": spec.height, "format": fmt,
+            "timings": _timings(output, encode_s, started),
+        }, headers=headers)
+
+    @router.post(
+        "/generate/video", response_model=VideoResponse, responses=ERROR_RESPONSES,
+        summary="Generate videos from a prompt",
+    )
+    async def generate_video(body: video_model, request: Request):  # type: ignore[valid-type]
+        started = time.perf_counter()
+        engine = request.app.state.engine
+        raw = _raw_format(request.headers.get("accept", ""), media.VIDEO_FORMATS)
+        if raw is not None and body.num_videos != 1:
+            raise NotAcceptableError("raw video bytes need num_videos=1; ask for JSON instead")
+        served = engine.served_model("video", body.quant)
+        num_frames = body.num_frames or served.max_frames
+        if num_frames > served.max_frames:
+            raise InvalidRequestError(
+                f"num_frames: {served.name} generates at most {served.max_frames} frames"
+            )
+        spec = JobSpec(
+            task="video", quant=served.quant, prompt=body.prompt,
+            negative_prompt=body.negative_prompt,
+            width=body.width or served.default_width, height=body.height or served.default_height,
+            num_inference_steps=body.num_inference_steps, guidance_scale=body.guidance_scale,
+            seeds=_seeds(body.seed, body.num_videos), num_frames=num_frames,
+        )
+        output = await engine.submit(spec)
+        fmt = raw or body.output_format
+        encode_started = time.perf_counter()
+        encoded = await asyncio.to_thread(
+            lambda: [media.encode_video(frames, fmt, body.fps) for frames in output.pixels]
+        )
+        encode_s = time.perf_counter() - encode_started
+        engine.metrics.stage_duration.labels(
+            model=output.model, quant=output.quant, stage="encode"
+        ).observe(encode_s)
+        headers = {"X-TRDQ-Model": output.model, "X-TRDQ-Quant": output.quant,
+                   "X-TRDQ-Seed": str(output.seeds[0])}
+        if raw is not None:
+            return Response(encoded[0], media_type=media.VIDEO_FORMATS[fmt], headers=headers)
+        return JSONResponse({
+            "videos": [
+                {"b64": base64.b64encode(data).decode(), "seed": seed,
+                 "num_frames": num_frames, "fps": body.fps, "format": fmt}
+                for data, seed in zip(encoded, output.seeds)
+            ],
+            "model": output.model, "quant": output.quant,
+            "width": spec.width, "height": spec.height,
+            "timings": _timings(output, encode_s, started),
+        }, headers=headers)
+
+    return router

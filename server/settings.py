@@ -1,0 +1,78 @@
+"""Server settings, read from the environment (prefix TRDQ_), validated at start-up.
+
+`create_app` refuses to start on a bad value, and the error names the setting.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DISABLED = {"", "none", "off", "false", "0", "disabled"}
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TRDQ_", extra="ignore")
+
+    # Models: a zoo name or a local diffusers folder; "none" disables the endpoint.
+    model: str = "tiny-shapes-t2i"
+    video_model: str = "tiny-shapes-t2v"
+    # One precision or a comma list; the first is the default for requests.
+    quant: str = "w8a8"
+    cache_dir: Path = Path("~/.cache/trdq")
+    calibration_prompts: Path | None = None
+    recalibrate: bool = True
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    backend: str = "auto"
+    compile: bool = False
+    threads: int = Field(default=0, ge=0)  # torch intra-op threads on CPU; 0 = torch default
+    warmup: bool = True
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    api_key: SecretStr | None = None
+    log_level: str = "info"
+
+    max_queue: int = Field(default=16, ge=1)
+    max_batch: int = Field(default=4, ge=1, le=64)
+    batch_window_ms: float = Field(default=5.0, ge=0.0)
+    request_timeout_s: float = Field(default=300.0, gt=0.0)
+    max_body_bytes: int = Field(default=1_048_576, ge=1024)
+
+    # Request limits (also published in the OpenAPI schema).
+    max_pixels: int = Field(default=1024 * 1024, ge=64)
+    max_frames: int = Field(default=16, ge=1)
+    max_steps: int = Field(default=100, ge=1)
+    max_prompt_chars: int = Field(default=1000, ge=1)
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str) -> str:
+        value = value.strip().lower()
+        if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
+            return value
+        raise ValueError("must be auto, cpu, cuda or cuda:N")
+
+    @field_validator("quant")
+    @classmethod
+    def _check_quant(cls, value: str) -> str:
+        names = [name.strip() for name in value.split(",") if name.strip()]
+        if not names:
+            raise ValueError("name at least one precision, e.g. w8a8 or fp")
+        if len(set(names)) != len(names):
+            raise ValueError("a precision is listed twice")
+        return ",".join(names)
+
+    @property
+    def quant_names(self) -> list[str]:
+        return self.quant.split(",")
+
+    @property
+    def image_model(self) -> str | None:
+        return None if self.model.strip().lower() in DISABLED else self.model
+
+    @property
+    def video_model_name(self) -> str | None:
+        return None if self.video_model.strip().lower() in DISABLED else self.video_model
