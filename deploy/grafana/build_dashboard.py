@@ -73,7 +73,12 @@ ROWS: list[tuple[str, list[Panel]]] = [
             ),
             Panel(
                 "Request rate",
-                [Target(f"sum(rate(trdq_request_duration_seconds_count{{{INST}, {GENERATE}}}[{RATE}]))", "req/s")],
+                [
+                    Target(
+                        f"sum(rate(trdq_request_duration_seconds_count{{{INST}, {GENERATE}}}[{RATE}]))",
+                        "req/s",
+                    )
+                ],
                 unit="reqps",
                 kind="stat",
                 width=4,
@@ -196,8 +201,13 @@ ROWS: list[tuple[str, list[Panel]]] = [
             Panel(
                 "Queue depth and in-flight requests",
                 [
-                    Target(f"sum by (instance) (trdq_queue_depth{{{INST}}})", "queued {{instance}}"),
-                    Target(f"sum by (instance) (trdq_inflight_requests{{{INST}}})", "in flight {{instance}}"),
+                    Target(
+                        f"sum by (instance) (trdq_queue_depth{{{INST}}})", "queued {{instance}}"
+                    ),
+                    Target(
+                        f"sum by (instance) (trdq_inflight_requests{{{INST}}})",
+                        "in flight {{instance}}",
+                    ),
                 ],
                 width=8,
             ),
@@ -383,11 +393,17 @@ def _panel_json(panel: Panel, panel_id: int, x: int, y: int) -> dict:
     if panel.kind == "timeseries":
         body["fieldConfig"]["defaults"]["custom"] = {"lineWidth": 1, "fillOpacity": 10}
         body["options"] = {
-            "legend": {"displayMode": "table", "placement": "bottom", "calcs": ["lastNotNull", "max"]},
+            "legend": {
+                "displayMode": "table",
+                "placement": "bottom",
+                "calcs": ["lastNotNull", "max"],
+            },
             "tooltip": {"mode": "multi", "sort": "desc"},
         }
     elif panel.kind == "stat":
-        body["options"] = {"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False}}
+        body["options"] = {
+            "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False}
+        }
     elif panel.kind == "bargauge":
         body["options"] = {
             "displayMode": "gradient",
@@ -477,7 +493,9 @@ def build() -> dict:
                     "current": {"selected": False, "text": "Prometheus", "value": "prometheus"},
                     "hide": 0,
                 },
-                _variable("instance", "Instance", "label_values(trdq_model_weight_bytes, instance)"),
+                _variable(
+                    "instance", "Instance", "label_values(trdq_model_weight_bytes, instance)"
+                ),
                 _variable(
                     "model",
                     "Model",

@@ -18,7 +18,9 @@ import yaml
 HERE = Path(__file__).resolve().parent
 SOURCE = HERE / "alerts.yml"
 OUTPUT = HERE.parent / "k8s" / "base" / "prometheusrule.yaml"
-HEADER = "# Generated from deploy/prometheus/alerts.yml by deploy/prometheus/to_prometheusrule.py.\n"
+HEADER = (
+    "# Generated from deploy/prometheus/alerts.yml by deploy/prometheus/to_prometheusrule.py.\n"
+)
 
 
 class _BlockDumper(yaml.SafeDumper):
