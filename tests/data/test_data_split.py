@@ -1,0 +1,74 @@
+import pytest
+
+from trdq.data import (
+    COLORS,
+    DIRECTIONS,
+    POSITIONS,
+    SHAPES,
+    SIZES,
+    Caption,
+    all_captions,
+    heldout_captions,
+    heldout_prompts,
+    is_heldout,
+    train_captions,
+)
+
+
+@pytest.mark.parametrize("kind", ["image", "video"])
+def test_split_partitions_all_combinations(kind):
+    everything = all_captions(kind)
+    train, heldout = train_captions(kind), heldout_captions(kind=kind)
+    assert len(everything) == len(set(everything))
+    assert not set(train) & set(heldout)
+    assert set(train) | set(heldout) == set(everything)
+    assert 0.07 < len(heldout) / len(everything) < 0.13
+
+
+def test_combination_counts():
+    # colour x background (distinct) x shape x size x (position | direction x speed)
+    assert len(all_captions("image")) == 8 * 7 * len(SHAPES) * len(SIZES) * len(POSITIONS)
+    assert len(all_captions("video")) == 8 * 7 * len(SHAPES) * len(SIZES) * len(DIRECTIONS) * 2
+
+
+def test_split_is_pinned():
+    # The split must never drift: these are fixed by the hash rule.
+    first = [c.text for c in heldout_captions(kind="image")[:2]]
+    assert first == PINNED_IMAGE_HELDOUT
+    assert len(heldout_captions(kind="image")) == PINNED_COUNTS["image"]
+    assert len(heldout_captions(kind="video")) == PINNED_COUNTS["video"]
+
+
+def test_every_attribute_value_is_trained():
+    train = train_captions("image")
+    for name, values in (
+        ("color", COLORS),
+        ("background", COLORS),
+        ("shape", SHAPES),
+        ("size", SIZES),
+        ("position", POSITIONS),
+    ):
+        assert {getattr(c, name) for c in train} == set(values)
+
+
+def test_heldout_sample_is_deterministic():
+    assert heldout_prompts(20, seed=0) == heldout_prompts(20, seed=0)
+    assert heldout_prompts(20, seed=0) != heldout_prompts(20, seed=1)
+    assert len(set(heldout_prompts(20, seed=0, kind="video"))) == 20
+    assert all(is_heldout(c) for c in heldout_captions(20, seed=5, kind="video"))
+    with pytest.raises(ValueError):
+        heldout_captions(10**6)
+    with pytest.raises(ValueError):
+        heldout_captions(3, kind="audio")
+
+
+def test_is_heldout_needs_a_full_caption():
+    with pytest.raises(ValueError):
+        is_heldout(Caption(shape="circle", color="red"))
+
+
+PINNED_IMAGE_HELDOUT = [
+    "a small red circle at the top on a green background",
+    "a medium red circle at the bottom on a green background",
+]
+PINNED_COUNTS = {"image": 591, "video": 513}
