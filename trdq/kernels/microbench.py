@@ -32,9 +32,15 @@ PIXART_SHAPES = [
 
 
 def _bench(fn, warmup=25, rep=100) -> float:
+    """Median ms; NaN (with the error logged) when a variant fails, so one broken
+    variant does not hide the others' numbers."""
     import triton.testing
 
-    return float(triton.testing.do_bench(fn, warmup=warmup, rep=rep, return_mode="median"))
+    try:
+        return float(triton.testing.do_bench(fn, warmup=warmup, rep=rep, return_mode="median"))
+    except Exception as exc:  # noqa: BLE001 - report and continue with the next variant
+        print(f"  variant failed: {type(exc).__name__}: {str(exc)[-300:]}", flush=True)
+        return float("nan")
 
 
 def ceilings() -> dict[str, float]:

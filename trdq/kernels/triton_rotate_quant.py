@@ -115,20 +115,37 @@ if TRITON_AVAILABLE:
     import triton.language as tl
 
     @triton.jit
-    def _fwht(x, BLOCK_M: tl.constexpr, HB: tl.constexpr, LOG_HB: tl.constexpr):
-        """In-register unnormalized Walsh-Hadamard transform along axis 1 of [BLOCK_M, HB].
+    def _butterfly(x, BLOCK_M: tl.constexpr, HB: tl.constexpr, H: tl.constexpr):
+        """One stage at stride H: element k = j*2H + i pairs with k + H, (a, b) -> (a+b, a-b).
 
-        Stage with stride h pairs element k = j*2h + i with k + h (natural order):
-        view [BLOCK_M, HB/2h, 2, h], move the pair axis last, split, butterfly, join back.
+        View [BLOCK_M, HB/2H, 2, H], move the pair axis last, split, butterfly, join back.
         """
-        for i in tl.static_range(LOG_HB):
-            h: tl.constexpr = 1 << i
-            y = tl.reshape(x, (BLOCK_M, HB // (2 * h), 2, h))
-            y = tl.permute(y, (0, 1, 3, 2))
-            a, b = tl.split(y)
-            y = tl.join(a + b, a - b)
-            y = tl.permute(y, (0, 1, 3, 2))
-            x = tl.reshape(y, (BLOCK_M, HB))
+        y = tl.reshape(x, (BLOCK_M, HB // (2 * H), 2, H))
+        y = tl.permute(y, (0, 1, 3, 2))
+        a, b = tl.split(y)
+        y = tl.join(a + b, a - b)
+        y = tl.permute(y, (0, 1, 3, 2))
+        return tl.reshape(y, (BLOCK_M, HB))
+
+    @triton.jit
+    def _fwht(x, BLOCK_M: tl.constexpr, HB: tl.constexpr):
+        """In-register unnormalized Walsh-Hadamard transform along axis 1 of [BLOCK_M, HB]
+        (HB a power of two, 2..128), stages unrolled at compile time; natural (Sylvester)
+        order."""
+        if HB >= 2:
+            x = _butterfly(x, BLOCK_M, HB, 1)
+        if HB >= 4:
+            x = _butterfly(x, BLOCK_M, HB, 2)
+        if HB >= 8:
+            x = _butterfly(x, BLOCK_M, HB, 4)
+        if HB >= 16:
+            x = _butterfly(x, BLOCK_M, HB, 8)
+        if HB >= 32:
+            x = _butterfly(x, BLOCK_M, HB, 16)
+        if HB >= 64:
+            x = _butterfly(x, BLOCK_M, HB, 32)
+        if HB >= 128:
+            x = _butterfly(x, BLOCK_M, HB, 64)
         return x
 
     @triton.jit
@@ -153,7 +170,7 @@ if TRITON_AVAILABLE:
                 x = tl.dot(x_hi, hmat, out_dtype=tl.float32)
                 x = tl.dot(x_lo, hmat, acc=x, out_dtype=tl.float32)
             else:
-                x = _fwht(x, BLOCK_M, HB, LOG_HB)
+                x = _fwht(x, BLOCK_M, HB)
             x = x * inv_sqrt_hb
         return x
 
@@ -216,8 +233,8 @@ def rotate_quant_triton(
     m, k = x.shape
     qmax = _qmax(out_dtype)
     hb = block if block is not None else hadamard_block_size(k)
-    if k % hb or hb & (hb - 1):
-        raise ValueError(f"rotation block {hb} must be a power of two dividing K={k}")
+    if k % hb or hb & (hb - 1) or hb > 128:
+        raise ValueError(f"rotation block {hb} must be a power of two <= 128 dividing K={k}")
     q = torch.empty((m, k), device=x.device, dtype=out_dtype)
     static = row_scale is not None
     if static:
@@ -225,7 +242,7 @@ def rotate_quant_triton(
     else:
         scale = torch.empty((m,), device=x.device, dtype=torch.float32)
     smooth_t = smooth.to(torch.float32).contiguous() if smooth is not None else scale
-    use_dot = bool(use_dot and block is not None)
+    use_dot = bool(use_dot and block is not None and hb >= 16)
     h = sylvester_hadamard(hb, x.device, torch.bfloat16) if use_dot else scale
     if block_m is None:
         block_m = 16 if hb >= 64 else 32

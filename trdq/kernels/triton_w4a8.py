@@ -89,8 +89,9 @@ if TRITON_AVAILABLE:
         else:
             acc = tl.zeros((BM, BN), dtype=tl.int32)
         for k0 in range(0, K, BK):
-            a = tl.load(a_ptr + rm[:, None] * stride_am + (k0 + rk)[None, :],
-                        mask=mmask[:, None], other=0)
+            # rows past M are loaded unmasked-to-zero (fp8 has no literal 0 "other") and
+            # never stored; clamp their index instead so the loads stay in bounds
+            a = tl.load(a_ptr + tl.minimum(rm, M - 1)[:, None] * stride_am + (k0 + rk)[None, :])
             if PACKED:
                 p = tl.load(b_ptr + rn[:, None] * stride_bn + (k0 // 2 + rk2)[None, :],
                             mask=nmask[:, None], other=0)
