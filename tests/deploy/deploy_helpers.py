@@ -74,3 +74,13 @@ def tool(name: str) -> str | None:
         return found
     beside = Path(sys.executable).parent / name
     return str(beside) if beside.exists() else None
+
+
+def dashboard_targets(dashboard: dict) -> list[tuple[str, dict]]:
+    """(panel title, target) for every query target of every non-row panel."""
+    return [
+        (panel["title"], target)
+        for panel in dashboard["panels"]
+        if panel["type"] != "row"
+        for target in panel.get("targets", [])
+    ]
