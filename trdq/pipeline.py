@@ -90,6 +90,16 @@ def max_frames(pipe) -> int:
     return int(getattr(pipe.transformer.config, "video_length", 1) or 1)
 
 
+def min_inference_steps(pipe) -> int:
+    """Fewest sampler steps the pipeline supports.
+
+    diffusers' PixArt pipelines treat a single step as a one-step distilled model and
+    index the scheduler output as (prev, denoised); multistep solvers return only prev,
+    so one step fails there. Latte has no such branch.
+    """
+    return 2 if pipeline_task(pipe) == "image" else 1
+
+
 def _allow_shorter_videos(transformer: torch.nn.Module) -> None:
     """Let a Latte transformer denoise fewer frames than its `video_length`.
 
@@ -133,6 +143,8 @@ def generate(pipe, request: GenerationRequest, on_step: StepCallback | None = No
     """
     if len(request.prompts) != len(request.seeds):
         raise ValueError("one seed per prompt is required")
+    if request.num_inference_steps < min_inference_steps(pipe):
+        raise ValueError(f"this pipeline needs at least {min_inference_steps(pipe)} steps")
     generators = [torch.Generator("cpu").manual_seed(int(seed)) for seed in request.seeds]
     kwargs = dict(
         prompt=request.prompts,

@@ -21,6 +21,7 @@ from server.settings import Settings
 from trdq.pipeline import (
     load_pipeline,
     max_frames,
+    min_inference_steps,
     pipeline_task,
     pipeline_weight_bytes,
 )
@@ -41,6 +42,7 @@ class ServedModel:
     default_width: int
     default_height: int
     max_frames: int
+    min_steps: int
     group_of: Callable[[float | None], str] = lambda timestep: "0"
     info: dict = field(default_factory=dict)
 
@@ -113,6 +115,7 @@ def _make_served(name: str, task: str, quant: str, pipe, metrics: Metrics) -> Se
         name=name, task=task, quant=quant, pipe=pipe, profiler=PipelineProfiler(pipe),
         default_width=size, default_height=size,
         max_frames=max_frames(pipe) if task == "video" else 1,
+        min_steps=min_inference_steps(pipe),
         info={"quant": quant, "dtype": str(pipe.transformer.dtype).removeprefix("torch.")},
     )
 

@@ -49,6 +49,13 @@ def _timings(output, encode_s: float, started: float) -> dict:
     )
 
 
+def _check_steps(served, steps: int) -> None:
+    if steps < served.min_steps:
+        raise InvalidRequestError(
+            f"num_inference_steps: {served.name} needs at least {served.min_steps} steps"
+        )
+
+
 def make_router(image_model, video_model) -> APIRouter:
     router = APIRouter(tags=["generate"])
 
@@ -63,6 +70,7 @@ def make_router(image_model, video_model) -> APIRouter:
         if raw is not None and body.num_images != 1:
             raise NotAcceptableError("raw image bytes need num_images=1; ask for JSON instead")
         served = engine.served_model("image", body.quant)
+        _check_steps(served, body.num_inference_steps)
         spec = JobSpec(
             task="image", quant=served.quant, prompt=body.prompt,
             negative_prompt=body.negative_prompt,
@@ -105,6 +113,7 @@ def make_router(image_model, video_model) -> APIRouter:
         if raw is not None and body.num_videos != 1:
             raise NotAcceptableError("raw video bytes need num_videos=1; ask for JSON instead")
         served = engine.served_model("video", body.quant)
+        _check_steps(served, body.num_inference_steps)
         num_frames = body.num_frames or served.max_frames
         if num_frames > served.max_frames:
             raise InvalidRequestError(

@@ -1,0 +1,147 @@
+"""The `trdq` command: serve, generate, calibrate, bench, eval, zoo.
+
+Sub-commands import their heavy modules lazily so `trdq --help` is instant. `serve`
+is the one place the library reaches into the server package (the console script is
+shared); the server itself lives in `server/` and is also `python -m server`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import os
+
+    if args.host:
+        os.environ["TRDQ_HOST"] = args.host
+    if args.port:
+        os.environ["TRDQ_PORT"] = str(args.port)
+    from server.__main__ import main as serve_main
+
+    return serve_main()
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from trdq.pipeline import GenerationRequest, generate, load_pipeline, max_frames
+
+    default_model = "tiny-shapes-t2i" if args.kind == "image" else "tiny-shapes-t2v"
+    pipe = load_pipeline(args.model or default_model, device=args.device)
+    if args.quant != "fp":
+        from trdq.api import quantize
+        from trdq.config import QuantConfig
+
+        quantize(pipe, QuantConfig.preset(args.quant), cache_dir=args.cache_dir, backend=args.backend)
+    size = int(pipe.transformer.config.sample_size) * pipe.vae_scale_factor
+    request = GenerationRequest(
+        prompts=[args.prompt], seeds=[args.seed], width=args.width or size,
+        height=args.height or size, num_inference_steps=args.steps,
+        guidance_scale=args.guidance, negative_prompts=[args.negative_prompt],
+        num_frames=(args.frames or max_frames(pipe)) if args.kind == "video" else None,
+    )
+    started = time.perf_counter()
+    pixels = generate(pipe, request)[0]
+    elapsed = time.perf_counter() - started
+    out = Path(args.output)
+    fmt = out.suffix.lstrip(".").lower().replace("jpg", "jpeg")
+    from server import media  # encoding only: no server state is built
+
+    if args.kind == "image":
+        data = media.encode_image(np.asarray(pixels), fmt or "png")
+    else:
+        data = media.encode_video(np.asarray(pixels), fmt or "mp4", args.fps)
+    out.write_bytes(data)
+    print(f"wrote {out} ({len(data)} bytes) in {elapsed:.2f} s", file=sys.stderr)
+    return 0
+
+
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    from trdq.api import quantize
+    from trdq.config import QuantConfig
+    from trdq.pipeline import load_pipeline
+
+    pipe = load_pipeline(args.model, device=args.device)
+    report = quantize(
+        pipe, QuantConfig.preset(args.quant), cache_dir=args.cache_dir, backend=args.backend,
+        calibration_prompts=args.prompts, seed=args.seed, progress=True,
+    )
+    print(report.describe() if hasattr(report, "describe") else report)
+    return 0
+
+
+def _forward(module_name: str):
+    def run(args: argparse.Namespace) -> int:
+        import importlib
+
+        return importlib.import_module(module_name).main(args.rest)
+
+    return run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="trdq", description="TR-DQ quantized diffusion serving")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the HTTP server (settings from TRDQ_* env)")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.set_defaults(func=_cmd_serve)
+
+    gen = sub.add_parser("generate", help="generate one image or video to a file")
+    gen.add_argument("kind", choices=["image", "video"])
+    gen.add_argument("prompt")
+    gen.add_argument("-o", "--output", required=True, help="file; the suffix picks the format")
+    gen.add_argument("--model", help="zoo name or local diffusers folder")
+    gen.add_argument("--quant", default="fp")
+    gen.add_argument("--backend", default="auto")
+    gen.add_argument("--cache-dir", default="~/.cache/trdq")
+    gen.add_argument("--device", default="cpu")
+    gen.add_argument("--negative-prompt", default="")
+    gen.add_argument("--width", type=int)
+    gen.add_argument("--height", type=int)
+    gen.add_argument("--frames", type=int)
+    gen.add_argument("--fps", type=int, default=8)
+    gen.add_argument("--steps", type=int, default=20)
+    gen.add_argument("--guidance", type=float, default=4.5)
+    gen.add_argument("--seed", type=int, default=0)
+    gen.set_defaults(func=_cmd_generate)
+
+    cal = sub.add_parser("calibrate", help="calibrate a model and fill the cache")
+    cal.add_argument("--model", required=True)
+    cal.add_argument("--quant", default="w8a8")
+    cal.add_argument("--cache-dir", default="~/.cache/trdq")
+    cal.add_argument("--prompts", help="text file, one calibration prompt per line")
+    cal.add_argument("--backend", default="auto")
+    cal.add_argument("--device", default="cpu")
+    cal.add_argument("--seed", type=int, default=0)
+    cal.set_defaults(func=_cmd_calibrate)
+
+    for name, module, text in (
+        ("bench", "trdq.bench", "speed and memory benchmark (see `trdq bench --help`)"),
+        ("eval", "trdq.eval.cli", "quality benchmark on the shapes world"),
+        ("zoo", "trdq.zoo.cli", "build or train the embedded pipelines"),
+    ):
+        forward = sub.add_parser(name, help=text, add_help=False)
+        forward.add_argument("rest", nargs=argparse.REMAINDER)
+        forward.set_defaults(func=_forward(module))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
