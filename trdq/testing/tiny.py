@@ -17,6 +17,7 @@ __all__ = [
     "tiny_pixart_pipeline",
     "tiny_latte_pipeline",
     "TINY_PROMPTS",
+    "plant_outlier_channels",
 ]
 
 TEXT_DIM = 32
@@ -142,13 +143,30 @@ def tiny_vae(seed: int = 0):
     return vae.eval()
 
 
+def plant_outlier_channels(transformer, channels: int = 3, gain: float = 20.0, seed: int = 0):
+    """Give a few hidden channels a large adaLN scale in every block, as trained DiTs have
+    (the outlier channels rotation is meant to spread). Returns the planted indices."""
+    gen = torch.Generator().manual_seed(seed)
+    blocks = list(getattr(transformer, "transformer_blocks", [])) + list(
+        getattr(transformer, "temporal_transformer_blocks", [])
+    )
+    width = blocks[0].scale_shift_table.shape[-1]
+    idx = torch.randperm(width, generator=gen)[:channels]
+    with torch.no_grad():
+        for block in blocks:
+            table = block.scale_shift_table  # rows: shift/scale/gate msa, shift/scale/gate mlp
+            table[1, idx] = gain
+            table[4, idx] = gain
+    return idx
+
+
 def _scheduler():
     from diffusers import DPMSolverMultistepScheduler
 
     return DPMSolverMultistepScheduler(num_train_timesteps=1000)
 
 
-def tiny_pixart_pipeline(seed: int = 0, hidden: int = 64, layers: int = 2):
+def tiny_pixart_pipeline(seed: int = 0, hidden: int = 64, layers: int = 2, outliers: bool = False):
     """PixArtAlphaPipeline producing 16x16 images (latent 8x8). Call it with
     ``height=16, width=16, use_resolution_binning=False, clean_caption=False``."""
     from diffusers import PixArtAlphaPipeline
@@ -160,11 +178,15 @@ def tiny_pixart_pipeline(seed: int = 0, hidden: int = 64, layers: int = 2):
         transformer=tiny_pixart_transformer(seed, hidden=hidden, layers=layers),
         scheduler=_scheduler(),
     )
+    if outliers:
+        plant_outlier_channels(pipe.transformer, seed=seed)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
-def tiny_latte_pipeline(seed: int = 0, hidden: int = 64, layers: int = 2, video_length: int = 4):
+def tiny_latte_pipeline(
+    seed: int = 0, hidden: int = 64, layers: int = 2, video_length: int = 4, outliers: bool = False
+):
     """LattePipeline producing ``video_length`` frames of 16x16. Call it with
     ``height=16, width=16, video_length=video_length, clean_caption=False``."""
     from diffusers import LattePipeline
@@ -177,5 +199,7 @@ def tiny_latte_pipeline(seed: int = 0, hidden: int = 64, layers: int = 2, video_
                                            video_length=video_length),
         scheduler=_scheduler(),
     )
+    if outliers:
+        plant_outlier_channels(pipe.transformer, seed=seed)
     pipe.set_progress_bar_config(disable=True)
     return pipe

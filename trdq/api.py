@@ -1,0 +1,359 @@
+"""The library surface: quantize / calibrate / save / load, plus step-trace helpers.
+
+Orchestration only: layer selection lives in integrations, numerics in nn/ and kernels/,
+statistics in calibration, artifacts in cache. ``quantize`` returns a ``QuantReport``
+saying what was replaced, what was skipped and why, bytes before and after by dtype, the
+backend, the calibration id and what the cache did (e.g. ``["hit"]`` or
+``["invalid", "miss"]``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from trdq.cache import (
+    CalibrationCache,
+    CalibrationCacheError,
+    Fingerprint,
+    calibration_set_fingerprint,
+    model_fingerprint,
+    read_artifact,
+    write_artifact,
+)
+from trdq.calibration import CalibrationResult, calibrate_pipeline, load_prompts
+from trdq.config import QuantConfig
+from trdq.integrations.diffusers import (
+    CfgSplitForward,
+    find_denoiser,
+    select_layers,
+    set_submodule,
+    unwrap_pipeline_call,
+    wrap_pipeline_call,
+)
+from trdq.kernels.base import KernelBackend
+from trdq.kernels.registry import select_backend
+from trdq.nn.faithful import FaithfulLinear
+from trdq.nn.quant_linear import QuantLinear
+from trdq.timestep import GroupMap, QuantContext, StepEvent, TimestepHook
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "QuantReport",
+    "QuantState",
+    "quantize",
+    "calibrate",
+    "save",
+    "load",
+    "weight_bytes_by_dtype",
+    "get_state",
+    "add_step_listener",
+    "step_trace",
+    "DEFAULT_CALIBRATION_PROMPTS",
+]
+
+STATE_ATTR = "_trdq_state"
+ZOO_PROMPTS_DIR = Path(__file__).resolve().parent / "zoo" / "calibration"
+DEFAULT_CALIBRATION_PROMPTS = [
+    "a red circle in the top left corner",
+    "a blue square at the bottom right",
+    "a green triangle in the center on a white background",
+    "a small yellow star on a black background",
+    "a large purple circle moving to the left",
+    "two orange squares side by side",
+    "a photo of a cat sitting on a sofa",
+    "a mountain landscape at sunset, highly detailed",
+]
+
+
+@dataclass
+class QuantReport:
+    config_name: str
+    backend: str | None
+    replaced: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+    bytes_before: dict[str, int] = field(default_factory=dict)
+    bytes_after: dict[str, int] = field(default_factory=dict)
+    calibration_id: str | None = None
+    cache: list[str] = field(default_factory=list)
+    cache_reason: str = ""
+    calibration_seconds: float = 0.0
+    total_seconds: float = 0.0
+    config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def weight_bytes_before(self) -> int:
+        return sum(self.bytes_before.values())
+
+    @property
+    def weight_bytes_after(self) -> int:
+        return sum(self.bytes_after.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["weight_bytes_before"] = self.weight_bytes_before
+        out["weight_bytes_after"] = self.weight_bytes_after
+        return out
+
+
+@dataclass
+class QuantState:
+    """Everything the library attached to one quantized denoiser."""
+
+    config: QuantConfig
+    context: QuantContext
+    hook: TimestepHook
+    backend: KernelBackend
+    layers: dict[str, nn.Module]
+    calibration: CalibrationResult
+    report: QuantReport
+    cfg_split: CfgSplitForward | None = None
+
+
+def weight_bytes_by_dtype(module: nn.Module) -> dict[str, int]:
+    """Bytes of parameters + buffers by dtype name (what the module really holds)."""
+    out: dict[str, int] = {}
+    tensors = list(module.parameters()) + list(module.buffers())
+    for t in tensors:
+        key = str(t.dtype).replace("torch.", "")
+        out[key] = out.get(key, 0) + t.numel() * t.element_size()
+    return out
+
+
+def get_state(pipe: Any) -> QuantState | None:
+    return getattr(find_denoiser(pipe), STATE_ATTR, None)
+
+
+def add_step_listener(pipe: Any, fn: Callable[[StepEvent], None]) -> TimestepHook:
+    """Attach ``fn(StepEvent)`` to a quantized pipeline's timestep hook."""
+    state = get_state(pipe)
+    if state is None:
+        raise ValueError("pipeline is not quantized (call trdq.quantize first)")
+    state.hook.add_listener(fn)
+    return state.hook
+
+
+def step_trace(pipe: Any) -> list[int]:
+    """Group used by each denoiser step of the last pipeline call (debug API)."""
+    state = get_state(pipe)
+    return list(state.hook.trace) if state is not None else []
+
+
+def _default_prompts(pipe: Any) -> list[str]:
+    name = str(getattr(getattr(pipe, "config", None), "_name_or_path", "") or "")
+    candidate = ZOO_PROMPTS_DIR / f"{Path(name).name}.txt" if name else None
+    if candidate is not None and candidate.is_file():
+        return load_prompts(candidate)
+    return list(DEFAULT_CALIBRATION_PROMPTS)
+
+
+def _resolve_config(config: QuantConfig | str) -> QuantConfig:
+    return QuantConfig.preset(config) if isinstance(config, str) else config
+
+
+def _pick_backend(backend: str, device: torch.device, config: QuantConfig) -> KernelBackend:
+    if config.faithful:
+        if backend not in ("auto", "reference"):
+            raise ValueError(f"preset {config.name!r} runs on the reference backend only")
+        backend = "reference"
+    return select_backend(backend, device, config)
+
+
+def calibrate(
+    pipe: Any,
+    config: QuantConfig | str,
+    calibration_prompts: list[str] | str | Path | None = None,
+    *,
+    seed: int = 0,
+    progress: bool = True,
+    call_kwargs: dict[str, Any] | None = None,
+) -> CalibrationResult:
+    """Collect statistics and search parameters on the FP pipeline (nothing is replaced)."""
+    config = _resolve_config(config)
+    prompts = load_prompts(calibration_prompts, _default_prompts(pipe))
+    if config.calib_num_prompts and len(prompts) > config.calib_num_prompts:
+        prompts = prompts[: config.calib_num_prompts]
+    return calibrate_pipeline(pipe, config, prompts, seed=seed, progress=progress,
+                              call_kwargs=call_kwargs)
+
+
+def _apply(pipe: Any, config: QuantConfig, calib: CalibrationResult,
+           backend: KernelBackend, report: QuantReport) -> QuantState:
+    denoiser = find_denoiser(pipe)
+    targets, skipped = select_layers(denoiser, config)
+    report.skipped.update(skipped)
+    context = QuantContext(num_groups=config.num_groups)
+    layers: dict[str, nn.Module] = {}
+    for name, linear in targets.items():
+        if config.faithful:
+            fp = calib.faithful[name]
+            new: nn.Module = FaithfulLinear(linear, fp.smooth_by_range, fp.rotations, context,
+                                            config.weight_bits, config.act_bits)
+        else:
+            new = QuantLinear.from_linear(
+                linear, calib.params[name], backend, context,
+                weight_bits=config.weight_bits, fp8=config.fp8,
+                act_mode=config.act_mode, cfg_wise=config.cfg_wise,
+            )
+        set_submodule(denoiser, name, new)
+        layers[name] = new
+    report.replaced = sorted(layers)
+    hook = TimestepHook(GroupMap(tuple(config.boundaries())), context).attach(denoiser)
+    wrap_pipeline_call(pipe, hook)
+    split = CfgSplitForward(denoiser, context) if config.cfg_split else None
+    state = QuantState(config, context, hook, backend, layers, calib, report, split)
+    setattr(denoiser, STATE_ATTR, state)
+    return state
+
+
+def _manifest_extra(config: QuantConfig, calib: CalibrationResult, prompts: list[str],
+                    seed: int, layer_names: list[str]) -> dict[str, Any]:
+    return {
+        "config": config.to_dict(),
+        "calibration_seconds": calib.seconds,
+        "num_prompts": len(prompts),
+        "seed": seed,
+        "layers": layer_names,
+        "groups_seen": calib.groups_seen,
+    }
+
+
+def _from_artifact(tensors: dict[str, torch.Tensor], layer_names: list[str],
+                   config: QuantConfig) -> CalibrationResult:
+    """Rebuild and shape-check; raises ValueError/KeyError for a mismatched artifact."""
+    calib = CalibrationResult.from_tensors(tensors, layer_names, config.faithful)
+    for name, p in calib.params.items():
+        if tuple(p.act_scale_by_group.shape) != (config.num_groups, 2):
+            raise ValueError(f"{name}: act scales shaped {tuple(p.act_scale_by_group.shape)}")
+    return calib
+
+
+def quantize(
+    pipe: Any,
+    config: QuantConfig | str,
+    cache_dir: str | Path | None = None,
+    backend: str = "auto",
+    calibration_prompts: list[str] | str | Path | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    recalibrate_on_invalid: bool = True,
+    call_kwargs: dict[str, Any] | None = None,
+) -> QuantReport:
+    """Quantize ``pipe``'s denoiser in place (loading or building the calibration)."""
+    start = time.perf_counter()
+    config = _resolve_config(config)
+    denoiser = find_denoiser(pipe)
+    if getattr(denoiser, STATE_ATTR, None) is not None:
+        raise RuntimeError("this pipeline is already quantized")
+    report = QuantReport(config_name=config.name, backend=None, config=config.to_dict(),
+                         bytes_before=weight_bytes_by_dtype(denoiser))
+    if not config.enabled:
+        report.bytes_after = dict(report.bytes_before)
+        report.total_seconds = time.perf_counter() - start
+        return report
+    device = next(denoiser.parameters()).device
+    kernel = _pick_backend(backend, device, config)
+    report.backend = kernel.name
+    prompts = load_prompts(calibration_prompts, _default_prompts(pipe))
+    if config.calib_num_prompts and len(prompts) > config.calib_num_prompts:
+        prompts = prompts[: config.calib_num_prompts]
+    targets, _ = select_layers(denoiser, config)
+    layer_names = sorted(targets)
+    fingerprint = Fingerprint(
+        model=model_fingerprint(denoiser),
+        config=config.config_hash(),
+        calibration=calibration_set_fingerprint(prompts, seed),
+    )
+    report.calibration_id = fingerprint.id
+
+    def run() -> CalibrationResult:
+        calib = calibrate_pipeline(pipe, config, prompts, seed=seed, progress=progress,
+                                   call_kwargs=call_kwargs)
+        report.calibration_seconds = calib.seconds
+        return calib
+
+    if cache_dir is None:
+        calib = run()
+        report.cache = ["disabled"]
+    else:
+        cache = CalibrationCache(cache_dir)
+        with cache.lock(fingerprint):
+            loaded = cache.load(fingerprint)
+            calib = None
+            if loaded.status == "hit":
+                try:
+                    calib = _from_artifact(loaded.tensors, layer_names, config)
+                    report.cache = ["hit"]
+                    report.calibration_seconds = float(loaded.manifest.get("calibration_seconds", 0))
+                except (KeyError, ValueError) as exc:
+                    loaded.status, loaded.reason = "invalid", f"contents mismatch: {exc}"
+            if calib is None:
+                if loaded.status == "invalid":
+                    report.cache.append("invalid")
+                    report.cache_reason = loaded.reason
+                    if not recalibrate_on_invalid:
+                        raise CalibrationCacheError(
+                            f"calibration artifact {fingerprint.id} in {cache.root} is invalid "
+                            f"({loaded.reason}) and recalibration is disabled"
+                        )
+                report.cache.append("miss")
+                calib = run()
+                cache.save(fingerprint, calib.to_tensors(),
+                           _manifest_extra(config, calib, prompts, seed, layer_names))
+    _apply(pipe, config, calib, kernel, report)
+    report.bytes_after = weight_bytes_by_dtype(denoiser)
+    report.total_seconds = time.perf_counter() - start
+    logger.info(
+        "quantized %s with %s on %s: %d layers replaced, %d skipped, weights %d -> %d bytes, "
+        "cache %s", type(denoiser).__name__, config.name, kernel.name, len(report.replaced),
+        len(report.skipped), report.weight_bytes_before, report.weight_bytes_after, report.cache,
+    )
+    return report
+
+
+def save(pipe: Any, directory: str | Path) -> Path:
+    """Write the quantized pipeline's calibration as a self-describing artifact."""
+    state = get_state(pipe)
+    if state is None:
+        raise ValueError("pipeline is not quantized")
+    fp = Fingerprint(model="(saved)", config=state.config.config_hash(),
+                     calibration=state.report.calibration_id or "")
+    extra = _manifest_extra(state.config, state.calibration, [], -1, sorted(state.layers))
+    return write_artifact(Path(directory), fp, state.calibration.to_tensors(), extra)
+
+
+def load(pipe: Any, directory: str | Path, backend: str = "auto") -> QuantReport:
+    """Quantize ``pipe`` from an artifact written by ``save`` (no calibration run)."""
+    loaded = read_artifact(Path(directory))
+    if loaded.status != "hit":
+        raise CalibrationCacheError(f"cannot load {directory}: {loaded.status} {loaded.reason}")
+    config = QuantConfig.from_dict(loaded.manifest["config"])
+    denoiser = find_denoiser(pipe)
+    report = QuantReport(config_name=config.name, backend=None, config=config.to_dict(),
+                         bytes_before=weight_bytes_by_dtype(denoiser), cache=["hit"])
+    kernel = _pick_backend(backend, next(denoiser.parameters()).device, config)
+    report.backend = kernel.name
+    targets, _ = select_layers(denoiser, config)
+    calib = _from_artifact(loaded.tensors, sorted(targets), config)
+    _apply(pipe, config, calib, kernel, report)
+    report.bytes_after = weight_bytes_by_dtype(denoiser)
+    return report
+
+
+def dequantize_hooks(pipe: Any) -> None:
+    """Detach the timestep hook and call wrapper (layers stay quantized)."""
+    state = get_state(pipe)
+    if state is None:
+        return
+    state.hook.detach()
+    unwrap_pipeline_call(pipe, state.hook)
+    if state.cfg_split is not None:
+        state.cfg_split.remove()

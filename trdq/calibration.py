@@ -1,0 +1,390 @@
+"""Calibration: activation statistics over prompts x the sampler's real timesteps, then a
+per-layer, per-group (per CFG half) search of the activation parameters.
+
+Collection runs the full-precision pipeline (``output_type="latent"``, no VAE) with the
+config's step count and guidance, so the timesteps are exactly the sampler's. A pre-hook
+on every target linear records, per (timestep group, CFG half):
+
+- the per-channel absmax of the raw input (smoothing statistics; exact min-max range
+  without rotation),
+- the absmax of the rotated input (exact static range with rotation),
+- a bounded, seeded sample of input rows (random rows plus the largest ones), used by
+  the search, and for ``faithful`` the EMA of mean_batch(max_tokens |X|) per range.
+
+The search picks, per group and half, the clip ratio (from ``clip_grid``) minimising the
+layer's output MSE ``|Q(x) Q(W)^T - x W^T|^2`` on that group's rows. The smoothing
+exponent is searched per layer over all groups: the weights are stored once, so a
+per-group exponent would need per-group weight copies (TRDQ.md: not the default).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from trdq import primitives as P
+from trdq.config import QuantConfig
+from trdq.integrations.diffusers import find_denoiser, rotation_block_for, select_layers
+from trdq.integrations.diffusers import unwrap_pipeline_call, wrap_pipeline_call
+from trdq.integrations.pipeline_args import calibration_call_kwargs
+from trdq.kernels.base import ActQuant
+from trdq.kernels.reference import fake_quant_activation, prepare_activation
+from trdq.nn.quant_linear import LayerQuantParams
+from trdq.rotation import DuQuantRotation, fwht, hadamard_block_size
+from trdq.timestep import GroupMap, QuantContext, TimestepHook
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["CalibrationResult", "FaithfulParams", "calibrate_pipeline", "load_prompts"]
+
+TOP_ROWS_PER_OBSERVATION = 4
+
+
+def load_prompts(prompts: list[str] | str | Path | None, fallback: list[str] | None = None) -> list[str]:
+    """A list of prompts, or a text file with one prompt per line (``#`` comments)."""
+    if prompts is None:
+        if not fallback:
+            raise ValueError("no calibration prompts given and none shipped for this model")
+        return list(fallback)
+    if isinstance(prompts, (str, Path)) and Path(prompts).is_file():
+        lines = Path(prompts).read_text(encoding="utf-8").splitlines()
+        out = [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+    elif isinstance(prompts, str):
+        out = [prompts]
+    else:
+        out = [str(p) for p in prompts]
+    if not out:
+        raise ValueError("the calibration prompt list is empty")
+    return out
+
+
+@dataclass
+class FaithfulParams:
+    smooth_by_range: torch.Tensor  # [R, K]
+    rotations: list[DuQuantRotation] | None
+
+
+@dataclass
+class CalibrationResult:
+    params: dict[str, LayerQuantParams] = field(default_factory=dict)
+    faithful: dict[str, FaithfulParams] = field(default_factory=dict)
+    seconds: float = 0.0
+    timesteps: list[float] = field(default_factory=list)
+    groups_seen: list[int] = field(default_factory=list)
+
+    # ---- (de)serialisation to flat safetensors dicts -----------------------------------
+    def to_tensors(self) -> dict[str, torch.Tensor]:
+        out: dict[str, torch.Tensor] = {}
+        for name, p in self.params.items():
+            out[f"{name}/rotation_block"] = torch.tensor(p.rotation_block or 0, dtype=torch.int64)
+            out[f"{name}/act_scale_by_group"] = p.act_scale_by_group.float().cpu().contiguous()
+            out[f"{name}/clip_ratio_by_group"] = p.clip_ratio_by_group.float().cpu().contiguous()
+            if p.smooth_divisor is not None:
+                out[f"{name}/smooth_divisor"] = p.smooth_divisor.float().cpu().contiguous()
+        for name, f in self.faithful.items():
+            out[f"{name}/smooth_by_range"] = f.smooth_by_range.float().cpu().contiguous()
+            if f.rotations is not None:
+                out[f"{name}/r0"] = torch.stack([r.r0 for r in f.rotations]).contiguous()
+                out[f"{name}/perm"] = torch.stack([r.perm for r in f.rotations]).contiguous()
+                out[f"{name}/r1"] = torch.stack([r.r1 for r in f.rotations]).contiguous()
+        return out
+
+    @classmethod
+    def from_tensors(
+        cls, tensors: dict[str, torch.Tensor], layer_names: list[str], faithful: bool
+    ) -> CalibrationResult:
+        """Rebuild from ``to_tensors`` output; raises KeyError naming a missing tensor."""
+        result = cls()
+        for name in layer_names:
+            if faithful:
+                rots = None
+                if f"{name}/r0" in tensors:
+                    r0, perm, r1 = (tensors[f"{name}/{k}"] for k in ("r0", "perm", "r1"))
+                    rots = [DuQuantRotation(r0[i], perm[i], r1[i]) for i in range(r0.shape[0])]
+                result.faithful[name] = FaithfulParams(tensors[f"{name}/smooth_by_range"], rots)
+            else:
+                block = int(tensors[f"{name}/rotation_block"])
+                result.params[name] = LayerQuantParams(
+                    rotation_block=block or None,
+                    smooth_divisor=tensors.get(f"{name}/smooth_divisor"),
+                    act_scale_by_group=tensors[f"{name}/act_scale_by_group"],
+                    clip_ratio_by_group=tensors[f"{name}/clip_ratio_by_group"],
+                )
+        return result
+
+
+class _LayerStats:
+    """Running statistics of one layer's inputs, per (group, half)."""
+
+    def __init__(self, k: int, groups: int, block: int | None) -> None:
+        self.block = block
+        self.chan_absmax = torch.zeros(groups, 2, k)
+        self.rot_absmax = torch.zeros(groups, 2)
+        self.rows: dict[tuple[int, int], list[torch.Tensor]] = {}
+        self.ema = torch.zeros(groups, k)
+        self.ema_seen = [False] * groups
+
+
+class StatsCollector:
+    """Forward pre-hooks on the target linears feeding ``_LayerStats``."""
+
+    def __init__(
+        self,
+        targets: dict[str, nn.Linear],
+        config: QuantConfig,
+        context: QuantContext,
+        seed: int,
+    ) -> None:
+        self.config = config
+        self.context = context
+        self.generator = torch.Generator().manual_seed(seed)
+        self.rows_per_obs = max(8, config.calib_rows // 8)
+        self.stats = {
+            name: _LayerStats(
+                lin.in_features, config.num_groups, rotation_block_for(lin.in_features, config)
+            )
+            for name, lin in targets.items()
+        }
+        self.targets = targets
+        self._handles: list[Any] = []
+
+    def attach(self) -> StatsCollector:
+        for name, lin in self.targets.items():
+            self._handles.append(lin.register_forward_pre_hook(self._make_hook(name)))
+        return self
+
+    def detach(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+    def _make_hook(self, name: str):
+        def hook(module: nn.Module, args: tuple) -> None:
+            self.observe(name, args[0])
+
+        return hook
+
+    @torch.no_grad()
+    def observe(self, name: str, x: torch.Tensor) -> None:
+        st = self.stats[name]
+        g = self.context.group
+        if self.config.faithful:
+            # mean over batch of the per-sample max over tokens (released act_absmax)
+            x3 = x.detach().float().reshape(x.shape[0], -1, x.shape[-1])
+            obs = x3.abs().amax(dim=1).mean(dim=0).cpu()
+            m = self.config.ema_momentum
+            st.ema[g] = obs if not st.ema_seen[g] else m * st.ema[g] + (1 - m) * obs
+            st.ema_seen[g] = True
+        x2 = x.detach().reshape(-1, x.shape[-1]).float()
+        m_rows = x2.shape[0]
+        if self.context.cfg_active and m_rows % 2 == 0:
+            halves = [(0, x2[: m_rows // 2]), (1, x2[m_rows // 2 :])]
+        else:
+            halves = [(1, x2)]
+        for h, xh in halves:
+            absmax_rows = xh.abs().amax(dim=1)
+            st.chan_absmax[g, h] = torch.maximum(st.chan_absmax[g, h], xh.abs().amax(0).cpu())
+            if st.block is not None:
+                rot_max = fwht(xh, st.block).abs().amax()
+                st.rot_absmax[g, h] = max(float(st.rot_absmax[g, h]), float(rot_max))
+            n = xh.shape[0]
+            pick = torch.randperm(n, generator=self.generator)[: self.rows_per_obs]
+            top = torch.topk(absmax_rows, min(TOP_ROWS_PER_OBSERVATION, n)).indices.cpu()
+            idx = torch.unique(torch.cat((pick, top)))
+            bucket = st.rows.setdefault((g, h), [])
+            bucket.append(xh[idx.to(xh.device)].cpu())
+            if sum(t.shape[0] for t in bucket) > 2 * self.config.calib_rows:
+                bucket[:] = [self._compact(torch.cat(bucket))]
+
+    def _compact(self, rows: torch.Tensor) -> torch.Tensor:
+        """Keep the largest rows (they set the range) plus a seeded random remainder."""
+        keep = self.config.calib_rows
+        order = torch.argsort(rows.abs().amax(dim=1), descending=True)
+        n_top = min(keep // 8, rows.shape[0])
+        rest = order[n_top:][torch.randperm(len(order) - n_top, generator=self.generator)]
+        return rows[torch.cat((order[:n_top], rest[: keep - n_top]))]
+
+
+# ---- the search ------------------------------------------------------------------------
+
+
+def _weight_fake(weight: torch.Tensor, smooth: torch.Tensor | None, block: int | None,
+                 config: QuantConfig) -> torch.Tensor:
+    w = weight.float()
+    if smooth is not None:
+        w = w * smooth[None, :]
+    if block is not None:
+        w = fwht(w, block)
+    q, scale = P.quantize_weight_per_channel(w, config.weight_bits, fp8=config.fp8)
+    return q.float() * scale[:, None]
+
+
+def _output_error(rows: torch.Tensor, y_ref: torch.Tensor, w_fake: torch.Tensor,
+                  act: ActQuant) -> float:
+    xq = fake_quant_activation(prepare_activation(rows, act), act)
+    return float((xq @ w_fake.t() - y_ref).pow(2).mean())
+
+
+def _fill_unseen(values: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
+    """Copy each unseen (group, half) from the nearest seen group (cond half first)."""
+    out = values.clone()
+    seen_groups = [g for g in range(values.shape[0]) if seen[g].any()]
+    if not seen_groups:
+        return out
+    for g in range(values.shape[0]):
+        for h in (1, 0):
+            if seen[g, h]:
+                continue
+            if seen[g, 1 - h]:
+                out[g, h] = out[g, 1 - h]
+                continue
+            near = min(seen_groups, key=lambda s: (abs(s - g), s))
+            src = 1 if seen[near, 1] else 0
+            out[g, h] = values[near, src]
+    return out
+
+
+def solve_layer(linear: nn.Linear, st: _LayerStats, config: QuantConfig) -> LayerQuantParams:
+    """Per-group (per-half) activation parameters for one layer."""
+    groups = config.num_groups
+    weight = linear.weight.detach().float().cpu()
+    qtop = P.FP8_E4M3_MAX if config.fp8 else float(P.qmax_for(config.act_bits))
+    static = config.act_mode == "static"
+    halves = (0, 1) if config.cfg_wise else (None,)
+
+    def rows_for(g: int, h: int | None) -> torch.Tensor | None:
+        keys = [(g, 0), (g, 1)] if h is None else [(g, h)]
+        parts = [t for k in keys for t in st.rows.get(k, [])]
+        return torch.cat(parts) if parts else None
+
+    smooth = None
+    if config.smoothing:
+        chan = st.chan_absmax.amax(dim=(0, 1)).clamp_min(1e-5)
+        w_abs = weight.abs().amax(dim=0).clamp_min(1e-5)
+        alphas = config.alpha_grid if config.search else [config.smoothing_alpha]
+        pooled = torch.cat([t for v in st.rows.values() for t in v])
+        y_pool = pooled @ weight.t()
+        best = None
+        for a in alphas:
+            s = (chan.pow(a) / w_abs.pow(1 - a)).clamp_min(1e-5)
+            act = ActQuant(config.act_bits, st.block, s, None, 1.0, config.fp8)
+            err = _output_error(pooled, y_pool, _weight_fake(weight, s, st.block, config), act)
+            if best is None or err < best[0]:
+                best = (err, s)
+        smooth = best[1]
+    w_fake = _weight_fake(weight, smooth, st.block, config)
+
+    scales = torch.ones(groups, 2)
+    clips = torch.ones(groups, 2)
+    seen = torch.zeros(groups, 2, dtype=torch.bool)
+    grid = config.clip_grid if config.search else [1.0]
+    for g in range(groups):
+        for h in halves:
+            rows = rows_for(g, h)
+            if rows is None:
+                continue
+            cols = [0, 1] if h is None else [h]
+            # exact range of the (rotated) activations where it was tracked
+            if smooth is not None:
+                absmax = float(prepare_activation(rows, ActQuant(rotation_block=st.block,
+                                                                 smooth_divisor=smooth)).abs().max())
+            elif st.block is not None:
+                absmax = float(st.rot_absmax[g, cols].max())
+            else:
+                absmax = float(st.chan_absmax[g, cols].max())
+            y_ref = rows @ weight.t()
+            best = None
+            for clip in grid:
+                if static:
+                    scale = max(clip * absmax / qtop, P.MIN_SCALE)
+                    row_scale = torch.full((rows.shape[0],), scale)
+                    act = ActQuant(config.act_bits, st.block, smooth, row_scale, 1.0, config.fp8)
+                else:
+                    scale = absmax / qtop
+                    act = ActQuant(config.act_bits, st.block, smooth, None, clip, config.fp8)
+                err = _output_error(rows, y_ref, w_fake, act) if len(grid) > 1 else 0.0
+                if best is None or err < best[0]:
+                    best = (err, clip, scale)
+            for c in cols:
+                clips[g, c] = best[1]
+                scales[g, c] = best[2]
+                seen[g, c] = True
+    return LayerQuantParams(
+        rotation_block=st.block,
+        smooth_divisor=smooth,
+        act_scale_by_group=_fill_unseen(scales, seen),
+        clip_ratio_by_group=_fill_unseen(clips, seen),
+    )
+
+
+def solve_faithful(linear: nn.Linear, st: _LayerStats, config: QuantConfig,
+                   generator: torch.Generator) -> FaithfulParams:
+    k = linear.in_features
+    w_abs = linear.weight.detach().float().abs().amax(dim=0).cpu().clamp_min(1e-5)
+    seen = [g for g in range(config.num_groups) if st.ema_seen[g]]
+    a = config.smoothing_alpha
+    smooth = torch.ones(config.num_groups, k)
+    rotations = []
+    block = hadamard_block_size(k, config.rotation_block_size)
+    for g in range(config.num_groups):
+        src = g if st.ema_seen[g] else min(seen, key=lambda s: (abs(s - g), s)) if seen else None
+        absmax = st.ema[src] if src is not None else torch.ones(k)
+        absmax = torch.where(absmax == 0, torch.full_like(absmax, 1e-5), absmax)
+        if config.smoothing:
+            smooth[g] = (absmax.pow(a) / w_abs.pow(1 - a)).clamp_min(1e-5)
+        rotations.append(DuQuantRotation.fit(absmax / smooth[g], block, generator))
+    return FaithfulParams(smooth, rotations if block >= 8 else None)
+
+
+@torch.no_grad()
+def calibrate_pipeline(
+    pipe: Any,
+    config: QuantConfig,
+    prompts: list[str],
+    *,
+    seed: int = 0,
+    progress: bool = True,
+    call_kwargs: dict[str, Any] | None = None,
+) -> CalibrationResult:
+    """Run the FP pipeline on ``prompts`` and solve every target layer's parameters."""
+    start = time.perf_counter()
+    denoiser = find_denoiser(pipe)
+    targets, _ = select_layers(denoiser, config)
+    context = QuantContext(num_groups=config.num_groups)
+    hook = TimestepHook(GroupMap(tuple(config.boundaries())), context).attach(denoiser)
+    wrap_pipeline_call(pipe, hook)
+    collector = StatsCollector(targets, config, context, seed).attach()
+    kwargs = calibration_call_kwargs(pipe, config)
+    kwargs.update(call_kwargs or {})
+    timesteps: list[float] = []
+    try:
+        batches = [prompts[i : i + config.calib_batch_size]
+                   for i in range(0, len(prompts), config.calib_batch_size)]
+        for i, batch in enumerate(tqdm(batches, desc="trdq calibrate", disable=not progress)):
+            generator = torch.Generator(device="cpu").manual_seed(seed + i)
+            pipe(prompt=batch, generator=generator, **kwargs)
+            timesteps.extend(hook.timesteps)
+    finally:
+        collector.detach()
+        hook.detach()
+        unwrap_pipeline_call(pipe, hook)
+    result = CalibrationResult(timesteps=timesteps)
+    result.groups_seen = sorted({hook.group_map.group_of(t) for t in timesteps})
+    gen = torch.Generator().manual_seed(seed)
+    for name in tqdm(sorted(targets), desc="trdq search", disable=not progress):
+        st = collector.stats[name]
+        if config.faithful:
+            result.faithful[name] = solve_faithful(targets[name], st, config, gen)
+        else:
+            result.params[name] = solve_layer(targets[name], st, config)
+    result.seconds = time.perf_counter() - start
+    logger.info("calibrated %d layers on %d prompts in %.1f s (groups seen %s)",
+                len(targets), len(prompts), result.seconds, result.groups_seen)
+    return result

@@ -1,0 +1,190 @@
+"""diffusers specifics: the denoiser, which linears to quantize, and the call plumbing.
+
+- ``find_denoiser``: DiT pipelines keep the denoiser in ``pipe.transformer``.
+- ``select_layers``: every ``nn.Linear`` of the denoiser except full-precision name
+  patterns (embedders, adaLN projection) and shapes the kernels cannot take; skipped
+  layers come back with a reason.
+- ``wrap_pipeline_call``: CFG detection. diffusers DiT pipelines duplicate the batch as
+  [uncond, cond] exactly when ``guidance_scale > 1``; we read that argument from each
+  pipeline call. Special methods are looked up on the type, so the instance gets a
+  per-instance subclass (same class name) whose ``__call__`` announces the call to the
+  attached hooks and then runs the original ``__call__`` untouched.
+- ``CfgSplitForward``: the released code's CFG split (faithful preset): one denoiser call
+  per half.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import re
+from typing import Any
+
+import torch
+from torch import nn
+
+from trdq.config import QuantConfig
+from trdq.rotation import hadamard_block_size
+from trdq.timestep import QuantContext, TimestepHook
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "find_denoiser",
+    "select_layers",
+    "rotation_block_for",
+    "set_submodule",
+    "wrap_pipeline_call",
+    "CfgSplitForward",
+    "architecture_of",
+]
+
+#: smallest Hadamard block worth using (a 2x2 block barely spreads an outlier)
+MIN_ROTATION_BLOCK = 8
+
+
+def find_denoiser(pipe: Any) -> nn.Module:
+    for attr in ("transformer", "unet"):
+        module = getattr(pipe, attr, None)
+        if isinstance(module, nn.Module):
+            return module
+    if isinstance(pipe, nn.Module):
+        return pipe
+    raise TypeError(f"{type(pipe).__name__} has no transformer/unet denoiser to quantize")
+
+
+def architecture_of(denoiser: nn.Module) -> str:
+    name = type(denoiser).__name__.lower()
+    for arch in ("pixart", "latte", "sana", "cogvideo", "wan", "dit"):
+        if arch in name:
+            return arch
+    return "generic"
+
+
+def rotation_block_for(in_features: int, config: QuantConfig) -> int | None:
+    """Hadamard block for a width, or None when rotation is off or would be trivial."""
+    if config.rotation == "none":
+        return None
+    block = hadamard_block_size(in_features, config.rotation_block_size)
+    return block if block >= MIN_ROTATION_BLOCK else None
+
+
+def select_layers(
+    denoiser: nn.Module, config: QuantConfig
+) -> tuple[dict[str, nn.Linear], dict[str, str]]:
+    """(layers to quantize by name, skipped layer name -> reason)."""
+    patterns = [re.compile(p) for p in config.fp_layer_patterns]
+    targets: dict[str, nn.Linear] = {}
+    skipped: dict[str, str] = {}
+    for name, module in denoiser.named_modules():
+        if not isinstance(module, nn.Linear):
+            continue
+        hit = next((p.pattern for p in patterns if p.search(name)), None)
+        if hit is not None:
+            skipped[name] = f"full precision by pattern {hit!r}"
+        elif module.in_features < config.min_in_features:
+            skipped[name] = f"in_features {module.in_features} < {config.min_in_features}"
+        elif config.weight_bits == 4 and module.in_features % 2:
+            skipped[name] = "odd in_features cannot be packed two 4-bit values per byte"
+        else:
+            targets[name] = module
+    return targets, skipped
+
+
+def set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, child, new)
+
+
+def wrap_pipeline_call(pipe: Any, hook: TimestepHook) -> None:
+    """Make ``pipe(...)`` announce each call (and its CFG state) to ``hook``."""
+    hooks: list[TimestepHook] = pipe.__dict__.setdefault("_trdq_hooks", [])
+    hooks.append(hook)
+    cls = type(pipe)
+    if getattr(cls, "_trdq_call_wrapped", False):
+        return
+    original_call = cls.__call__
+    signature = inspect.signature(original_call)
+    param = signature.parameters.get("guidance_scale")
+    default_guidance = param.default if param is not None else None
+
+    @functools.wraps(original_call)  # keeps the original signature for introspection
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        guidance = kwargs.get("guidance_scale", default_guidance)
+        if "guidance_scale" not in kwargs and param is not None:
+            bound = signature.bind_partial(self, *args, **kwargs)
+            guidance = bound.arguments.get("guidance_scale", default_guidance)
+        cfg = guidance is not None and float(guidance) > 1.0
+        active = list(self.__dict__.get("_trdq_hooks", []))
+        for h in active:
+            h.begin_call(cfg_active=cfg)
+        try:
+            return original_call(self, *args, **kwargs)
+        finally:
+            for h in active:
+                h.end_call()
+
+    wrapped = type(cls.__name__, (cls,), {
+        "__call__": __call__,
+        "_trdq_call_wrapped": True,
+        "__module__": cls.__module__,
+        "__doc__": cls.__doc__,
+    })
+    pipe.__class__ = wrapped
+
+
+def unwrap_pipeline_call(pipe: Any, hook: TimestepHook) -> None:
+    hooks = pipe.__dict__.get("_trdq_hooks", [])
+    if hook in hooks:
+        hooks.remove(hook)
+
+
+class CfgSplitForward:
+    """Replace ``denoiser.forward`` so a CFG batch runs as two calls (uncond, then cond).
+
+    Every tensor argument whose first dimension equals the batch is split; the timestep
+    hook has already set the group for the outer call. ``context.branch`` tells layers
+    which half runs.
+    """
+
+    def __init__(self, denoiser: nn.Module, context: QuantContext) -> None:
+        self.denoiser = denoiser
+        self.context = context
+        self.original = denoiser.forward
+        self.signature = inspect.signature(self.original)
+        denoiser.forward = self  # instance attribute shadows the bound method
+
+    def remove(self) -> None:
+        if self.denoiser.__dict__.get("forward") is self:
+            del self.denoiser.__dict__["forward"]
+
+    @staticmethod
+    def _half(value: Any, batch: int, index: int) -> Any:
+        if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == batch:
+            h = batch // 2
+            return value[:h] if index == 0 else value[h:]
+        if isinstance(value, dict):
+            return {k: CfgSplitForward._half(v, batch, index) for k, v in value.items()}
+        return value
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        bound = self.signature.bind(*args, **kwargs)
+        hidden = bound.arguments.get("hidden_states")
+        if not self.context.cfg_active or not isinstance(hidden, torch.Tensor):
+            return self.original(*args, **kwargs)
+        batch = hidden.shape[0]
+        outputs = []
+        try:
+            for index, branch in ((0, "uncond"), (1, "cond")):
+                self.context.branch = branch
+                call_args = {k: self._half(v, batch, index) for k, v in bound.arguments.items()}
+                outputs.append(self.original(**call_args))
+        finally:
+            self.context.branch = "both"
+        first, second = outputs
+        if hasattr(first, "sample"):
+            first.sample = torch.cat((first.sample, second.sample))
+            return first
+        return (torch.cat((first[0], second[0])),) + tuple(first[1:])
