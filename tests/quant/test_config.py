@@ -1,0 +1,48 @@
+"""QuantConfig: presets, round trips, hashes, validation."""
+
+from __future__ import annotations
+
+import pytest
+
+from trdq.config import QuantConfig, preset_names
+
+
+def test_required_presets_exist():
+    names = set(preset_names())
+    for base in ("w8a8", "w4a8"):
+        for suffix in ("-minmax", "-rot", "-rot-groups", "-rot-groups-search", ""):
+            assert base + suffix in names
+    assert {"fp", "fp8", "faithful"} <= names
+
+
+@pytest.mark.parametrize("name", preset_names())
+def test_round_trip_and_hash(name, tmp_path):
+    cfg = QuantConfig.preset(name)
+    assert QuantConfig.from_json(cfg.to_json()) == cfg
+    assert QuantConfig.from_yaml(cfg.to_yaml()) == cfg
+    path = tmp_path / "c.yaml"
+    path.write_text(cfg.to_yaml())
+    assert QuantConfig.from_file(path).config_hash() == cfg.config_hash()
+
+
+def test_ablation_chain_switches_one_component_at_a_time():
+    chain = [QuantConfig.preset(f"w8a8{s}") for s in
+             ("-minmax", "-rot", "-rot-groups", "-rot-groups-search", "")]
+    assert [c.rotation for c in chain] == ["none"] + ["hadamard"] * 4
+    assert [c.num_groups > 1 for c in chain] == [False, False, True, True, True]
+    assert [c.search for c in chain] == [False, False, False, True, True]
+    assert [c.cfg_wise for c in chain] == [False] * 4 + [True]
+    assert len({c.config_hash() for c in chain}) == 5
+
+
+def test_boundaries_and_validation():
+    assert QuantConfig(num_groups=4).boundaries() == [250.0, 500.0, 750.0]
+    assert QuantConfig(num_groups=3, group_boundaries=[100, 600]).boundaries() == [100.0, 600.0]
+    with pytest.raises(ValueError):
+        QuantConfig(num_groups=3, group_boundaries=[600, 100])
+    with pytest.raises(ValueError):
+        QuantConfig(weight_bits=3)
+    with pytest.raises(ValueError):
+        QuantConfig.from_dict({"nonsense": 1})
+    with pytest.raises(ValueError, match="unknown quant preset"):
+        QuantConfig.preset("w2a2")

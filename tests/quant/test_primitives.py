@@ -1,0 +1,42 @@
+"""Primitives: packing layout, symmetric ranges, fp8 helpers."""
+
+from __future__ import annotations
+
+import torch
+
+from trdq import primitives as P
+
+
+def test_int4_pack_layout_and_roundtrip():
+    q = torch.tensor([[1, -2, 7, -7, 0, -8]], dtype=torch.int8)
+    packed = P.pack_int4(q)
+    assert packed.dtype == torch.uint8 and packed.shape == (1, 3)
+    # low nibble = even k, high nibble = odd k, two's complement
+    assert packed[0, 0].item() == (1 & 0xF) | ((-2 & 0xF) << 4)
+    torch.testing.assert_close(P.unpack_int4(packed), q)
+    big = torch.randint(-7, 8, (33, 64), dtype=torch.int8)
+    torch.testing.assert_close(P.unpack_int4(P.pack_int4(big)), big)
+
+
+def test_weight_quant_ranges():
+    w = torch.randn(16, 64)
+    for bits in (4, 8):
+        q, scale = P.quantize_weight_per_channel(w, bits)
+        qmax = P.qmax_for(bits)
+        assert q.dtype == torch.int8 and q.abs().max() <= qmax
+        assert scale.shape == (16,)
+        assert (q.abs().amax(dim=1) == qmax).all()  # min-max uses the full range
+        assert P.sqnr_db(w, q.float() * scale[:, None]) > (30 if bits == 8 else 15)
+
+
+def test_fp8_weight_quant():
+    w = torch.randn(8, 32)
+    q, scale = P.quantize_weight_per_channel(w, 8, fp8=True)
+    assert q.dtype == torch.float8_e4m3fn
+    assert P.sqnr_db(w, q.float() * scale[:, None]) > 25
+
+
+def test_zero_rows_do_not_divide_by_zero():
+    x = torch.zeros(3, 16)
+    scale = P.dynamic_row_scale(x, 8)
+    assert torch.isfinite(P.fake_quant_symmetric(x, scale[:, None], 8)).all()
