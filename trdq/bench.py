@@ -1,0 +1,482 @@
+"""``trdq bench``: latency, peak memory and weight bytes of a pipeline, per configuration.
+
+Every configuration ("row") runs in the same process, on the same device, against the
+same baselines, and the ratios are computed from those numbers only:
+``fp32-eager`` (CPU only), ``bf16-eager``, ``bf16-compile``, each TR-DQ preset through
+``trdq.quantize`` eager and compiled (``w8a8-eager``, ``w8a8-compile``, ...), torchao's
+``Float8DynamicActivationFloat8WeightConfig`` (per-row) and
+``Int8DynamicActivationInt8WeightConfig`` with compile when torchao is importable, and
+``fp8swap-*`` (every block ``nn.Linear`` swapped straight for the cuda_fp8 op, dynamic
+per-token, no calibration) when asked for.
+
+Scopes: ``pipeline`` (text encode + sampler loop + VAE decode, wall time around the
+call) and ``denoiser_step`` (one CFG forward of the denoiser, CUDA events). Median of
+``--runs`` after ``--warmup`` runs; peak memory via ``torch.cuda.max_memory_allocated``
+(process max RSS on CPU). Only the denoiser differs between rows; the other components
+stay resident. "compile" is ``torch.compile`` (default mode, never max-autotune) of each
+transformer block (regional: the 28 identical blocks share one compiled graph), or of the
+whole denoiser with ``--compile full``.
+
+Output: ``--json FILE`` with exactly ``{"preset", "device", "torch", "results": [{"name",
+"scope", "latency_s", "peak_memory_bytes", "weight_bytes"}]}`` (names get ``@b4`` for
+batch 4), a sidecar ``FILE.details.json`` (batch, per-component bytes, compile seconds,
+quantize reports, errors), and a dated table appended to ``docs/BENCHMARKS.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import datetime as dt
+import json
+import logging
+import resource
+import statistics
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from trdq.bench_presets import PRESET_NAMES, BenchPreset, get_preset, resolve_zoo_geometry
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["main", "run_bench", "BenchResult"]
+
+DEFAULT_MD = Path(__file__).resolve().parent.parent / "docs" / "BENCHMARKS.md"
+
+
+@dataclasses.dataclass
+class BenchResult:
+    name: str
+    scope: str
+    latency_s: float
+    peak_memory_bytes: int
+    weight_bytes: int
+    batch: int = 1
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def public(self) -> dict[str, Any]:
+        return {"name": self.name, "scope": self.scope, "latency_s": self.latency_s,
+                "peak_memory_bytes": self.peak_memory_bytes, "weight_bytes": self.weight_bytes}
+
+
+# ---- measuring ------------------------------------------------------------------------
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _peak(device: torch.device) -> int:
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def module_bytes(module: torch.nn.Module | None) -> int:
+    if module is None:
+        return 0
+    return sum(t.numel() * t.element_size()
+               for t in list(module.parameters()) + list(module.buffers()))
+
+
+def component_bytes(pipe) -> dict[str, int]:
+    return {name: module_bytes(getattr(pipe, name, None))
+            for name in ("text_encoder", "transformer", "vae")}
+
+
+def time_calls(fn, device: torch.device, warmup: int, runs: int) -> tuple[float, int]:
+    """Median seconds of ``fn()`` and the peak memory over the timed runs."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    _reset_peak(device)
+    times = []
+    for _ in range(runs):
+        _sync(device)
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), _peak(device)
+
+
+def time_step(fn, device: torch.device, warmup: int, runs: int) -> tuple[float, int]:
+    if device.type != "cuda":
+        return time_calls(fn, device, warmup, runs)
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize(device)
+    _reset_peak(device)
+    times = []
+    for _ in range(runs):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize(device)
+        times.append(start.elapsed_time(end) / 1e3)
+    return statistics.median(times), _peak(device)
+
+
+# ---- building the denoiser of one row ---------------------------------------------------
+def _raise_recompile_limits() -> None:
+    # one compiled block per timestep group (QuantLinear reads the current group)
+    for key in ("recompile_limit", "cache_size_limit"):
+        if hasattr(torch._dynamo.config, key):
+            setattr(torch._dynamo.config, key, 64)
+    if hasattr(torch._dynamo.config, "accumulated_recompile_limit"):
+        torch._dynamo.config.accumulated_recompile_limit = 4096
+
+
+def compile_denoiser(transformer: torch.nn.Module, mode: str) -> None:
+    """In-place torch.compile (default mode; max-autotune is never used in timed runs)."""
+    _raise_recompile_limits()
+    if mode == "full":
+        transformer.compile()
+        return
+    for attr in ("transformer_blocks", "temporal_transformer_blocks"):
+        for block in getattr(transformer, attr, []) or []:
+            block.compile()
+
+
+def _block_linear_filter(module: torch.nn.Module, fqn: str) -> bool:
+    return (isinstance(module, torch.nn.Linear) and "transformer_blocks" in fqn
+            and module.in_features >= 16 and module.out_features >= 16)
+
+
+def apply_torchao(transformer: torch.nn.Module, kind: str) -> None:
+    """torchao peers on the same layers TR-DQ replaces (the DiT blocks' linears)."""
+    from torchao.quantization import quantize_
+
+    if kind == "fp8row":
+        from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow
+
+        cfg = Float8DynamicActivationFloat8WeightConfig(granularity=PerRow(),
+                                                        set_inductor_config=False)
+    else:
+        from torchao.quantization import Int8DynamicActivationInt8WeightConfig
+
+        cfg = Int8DynamicActivationInt8WeightConfig(set_inductor_config=False)
+    quantize_(transformer, cfg, filter_fn=_block_linear_filter)
+
+
+def apply_fp8_swap(transformer: torch.nn.Module) -> int:
+    """Swap every block ``nn.Linear`` for a module calling ``trdq::fp8_linear`` directly
+    (rotation folded into e4m3 weights, dynamic per-token e4m3 activations, no calibration)."""
+    from trdq import primitives as P
+    from trdq.kernels import ops
+    from trdq.rotation import fwht, hadamard_block_size
+
+    class Fp8SwapLinear(torch.nn.Module):
+        def __init__(self, linear: torch.nn.Linear):
+            super().__init__()
+            self.in_features, self.out_features = linear.in_features, linear.out_features
+            self.block = hadamard_block_size(linear.in_features)
+            w = fwht(linear.weight.detach().float(), self.block)
+            qw, ws = P.quantize_weight_per_channel(w, 8, fp8=True)
+            self.register_buffer("weight", qw.contiguous())
+            self.register_buffer("weight_scale", ws.contiguous())
+            self.register_buffer("bias", None if linear.bias is None else linear.bias.detach())
+
+        def forward(self, x):
+            out = ops.fp8_linear(x.reshape(-1, self.in_features), self.weight,
+                                 self.weight_scale, self.bias, None, None, self.block, 1.0)
+            return out.reshape(*x.shape[:-1], self.out_features)
+
+    names = [n for n, m in transformer.named_modules() if _block_linear_filter(m, n)
+             and m.in_features % 16 == 0 and m.out_features % 16 == 0]
+    for name in names:
+        parent_name, _, child = name.rpartition(".")
+        parent = transformer.get_submodule(parent_name)
+        setattr(parent, child, Fp8SwapLinear(getattr(parent, child)))
+    return len(names)
+
+
+# ---- the run ----------------------------------------------------------------------------
+def default_rows(device: torch.device, quant: list[str], torchao: bool, swap: bool) -> list[str]:
+    rows = ["fp32-eager"] if device.type == "cpu" else []
+    rows += ["bf16-eager", "bf16-compile"]
+    for q in quant:
+        rows += [f"{q}-eager", f"{q}-compile"]
+    if swap:
+        rows += ["fp8swap-eager", "fp8swap-compile"]
+    if torchao:
+        rows += ["torchao-fp8row-compile"] if device.type == "cuda" else []
+        rows += ["torchao-int8-compile"]
+    return rows
+
+
+def _torchao_importable() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("torchao") is not None
+
+
+class _Runner:
+    def __init__(self, preset: BenchPreset, device: torch.device, args: argparse.Namespace):
+        self.preset, self.device, self.args = preset, device, args
+        base_dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
+        t0 = time.perf_counter()
+        self.pipe = preset.build(device, base_dtype)
+        resolve_zoo_geometry(preset, self.pipe)
+        self.build_s = time.perf_counter() - t0
+        # the reference denoiser waits on the CPU; each row gets a fresh copy on the device
+        self.base = self.pipe.transformer.to("cpu")
+        self.pipe.transformer = None
+        self.results: list[BenchResult] = []
+        self.details: dict[str, Any] = {"rows": {}, "errors": {}, "build_s": self.build_s}
+
+    def _dtype_for(self, row: str) -> torch.dtype:
+        return torch.float32 if row.startswith("fp32") else torch.bfloat16
+
+    def _prepare(self, row: str) -> dict[str, Any]:
+        info: dict[str, Any] = {}
+        dtype = self._dtype_for(row)
+        for name in ("text_encoder", "vae"):
+            getattr(self.pipe, name).to(dtype)
+        transformer = copy.deepcopy(self.base).to(self.device, dtype)
+        self.pipe.transformer = transformer
+        kind, _, mode = row.rpartition("-")
+        t0 = time.perf_counter()
+        if kind.startswith("torchao-"):
+            apply_torchao(transformer, kind.split("-", 1)[1])
+        elif kind == "fp8swap":
+            info["swapped_linears"] = apply_fp8_swap(transformer)
+        elif kind not in ("bf16", "fp32"):
+            info["quantize"] = self._quantize(kind)
+        info["prepare_s"] = time.perf_counter() - t0
+        if mode == "compile":
+            compile_denoiser(self.pipe.transformer, self.args.compile)
+        return info
+
+    def _quantize(self, preset_name: str) -> dict[str, Any]:
+        from trdq.api import quantize
+        from trdq.config import QuantConfig
+
+        cfg = QuantConfig.preset(preset_name)
+        changes: dict[str, Any] = {"calib_num_prompts": self.args.calib_prompts,
+                                   "calib_batch_size": self.args.calib_prompts,
+                                   "calib_steps": self.preset.steps}
+        if self.preset.calib_hw is not None:
+            changes["calib_height"], changes["calib_width"] = self.preset.calib_hw
+        if self.preset.frames is not None:
+            changes["calib_num_frames"] = self.preset.frames
+        cfg = dataclasses.replace(cfg, **{k: v for k, v in changes.items()
+                                          if hasattr(cfg, k)})
+        report = quantize(self.pipe, cfg, cache_dir=self.args.cache_dir,
+                               backend=self.args.backend, progress=False)
+        return {"backend": report.backend, "replaced": len(report.replaced),
+                "skipped": len(report.skipped), "cache": report.cache,
+                "bytes_before": report.weight_bytes_before,
+                "bytes_after": report.weight_bytes_after,
+                "calibration_seconds": report.calibration_seconds}
+
+    def _release(self) -> None:
+        from trdq import api
+
+        api.dequantize_hooks(self.pipe)
+        self.pipe.transformer = None
+        torch._dynamo.reset()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def run_row(self, row: str) -> None:
+        args, preset, dev = self.args, self.preset, self.device
+        t0 = time.perf_counter()
+        info = self._prepare(row)
+        transformer = self.pipe.transformer
+        info["weight_bytes_by_component"] = comps = component_bytes(self.pipe)
+        for batch in args.batches or preset.batches:
+            name = row if batch == 1 else f"{row}@b{batch}"
+            if "pipeline" in args.scopes and "pipeline" in preset.scopes:
+                kwargs = preset.call_kwargs(batch)
+                first = time.perf_counter()
+                with torch.inference_mode():
+                    self.pipe(**kwargs)
+                _sync(dev)
+                info[f"first_call_s@b{batch}"] = time.perf_counter() - first
+
+                def call(kwargs=kwargs):
+                    with torch.inference_mode():
+                        self.pipe(**kwargs)
+
+                lat, peak = time_calls(call, dev, args.warmup, args.runs)
+                self._add(BenchResult(name, "pipeline", lat, peak, sum(comps.values()), batch))
+            if "denoiser_step" in args.scopes:
+                inputs = preset.step_inputs(transformer, batch, dev, self._dtype_for(row))
+
+                def step(inputs=inputs):
+                    with torch.inference_mode():
+                        transformer(**inputs)
+
+                lat, peak = time_step(step, dev, args.warmup + 2, args.step_runs)
+                self._add(BenchResult(name, "denoiser_step", lat, peak,
+                                      comps["transformer"], batch))
+        info["row_s"] = time.perf_counter() - t0
+        self.details["rows"][row] = info
+        self._release()
+
+    def _add(self, result: BenchResult) -> None:
+        self.results.append(result)
+        logger.info("%-28s %-13s %9.2f ms  peak %.2f GB  weights %.1f MB", result.name,
+                    result.scope, result.latency_s * 1e3, result.peak_memory_bytes / 1e9,
+                    result.weight_bytes / 1e6)
+        print(f"[bench] {result.name:28s} {result.scope:13s} {result.latency_s * 1e3:9.2f} ms "
+              f"peak {result.peak_memory_bytes / 1e9:6.2f} GB weights "
+              f"{result.weight_bytes / 1e6:8.1f} MB", flush=True)
+
+
+def _versions() -> dict[str, str]:
+    out = {"torch": torch.__version__}
+    for mod in ("triton", "diffusers", "torchao", "transformers"):
+        try:
+            out[mod] = __import__(mod).__version__
+        except ImportError:
+            out[mod] = "-"
+    return out
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    import platform
+
+    return f"CPU {platform.processor() or platform.machine()} x{torch.get_num_threads()} threads"
+
+
+def write_outputs(preset: str, device: torch.device, results: list[BenchResult],
+                  details: dict[str, Any], json_path: str | None, md_path: Path | None,
+                  notes: list[str]) -> dict[str, Any]:
+    doc = {"preset": preset, "device": device_name(device), "torch": torch.__version__,
+           "results": [r.public() for r in results]}
+    if json_path:
+        Path(json_path).write_text(json.dumps(doc, indent=1))
+        side = dict(details, versions=_versions(), notes=notes,
+                    batches={r.name: r.batch for r in results})
+        Path(json_path + ".details.json").write_text(json.dumps(side, indent=1, default=str))
+    if md_path is not None:
+        md_path.parent.mkdir(parents=True, exist_ok=True)
+        with md_path.open("a") as fh:
+            fh.write(markdown_table(doc, notes))
+    return doc
+
+
+def markdown_table(doc: dict[str, Any], notes: list[str],
+                   versions: dict[str, str] | None = None) -> str:
+    v = versions or _versions()
+    lines = [
+        f"\n## {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC - `{doc['preset']}` on "
+        f"{doc['device']}\n",
+        f"torch {v['torch']}, triton {v['triton']}, diffusers {v['diffusers']}, "
+        f"torchao {v['torchao']}. " + " ".join(notes) + "\n",
+        "| name | scope | latency ms | vs bf16-eager | vs bf16-compile | peak GB | weights MB |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    base = {(r["name"], r["scope"]): r["latency_s"] for r in doc["results"]}
+    for r in doc["results"]:
+        suffix = "@" + r["name"].split("@", 1)[1] if "@" in r["name"] else ""
+        ratios = []
+        for ref in ("bf16-eager", "bf16-compile"):
+            ref_lat = base.get((ref + suffix, r["scope"]))
+            ratios.append(f"{ref_lat / r['latency_s']:.2f}x" if ref_lat else "-")
+        lines.append(f"| {r['name']} | {r['scope']} | {r['latency_s'] * 1e3:.1f} | {ratios[0]} "
+                     f"| {ratios[1]} | {r['peak_memory_bytes'] / 1e9:.2f} | "
+                     f"{r['weight_bytes'] / 1e6:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def run_bench(args: argparse.Namespace) -> dict[str, Any]:
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    preset = get_preset(args.preset)
+    quant = [q for q in (args.quant or "").split(",") if q]
+    torchao = not args.no_torchao and _torchao_importable()
+    rows = args.rows.split(",") if args.rows else default_rows(device, quant, torchao, args.swap)
+    runner = _Runner(preset, device, args)
+    notes = list(preset.notes) + [
+        f"compile={args.compile} (torch.compile default mode)",
+        f"median of {args.runs} pipeline / {args.step_runs} step runs after warm-up",
+        f"TR-DQ rows: trdq.quantize backend={args.backend}, calibrated on "
+        f"{args.calib_prompts} prompt(s) at {preset.calib_hw}",
+    ]
+    for row in rows:
+        print(f"[bench] row {row} ...", flush=True)
+        try:
+            runner.run_row(row)
+        except Exception as exc:  # noqa: BLE001 - one failing row must not lose the others
+            runner.details["errors"][row] = f"{type(exc).__name__}: {exc}"
+            print(f"[bench] row {row} FAILED: {type(exc).__name__}: {exc}", flush=True)
+            traceback.print_exc()
+            runner._release()
+        if args.json:  # partial results survive a time limit
+            write_outputs(preset.name, device, runner.results, runner.details, args.json,
+                          None, notes)
+    md = None if args.no_markdown else Path(args.markdown)
+    return write_outputs(preset.name, device, runner.results, runner.details, args.json, md,
+                         notes)
+
+
+def render_markdown(json_path: str, md_path: Path) -> None:
+    """Append the table of a results file written elsewhere (e.g. on a GPU machine),
+    with the versions recorded there."""
+    doc = json.loads(Path(json_path).read_text())
+    side_path = Path(json_path + ".details.json")
+    side = json.loads(side_path.read_text()) if side_path.exists() else {}
+    with md_path.open("a") as fh:
+        fh.write(markdown_table(doc, side.get("notes", []), side.get("versions")))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="trdq bench", description=__doc__.splitlines()[0])
+    p.add_argument("--preset", default="cpu-small",
+                   help=f"one of {', '.join(PRESET_NAMES)}, or a zoo name / diffusers folder")
+    p.add_argument("--json", help="write the results here")
+    p.add_argument("--device", help="cuda or cpu (default: cuda when available)")
+    p.add_argument("--rows", help="comma list of row names (default: all that apply)")
+    p.add_argument("--quant", default=None,
+                   help="TR-DQ presets to bench (default: w8a8,fp8,w4a8 on CUDA, w8a8 on CPU)")
+    p.add_argument("--backend", default="auto", help="kernel backend for trdq.quantize")
+    p.add_argument("--scopes", default="pipeline,denoiser_step")
+    p.add_argument("--batches", default=None, help="comma list (default: the preset's)")
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--step-runs", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--compile", choices=("regional", "full"), default="regional")
+    p.add_argument("--swap", action="store_true", help="add fp8swap-* rows (no calibration)")
+    p.add_argument("--no-torchao", action="store_true")
+    p.add_argument("--calib-prompts", type=int, default=2)
+    p.add_argument("--cache-dir", default=str(Path.home() / ".cache" / "trdq-bench"))
+    p.add_argument("--markdown", default=str(DEFAULT_MD))
+    p.add_argument("--no-markdown", action="store_true")
+    p.add_argument("--render", metavar="JSON",
+                   help="only append the table of an existing results file to --markdown")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.render:
+        render_markdown(args.render, Path(args.markdown))
+        return 0
+    args.scopes = [s for s in args.scopes.split(",") if s]
+    args.batches = [int(b) for b in args.batches.split(",")] if args.batches else None
+    if args.quant is None:
+        cuda = (args.device or ("cuda" if torch.cuda.is_available() else "cpu")) != "cpu"
+        args.quant = "w8a8,fp8,w4a8" if cuda else "w8a8"
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    doc = run_bench(args)
+    print(json.dumps(doc, indent=1))
+    return 0 if doc["results"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
