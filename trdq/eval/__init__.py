@@ -1,0 +1,24 @@
+"""Quality measures: analytic attribute accuracy on shapes frames, and PSNR/SSIM."""
+
+from trdq.eval.metrics import psnr, ssim
+from trdq.eval.perturb import degrade
+from trdq.eval.shapes import (
+    Prediction,
+    evaluate,
+    predict_image,
+    predict_video,
+    score,
+    summarize,
+)
+
+__all__ = [
+    "Prediction",
+    "degrade",
+    "evaluate",
+    "predict_image",
+    "predict_video",
+    "psnr",
+    "score",
+    "ssim",
+    "summarize",
+]

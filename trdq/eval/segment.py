@@ -32,6 +32,9 @@ _PALETTE_RGB = np.array([PALETTE[n] for n in _PALETTE_NAMES], dtype=np.float32)
 #: Opacity below this is treated as background noise (a dead zone; see `_opacity`).
 _ALPHA_FLOOR = 0.12
 _BORDER = 2
+_SEE_THROUGH_COST = 0.3
+#: Pixels around the shape kept for template matching (covers blur up to sigma ~2 px).
+_WINDOW_MARGIN = 5
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,10 @@ class FrameFeatures:
     height: float = 0.0
     fill: float = 0.0  # area / (width * height)
     skew_y: float = 0.0  # skewness of the vertical mass distribution (< 0: heavy bottom)
+    #: Linear opacity w.r.t. the palette colour (no dead zone, noise kept zero-mean) on
+    #: `window` = (y0, y1, x0, x1), zero away from the shape; input of template matching.
+    opacity: np.ndarray | None = None
+    window: tuple[int, int, int, int] = (0, 0, 0, 0)
 
 
 def nearest_palette(rgb: np.ndarray, exclude: str | None = None) -> str:
@@ -58,6 +65,31 @@ def nearest_palette(rgb: np.ndarray, exclude: str | None = None) -> str:
     if exclude is not None:
         distances[_PALETTE_NAMES.index(exclude)] = np.inf
     return _PALETTE_NAMES[int(np.argmin(distances))]
+
+
+def nearest_shape_color(rgb: np.ndarray, background_rgb: np.ndarray, background: str) -> str:
+    """Palette colour (not the background) that best explains a possibly see-through pixel.
+
+    A blurred small shape never reaches its own colour: its interior is a mix
+    `bg + a * (c - bg)` with a < 1, which can sit nearer to a third palette colour (blue
+    over red looks purple). Each candidate c is scored by the distance from `rgb` to the
+    segment bg -> c plus a penalty `_SEE_THROUGH_COST * (1 - a) * |c - bg|` for the
+    transparency it needs, so an opaque match still wins whenever there is one.
+    """
+    rgb = np.asarray(rgb, dtype=np.float32)
+    bg = np.asarray(background_rgb, dtype=np.float32)
+    best, best_cost = background, np.inf
+    for name, color_rgb in zip(_PALETTE_NAMES, _PALETTE_RGB):
+        if name == background:
+            continue
+        span = color_rgb - bg
+        length_sq = max(float(span @ span), 1e-6)
+        mix = float(np.clip((rgb - bg) @ span / length_sq, 0.0, 1.0))
+        cost = float(np.linalg.norm(rgb - bg - mix * span))
+        cost += _SEE_THROUGH_COST * (1.0 - mix) * np.sqrt(length_sq)
+        if cost < best_cost:
+            best, best_cost = name, cost
+    return best
 
 
 def _smooth(frame: np.ndarray) -> np.ndarray:
@@ -160,7 +192,7 @@ def measure_frame(frame: np.ndarray) -> FrameFeatures:
     inside = distance[component]
     interior = component & (distance >= 0.8 * np.percentile(inside, 90))
     fg_rgb = np.median(smooth[interior], axis=0)
-    color = nearest_palette(fg_rgb, exclude=background)
+    color = nearest_shape_color(fg_rgb, bg_rgb, background)
 
     near = _dilate(component, 2)
     alpha = np.where(near, _opacity(smooth, bg_rgb, fg_rgb), 0.0)
@@ -177,8 +209,18 @@ def measure_frame(frame: np.ndarray) -> FrameFeatures:
         float(col_profile @ xs / max(width, 1e-6)),
         float(row_profile @ ys / max(height, 1e-6)),
     )
+    rows, cols = np.nonzero(component)
+    height_px, width_px = component.shape
+    y0, y1 = max(rows.min() - _WINDOW_MARGIN, 0), min(rows.max() + 1 + _WINDOW_MARGIN, height_px)
+    x0, x1 = max(cols.min() - _WINDOW_MARGIN, 0), min(cols.max() + 1 + _WINDOW_MARGIN, width_px)
+    span = np.asarray(PALETTE[color], dtype=np.float32) - bg_rgb
+    linear = (smooth[y0:y1, x0:x1] - bg_rgb) @ span / max(float(span @ span), 1e-6)
+    keep = _dilate(component, _WINDOW_MARGIN - 1)[y0:y1, x0:x1]
+    opacity = np.where(keep, np.clip(linear, -0.5, 1.5), 0.0)
     return FrameFeatures(
         found=True,
+        opacity=opacity,
+        window=(int(y0), int(y1), int(x0), int(x1)),
         background=background,
         background_rgb=bg_rgb,
         color=color,

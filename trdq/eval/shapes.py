@@ -2,13 +2,15 @@
 
 `predict_image` / `predict_video` read uint8 frames and return a `Prediction` of every
 attribute; `score` compares it with a `Caption` on the attributes the caption names, and
-`evaluate` does both. The decision rules use the blur-invariant features of
-`trdq.eval.segment.measure_frame`:
+`evaluate` does both. The decision rules use the blur-invariant measurements of
+`trdq.eval.segment.measure_frame` (area and centroid of the shape's opacity):
 
-- background / colour: nearest palette colour to the border median / shape interior median;
-- shape: vertical skewness < `TRIANGLE_SKEW` is the apex-up triangle (its mass sits low);
-  otherwise the fill ratio (area / soft bbox area) separates cross (5/9), circle (pi/4)
-  and square (1) at the midpoints `CROSS_CIRCLE_FILL`, `CIRCLE_SQUARE_FILL`;
+- background: nearest palette colour to the border median; colour: the palette colour
+  that best explains the shape's interior, allowing for blur-induced see-through
+  (`trdq.eval.segment.nearest_shape_color`);
+- shape: analysis by synthesis (`match_shape`): the renderer draws each candidate with the
+  measured area and centroid, blurred over `BLUR_GRID`; the smallest residual wins (a
+  video adds the residuals of a few frames);
 - size: the side of the shape's bbox recovered from its area and the predicted shape's
   nominal fill, `sqrt(area / fill)`, against the geometric means of the renderer's sizes;
 - position: the bbox centre (mass centroid, minus the triangle's known offset), in thirds;
@@ -24,16 +26,15 @@ import math
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
 
-from trdq.data.grammar import IMAGE_ATTRIBUTES, VIDEO_ATTRIBUTES, Caption, parse_caption
-from trdq.data.render import SIZE_EXTENT, TRAVEL
+from trdq.data.grammar import IMAGE_ATTRIBUTES, SHAPES, VIDEO_ATTRIBUTES, Caption, parse_caption
+from trdq.data.render import SIZE_EXTENT, TRAVEL, coverage
+from trdq.eval.metrics import gaussian_kernel
 from trdq.eval.segment import FrameFeatures, measure_frame, nearest_palette
 
-TRIANGLE_SKEW = -0.2
-CROSS_CIRCLE_FILL = 0.5 * (5 / 9 + math.pi / 4) + 0.06  # cross fill grows under blur/noise
-CIRCLE_SQUARE_FILL = 0.5 * (math.pi / 4 + 1.0)
 NOMINAL_FILL = {"circle": math.pi / 4, "square": 1.0, "triangle": 0.5, "cross": 5 / 9}
 #: The triangle's mass centroid lies 1/6 of its side below its bbox centre.
 _CENTROID_OFFSET_Y = {"triangle": 1 / 6}
@@ -42,6 +43,7 @@ _SIZE_BOUNDS = tuple(
     math.sqrt(SIZE_EXTENT[a] * SIZE_EXTENT[b]) for a, b in itertools.pairwise(_SIZE_NAMES)
 )
 _SPEED_BOUND = math.sqrt(TRAVEL["slowly"] * TRAVEL["quickly"])
+_FRAMES_MATCHED = 4
 _THIRD_BOUNDS = (1 / 3, 2 / 3)
 _ROWS, _COLS = ("top", "", "bottom"), ("left", "", "right")
 
@@ -63,12 +65,56 @@ class Prediction:
         return getattr(self, attribute)
 
 
-def classify_shape(fill: float, skew_y: float) -> str:
-    if skew_y < TRIANGLE_SKEW:
-        return "triangle"
-    if fill < CROSS_CIRCLE_FILL:
-        return "cross"
-    return "circle" if fill < CIRCLE_SQUARE_FILL else "square"
+#: Effective blur widths (pixels) tried by template matching. The segmenter's 3x3 binomial
+#: pre-filter alone is a Gaussian of sigma ~0.71, so that is the sharpest case.
+BLUR_GRID = (0.71, 1.2, 1.7, 2.2)
+
+
+@lru_cache(maxsize=256)
+def _blur_matrix(length: int, sigma: float) -> np.ndarray:
+    """Gaussian blur along one axis as a (length, length) matrix (zero outside the window;
+    the templates are zero near the window's edges, so no padding rule is needed)."""
+    taps = gaussian_kernel(sigma)
+    radius = taps.size // 2
+    offsets = np.arange(length)[:, None] - np.arange(length)[None, :]
+    inside = np.abs(offsets) <= radius
+    return np.where(inside, taps[np.clip(offsets + radius, 0, taps.size - 1)], 0.0)
+
+
+def match_shape(
+    features: FrameFeatures, frame_shape: tuple[int, ...]
+) -> tuple[str, dict[str, float]]:
+    """Shape whose rendered, blurred template best explains the measured opacity.
+
+    Analysis by synthesis: each candidate is rendered by `trdq.data.render.coverage` with
+    the side implied by the measured area and its nominal fill, centred on the measured
+    centroid (shifted by the triangle's offset), blurred by each `BLUR_GRID` width, scaled
+    by the least-squares gain, and scored by its residual relative to the signal energy.
+    Area and centroid are blur-invariant, so the only free parameters are blur and gain.
+    """
+    height, width = frame_shape[:2]
+    y0, y1, x0, x1 = features.window
+    observed = features.opacity
+    energy = max(float((observed**2).sum()), 1e-6)
+    area = max(float(observed.sum()), 1.0)
+    ys, xs = np.arange(y0, y1) + 0.5, np.arange(x0, x1) + 0.5
+    cx = float(observed.sum(axis=0) @ xs / area)
+    cy = float(observed.sum(axis=1) @ ys / area)
+    residuals = {}
+    for shape in SHAPES:
+        side_px = math.sqrt(area / NOMINAL_FILL[shape])
+        center = (cx / width, (cy - _CENTROID_OFFSET_Y.get(shape, 0.0) * side_px) / height)
+        template = coverage(shape, height, width, center, side_px / min(height, width))
+        template = template[y0:y1, x0:x1].astype(np.float64)
+        best = math.inf
+        for sigma in BLUR_GRID:
+            blurred = _blur_matrix(y1 - y0, sigma) @ template @ _blur_matrix(x1 - x0, sigma).T
+            gain = float(
+                np.clip((blurred * observed).sum() / max((blurred**2).sum(), 1e-6), 0.5, 1.5)
+            )
+            best = min(best, float(((observed - gain * blurred) ** 2).sum()))
+        residuals[shape] = best / energy
+    return min(residuals, key=residuals.__getitem__), residuals
 
 
 def classify_size(extent_fraction: float) -> str:
@@ -98,7 +144,7 @@ def predict_image(image: np.ndarray) -> Prediction:
     features = measure_frame(image)
     if not features.found:
         return Prediction(shape=None, color=None, size=None, background=features.background)
-    shape = classify_shape(features.fill, features.skew_y)
+    shape, residuals = match_shape(features, image.shape)
     extent = _shape_extent(features, shape, image.shape)
     cx, cy = _bbox_center(features, shape, extent * min(image.shape[:2]))
     x_frac, y_frac = cx / image.shape[1], cy / image.shape[0]
@@ -114,6 +160,7 @@ def predict_image(image: np.ndarray) -> Prediction:
             "extent": extent,
             "x": x_frac,
             "y": y_frac,
+            **{f"residual_{name}": value for name, value in residuals.items()},
         },
     )
 
@@ -134,7 +181,14 @@ def predict_video(video: np.ndarray) -> Prediction:
         return Prediction(shape=None, color=None, size=None, background=background)
     fill = float(np.median([f.fill for _, f in found]))
     skew = float(np.median([f.skew_y for _, f in found]))
-    shape = classify_shape(fill, skew)
+    # Template matching is the costly step: match a few frames spread over the clip and
+    # add their residuals.
+    picks = np.linspace(0, len(found) - 1, min(len(found), _FRAMES_MATCHED)).round().astype(int)
+    residuals = dict.fromkeys(SHAPES, 0.0)
+    for pick in sorted(set(picks.tolist())):
+        for name, value in match_shape(found[pick][1], video.shape[1:])[1].items():
+            residuals[name] += value
+    shape = min(residuals, key=residuals.__getitem__)
     extent = float(np.median([_shape_extent(f, shape, video.shape[1:]) for _, f in found]))
     color = _majority(f.color for _, f in found if f.color != background)
     direction = speed = None
