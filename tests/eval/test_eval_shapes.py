@@ -106,6 +106,13 @@ def test_empty_frame_finds_only_the_background():
     }
 
 
+def test_random_pixels_are_not_a_shape():
+    rng = np.random.default_rng(0)
+    noise = rng.integers(0, 256, size=(128, 128, 3)).astype(np.uint8)
+    assert predict_image(noise).shape is None
+    assert predict_video(rng.integers(0, 256, size=(8, 64, 64, 3)).astype(np.uint8)).shape is None
+
+
 def test_summarize():
     accuracy, per_attribute = summarize(
         [{"color": True, "shape": True}, {"color": False, "shape": True, "speed": True}]
