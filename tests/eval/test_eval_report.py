@@ -1,0 +1,84 @@
+import json
+
+import numpy as np
+import pytest
+
+from trdq.data import heldout_prompts, render_image, render_video
+from trdq.eval.perturb import degrade
+from trdq.eval.report import PSNR_CAP_DB, quality_markdown, run_quality, similarity_to
+
+
+def _renderer(noise_std: float = 0.0):
+    def generate(prompts, seeds):
+        out = []
+        for prompt, seed in zip(prompts, seeds):
+            rng = np.random.default_rng(seed)
+            out.append(degrade(render_image(prompt, 64, rng=rng), rng, noise_std=noise_std))
+        return out
+
+    return generate
+
+
+def _blank(prompts, seeds):
+    return [np.zeros((64, 64, 3), dtype=np.uint8) for _ in prompts]
+
+
+def test_run_quality_layout_and_values():
+    prompts = heldout_prompts(12, seed=0)
+    report = run_quality(
+        "tiny-shapes-t2i",
+        {"w8a8": _renderer(6.0), "fp": _renderer(), "broken": _blank},
+        prompts,
+    )
+    payload = json.loads(report.to_json())
+    assert set(payload) == {"model", "prompts", "results"}
+    assert payload["model"] == "tiny-shapes-t2i" and payload["prompts"] == 12
+    assert [r["quant"] for r in payload["results"]] == ["fp", "w8a8", "broken"]
+    for row in payload["results"]:
+        assert set(row) == {
+            "quant",
+            "accuracy",
+            "per_attribute",
+            "psnr_to_fp",
+            "ssim_to_fp",
+            "seconds",
+        }
+    fp, w8a8, broken = report.results
+    assert fp.accuracy == 1.0 and fp.psnr_to_fp is None and fp.ssim_to_fp is None
+    assert set(fp.per_attribute) == {"color", "shape", "size", "position", "background"}
+    assert w8a8.accuracy >= 0.9 and 25 < w8a8.psnr_to_fp < 40 and 0 < w8a8.ssim_to_fp < 1
+    assert broken.accuracy == 0.0 and broken.psnr_to_fp < w8a8.psnr_to_fp
+    assert report.result("w8a8") is w8a8
+    markdown = quality_markdown([report], "trdq eval --model tiny-shapes-t2i", date="2026-11-26")
+    assert "2026-11-26" in markdown and "trdq eval --model tiny-shapes-t2i" in markdown
+    assert "| w8a8 |" in markdown and "n/a" in markdown
+
+
+def test_identical_samples_keep_json_finite():
+    prompts = heldout_prompts(3, seed=1)
+    report = run_quality("m", {"fp": _renderer(), "same": _renderer()}, prompts, seeds=[5, 6, 7])
+    assert report.result("same").psnr_to_fp == PSNR_CAP_DB
+    assert report.result("same").ssim_to_fp == pytest.approx(1.0)
+    json.loads(report.to_json())
+
+
+def test_video_settings():
+    prompts = heldout_prompts(3, seed=0, kind="video")
+
+    def generate(prompts, seeds):
+        return [
+            render_video(p, 8, 48, rng=np.random.default_rng(s)) for p, s in zip(prompts, seeds)
+        ]
+
+    report = run_quality("tiny-shapes-t2v", {"fp": generate}, prompts)
+    assert report.results[0].accuracy == 1.0
+    assert "direction" in report.results[0].per_attribute
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError):
+        run_quality("m", {"fp": _blank}, ["a red circle"], seeds=[1, 2])
+    with pytest.raises(ValueError):
+        run_quality("m", {"fp": lambda p, s: []}, ["a red circle"])
+    with pytest.raises(ValueError):
+        similarity_to([], [])
