@@ -2,6 +2,7 @@
 
 from trdq.eval.metrics import psnr, ssim
 from trdq.eval.perturb import degrade
+from trdq.eval.report import QualityReport, QualityResult, quality_markdown, run_quality
 from trdq.eval.shapes import (
     Prediction,
     evaluate,
@@ -13,11 +14,15 @@ from trdq.eval.shapes import (
 
 __all__ = [
     "Prediction",
+    "QualityReport",
+    "QualityResult",
     "degrade",
     "evaluate",
     "predict_image",
     "predict_video",
     "psnr",
+    "quality_markdown",
+    "run_quality",
     "score",
     "ssim",
     "summarize",
