@@ -34,9 +34,12 @@ pytestmark = pytest.mark.integration
 
 SERVER_READY_TIMEOUT_S = 150.0
 SCRAPE_TIMEOUT_S = 20.0
-#: The precision(s) the server under test serves. fp keeps start-up short (no calibration);
-#: set TRDQ_DEPLOY_TEST_QUANT=w8a8,fp to exercise the quantized path's panels too.
+#: The precision(s) the server under test serves. fp keeps start-up short: a w8a8 calibration
+#: of one tiny model takes minutes on 2 CPU cores. To exercise the quantized path's panels,
+#: set TRDQ_DEPLOY_TEST_QUANT=w8a8 and point TRDQ_DEPLOY_TEST_CACHE_DIR at a cache filled by
+#: `trdq calibrate` (otherwise the server calibrates at start-up, past the ready timeout).
 TEST_QUANT = os.environ.get("TRDQ_DEPLOY_TEST_QUANT", "fp")
+TEST_CACHE_DIR = os.environ.get("TRDQ_DEPLOY_TEST_CACHE_DIR")
 
 IMAGE_REQUEST = {"prompt": "a red circle", "num_inference_steps": 4}
 VIDEO_REQUEST = {"prompt": "a blue square moving right", "num_inference_steps": 4, "num_frames": 4}
@@ -115,7 +118,7 @@ def server(tmp_path_factory) -> Iterator[Server]:
         "TRDQ_HOST": "127.0.0.1",
         "TRDQ_PORT": str(port),
         "TRDQ_QUANT": TEST_QUANT,
-        "TRDQ_CACHE_DIR": str(workdir / "cache"),
+        "TRDQ_CACHE_DIR": TEST_CACHE_DIR or str(workdir / "cache"),
         "TRDQ_LOG_LEVEL": "warning",
     }
     env.pop("TRDQ_API_KEY", None)

@@ -98,7 +98,7 @@ def test_workloads_contract(built, target):
         assert pod["enableServiceLinks"] is False  # keeps TRDQ_SERVER_* out of the settings
         assert container["resources"]["requests"]["cpu"]
         assert container["resources"]["requests"]["memory"]
-    assert job["spec"]["template"]["spec"]["containers"][0]["args"] == ["calibrate"]
+    assert "trdq calibrate" in " ".join(job["spec"]["template"]["spec"]["containers"][0]["args"])
 
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     assert container["args"] == ["serve"]
@@ -167,3 +167,38 @@ def test_settings_names_are_server_settings(built):
             }
         )
         assert settings.cache_dir.as_posix() == "/var/cache/trdq"
+
+
+def test_calibration_job_script_calibrates_what_the_server_loads(built, tmp_path):
+    """Run the Job's shell script with a stub `trdq` that records its arguments."""
+    shell = tool("sh")
+    if shell is None:
+        pytest.skip("no sh")
+    container = _one(built["overlays/cpu"], "Job")["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"] == ["/bin/sh", "-c"]
+    calls = tmp_path / "calls.txt"
+    stub = tmp_path / "bin" / "trdq"
+    stub.parent.mkdir()
+    stub.write_text(f'#!/bin/sh\necho "$*" >> {calls}\n')
+    stub.chmod(0o755)
+    settings = _one(built["overlays/cpu"], "ConfigMap")["data"]
+    env = {
+        **settings,
+        "TRDQ_QUANT": "w8a8,fp,w4a8",
+        "TRDQ_VIDEO_MODEL": "none",
+        "PATH": f"{stub.parent}:/usr/bin:/bin",
+    }
+    result = subprocess.run(
+        [shell, "-c", container["args"][0]],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    common = "--cache-dir /var/cache/trdq --device cpu --backend auto"
+    assert calls.read_text().splitlines() == [
+        f"calibrate --model tiny-shapes-t2i --quant w8a8 {common}",
+        f"calibrate --model tiny-shapes-t2i --quant w4a8 {common}",
+    ]
