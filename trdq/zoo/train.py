@@ -1,0 +1,272 @@
+"""`trdq zoo train`: train the embedded zoo pipelines from scratch on the shapes world.
+
+Stages (each can be selected with --stages, and resumed from saved weights with
+--init-from): ``vae`` (AutoencoderKL on images and video frames), ``t2i`` (T5 encoder +
+PixArt DiT, jointly), ``t2v`` (Latte DiT, T5 frozen). Both pipelines ship the same
+tokenizer, text encoder and VAE. The run writes:
+
+- ``--out DIR``: ``DIR/tiny-shapes-t2i`` and ``DIR/tiny-shapes-t2v`` diffusers folders
+  (fp16 safetensors, README.md model cards);
+- ``--checkpoint-dir`` (default ``DIR/checkpoints``): one fp16 safetensors file per
+  component (refreshed during training), ``meta.json`` and ``log.txt``.
+
+``--smoke`` runs every stage for a few steps on tiny batches (CPU, < 1 minute);
+``--from-weights DIR`` skips training and assembles the folders from a checkpoint dir.
+
+Example (the GPU run that made the shipped zoo)::
+
+    trdq zoo train --out /tmp/zoo --checkpoint-dir $OUT --device cuda --workers 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import shlex
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from trdq.zoo import architectures as arch
+from trdq.zoo.build import build_components, save_pipeline
+from trdq.zoo.training.card import write_card, write_meta
+from trdq.zoo.training.data import CAPTION_VARIANTS, build_set, tokenize_table
+from trdq.zoo.training.dit import DiTConfig, train_t2i, train_t2v
+from trdq.zoo.training.loop import load_component, save_component
+from trdq.zoo.training.vae import VAEConfig, encode_latents, latent_scaling_factor, train_vae
+
+logger = logging.getLogger(__name__)
+
+T2I_NAME, T2V_NAME = "tiny-shapes-t2i", "tiny-shapes-t2v"
+COMPONENT_FILES = {
+    "vae": "vae.safetensors",
+    "text_encoder": "text_encoder.safetensors",
+    "t2i_transformer": "t2i_transformer.safetensors",
+    "t2v_transformer": "t2v_transformer.safetensors",
+}
+STAGES = ("vae", "t2i", "t2v")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="trdq zoo train", description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", type=Path, required=True, help="where the pipeline folders go")
+    p.add_argument("--checkpoint-dir", type=Path, help="component weights, meta.json, log.txt")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--workers", type=int, default=1, help="processes for rendering and scoring")
+    p.add_argument("--smoke", action="store_true", help="a few steps of every stage, tiny batches")
+    p.add_argument("--stages", default=",".join(STAGES), help="comma list of vae,t2i,t2v")
+    p.add_argument("--init-from", type=Path, help="checkpoint dir to start from (skipped stages keep it)")
+    p.add_argument("--from-weights", type=Path, help="no training: assemble folders from this checkpoint dir")
+    p.add_argument("--images-per-caption", type=int, default=4)
+    p.add_argument("--videos-per-caption", type=int, default=2)
+    p.add_argument("--vae-steps", type=int, default=4000)
+    p.add_argument("--vae-seconds", type=float, default=60.0)
+    p.add_argument("--t2i-steps", type=int, default=30000)
+    p.add_argument("--t2i-seconds", type=float, default=190.0)
+    p.add_argument("--t2i-batch", type=int, default=256)
+    p.add_argument("--t2v-steps", type=int, default=30000)
+    p.add_argument("--t2v-seconds", type=float, default=170.0)
+    p.add_argument("--t2v-batch", type=int, default=64)
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--eval-images", type=int, default=0, help="held-out image prompts to score")
+    p.add_argument("--eval-videos", type=int, default=0, help="held-out video prompts to score")
+    p.add_argument("--eval-single-videos", type=int, default=0, help="also score N one-prompt calls")
+    p.add_argument("--eval-steps", type=int, default=20)
+    return p
+
+
+def _smoke_overrides(args: argparse.Namespace) -> None:
+    args.images_per_caption, args.videos_per_caption = 1, 1
+    args.vae_steps = args.t2i_steps = args.t2v_steps = 2
+    args.t2i_batch, args.t2v_batch = 4, 2
+    args.eval_images, args.eval_videos = min(args.eval_images, 1), min(args.eval_videos, 1)
+    args.eval_single_videos = 0
+    args.eval_steps = 2
+
+
+def _resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _setup_logging(checkpoint_dir: Path) -> None:
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
+    root = logging.getLogger()
+    root.setLevel(logging.INFO)
+    handlers: list[logging.Handler] = [logging.FileHandler(checkpoint_dir / "log.txt")]
+    if not root.handlers:
+        handlers.append(logging.StreamHandler(sys.stderr))
+    for handler in handlers:
+        handler.setFormatter(fmt)
+        root.addHandler(handler)
+
+
+def build_models(seed: int) -> dict:
+    """Untrained components with the seeds of `trdq.zoo.build` (same init as the seeded zoo)."""
+    from diffusers import LatteTransformer3DModel, PixArtTransformer2DModel
+
+    parts = build_components(seed)
+    torch.manual_seed(seed + 2)
+    parts["t2i_transformer"] = PixArtTransformer2DModel(**arch.T2I_TRANSFORMER)
+    torch.manual_seed(seed + 3)
+    parts["t2v_transformer"] = LatteTransformer3DModel(**arch.T2V_TRANSFORMER)
+    return parts
+
+
+def load_checkpoint(parts: dict, checkpoint_dir: Path, meta: dict) -> list[str]:
+    """Load whichever component files exist; the VAE's scaling factor comes from meta.json."""
+    loaded = []
+    saved_meta = checkpoint_dir / "meta.json"
+    if saved_meta.exists():
+        previous = json.loads(saved_meta.read_text())
+        meta.update({k: v for k, v in previous.items() if k not in ("command", "eval")})
+    for component, filename in COMPONENT_FILES.items():
+        path = checkpoint_dir / filename
+        if path.exists():
+            load_component(parts[component], path)
+            loaded.append(component)
+    if "scaling_factor" in meta:
+        parts["vae"].register_to_config(scaling_factor=meta["scaling_factor"])
+    logger.info("loaded %s from %s", ", ".join(loaded) or "nothing", checkpoint_dir)
+    return loaded
+
+
+def assemble(parts: dict, out: Path) -> dict[str, Path]:
+    """Save both pipelines as diffusers folders (fp16 safetensors); returns name -> folder."""
+    from diffusers import LattePipeline, PixArtAlphaPipeline
+
+    shared = {k: parts[k] for k in ("tokenizer", "text_encoder", "vae", "scheduler")}
+    for key in ("text_encoder", "vae", "t2i_transformer", "t2v_transformer"):
+        parts[key].to("cpu", torch.float32).eval()
+    folders = {T2I_NAME: out / T2I_NAME, T2V_NAME: out / T2V_NAME}
+    save_pipeline(PixArtAlphaPipeline(transformer=parts["t2i_transformer"], **shared), folders[T2I_NAME])
+    save_pipeline(LattePipeline(transformer=parts["t2v_transformer"], **shared), folders[T2V_NAME])
+    return folders
+
+
+def _folder_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*.safetensors"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = _parser().parse_args(argv)
+    if args.smoke:
+        _smoke_overrides(args)
+    checkpoint_dir = args.checkpoint_dir or args.out / "checkpoints"
+    _setup_logging(checkpoint_dir)
+    device = _resolve_device(args.device)
+    started = time.monotonic()
+    meta: dict = {"command": "trdq zoo train " + shlex.join(argv), "seed": args.seed}
+    torch.manual_seed(args.seed)
+    parts = build_models(args.seed)
+    if args.from_weights or args.init_from:
+        load_checkpoint(parts, args.from_weights or args.init_from, meta)
+    if args.from_weights:
+        stages: list[str] = []
+        meta["command"] = meta.get("command", "")
+    else:
+        stages = [s for s in args.stages.split(",") if s]
+        meta.update(
+            device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+            torch=torch.__version__,
+        )
+    if stages:
+        _train(args, stages, parts, meta, device, checkpoint_dir)
+        meta["total_seconds"] = round(time.monotonic() - started, 1)
+        write_meta(checkpoint_dir / "meta.json", meta)
+    folders = assemble(parts, args.out)
+    _evaluate(args, folders, meta, device)
+    for name, folder in folders.items():
+        write_card(folder, name, meta, _folder_bytes(folder))
+    if stages or args.eval_images or args.eval_videos:
+        write_meta(checkpoint_dir / "meta.json", meta)
+    total = sum(_folder_bytes(f) for f in folders.values())
+    logger.info("done in %.0f s; zoo weights %.1f MB in %s", time.monotonic() - started, total / 1e6, args.out)
+    return 0
+
+
+def _train(args, stages: list[str], parts: dict, meta: dict, device: torch.device, checkpoint_dir: Path) -> None:
+    limit = 24 if args.smoke else None
+    images = build_set("image", arch.T2I_RESOLUTION, args.images_per_caption, args.seed, limit=limit, workers=args.workers)
+    videos = build_set(
+        "video", arch.T2V_RESOLUTION, args.videos_per_caption, args.seed + 1,
+        frames=arch.T2V_FRAMES, limit=8 if args.smoke else None, workers=args.workers,
+    )
+    meta["data"] = {"images": len(images), "videos": len(videos), "variants": CAPTION_VARIANTS}
+    vae = parts["vae"]
+    if "vae" in stages:
+        vae_config = VAEConfig(steps=args.vae_steps, seconds=args.vae_seconds)
+        if args.smoke:
+            vae_config = replace(vae_config, image_batch=1, frame_batch=1, log_every=1, eval_batch=1)
+        meta["vae"] = train_vae(vae, images.pixels, videos.pixels, vae_config, device, args.seed)
+    vae.to(device).eval().requires_grad_(False)
+    image_latents = encode_latents(vae, images.pixels, device)
+    if "vae" in stages or "scaling_factor" not in meta:
+        meta["scaling_factor"] = latent_scaling_factor(image_latents)
+        vae.register_to_config(scaling_factor=meta["scaling_factor"])
+        save_component(vae, checkpoint_dir / COMPONENT_FILES["vae"])
+        write_meta(checkpoint_dir / "meta.json", meta)
+    scale = meta["scaling_factor"]
+    logger.info("latent scaling factor %.4f", scale)
+    smoke_log = {"log_every": 1} if args.smoke else {}
+    tokenizer, text_encoder = parts["tokenizer"], parts["text_encoder"]
+    if "t2i" in stages:
+        config = DiTConfig(steps=args.t2i_steps, seconds=args.t2i_seconds, batch=args.t2i_batch, lr=args.lr, **smoke_log)
+        transformer = parts["t2i_transformer"]
+
+        def save_t2i() -> None:
+            save_component(text_encoder, checkpoint_dir / COMPONENT_FILES["text_encoder"])
+            save_component(transformer, checkpoint_dir / COMPONENT_FILES["t2i_transformer"])
+
+        tokens = tokenize_table(tokenizer, images.texts)
+        meta["t2i"] = train_t2i(transformer, text_encoder, image_latents * scale, tokens, config, device, save_t2i)
+        save_t2i()
+        write_meta(checkpoint_dir / "meta.json", meta)
+    del image_latents
+    if "t2v" in stages:
+        video_latents = encode_latents(vae, videos.pixels, device) * scale
+        config = DiTConfig(steps=args.t2v_steps, seconds=args.t2v_seconds, batch=args.t2v_batch, lr=args.lr, **smoke_log)
+        transformer = parts["t2v_transformer"]
+
+        def save_t2v() -> None:
+            save_component(transformer, checkpoint_dir / COMPONENT_FILES["t2v_transformer"])
+
+        tokens = tokenize_table(tokenizer, videos.texts)
+        meta["t2v"] = train_t2v(transformer, text_encoder, video_latents, tokens, config, device, save_t2v)
+        save_t2v()
+        write_meta(checkpoint_dir / "meta.json", meta)
+
+
+def _evaluate(args, folders: dict[str, Path], meta: dict, device: torch.device) -> None:
+    from trdq.zoo.training.evaluate import evaluate_pipeline
+
+    jobs = [
+        (T2I_NAME, "image", args.eval_images, 100),
+        (T2V_NAME, "video", args.eval_videos, 100),
+        (T2V_NAME, "video", args.eval_single_videos, 1),
+    ]
+    device_name = meta.get("device_name", str(device))
+    for name, kind, count, batch in jobs:
+        if count <= 0:
+            continue
+        result = evaluate_pipeline(
+            folders[name], kind, count, device=str(device), steps=args.eval_steps, batch=batch, workers=args.workers
+        )
+        result["device_name"] = device_name
+        meta.setdefault("eval", {}).setdefault(name, []).append(result)
+    if args.eval_images or args.eval_videos:
+        meta.pop("eval_note", None)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Training stages of the embedded zoo (`trdq zoo train`): data, VAE, DiTs, evaluation."""

@@ -1,0 +1,104 @@
+"""Model cards (README.md) for the trained zoo pipelines, written from the run's metadata."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from trdq.zoo import architectures as arch
+
+_DESCRIPTION = {
+    "tiny-shapes-t2i": (
+        "PixArtAlphaPipeline",
+        "text-to-image",
+        f"{arch.T2I_RESOLUTION}x{arch.T2I_RESOLUTION} images",
+        "t2i",
+        arch.T2I_TRANSFORMER,
+    ),
+    "tiny-shapes-t2v": (
+        "LattePipeline",
+        "text-to-video",
+        f"{arch.T2V_FRAMES} frames of {arch.T2V_RESOLUTION}x{arch.T2V_RESOLUTION}",
+        "t2v",
+        arch.T2V_TRANSFORMER,
+    ),
+}
+
+
+def _format_eval(result: dict | None) -> str:
+    if not result:
+        return "Not evaluated in this run."
+    attributes = ", ".join(f"{k} {v:.1%}" for k, v in result["per_attribute"].items())
+    return (
+        f"Full-prompt accuracy **{result['accuracy']:.1%}** on {result['prompts']} held-out prompts "
+        f"(`heldout_prompts({result['prompts']}, seed={result['prompt_seed']})`, {result['steps']} "
+        f"DPM-Solver steps, CFG {result['guidance_scale']}, batch {result['batch']}, on "
+        f"{result.get('device_name', result['device'])}); per attribute: {attributes}."
+    )
+
+
+def write_card(folder: Path, name: str, meta: dict, weight_bytes: int) -> None:
+    pipeline_class, task, output, stage, transformer_config = _DESCRIPTION[name]
+    stage_meta = meta.get(stage, {})
+    vae_meta = meta.get("vae", {})
+    t2i_meta = meta.get("t2i", {})
+    evals = meta.get("eval", {}).get(name, [])
+    eval_lines = "\n".join(f"- {_format_eval(r)}" for r in evals) or "- Not evaluated in this run."
+    text_note = (
+        "trained jointly with the DiT" if stage == "t2i" else "shared with tiny-shapes-t2i, frozen here"
+    )
+    card = f"""---
+library_name: diffusers
+pipeline_tag: {task}
+tags: [trdq, shapes, tiny, {pipeline_class}]
+---
+
+# {name}
+
+A tiny {pipeline_class} ({task}, {output}) trained from scratch on the procedural
+"shapes" world of `trdq.data`: one shape (circle, square, triangle, cross) of a palette
+colour, size and {"grid position" if stage == "t2i" else "motion (direction, speed)"} on a
+plain background. It is the embedded default of trdq-server: real, recognisable content with
+no download. Weights are fp16 safetensors ({weight_bytes / 1e6:.1f} MB for this folder).
+
+## Data
+
+Rendered with `trdq.data.render` (anti-aliased, layout jitter) from the TRAIN split only
+(`trdq.data.train_captions`): held-out attribute combinations were never rendered.
+{meta.get("data", {}).get("images", "?")} images and {meta.get("data", {}).get("videos", "?")} videos;
+each render has its full caption and {meta.get("data", {}).get("variants", 4) - 1} partial ones
+(attributes dropped at random; the full caption is used 70% of the time). Caption dropout 10%
+(empty prompt, encoded as the pipeline encodes `negative_prompt=""`) so CFG works.
+
+## Architecture (`trdq/zoo/architectures.py`)
+
+- Tokenizer: word-level over the grammar vocabulary (`tokenizers`, tokenizer.json).
+- Text encoder: T5 encoder, d_model {arch.TEXT_ENCODER["d_model"]}, {arch.TEXT_ENCODER["num_layers"]} layers ({text_note}).
+- VAE: AutoencoderKL, blocks {arch.VAE["block_out_channels"]}, {arch.VAE["latent_channels"]} latent channels,
+  scaling_factor {meta.get("scaling_factor", 1.0):.4f} (1 / latent std).
+- Denoiser: {transformer_config["num_layers"]} layers, {transformer_config["num_attention_heads"]} heads x
+  {transformer_config["attention_head_dim"]}, patch {transformer_config["patch_size"]}, epsilon prediction on the
+  first 4 of {transformer_config["out_channels"]} output channels.
+- Scheduler: DPM-Solver multistep over linear betas {arch.SCHEDULER["beta_start"]}..{arch.SCHEDULER["beta_end"]},
+  {arch.SCHEDULER["num_train_timesteps"]} steps.
+
+## Training
+
+- VAE: {vae_meta.get("steps", "?")} steps, L1 + MSE + 1e-6 KL, final pixel loss {vae_meta.get("final_pixel_loss", "?")},
+  reconstruction PSNR {vae_meta.get("image_psnr_db", "?")} dB (128 px images) / {vae_meta.get("frame_psnr_db", "?")} dB (64 px frames).
+- Text encoder + PixArt DiT: {t2i_meta.get("steps", "?")} steps of batch {t2i_meta.get("batch", "?")}, final loss {t2i_meta.get("final_loss", "?")}.
+{"- Latte DiT: " + str(stage_meta.get("steps", "?")) + " steps of batch " + str(stage_meta.get("batch", "?")) + ", final loss " + str(stage_meta.get("final_loss", "?")) + "." if stage == "t2v" else ""}
+- AdamW, bf16 autocast, cosine LR, EMA of weights (decay 0.999), seed {meta.get("seed", 0)}, on {meta.get("device_name", "?")},
+  {meta.get("total_seconds", "?")} s for the whole run.
+
+Reproduce (from the repository root): `{meta.get("command", "trdq zoo train")}`
+
+## Evaluation (held-out combinations, analytic evaluator `trdq.eval.shapes`)
+
+{eval_lines}
+"""
+    (folder / "README.md").write_text(card)
+
+
+def write_meta(path: Path, meta: dict) -> None:
+    path.write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")

@@ -1,0 +1,228 @@
+"""Stages 2 and 3: the PixArt DiT (with the T5 encoder, jointly) and the Latte DiT (T5 frozen).
+
+Epsilon-prediction DDPM loss on the first 4 output channels (the pipelines read the
+epsilon from there; channels 4..7 would be a learned variance, which these pipelines
+ignore). Caption dropout replaces the text by the empty prompt encoded exactly as the
+pipelines encode `negative_prompt=""`, so classifier-free guidance has a trained
+unconditional branch.
+
+How each pipeline feeds text to its denoiser (diffusers 0.42), mirrored here:
+
+- PixArtAlphaPipeline: T5 over 120 tokens with the tokenizer's attention mask, and the
+  same mask as `encoder_attention_mask` of the DiT; the negative "" is "</s>" + pads with
+  mask [1, 0, ...]. Training pads to 32 tokens instead of 120: pad positions are masked in
+  both T5 and the DiT, so nothing else changes.
+- LattePipeline (mask_feature=True): no mask reaches the DiT. With one prompt the
+  embeddings are cut to the prompt's k valid tokens and the negative to the first k rows
+  of the unmasked "" encoding; with several prompts the prompt embeddings are zeroed at
+  pad positions (120 rows) and the negative is all 120 rows of the "" encoding. Both
+  forms are trained (half of each batch), the first as an additive key mask over 120 rows,
+  which is the same attention as the cut sequence.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from trdq.zoo.architectures import MAX_SEQUENCE_LENGTH
+from trdq.zoo.training.data import TokenTable
+from trdq.zoo.training.loop import EMA, Budget, Meter, NoiseSchedule, autocast, set_lr
+
+logger = logging.getLogger(__name__)
+
+#: Additive attention bias for a masked key (diffusers' own convention).
+MASKED_KEY_BIAS = -10000.0
+
+
+@dataclass
+class DiTConfig:
+    steps: int = 20000
+    seconds: float = 200.0
+    batch: int = 256
+    lr: float = 3e-4
+    text_lr: float = 1e-4
+    weight_decay: float = 0.01
+    ema_decay: float = 0.999
+    full_caption_prob: float = 0.7
+    caption_dropout: float = 0.1
+    warmup_steps: int = 300
+    log_every: int = 500
+    checkpoint_seconds: float = 60.0
+
+
+def _pick_tokens(tokens: TokenTable, idx: torch.Tensor, config: DiTConfig) -> tuple[torch.Tensor, ...]:
+    """Token ids/masks of a random caption variant per sample, and the dropout flags."""
+    batch, device = idx.shape[0], idx.device
+    variants = tokens.ids.shape[1]
+    partial = torch.randint(1, variants, (batch,), device=device)
+    use_full = torch.rand(batch, device=device) < config.full_caption_prob
+    variant = torch.where(use_full, torch.zeros_like(partial), partial)
+    ids, mask = tokens.ids[idx, variant], tokens.mask[idx, variant]
+    drop = torch.rand(batch, device=device) < config.caption_dropout
+    return ids, mask, drop
+
+
+def _epsilon_loss(prediction: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    channels = noise.shape[1]
+    return F.mse_loss(prediction[:, :channels].float(), noise.float())
+
+
+class _Trainer:
+    """Optimizer + EMA + budget + logging + periodic checkpoint around a loss closure."""
+
+    def __init__(self, name, groups, ema_modules, config: DiTConfig, on_checkpoint=None):
+        self.name, self.config = name, config
+        self.optimizer = torch.optim.AdamW(groups, betas=(0.9, 0.999), weight_decay=config.weight_decay)
+        self.base_lrs = [group["lr"] for group in groups]
+        self.emas = [EMA(module, config.ema_decay) for module in ema_modules]
+        self.ema_modules = ema_modules
+        self.params = [p for group in groups for p in group["params"]]
+        self.on_checkpoint = on_checkpoint
+
+    def run(self, loss_fn) -> dict:
+        config = self.config
+        budget = Budget(config.steps, config.seconds, warmup_steps=config.warmup_steps)
+        meter, step, history = Meter(), 0, []
+        last_checkpoint = budget.elapsed()
+        while not budget.done(step):
+            set_lr(self.optimizer, self.base_lrs, budget.lr_factor(step))
+            loss = loss_fn()
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+            self.optimizer.step()
+            for ema in self.emas:
+                ema.update()
+            meter.add(loss)
+            step += 1
+            if step % config.log_every == 0 or budget.done(step):
+                value = meter.pop()
+                history.append((step, round(value, 5)))
+                logger.info("%s step %d  loss %.5f  (%.0f s)", self.name, step, value, budget.elapsed())
+            if self.on_checkpoint and budget.elapsed() - last_checkpoint > config.checkpoint_seconds:
+                last_checkpoint = budget.elapsed()
+                self.checkpoint()
+        summary = {
+            "steps": step,
+            "seconds": round(budget.elapsed(), 1),
+            "final_loss": history[-1][1] if history else None,
+            "loss_history": history,
+            "batch": config.batch,
+        }
+        self.finish()
+        return summary
+
+    def finish(self) -> None:
+        """Leave the EMA weights in the modules (what is saved and shipped)."""
+        for ema in self.emas:
+            ema.copy_to()
+        for module in self.ema_modules:
+            module.eval()
+
+    def checkpoint(self) -> None:
+        """Save EMA weights without disturbing training: swap in, save, swap back."""
+        backups = [[p.detach().clone() for p in ema.params] for ema in self.emas]
+        for ema in self.emas:
+            ema.copy_to()
+        self.on_checkpoint()
+        with torch.no_grad():
+            for ema, backup in zip(self.emas, backups):
+                for param, saved in zip(ema.params, backup):
+                    param.copy_(saved)
+
+
+def train_t2i(transformer, text_encoder, latents, tokens: TokenTable, config: DiTConfig, device, on_checkpoint=None) -> dict:
+    """Joint T5 + PixArt training on (caption, image latent) pairs. Latents are pre-scaled."""
+    schedule = NoiseSchedule(device)
+    transformer.train().to(device)
+    text_encoder.train().to(device)
+    tokens = tokens.to(device)
+    groups = [
+        {"params": list(transformer.parameters()), "lr": config.lr},
+        {"params": list(text_encoder.parameters()), "lr": config.text_lr},
+    ]
+    trainer = _Trainer("t2i", groups, [transformer, text_encoder], config, on_checkpoint)
+    no_extra = {"resolution": None, "aspect_ratio": None}
+
+    def loss_fn() -> torch.Tensor:
+        idx = torch.randint(0, latents.shape[0], (config.batch,), device=device)
+        ids, mask, drop = _pick_tokens(tokens, idx, config)
+        ids = torch.where(drop[:, None], tokens.uncond_ids, ids)
+        mask = torch.where(drop[:, None], tokens.uncond_mask, mask)
+        x0 = latents[idx]
+        noise = torch.randn_like(x0)
+        t = schedule.sample_timesteps(config.batch, device)
+        with autocast(device):
+            text = text_encoder(ids, attention_mask=mask)[0]
+            prediction = transformer(
+                schedule.add_noise(x0, noise, t),
+                encoder_hidden_states=text,
+                encoder_attention_mask=mask,
+                timestep=t,
+                added_cond_kwargs=no_extra,
+                return_dict=False,
+            )[0]
+        return _epsilon_loss(prediction, noise)
+
+    return trainer.run(loss_fn)
+
+
+@torch.no_grad()
+def _latte_text(text_encoder, tokens: TokenTable, idx, config: DiTConfig, frames: int):
+    """Text states (B, 120, D) and key bias (B * frames, 1, 120) in either Latte form."""
+    ids, mask, drop = _pick_tokens(tokens, idx, config)
+    batch, device = ids.shape[0], ids.device
+    states = text_encoder(ids, attention_mask=mask)[0].float() * mask[..., None]
+    padded = states.new_zeros(batch, MAX_SEQUENCE_LENGTH, states.shape[-1])
+    padded[:, : states.shape[1]] = states
+    empty_ids = torch.zeros(1, MAX_SEQUENCE_LENGTH, dtype=ids.dtype, device=device)
+    empty_mask = torch.zeros_like(empty_ids)
+    empty_ids[0, : tokens.uncond_ids.shape[0]] = tokens.uncond_ids
+    empty_mask[0, : tokens.uncond_mask.shape[0]] = tokens.uncond_mask
+    negative = text_encoder(empty_ids, attention_mask=empty_mask)[0].float()  # all 120 rows, unmasked
+    states = torch.where(drop[:, None, None], negative.expand(batch, -1, -1), padded)
+    # One-prompt form: only the prompt's k valid rows are visible (prompt or negative alike).
+    cut = torch.rand(batch, device=device) < 0.5
+    valid_count = mask.sum(dim=1, keepdim=True)
+    positions = torch.arange(MAX_SEQUENCE_LENGTH, device=device)[None, :]
+    visible = (positions < valid_count) | ~cut[:, None]
+    bias = torch.zeros(batch, 1, MAX_SEQUENCE_LENGTH, device=device)
+    bias.masked_fill_(~visible[:, None, :], MASKED_KEY_BIAS)
+    return states, bias.repeat_interleave(frames, dim=0)
+
+
+def train_t2v(transformer, text_encoder, latents, tokens: TokenTable, config: DiTConfig, device, on_checkpoint=None) -> dict:
+    """Latte training on (caption, video latent) pairs with the trained T5 frozen.
+
+    `latents` is (N, C, T, h, w), pre-scaled.
+    """
+    schedule = NoiseSchedule(device)
+    transformer.train().to(device)
+    text_encoder.eval().requires_grad_(False).to(device)
+    tokens = tokens.to(device)
+    groups = [{"params": list(transformer.parameters()), "lr": config.lr}]
+    trainer = _Trainer("t2v", groups, [transformer], config, on_checkpoint)
+    frames = latents.shape[2]
+
+    def loss_fn() -> torch.Tensor:
+        idx = torch.randint(0, latents.shape[0], (config.batch,), device=device)
+        with autocast(device):
+            states, bias = _latte_text(text_encoder, tokens, idx, config, frames)
+        x0 = latents[idx]
+        noise = torch.randn_like(x0)
+        t = schedule.sample_timesteps(config.batch, device)
+        with autocast(device):
+            prediction = transformer(
+                schedule.add_noise(x0, noise, t),
+                encoder_hidden_states=states,
+                encoder_attention_mask=bias,
+                timestep=t,
+                return_dict=False,
+            )[0]
+        return _epsilon_loss(prediction, noise)
+
+    return trainer.run(loss_fn)
