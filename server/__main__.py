@@ -9,9 +9,8 @@ from pydantic import ValidationError
 
 
 def main(argv: list[str] | None = None) -> int:
-    import uvicorn
-
     from server.app import create_app
+    from server.lifecycle import serve
     from server.settings import Settings
 
     try:
@@ -26,10 +25,8 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     app = create_app(settings)
-    uvicorn.run(
-        app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
-        timeout_graceful_shutdown=30,
-    )
+    serve(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
+          grace_s=settings.shutdown_grace_s)
     return 0
 
 

@@ -51,6 +51,22 @@ class NotReadyError(ServiceError):
     status_code, error_type = 503, "not_ready"
 
 
+class ShuttingDownError(ServiceError):
+    status_code, error_type = 503, "shutting_down"
+
+
+class JobNotFoundError(ServiceError):
+    status_code, error_type = 404, "job_not_found"
+
+
+class JobNotFinishedError(ServiceError):
+    status_code, error_type = 409, "job_not_finished"
+
+
+class TooManyJobsError(ServiceError):
+    status_code, error_type = 429, "too_many_jobs"
+
+
 class ModelUnavailableError(ServiceError):
     status_code, error_type = 404, "model_unavailable"
 
@@ -107,6 +123,13 @@ def install_error_handlers(app: FastAPI, on_error=None) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException):
+        if exc.status_code == 400:
+            # FastAPI's reply to a body it cannot decode (e.g. not UTF-8): bad input, so the
+            # same 422 as every other invalid request (and the status the schema documents).
+            count("invalid_request")
+            return JSONResponse(
+                error_body("invalid_request", f"body: {exc.detail}"), 422, headers=exc.headers
+            )
         error_type = {404: "not_found", 405: "method_not_allowed", 400: "bad_request"}.get(
             exc.status_code, "http_error"
         )

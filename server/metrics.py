@@ -75,5 +75,15 @@ class Metrics:
             "trdq_calibration_cache", "Calibration cache look-ups.", ["result"], registry=r
         )
         self.errors = Counter("trdq_errors", "Errors by type.", ["type"], registry=r)
+        self.cancellations = Counter(
+            "trdq_cancelled_generations",
+            "Generations cancelled before finishing, by reason "
+            "(client gone, timeout, user DELETE, shutdown).",
+            ["reason"], registry=r,
+        )
+        self.jobs_stored = Gauge(
+            "trdq_jobs_stored", "Async jobs held (queued, running or finished, not expired).",
+            registry=r,
+        )
         for result in ("hit", "miss", "invalid"):
             self.calibration_cache.labels(result=result)

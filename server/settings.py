@@ -33,6 +33,11 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     api_key: SecretStr | None = None
+    # Probes (/healthz, /readyz) and /metrics stay open unless these ask for the key too.
+    auth_probes: bool = False
+    auth_metrics: bool = False
+    # CORS is off unless origins are listed (comma list, or "*").
+    cors_origins: str = ""
     log_level: str = "info"
 
     max_queue: int = Field(default=16, ge=1)
@@ -40,6 +45,12 @@ class Settings(BaseSettings):
     batch_window_ms: float = Field(default=5.0, ge=0.0)
     request_timeout_s: float = Field(default=300.0, gt=0.0)
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    # Async jobs (/jobs): time limit per job, and how long / how many results are kept.
+    job_timeout_s: float = Field(default=3600.0, gt=0.0)
+    job_ttl_s: float = Field(default=600.0, gt=0.0)
+    max_jobs: int = Field(default=256, ge=1)
+    # SIGTERM: stop admissions, finish accepted work for up to this long, then exit.
+    shutdown_grace_s: float = Field(default=30.0, ge=0.0)
 
     # Request limits (also published in the OpenAPI schema).
     max_pixels: int = Field(default=1024 * 1024, ge=64)
@@ -64,6 +75,10 @@ class Settings(BaseSettings):
         if len(set(names)) != len(names):
             raise ValueError("a precision is listed twice")
         return ",".join(names)
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [origin.strip() for origin in self.cors_origins.split(",") if origin.strip()]
 
     @property
     def quant_names(self) -> list[str]:

@@ -4,14 +4,22 @@ Requests become jobs in a bounded queue (full -> 429). One dispatcher coroutine 
 the oldest job plus compatible waiting ones (same size, steps, frames, guidance,
 precision) and runs them as one pipeline call on a single worker thread, so the
 event loop never blocks and the pipelines are never used concurrently.
+
+Every accepted job ends in exactly one final state (its future is always resolved):
+a result, a ServiceError, or cancelled. Cancellation (client gone, timeout, DELETE,
+shutdown) drops a queued job at once and stops a running batch at the next denoising
+step once every job in it is cancelled. `begin_drain` stops admissions for a graceful
+shutdown; `idle` says when the accepted work is done.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import resource
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -27,6 +35,7 @@ from server.errors import (
     NotReadyError,
     QueueFullError,
     ServiceError,
+    ShuttingDownError,
 )
 from server.metrics import Metrics
 from server.settings import Settings
@@ -46,6 +55,11 @@ class GenerationEngine:
         self._dispatcher: asyncio.Task | None = None
         self.device = resolve_device(settings.device)
         self.startup_seconds: float | None = None
+        self.accepting = True  # False once a graceful shutdown began
+        self._active: set[Job] = set()  # accepted and not final
+        #: Test hook, called on the worker thread before each pipeline call with the
+        #: batch's specs; raising there simulates a failure inside generation.
+        self.fault_hook: Callable[[list[JobSpec]], None] | None = None
 
     # -- life cycle ---------------------------------------------------------------
     async def start(self) -> None:
@@ -63,8 +77,19 @@ class GenerationEngine:
         self.ready = True
         logger.info("engine ready in %.1f s", self.startup_seconds)
 
+    def begin_drain(self) -> None:
+        """Stop admitting work (/readyz turns 503); accepted work carries on."""
+        if self.accepting:
+            logger.info("draining: %d accepted job(s) still to finish", len(self._active))
+        self.accepting = False
+
+    @property
+    def idle(self) -> bool:
+        return not self._active
+
     async def stop(self) -> None:
         self.ready = False
+        self.accepting = False
         if self._dispatcher is not None:
             self._dispatcher.cancel()
             try:
@@ -73,8 +98,8 @@ class GenerationEngine:
                 pass
         if self._queue is not None:
             for job in self._queue.drain():
-                if not job.future.done():
-                    job.future.set_exception(NotReadyError("server is shutting down"))
+                self._cancel_metric("shutdown")
+                _resolve(job, error=ShuttingDownError("the server shut down before this job ran"))
         self._executor.shutdown(wait=True, cancel_futures=True)
 
     def _warm_up(self) -> None:
@@ -89,6 +114,11 @@ class GenerationEngine:
 
     # -- submission ---------------------------------------------------------------
     def served_model(self, task: str, quant: str | None) -> ServedModel:
+        if not self.accepting:
+            raise ShuttingDownError(
+                "the server is shutting down; retry on another replica",
+                headers={"Retry-After": "1"},
+            )
         if not self.ready or self.models is None:
             raise NotReadyError("the server is still loading its models")
         return self.models.get(task, quant)
@@ -98,7 +128,11 @@ class GenerationEngine:
 
     async def submit(self, spec: JobSpec) -> JobOutput:
         """Queue a job and wait for its result (raises a ServiceError on failure)."""
-        self.served_model(spec.task, spec.quant)  # fail fast on an unknown precision
+        return await self.wait(self.enqueue(spec), self.settings.request_timeout_s)
+
+    def enqueue(self, spec: JobSpec) -> Job:
+        """Accept a job into the queue (429 when full, 503 when not ready or draining)."""
+        self.served_model(spec.task, spec.quant)  # fail fast: unknown precision, draining
         job = Job(spec=spec, future=asyncio.get_running_loop().create_future())
         try:
             self._queue.put(job)
@@ -108,56 +142,100 @@ class GenerationEngine:
                 f"the queue is full ({self._queue.max_size} waiting); retry later",
                 headers={"Retry-After": str(retry_after)},
             ) from None
-        self.metrics.queue_depth.set(len(self._queue))
+        # A failure nobody awaits any more (client gone) must not be logged as unretrieved.
+        job.future.add_done_callback(_retrieve)
+        self._active.add(job)
         self.metrics.inflight.inc()
+
+        def finished(_future) -> None:
+            self._active.discard(job)
+            self.metrics.inflight.dec()
+
+        job.future.add_done_callback(finished)
+        self.metrics.queue_depth.set(len(self._queue))
+        return job
+
+    async def wait(self, job: Job, timeout_s: float) -> JobOutput:
+        """Wait for a job; a timeout or a cancelled waiter cancels the job."""
+        remaining = max(0.0, timeout_s - (time.perf_counter() - job.enqueued_at))
         try:
-            return await asyncio.wait_for(
-                asyncio.shield(job.future), timeout=self.settings.request_timeout_s
-            )
+            return await asyncio.wait_for(asyncio.shield(job.future), timeout=remaining)
         except asyncio.TimeoutError:
-            job.cancelled.set()
+            self.cancel(job, "timeout")
             raise GenerationTimeoutError(
-                f"generation did not finish within {self.settings.request_timeout_s:g} s"
+                f"generation did not finish within {timeout_s:g} s"
             ) from None
         except asyncio.CancelledError:  # the client went away: stop work on its behalf
-            job.cancelled.set()
+            self.cancel(job, "client")
             raise
-        finally:
-            self.metrics.inflight.dec()
+
+    def cancel(self, job: Job, reason: str) -> None:
+        """Cancel a job: a queued one is dropped now, a running one stops at the next step."""
+        if job.future.done() or job.cancelled.is_set():
+            return
+        job.cancel(reason)
+        self._cancel_metric(reason)
+        if self._queue is not None and self._queue.remove(job):
+            self.metrics.queue_depth.set(len(self._queue))
+            _resolve(job, error=_cancel_error(job))
+
+    def _cancel_metric(self, reason: str) -> None:
+        self.metrics.cancellations.labels(reason=reason).inc()
 
     # -- dispatch -----------------------------------------------------------------
     async def _dispatch_forever(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             batch = await self._queue.take_batch(
                 self.settings.max_batch, self.settings.batch_window_ms / 1000
             )
             self.metrics.queue_depth.set(len(self._queue))
-            batch = [job for job in batch if not job.cancelled.is_set()]
-            if not batch:
-                continue
-            now = time.perf_counter()
             for job in batch:
-                self.metrics.queue_wait.observe(now - job.enqueued_at)
-            self.metrics.batch_size.observe(len(batch))
-            try:
-                outputs = await loop.run_in_executor(self._executor, self._run_batch, batch, now)
-            except ServiceError as error:
-                self._fail(batch, error)
-                continue
-            except Exception as error:  # a failed generation fails its requests, not the server
-                logger.exception("generation failed")
-                self._fail(batch, GenerationFailedError(f"generation failed: {error}"))
-                continue
-            for job, output in zip(batch, outputs):
-                if not job.future.done():
-                    job.future.set_result(output)
+                if job.cancelled.is_set():
+                    _resolve(job, error=_cancel_error(job))
+            batch = [job for job in batch if not job.cancelled.is_set()]
+            if batch:
+                await self._run_and_resolve(batch)
+
+    async def _run_and_resolve(self, batch: list[Job]) -> None:
+        loop = asyncio.get_running_loop()
+        now = time.perf_counter()
+        for job in batch:
+            job.started_unix = time.time()
+            self.metrics.queue_wait.observe(now - job.enqueued_at)
+        self.metrics.batch_size.observe(len(batch))
+        try:
+            outputs = await loop.run_in_executor(self._executor, self._run_batch, batch, now)
+        except DeviceOutOfMemoryError as error:
+            if len(batch) > 1:  # memory is freed: try the jobs one by one before failing them
+                logger.warning("out of memory on a batch of %d; retrying one by one", len(batch))
+                for job in batch:
+                    await self._run_and_resolve([job])
+                return
+            self._fail(batch, error)
+            return
+        except GenerationCancelledError:
+            for job in batch:
+                _resolve(job, error=_cancel_error(job))
+            return
+        except ServiceError as error:
+            self._fail(batch, error)
+            return
+        except Exception as error:  # a failed generation fails its requests, not the server
+            logger.exception("generation failed")
+            self._fail(batch, GenerationFailedError(
+                f"generation failed ({type(error).__name__}); the server keeps serving"
+            ))
+            return
+        for job, output in zip(batch, outputs):
+            if job.cancelled.is_set():
+                _resolve(job, error=_cancel_error(job))
+            else:
+                _resolve(job, result=output)
 
     @staticmethod
     def _fail(batch: list[Job], error: ServiceError) -> None:
         for job in batch:
-            if not job.future.done():
-                job.future.set_exception(error)
+            _resolve(job, error=error)
 
     def _run_batch(self, batch: list[Job], dequeued_at: float) -> list[JobOutput]:
         """Worker thread: one pipeline call for the whole batch."""
@@ -183,11 +261,19 @@ class GenerationEngine:
                 raise GenerationCancelledError("request cancelled")
 
         try:
+            if self.fault_hook is not None:
+                self.fault_hook([job.spec for job in batch])
             with model.profiler.call() as profile:
                 pixels = generate(model.pipe, request, on_step=on_step)
         except torch.cuda.OutOfMemoryError:
-            torch.cuda.empty_cache()
-            raise DeviceOutOfMemoryError("the device ran out of memory; retry with less work")
+            logger.warning("device out of memory on a batch of %d job(s)", len(batch))
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            raise DeviceOutOfMemoryError(
+                "the device ran out of memory; retry later or with less work",
+                headers={"Retry-After": "1"},
+            ) from None
         finally:
             self._update_memory_metrics()
         self._observe_generation(model, profile, pixels)
@@ -236,6 +322,26 @@ class GenerationEngine:
         gauge.labels(device="cpu", kind="peak").set(
             resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         )
+
+
+def _resolve(job: Job, result: JobOutput | None = None, error: Exception | None = None) -> None:
+    if job.future.done():
+        return
+    if error is not None:
+        job.future.set_exception(error)
+    else:
+        job.future.set_result(result)
+
+
+def _cancel_error(job: Job) -> ServiceError:
+    if job.cancel_reason == "timeout":
+        return GenerationTimeoutError("generation did not finish within the time limit")
+    return GenerationCancelledError(f"cancelled ({job.cancel_reason or 'by request'})")
+
+
+def _retrieve(future: asyncio.Future) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def _resident_bytes() -> int:

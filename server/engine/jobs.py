@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
+
+#: Job life cycle. `queued` -> `running` -> one of the final states.
+FINAL_STATES = ("succeeded", "failed", "cancelled")
 
 
 @dataclass(frozen=True)
@@ -51,14 +55,38 @@ class JobOutput:
     timings: StageTimings
 
 
-@dataclass
+@dataclass(eq=False)  # identity: jobs live in sets and are removed from the queue
 class Job:
     spec: JobSpec
     future: asyncio.Future
+    id: str = field(default_factory=lambda: secrets.token_hex(12))
     enqueued_at: float = field(default_factory=time.perf_counter)
+    created_unix: float = field(default_factory=time.time)
+    # Set from any thread; the worker checks it at every denoising step.
     cancelled: threading.Event = field(default_factory=threading.Event)
+    cancel_reason: str = ""
     # Progress (step i of N) written by the worker thread, read by the loop.
     steps_done: int = 0
+    started_unix: float | None = None
+
+    @property
+    def state(self) -> str:
+        if self.future.done():
+            if self.future.cancelled():
+                return "cancelled"
+            error = self.future.exception()
+            if error is None:
+                return "succeeded"
+            return "cancelled" if getattr(error, "error_type", "") == "cancelled" else "failed"
+        if self.cancelled.is_set():
+            return "cancelled"
+        return "running" if self.started_unix is not None else "queued"
+
+    def cancel(self, reason: str) -> None:
+        """Ask the worker to stop (queued: skipped; running: stops at the next step)."""
+        if not self.cancelled.is_set():
+            self.cancel_reason = reason
+            self.cancelled.set()
 
 
 class QueueFull(Exception):
@@ -82,6 +110,14 @@ class JobQueue:
         self._jobs.append(job)
         self._not_empty.set()
 
+    def remove(self, job: Job) -> bool:
+        """Drop a waiting job (a cancelled one frees its slot at once)."""
+        try:
+            self._jobs.remove(job)
+        except ValueError:
+            return False
+        return True
+
     def drain(self) -> list[Job]:
         jobs = list(self._jobs)
         self._jobs.clear()
@@ -94,6 +130,8 @@ class JobQueue:
             await self._not_empty.wait()
         if max_batch > 1 and window_s > 0 and len(self._jobs) < max_batch:
             await asyncio.sleep(window_s)  # let concurrent requests arrive and join
+            if not self._jobs:  # all were cancelled meanwhile
+                return []
         first = self._jobs.popleft()
         batch = [first]
         key = first.spec.batch_key()

@@ -25,12 +25,12 @@ ERROR_RESPONSES = {
 }
 
 
-def _seeds(seed: int | None, count: int) -> tuple[int, ...]:
+def make_seeds(seed: int | None, count: int) -> tuple[int, ...]:
     base = secrets.randbelow(2**31) if seed is None else seed
     return tuple(base + i for i in range(count))
 
 
-def _raw_format(accept: str, formats: dict[str, str]) -> str | None:
+def raw_format(accept: str, formats: dict[str, str]) -> str | None:
     """The output format named by an Accept header (first match), or None for JSON."""
     for part in accept.split(","):
         media_type = part.split(";")[0].strip().lower()
@@ -40,7 +40,7 @@ def _raw_format(accept: str, formats: dict[str, str]) -> str | None:
     return None
 
 
-def _timings(output, encode_s: float, started: float) -> dict:
+def timings_of(output, encode_s: float, started: float) -> dict:
     t = output.timings
     return dict(
         queue_s=round(t.queue_s, 4), text_encode_s=round(t.text_encode_s, 4),
@@ -49,11 +49,89 @@ def _timings(output, encode_s: float, started: float) -> dict:
     )
 
 
-def _check_steps(served, steps: int) -> None:
+def check_steps(served, steps: int) -> None:
     if steps < served.min_steps:
         raise InvalidRequestError(
             f"num_inference_steps: {served.name} needs at least {served.min_steps} steps"
         )
+
+
+def image_spec(engine, body) -> JobSpec:
+    """An image request body -> the engine's JobSpec (model defaults filled in)."""
+    served = engine.served_model("image", body.quant)
+    check_steps(served, body.num_inference_steps)
+    return JobSpec(
+        task="image", quant=served.quant, prompt=body.prompt,
+        negative_prompt=body.negative_prompt,
+        width=body.width or served.default_width, height=body.height or served.default_height,
+        num_inference_steps=body.num_inference_steps, guidance_scale=body.guidance_scale,
+        seeds=make_seeds(body.seed, body.num_images),
+    )
+
+
+def video_spec(engine, body) -> JobSpec:
+    """A video request body -> the engine's JobSpec (model defaults filled in)."""
+    served = engine.served_model("video", body.quant)
+    check_steps(served, body.num_inference_steps)
+    num_frames = body.num_frames or served.max_frames
+    if num_frames > served.max_frames:
+        raise InvalidRequestError(
+            f"num_frames: {served.name} generates at most {served.max_frames} frames"
+        )
+    return JobSpec(
+        task="video", quant=served.quant, prompt=body.prompt,
+        negative_prompt=body.negative_prompt,
+        width=body.width or served.default_width, height=body.height or served.default_height,
+        num_inference_steps=body.num_inference_steps, guidance_scale=body.guidance_scale,
+        seeds=make_seeds(body.seed, body.num_videos), num_frames=num_frames,
+    )
+
+
+async def encode_output(engine, output, fmt: str, fps: int | None = None) -> tuple[list, float]:
+    """Encode every image or video of an output off the event loop; (blobs, seconds)."""
+    started = time.perf_counter()
+    if fps is None:
+        encoded = await asyncio.to_thread(
+            lambda: [media.encode_image(pixels, fmt) for pixels in output.pixels]
+        )
+    else:
+        encoded = await asyncio.to_thread(
+            lambda: [media.encode_video(frames, fmt, fps) for frames in output.pixels]
+        )
+    encode_s = time.perf_counter() - started
+    engine.metrics.stage_duration.labels(
+        model=output.model, quant=output.quant, stage="encode"
+    ).observe(encode_s)
+    return encoded, encode_s
+
+
+def media_headers(output) -> dict:
+    return {"X-TRDQ-Model": output.model, "X-TRDQ-Quant": output.quant,
+            "X-TRDQ-Seed": str(output.seeds[0])}
+
+
+def image_payload(output, spec: JobSpec, encoded: list, fmt: str, timings: dict) -> dict:
+    return {
+        "images": [
+            {"b64": base64.b64encode(data).decode(), "seed": seed}
+            for data, seed in zip(encoded, output.seeds)
+        ],
+        "model": output.model, "quant": output.quant,
+        "width": spec.width, "height": spec.height, "format": fmt, "timings": timings,
+    }
+
+
+def video_payload(output, spec: JobSpec, encoded: list, fmt: str, fps: int,
+                  timings: dict) -> dict:
+    return {
+        "videos": [
+            {"b64": base64.b64encode(data).decode(), "seed": seed,
+             "num_frames": spec.num_frames, "fps": fps, "format": fmt}
+            for data, seed in zip(encoded, output.seeds)
+        ],
+        "model": output.model, "quant": output.quant,
+        "width": spec.width, "height": spec.height, "timings": timings,
+    }
 
 
 def make_router(image_model, video_model) -> APIRouter:
@@ -66,41 +144,20 @@ def make_router(image_model, video_model) -> APIRouter:
     async def generate_image(body: image_model, request: Request):  # type: ignore[valid-type]
         started = time.perf_counter()
         engine = request.app.state.engine
-        raw = _raw_format(request.headers.get("accept", ""), media.IMAGE_FORMATS)
+        raw = raw_format(request.headers.get("accept", ""), media.IMAGE_FORMATS)
         if raw is not None and body.num_images != 1:
             raise NotAcceptableError("raw image bytes need num_images=1; ask for JSON instead")
-        served = engine.served_model("image", body.quant)
-        _check_steps(served, body.num_inference_steps)
-        spec = JobSpec(
-            task="image", quant=served.quant, prompt=body.prompt,
-            negative_prompt=body.negative_prompt,
-            width=body.width or served.default_width, height=body.height or served.default_height,
-            num_inference_steps=body.num_inference_steps, guidance_scale=body.guidance_scale,
-            seeds=_seeds(body.seed, body.num_images),
-        )
+        spec = image_spec(engine, body)
         output = await engine.submit(spec)
         fmt = raw or body.output_format
-        encode_started = time.perf_counter()
-        encoded = await asyncio.to_thread(
-            lambda: [media.encode_image(pixels, fmt) for pixels in output.pixels]
-        )
-        encode_s = time.perf_counter() - encode_started
-        engine.metrics.stage_duration.labels(
-            model=output.model, quant=output.quant, stage="encode"
-        ).observe(encode_s)
-        headers = {"X-TRDQ-Model": output.model, "X-TRDQ-Quant": output.quant,
-                   "X-TRDQ-Seed": str(output.seeds[0])}
+        encoded, encode_s = await encode_output(engine, output, fmt)
+        headers = media_headers(output)
         if raw is not None:
             return Response(encoded[0], media_type=media.IMAGE_FORMATS[fmt], headers=headers)
-        return JSONResponse({
-            "images": [
-                {"b64": base64.b64encode(data).decode(), "seed": seed}
-                for data, seed in zip(encoded, output.seeds)
-            ],
-            "model": output.model, "quant": output.quant,
-            "width": spec.width, "height": spec.height, "format": fmt,
-            "timings": _timings(output, encode_s, started),
-        }, headers=headers)
+        return JSONResponse(
+            image_payload(output, spec, encoded, fmt, timings_of(output, encode_s, started)),
+            headers=headers,
+        )
 
     @router.post(
         "/generate/video", response_model=VideoResponse, responses=ERROR_RESPONSES,
@@ -109,46 +166,20 @@ def make_router(image_model, video_model) -> APIRouter:
     async def generate_video(body: video_model, request: Request):  # type: ignore[valid-type]
         started = time.perf_counter()
         engine = request.app.state.engine
-        raw = _raw_format(request.headers.get("accept", ""), media.VIDEO_FORMATS)
+        raw = raw_format(request.headers.get("accept", ""), media.VIDEO_FORMATS)
         if raw is not None and body.num_videos != 1:
             raise NotAcceptableError("raw video bytes need num_videos=1; ask for JSON instead")
-        served = engine.served_model("video", body.quant)
-        _check_steps(served, body.num_inference_steps)
-        num_frames = body.num_frames or served.max_frames
-        if num_frames > served.max_frames:
-            raise InvalidRequestError(
-                f"num_frames: {served.name} generates at most {served.max_frames} frames"
-            )
-        spec = JobSpec(
-            task="video", quant=served.quant, prompt=body.prompt,
-            negative_prompt=body.negative_prompt,
-            width=body.width or served.default_width, height=body.height or served.default_height,
-            num_inference_steps=body.num_inference_steps, guidance_scale=body.guidance_scale,
-            seeds=_seeds(body.seed, body.num_videos), num_frames=num_frames,
-        )
+        spec = video_spec(engine, body)
         output = await engine.submit(spec)
         fmt = raw or body.output_format
-        encode_started = time.perf_counter()
-        encoded = await asyncio.to_thread(
-            lambda: [media.encode_video(frames, fmt, body.fps) for frames in output.pixels]
-        )
-        encode_s = time.perf_counter() - encode_started
-        engine.metrics.stage_duration.labels(
-            model=output.model, quant=output.quant, stage="encode"
-        ).observe(encode_s)
-        headers = {"X-TRDQ-Model": output.model, "X-TRDQ-Quant": output.quant,
-                   "X-TRDQ-Seed": str(output.seeds[0])}
+        encoded, encode_s = await encode_output(engine, output, fmt, body.fps)
+        headers = media_headers(output)
         if raw is not None:
             return Response(encoded[0], media_type=media.VIDEO_FORMATS[fmt], headers=headers)
-        return JSONResponse({
-            "videos": [
-                {"b64": base64.b64encode(data).decode(), "seed": seed,
-                 "num_frames": num_frames, "fps": body.fps, "format": fmt}
-                for data, seed in zip(encoded, output.seeds)
-            ],
-            "model": output.model, "quant": output.quant,
-            "width": spec.width, "height": spec.height,
-            "timings": _timings(output, encode_s, started),
-        }, headers=headers)
+        return JSONResponse(
+            video_payload(output, spec, encoded, fmt, body.fps,
+                          timings_of(output, encode_s, started)),
+            headers=headers,
+        )
 
     return router

@@ -16,6 +16,11 @@ async def healthz() -> dict:
 @router.get("/readyz", summary="Models loaded, quantized and warmed")
 async def readyz(request: Request):
     engine = request.app.state.engine
+    if not engine.accepting:
+        return JSONResponse(
+            {"error": {"type": "shutting_down", "message": "draining before shutdown"}},
+            status_code=503,
+        )
     if not engine.ready:
         return JSONResponse(
             {"error": {"type": "not_ready", "message": "models are loading"}}, status_code=503

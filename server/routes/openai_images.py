@@ -1,0 +1,122 @@
+"""POST /v1/images/generations, compatible with the OpenAI Images API.
+
+The official `openai` client works against this server unchanged
+(`OpenAI(base_url="http://host:port/v1", api_key=TRDQ_API_KEY or "unused")`).
+Supported: prompt, model (must name the served image model when given), n, size "WxH"
+or "auto", response_format b64_json, output_format png|jpeg|webp, user. Extensions
+(pass them with the client's `extra_body`): negative_prompt, seed, num_inference_steps,
+guidance_scale, quant. `response_format="url"` is refused with a 422 that says why: the
+server keeps no files to link to.
+"""
+
+# No `from __future__ import annotations`: FastAPI must see the body models built at run time.
+
+import base64
+import time
+from typing import Literal
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from server.engine.jobs import JobSpec
+from server.errors import InvalidRequestError, ModelUnavailableError
+from server.routes.generate import (
+    ERROR_RESPONSES,
+    check_steps,
+    encode_output,
+    make_seeds,
+    media_headers,
+)
+from server.schemas import MAX_GUIDANCE, MAX_IMAGES_PER_REQUEST, Limits
+
+SIZE_PATTERN = r"^(auto|[1-9][0-9]{0,4}x[1-9][0-9]{0,4})$"
+
+
+class OpenAIImage(BaseModel):
+    b64_json: str
+    revised_prompt: str | None = None
+
+
+class OpenAIImagesResponse(BaseModel):
+    created: int
+    data: list[OpenAIImage]
+    size: str
+    output_format: str
+
+
+def request_model(limits: Limits) -> type[BaseModel]:
+    quant_type = Literal[limits.quant_names] if limits.quant_names else str  # type: ignore[valid-type]
+
+    class OpenAIImagesRequest(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+
+        prompt: str = Field(min_length=1, max_length=limits.max_prompt_chars)
+        model: str | None = Field(default=None, max_length=200)
+        n: int = Field(default=1, ge=1, le=MAX_IMAGES_PER_REQUEST)
+        size: str = Field(default="auto", pattern=SIZE_PATTERN,
+                          description='"WxH" (multiples of 8) or "auto" (the model default)')
+        response_format: Literal["b64_json", "url"] = "b64_json"
+        output_format: Literal["png", "jpeg", "webp"] = "png"
+        user: str | None = Field(default=None, max_length=256)
+        # Extensions beyond the OpenAI API.
+        negative_prompt: str = Field(default="", max_length=limits.max_prompt_chars)
+        seed: int | None = Field(default=None, ge=0, le=2**63 - 1 - MAX_IMAGES_PER_REQUEST)
+        num_inference_steps: int = Field(default=20, ge=1, le=limits.max_steps)
+        guidance_scale: float = Field(default=4.5, ge=0.0, le=MAX_GUIDANCE)
+        quant: quant_type | None = None  # type: ignore[valid-type]
+
+        @model_validator(mode="after")
+        def _size(self):
+            if self.size != "auto":
+                width, height = (int(part) for part in self.size.split("x"))
+                if width % 8 or height % 8:
+                    raise ValueError(f"size: {self.size} is not a multiple of 8 on both sides")
+                if width * height > limits.max_pixels:
+                    raise ValueError(
+                        f"size: {self.size} exceeds the limit of {limits.max_pixels} pixels"
+                    )
+            return self
+
+    return OpenAIImagesRequest
+
+
+def make_router(limits: Limits) -> APIRouter:
+    router = APIRouter(prefix="/v1", tags=["openai"])
+    body_model = request_model(limits)
+
+    @router.post("/images/generations", response_model=OpenAIImagesResponse,
+                 responses=ERROR_RESPONSES, summary="OpenAI-compatible image generation")
+    async def images_generations(body: body_model, request: Request):  # type: ignore[valid-type]
+        engine = request.app.state.engine
+        if body.response_format == "url":
+            raise InvalidRequestError(
+                "response_format: 'url' is not supported (this server stores no files); "
+                "use 'b64_json'"
+            )
+        served = engine.served_model("image", body.quant)
+        if body.model is not None and body.model != served.name:
+            raise ModelUnavailableError(
+                f"model: this server serves {served.name!r}, not {body.model!r}"
+            )
+        check_steps(served, body.num_inference_steps)
+        if body.size == "auto":
+            width, height = served.default_width, served.default_height
+        else:
+            width, height = (int(part) for part in body.size.split("x"))
+        spec = JobSpec(
+            task="image", quant=served.quant, prompt=body.prompt,
+            negative_prompt=body.negative_prompt, width=width, height=height,
+            num_inference_steps=body.num_inference_steps, guidance_scale=body.guidance_scale,
+            seeds=make_seeds(body.seed, body.n),
+        )
+        output = await engine.submit(spec)
+        encoded, _ = await encode_output(engine, output, body.output_format)
+        return JSONResponse({
+            "created": int(time.time()),
+            "data": [{"b64_json": base64.b64encode(blob).decode()} for blob in encoded],
+            "size": f"{width}x{height}",
+            "output_format": body.output_format,
+        }, headers=media_headers(output))
+
+    return router
