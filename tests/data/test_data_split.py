@@ -54,6 +54,7 @@ def test_every_attribute_value_is_trained():
 def test_heldout_sample_is_deterministic():
     assert heldout_prompts(20, seed=0) == heldout_prompts(20, seed=0)
     assert heldout_prompts(20, seed=0) != heldout_prompts(20, seed=1)
+    assert heldout_prompts(50, seed=2)[:20] == heldout_prompts(20, seed=2)
     assert len(set(heldout_prompts(20, seed=0, kind="video"))) == 20
     assert all(is_heldout(c) for c in heldout_captions(20, seed=5, kind="video"))
     with pytest.raises(ValueError):

@@ -76,8 +76,8 @@ def train_captions(kind: Kind = "image") -> list[Caption]:
 def heldout_captions(n: int | None = None, seed: int = 0, kind: Kind = "image") -> list[Caption]:
     """`n` held-out combinations (all when None), a fixed sample for a given seed.
 
-    The sample is drawn without replacement, so the first `n` of a larger request with the
-    same seed are not the same list; ask for the same `n` and `seed` to compare runs.
+    The sample is a prefix of one seeded permutation of the held-out pool, so a smaller
+    request is the start of a larger one with the same seed (and `kind`).
     """
     pool = [c for c in all_captions(kind) if is_heldout(c)]
     if n is None:
