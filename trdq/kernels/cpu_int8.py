@@ -19,7 +19,7 @@ import torch
 from trdq import primitives as P
 from trdq.kernels.base import ActQuant, KernelBackend
 from trdq.kernels.registry import register
-from trdq.rotation import fwht
+from trdq.rotation import hadamard_transform
 
 __all__ = ["CpuInt8Backend"]
 
@@ -44,7 +44,7 @@ def cpu_int8_linear(
     if smooth_divisor is not None:
         xf = xf / smooth_divisor
     if rotation_block > 0:
-        xf = fwht(xf, rotation_block)
+        xf = hadamard_transform(xf, rotation_block)
     if row_scale is None:
         a_scale = P.dynamic_row_scale(xf, 8, clip_ratio)
     else:

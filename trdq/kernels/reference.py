@@ -13,7 +13,7 @@ import torch
 from trdq import primitives as P
 from trdq.kernels.base import ActQuant, KernelBackend
 from trdq.kernels.registry import register
-from trdq.rotation import fwht
+from trdq.rotation import hadamard_transform
 
 __all__ = ["ReferenceBackend", "prepare_activation", "fake_quant_activation"]
 
@@ -24,7 +24,7 @@ def prepare_activation(x: torch.Tensor, act: ActQuant) -> torch.Tensor:
     if act.smooth_divisor is not None:
         xf = xf / act.smooth_divisor.float()
     if act.rotation_block is not None:
-        xf = fwht(xf, act.rotation_block)
+        xf = hadamard_transform(xf, act.rotation_block)
     return xf
 
 

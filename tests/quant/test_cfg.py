@@ -1,0 +1,86 @@
+"""CFG-wise parameters: each half of a [uncond, cond] batch uses its own scales."""
+
+from __future__ import annotations
+
+import torch
+
+from trdq import api
+from trdq import primitives as P
+from trdq.kernels import ActQuant, get_backend
+from trdq.nn import LayerQuantParams, QuantLinear
+from trdq.testing.tiny import TINY_PROMPTS, tiny_pixart_pipeline
+from trdq.timestep import QuantContext
+
+from .helpers import fast, run_image
+
+
+def test_quant_linear_applies_uncond_and_cond_scales_in_one_call():
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(64, 32)
+    ctx = QuantContext(num_groups=2, group=1, cfg_active=True)
+    scales = torch.tensor([[0.01, 0.02], [0.03, 0.08]])  # [G, (uncond, cond)]
+    params = LayerQuantParams(64, None, scales, torch.ones(2, 2))
+    backend = get_backend("cpu_int8")
+    calls = []
+    original = backend.linear
+
+    def spy(x, packed, act, bias):
+        calls.append(act)
+        return original(x, packed, act, bias)
+
+    layer = QuantLinear.from_linear(linear, params, backend, ctx, weight_bits=8)
+    layer.backend = type("Spy", (), {"linear": staticmethod(spy), "name": "spy"})()
+    x = torch.randn(4, 5, 64)  # batch 4 = 2 uncond + 2 cond
+    y = layer(x)
+    assert len(calls) == 1  # one launch for both halves
+    rows = calls[0].row_scale
+    assert rows.shape == (20,)
+    assert torch.all(rows[:10] == 0.03) and torch.all(rows[10:] == 0.08)
+    # each half equals a call with only its own scale
+    ref = get_backend("reference")
+    for half, scale in ((slice(0, 2), 0.03), (slice(2, 4), 0.08)):
+        xh = x[half].reshape(-1, 64)
+        act = ActQuant(rotation_block=64, row_scale=torch.full((xh.shape[0],), scale))
+        expect = ref.linear(xh, layer.packed, act, linear.bias)
+        assert P.sqnr_db(expect, y[half].reshape(-1, 32)) > 60
+    # without CFG every row uses the cond scale
+    ctx.cfg_active = False
+    calls.clear()
+    layer(x)
+    assert torch.all(calls[0].row_scale == 0.08)
+
+
+def test_pipeline_halves_use_their_own_calibrated_parameters():
+    pipe = tiny_pixart_pipeline(outliers=True)
+    api.quantize(pipe, fast("w8a8", num_groups=2), progress=False,
+                 calibration_prompts=TINY_PROMPTS)
+    state = api.get_state(pipe)
+    seen: list[tuple[int, bool, torch.Tensor]] = []
+    differing = []
+    for name, layer in state.layers.items():
+        scales = layer.act_scale_by_group
+        if not torch.allclose(scales[:, 0], scales[:, 1]):
+            differing.append(name)
+    assert differing, "calibration gave identical uncond/cond scales everywhere"
+    layer = state.layers[differing[0]]
+    original = layer.backend
+
+    class Spy:
+        name = "spy"
+
+        def linear(self, x, packed, act, bias):
+            seen.append((state.context.group, state.context.cfg_active, act.row_scale.clone()))
+            return original.linear(x, packed, act, bias)
+
+    layer.backend = Spy()
+    run_image(pipe, TINY_PROMPTS[:2], steps=4, guidance=4.5)  # 2 requests batched: [u,u,c,c]
+    assert seen and all(cfg for _, cfg, _ in seen)
+    for group, _, rows in seen:
+        half = rows.shape[0] // 2
+        assert torch.all(rows[:half] == layer.act_scale_by_group[group, 0])
+        assert torch.all(rows[half:] == layer.act_scale_by_group[group, 1])
+    seen.clear()
+    run_image(pipe, TINY_PROMPTS[:2], steps=4, guidance=1.0)  # no CFG: cond parameters
+    assert seen and not any(cfg for _, cfg, _ in seen)
+    for group, _, rows in seen:
+        assert torch.all(rows == layer.act_scale_by_group[group, 1])

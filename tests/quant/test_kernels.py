@@ -1,0 +1,76 @@
+"""Backends: registry selection and cpu_int8 against the reference oracle (SQNR)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from trdq import primitives as P
+from trdq.config import QuantConfig
+from trdq.kernels import ActQuant, BackendUnavailableError, get_backend, select_backend
+from trdq.rotation import hadamard_block_size, rotate_weight
+
+
+def test_auto_selects_cpu_int8_on_cpu():
+    assert select_backend("auto", "cpu", QuantConfig.preset("w8a8")).name == "cpu_int8"
+    assert select_backend("auto", "cpu", QuantConfig.preset("w4a8")).name == "cpu_int8"
+    # fp8 and faithful fall back to the oracle on CPU
+    assert select_backend("auto", "cpu", QuantConfig.preset("fp8")).name == "reference"
+    assert select_backend("auto", "cpu", QuantConfig.preset("faithful")).name == "reference"
+
+
+def test_named_unavailable_backend_says_what_is_missing():
+    with pytest.raises(BackendUnavailableError, match="cpu_int8.*fp8"):
+        select_backend("cpu_int8", "cpu", QuantConfig.preset("fp8"))
+    with pytest.raises(BackendUnavailableError, match="unknown kernel backend"):
+        select_backend("no_such_backend", "cpu", None)
+    if not torch.cuda.is_available():
+        with pytest.raises(BackendUnavailableError):
+            select_backend("cpu_int8", "cuda", QuantConfig.preset("w8a8"))
+
+
+def _case(m: int, k: int, n: int, bits: int, smooth: bool):
+    gen = torch.Generator().manual_seed(m * 7 + k + bits)
+    x = torch.randn(m, k, generator=gen)
+    x[:, :3] *= 25.0
+    w = torch.randn(n, k, generator=gen) * 0.05
+    bias = torch.randn(n, generator=gen)
+    s = (torch.rand(k, generator=gen) + 0.5) if smooth else None
+    block = hadamard_block_size(k)
+    wr = rotate_weight(w * s[None, :] if smooth else w, block)
+    q, scale = P.quantize_weight_per_channel(wr, bits)
+    return x, w, bias, s, block, q, scale
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+@pytest.mark.parametrize("mode", ["static", "dynamic"])
+@pytest.mark.parametrize("m,k,n,smooth", [(1, 64, 32, False), (33, 1152, 96, True),
+                                          (200, 256, 128, False)])
+def test_cpu_int8_matches_reference(bits, mode, m, k, n, smooth):
+    x, w, bias, s, block, q, scale = _case(m, k, n, bits, smooth)
+    row_scale = torch.linspace(0.05, 0.2, m) if mode == "static" else None
+    act = ActQuant(bits=8, rotation_block=block, smooth_divisor=s, row_scale=row_scale,
+                   clip_ratio=0.9)
+    ref, fast = get_backend("reference"), get_backend("cpu_int8")
+    y_ref = ref.linear(x, ref.pack(q, scale, bits), act, bias)
+    y_fast = fast.linear(x, fast.pack(q, scale, bits), act, bias)
+    assert P.sqnr_db(y_ref, y_fast) > 60  # same integers: only fp32 rounding differs
+    # and the quantized result approximates the float layer
+    if mode == "dynamic":
+        assert P.sqnr_db(x @ w.T + bias, y_fast) > (25 if bits == 8 else 12)
+
+
+def test_int4_weights_are_really_packed():
+    _, _, _, _, _, q, scale = _case(4, 64, 32, 4, False)
+    packed = get_backend("cpu_int8").pack(q, scale, 4)
+    assert packed["weight"].dtype == torch.uint8 and packed["weight"].shape == (32, 32)
+
+
+@pytest.mark.slow
+def test_cpu_int8_compiles_without_graph_breaks():
+    x, _, bias, _, block, q, scale = _case(16, 64, 32, 8, False)
+    fast = get_backend("cpu_int8")
+    packed = fast.pack(q, scale, 8)
+    act = ActQuant(rotation_block=block)
+    compiled = torch.compile(lambda t: fast.linear(t, packed, act, bias), fullgraph=True)
+    torch.testing.assert_close(compiled(x), fast.linear(x, packed, act, bias))
