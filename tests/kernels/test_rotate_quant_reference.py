@@ -55,7 +55,13 @@ def test_reference_equals_backend_fake_quant(fp8, static, smooth):
     )
     assert q.dtype == dtype and scale.shape == (m,)
     expected = fake_quant_activation(prepare_activation(x, act), act)
-    torch.testing.assert_close(q.float() * scale[:, None], expected, atol=0, rtol=0)
+    got = q.float() * scale[:, None]
+    # the oracle may rotate by a GEMM instead of the butterfly: float32 summation order
+    # can flip a rounding tie, never more than one quantization step
+    # (and moves the dynamic absmax, hence the scale, by an ulp)
+    steps = (got - expected).abs() / scale[:, None]
+    assert steps.max() <= 1.0 + 1e-3
+    assert (steps > 1e-3).float().mean() < 1e-3
 
 
 def test_dynamic_zero_row_does_not_divide_by_zero():

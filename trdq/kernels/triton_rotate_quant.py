@@ -177,7 +177,7 @@ if TRITON_AVAILABLE:
     @triton.jit
     def _rotate_quant_kernel(
         x_ptr, smooth_ptr, scale_in_ptr, h_ptr, q_ptr, scale_out_ptr,
-        M, K, stride_xm, stride_qm, clip_ratio, qmax, inv_sqrt_hb, eps,
+        M, K, M_BUCKET, stride_xm, stride_qm, clip_ratio, qmax, inv_sqrt_hb, eps,
         BLOCK_M: tl.constexpr, HB: tl.constexpr, LOG_HB: tl.constexpr,
         HAS_SMOOTH: tl.constexpr, ROTATE: tl.constexpr, STATIC: tl.constexpr,
         OUT_INT8: tl.constexpr, USE_DOT: tl.constexpr,
@@ -214,6 +214,19 @@ if TRITON_AVAILABLE:
                      mask=rmask[:, None])
 
 
+if TRITON_AVAILABLE:
+    # Rows per program and warps: tuned once per (K, power-of-two bucket of M, mode) on
+    # the first call. Re-running is harmless: static mode only reads its scales, dynamic
+    # mode rewrites the same values.
+    _rotate_quant_autotuned = triton.autotune(
+        configs=[
+            triton.Config({"BLOCK_M": bm}, num_warps=w)
+            for bm, w in ((16, 4), (32, 4), (32, 8), (64, 8))
+        ],
+        key=["K", "M_BUCKET", "STATIC", "HAS_SMOOTH", "ROTATE", "OUT_INT8", "USE_DOT"],
+    )(_rotate_quant_kernel)
+
+
 def rotate_quant_triton(
     x: torch.Tensor,
     *,
@@ -224,6 +237,7 @@ def rotate_quant_triton(
     out_dtype: torch.dtype = torch.float8_e4m3fn,
     use_dot: bool = False,
     block_m: int | None = None,
+    num_warps: int = 4,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The fused kernel; same contract as ``rotate_quant_reference`` (x 2-D, rows contiguous)."""
     if not TRITON_AVAILABLE:
@@ -244,17 +258,21 @@ def rotate_quant_triton(
     smooth_t = smooth.to(torch.float32).contiguous() if smooth is not None else scale
     use_dot = bool(use_dot and block is not None and hb >= 16)
     h = sylvester_hadamard(hb, x.device, torch.bfloat16) if use_dot else scale
-    if block_m is None:
-        block_m = 16 if hb >= 64 else 32
-    if use_dot:
-        block_m = max(block_m, 16)
-    grid = (triton.cdiv(m, block_m),)
-    _rotate_quant_kernel[grid](
+    kernel, meta = _rotate_quant_autotuned, {}
+    if block_m is not None:  # explicit tile: tests, the interpreter, microbenchmarks
+        kernel, meta = _rotate_quant_kernel, {"BLOCK_M": max(block_m, 16 if use_dot else 1),
+                                              "num_warps": num_warps}
+
+    def grid(cfg):
+        return (triton.cdiv(m, cfg["BLOCK_M"]),)
+
+    kernel[grid](
         x, smooth_t, scale, h, q, scale,
-        m, k, x.stride(0), q.stride(0), float(clip_ratio), qmax, 1.0 / math.sqrt(hb), EPS,
-        BLOCK_M=block_m, HB=hb, LOG_HB=int(math.log2(hb)),
+        m, k, 1 << max(0, (m - 1).bit_length()), x.stride(0), q.stride(0), float(clip_ratio),
+        qmax, 1.0 / math.sqrt(hb), EPS,
+        HB=hb, LOG_HB=int(math.log2(hb)),
         HAS_SMOOTH=smooth is not None, ROTATE=block is not None, STATIC=static,
         OUT_INT8=out_dtype == torch.int8, USE_DOT=use_dot,
-        num_warps=4,
+        **meta,
     )
     return q, scale
