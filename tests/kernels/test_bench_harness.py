@@ -1,0 +1,72 @@
+"""The `trdq bench` harness on the tiny random PixArt (CPU, seconds): schema and table."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from trdq import bench
+
+
+def test_bench_bf16_row_quick(tmp_path):
+    out = tmp_path / "b.json"
+    rc = bench.main(["--preset", "tiny-test", "--device", "cpu", "--json", str(out),
+                     "--no-markdown", "--rows", "bf16-eager", "--runs", "1", "--step-runs", "1",
+                     "--warmup", "0"])
+    assert rc == 0
+    doc = json.loads(out.read_text())
+    assert [r["scope"] for r in doc["results"]] == ["pipeline", "denoiser_step"]
+
+
+@pytest.mark.slow
+def test_bench_json_schema_and_markdown(tmp_path):
+    out = tmp_path / "b.json"
+    md = tmp_path / "BENCHMARKS.md"
+    rc = bench.main([
+        "--preset", "tiny-test", "--device", "cpu", "--json", str(out), "--markdown", str(md),
+        "--rows", "fp32-eager,bf16-eager,w8a8-eager", "--runs", "1", "--step-runs", "1",
+        "--warmup", "0", "--cache-dir", str(tmp_path / "cache"),
+    ])
+    assert rc == 0
+    doc = json.loads(out.read_text())
+    assert set(doc) == {"preset", "device", "torch", "results"}
+    assert doc["preset"] == "tiny-test"
+    names = {(r["name"], r["scope"]) for r in doc["results"]}
+    for row in ("fp32-eager", "bf16-eager", "w8a8-eager"):
+        assert (row, "pipeline") in names and (row, "denoiser_step") in names
+    for r in doc["results"]:
+        assert set(r) == {"name", "scope", "latency_s", "peak_memory_bytes", "weight_bytes"}
+        assert r["latency_s"] > 0 and r["weight_bytes"] > 0
+    by = {(r["name"], r["scope"]): r for r in doc["results"]}
+    # int8 weights: the quantized denoiser holds fewer bytes than bf16
+    assert by[("w8a8-eager", "denoiser_step")]["weight_bytes"] < by[
+        ("bf16-eager", "denoiser_step")]["weight_bytes"]
+    details = json.loads((tmp_path / "b.json.details.json").read_text())
+    assert details["errors"] == {}
+    assert details["rows"]["w8a8-eager"]["quantize"]["backend"] == "cpu_int8"
+    table = md.read_text()
+    assert "tiny-test" in table and "| w8a8-eager | denoiser_step |" in table
+
+
+def test_default_rows_cpu_and_cuda():
+    import torch
+
+    cpu = bench.default_rows(torch.device("cpu"), ["w8a8"], torchao=True, swap=False)
+    assert cpu[0] == "fp32-eager" and "w8a8-compile" in cpu and "torchao-int8-compile" in cpu
+    assert not any(r.endswith("+cg") for r in cpu)
+    cuda = bench.default_rows(torch.device("cuda"), ["fp8"], torchao=True, swap=True)
+    assert "fp32-eager" not in cuda and "fp8-compile+cg" in cuda
+    assert "torchao-fp8row-compile" in cuda and "fp8swap-compile+cg" in cuda
+
+
+def test_unknown_row_is_reported_not_fatal(tmp_path):
+    out = tmp_path / "b.json"
+    with pytest.raises(SystemExit):
+        bench.main(["--preset", "tiny-test", "--compile", "nope"])
+    rc = bench.main(["--preset", "tiny-test", "--device", "cpu", "--json", str(out),
+                     "--no-markdown", "--rows", "bogus-eager", "--runs", "1",
+                     "--cache-dir", str(tmp_path / "c")])
+    assert rc == 1  # no results
+    details = json.loads((tmp_path / "b.json.details.json").read_text())
+    assert "bogus-eager" in details["errors"]
