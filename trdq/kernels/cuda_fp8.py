@@ -13,7 +13,8 @@ Formats:
   e4m3 per output channel at pack time, and the int8 activation scales are mapped to the
   same clipping range in e4m3 (``s_e4m3 = s_int8 * 127 / 448``). This is a second
   rounding (e4m3 keeps 3 mantissa bits): its SQNR against the int8 reference is measured
-  in the tests, not assumed. ``cuda_w4a8`` serves the int8 grid exactly, on Triton.
+  in the tests, not assumed. ``cuda_w4a8`` serves the int8 grid exactly, on Triton, and
+  has the higher auto priority, so this conversion happens only when asked for by name.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def fp8_unavailable_reason(device: torch.device | str) -> str:
 class CudaFp8Backend(KernelBackend):
     name = "cuda_fp8"
     device_types = ("cuda",)
-    priority = 30
+    priority = 25
 
     def is_available(self, device: torch.device | str) -> tuple[bool, str]:
         reason = fp8_unavailable_reason(device)

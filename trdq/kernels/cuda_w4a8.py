@@ -8,6 +8,11 @@ epilogue rounding differs. 8-bit integer weights (``w8a8``) run through the same
 unpacked: an exact int8 x int8 tensor-core GEMM.
 
 Needs Triton and a CUDA GPU with int8 tensor cores (compute capability >= 8.0).
+
+Auto-selection: priority 30, above ``cuda_fp8`` (25), so integer-grid presets (``w8a8``,
+``w4a8``) get exact integer arithmetic; ``fp8`` presets are not supported here and go to
+``cuda_fp8``. On an H100 the Triton int8 GEMM ran as fast as FP8 ``_scaled_mm`` at PixArt
+shapes (e.g. 8192x1152x4608: 100 us vs 95 us; bf16 128 us; ``torch._int_mm`` 143 us).
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ __all__ = ["CudaW4A8Backend"]
 class CudaW4A8Backend(KernelBackend):
     name = "cuda_w4a8"
     device_types = ("cuda",)
-    priority = 25
+    priority = 30
 
     def is_available(self, device: torch.device | str) -> tuple[bool, str]:
         device = torch.device(device)
