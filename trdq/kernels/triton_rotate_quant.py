@@ -251,11 +251,18 @@ def rotate_quant_triton(
         raise ValueError(f"rotation block {hb} must be a power of two <= 128 dividing K={k}")
     q = torch.empty((m, k), device=x.device, dtype=out_dtype)
     static = row_scale is not None
+    # (the fast paths below avoid extra small kernels: this runs ~300 times per DiT step)
     if static:
-        scale = row_scale.to(torch.float32).reshape(-1).expand(m).contiguous()
+        scale = row_scale
+        if scale.dtype != torch.float32 or scale.dim() != 1 or scale.numel() != m:
+            scale = scale.to(torch.float32).reshape(-1).expand(m)
+        scale = scale.contiguous()
     else:
         scale = torch.empty((m,), device=x.device, dtype=torch.float32)
-    smooth_t = smooth.to(torch.float32).contiguous() if smooth is not None else scale
+    smooth_t = scale
+    if smooth is not None:
+        smooth_t = smooth if smooth.dtype == torch.float32 else smooth.to(torch.float32)
+        smooth_t = smooth_t.contiguous()
     use_dot = bool(use_dot and block is not None and hb >= 16)
     h = sylvester_hadamard(hb, x.device, torch.bfloat16) if use_dot else scale
     kernel, meta = _rotate_quant_autotuned, {}
