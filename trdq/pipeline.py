@@ -7,6 +7,7 @@ CLI, the benchmark and the evaluator all generate the same way.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 from dataclasses import dataclass
@@ -159,12 +160,18 @@ def generate(pipe, request: GenerationRequest, on_step: StepCallback | None = No
     )
     if on_step is not None:
         steps = request.num_inference_steps
+        if "callback_on_step_end" in inspect.signature(type(pipe).__call__).parameters:
 
-        def step_end(_pipe, step_index, _timestep, callback_kwargs):
-            on_step(step_index, steps)
-            return callback_kwargs
+            def step_end(_pipe, step_index, _timestep, callback_kwargs):
+                on_step(step_index, steps)
+                return callback_kwargs
 
-        kwargs["callback_on_step_end"] = step_end
+            kwargs["callback_on_step_end"] = step_end
+        else:
+            # PixArt-alpha/Sigma take only the legacy per-step callback; an unknown
+            # `callback_on_step_end` would be swallowed by their **kwargs and never run.
+            kwargs["callback"] = lambda step_index, _timestep, _latents: on_step(step_index, steps)
+            kwargs["callback_steps"] = 1
     task = pipeline_task(pipe)
     if task == "image":
         kwargs["use_resolution_binning"] = False
