@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import re
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
+
+# The test modules import deploy_helpers from this folder; make that independent of
+# pytest's import mode (prepend puts the folder on sys.path, importlib does not).
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
 from deploy_helpers import tool as _tool
 
 

@@ -32,7 +32,7 @@ httpx = pytest.importorskip("httpx")
 
 pytestmark = pytest.mark.integration
 
-SERVER_READY_TIMEOUT_S = 150.0
+SERVER_READY_TIMEOUT_S = float(os.environ.get("TRDQ_DEPLOY_TEST_READY_TIMEOUT_S", "150"))
 SCRAPE_TIMEOUT_S = 20.0
 #: The precision(s) the server under test serves. fp keeps start-up short: a w8a8 calibration
 #: of one tiny model takes minutes on 2 CPU cores. To exercise the quantized path's panels,
