@@ -294,6 +294,38 @@ def _quant_context(transformer: torch.nn.Module):
     return state.context if state is not None else None
 
 
+KERNEL_CATEGORIES = (
+    ("rotate_quant", ("_rotate_quant",)),
+    ("lowbit_gemm", ("_lowbit_gemm",)),
+    ("attention", ("flash", "fmha", "attention", "attn")),
+    ("gemm", ("gemm", "nvjet", "cutlass", "sm90_xmma", "scaled_mm", "f8f8bf16")),
+)
+
+
+def profile_step(fn, steps: int = 3) -> dict[str, Any]:
+    """GPU kernel time of one denoiser call by category (ms), from torch.profiler."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            fn()
+        torch.cuda.synchronize()
+    by_cat: dict[str, float] = {}
+    top: list[tuple[str, float]] = []
+    for evt in prof.key_averages():
+        us = getattr(evt, "device_time_total", None) or getattr(evt, "cuda_time_total", 0.0)
+        if not us:
+            continue
+        name = evt.key.lower()
+        cat = next((c for c, keys in KERNEL_CATEGORIES if any(k in name for k in keys)),
+                   "elementwise/other")
+        by_cat[cat] = by_cat.get(cat, 0.0) + us / 1e3 / steps
+        top.append((evt.key[:90], us / 1e3 / steps))
+    top.sort(key=lambda kv: -kv[1])
+    return {"ms_per_step_by_category": by_cat, "total_ms": sum(by_cat.values()),
+            "top_kernels_ms": top[:15]}
+
+
 # ---- the run ----------------------------------------------------------------------------
 def default_rows(device: torch.device, quant: list[str], torchao: bool, swap: bool) -> list[str]:
     rows = ["fp32-eager"] if device.type == "cpu" else []
@@ -424,6 +456,11 @@ class _Runner:
                 lat, peak = time_step(step, dev, args.warmup + 2, args.step_runs)
                 self._add(BenchResult(name, "denoiser_step", lat, peak,
                                       comps["transformer"], batch))
+                if args.profile and dev.type == "cuda":
+                    info[f"profile@b{batch}"] = prof = profile_step(step)
+                    print(f"[bench] profile {name}: " + ", ".join(
+                        f"{k} {v:.2f}" for k, v in prof["ms_per_step_by_category"].items())
+                        + f" (sum {prof['total_ms']:.2f} ms GPU)", flush=True)
         info["row_s"] = time.perf_counter() - t0
         self.details["rows"][row] = info
         self._release()
@@ -559,6 +596,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-fuse-qkv", dest="fuse_qkv", action="store_false",
                    help="keep separate q/k/v projections (default: fused, for every row)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--profile", action="store_true",
+                   help="also record GPU kernel time per category of one denoiser step")
     p.add_argument("--no-torchao", action="store_true")
     p.add_argument("--calib-prompts", type=int, default=1)
     p.add_argument("--cache-dir", default=str(Path.home() / ".cache" / "trdq-bench"))
