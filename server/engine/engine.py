@@ -123,6 +123,12 @@ class GenerationEngine:
             raise NotReadyError("the server is still loading its models")
         return self.models.get(task, quant)
 
+    @staticmethod
+    def size_multiple(model: ServedModel) -> int:
+        """Width and height must be multiples of this: VAE downscale x transformer patch."""
+        patch = int(getattr(model.pipe.transformer.config, "patch_size", 1) or 1)
+        return int(model.pipe.vae_scale_factor) * patch
+
     def queue_depth(self) -> int:
         return 0 if self._queue is None else len(self._queue)
 

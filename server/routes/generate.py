@@ -56,14 +56,24 @@ def check_steps(served, steps: int) -> None:
         )
 
 
+def check_size(engine, served, width: int, height: int) -> None:
+    multiple = engine.size_multiple(served)
+    for name, value in (("width", width), ("height", height)):
+        if value % multiple:
+            raise InvalidRequestError(
+                f"{name}: {served.name} needs a multiple of {multiple}, got {value}"
+            )
+
+
 def image_spec(engine, body) -> JobSpec:
     """An image request body -> the engine's JobSpec (model defaults filled in)."""
     served = engine.served_model("image", body.quant)
     check_steps(served, body.num_inference_steps)
+    width, height = body.width or served.default_width, body.height or served.default_height
+    check_size(engine, served, width, height)
     return JobSpec(
         task="image", quant=served.quant, prompt=body.prompt,
-        negative_prompt=body.negative_prompt,
-        width=body.width or served.default_width, height=body.height or served.default_height,
+        negative_prompt=body.negative_prompt, width=width, height=height,
         num_inference_steps=body.num_inference_steps, guidance_scale=body.guidance_scale,
         seeds=make_seeds(body.seed, body.num_images),
     )
@@ -78,10 +88,11 @@ def video_spec(engine, body) -> JobSpec:
         raise InvalidRequestError(
             f"num_frames: {served.name} generates at most {served.max_frames} frames"
         )
+    width, height = body.width or served.default_width, body.height or served.default_height
+    check_size(engine, served, width, height)
     return JobSpec(
         task="video", quant=served.quant, prompt=body.prompt,
-        negative_prompt=body.negative_prompt,
-        width=body.width or served.default_width, height=body.height or served.default_height,
+        negative_prompt=body.negative_prompt, width=width, height=height,
         num_inference_steps=body.num_inference_steps, guidance_scale=body.guidance_scale,
         seeds=make_seeds(body.seed, body.num_videos), num_frames=num_frames,
     )

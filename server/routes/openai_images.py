@@ -23,6 +23,7 @@ from server.engine.jobs import JobSpec
 from server.errors import InvalidRequestError, ModelUnavailableError
 from server.routes.generate import (
     ERROR_RESPONSES,
+    check_size,
     check_steps,
     encode_output,
     make_seeds,
@@ -104,6 +105,7 @@ def make_router(limits: Limits) -> APIRouter:
             width, height = served.default_width, served.default_height
         else:
             width, height = (int(part) for part in body.size.split("x"))
+        check_size(engine, served, width, height)
         spec = JobSpec(
             task="image", quant=served.quant, prompt=body.prompt,
             negative_prompt=body.negative_prompt, width=width, height=height,

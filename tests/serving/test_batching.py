@@ -1,0 +1,79 @@
+"""Dynamic batching: compatible requests share one pipeline call, and each output depends
+only on its own seed: batched == alone (up to fp32 GEMM rounding across batch sizes)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import threading
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from server.app import create_app
+from tests.serving.conftest import FAST, make_settings, metric_value
+
+# Different prompts and seeds in one batch; same size/steps/guidance so they are compatible.
+REQUESTS = [
+    {"prompt": "a red circle top left", "seed": 11, **FAST},
+    {"prompt": "a blue square bottom right", "seed": 22, **FAST},
+    {"prompt": "a green triangle", "seed": 33, "negative_prompt": "blurry", **FAST},
+]
+
+
+def _pixels(reply) -> np.ndarray:
+    assert reply.status_code == 200, reply.text
+    data = base64.b64decode(reply.json()["images"][0]["b64"])
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB")).astype(np.int16)
+
+
+# w8a8 calibrates first (minutes on a busy 2-core machine): slow. It checks that the
+# CFG-wise layout ([uncond x B, cond x B]) of the quantized denoiser holds in a batch.
+@pytest.mark.parametrize("quant", ["fp", pytest.param("w8a8", marks=pytest.mark.slow)])
+def test_batched_outputs_equal_outputs_alone(tmp_path, quant):
+    settings = make_settings(tmp_path, quant=quant, max_batch=4, batch_window_ms=1500)
+    with TestClient(create_app(settings)) as client:
+        alone = [_pixels(client.post("/generate/image", json=body)) for body in REQUESTS]
+        before = client.get("/metrics").text
+        replies: dict[int, object] = {}
+
+        def send(index: int) -> None:
+            replies[index] = client.post("/generate/image", json=REQUESTS[index])
+
+        threads = [threading.Thread(target=send, args=(i,)) for i in range(len(REQUESTS))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        after = client.get("/metrics").text
+
+    calls = metric_value(after, "trdq_batch_size_count") - metric_value(before, "trdq_batch_size_count")
+    jobs = metric_value(after, "trdq_batch_size_sum") - metric_value(before, "trdq_batch_size_sum")
+    assert jobs == len(REQUESTS)
+    assert calls < len(REQUESTS), "the concurrent requests were not batched"
+    for index, expected in enumerate(alone):
+        batched = _pixels(replies[index])
+        difference = np.abs(batched - expected)
+        # Same seed -> same noise; only GEMM rounding at another batch size may differ.
+        assert difference.max() <= 2, (index, difference.max())
+        assert difference.mean() < 0.05, (index, difference.mean())
+    assert np.abs(alone[0] - alone[1]).mean() > 1  # the outputs do differ between requests
+
+
+def test_incompatible_requests_are_not_batched_together(tmp_path):
+    settings = make_settings(tmp_path, max_batch=4, batch_window_ms=1000)
+    bodies = [{"prompt": "a red circle", **FAST},
+              {"prompt": "a red circle", **FAST, "width": 48}]
+    with TestClient(create_app(settings)) as client:
+        replies = []
+        threads = [threading.Thread(target=lambda b=b: replies.append(
+            client.post("/generate/image", json=b))) for b in bodies]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        metrics = client.get("/metrics").text
+    assert sorted(r.json()["width"] for r in replies) == [32, 48]
+    assert metric_value(metrics, "trdq_batch_size_count") == 2
