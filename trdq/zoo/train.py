@@ -39,7 +39,13 @@ from trdq.zoo.training.card import write_card, write_meta
 from trdq.zoo.training.data import CAPTION_VARIANTS, build_set, tokenize_table
 from trdq.zoo.training.dit import DiTConfig, train_t2i, train_t2v
 from trdq.zoo.training.loop import load_component, save_component
-from trdq.zoo.training.vae import VAEConfig, encode_latents, latent_scaling_factor, train_vae
+from trdq.zoo.training.vae import (
+    VAEConfig,
+    encode_latents,
+    latent_scaling_factor,
+    reconstruction_accuracy,
+    train_vae,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -67,13 +73,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--images-per-caption", type=int, default=4)
     p.add_argument("--videos-per-caption", type=int, default=2)
     p.add_argument("--vae-steps", type=int, default=4000)
-    p.add_argument("--vae-seconds", type=float, default=60.0)
+    p.add_argument("--vae-seconds", type=float, default=110.0)
     p.add_argument("--t2i-steps", type=int, default=30000)
-    p.add_argument("--t2i-seconds", type=float, default=190.0)
-    p.add_argument("--t2i-batch", type=int, default=256)
+    p.add_argument("--t2i-seconds", type=float, default=180.0)
+    p.add_argument("--t2i-batch", type=int, default=512)
     p.add_argument("--t2v-steps", type=int, default=30000)
-    p.add_argument("--t2v-seconds", type=float, default=170.0)
-    p.add_argument("--t2v-batch", type=int, default=64)
+    p.add_argument("--t2v-seconds", type=float, default=180.0)
+    p.add_argument("--t2v-batch", type=int, default=128)
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--eval-images", type=int, default=0, help="held-out image prompts to score")
     p.add_argument("--eval-videos", type=int, default=0, help="held-out video prompts to score")
@@ -165,6 +171,10 @@ def main(argv: list[str] | None = None) -> int:
     checkpoint_dir = args.checkpoint_dir or args.out / "checkpoints"
     _setup_logging(checkpoint_dir)
     device = _resolve_device(args.device)
+    if device.type == "cuda":
+        # The DiTs train in fp32 (see trdq.zoo.training.dit); TF32 matmuls keep that cheap.
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     started = time.monotonic()
     meta: dict = {"command": "trdq zoo train " + shlex.join(argv), "seed": args.seed}
     torch.manual_seed(args.seed)
@@ -209,6 +219,8 @@ def _train(args, stages: list[str], parts: dict, meta: dict, device: torch.devic
         if args.smoke:
             vae_config = replace(vae_config, image_batch=1, frame_batch=1, log_every=1, eval_batch=1)
         meta["vae"] = train_vae(vae, images.pixels, videos.pixels, vae_config, device, args.seed)
+        if not args.smoke:
+            meta["vae"]["heldout_reconstruction"] = reconstruction_accuracy(vae, device, args.workers)
     vae.to(device).eval().requires_grad_(False)
     image_latents = encode_latents(vae, images.pixels, device)
     if "vae" in stages or "scaling_factor" not in meta:

@@ -26,6 +26,17 @@ def _score(item: tuple[np.ndarray, str]) -> dict[str, bool]:
     return evaluate(*item)
 
 
+def score_samples(samples: list[np.ndarray], prompts: list[str], workers: int = 1) -> tuple[float, dict]:
+    """`summarize` of the evaluator's scores, in `workers` processes."""
+    items = list(zip(samples, prompts))
+    if workers > 1:
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            scores = pool.map(_score, items, chunksize=4)
+    else:
+        scores = [_score(item) for item in items]
+    return summarize(scores)
+
+
 def evaluate_pipeline(
     path: Path,
     kind: str,
@@ -57,13 +68,7 @@ def evaluate_pipeline(
         )
         samples.extend(generate(pipe, request))
     seconds = time.perf_counter() - started
-    items = list(zip(samples, prompts))
-    if workers > 1:
-        with multiprocessing.get_context("fork").Pool(workers) as pool:
-            scores = pool.map(_score, items, chunksize=4)
-    else:
-        scores = [_score(item) for item in items]
-    accuracy, per_attribute = summarize(scores)
+    accuracy, per_attribute = score_samples(samples, prompts, workers)
     result = {
         "kind": kind,
         "prompts": len(prompts),

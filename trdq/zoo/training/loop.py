@@ -88,6 +88,8 @@ class NoiseSchedule:
         self.num_steps = config["num_train_timesteps"]
         self.sqrt_ab = alphas_cumprod.sqrt()
         self.sqrt_one_minus_ab = (1.0 - alphas_cumprod).sqrt()
+        #: 1 / alpha_bar_t turns an epsilon MSE into the v-prediction MSE (x0 weight SNR + 1).
+        self.v_weight = 1.0 / alphas_cumprod
 
     def sample_timesteps(self, batch: int, device: torch.device) -> torch.Tensor:
         return torch.randint(0, self.num_steps, (batch,), device=device)
