@@ -91,6 +91,8 @@ def load_models(settings: Settings, metrics: Metrics) -> ModelSet:
             model = _make_served(model_name, task, quant, pipe, metrics)
             if quant != "fp":
                 _quantize(model, settings, metrics)
+            if settings.compile:
+                _compile(model)
             _publish_weight_bytes(model, metrics)
             served[(task, quant)] = model
             logger.info("serving %s (%s) at %s on %s", model_name, task, quant, device)
@@ -130,32 +132,42 @@ def _make_served(name: str, task: str, quant: str, pipe, metrics: Metrics) -> Se
 
 def _quantize(model: ServedModel, settings: Settings, metrics: Metrics) -> None:
     """Quantize the model's denoiser with TR-DQ from the calibration cache."""
-    from trdq.api import quantize
-    from trdq.config import QuantConfig
+    from trdq.api import add_step_listener, get_state, quantize
 
-    started = time.perf_counter()
     report = quantize(
         model.pipe,
-        QuantConfig.preset(model.quant),
+        model.quant,
         cache_dir=settings.cache_dir.expanduser(),
         backend=settings.backend,
         calibration_prompts=settings.calibration_prompts,
         recalibrate_on_invalid=settings.recalibrate,
         progress=False,
     )
-    for result in report.cache_results:
-        metrics.calibration_cache.labels(result=result).inc()
-    if report.timestep_hook is not None:
-        report.timestep_hook.add_listener(
-            lambda event: metrics.group_switches.labels(model=model.name).inc()
-            if event.switched else None
-        )
-        model.group_of = report.group_label
-    model.info.update(report.summary())
-    logger.info(
-        "quantized %s to %s in %.1f s (cache: %s)",
-        model.name, model.quant, time.perf_counter() - started, ",".join(report.cache_results),
+    for result in report.cache:
+        if result in ("hit", "miss", "invalid"):
+            metrics.calibration_cache.labels(result=result).inc()
+    switches = metrics.group_switches.labels(model=model.name)
+    add_step_listener(model.pipe, lambda event: switches.inc() if event.switched else None)
+    group_map = get_state(model.pipe).hook.group_map
+    model.group_of = lambda timestep: "0" if timestep is None else str(group_map.group_of(timestep))
+    model.info.update(
+        quant_config=report.config, calibration_id=report.calibration_id,
+        backend=report.backend, calibration_cache=report.cache,
+        calibration_seconds=round(report.calibration_seconds, 3),
+        quantize_seconds=round(report.total_seconds, 3),
+        layers_quantized=len(report.replaced), layers_skipped=report.skipped,
     )
+    logger.info(
+        "quantized %s to %s with backend %s in %.1f s (cache: %s)",
+        model.name, model.quant, report.backend, report.total_seconds, ",".join(report.cache),
+    )
+
+
+def _compile(model: ServedModel) -> None:
+    """torch.compile the denoiser's forward (hooks stay outside the compiled graph)."""
+    transformer = model.pipe.transformer
+    transformer.forward = torch.compile(transformer.forward, dynamic=False)
+    model.info["compiled"] = True
 
 
 def _publish_weight_bytes(model: ServedModel, metrics: Metrics) -> None:
