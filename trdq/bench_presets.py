@@ -160,7 +160,11 @@ class BenchPreset:
             timestep=torch.full((rows,), 500.0, device=device),
             return_dict=False,
         )
-        if self.frames is None:
+        if self.frames is not None:
+            # LattePipeline passes no text mask (the model repeats the text per frame)
+            kw.pop("encoder_attention_mask")
+            kw["enable_temporal_attentions"] = True
+        else:
             extra = None
             if getattr(transformer, "use_additional_conditions", False):
                 extra = {
