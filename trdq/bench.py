@@ -82,11 +82,19 @@ def _peak(device: torch.device) -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
+def tensor_bytes(t: torch.Tensor) -> int:
+    """Storage bytes; tensor subclasses (torchao's quantized weights) are counted by their
+    inner tensors, not by the logical (bf16) dtype they present."""
+    if hasattr(t, "__tensor_flatten__") and type(t) not in (torch.Tensor, torch.nn.Parameter):
+        names, _ = t.__tensor_flatten__()
+        return sum(tensor_bytes(getattr(t, n)) for n in names)
+    return t.numel() * t.element_size()
+
+
 def module_bytes(module: torch.nn.Module | None) -> int:
     if module is None:
         return 0
-    return sum(t.numel() * t.element_size()
-               for t in list(module.parameters()) + list(module.buffers()))
+    return sum(tensor_bytes(t) for t in list(module.parameters()) + list(module.buffers()))
 
 
 def component_bytes(pipe) -> dict[str, int]:
@@ -501,36 +509,62 @@ def write_outputs(preset: str, device: torch.device, results: list[BenchResult],
     if json_path:
         Path(json_path).write_text(json.dumps(doc, indent=1))
         side = dict(details, versions=_versions(), notes=notes,
+                    utc=dt.datetime.now(dt.timezone.utc).isoformat(),
                     batches={r.name: r.batch for r in results})
         Path(json_path + ".details.json").write_text(json.dumps(side, indent=1, default=str))
     if md_path is not None:
         md_path.parent.mkdir(parents=True, exist_ok=True)
+        _ensure_header(md_path)
         with md_path.open("a") as fh:
             fh.write(markdown_table(doc, notes))
     return doc
 
 
+MD_HEADER = """# Benchmarks
+
+Appended by `trdq bench` (one section per run; never edited by hand). Every ratio compares
+rows of the same run on the same device. Rows: `bf16-eager`, `bf16-compile` (torch.compile
+default mode), `+cg` (denoiser forward replayed from CUDA graphs), TR-DQ presets through
+`trdq.quantize` (`fp8`, `w8a8`, `w4a8`), `fp8swap` (block linears swapped straight for the
+cuda_fp8 op, dynamic per-token, no calibration), torchao peers. `@b4` = batch 4.
+`weights MB` is the denoiser (denoiser_step) or all components (pipeline).
+"""
+
+
+def _ensure_header(md_path: Path) -> None:
+    if not md_path.exists() or not md_path.read_text().strip():
+        md_path.write_text(MD_HEADER)
+
+
 def markdown_table(doc: dict[str, Any], notes: list[str],
-                   versions: dict[str, str] | None = None) -> str:
+                   versions: dict[str, str] | None = None,
+                   when: dt.datetime | None = None) -> str:
     v = versions or _versions()
+    when = when or dt.datetime.now(dt.timezone.utc)
     lines = [
-        f"\n## {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC - `{doc['preset']}` on "
+        f"\n## {when:%Y-%m-%d %H:%M} UTC - `{doc['preset']}` on "
         f"{doc['device']}\n",
         f"torch {v['torch']}, triton {v['triton']}, diffusers {v['diffusers']}, "
-        f"torchao {v['torchao']}. " + " ".join(notes) + "\n",
-        "| name | scope | latency ms | vs bf16-eager | vs bf16-compile | peak GB | weights MB |",
-        "|---|---|---|---|---|---|---|",
+        f"torchao {v['torchao']}. " + "; ".join(notes) + ".\n",
+        "| name | scope | latency ms | vs bf16-eager | vs bf16-compile | vs fastest bf16 | "
+        "peak GB | weights MB |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     base = {(r["name"], r["scope"]): r["latency_s"] for r in doc["results"]}
+
+    def batch_of(name: str) -> str:
+        return "@" + name.split("@", 1)[1] if "@" in name else ""
+
     for r in doc["results"]:
-        suffix = "@" + r["name"].split("@", 1)[1] if "@" in r["name"] else ""
-        ratios = []
-        for ref in ("bf16-eager", "bf16-compile"):
-            ref_lat = base.get((ref + suffix, r["scope"]))
-            ratios.append(f"{ref_lat / r['latency_s']:.2f}x" if ref_lat else "-")
-        lines.append(f"| {r['name']} | {r['scope']} | {r['latency_s'] * 1e3:.1f} | {ratios[0]} "
-                     f"| {ratios[1]} | {r['peak_memory_bytes'] / 1e9:.2f} | "
-                     f"{r['weight_bytes'] / 1e6:.1f} |")
+        suffix = batch_of(r["name"])
+        refs = [base.get((ref + suffix, r["scope"])) for ref in ("bf16-eager", "bf16-compile")]
+        bf16 = [lat for (name, scope), lat in base.items() if name.startswith("bf16-")
+                and scope == r["scope"] and batch_of(name) == suffix]
+        refs.append(min(bf16) if bf16 else None)
+        ratios = [f"{ref / r['latency_s']:.2f}x" if ref else "-" for ref in refs]
+        lines.append(f"| {r['name']} | {r['scope']} | {r['latency_s'] * 1e3:.1f} | "
+                     + " | ".join(ratios)
+                     + f" | {r['peak_memory_bytes'] / 1e9:.2f} | {r['weight_bytes'] / 1e6:.1f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -570,10 +604,15 @@ def render_markdown(json_path: str, md_path: Path) -> None:
     """Append the table of a results file written elsewhere (e.g. on a GPU machine),
     with the versions recorded there."""
     doc = json.loads(Path(json_path).read_text())
+    _ensure_header(md_path)
     side_path = Path(json_path + ".details.json")
     side = json.loads(side_path.read_text()) if side_path.exists() else {}
+    if "utc" in side:
+        when = dt.datetime.fromisoformat(side["utc"])
+    else:  # results written before the timestamp was recorded: the file's own time
+        when = dt.datetime.fromtimestamp(Path(json_path).stat().st_mtime, dt.timezone.utc)
     with md_path.open("a") as fh:
-        fh.write(markdown_table(doc, side.get("notes", []), side.get("versions")))
+        fh.write(markdown_table(doc, side.get("notes", []), side.get("versions"), when))
 
 
 def build_parser() -> argparse.ArgumentParser:
