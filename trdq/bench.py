@@ -568,9 +568,23 @@ def markdown_table(doc: dict[str, Any], notes: list[str],
     return "\n".join(lines) + "\n"
 
 
+def _folder_builder(model: str):
+    def build(device: torch.device, dtype: torch.dtype):
+        from trdq.pipeline import load_pipeline
+
+        pipe = load_pipeline(model, device=device, dtype=dtype)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    return build
+
+
 def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     preset = get_preset(args.preset)
+    if args.model:  # same geometry/steps/CFG as the preset, real weights from a local folder
+        preset.build = _folder_builder(args.model)
+        preset.notes = [f"weights from {args.model}"] + preset.notes[1:]
     quant = [q for q in (args.quant or "").split(",") if q]
     torchao = not args.no_torchao and _torchao_importable()
     rows = args.rows.split(",") if args.rows else default_rows(device, quant, torchao, args.swap)
@@ -620,6 +634,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="cpu-small",
                    help=f"one of {', '.join(PRESET_NAMES)}, or a zoo name / diffusers folder")
     p.add_argument("--json", help="write the results here")
+    p.add_argument("--model", help="local diffusers folder (or zoo name) replacing the "
+                   "preset's random weights; geometry, steps and CFG stay the preset's")
     p.add_argument("--device", help="cuda or cpu (default: cuda when available)")
     p.add_argument("--rows", help="comma list of row names (default: all that apply)")
     p.add_argument("--quant", default=None,
