@@ -129,14 +129,18 @@ def test_cuda_w4a8_backend_matches_reference(bits, m):
 
 @requires_fp8()
 def test_w4a8_gemm_fp8_activation_path():
-    from trdq.kernels.triton_w4a8 import w4a8_matmul_reference, w4a8_matmul_triton
+    from trdq.kernels.triton_w4a8 import (
+        pack_int4_tiled,
+        w4a8_matmul_reference,
+        w4a8_matmul_triton,
+    )
 
     m, k, n = 333, 1152, 4608
     a = (torch.randn(m, k, device="cuda") * 100).clamp(-448, 448).to(torch.float8_e4m3fn)
     w = torch.randint(-7, 8, (n, k), device="cuda", dtype=torch.int8)
     sa, sw = torch.rand(m, device="cuda") + 0.1, torch.rand(n, device="cuda") * 0.01
-    ref = w4a8_matmul_reference(a.float(), sa, P.pack_int4(w), sw, out_dtype=torch.float32)
-    out = w4a8_matmul_triton(a, sa, P.pack_int4(w), sw, out_dtype=torch.float32)
+    ref = w4a8_matmul_reference(a.float(), sa, pack_int4_tiled(w), sw, out_dtype=torch.float32)
+    out = w4a8_matmul_triton(a, sa, pack_int4_tiled(w), sw, out_dtype=torch.float32)
     assert P.sqnr_db(ref, out) > 60
 
 

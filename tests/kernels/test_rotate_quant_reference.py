@@ -14,6 +14,7 @@ from trdq.kernels.triton_rotate_quant import (
     rotate_quant_reference,
     sylvester_hadamard,
 )
+from trdq.kernels.triton_w4a8 import pack_int4_tiled, unpack_int4_tiled
 from trdq.rotation import block_hadamard_matrix, fwht, hadamard_block_size
 
 
@@ -88,7 +89,7 @@ def test_ops_cpu_path_matches_reference_backend():
     qw4, ws4 = P.quantize_weight_per_channel(fwht(w, 128), 4)
     act8 = ActQuant(rotation_block=128, clip_ratio=1.0)
     ref4 = ReferenceBackend().linear(x, {"weight": P.pack_int4(qw4), "weight_scale": ws4}, act8, bias)
-    out4 = ops.lowbit_linear(x, P.pack_int4(qw4), ws4, bias, None, None, 128, 1.0, False)
+    out4 = ops.lowbit_linear(x, pack_int4_tiled(qw4), ws4, bias, None, None, 128, 1.0, False)
     assert P.sqnr_db(ref4.float(), out4.float()) > 40
 
 
@@ -126,3 +127,13 @@ def test_backends_import_and_report_unavailable_without_cuda():
     for backend in (CudaFp8Backend(), CudaW4A8Backend()):
         ok, reason = backend.is_available("cpu")
         assert not ok and reason
+
+
+def test_tiled_int4_layout_round_trip():
+    q = torch.randint(-8, 8, (5, 256), dtype=torch.int8)
+    packed = pack_int4_tiled(q)
+    assert packed.shape == (5, 128) and packed.dtype == torch.uint8
+    torch.testing.assert_close(unpack_int4_tiled(packed), q)
+    # byte j of a tile: k = j in the low nibble, k = j + 64 in the high nibble
+    low = (packed[:, 3] & 0xF).to(torch.int16)
+    assert torch.equal(torch.where(low >= 8, low - 16, low).to(torch.int8), q[:, 3])

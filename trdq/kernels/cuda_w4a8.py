@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import torch
 
-from trdq import primitives as P
 from trdq.kernels import ops
 from trdq.kernels.base import ActQuant, KernelBackend
 from trdq.kernels.registry import register
+from trdq.kernels.triton_w4a8 import pack_int4_tiled, unpack_int4_tiled
 
 __all__ = ["CudaW4A8Backend"]
 
@@ -61,13 +61,15 @@ class CudaW4A8Backend(KernelBackend):
             raise TypeError(f"cuda_w4a8 packs int8-held integers, got {qweight.dtype}")
         if qweight.shape[1] % 128:
             raise ValueError(f"K={qweight.shape[1]} must be a multiple of 128")
-        weight = P.pack_int4(qweight) if bits == 4 else qweight
+        # 4-bit: the GEMM's tile-split nibble layout (see triton_w4a8); unpack() returns
+        # the canonical integers
+        weight = pack_int4_tiled(qweight) if bits == 4 else qweight
         return {"weight": weight.contiguous(), "weight_scale": weight_scale.float().contiguous()}
 
     def unpack(self, packed: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         weight = packed["weight"]
         if weight.dtype == torch.uint8:
-            weight = P.unpack_int4(weight)
+            weight = unpack_int4_tiled(weight)
         return weight, packed["weight_scale"]
 
     def linear(

@@ -65,7 +65,7 @@ def shape_rows(name: str, m: int, k: int, n: int) -> dict[str, float]:
     from trdq import primitives as P
     from trdq.kernels import ops
     from trdq.kernels.triton_rotate_quant import rotate_quant_triton, sylvester_hadamard
-    from trdq.kernels.triton_w4a8 import w4a8_matmul_triton
+    from trdq.kernels.triton_w4a8 import pack_int4_tiled, w4a8_matmul_triton
     from trdq.rotation import fwht, hadamard_block_size
 
     torch.manual_seed(0)
@@ -77,7 +77,7 @@ def shape_rows(name: str, m: int, k: int, n: int) -> dict[str, float]:
     w8, s8 = P.quantize_weight_per_channel(wr, 8, fp8=True)
     wi8, si8 = P.quantize_weight_per_channel(wr, 8)
     wi4, si4 = P.quantize_weight_per_channel(wr, 4)
-    wp4 = P.pack_int4(wi4)
+    wp4 = pack_int4_tiled(wi4)
     xq, xs = rotate_quant_triton(x, block=blk)
     xq8, xs8 = rotate_quant_triton(x, block=blk, out_dtype=torch.int8)
     row_scale = xs.clone()

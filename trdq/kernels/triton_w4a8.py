@@ -1,8 +1,15 @@
 """Triton GEMM for packed 4-bit weights x 8-bit activations (W4A8), unpacked in registers.
 
 Notation: A ``[M, K]`` activations (int8 or e4m3, one scale per row), B ``[N, K/2]`` uint8
-(two's-complement nibbles, low nibble = even k, high nibble = odd k, as
-``trdq.primitives.pack_int4``) with one scale per output channel ``[N]``.
+two's-complement nibbles with one scale per output channel ``[N]``.
+
+Kernel layout ("tile-split", ``pack_int4_tiled``): within every 128 consecutive k, byte j
+holds k = j in its low nibble and k = j + 64 in its high nibble. The GEMM then needs no
+interleave: the low nibbles multiply A's first 64 columns of the tile and the high nibbles
+the next 64, as two tensor-core dots. (The library's canonical layout,
+``primitives.pack_int4``, pairs even/odd k; interleaving that in registers made the GEMM
+2x slower than FP8 on an H100. The backend converts at pack time; ``unpack`` returns the
+canonical integers.)
 
 ``out[m, n] = (sum_k A[m, k] * B[n, k]) * a_scale[m] * w_scale[n] + bias[n]``
 
@@ -23,9 +30,44 @@ import importlib.util
 
 import torch
 
-from trdq.primitives import unpack_int4
+from trdq.primitives import pack_int4, unpack_int4
 
-__all__ = ["TRITON_AVAILABLE", "w4a8_matmul_reference", "w4a8_matmul_triton"]
+__all__ = [
+    "TRITON_AVAILABLE",
+    "PACK_TILE",
+    "pack_int4_tiled",
+    "unpack_int4_tiled",
+    "w4a8_matmul_reference",
+    "w4a8_matmul_triton",
+]
+
+#: k-tile of the tile-split nibble layout (the GEMM's BK for packed weights)
+PACK_TILE = 128
+
+
+def _tile_order(k: int, device) -> torch.Tensor:
+    """Permutation p with ``canonical_pairs(q[:, p]) == tile_split(q)``: per tile of 128,
+    the order k0, k0+64, k0+1, k0+65, ... so even slots take the first half."""
+    if k % PACK_TILE:
+        raise ValueError(f"K={k} must be a multiple of {PACK_TILE}")
+    half = PACK_TILE // 2
+    j = torch.arange(half, device=device)
+    tile = torch.stack((j, j + half), dim=1).reshape(-1)  # [128]
+    base = torch.arange(0, k, PACK_TILE, device=device)[:, None]
+    return (base + tile[None, :]).reshape(-1)
+
+
+def pack_int4_tiled(q: torch.Tensor) -> torch.Tensor:
+    """``[N, K]`` int8 in [-8, 7] -> ``[N, K/2]`` uint8 in the tile-split layout."""
+    return pack_int4(q[:, _tile_order(q.shape[1], q.device)])
+
+
+def unpack_int4_tiled(packed: torch.Tensor) -> torch.Tensor:
+    """Inverse of ``pack_int4_tiled``: ``[N, K/2]`` uint8 -> ``[N, K]`` int8."""
+    shuffled = unpack_int4(packed)
+    out = torch.empty_like(shuffled)
+    out[:, _tile_order(shuffled.shape[1], shuffled.device)] = shuffled
+    return out
 
 TRITON_AVAILABLE = importlib.util.find_spec("triton") is not None
 
@@ -38,8 +80,9 @@ def w4a8_matmul_reference(
     bias: torch.Tensor | None = None,
     out_dtype: torch.dtype = torch.bfloat16,
 ) -> torch.Tensor:
-    """Oracle in float64 accumulation (exact for int8 x int4 at any K we use)."""
-    w = unpack_int4(b) if b.dtype == torch.uint8 else b
+    """Oracle in float64 accumulation (exact for int8 x int4 at any K we use).
+    ``b`` is tile-split packed uint8 or plain int8."""
+    w = unpack_int4_tiled(b) if b.dtype == torch.uint8 else b
     acc = a.double() @ w.double().t()
     out = acc * a_scale.double()[:, None] * w_scale.double()[None, :]
     if bias is not None:
@@ -53,7 +96,7 @@ if TRITON_AVAILABLE:
 
     _CONFIGS = [
         triton.Config({"BM": 128, "BN": 128, "BK": 128}, num_warps=8, num_stages=3),
-        triton.Config({"BM": 128, "BN": 256, "BK": 64}, num_warps=8, num_stages=3),
+        triton.Config({"BM": 128, "BN": 256, "BK": 128}, num_warps=8, num_stages=3),
         triton.Config({"BM": 128, "BN": 64, "BK": 128}, num_warps=4, num_stages=4),
         triton.Config({"BM": 64, "BN": 128, "BK": 128}, num_warps=4, num_stages=4),
         triton.Config({"BM": 64, "BN": 64, "BK": 128}, num_warps=4, num_stages=4),
@@ -88,25 +131,35 @@ if TRITON_AVAILABLE:
             acc = tl.zeros((BM, BN), dtype=tl.float32)
         else:
             acc = tl.zeros((BM, BN), dtype=tl.int32)
+        # rows past M load row M-1 (fp8 has no literal-0 "other") and are never stored
+        a_rows = a_ptr + tl.minimum(rm, M - 1)[:, None] * stride_am
         for k0 in range(0, K, BK):
-            # rows past M are loaded unmasked-to-zero (fp8 has no literal 0 "other") and
-            # never stored; clamp their index instead so the loads stay in bounds
-            a = tl.load(a_ptr + tl.minimum(rm, M - 1)[:, None] * stride_am + (k0 + rk)[None, :])
             if PACKED:
+                # tile-split nibbles: low = k0 + [0, BK/2), high = k0 + BK/2 + [0, BK/2)
                 p = tl.load(b_ptr + rn[:, None] * stride_bn + (k0 // 2 + rk2)[None, :],
                             mask=nmask[:, None], other=0)
                 p8 = p.to(tl.int8, bitcast=True)
-                low = (p8 << 4) >> 4  # arithmetic shift sign-extends the low nibble
-                high = p8 >> 4
-                w = tl.reshape(tl.join(low, high), (BN, BK))
+                w_lo = (p8 << 4) >> 4  # arithmetic shifts sign-extend the nibbles
+                w_hi = p8 >> 4
+                a_lo = tl.load(a_rows + (k0 + rk2)[None, :])
+                a_hi = tl.load(a_rows + (k0 + BK // 2 + rk2)[None, :])
+                if A_FP8:
+                    w_lo = w_lo.to(tl.float32).to(tl.float8e4nv)
+                    w_hi = w_hi.to(tl.float32).to(tl.float8e4nv)
+                    acc = tl.dot(a_lo, tl.trans(w_lo), acc=acc, out_dtype=tl.float32)
+                    acc = tl.dot(a_hi, tl.trans(w_hi), acc=acc, out_dtype=tl.float32)
+                else:
+                    acc = tl.dot(a_lo, tl.trans(w_lo), acc=acc, out_dtype=tl.int32)
+                    acc = tl.dot(a_hi, tl.trans(w_hi), acc=acc, out_dtype=tl.int32)
             else:
+                a = tl.load(a_rows + (k0 + rk)[None, :])
                 w = tl.load(b_ptr + rn[:, None] * stride_bn + (k0 + rk)[None, :],
                             mask=nmask[:, None], other=0)
-            if A_FP8:
-                w = w.to(tl.float32).to(tl.float8e4nv)
-                acc = tl.dot(a, tl.trans(w), acc=acc, out_dtype=tl.float32)
-            else:
-                acc = tl.dot(a, tl.trans(w), acc=acc, out_dtype=tl.int32)
+                if A_FP8:
+                    w = w.to(tl.float32).to(tl.float8e4nv)
+                    acc = tl.dot(a, tl.trans(w), acc=acc, out_dtype=tl.float32)
+                else:
+                    acc = tl.dot(a, tl.trans(w), acc=acc, out_dtype=tl.int32)
         sa = tl.load(a_scale_ptr + rm, mask=mmask, other=0.0)
         sw = tl.load(w_scale_ptr + rn, mask=nmask, other=0.0)
         out = acc.to(tl.float32) * sa[:, None] * sw[None, :]
@@ -137,8 +190,10 @@ def w4a8_matmul_triton(
     n = b.shape[0]
     if (b.shape[1] * 2 if packed else b.shape[1]) != k:
         raise ValueError(f"K mismatch: A {tuple(a.shape)}, B {tuple(b.shape)}")
-    if k % 128:
-        raise ValueError(f"K={k} must be a multiple of 128 for the W4A8 kernel")
+    if k % PACK_TILE:
+        raise ValueError(f"K={k} must be a multiple of {PACK_TILE} for the W4A8 kernel")
+    if packed and config is not None and config.get("BK", PACK_TILE) != PACK_TILE:
+        raise ValueError(f"packed weights need BK={PACK_TILE} (the layout's tile)")
     if a.dtype not in (torch.int8, torch.float8_e4m3fn):
         raise TypeError(f"A must be int8 or float8_e4m3fn, got {a.dtype}")
     a = a.contiguous()
