@@ -64,7 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     image_model, video_model = request_models(limits)
     app.include_router(generate.make_router(image_model, video_model))
     app.include_router(jobs.make_router(image_model, video_model))
-    app.include_router(openai_images.make_router(limits))
+    app.include_router(openai_images.make_router(limits, settings.image_model))
     app.include_router(health.router)
     app.include_router(info.router)
     app.include_router(metrics_route.router)

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 MAX_IMAGES_PER_REQUEST = 4
 MAX_GUIDANCE = 20.0
+DEFAULT_STEPS = 20  # lowered to the server's max_steps when that is smaller
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,9 @@ def request_models(limits: Limits) -> tuple[type[BaseModel], type[BaseModel]]:
         negative_prompt: str = Field(default="", max_length=limits.max_prompt_chars)
         width: int | None = Field(default=None, ge=8, le=limits.max_pixels // 8)
         height: int | None = Field(default=None, ge=8, le=limits.max_pixels // 8)
-        num_inference_steps: int = Field(default=20, ge=1, le=limits.max_steps)
+        num_inference_steps: int = Field(
+            default=min(DEFAULT_STEPS, limits.max_steps), ge=1, le=limits.max_steps
+        )
         guidance_scale: float = Field(default=4.5, ge=0.0, le=MAX_GUIDANCE)
         seed: int | None = Field(default=None, ge=0, le=2**63 - 1 - MAX_IMAGES_PER_REQUEST)
         num_images: int = Field(default=1, ge=1, le=MAX_IMAGES_PER_REQUEST)
@@ -69,7 +72,9 @@ def request_models(limits: Limits) -> tuple[type[BaseModel], type[BaseModel]]:
         height: int | None = Field(default=None, ge=8, le=limits.max_pixels // 8)
         num_frames: int | None = Field(default=None, ge=1, le=limits.max_frames)
         fps: int = Field(default=8, ge=1, le=60)
-        num_inference_steps: int = Field(default=20, ge=1, le=limits.max_steps)
+        num_inference_steps: int = Field(
+            default=min(DEFAULT_STEPS, limits.max_steps), ge=1, le=limits.max_steps
+        )
         guidance_scale: float = Field(default=4.5, ge=0.0, le=MAX_GUIDANCE)
         seed: int | None = Field(default=None, ge=0, le=2**63 - 1 - MAX_IMAGES_PER_REQUEST)
         num_videos: int = Field(default=1, ge=1, le=MAX_IMAGES_PER_REQUEST)

@@ -57,6 +57,12 @@ def check_steps(served, steps: int) -> None:
 
 
 def check_size(engine, served, width: int, height: int) -> None:
+    """The model's constraints, and the pixel limit for sizes filled in from its defaults."""
+    if width * height > engine.settings.max_pixels:
+        raise InvalidRequestError(
+            f"width x height: {width}x{height} exceeds the limit of "
+            f"{engine.settings.max_pixels} pixels; ask for a smaller size"
+        )
     multiple = engine.size_multiple(served)
     for name, value in (("width", width), ("height", height)):
         if value % multiple:
@@ -83,7 +89,7 @@ def video_spec(engine, body) -> JobSpec:
     """A video request body -> the engine's JobSpec (model defaults filled in)."""
     served = engine.served_model("video", body.quant)
     check_steps(served, body.num_inference_steps)
-    num_frames = body.num_frames or served.max_frames
+    num_frames = body.num_frames or min(served.max_frames, engine.settings.max_frames)
     if num_frames > served.max_frames:
         raise InvalidRequestError(
             f"num_frames: {served.name} generates at most {served.max_frames} frames"

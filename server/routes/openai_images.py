@@ -2,7 +2,8 @@
 
 The official `openai` client works against this server unchanged
 (`OpenAI(base_url="http://host:port/v1", api_key=TRDQ_API_KEY or "unused")`).
-Supported: prompt, model (must name the served image model when given), n, size "WxH"
+Supported: prompt, model (when given, the served image model's name; 422 otherwise),
+n, size "WxH"
 or "auto", response_format b64_json, output_format png|jpeg|webp, user. Extensions
 (pass them with the client's `extra_body`): negative_prompt, seed, num_inference_steps,
 guidance_scale, quant. `response_format="url"` is refused with a 422 that says why: the
@@ -29,7 +30,7 @@ from server.routes.generate import (
     make_seeds,
     media_headers,
 )
-from server.schemas import MAX_GUIDANCE, MAX_IMAGES_PER_REQUEST, Limits
+from server.schemas import DEFAULT_STEPS, MAX_GUIDANCE, MAX_IMAGES_PER_REQUEST, Limits
 
 SIZE_PATTERN = r"^(auto|[1-9][0-9]{0,4}x[1-9][0-9]{0,4})$"
 
@@ -46,14 +47,17 @@ class OpenAIImagesResponse(BaseModel):
     output_format: str
 
 
-def request_model(limits: Limits) -> type[BaseModel]:
+def request_model(limits: Limits, model_name: str | None) -> type[BaseModel]:
+    model_type = Literal[model_name] if model_name else str  # type: ignore[valid-type]
     quant_type = Literal[limits.quant_names] if limits.quant_names else str  # type: ignore[valid-type]
 
     class OpenAIImagesRequest(BaseModel):
         model_config = ConfigDict(extra="forbid")
 
         prompt: str = Field(min_length=1, max_length=limits.max_prompt_chars)
-        model: str | None = Field(default=None, max_length=200)
+        model: model_type | None = Field(  # type: ignore[valid-type]
+            default=None, description="The served image model; other names are refused"
+        )
         n: int = Field(default=1, ge=1, le=MAX_IMAGES_PER_REQUEST)
         size: str = Field(default="auto", pattern=SIZE_PATTERN,
                           description='"WxH" (multiples of 8) or "auto" (the model default)')
@@ -63,7 +67,9 @@ def request_model(limits: Limits) -> type[BaseModel]:
         # Extensions beyond the OpenAI API.
         negative_prompt: str = Field(default="", max_length=limits.max_prompt_chars)
         seed: int | None = Field(default=None, ge=0, le=2**63 - 1 - MAX_IMAGES_PER_REQUEST)
-        num_inference_steps: int = Field(default=20, ge=1, le=limits.max_steps)
+        num_inference_steps: int = Field(
+            default=min(DEFAULT_STEPS, limits.max_steps), ge=1, le=limits.max_steps
+        )
         guidance_scale: float = Field(default=4.5, ge=0.0, le=MAX_GUIDANCE)
         quant: quant_type | None = None  # type: ignore[valid-type]
 
@@ -82,9 +88,9 @@ def request_model(limits: Limits) -> type[BaseModel]:
     return OpenAIImagesRequest
 
 
-def make_router(limits: Limits) -> APIRouter:
+def make_router(limits: Limits, model_name: str | None) -> APIRouter:
     router = APIRouter(prefix="/v1", tags=["openai"])
-    body_model = request_model(limits)
+    body_model = request_model(limits, model_name)
 
     @router.post("/images/generations", response_model=OpenAIImagesResponse,
                  responses=ERROR_RESPONSES, summary="OpenAI-compatible image generation")

@@ -72,8 +72,8 @@ def test_openai_client_against_the_images_route(tmp_path):
         with pytest.raises(openai.UnprocessableEntityError) as url_error:
             client.images.generate(prompt="x", response_format="url")
         assert "b64_json" in str(url_error.value)
-        with pytest.raises(openai.NotFoundError):
-            client.images.generate(prompt="x", model="dall-e-3")
+        with pytest.raises(openai.UnprocessableEntityError):
+            client.images.generate(prompt="x", model="dall-e-3")  # not the served model
         with pytest.raises(openai.UnprocessableEntityError):
             client.images.generate(prompt="x", size="1000x1000000")
         with pytest.raises(openai.AuthenticationError):
