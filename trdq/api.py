@@ -97,6 +97,21 @@ class QuantReport:
     def weight_bytes_after(self) -> int:
         return sum(self.bytes_after.values())
 
+    def describe(self) -> str:
+        """A short human-readable summary (for the CLI and logs)."""
+        before, after = self.weight_bytes_before, self.weight_bytes_after
+        ratio = before / after if after else float("nan")
+        lines = [
+            f"quant {self.config_name} on backend {self.backend}: "
+            f"{len(self.replaced)} layers replaced, {len(self.skipped)} kept in full precision",
+            f"denoiser weights {before:,} -> {after:,} bytes ({ratio:.2f}x smaller)",
+            f"calibration {self.calibration_id} cache {','.join(self.cache) or '-'} "
+            f"({self.calibration_seconds:.1f} s calibrating, {self.total_seconds:.1f} s total)",
+        ]
+        if self.cache_reason:
+            lines.append(f"cache: {self.cache_reason}")
+        return "\n".join(lines)
+
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["weight_bytes_before"] = self.weight_bytes_before

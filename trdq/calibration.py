@@ -129,6 +129,8 @@ class _LayerStats:
         self.block = block
         self.chan_absmax = torch.zeros(groups, 2, k)
         self.rot_absmax = torch.zeros(groups, 2)
+        #: (group, width) -> row samples ``[r, width, K]``; width 2 = paired (uncond, cond)
+        #: rows of the same token, width 1 = cond-only rows from calls without CFG
         self.rows: dict[tuple[int, int], list[torch.Tensor]] = {}
         self.ema = torch.zeros(groups, k)
         self.ema_seen = [False] * groups
@@ -190,29 +192,33 @@ class StatsCollector:
             halves = [(0, x2[: m_rows // 2]), (1, x2[m_rows // 2 :])]
         else:
             halves = [(1, x2)]
+        absmax_rows = None
         for h, xh in halves:
             # aminmax avoids materialising |x| (calibration is memory-bound)
             lo, hi = torch.aminmax(xh, dim=1)
-            absmax_rows = torch.maximum(-lo, hi)
+            row_max = torch.maximum(-lo, hi)
+            absmax_rows = row_max if absmax_rows is None else torch.maximum(absmax_rows, row_max)
             lo, hi = torch.aminmax(xh, dim=0)
             st.chan_absmax[g, h] = torch.maximum(st.chan_absmax[g, h], torch.maximum(-lo, hi).cpu())
             if st.block is not None:
                 lo, hi = torch.aminmax(hadamard_transform(xh, st.block))
                 rot_max = max(-float(lo), float(hi))
                 st.rot_absmax[g, h] = max(float(st.rot_absmax[g, h]), rot_max)
-            n = xh.shape[0]
-            pick = torch.randperm(n, generator=self.generator)[: self.rows_per_obs]
-            top = torch.topk(absmax_rows, min(TOP_ROWS_PER_OBSERVATION, n)).indices.cpu()
-            idx = torch.unique(torch.cat((pick, top)))
-            bucket = st.rows.setdefault((g, h), [])
-            bucket.append(xh[idx.to(xh.device)].cpu())
-            if sum(t.shape[0] for t in bucket) > 2 * self.config.calib_rows:
-                bucket[:] = [self._compact(torch.cat(bucket))]
+        # the same token rows from both halves, so the search can see paired errors
+        n = halves[0][1].shape[0]
+        pick = torch.randperm(n, generator=self.generator)[: self.rows_per_obs]
+        top = torch.topk(absmax_rows, min(TOP_ROWS_PER_OBSERVATION, n)).indices.cpu()
+        idx = torch.unique(torch.cat((pick, top))).to(x2.device)
+        sample = torch.stack([xh[idx] for _, xh in halves], dim=1).cpu()
+        bucket = st.rows.setdefault((g, len(halves)), [])
+        bucket.append(sample)
+        if sum(t.shape[0] for t in bucket) > 2 * self.config.calib_rows:
+            bucket[:] = [self._compact(torch.cat(bucket))]
 
     def _compact(self, rows: torch.Tensor) -> torch.Tensor:
         """Keep the largest rows (they set the range) plus a seeded random remainder."""
         keep = self.config.calib_rows
-        order = torch.argsort(rows.abs().amax(dim=1), descending=True)
+        order = torch.argsort(rows.abs().amax(dim=(1, 2)), descending=True)
         n_top = min(keep // 8, rows.shape[0])
         rest = order[n_top:][torch.randperm(len(order) - n_top, generator=self.generator)]
         return rows[torch.cat((order[:n_top], rest[: keep - n_top]))]
@@ -232,9 +238,9 @@ def _weight_fake(weight: torch.Tensor, smooth: torch.Tensor | None, block: int |
     return q.float() * scale[:, None]
 
 
-def _grid_errors(x_rot: torch.Tensor, y_ref: torch.Tensor, w_fake: torch.Tensor,
-                 scales: torch.Tensor, config: QuantConfig) -> torch.Tensor:
-    """Output MSE for each candidate per-row scale set: ``scales`` is ``[C, R]``."""
+def _residuals(x_rot: torch.Tensor, y_ref: torch.Tensor, w_fake: torch.Tensor,
+               scales: torch.Tensor, config: QuantConfig) -> torch.Tensor:
+    """Output error for each candidate per-row scale set ``scales [C, R]`` -> ``[C, R*n]``."""
     xq = x_rot[None] / scales[:, :, None]
     if config.fp8:
         xq = xq.clamp(-P.FP8_E4M3_MAX, P.FP8_E4M3_MAX).to(torch.float8_e4m3fn).float()
@@ -243,7 +249,13 @@ def _grid_errors(x_rot: torch.Tensor, y_ref: torch.Tensor, w_fake: torch.Tensor,
         xq = torch.clamp(torch.round(xq), -q, q)
     xq = xq * scales[:, :, None]
     out = xq.reshape(-1, x_rot.shape[1]) @ w_fake.t()
-    return (out.reshape(scales.shape[0], -1) - y_ref.reshape(1, -1)).pow(2).mean(dim=1)
+    return out.reshape(scales.shape[0], -1) - y_ref.reshape(1, -1)
+
+
+def _grid_errors(x_rot: torch.Tensor, y_ref: torch.Tensor, w_fake: torch.Tensor,
+                 scales: torch.Tensor, config: QuantConfig) -> torch.Tensor:
+    """Output MSE for each candidate per-row scale set: ``scales`` is ``[C, R]``."""
+    return _residuals(x_rot, y_ref, w_fake, scales, config).pow(2).mean(dim=1)
 
 
 def _fill_unseen(values: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
@@ -265,6 +277,60 @@ def _fill_unseen(values: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def _search_cfg_pair(pairs, rotate, range_of, weight_sub, w_fake, grid, config):
+    """CFG-aware search of (uncond, cond) parameters for one group.
+
+    The sampler combines the halves as ``eps_u + w (eps_c - eps_u)``; with w = 4.5 an
+    error that differs between the halves is amplified ~(2w - 1)x, while a shared error
+    largely cancels. So the objective is the error of the *guided* output plus the cond
+    error (which is what serves without CFG), evaluated on paired token rows, over
+    separate clip pairs (c_u, c_c) and, in static mode, shared scales. The separable
+    form |(1-w) d_u + w d_c|^2 = (1-w)^2 |d_u|^2 + w^2 |d_c|^2 + 2 w (1-w) <d_u, d_c>
+    makes the C x C grid cost 2C GEMMs.
+    Returns ((clip_u, clip_c), (scale_u, scale_c)).
+    """
+    w = float(config.calib_guidance_scale)
+    static = config.act_mode == "static"
+    qtop = P.FP8_E4M3_MAX if config.fp8 else float(P.qmax_for(config.act_bits))
+    xu, xc = pairs[:, 0], pairs[:, 1]
+    xu_r, xc_r = rotate(xu), rotate(xc)
+    yu, yc = xu @ weight_sub.t(), xc @ weight_sub.t()
+    a_u, a_c = range_of(0, xu_r), range_of(1, xc_r)
+    rows = xu.shape[0]
+
+    def base(x_r: torch.Tensor, absmax: float) -> torch.Tensor:
+        if static:
+            return torch.full((rows,), max(absmax / qtop, P.MIN_SCALE))
+        return P.dynamic_row_scale(x_r, config.act_bits, fp8=config.fp8)
+
+    cand_u = (grid[:, None] * base(xu_r, a_u)[None]).clamp_min(P.MIN_SCALE)
+    cand_c = (grid[:, None] * base(xc_r, a_c)[None]).clamp_min(P.MIN_SCALE)
+    du = _residuals(xu_r, yu, w_fake, cand_u, config)
+    dc = _residuals(xc_r, yc, w_fake, cand_c, config)
+    numel = du.shape[1]
+    nu, nc = du.pow(2).mean(1), dc.pow(2).mean(1)
+    cross = du @ dc.t() / numel
+    guided = (1 - w) ** 2 * nu[:, None] + w**2 * nc[None, :] + 2 * w * (1 - w) * cross
+    total = guided + nc[None, :]
+    flat = int(torch.argmin(total))
+    i, j = divmod(flat, total.shape[1])
+    best = (float(total[i, j]), (float(grid[i]), float(grid[j])),
+            (max(float(grid[i]) * a_u / qtop, P.MIN_SCALE),
+             max(float(grid[j]) * a_c / qtop, P.MIN_SCALE)))
+    if static:  # one scale for both halves: errors stay correlated and cancel
+        shared = (grid[:, None] * max(max(a_u, a_c) / qtop, P.MIN_SCALE)).expand(-1, rows)
+        su = _residuals(xu_r, yu, w_fake, shared, config)
+        sc = _residuals(xc_r, yc, w_fake, shared, config)
+        tot_s = ((1 - w) * su + w * sc).pow(2).mean(1) + sc.pow(2).mean(1)
+        k = int(torch.argmin(tot_s))
+        if float(tot_s[k]) < best[0]:
+            scale = max(float(grid[k]) * max(a_u, a_c) / qtop, P.MIN_SCALE)
+            c_u = scale * qtop / a_u if a_u > 0 else 1.0
+            c_c = scale * qtop / a_c if a_c > 0 else 1.0
+            best = (float(tot_s[k]), (c_u, c_c), (scale, scale))
+    return best[1], best[2]
+
+
 def solve_layer(linear: nn.Linear, st: _LayerStats, config: QuantConfig,
                 generator: torch.Generator | None = None) -> LayerQuantParams:
     """Per-group (per-half) activation parameters for one layer.
@@ -284,9 +350,19 @@ def solve_layer(linear: nn.Linear, st: _LayerStats, config: QuantConfig,
                if n_out > SEARCH_MAX_OUTPUTS else slice(None))
 
     def rows_for(g: int, h: int | None) -> torch.Tensor | None:
-        keys = [(g, 0), (g, 1)] if h is None else [(g, h)]
-        parts = [t for k in keys for t in st.rows.get(k, [])]
+        paired = st.rows.get((g, 2), [])
+        single = st.rows.get((g, 1), [])
+        if h is None:  # both halves pooled
+            parts = [t.flatten(0, 1) for t in paired] + [t[:, 0] for t in single]
+        elif h == 0:
+            parts = [t[:, 0] for t in paired]
+        else:
+            parts = [t[:, 1] for t in paired] + [t[:, 0] for t in single]
         return torch.cat(parts)[: 2 * config.calib_rows] if parts else None
+
+    def pairs_for(g: int) -> torch.Tensor | None:
+        paired = st.rows.get((g, 2), [])
+        return torch.cat(paired)[: config.calib_rows] if paired else None
 
     def rotate(rows: torch.Tensor, smooth: torch.Tensor | None) -> torch.Tensor:
         return prepare_activation(rows, ActQuant(rotation_block=st.block, smooth_divisor=smooth))
@@ -296,7 +372,8 @@ def solve_layer(linear: nn.Linear, st: _LayerStats, config: QuantConfig,
         chan = st.chan_absmax.amax(dim=(0, 1)).clamp_min(1e-5)
         w_abs = weight.abs().amax(dim=0).clamp_min(1e-5)
         alphas = config.alpha_grid if config.search else [config.smoothing_alpha]
-        pooled = torch.cat([t for v in st.rows.values() for t in v])[: 2 * config.calib_rows]
+        pooled = torch.cat([t.flatten(0, 1) for v in st.rows.values() for t in v])
+        pooled = pooled[: 2 * config.calib_rows]
         y_pool = pooled @ weight[out_idx].t()
         best = None
         for a in alphas:
@@ -313,20 +390,33 @@ def solve_layer(linear: nn.Linear, st: _LayerStats, config: QuantConfig,
     scales = torch.ones(groups, 2)
     clips = torch.ones(groups, 2)
     seen = torch.zeros(groups, 2, dtype=torch.bool)
+    def range_of(g: int, cols: list[int], x_rot: torch.Tensor) -> float:
+        """Exact range of the (rotated) activations where it was tracked."""
+        if smooth is not None:
+            return float(x_rot.abs().max())
+        if st.block is not None:
+            return float(st.rot_absmax[g, cols].max())
+        return float(st.chan_absmax[g, cols].max())
+
     for g in range(groups):
+        pairs = pairs_for(g) if config.cfg_wise and len(grid) > 1 else None
+        if pairs is not None:
+            clip_pair, scale_pair = _search_cfg_pair(
+                pairs, lambda r: rotate(r, smooth), lambda h, xr: range_of(g, [h], xr),
+                weight[out_idx], w_fake,
+                grid, config,
+            )
+            clips[g] = torch.tensor(clip_pair)
+            scales[g] = torch.tensor(scale_pair)
+            seen[g] = True
+            continue
         for h in halves:
             rows = rows_for(g, h)
             if rows is None:
                 continue
             cols = [0, 1] if h is None else [h]
             x_rot = rotate(rows, smooth)
-            # exact range of the (rotated) activations where it was tracked
-            if smooth is not None:
-                absmax = float(x_rot.abs().max())
-            elif st.block is not None:
-                absmax = float(st.rot_absmax[g, cols].max())
-            else:
-                absmax = float(st.chan_absmax[g, cols].max())
+            absmax = range_of(g, cols, x_rot)
             if static:
                 base = torch.full((rows.shape[0],), max(absmax / qtop, P.MIN_SCALE))
             else:

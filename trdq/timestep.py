@@ -61,6 +61,20 @@ class QuantContext:
     branch: str = "both"
     #: current timestep on the training scale (None before the first step)
     timestep: float | None = None
+    #: the group as a 0-d int64 tensor on the model's device, updated in place, so
+    #: layers index their scale tables without a host sync and a compiled graph does
+    #: not specialise (and recompile) on the group number
+    group_index: torch.Tensor | None = None
+
+    def set_group(self, group: int, device: torch.device | None = None) -> None:
+        group = min(max(group, 0), self.num_groups - 1)
+        self.group = group
+        if device is None:
+            return
+        if self.group_index is None or self.group_index.device != device:
+            self.group_index = torch.tensor(group, dtype=torch.long, device=device)
+        else:
+            self.group_index.fill_(group)
 
 
 @dataclass(frozen=True)
@@ -165,7 +179,9 @@ class TimestepHook:
         t = timestep_value(self._find_timestep(args, kwargs)) * self.timestep_multiplier
         ctx = self.context
         ctx.timestep = t
-        ctx.group = self.group_map.group_of(t)
+        hidden = kwargs.get("hidden_states", args[0] if args else None)
+        device = hidden.device if isinstance(hidden, torch.Tensor) else None
+        ctx.set_group(self.group_map.group_of(t), device)
         cfg = ctx.cfg_override if ctx.cfg_override is not None else ctx.cfg_from_call
         batch = self._batch_size(args, kwargs)
         if cfg and batch is not None and batch % 2:

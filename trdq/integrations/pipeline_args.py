@@ -15,6 +15,16 @@ from trdq.config import QuantConfig
 __all__ = ["calibration_call_kwargs"]
 
 
+def _native_size(pipe: Any, transformer: Any) -> int | None:
+    """The denoiser's training resolution in pixels (some pipelines default to 512
+    regardless of the model, e.g. Latte): latent sample_size x VAE scale factor."""
+    sample = getattr(getattr(transformer, "config", None), "sample_size", None)
+    factor = getattr(pipe, "vae_scale_factor", None)
+    if isinstance(sample, int) and isinstance(factor, int):
+        return sample * factor
+    return None
+
+
 def calibration_call_kwargs(pipe: Any, config: QuantConfig) -> dict[str, Any]:
     params = inspect.signature(type(pipe).__call__).parameters
     kwargs: dict[str, Any] = {
@@ -26,11 +36,14 @@ def calibration_call_kwargs(pipe: Any, config: QuantConfig) -> dict[str, Any]:
         kwargs["clean_caption"] = False
     if "use_resolution_binning" in params:
         kwargs["use_resolution_binning"] = False
-    if config.calib_height is not None:
-        kwargs["height"] = config.calib_height
-    if config.calib_width is not None:
-        kwargs["width"] = config.calib_width
     transformer = getattr(pipe, "transformer", None)
+    native = _native_size(pipe, transformer)
+    height = config.calib_height or native
+    width = config.calib_width or native
+    if height is not None:
+        kwargs["height"] = height
+    if width is not None:
+        kwargs["width"] = width
     frames = config.calib_num_frames
     if frames is None and transformer is not None:
         frames = getattr(getattr(transformer, "config", None), "video_length", None)

@@ -162,17 +162,21 @@ class QuantLinear(nn.Module):
         x2 = x.reshape(-1, self.in_features)
         m = x2.shape[0]
         ctx = self.context
-        g = min(ctx.group, self.act_scale_by_group.shape[0] - 1)
         split = ctx.cfg_active and self.cfg_wise and m % 2 == 0
         packed = self.packed
         if self.act_mode == "static":
-            scales = self.act_scale_by_group[g]  # [2] (uncond, cond); no host sync
+            gi = ctx.group_index
+            if gi is not None and gi.device == self.act_scale_by_group.device:
+                scales = self.act_scale_by_group[gi]  # [2] (uncond, cond); no host sync
+            else:
+                scales = self.act_scale_by_group[min(ctx.group, self.act_scale_by_group.shape[0] - 1)]
             if split:
                 row_scale = scales.repeat_interleave(m // 2)
             else:
                 row_scale = scales[1:].expand(m)
             out = self.backend.linear(x2, packed, self._act(row_scale, 1.0), self.bias)
         else:
+            g = min(ctx.group, len(self._clip_list) - 1)
             clip_uncond, clip_cond = self._clip_list[g]
             if split and clip_uncond != clip_cond:
                 # dynamic per-token scales with a different clip per half: two launches

@@ -1,0 +1,118 @@
+"""End to end: quantize tiny PixArt and Latte pipelines, presets, reports, save/load."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from trdq import api
+from trdq.nn import FaithfulLinear, QuantLinear
+from trdq.primitives import psnr_db
+from trdq.testing.tiny import TINY_PROMPTS, tiny_latte_pipeline, tiny_pixart_pipeline
+
+from .helpers import fast, run_image, run_video
+
+
+@pytest.fixture(scope="module")
+def pixart_fp_reference():
+    return run_image(tiny_pixart_pipeline(outliers=True), TINY_PROMPTS[:2])
+
+
+def test_fp_preset_replaces_nothing():
+    pipe = tiny_pixart_pipeline()
+    report = api.quantize(pipe, "fp", progress=False)
+    assert report.replaced == [] and report.backend is None
+    assert report.bytes_after == report.bytes_before
+    assert not any(isinstance(m, QuantLinear) for m in pipe.transformer.modules())
+
+
+def test_w8a8_pixart_end_to_end(pixart_fp_reference):
+    pipe = tiny_pixart_pipeline(outliers=True)
+    report = api.quantize(pipe, fast("w8a8"), progress=False, calibration_prompts=TINY_PROMPTS)
+    assert report.backend == "cpu_int8"
+    assert "transformer_blocks.0.attn1.to_q" in report.replaced and "proj_out" in report.replaced
+    assert any("adaln_single" in name for name in report.skipped)
+    assert any("caption_projection" in name for name in report.skipped)
+    assert report.bytes_after["int8"] > 0
+    # the quantized linears hold int8 weights instead of fp32: < 1/2 of the bytes overall
+    assert report.weight_bytes_after < 0.5 * report.weight_bytes_before
+    out = run_image(pipe, TINY_PROMPTS[:2])
+    assert psnr_db(pixart_fp_reference, out) > 30
+    with pytest.raises(RuntimeError, match="already quantized"):
+        api.quantize(pipe, "w8a8", progress=False)
+
+
+def test_w4a8_weights_are_packed():
+    pipe = tiny_pixart_pipeline()
+    before = sum(m.weight.numel() for m in pipe.transformer.modules()
+                 if isinstance(m, torch.nn.Linear))
+    report = api.quantize(pipe, fast("w4a8", search=False), progress=False,
+                          calibration_prompts=TINY_PROMPTS)
+    packed = [m.packed["weight"] for m in pipe.transformer.modules() if isinstance(m, QuantLinear)]
+    assert all(w.dtype == torch.uint8 for w in packed)
+    assert report.bytes_after["uint8"] == sum(w.numel() for w in packed)
+    assert sum(w.numel() for w in packed) < before / 2
+    assert torch.isfinite(run_image(pipe, TINY_PROMPTS[:1], steps=4)).all()
+
+
+def test_latte_end_to_end():
+    ref = run_video(tiny_latte_pipeline(), TINY_PROMPTS[:1])
+    pipe = tiny_latte_pipeline()
+    report = api.quantize(pipe, fast("w8a8"), progress=False, calibration_prompts=TINY_PROMPTS)
+    assert any(n.startswith("temporal_transformer_blocks") for n in report.replaced)
+    out = run_video(pipe, TINY_PROMPTS[:1])
+    assert out.shape == ref.shape
+    assert psnr_db(ref, out) > 30
+
+
+@pytest.mark.parametrize("preset", ["w8a8-minmax", "w8a8-rot", "w8a8-rot-groups",
+                                    "w8a8-rot-groups-search", "w4a8-minmax", "w4a8-rot-groups",
+                                    "w8a8-dyn", "fp8", "faithful"])
+def test_ablation_and_other_presets_run(preset):
+    pipe = tiny_pixart_pipeline()
+    report = api.quantize(pipe, fast(preset), progress=False, calibration_prompts=TINY_PROMPTS)
+    assert report.replaced
+    kind = FaithfulLinear if preset == "faithful" else QuantLinear
+    assert all(isinstance(pipe.transformer.get_submodule(n), kind) for n in report.replaced)
+    out = run_image(pipe, TINY_PROMPTS[:2], steps=4)
+    assert torch.isfinite(out).all()
+
+
+def test_full_w8a8_is_closer_to_fp_than_minmax(pixart_fp_reference):
+    scores = {}
+    for preset in ("w8a8-minmax", "w8a8"):
+        pipe = tiny_pixart_pipeline(outliers=True)
+        api.quantize(pipe, fast(preset), progress=False, calibration_prompts=TINY_PROMPTS)
+        scores[preset] = psnr_db(pixart_fp_reference, run_image(pipe, TINY_PROMPTS[:2]))
+    assert scores["w8a8"] > scores["w8a8-minmax"], scores
+
+
+def test_save_and_load_round_trip(tmp_path):
+    pipe = tiny_pixart_pipeline()
+    api.quantize(pipe, fast("w8a8", num_groups=2), progress=False,
+                 calibration_prompts=TINY_PROMPTS)
+    out = run_image(pipe, TINY_PROMPTS[:1], steps=4)
+    api.save(pipe, tmp_path / "artifact")
+    fresh = tiny_pixart_pipeline()
+    report = api.load(fresh, tmp_path / "artifact")
+    assert report.cache == ["hit"] and report.replaced
+    torch.testing.assert_close(run_image(fresh, TINY_PROMPTS[:1], steps=4), out)
+
+
+def test_calibration_is_deterministic_for_a_seed():
+    cfg = fast("w8a8", num_groups=2, calib_num_prompts=2, calib_steps=4)
+    a = api.calibrate(tiny_pixart_pipeline(), cfg, TINY_PROMPTS, seed=3, progress=False)
+    b = api.calibrate(tiny_pixart_pipeline(), cfg, TINY_PROMPTS, seed=3, progress=False)
+    ta, tb = a.to_tensors(), b.to_tensors()
+    assert ta.keys() == tb.keys()
+    for key in ta:
+        torch.testing.assert_close(ta[key], tb[key])
+    assert a.seconds > 0 and a.timesteps
+
+
+def test_prompts_from_text_file(tmp_path):
+    path = tmp_path / "prompts.txt"
+    path.write_text("# comment\na red circle\n\na blue square\n")
+    from trdq.calibration import load_prompts
+
+    assert load_prompts(path) == ["a red circle", "a blue square"]
