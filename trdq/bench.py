@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import datetime as dt
 import json
 import logging
 import resource
@@ -42,10 +41,20 @@ from typing import Any
 import torch
 
 from trdq.bench_presets import PRESET_NAMES, BenchPreset, get_preset, resolve_zoo_geometry
+from trdq.bench_report import render_markdown, write_outputs
+from trdq.bench_variants import (
+    CudaGraphForward,
+    apply_fp8_swap,
+    apply_torchao,
+    compile_denoiser,
+    fuse_qkv,
+    profile_step,
+    quant_context,
+)
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["main", "run_bench", "BenchResult"]
+__all__ = ["BenchResult", "main", "run_bench"]
 
 DEFAULT_MD = Path(__file__).resolve().parent.parent / "docs" / "BENCHMARKS.md"
 
@@ -61,8 +70,13 @@ class BenchResult:
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def public(self) -> dict[str, Any]:
-        return {"name": self.name, "scope": self.scope, "latency_s": self.latency_s,
-                "peak_memory_bytes": self.peak_memory_bytes, "weight_bytes": self.weight_bytes}
+        return {
+            "name": self.name,
+            "scope": self.scope,
+            "latency_s": self.latency_s,
+            "peak_memory_bytes": self.peak_memory_bytes,
+            "weight_bytes": self.weight_bytes,
+        }
 
 
 # ---- measuring ------------------------------------------------------------------------
@@ -98,8 +112,10 @@ def module_bytes(module: torch.nn.Module | None) -> int:
 
 
 def component_bytes(pipe) -> dict[str, int]:
-    return {name: module_bytes(getattr(pipe, name, None))
-            for name in ("text_encoder", "transformer", "vae")}
+    return {
+        name: module_bytes(getattr(pipe, name, None))
+        for name in ("text_encoder", "transformer", "vae")
+    }
 
 
 def time_calls(fn, device: torch.device, warmup: int, runs: int) -> tuple[float, int]:
@@ -134,204 +150,6 @@ def time_step(fn, device: torch.device, warmup: int, runs: int) -> tuple[float, 
         torch.cuda.synchronize(device)
         times.append(start.elapsed_time(end) / 1e3)
     return statistics.median(times), _peak(device)
-
-
-# ---- building the denoiser of one row ---------------------------------------------------
-def _raise_recompile_limits() -> None:
-    # one compiled block per timestep group (QuantLinear reads the current group)
-    for key in ("recompile_limit", "cache_size_limit"):
-        if hasattr(torch._dynamo.config, key):
-            setattr(torch._dynamo.config, key, 64)
-    if hasattr(torch._dynamo.config, "accumulated_recompile_limit"):
-        torch._dynamo.config.accumulated_recompile_limit = 4096
-
-
-def compile_denoiser(transformer: torch.nn.Module, mode: str) -> None:
-    """In-place torch.compile (default mode; max-autotune is never used in timed runs)."""
-    _raise_recompile_limits()
-    if mode == "full":
-        transformer.compile()
-        return
-    for attr in ("transformer_blocks", "temporal_transformer_blocks"):
-        for block in getattr(transformer, attr, []) or []:
-            block.compile()
-
-
-def _block_linear_filter(module: torch.nn.Module, fqn: str) -> bool:
-    return (isinstance(module, torch.nn.Linear) and "transformer_blocks" in fqn
-            and module.in_features >= 16 and module.out_features >= 16)
-
-
-def apply_torchao(transformer: torch.nn.Module, kind: str) -> None:
-    """torchao peers on the same layers TR-DQ replaces (the DiT blocks' linears)."""
-    from torchao.quantization import quantize_
-
-    if kind == "fp8row":
-        from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow
-
-        cfg = Float8DynamicActivationFloat8WeightConfig(granularity=PerRow(),
-                                                        set_inductor_config=False)
-    else:
-        from torchao.quantization import Int8DynamicActivationInt8WeightConfig
-
-        cfg = Int8DynamicActivationInt8WeightConfig(set_inductor_config=False)
-    quantize_(transformer, cfg, filter_fn=_block_linear_filter)
-
-
-def apply_fp8_swap(transformer: torch.nn.Module) -> int:
-    """Swap every block ``nn.Linear`` for a module calling ``trdq::fp8_linear`` directly
-    (rotation folded into e4m3 weights, dynamic per-token e4m3 activations, no calibration)."""
-    from trdq import primitives as P
-    from trdq.kernels import ops
-    from trdq.rotation import fwht, hadamard_block_size
-
-    class Fp8SwapLinear(torch.nn.Module):
-        def __init__(self, linear: torch.nn.Linear):
-            super().__init__()
-            self.in_features, self.out_features = linear.in_features, linear.out_features
-            self.block = hadamard_block_size(linear.in_features)
-            w = fwht(linear.weight.detach().float(), self.block)
-            qw, ws = P.quantize_weight_per_channel(w, 8, fp8=True)
-            self.register_buffer("weight", qw.contiguous())
-            self.register_buffer("weight_scale", ws.contiguous())
-            self.register_buffer("bias", None if linear.bias is None else linear.bias.detach())
-
-        def forward(self, x):
-            out = ops.fp8_linear(x.reshape(-1, self.in_features), self.weight,
-                                 self.weight_scale, self.bias, None, None, self.block, 1.0)
-            return out.reshape(*x.shape[:-1], self.out_features)
-
-    names = [n for n, m in transformer.named_modules() if _block_linear_filter(m, n)
-             and m.in_features % 16 == 0 and m.out_features % 16 == 0]
-    for name in names:
-        parent_name, _, child = name.rpartition(".")
-        parent = transformer.get_submodule(parent_name)
-        setattr(parent, child, Fp8SwapLinear(getattr(parent, child)))
-    return len(names)
-
-
-def fuse_qkv(transformer: torch.nn.Module) -> int:
-    """diffusers' fused projections (one ``to_qkv`` GEMM for self-attention, one ``to_kv``
-    for cross-attention), with the unfused copies dropped so weight bytes stay honest.
-    Applied to every row alike: one activation read and quantization instead of three."""
-    from diffusers.models.attention_processor import Attention
-
-    if not hasattr(transformer, "fuse_qkv_projections"):
-        return 0
-    transformer.fuse_qkv_projections()
-    count = 0
-    for module in transformer.modules():
-        if isinstance(module, Attention) and getattr(module, "fused_projections", False):
-            names = ("to_k", "to_v") if module.is_cross_attention else ("to_q", "to_k", "to_v")
-            for name in names:
-                setattr(module, name, None)
-            count += 1
-    transformer.original_attn_processors = None
-    return count
-
-
-class CudaGraphForward:
-    """Replays the denoiser's forward from CUDA graphs, one per (timestep group, shapes).
-
-    The CPU cost of launching ~300 small kernels per step (Python custom ops, Triton
-    launchers) otherwise exceeds their GPU time. Forward pre-hooks (the TR-DQ timestep
-    hook) still run eagerly before each call, so the key sees the current group; the
-    first call per key runs eagerly (compiles, autotunes), the second captures, later
-    ones copy inputs into the static buffers and replay. Outputs are cloned.
-    """
-
-    def __init__(self, module: torch.nn.Module, context=None):
-        self.module, self.context = module, context
-        self.forward = module.forward
-        self.graphs: dict[Any, tuple] = {}
-        self.seen: set[Any] = set()
-        self.pool = torch.cuda.graph_pool_handle()
-        module.forward = self  # instance attribute: hooks in __call__ still run
-
-    def _key(self, flat: list[torch.Tensor], kwargs: dict[str, Any]):
-        group = getattr(self.context, "group", None) if self.context is not None else None
-        cfg = getattr(self.context, "cfg_active", None) if self.context is not None else None
-        return (group, cfg, tuple((t.shape, t.dtype) for t in flat), tuple(sorted(kwargs)))
-
-    @staticmethod
-    def _flatten(obj, out: list[torch.Tensor]):
-        if torch.is_tensor(obj):
-            out.append(obj)
-            return ("T", len(out) - 1)
-        if isinstance(obj, dict):
-            return ("D", {k: CudaGraphForward._flatten(v, out) for k, v in obj.items()})
-        if isinstance(obj, (list, tuple)):
-            return ("L", [CudaGraphForward._flatten(v, out) for v in obj])
-        return ("C", obj)
-
-    @staticmethod
-    def _unflatten(spec, tensors):
-        kind, val = spec
-        if kind == "T":
-            return tensors[val]
-        if kind == "D":
-            return {k: CudaGraphForward._unflatten(v, tensors) for k, v in val.items()}
-        if kind == "L":
-            return [CudaGraphForward._unflatten(v, tensors) for v in val]
-        return val
-
-    def __call__(self, *args, **kwargs):
-        flat: list[torch.Tensor] = []
-        spec = self._flatten((list(args), kwargs), flat)
-        key = self._key(flat, kwargs)
-        if key not in self.graphs:
-            if key not in self.seen:
-                self.seen.add(key)
-                return self.forward(*args, **kwargs)
-            static = [t.clone() for t in flat]
-            a, kw = self._unflatten(spec, static)
-            torch.cuda.synchronize()
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self.pool):
-                out = self.forward(*a, **kw)
-            self.graphs[key] = (graph, static, out)
-        graph, static, out = self.graphs[key]
-        for dst, src in zip(static, flat):
-            dst.copy_(src)
-        graph.replay()
-        return tuple(o.clone() for o in out) if isinstance(out, tuple) else out.clone()
-
-
-def _quant_context(transformer: torch.nn.Module):
-    state = getattr(transformer, "_trdq_state", None)
-    return state.context if state is not None else None
-
-
-KERNEL_CATEGORIES = (
-    ("rotate_quant", ("_rotate_quant",)),
-    ("lowbit_gemm", ("_lowbit_gemm",)),
-    ("attention", ("flash", "fmha", "attention", "attn")),
-    ("gemm", ("gemm", "nvjet", "cutlass", "sm90_xmma", "scaled_mm", "f8f8bf16")),
-)
-
-
-def profile_step(fn, steps: int = 3) -> dict[str, Any]:
-    """GPU kernel time of one denoiser call by category (ms), from torch.profiler."""
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(steps):
-            fn()
-        torch.cuda.synchronize()
-    by_cat: dict[str, float] = {}
-    top: list[tuple[str, float]] = []
-    for evt in prof.key_averages():
-        us = getattr(evt, "device_time_total", None) or getattr(evt, "cuda_time_total", 0.0)
-        if not us:
-            continue
-        name = evt.key.lower()
-        cat = next((c for c, keys in KERNEL_CATEGORIES if any(k in name for k in keys)),
-                   "elementwise/other")
-        by_cat[cat] = by_cat.get(cat, 0.0) + us / 1e3 / steps
-        top.append((evt.key[:90], us / 1e3 / steps))
-    top.sort(key=lambda kv: -kv[1])
-    return {"ms_per_step_by_category": by_cat, "total_ms": sum(by_cat.values()),
-            "top_kernels_ms": top[:15]}
 
 
 # ---- the run ----------------------------------------------------------------------------
@@ -371,8 +189,12 @@ class _Runner:
         if args.fuse_qkv:
             self.fused_attention = fuse_qkv(self.base)
         self.results: list[BenchResult] = []
-        self.details: dict[str, Any] = {"rows": {}, "errors": {}, "build_s": self.build_s,
-                                        "fused_attention_modules": self.fused_attention}
+        self.details: dict[str, Any] = {
+            "rows": {},
+            "errors": {},
+            "build_s": self.build_s,
+            "fused_attention_modules": self.fused_attention,
+        }
 
     def _dtype_for(self, row: str) -> torch.dtype:
         return torch.float32 if row.startswith("fp32") else torch.bfloat16
@@ -398,7 +220,7 @@ class _Runner:
         if mode.endswith("+cg"):
             if self.device.type != "cuda":
                 raise RuntimeError("CUDA graphs (+cg rows) need a CUDA device")
-            CudaGraphForward(self.pipe.transformer, _quant_context(self.pipe.transformer))
+            CudaGraphForward(self.pipe.transformer, quant_context(self.pipe.transformer))
         return info
 
     def _quantize(self, preset_name: str) -> dict[str, Any]:
@@ -406,22 +228,28 @@ class _Runner:
         from trdq.config import QuantConfig
 
         cfg = QuantConfig.preset(preset_name)
-        changes: dict[str, Any] = {"calib_num_prompts": self.args.calib_prompts,
-                                   "calib_batch_size": self.args.calib_prompts,
-                                   "calib_steps": self.preset.steps}
+        changes: dict[str, Any] = {
+            "calib_num_prompts": self.args.calib_prompts,
+            "calib_batch_size": self.args.calib_prompts,
+            "calib_steps": self.preset.steps,
+        }
         if self.preset.calib_hw is not None:
             changes["calib_height"], changes["calib_width"] = self.preset.calib_hw
         if self.preset.frames is not None:
             changes["calib_num_frames"] = self.preset.frames
-        cfg = dataclasses.replace(cfg, **{k: v for k, v in changes.items()
-                                          if hasattr(cfg, k)})
-        report = quantize(self.pipe, cfg, cache_dir=self.args.cache_dir,
-                               backend=self.args.backend, progress=False)
-        return {"backend": report.backend, "replaced": len(report.replaced),
-                "skipped": len(report.skipped), "cache": report.cache,
-                "bytes_before": report.weight_bytes_before,
-                "bytes_after": report.weight_bytes_after,
-                "calibration_seconds": report.calibration_seconds}
+        cfg = dataclasses.replace(cfg, **{k: v for k, v in changes.items() if hasattr(cfg, k)})
+        report = quantize(
+            self.pipe, cfg, cache_dir=self.args.cache_dir, backend=self.args.backend, progress=False
+        )
+        return {
+            "backend": report.backend,
+            "replaced": len(report.replaced),
+            "skipped": len(report.skipped),
+            "cache": report.cache,
+            "bytes_before": report.weight_bytes_before,
+            "bytes_after": report.weight_bytes_after,
+            "calibration_seconds": report.calibration_seconds,
+        }
 
     def _release(self) -> None:
         from trdq import api
@@ -462,110 +290,39 @@ class _Runner:
                         transformer(**inputs)
 
                 lat, peak = time_step(step, dev, args.warmup + 2, args.step_runs)
-                self._add(BenchResult(name, "denoiser_step", lat, peak,
-                                      comps["transformer"], batch))
+                self._add(
+                    BenchResult(name, "denoiser_step", lat, peak, comps["transformer"], batch)
+                )
                 if args.profile and dev.type == "cuda":
                     info[f"profile@b{batch}"] = prof = profile_step(step)
-                    print(f"[bench] profile {name}: " + ", ".join(
-                        f"{k} {v:.2f}" for k, v in prof["ms_per_step_by_category"].items())
-                        + f" (sum {prof['total_ms']:.2f} ms GPU)", flush=True)
+                    print(
+                        f"[bench] profile {name}: "
+                        + ", ".join(
+                            f"{k} {v:.2f}" for k, v in prof["ms_per_step_by_category"].items()
+                        )
+                        + f" (sum {prof['total_ms']:.2f} ms GPU)",
+                        flush=True,
+                    )
         info["row_s"] = time.perf_counter() - t0
         self.details["rows"][row] = info
         self._release()
 
     def _add(self, result: BenchResult) -> None:
         self.results.append(result)
-        logger.info("%-28s %-13s %9.2f ms  peak %.2f GB  weights %.1f MB", result.name,
-                    result.scope, result.latency_s * 1e3, result.peak_memory_bytes / 1e9,
-                    result.weight_bytes / 1e6)
-        print(f"[bench] {result.name:28s} {result.scope:13s} {result.latency_s * 1e3:9.2f} ms "
-              f"peak {result.peak_memory_bytes / 1e9:6.2f} GB weights "
-              f"{result.weight_bytes / 1e6:8.1f} MB", flush=True)
-
-
-def _versions() -> dict[str, str]:
-    out = {"torch": torch.__version__}
-    for mod in ("triton", "diffusers", "torchao", "transformers"):
-        try:
-            out[mod] = __import__(mod).__version__
-        except ImportError:
-            out[mod] = "-"
-    return out
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    import platform
-
-    return f"CPU {platform.processor() or platform.machine()} x{torch.get_num_threads()} threads"
-
-
-def write_outputs(preset: str, device: torch.device, results: list[BenchResult],
-                  details: dict[str, Any], json_path: str | None, md_path: Path | None,
-                  notes: list[str]) -> dict[str, Any]:
-    doc = {"preset": preset, "device": device_name(device), "torch": torch.__version__,
-           "results": [r.public() for r in results]}
-    if json_path:
-        Path(json_path).write_text(json.dumps(doc, indent=1))
-        side = dict(details, versions=_versions(), notes=notes,
-                    utc=dt.datetime.now(dt.timezone.utc).isoformat(),
-                    batches={r.name: r.batch for r in results})
-        Path(json_path + ".details.json").write_text(json.dumps(side, indent=1, default=str))
-    if md_path is not None:
-        md_path.parent.mkdir(parents=True, exist_ok=True)
-        _ensure_header(md_path)
-        with md_path.open("a") as fh:
-            fh.write(markdown_table(doc, notes))
-    return doc
-
-
-MD_HEADER = """# Benchmarks
-
-Appended by `trdq bench` (one section per run; never edited by hand). Every ratio compares
-rows of the same run on the same device. Rows: `bf16-eager`, `bf16-compile` (torch.compile
-default mode), `+cg` (denoiser forward replayed from CUDA graphs), TR-DQ presets through
-`trdq.quantize` (`fp8`, `w8a8`, `w4a8`), `fp8swap` (block linears swapped straight for the
-cuda_fp8 op, dynamic per-token, no calibration), torchao peers. `@b4` = batch 4.
-`weights MB` is the denoiser (denoiser_step) or all components (pipeline).
-"""
-
-
-def _ensure_header(md_path: Path) -> None:
-    if not md_path.exists() or not md_path.read_text().strip():
-        md_path.write_text(MD_HEADER)
-
-
-def markdown_table(doc: dict[str, Any], notes: list[str],
-                   versions: dict[str, str] | None = None,
-                   when: dt.datetime | None = None) -> str:
-    v = versions or _versions()
-    when = when or dt.datetime.now(dt.timezone.utc)
-    lines = [
-        f"\n## {when:%Y-%m-%d %H:%M} UTC - `{doc['preset']}` on "
-        f"{doc['device']}\n",
-        f"torch {v['torch']}, triton {v['triton']}, diffusers {v['diffusers']}, "
-        f"torchao {v['torchao']}. " + "; ".join(notes) + ".\n",
-        "| name | scope | latency ms | vs bf16-eager | vs bf16-compile | vs fastest bf16 | "
-        "peak GB | weights MB |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    base = {(r["name"], r["scope"]): r["latency_s"] for r in doc["results"]}
-
-    def batch_of(name: str) -> str:
-        return "@" + name.split("@", 1)[1] if "@" in name else ""
-
-    for r in doc["results"]:
-        suffix = batch_of(r["name"])
-        refs = [base.get((ref + suffix, r["scope"])) for ref in ("bf16-eager", "bf16-compile")]
-        bf16 = [lat for (name, scope), lat in base.items() if name.startswith("bf16-")
-                and scope == r["scope"] and batch_of(name) == suffix]
-        refs.append(min(bf16) if bf16 else None)
-        ratios = [f"{ref / r['latency_s']:.2f}x" if ref else "-" for ref in refs]
-        lines.append(f"| {r['name']} | {r['scope']} | {r['latency_s'] * 1e3:.1f} | "
-                     + " | ".join(ratios)
-                     + f" | {r['peak_memory_bytes'] / 1e9:.2f} | {r['weight_bytes'] / 1e6:.1f} |")
-    return "\n".join(lines) + "\n"
+        logger.info(
+            "%-28s %-13s %9.2f ms  peak %.2f GB  weights %.1f MB",
+            result.name,
+            result.scope,
+            result.latency_s * 1e3,
+            result.peak_memory_bytes / 1e9,
+            result.weight_bytes / 1e6,
+        )
+        print(
+            f"[bench] {result.name:28s} {result.scope:13s} {result.latency_s * 1e3:9.2f} ms "
+            f"peak {result.peak_memory_bytes / 1e9:6.2f} GB weights "
+            f"{result.weight_bytes / 1e6:8.1f} MB",
+            flush=True,
+        )
 
 
 def _folder_builder(model: str):
@@ -590,12 +347,16 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     rows = args.rows.split(",") if args.rows else default_rows(device, quant, torchao, args.swap)
     runner = _Runner(preset, device, args)
     notes = list(preset.notes) + [
-        f"compile={args.compile} (torch.compile default mode); '+cg' rows replay the "
-        "denoiser forward from CUDA graphs (one per timestep group)",
+        (
+            f"compile={args.compile} (torch.compile default mode); '+cg' rows replay the "
+            "denoiser forward from CUDA graphs (one per timestep group)"
+        ),
         f"fused q/k/v projections in every row: {args.fuse_qkv}",
         f"median of {args.runs} pipeline / {args.step_runs} step runs after warm-up",
-        f"TR-DQ rows: trdq.quantize backend={args.backend}, calibrated on "
-        f"{args.calib_prompts} prompt(s) at {preset.calib_hw}",
+        (
+            f"TR-DQ rows: trdq.quantize backend={args.backend}, calibrated on "
+            f"{args.calib_prompts} prompt(s) at {preset.calib_hw}"
+        ),
     ]
     for row in rows:
         print(f"[bench] row {row} ...", flush=True)
@@ -607,39 +368,33 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             traceback.print_exc()
             runner._release()
         if args.json:  # partial results survive a time limit
-            write_outputs(preset.name, device, runner.results, runner.details, args.json,
-                          None, notes)
+            write_outputs(
+                preset.name, device, runner.results, runner.details, args.json, None, notes
+            )
     md = None if args.no_markdown else Path(args.markdown)
-    return write_outputs(preset.name, device, runner.results, runner.details, args.json, md,
-                         notes)
-
-
-def render_markdown(json_path: str, md_path: Path) -> None:
-    """Append the table of a results file written elsewhere (e.g. on a GPU machine),
-    with the versions recorded there."""
-    doc = json.loads(Path(json_path).read_text())
-    _ensure_header(md_path)
-    side_path = Path(json_path + ".details.json")
-    side = json.loads(side_path.read_text()) if side_path.exists() else {}
-    if "utc" in side:
-        when = dt.datetime.fromisoformat(side["utc"])
-    else:  # results written before the timestamp was recorded: the file's own time
-        when = dt.datetime.fromtimestamp(Path(json_path).stat().st_mtime, dt.timezone.utc)
-    with md_path.open("a") as fh:
-        fh.write(markdown_table(doc, side.get("notes", []), side.get("versions"), when))
+    return write_outputs(preset.name, device, runner.results, runner.details, args.json, md, notes)
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="trdq bench", description=__doc__.splitlines()[0])
-    p.add_argument("--preset", default="cpu-small",
-                   help=f"one of {', '.join(PRESET_NAMES)}, or a zoo name / diffusers folder")
+    p.add_argument(
+        "--preset",
+        default="cpu-small",
+        help=f"one of {', '.join(PRESET_NAMES)}, or a zoo name / diffusers folder",
+    )
     p.add_argument("--json", help="write the results here")
-    p.add_argument("--model", help="local diffusers folder (or zoo name) replacing the "
-                   "preset's random weights; geometry, steps and CFG stay the preset's")
+    p.add_argument(
+        "--model",
+        help="local diffusers folder (or zoo name) replacing the "
+        "preset's random weights; geometry, steps and CFG stay the preset's",
+    )
     p.add_argument("--device", help="cuda or cpu (default: cuda when available)")
     p.add_argument("--rows", help="comma list of row names (default: all that apply)")
-    p.add_argument("--quant", default=None,
-                   help="TR-DQ presets to bench (default: w8a8,fp8,w4a8 on CUDA, w8a8 on CPU)")
+    p.add_argument(
+        "--quant",
+        default=None,
+        help="TR-DQ presets to bench (default: w8a8,fp8,w4a8 on CUDA, w8a8 on CPU)",
+    )
     p.add_argument("--backend", default="auto", help="kernel backend for trdq.quantize")
     p.add_argument("--scopes", default="pipeline,denoiser_step")
     p.add_argument("--batches", default=None, help="comma list (default: the preset's)")
@@ -648,18 +403,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--compile", choices=("regional", "full"), default="regional")
     p.add_argument("--swap", action="store_true", help="add fp8swap-* rows (no calibration)")
-    p.add_argument("--no-fuse-qkv", dest="fuse_qkv", action="store_false",
-                   help="keep separate q/k/v projections (default: fused, for every row)")
+    p.add_argument(
+        "--no-fuse-qkv",
+        dest="fuse_qkv",
+        action="store_false",
+        help="keep separate q/k/v projections (default: fused, for every row)",
+    )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--profile", action="store_true",
-                   help="also record GPU kernel time per category of one denoiser step")
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="also record GPU kernel time per category of one denoiser step",
+    )
     p.add_argument("--no-torchao", action="store_true")
     p.add_argument("--calib-prompts", type=int, default=1)
     p.add_argument("--cache-dir", default=str(Path.home() / ".cache" / "trdq-bench"))
     p.add_argument("--markdown", default=str(DEFAULT_MD))
     p.add_argument("--no-markdown", action="store_true")
-    p.add_argument("--render", metavar="JSON",
-                   help="only append the table of an existing results file to --markdown")
+    p.add_argument(
+        "--render",
+        metavar="JSON",
+        help="only append the table of an existing results file to --markdown",
+    )
     return p
 
 

@@ -11,9 +11,25 @@ from trdq import bench
 
 def test_bench_bf16_row_quick(tmp_path):
     out = tmp_path / "b.json"
-    rc = bench.main(["--preset", "tiny-test", "--device", "cpu", "--json", str(out),
-                     "--no-markdown", "--rows", "bf16-eager", "--runs", "1", "--step-runs", "1",
-                     "--warmup", "0"])
+    rc = bench.main(
+        [
+            "--preset",
+            "tiny-test",
+            "--device",
+            "cpu",
+            "--json",
+            str(out),
+            "--no-markdown",
+            "--rows",
+            "bf16-eager",
+            "--runs",
+            "1",
+            "--step-runs",
+            "1",
+            "--warmup",
+            "0",
+        ]
+    )
     assert rc == 0
     doc = json.loads(out.read_text())
     assert [r["scope"] for r in doc["results"]] == ["pipeline", "denoiser_step"]
@@ -23,11 +39,28 @@ def test_bench_bf16_row_quick(tmp_path):
 def test_bench_json_schema_and_markdown(tmp_path):
     out = tmp_path / "b.json"
     md = tmp_path / "BENCHMARKS.md"
-    rc = bench.main([
-        "--preset", "tiny-test", "--device", "cpu", "--json", str(out), "--markdown", str(md),
-        "--rows", "fp32-eager,bf16-eager,w8a8-eager", "--runs", "1", "--step-runs", "1",
-        "--warmup", "0", "--cache-dir", str(tmp_path / "cache"),
-    ])
+    rc = bench.main(
+        [
+            "--preset",
+            "tiny-test",
+            "--device",
+            "cpu",
+            "--json",
+            str(out),
+            "--markdown",
+            str(md),
+            "--rows",
+            "fp32-eager,bf16-eager,w8a8-eager",
+            "--runs",
+            "1",
+            "--step-runs",
+            "1",
+            "--warmup",
+            "0",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+        ]
+    )
     assert rc == 0
     doc = json.loads(out.read_text())
     assert set(doc) == {"preset", "device", "torch", "results"}
@@ -40,8 +73,10 @@ def test_bench_json_schema_and_markdown(tmp_path):
         assert r["latency_s"] > 0 and r["weight_bytes"] > 0
     by = {(r["name"], r["scope"]): r for r in doc["results"]}
     # int8 weights: the quantized denoiser holds fewer bytes than bf16
-    assert by[("w8a8-eager", "denoiser_step")]["weight_bytes"] < by[
-        ("bf16-eager", "denoiser_step")]["weight_bytes"]
+    assert (
+        by[("w8a8-eager", "denoiser_step")]["weight_bytes"]
+        < by[("bf16-eager", "denoiser_step")]["weight_bytes"]
+    )
     details = json.loads((tmp_path / "b.json.details.json").read_text())
     assert details["errors"] == {}
     assert details["rows"]["w8a8-eager"]["quantize"]["backend"] == "cpu_int8"
@@ -64,9 +99,23 @@ def test_unknown_row_is_reported_not_fatal(tmp_path):
     out = tmp_path / "b.json"
     with pytest.raises(SystemExit):
         bench.main(["--preset", "tiny-test", "--compile", "nope"])
-    rc = bench.main(["--preset", "tiny-test", "--device", "cpu", "--json", str(out),
-                     "--no-markdown", "--rows", "bogus-eager", "--runs", "1",
-                     "--cache-dir", str(tmp_path / "c")])
+    rc = bench.main(
+        [
+            "--preset",
+            "tiny-test",
+            "--device",
+            "cpu",
+            "--json",
+            str(out),
+            "--no-markdown",
+            "--rows",
+            "bogus-eager",
+            "--runs",
+            "1",
+            "--cache-dir",
+            str(tmp_path / "c"),
+        ]
+    )
     assert rc == 1  # no results
     details = json.loads((tmp_path / "b.json.details.json").read_text())
     assert "bogus-eager" in details["errors"]

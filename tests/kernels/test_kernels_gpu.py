@@ -23,6 +23,7 @@ def requires_fp8():
     ok = HAS_CUDA and HAS_TRITON and torch.cuda.get_device_capability() >= (8, 9)
     return pytest.mark.skipif(not ok, reason="needs CUDA sm_89+ and triton for FP8")
 
+
 pytestmark = [pytest.mark.gpu, requires_cuda_triton]
 
 SHAPES = [(1, 1152), (77, 1152), (2048, 1152), (300, 4608), (64, 96)]
@@ -99,7 +100,7 @@ def test_cuda_fp8_backend_vs_reference(act_fp8, static):
     act = ActQuant(rotation_block=128, row_scale=row_scale, clip_ratio=0.95, fp8=act_fp8)
     ref = ReferenceBackend().linear(x, ref_packed, act, bias).float()
     out = be.linear(x, packed, act, bias).float()
-    exact = (x.float() @ w.t() + bias.float())
+    exact = x.float() @ w.t() + bias.float()
     # same e4m3 numbers as the oracle when the config is fp8; int8 grid re-rounded otherwise
     assert P.sqnr_db(ref, out) > (35 if act_fp8 else 25)
     assert P.sqnr_db(exact, out) > 25

@@ -30,7 +30,7 @@ def test_block_hadamard_matches_dense_and_fwht(k):
 def test_sylvester_entries():
     h = sylvester_hadamard(16)
     i = torch.arange(16)
-    popcount = torch.tensor([bin(int(v)).count("1") for v in (i[:, None] & i[None, :]).flatten()])
+    popcount = torch.tensor([int(v).bit_count() for v in (i[:, None] & i[None, :]).flatten()])
     torch.testing.assert_close(h.flatten(), (-1.0) ** popcount.float())
 
 
@@ -51,8 +51,12 @@ def test_reference_equals_backend_fake_quant(fp8, static, smooth):
     )
     dtype = torch.float8_e4m3fn if fp8 else torch.int8
     q, scale = rotate_quant_reference(
-        x, block=128, smooth=act.smooth_divisor, row_scale=act.row_scale,
-        clip_ratio=act.clip_ratio, out_dtype=dtype,
+        x,
+        block=128,
+        smooth=act.smooth_divisor,
+        row_scale=act.row_scale,
+        clip_ratio=act.clip_ratio,
+        out_dtype=dtype,
     )
     assert q.dtype == dtype and scale.shape == (m,)
     expected = fake_quant_activation(prepare_activation(x, act), act)
@@ -88,7 +92,9 @@ def test_ops_cpu_path_matches_reference_backend():
 
     qw4, ws4 = P.quantize_weight_per_channel(fwht(w, 128), 4)
     act8 = ActQuant(rotation_block=128, clip_ratio=1.0)
-    ref4 = ReferenceBackend().linear(x, {"weight": P.pack_int4(qw4), "weight_scale": ws4}, act8, bias)
+    ref4 = ReferenceBackend().linear(
+        x, {"weight": P.pack_int4(qw4), "weight_scale": ws4}, act8, bias
+    )
     out4 = ops.lowbit_linear(x, pack_int4_tiled(qw4), ws4, bias, None, None, 128, 1.0, False)
     assert P.sqnr_db(ref4.float(), out4.float()) > 40
 

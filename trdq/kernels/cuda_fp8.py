@@ -26,7 +26,7 @@ from trdq.kernels import ops
 from trdq.kernels.base import ActQuant, KernelBackend
 from trdq.kernels.registry import register
 
-__all__ = ["CudaFp8Backend", "INT8_TO_E4M3_SCALE"]
+__all__ = ["INT8_TO_E4M3_SCALE", "CudaFp8Backend"]
 
 #: maps an int8 activation scale (clip range 127 * s) to the e4m3 scale of the same range
 INT8_TO_E4M3_SCALE = 127.0 / P.FP8_E4M3_MAX

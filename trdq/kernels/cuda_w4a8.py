@@ -42,7 +42,10 @@ class CudaW4A8Backend(KernelBackend):
             return False, "triton is not installed (the W4A8 GEMM is a Triton kernel)"
         major, minor = torch.cuda.get_device_capability(device)
         if major < 8:
-            return False, f"int8 tensor-core GEMM needs compute capability >= 8.0, got {major}.{minor}"
+            return (
+                False,
+                f"int8 tensor-core GEMM needs compute capability >= 8.0, got {major}.{minor}",
+            )
         return True, ""
 
     def supports(self, config) -> tuple[bool, str]:  # type: ignore[override]

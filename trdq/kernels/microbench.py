@@ -55,8 +55,9 @@ def ceilings() -> dict[str, float]:
     out["bf16_TFLOPs"] = 2 * 8192**3 / ms / 1e9
     a8, b8 = a.to(torch.float8_e4m3fn), b.to(torch.float8_e4m3fn)
     one = torch.ones(8192, 1, device="cuda")
-    ms = _bench(lambda: torch._scaled_mm(a8, b8.t(), scale_a=one, scale_b=one.t(),
-                                         out_dtype=torch.bfloat16))
+    ms = _bench(
+        lambda: torch._scaled_mm(a8, b8.t(), scale_a=one, scale_b=one.t(), out_dtype=torch.bfloat16)
+    )
     out["fp8_rowwise_TFLOPs"] = 2 * 8192**3 / ms / 1e9
     return out
 
@@ -87,28 +88,38 @@ def shape_rows(name: str, m: int, k: int, n: int) -> dict[str, float]:
         xr = (x.view(m, k // blk, blk) @ h).view(m, k).float()
         sa = (xr.abs().amax(dim=1, keepdim=True) / 448.0).clamp_min(1e-8)
         q = (xr / sa).clamp(-448, 448).to(torch.float8_e4m3fn)
-        return torch._scaled_mm(q, w8.t(), scale_a=sa, scale_b=s8.view(1, -1), bias=bias,
-                                out_dtype=torch.bfloat16)
+        return torch._scaled_mm(
+            q, w8.t(), scale_a=sa, scale_b=s8.view(1, -1), bias=bias, out_dtype=torch.bfloat16
+        )
 
     r: dict[str, float] = {}
     r["bf16_linear"] = _bench(lambda: torch.nn.functional.linear(x, w, bias))
-    r["fp8_scaled_mm"] = _bench(lambda: torch._scaled_mm(
-        xq, w8.t(), scale_a=xs.view(-1, 1), scale_b=s8.view(1, -1), bias=bias,
-        out_dtype=torch.bfloat16))
+    r["fp8_scaled_mm"] = _bench(
+        lambda: torch._scaled_mm(
+            xq,
+            w8.t(),
+            scale_a=xs.view(-1, 1),
+            scale_b=s8.view(1, -1),
+            bias=bias,
+            out_dtype=torch.bfloat16,
+        )
+    )
     r["rq_fwht_dyn"] = _bench(lambda: rotate_quant_triton(x, block=blk))
     r["rq_fwht_static"] = _bench(lambda: rotate_quant_triton(x, block=blk, row_scale=row_scale))
     r["rq_dot_dyn"] = _bench(lambda: rotate_quant_triton(x, block=blk, use_dot=True))
     r["rq_noro_dyn"] = _bench(lambda: rotate_quant_triton(x, block=None))
     r["fp8_linear_op"] = _bench(lambda: ops.fp8_linear(x, w8, s8, bias, None, None, blk, 1.0))
     r["fp8_linear_op_static"] = _bench(
-        lambda: ops.fp8_linear(x, w8, s8, bias, None, row_scale, blk, 1.0))
+        lambda: ops.fp8_linear(x, w8, s8, bias, None, row_scale, blk, 1.0)
+    )
     r["fp8_unfused_torch"] = _bench(unfused_fp8)
     if k % 128 == 0:
         r["w4a8_gemm_int8act"] = _bench(lambda: w4a8_matmul_triton(xq8, xs8, wp4, si4, bias))
         r["w4a8_gemm_fp8act"] = _bench(lambda: w4a8_matmul_triton(xq, xs, wp4, si4, bias))
         r["w8a8_triton_int8"] = _bench(lambda: w4a8_matmul_triton(xq8, xs8, wi8, si8, bias))
         r["w4a8_linear_op"] = _bench(
-            lambda: ops.lowbit_linear(x, wp4, si4, bias, None, None, blk, 1.0, False))
+            lambda: ops.lowbit_linear(x, wp4, si4, bias, None, None, blk, 1.0, False)
+        )
     if m > 16:
         r["int_mm"] = _bench(lambda: torch._int_mm(xq8, wi8.t()))
     # achieved rates

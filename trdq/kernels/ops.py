@@ -25,7 +25,7 @@ import torch
 from trdq.kernels import triton_rotate_quant as rq
 from trdq.kernels import triton_w4a8 as w4
 
-__all__ = ["rotate_quant", "fp8_linear", "lowbit_linear", "fast_path_available"]
+__all__ = ["fast_path_available", "fp8_linear", "lowbit_linear", "rotate_quant"]
 
 TRITON_AVAILABLE = rq.TRITON_AVAILABLE
 
@@ -39,11 +39,19 @@ def _rotate_quant_impl(x, smooth, row_scale, rotation_block, clip_ratio, fp8):
     out_dtype = torch.float8_e4m3fn if fp8 else torch.int8
     if fast_path_available(x):
         return rq.rotate_quant_triton(
-            x.contiguous(), block=block, smooth=smooth, row_scale=row_scale,
-            clip_ratio=clip_ratio, out_dtype=out_dtype,
+            x.contiguous(),
+            block=block,
+            smooth=smooth,
+            row_scale=row_scale,
+            clip_ratio=clip_ratio,
+            out_dtype=out_dtype,
         )
     return rq.rotate_quant_reference(
-        x, block=block, smooth=smooth, row_scale=row_scale, clip_ratio=clip_ratio,
+        x,
+        block=block,
+        smooth=smooth,
+        row_scale=row_scale,
+        clip_ratio=clip_ratio,
         out_dtype=out_dtype,
     )
 

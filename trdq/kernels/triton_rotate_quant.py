@@ -32,15 +32,15 @@ from trdq.primitives import FP8_E4M3_MAX, MIN_SCALE
 from trdq.rotation import fwht, hadamard_block_size, hadamard_matrix
 
 __all__ = [
-    "TRITON_AVAILABLE",
-    "EPS",
     "E4M3_MAX",
+    "EPS",
     "INT8_MAX",
-    "hadamard_block_size",
-    "sylvester_hadamard",
+    "TRITON_AVAILABLE",
     "block_hadamard_reference",
+    "hadamard_block_size",
     "rotate_quant_reference",
     "rotate_quant_triton",
+    "sylvester_hadamard",
 ]
 
 TRITON_AVAILABLE = importlib.util.find_spec("triton") is not None
@@ -150,13 +150,25 @@ if TRITON_AVAILABLE:
 
     @triton.jit
     def _load_rotated(
-        x_ptr, smooth_ptr, h_ptr, rows, rmask, k0, stride_xm, inv_sqrt_hb,
-        BLOCK_M: tl.constexpr, HB: tl.constexpr, LOG_HB: tl.constexpr,
-        HAS_SMOOTH: tl.constexpr, ROTATE: tl.constexpr, USE_DOT: tl.constexpr,
+        x_ptr,
+        smooth_ptr,
+        h_ptr,
+        rows,
+        rmask,
+        k0,
+        stride_xm,
+        inv_sqrt_hb,
+        BLOCK_M: tl.constexpr,
+        HB: tl.constexpr,
+        LOG_HB: tl.constexpr,
+        HAS_SMOOTH: tl.constexpr,
+        ROTATE: tl.constexpr,
+        USE_DOT: tl.constexpr,
     ):
         cols = k0 + tl.arange(0, HB)
-        x = tl.load(x_ptr + rows[:, None] * stride_xm + cols[None, :], mask=rmask[:, None],
-                    other=0.0).to(tl.float32)
+        x = tl.load(
+            x_ptr + rows[:, None] * stride_xm + cols[None, :], mask=rmask[:, None], other=0.0
+        ).to(tl.float32)
         if HAS_SMOOTH:
             x = x / tl.load(smooth_ptr + cols)[None, :]
         if ROTATE:
@@ -176,11 +188,29 @@ if TRITON_AVAILABLE:
 
     @triton.jit
     def _rotate_quant_kernel(
-        x_ptr, smooth_ptr, scale_in_ptr, h_ptr, q_ptr, scale_out_ptr,
-        M, K, M_BUCKET, stride_xm, stride_qm, clip_ratio, qmax, inv_sqrt_hb, eps,
-        BLOCK_M: tl.constexpr, HB: tl.constexpr, LOG_HB: tl.constexpr,
-        HAS_SMOOTH: tl.constexpr, ROTATE: tl.constexpr, STATIC: tl.constexpr,
-        OUT_INT8: tl.constexpr, USE_DOT: tl.constexpr,
+        x_ptr,
+        smooth_ptr,
+        scale_in_ptr,
+        h_ptr,
+        q_ptr,
+        scale_out_ptr,
+        M,
+        K,
+        M_BUCKET,
+        stride_xm,
+        stride_qm,
+        clip_ratio,
+        qmax,
+        inv_sqrt_hb,
+        eps,
+        BLOCK_M: tl.constexpr,
+        HB: tl.constexpr,
+        LOG_HB: tl.constexpr,
+        HAS_SMOOTH: tl.constexpr,
+        ROTATE: tl.constexpr,
+        STATIC: tl.constexpr,
+        OUT_INT8: tl.constexpr,
+        USE_DOT: tl.constexpr,
     ):
         pid = tl.program_id(0)
         rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -192,15 +222,42 @@ if TRITON_AVAILABLE:
             # BLOCK_M x K tile, which is still in L2, so DRAM sees x once.
             amax = tl.zeros((BLOCK_M,), dtype=tl.float32)
             for k0 in range(0, K, HB):
-                xr = _load_rotated(x_ptr, smooth_ptr, h_ptr, rows, rmask, k0, stride_xm,
-                                   inv_sqrt_hb, BLOCK_M, HB, LOG_HB, HAS_SMOOTH, ROTATE,
-                                   USE_DOT)
+                xr = _load_rotated(
+                    x_ptr,
+                    smooth_ptr,
+                    h_ptr,
+                    rows,
+                    rmask,
+                    k0,
+                    stride_xm,
+                    inv_sqrt_hb,
+                    BLOCK_M,
+                    HB,
+                    LOG_HB,
+                    HAS_SMOOTH,
+                    ROTATE,
+                    USE_DOT,
+                )
                 amax = tl.maximum(amax, tl.max(tl.abs(xr), axis=1))
             scale = tl.maximum(amax * clip_ratio / qmax, eps)
             tl.store(scale_out_ptr + rows, scale, mask=rmask)
         for k0 in range(0, K, HB):
-            xr = _load_rotated(x_ptr, smooth_ptr, h_ptr, rows, rmask, k0, stride_xm,
-                               inv_sqrt_hb, BLOCK_M, HB, LOG_HB, HAS_SMOOTH, ROTATE, USE_DOT)
+            xr = _load_rotated(
+                x_ptr,
+                smooth_ptr,
+                h_ptr,
+                rows,
+                rmask,
+                k0,
+                stride_xm,
+                inv_sqrt_hb,
+                BLOCK_M,
+                HB,
+                LOG_HB,
+                HAS_SMOOTH,
+                ROTATE,
+                USE_DOT,
+            )
             v = xr / scale[:, None]
             v = tl.minimum(tl.maximum(v, -qmax), qmax)
             if OUT_INT8:
@@ -210,8 +267,7 @@ if TRITON_AVAILABLE:
             else:
                 out = v.to(tl.float8e4nv)
             cols = k0 + tl.arange(0, HB)
-            tl.store(q_ptr + rows[:, None] * stride_qm + cols[None, :], out,
-                     mask=rmask[:, None])
+            tl.store(q_ptr + rows[:, None] * stride_qm + cols[None, :], out, mask=rmask[:, None])
 
 
 if TRITON_AVAILABLE:
@@ -267,19 +323,37 @@ def rotate_quant_triton(
     h = sylvester_hadamard(hb, x.device, torch.bfloat16) if use_dot else scale
     kernel, meta = _rotate_quant_autotuned, {}
     if block_m is not None:  # explicit tile: tests, the interpreter, microbenchmarks
-        kernel, meta = _rotate_quant_kernel, {"BLOCK_M": max(block_m, 16 if use_dot else 1),
-                                              "num_warps": num_warps}
+        kernel, meta = (
+            _rotate_quant_kernel,
+            {"BLOCK_M": max(block_m, 16 if use_dot else 1), "num_warps": num_warps},
+        )
 
     def grid(cfg):
         return (triton.cdiv(m, cfg["BLOCK_M"]),)
 
     kernel[grid](
-        x, smooth_t, scale, h, q, scale,
-        m, k, 1 << max(0, (m - 1).bit_length()), x.stride(0), q.stride(0), float(clip_ratio),
-        qmax, 1.0 / math.sqrt(hb), EPS,
-        HB=hb, LOG_HB=int(math.log2(hb)),
-        HAS_SMOOTH=smooth is not None, ROTATE=block is not None, STATIC=static,
-        OUT_INT8=out_dtype == torch.int8, USE_DOT=use_dot,
+        x,
+        smooth_t,
+        scale,
+        h,
+        q,
+        scale,
+        m,
+        k,
+        1 << max(0, (m - 1).bit_length()),
+        x.stride(0),
+        q.stride(0),
+        float(clip_ratio),
+        qmax,
+        1.0 / math.sqrt(hb),
+        EPS,
+        HB=hb,
+        LOG_HB=int(math.log2(hb)),
+        HAS_SMOOTH=smooth is not None,
+        ROTATE=block is not None,
+        STATIC=static,
+        OUT_INT8=out_dtype == torch.int8,
+        USE_DOT=use_dot,
         **meta,
     )
     return q, scale

@@ -33,8 +33,8 @@ import torch
 from trdq.primitives import pack_int4, unpack_int4
 
 __all__ = [
-    "TRITON_AVAILABLE",
     "PACK_TILE",
+    "TRITON_AVAILABLE",
     "pack_int4_tiled",
     "unpack_int4_tiled",
     "w4a8_matmul_reference",
@@ -68,6 +68,7 @@ def unpack_int4_tiled(packed: torch.Tensor) -> torch.Tensor:
     out = torch.empty_like(shuffled)
     out[:, _tile_order(shuffled.shape[1], shuffled.device)] = shuffled
     return out
+
 
 TRITON_AVAILABLE = importlib.util.find_spec("triton") is not None
 
@@ -104,11 +105,25 @@ if TRITON_AVAILABLE:
 
     @triton.jit
     def _lowbit_gemm_kernel(
-        a_ptr, b_ptr, a_scale_ptr, w_scale_ptr, bias_ptr, c_ptr,
-        M, N, K, M_BUCKET,
-        stride_am, stride_bn, stride_cm,
-        HAS_BIAS: tl.constexpr, PACKED: tl.constexpr, A_FP8: tl.constexpr,
-        BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+        a_ptr,
+        b_ptr,
+        a_scale_ptr,
+        w_scale_ptr,
+        bias_ptr,
+        c_ptr,
+        M,
+        N,
+        K,
+        M_BUCKET,
+        stride_am,
+        stride_bn,
+        stride_cm,
+        HAS_BIAS: tl.constexpr,
+        PACKED: tl.constexpr,
+        A_FP8: tl.constexpr,
+        BM: tl.constexpr,
+        BN: tl.constexpr,
+        BK: tl.constexpr,
     ):
         pid = tl.program_id(0)
         num_pid_m = tl.cdiv(M, BM)
@@ -136,8 +151,11 @@ if TRITON_AVAILABLE:
         for k0 in range(0, K, BK):
             if PACKED:
                 # tile-split nibbles: low = k0 + [0, BK/2), high = k0 + BK/2 + [0, BK/2)
-                p = tl.load(b_ptr + rn[:, None] * stride_bn + (k0 // 2 + rk2)[None, :],
-                            mask=nmask[:, None], other=0)
+                p = tl.load(
+                    b_ptr + rn[:, None] * stride_bn + (k0 // 2 + rk2)[None, :],
+                    mask=nmask[:, None],
+                    other=0,
+                )
                 p8 = p.to(tl.int8, bitcast=True)
                 w_lo = (p8 << 4) >> 4  # arithmetic shifts sign-extend the nibbles
                 w_hi = p8 >> 4
@@ -153,8 +171,11 @@ if TRITON_AVAILABLE:
                     acc = tl.dot(a_hi, tl.trans(w_hi), acc=acc, out_dtype=tl.int32)
             else:
                 a = tl.load(a_rows + (k0 + rk)[None, :])
-                w = tl.load(b_ptr + rn[:, None] * stride_bn + (k0 + rk)[None, :],
-                            mask=nmask[:, None], other=0)
+                w = tl.load(
+                    b_ptr + rn[:, None] * stride_bn + (k0 + rk)[None, :],
+                    mask=nmask[:, None],
+                    other=0,
+                )
                 if A_FP8:
                     w = w.to(tl.float32).to(tl.float8e4nv)
                     acc = tl.dot(a, tl.trans(w), acc=acc, out_dtype=tl.float32)
@@ -165,8 +186,11 @@ if TRITON_AVAILABLE:
         out = acc.to(tl.float32) * sa[:, None] * sw[None, :]
         if HAS_BIAS:
             out += tl.load(bias_ptr + rn, mask=nmask, other=0.0).to(tl.float32)[None, :]
-        tl.store(c_ptr + rm[:, None] * stride_cm + rn[None, :],
-                 out.to(c_ptr.dtype.element_ty), mask=mmask[:, None] & nmask[None, :])
+        tl.store(
+            c_ptr + rm[:, None] * stride_cm + rn[None, :],
+            out.to(c_ptr.dtype.element_ty),
+            mask=mmask[:, None] & nmask[None, :],
+        )
 
     _lowbit_gemm_autotuned = triton.autotune(configs=_CONFIGS, key=["M_BUCKET", "N", "K"])(
         _lowbit_gemm_kernel
@@ -210,11 +234,22 @@ def w4a8_matmul_triton(
     if config is not None:  # explicit tile (tests, interpreter, microbenchmarks)
         kernel, meta = _lowbit_gemm_kernel, dict(config)
     kernel[grid](
-        a, b, a_scale.float().contiguous(), w_scale.float().contiguous(),
-        bias if bias is not None else w_scale, c,
-        m, n, k, m_bucket,
-        a.stride(0), b.stride(0), c.stride(0),
-        HAS_BIAS=bias is not None, PACKED=packed, A_FP8=a.dtype == torch.float8_e4m3fn,
+        a,
+        b,
+        a_scale.float().contiguous(),
+        w_scale.float().contiguous(),
+        bias if bias is not None else w_scale,
+        c,
+        m,
+        n,
+        k,
+        m_bucket,
+        a.stride(0),
+        b.stride(0),
+        c.stride(0),
+        HAS_BIAS=bias is not None,
+        PACKED=packed,
+        A_FP8=a.dtype == torch.float8_e4m3fn,
         **meta,
     )
     return c

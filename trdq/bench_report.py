@@ -1,0 +1,147 @@
+"""Output of ``trdq bench``: the stable JSON, its details sidecar, the BENCHMARKS.md table."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["device_name", "markdown_table", "render_markdown", "write_outputs"]
+
+
+def _versions() -> dict[str, str]:
+    out = {"torch": torch.__version__}
+    for mod in ("triton", "diffusers", "torchao", "transformers"):
+        try:
+            out[mod] = __import__(mod).__version__
+        except ImportError:
+            out[mod] = "-"
+    return out
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    import platform
+
+    return f"CPU {platform.processor() or platform.machine()} x{torch.get_num_threads()} threads"
+
+
+def write_outputs(
+    preset: str,
+    device: torch.device,
+    results: list,
+    details: dict[str, Any],
+    json_path: str | None,
+    md_path: Path | None,
+    notes: list[str],
+) -> dict[str, Any]:
+    doc = {
+        "preset": preset,
+        "device": device_name(device),
+        "torch": torch.__version__,
+        "results": [r.public() for r in results],
+    }
+    if json_path:
+        Path(json_path).write_text(json.dumps(doc, indent=1))
+        side = dict(
+            details,
+            versions=_versions(),
+            notes=notes,
+            utc=dt.datetime.now(dt.timezone.utc).isoformat(),
+            batches={r.name: r.batch for r in results},
+        )
+        Path(json_path + ".details.json").write_text(json.dumps(side, indent=1, default=str))
+    if md_path is not None:
+        md_path.parent.mkdir(parents=True, exist_ok=True)
+        _ensure_header(md_path)
+        with md_path.open("a") as fh:
+            fh.write(markdown_table(doc, notes, errors=details.get("errors")))
+    return doc
+
+
+MD_HEADER = """# Benchmarks
+
+Appended by `trdq bench` (one section per run; never edited by hand). Every ratio compares
+rows of the same run on the same device. Rows: `bf16-eager`, `bf16-compile` (torch.compile
+default mode), `+cg` (denoiser forward replayed from CUDA graphs), TR-DQ presets through
+`trdq.quantize` (`fp8`, `w8a8`, `w4a8`), `fp8swap` (block linears swapped straight for the
+cuda_fp8 op, dynamic per-token, no calibration), torchao peers. `@b4` = batch 4.
+`weights MB` is the denoiser (denoiser_step) or all components (pipeline).
+"""
+
+
+def _ensure_header(md_path: Path) -> None:
+    if not md_path.exists() or not md_path.read_text().strip():
+        md_path.write_text(MD_HEADER)
+
+
+def markdown_table(
+    doc: dict[str, Any],
+    notes: list[str],
+    versions: dict[str, str] | None = None,
+    when: dt.datetime | None = None,
+    errors: dict[str, str] | None = None,
+) -> str:
+    v = versions or _versions()
+    when = when or dt.datetime.now(dt.timezone.utc)
+    lines = [
+        f"\n## {when:%Y-%m-%d %H:%M} UTC - `{doc['preset']}` on {doc['device']}\n",
+        (
+            f"torch {v['torch']}, triton {v['triton']}, diffusers {v['diffusers']}, "
+            f"torchao {v['torchao']}. "
+        )
+        + "; ".join(notes)
+        + ".\n",
+        (
+            "| name | scope | latency ms | vs bf16-eager | vs bf16-compile | vs fastest bf16 | "
+            "peak GB | weights MB |"
+        ),
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    base = {(r["name"], r["scope"]): r["latency_s"] for r in doc["results"]}
+
+    def batch_of(name: str) -> str:
+        return "@" + name.split("@", 1)[1] if "@" in name else ""
+
+    for r in doc["results"]:
+        suffix = batch_of(r["name"])
+        refs = [base.get((ref + suffix, r["scope"])) for ref in ("bf16-eager", "bf16-compile")]
+        bf16 = [
+            lat
+            for (name, scope), lat in base.items()
+            if name.startswith("bf16-") and scope == r["scope"] and batch_of(name) == suffix
+        ]
+        refs.append(min(bf16) if bf16 else None)
+        ratios = [f"{ref / r['latency_s']:.2f}x" if ref else "-" for ref in refs]
+        lines.append(
+            f"| {r['name']} | {r['scope']} | {r['latency_s'] * 1e3:.1f} | "
+            + " | ".join(ratios)
+            + f" | {r['peak_memory_bytes'] / 1e9:.2f} | {r['weight_bytes'] / 1e6:.1f} |"
+        )
+    for row, err in (errors or {}).items():
+        first = err.splitlines()[0] if err else ""
+        lines.append(f"\nRow `{row}` failed: {first[:300]}")
+    return "\n".join(lines) + "\n"
+
+
+def render_markdown(json_path: str, md_path: Path) -> None:
+    """Append the table of a results file written elsewhere (e.g. on a GPU machine),
+    with the versions recorded there."""
+    doc = json.loads(Path(json_path).read_text())
+    _ensure_header(md_path)
+    side_path = Path(json_path + ".details.json")
+    side = json.loads(side_path.read_text()) if side_path.exists() else {}
+    if "utc" in side:
+        when = dt.datetime.fromisoformat(side["utc"])
+    else:  # results written before the timestamp was recorded: the file's own time
+        when = dt.datetime.fromtimestamp(Path(json_path).stat().st_mtime, dt.timezone.utc)
+    with md_path.open("a") as fh:
+        fh.write(
+            markdown_table(
+                doc, side.get("notes", []), side.get("versions"), when, side.get("errors")
+            )
+        )

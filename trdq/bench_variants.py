@@ -1,0 +1,240 @@
+"""How ``trdq bench`` builds the denoiser of each row: compile, CUDA graphs, peers, profiling.
+
+Kept apart from the harness (``bench.py``) so each file holds one concept: here the model
+transforms (regional/full ``torch.compile``, fused q/k/v projections, CUDA-graph replay,
+torchao peers, the direct FP8 swap) and the kernel-time profile of one step.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+__all__ = [
+    "CudaGraphForward",
+    "apply_fp8_swap",
+    "apply_torchao",
+    "compile_denoiser",
+    "fuse_qkv",
+    "profile_step",
+    "quant_context",
+]
+
+
+def _raise_recompile_limits() -> None:
+    # one compiled block per timestep group (QuantLinear reads the current group)
+    for key in ("recompile_limit", "cache_size_limit"):
+        if hasattr(torch._dynamo.config, key):
+            setattr(torch._dynamo.config, key, 64)
+    if hasattr(torch._dynamo.config, "accumulated_recompile_limit"):
+        torch._dynamo.config.accumulated_recompile_limit = 4096
+
+
+def compile_denoiser(transformer: torch.nn.Module, mode: str) -> None:
+    """In-place torch.compile (default mode; max-autotune is never used in timed runs)."""
+    _raise_recompile_limits()
+    if mode == "full":
+        transformer.compile()
+        return
+    for attr in ("transformer_blocks", "temporal_transformer_blocks"):
+        for block in getattr(transformer, attr, []) or []:
+            block.compile()
+
+
+def _block_linear_filter(module: torch.nn.Module, fqn: str) -> bool:
+    return (
+        isinstance(module, torch.nn.Linear)
+        and "transformer_blocks" in fqn
+        and module.in_features >= 16
+        and module.out_features >= 16
+    )
+
+
+def apply_torchao(transformer: torch.nn.Module, kind: str) -> None:
+    """torchao peers on the same layers TR-DQ replaces (the DiT blocks' linears)."""
+    from torchao.quantization import quantize_
+
+    if kind == "fp8row":
+        from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow
+
+        cfg = Float8DynamicActivationFloat8WeightConfig(
+            granularity=PerRow(), set_inductor_config=False
+        )
+    else:
+        from torchao.quantization import Int8DynamicActivationInt8WeightConfig
+
+        cfg = Int8DynamicActivationInt8WeightConfig(set_inductor_config=False)
+    quantize_(transformer, cfg, filter_fn=_block_linear_filter)
+
+
+def apply_fp8_swap(transformer: torch.nn.Module) -> int:
+    """Swap every block ``nn.Linear`` for a module calling ``trdq::fp8_linear`` directly
+    (rotation folded into e4m3 weights, dynamic per-token e4m3 activations, no calibration)."""
+    from trdq import primitives as P
+    from trdq.kernels import ops
+    from trdq.rotation import fwht, hadamard_block_size
+
+    class Fp8SwapLinear(torch.nn.Module):
+        def __init__(self, linear: torch.nn.Linear):
+            super().__init__()
+            self.in_features, self.out_features = linear.in_features, linear.out_features
+            self.block = hadamard_block_size(linear.in_features)
+            w = fwht(linear.weight.detach().float(), self.block)
+            qw, ws = P.quantize_weight_per_channel(w, 8, fp8=True)
+            self.register_buffer("weight", qw.contiguous())
+            self.register_buffer("weight_scale", ws.contiguous())
+            self.register_buffer("bias", None if linear.bias is None else linear.bias.detach())
+
+        def forward(self, x):
+            out = ops.fp8_linear(
+                x.reshape(-1, self.in_features),
+                self.weight,
+                self.weight_scale,
+                self.bias,
+                None,
+                None,
+                self.block,
+                1.0,
+            )
+            return out.reshape(*x.shape[:-1], self.out_features)
+
+    names = [
+        n
+        for n, m in transformer.named_modules()
+        if _block_linear_filter(m, n) and m.in_features % 16 == 0 and m.out_features % 16 == 0
+    ]
+    for name in names:
+        parent_name, _, child = name.rpartition(".")
+        parent = transformer.get_submodule(parent_name)
+        setattr(parent, child, Fp8SwapLinear(getattr(parent, child)))
+    return len(names)
+
+
+def fuse_qkv(transformer: torch.nn.Module) -> int:
+    """diffusers' fused projections (one ``to_qkv`` GEMM for self-attention, one ``to_kv``
+    for cross-attention), with the unfused copies dropped so weight bytes stay honest.
+    Applied to every row alike: one activation read and quantization instead of three."""
+    from diffusers.models.attention_processor import Attention
+
+    if not hasattr(transformer, "fuse_qkv_projections"):
+        return 0
+    transformer.fuse_qkv_projections()
+    count = 0
+    for module in transformer.modules():
+        if isinstance(module, Attention) and getattr(module, "fused_projections", False):
+            names = ("to_k", "to_v") if module.is_cross_attention else ("to_q", "to_k", "to_v")
+            for name in names:
+                setattr(module, name, None)
+            count += 1
+    transformer.original_attn_processors = None
+    return count
+
+
+class CudaGraphForward:
+    """Replays the denoiser's forward from CUDA graphs, one per (timestep group, shapes).
+
+    The CPU cost of launching ~300 small kernels per step (Python custom ops, Triton
+    launchers) otherwise exceeds their GPU time. Forward pre-hooks (the TR-DQ timestep
+    hook) still run eagerly before each call, so the key sees the current group; the
+    first call per key runs eagerly (compiles, autotunes), the second captures, later
+    ones copy inputs into the static buffers and replay. Outputs are cloned.
+    """
+
+    def __init__(self, module: torch.nn.Module, context=None):
+        self.module, self.context = module, context
+        self.forward = module.forward
+        self.graphs: dict[Any, tuple] = {}
+        self.seen: set[Any] = set()
+        self.pool = torch.cuda.graph_pool_handle()
+        module.forward = self  # instance attribute: hooks in __call__ still run
+
+    def _key(self, flat: list[torch.Tensor], kwargs: dict[str, Any]):
+        group = getattr(self.context, "group", None) if self.context is not None else None
+        cfg = getattr(self.context, "cfg_active", None) if self.context is not None else None
+        return (group, cfg, tuple((t.shape, t.dtype) for t in flat), tuple(sorted(kwargs)))
+
+    @staticmethod
+    def _flatten(obj, out: list[torch.Tensor]):
+        if torch.is_tensor(obj):
+            out.append(obj)
+            return ("T", len(out) - 1)
+        if isinstance(obj, dict):
+            return ("D", {k: CudaGraphForward._flatten(v, out) for k, v in obj.items()})
+        if isinstance(obj, (list, tuple)):
+            return ("L", [CudaGraphForward._flatten(v, out) for v in obj])
+        return ("C", obj)
+
+    @staticmethod
+    def _unflatten(spec, tensors):
+        kind, val = spec
+        if kind == "T":
+            return tensors[val]
+        if kind == "D":
+            return {k: CudaGraphForward._unflatten(v, tensors) for k, v in val.items()}
+        if kind == "L":
+            return [CudaGraphForward._unflatten(v, tensors) for v in val]
+        return val
+
+    def __call__(self, *args, **kwargs):
+        flat: list[torch.Tensor] = []
+        spec = self._flatten((list(args), kwargs), flat)
+        key = self._key(flat, kwargs)
+        if key not in self.graphs:
+            if key not in self.seen:
+                self.seen.add(key)
+                return self.forward(*args, **kwargs)
+            static = [t.clone() for t in flat]
+            a, kw = self._unflatten(spec, static)
+            torch.cuda.synchronize()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self.pool):
+                out = self.forward(*a, **kw)
+            self.graphs[key] = (graph, static, out)
+        graph, static, out = self.graphs[key]
+        for dst, src in zip(static, flat):
+            dst.copy_(src)
+        graph.replay()
+        return tuple(o.clone() for o in out) if isinstance(out, tuple) else out.clone()
+
+
+def quant_context(transformer: torch.nn.Module):
+    state = getattr(transformer, "_trdq_state", None)
+    return state.context if state is not None else None
+
+
+KERNEL_CATEGORIES = (
+    ("rotate_quant", ("_rotate_quant",)),
+    ("lowbit_gemm", ("_lowbit_gemm",)),
+    ("attention", ("flash", "fmha", "attention", "attn")),
+    ("gemm", ("gemm", "nvjet", "cutlass", "sm90_xmma", "scaled_mm", "f8f8bf16")),
+)
+
+
+def profile_step(fn, steps: int = 3) -> dict[str, Any]:
+    """GPU kernel time of one denoiser call by category (ms), from torch.profiler."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            fn()
+        torch.cuda.synchronize()
+    by_cat: dict[str, float] = {}
+    top: list[tuple[str, float]] = []
+    for evt in prof.key_averages():
+        us = getattr(evt, "device_time_total", None) or getattr(evt, "cuda_time_total", 0.0)
+        if not us:
+            continue
+        name = evt.key.lower()
+        cat = next(
+            (c for c, keys in KERNEL_CATEGORIES if any(k in name for k in keys)),
+            "elementwise/other",
+        )
+        by_cat[cat] = by_cat.get(cat, 0.0) + us / 1e3 / steps
+        top.append((evt.key[:90], us / 1e3 / steps))
+    top.sort(key=lambda kv: -kv[1])
+    return {
+        "ms_per_step_by_category": by_cat,
+        "total_ms": sum(by_cat.values()),
+        "top_kernels_ms": top[:15],
+    }
