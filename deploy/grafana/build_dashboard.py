@@ -285,7 +285,23 @@ ROWS: list[tuple[str, list[Panel]]] = [
                         "video frames/s",
                     ),
                 ],
-                width=24,
+                description="Generated output rate (images, and frames of all videos).",
+            ),
+            Panel(
+                "Cancellations and stored async jobs",
+                [
+                    Target(
+                        "sum by (reason) "
+                        f"(rate(trdq_cancelled_generations_total{{{INST}}}[{RATE}]))",
+                        "cancelled: {{reason}}",
+                    ),
+                    Target(f"sum(trdq_jobs_stored{{{INST}}})", "async jobs stored"),
+                ],
+                unit="short",
+                description=(
+                    "Generations stopped before finishing (client gone, timeout, DELETE, "
+                    "shutdown) per second, and async jobs held by the server."
+                ),
             ),
         ],
     ),
