@@ -75,15 +75,6 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _forward(module_name: str):
-    def run(args: argparse.Namespace) -> int:
-        import importlib
-
-        return importlib.import_module(module_name).main(args.rest)
-
-    return run
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="trdq", description="TR-DQ quantized diffusion serving")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -123,18 +114,30 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--seed", type=int, default=0)
     cal.set_defaults(func=_cmd_calibrate)
 
-    for name, module, text in (
-        ("bench", "trdq.bench", "speed and memory benchmark (see `trdq bench --help`)"),
-        ("eval", "trdq.eval.cli", "quality benchmark on the shapes world"),
-        ("zoo", "trdq.zoo.cli", "build or train the embedded pipelines"),
+    # Listed for --help; main() hands their arguments to their own parsers.
+    for name, text in (
+        ("bench", "speed and memory benchmark (see `trdq bench --help`)"),
+        ("eval", "quality benchmark on the shapes world (see `trdq eval --help`)"),
+        ("zoo", "build or train the embedded pipelines"),
+        ("loadtest", "load test a running server (loopback only)"),
     ):
-        forward = sub.add_parser(name, help=text, add_help=False)
-        forward.add_argument("rest", nargs=argparse.REMAINDER)
-        forward.set_defaults(func=_forward(module))
+        sub.add_parser(name, help=text, add_help=False)
     return parser
 
 
+#: Sub-commands with their own argument parsers: everything after the name is theirs.
+FORWARDED = {"bench": "trdq.bench", "eval": "trdq.eval.cli", "zoo": "trdq.zoo.cli",
+             "loadtest": "trdq.loadtest"}
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in FORWARDED:
+        import importlib
+
+        logging.basicConfig(level=logging.INFO,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        return importlib.import_module(FORWARDED[argv[0]]).main(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
