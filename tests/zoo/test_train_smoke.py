@@ -36,11 +36,17 @@ def test_smoke_writes_loadable_pipelines(smoke_run):
     assert image_pipe.vae.config.scaling_factor == pytest.approx(meta["scaling_factor"])
     assert meta["t2i"]["steps"] == 2 and meta["t2v"]["steps"] == 2
     request = GenerationRequest(
-        prompts=["a red circle"], seeds=[0], width=arch.T2I_RESOLUTION, height=arch.T2I_RESOLUTION,
-        num_inference_steps=2, guidance_scale=4.5,
+        prompts=["a red circle"],
+        seeds=[0],
+        width=arch.T2I_RESOLUTION,
+        height=arch.T2I_RESOLUTION,
+        num_inference_steps=2,
+        guidance_scale=4.5,
     )
     image = generate(image_pipe, request)
-    assert image.shape == (1, arch.T2I_RESOLUTION, arch.T2I_RESOLUTION, 3) and image.dtype == np.uint8
+    assert (
+        image.shape == (1, arch.T2I_RESOLUTION, arch.T2I_RESOLUTION, 3) and image.dtype == np.uint8
+    )
 
 
 def test_smoke_writes_cards_and_fp16_checkpoints(smoke_run):
@@ -62,10 +68,21 @@ def test_from_weights_reassembles_identically(smoke_run, tmp_path):
 
 
 def test_caption_variants_are_grammatical_and_start_full():
-    caption = Caption(shape="circle", color="red", size="small", direction="left", speed="quickly", background="white")
+    caption = Caption(
+        shape="circle",
+        color="red",
+        size="small",
+        direction="left",
+        speed="quickly",
+        background="white",
+    )
     texts = caption_variants(caption, np.random.default_rng(0), 6)
     assert texts[0] == caption.text
-    assert all(text.split()[-1] in ("background", "circle", "left", "right", "up", "down", "quickly", "slowly") for text in texts)
+    assert all(
+        text.split()[-1]
+        in ("background", "circle", "left", "right", "up", "down", "quickly", "slowly")
+        for text in texts
+    )
 
 
 def test_budget_and_noise_schedule():

@@ -30,7 +30,6 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from trdq.zoo import architectures as arch
@@ -68,8 +67,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="processes for rendering and scoring")
     p.add_argument("--smoke", action="store_true", help="a few steps of every stage, tiny batches")
     p.add_argument("--stages", default=",".join(STAGES), help="comma list of vae,t2i,t2v")
-    p.add_argument("--init-from", type=Path, help="checkpoint dir to start from (skipped stages keep it)")
-    p.add_argument("--from-weights", type=Path, help="no training: assemble folders from this checkpoint dir")
+    p.add_argument(
+        "--init-from", type=Path, help="checkpoint dir to start from (skipped stages keep it)"
+    )
+    p.add_argument(
+        "--from-weights", type=Path, help="no training: assemble folders from this checkpoint dir"
+    )
     p.add_argument("--images-per-caption", type=int, default=4)
     p.add_argument("--videos-per-caption", type=int, default=2)
     p.add_argument("--vae-steps", type=int, default=4000)
@@ -81,9 +84,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--t2v-seconds", type=float, default=180.0)
     p.add_argument("--t2v-batch", type=int, default=128)
     p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--text-lr", type=float, default=1e-4, help="T5 learning rate (t2i stage)")
     p.add_argument("--eval-images", type=int, default=0, help="held-out image prompts to score")
     p.add_argument("--eval-videos", type=int, default=0, help="held-out video prompts to score")
-    p.add_argument("--eval-single-videos", type=int, default=0, help="also score N one-prompt calls")
+    p.add_argument(
+        "--eval-single-videos", type=int, default=0, help="also score N one-prompt calls"
+    )
     p.add_argument("--eval-steps", type=int, default=20)
     return p
 
@@ -134,7 +140,14 @@ def load_checkpoint(parts: dict, checkpoint_dir: Path, meta: dict) -> list[str]:
     saved_meta = checkpoint_dir / "meta.json"
     if saved_meta.exists():
         previous = json.loads(saved_meta.read_text())
-        meta.update({k: v for k, v in previous.items() if k not in ("command", "eval")})
+        meta.update({k: v for k, v in previous.items() if k not in ("command", "eval", "history")})
+        if meta.get("command") != previous.get("command"):
+            # A continued run keeps the record of the runs its weights come from.
+            keys = ("command", "stages", "vae", "t2i", "t2v", "total_seconds")
+            earlier = {k: previous[k] for k in keys if k in previous}
+            meta["history"] = previous.get("history", []) + [earlier]
+        else:
+            meta["history"] = previous.get("history", [])
     for component, filename in COMPONENT_FILES.items():
         path = checkpoint_dir / filename
         if path.exists():
@@ -154,7 +167,9 @@ def assemble(parts: dict, out: Path) -> dict[str, Path]:
     for key in ("text_encoder", "vae", "t2i_transformer", "t2v_transformer"):
         parts[key].to("cpu", torch.float32).eval()
     folders = {T2I_NAME: out / T2I_NAME, T2V_NAME: out / T2V_NAME}
-    save_pipeline(PixArtAlphaPipeline(transformer=parts["t2i_transformer"], **shared), folders[T2I_NAME])
+    save_pipeline(
+        PixArtAlphaPipeline(transformer=parts["t2i_transformer"], **shared), folders[T2I_NAME]
+    )
     save_pipeline(LattePipeline(transformer=parts["t2v_transformer"], **shared), folders[T2V_NAME])
     return folders
 
@@ -183,14 +198,19 @@ def main(argv: list[str] | None = None) -> int:
         load_checkpoint(parts, args.from_weights or args.init_from, meta)
     if args.from_weights:
         stages: list[str] = []
-        meta["command"] = meta.get("command", "")
+        previous = json.loads((args.from_weights / "meta.json").read_text())
+        meta["command"], meta["history"] = previous.get("command", ""), previous.get("history", [])
+        meta["eval"] = previous.get("eval", {})
     else:
         stages = [s for s in args.stages.split(",") if s]
         meta.update(
-            device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+            device_name=torch.cuda.get_device_name(device)
+            if device.type == "cuda"
+            else platform.processor() or "cpu",
             torch=torch.__version__,
         )
     if stages:
+        meta["stages"] = stages
         _train(args, stages, parts, meta, device, checkpoint_dir)
         meta["total_seconds"] = round(time.monotonic() - started, 1)
         write_meta(checkpoint_dir / "meta.json", meta)
@@ -201,26 +221,49 @@ def main(argv: list[str] | None = None) -> int:
     if stages or args.eval_images or args.eval_videos:
         write_meta(checkpoint_dir / "meta.json", meta)
     total = sum(_folder_bytes(f) for f in folders.values())
-    logger.info("done in %.0f s; zoo weights %.1f MB in %s", time.monotonic() - started, total / 1e6, args.out)
+    logger.info(
+        "done in %.0f s; zoo weights %.1f MB in %s",
+        time.monotonic() - started,
+        total / 1e6,
+        args.out,
+    )
     return 0
 
 
-def _train(args, stages: list[str], parts: dict, meta: dict, device: torch.device, checkpoint_dir: Path) -> None:
+def _train(
+    args, stages: list[str], parts: dict, meta: dict, device: torch.device, checkpoint_dir: Path
+) -> None:
     limit = 24 if args.smoke else None
-    images = build_set("image", arch.T2I_RESOLUTION, args.images_per_caption, args.seed, limit=limit, workers=args.workers)
+    images = build_set(
+        "image",
+        arch.T2I_RESOLUTION,
+        args.images_per_caption,
+        args.seed,
+        limit=limit,
+        workers=args.workers,
+    )
     videos = build_set(
-        "video", arch.T2V_RESOLUTION, args.videos_per_caption, args.seed + 1,
-        frames=arch.T2V_FRAMES, limit=8 if args.smoke else None, workers=args.workers,
+        "video",
+        arch.T2V_RESOLUTION,
+        args.videos_per_caption,
+        args.seed + 1,
+        frames=arch.T2V_FRAMES,
+        limit=8 if args.smoke else None,
+        workers=args.workers,
     )
     meta["data"] = {"images": len(images), "videos": len(videos), "variants": CAPTION_VARIANTS}
     vae = parts["vae"]
     if "vae" in stages:
         vae_config = VAEConfig(steps=args.vae_steps, seconds=args.vae_seconds)
         if args.smoke:
-            vae_config = replace(vae_config, image_batch=1, frame_batch=1, log_every=1, eval_batch=1)
+            vae_config = replace(
+                vae_config, image_batch=1, frame_batch=1, log_every=1, eval_batch=1
+            )
         meta["vae"] = train_vae(vae, images.pixels, videos.pixels, vae_config, device, args.seed)
         if not args.smoke:
-            meta["vae"]["heldout_reconstruction"] = reconstruction_accuracy(vae, device, args.workers)
+            meta["vae"]["heldout_reconstruction"] = reconstruction_accuracy(
+                vae, device, args.workers
+            )
     vae.to(device).eval().requires_grad_(False)
     image_latents = encode_latents(vae, images.pixels, device)
     if "vae" in stages or "scaling_factor" not in meta:
@@ -233,7 +276,14 @@ def _train(args, stages: list[str], parts: dict, meta: dict, device: torch.devic
     smoke_log = {"log_every": 1} if args.smoke else {}
     tokenizer, text_encoder = parts["tokenizer"], parts["text_encoder"]
     if "t2i" in stages:
-        config = DiTConfig(steps=args.t2i_steps, seconds=args.t2i_seconds, batch=args.t2i_batch, lr=args.lr, **smoke_log)
+        config = DiTConfig(
+            steps=args.t2i_steps,
+            seconds=args.t2i_seconds,
+            batch=args.t2i_batch,
+            lr=args.lr,
+            text_lr=args.text_lr,
+            **smoke_log,
+        )
         transformer = parts["t2i_transformer"]
 
         def save_t2i() -> None:
@@ -241,20 +291,30 @@ def _train(args, stages: list[str], parts: dict, meta: dict, device: torch.devic
             save_component(transformer, checkpoint_dir / COMPONENT_FILES["t2i_transformer"])
 
         tokens = tokenize_table(tokenizer, images.texts)
-        meta["t2i"] = train_t2i(transformer, text_encoder, image_latents * scale, tokens, config, device, save_t2i)
+        meta["t2i"] = train_t2i(
+            transformer, text_encoder, image_latents * scale, tokens, config, device, save_t2i
+        )
         save_t2i()
         write_meta(checkpoint_dir / "meta.json", meta)
     del image_latents
     if "t2v" in stages:
         video_latents = encode_latents(vae, videos.pixels, device) * scale
-        config = DiTConfig(steps=args.t2v_steps, seconds=args.t2v_seconds, batch=args.t2v_batch, lr=args.lr, **smoke_log)
+        config = DiTConfig(
+            steps=args.t2v_steps,
+            seconds=args.t2v_seconds,
+            batch=args.t2v_batch,
+            lr=args.lr,
+            **smoke_log,
+        )
         transformer = parts["t2v_transformer"]
 
         def save_t2v() -> None:
             save_component(transformer, checkpoint_dir / COMPONENT_FILES["t2v_transformer"])
 
         tokens = tokenize_table(tokenizer, videos.texts)
-        meta["t2v"] = train_t2v(transformer, text_encoder, video_latents, tokens, config, device, save_t2v)
+        meta["t2v"] = train_t2v(
+            transformer, text_encoder, video_latents, tokens, config, device, save_t2v
+        )
         save_t2v()
         write_meta(checkpoint_dir / "meta.json", meta)
 
@@ -272,7 +332,13 @@ def _evaluate(args, folders: dict[str, Path], meta: dict, device: torch.device) 
         if count <= 0:
             continue
         result = evaluate_pipeline(
-            folders[name], kind, count, device=str(device), steps=args.eval_steps, batch=batch, workers=args.workers
+            folders[name],
+            kind,
+            count,
+            device=str(device),
+            steps=args.eval_steps,
+            batch=batch,
+            workers=args.workers,
         )
         result["device_name"] = device_name
         meta.setdefault("eval", {}).setdefault(name, []).append(result)

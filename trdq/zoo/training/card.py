@@ -37,6 +37,16 @@ def _format_eval(result: dict | None) -> str:
     )
 
 
+def _commands(meta: dict) -> str:
+    runs = meta.get("history", []) + [meta]
+    lines = []
+    for run in runs:
+        trained = run.get("stages", [s for s in ("vae", "t2i", "t2v") if s in run])
+        parts = [f"{stage} {run[stage]['steps']} steps" for stage in trained if stage in run]
+        lines.append(f"- `{run.get('command', 'trdq zoo train')}` ({', '.join(parts)})")
+    return "\n".join(lines)
+
+
 def write_card(folder: Path, name: str, meta: dict, weight_bytes: int) -> None:
     pipeline_class, task, output, stage, transformer_config = _DESCRIPTION[name]
     stage_meta = meta.get(stage, {})
@@ -45,7 +55,9 @@ def write_card(folder: Path, name: str, meta: dict, weight_bytes: int) -> None:
     evals = meta.get("eval", {}).get(name, [])
     eval_lines = "\n".join(f"- {_format_eval(r)}" for r in evals) or "- Not evaluated in this run."
     text_note = (
-        "trained jointly with the DiT" if stage == "t2i" else "shared with tiny-shapes-t2i, frozen here"
+        "trained jointly with the DiT"
+        if stage == "t2i"
+        else "shared with tiny-shapes-t2i, frozen here"
     )
     card = f"""---
 library_name: diffusers
@@ -58,8 +70,7 @@ tags: [trdq, shapes, tiny, {pipeline_class}]
 A tiny {pipeline_class} ({task}, {output}) trained from scratch on the procedural
 "shapes" world of `trdq.data`: one shape (circle, square, triangle, cross) of a palette
 colour, size and {"grid position" if stage == "t2i" else "motion (direction, speed)"} on a
-plain background. It is the embedded default of trdq-server: real, recognisable content with
-no download. Weights are fp16 safetensors ({weight_bytes / 1e6:.1f} MB for this folder).
+plain background, built to be the embedded default of trdq-server (no download). Weights are fp16 safetensors ({weight_bytes / 1e6:.1f} MB for this folder).
 
 ## Data
 
@@ -88,10 +99,13 @@ each render has its full caption and {meta.get("data", {}).get("variants", 4) - 
   reconstruction PSNR {vae_meta.get("image_psnr_db", "?")} dB (128 px images) / {vae_meta.get("frame_psnr_db", "?")} dB (64 px frames).
 - Text encoder + PixArt DiT: {t2i_meta.get("steps", "?")} steps of batch {t2i_meta.get("batch", "?")}, final loss {t2i_meta.get("final_loss", "?")}.
 {"- Latte DiT: " + str(stage_meta.get("steps", "?")) + " steps of batch " + str(stage_meta.get("batch", "?")) + ", final loss " + str(stage_meta.get("final_loss", "?")) + "." if stage == "t2v" else ""}
-- AdamW, bf16 autocast, cosine LR, EMA of weights (decay 0.999), seed {meta.get("seed", 0)}, on {meta.get("device_name", "?")},
-  {meta.get("total_seconds", "?")} s for the whole run.
+- DiT loss: epsilon MSE weighted by 1 / alpha_bar_t (the v-prediction loss for an epsilon
+  network; see `trdq/zoo/training/dit.py`). AdamW, cosine LR, EMA of weights (decay 0.999);
+  VAE in bf16 autocast, DiTs in fp32 with TF32 matmuls; seed {meta.get("seed", 0)}, on
+  {meta.get("device_name", "?")}, {meta.get("total_seconds", "?")} s for the last run.
 
-Reproduce (from the repository root): `{meta.get("command", "trdq zoo train")}`
+Reproduce (from the repository root{", in this order" if meta.get("history") else ""}):
+{_commands(meta)}
 
 ## Evaluation (held-out combinations, analytic evaluator `trdq.eval.shapes`)
 

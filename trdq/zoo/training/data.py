@@ -99,17 +99,23 @@ class TokenTable:
     uncond_mask: torch.Tensor
 
     def to(self, device: torch.device | str) -> TokenTable:
-        return TokenTable(*(t.to(device) for t in (self.ids, self.mask, self.uncond_ids, self.uncond_mask)))
+        return TokenTable(
+            *(t.to(device) for t in (self.ids, self.mask, self.uncond_ids, self.uncond_mask))
+        )
 
 
-def tokenize_table(tokenizer, texts: list[list[str]], length: int = TRAIN_TOKEN_LENGTH) -> TokenTable:
+def tokenize_table(
+    tokenizer, texts: list[list[str]], length: int = TRAIN_TOKEN_LENGTH
+) -> TokenTable:
     """Tokenize like the pipelines do (lowercase, padding='max_length'), to `length` tokens.
 
     Shorter padding than the pipelines' 120 changes nothing: the pad positions are masked
     in the T5 encoder and in the PixArt cross-attention, so valid-token outputs match.
     """
     flat = [text.lower().strip() for row in texts for text in row]
-    encoded = tokenizer(flat, padding="max_length", max_length=length, truncation=True, return_tensors="pt")
+    encoded = tokenizer(
+        flat, padding="max_length", max_length=length, truncation=True, return_tensors="pt"
+    )
     if int(encoded.attention_mask[:, -1].sum()) != 0:
         raise ValueError(f"a caption reached the training token length {length}")
     shape = (len(texts), len(texts[0]), length)

@@ -34,7 +34,6 @@ import logging
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from trdq.zoo.architectures import MAX_SEQUENCE_LENGTH
 from trdq.zoo.training.data import TokenTable
@@ -63,7 +62,9 @@ class DiTConfig:
     bf16: bool = False
 
 
-def _pick_tokens(tokens: TokenTable, idx: torch.Tensor, config: DiTConfig) -> tuple[torch.Tensor, ...]:
+def _pick_tokens(
+    tokens: TokenTable, idx: torch.Tensor, config: DiTConfig
+) -> tuple[torch.Tensor, ...]:
     """Token ids/masks of a random caption variant per sample, and the dropout flags."""
     batch, device = idx.shape[0], idx.device
     variants = tokens.ids.shape[1]
@@ -75,7 +76,9 @@ def _pick_tokens(tokens: TokenTable, idx: torch.Tensor, config: DiTConfig) -> tu
     return ids, mask, drop
 
 
-def _epsilon_loss(prediction: torch.Tensor, noise: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+def _epsilon_loss(
+    prediction: torch.Tensor, noise: torch.Tensor, weight: torch.Tensor
+) -> torch.Tensor:
     """Per-sample epsilon MSE times `weight` (1 / alpha_bar_t), averaged over the batch."""
     channels = noise.shape[1]
     error = (prediction[:, :channels].float() - noise.float()).pow(2).flatten(1).mean(dim=1)
@@ -120,8 +123,13 @@ class _Trainer:
             if step % config.log_every == 0 or budget.done(step):
                 value = meter.pop()
                 history.append((step, round(value, 5)))
-                logger.info("%s step %d  loss %.5f  (%.0f s)", self.name, step, value, budget.elapsed())
-            if self.on_checkpoint and budget.elapsed() - last_checkpoint > config.checkpoint_seconds:
+                logger.info(
+                    "%s step %d  loss %.5f  (%.0f s)", self.name, step, value, budget.elapsed()
+                )
+            if (
+                self.on_checkpoint
+                and budget.elapsed() - last_checkpoint > config.checkpoint_seconds
+            ):
                 last_checkpoint = budget.elapsed()
                 self.checkpoint()
         summary = {
@@ -153,7 +161,15 @@ class _Trainer:
                     param.copy_(saved)
 
 
-def train_t2i(transformer, text_encoder, latents, tokens: TokenTable, config: DiTConfig, device, on_checkpoint=None) -> dict:
+def train_t2i(
+    transformer,
+    text_encoder,
+    latents,
+    tokens: TokenTable,
+    config: DiTConfig,
+    device,
+    on_checkpoint=None,
+) -> dict:
     """Joint T5 + PixArt training on (caption, image latent) pairs. Latents are pre-scaled."""
     schedule = NoiseSchedule(device)
     transformer.train().to(device)
@@ -201,7 +217,8 @@ def _latte_text(text_encoder, tokens: TokenTable, idx, config: DiTConfig, frames
     empty_mask = torch.zeros_like(empty_ids)
     empty_ids[0, : tokens.uncond_ids.shape[0]] = tokens.uncond_ids
     empty_mask[0, : tokens.uncond_mask.shape[0]] = tokens.uncond_mask
-    negative = text_encoder(empty_ids, attention_mask=empty_mask)[0].float()  # all 120 rows, unmasked
+    # All 120 rows of the "" encoding, pad positions included (LattePipeline passes them on).
+    negative = text_encoder(empty_ids, attention_mask=empty_mask)[0].float()
     states = torch.where(drop[:, None, None], negative.expand(batch, -1, -1), padded)
     # One-prompt form: only the prompt's k valid rows are visible (prompt or negative alike).
     cut = torch.rand(batch, device=device) < 0.5
@@ -213,7 +230,15 @@ def _latte_text(text_encoder, tokens: TokenTable, idx, config: DiTConfig, frames
     return states, bias.repeat_interleave(frames, dim=0)
 
 
-def train_t2v(transformer, text_encoder, latents, tokens: TokenTable, config: DiTConfig, device, on_checkpoint=None) -> dict:
+def train_t2v(
+    transformer,
+    text_encoder,
+    latents,
+    tokens: TokenTable,
+    config: DiTConfig,
+    device,
+    on_checkpoint=None,
+) -> dict:
     """Latte training on (caption, video latent) pairs with the trained T5 frozen.
 
     `latents` is (N, C, T, h, w), pre-scaled.

@@ -26,7 +26,9 @@ def _score(item: tuple[np.ndarray, str]) -> dict[str, bool]:
     return evaluate(*item)
 
 
-def score_samples(samples: list[np.ndarray], prompts: list[str], workers: int = 1) -> tuple[float, dict]:
+def score_samples(
+    samples: list[np.ndarray], prompts: list[str], workers: int = 1
+) -> tuple[float, dict]:
     """`summarize` of the evaluator's scores, in `workers` processes."""
     items = list(zip(samples, prompts))
     if workers > 1:

@@ -82,7 +82,10 @@ class NoiseSchedule:
     def __init__(self, device: torch.device) -> None:
         config = arch.SCHEDULER
         betas = torch.linspace(
-            config["beta_start"], config["beta_end"], config["num_train_timesteps"], dtype=torch.float32
+            config["beta_start"],
+            config["beta_end"],
+            config["num_train_timesteps"],
+            dtype=torch.float32,
         )
         alphas_cumprod = torch.cumprod(1.0 - betas, dim=0).to(device)
         self.num_steps = config["num_train_timesteps"]
@@ -108,7 +111,10 @@ def autocast(device: torch.device):
 
 def save_component(module: torch.nn.Module, path: Path) -> None:
     """fp16 safetensors of a module's state dict (what ships; keeps files under 16 MiB)."""
-    state = {k: v.detach().to("cpu", torch.float16).clone().contiguous() for k, v in module.state_dict().items()}
+    state = {
+        k: v.detach().to("cpu", torch.float16).clone().contiguous()
+        for k, v in module.state_dict().items()
+    }
     tmp = path.with_suffix(".tmp")
     save_file(state, str(tmp))
     tmp.replace(path)
@@ -117,7 +123,9 @@ def save_component(module: torch.nn.Module, path: Path) -> None:
 def load_component(module: torch.nn.Module, path: Path) -> None:
     state = load_file(str(path))
     dtype = next(module.parameters()).dtype
-    missing, unexpected = module.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=False)
+    missing, unexpected = module.load_state_dict(
+        {k: v.to(dtype) for k, v in state.items()}, strict=False
+    )
     if unexpected or [m for m in missing if not m.endswith("temp_pos_embed")]:
         raise ValueError(f"{path}: missing {missing}, unexpected {unexpected}")
 

@@ -52,11 +52,15 @@ def _loss(vae, x: torch.Tensor, kl_weight: float) -> tuple[torch.Tensor, torch.T
     return pixel + kl_weight * kl, pixel
 
 
-def train_vae(vae, images: np.ndarray, frames: np.ndarray, config: VAEConfig, device, seed: int) -> dict:
+def train_vae(
+    vae, images: np.ndarray, frames: np.ndarray, config: VAEConfig, device, seed: int
+) -> dict:
     """Train in place; returns a summary (steps, final losses, reconstruction PSNR)."""
     rng = np.random.default_rng(seed)
     vae.train().to(device)
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=config.lr, weight_decay=0.0, betas=(0.9, 0.99))
+    optimizer = torch.optim.AdamW(
+        vae.parameters(), lr=config.lr, weight_decay=0.0, betas=(0.9, 0.99)
+    )
     base_lrs = [config.lr]
     budget = Budget(config.steps, config.seconds, warmup_steps=100)
     meter, step, last = Meter(), 0, float("nan")
@@ -84,7 +88,9 @@ def train_vae(vae, images: np.ndarray, frames: np.ndarray, config: VAEConfig, de
 
 
 @torch.no_grad()
-def reconstruction_psnr(vae, images: np.ndarray, frames: np.ndarray, device, seed: int, count: int = 64) -> dict:
+def reconstruction_psnr(
+    vae, images: np.ndarray, frames: np.ndarray, device, seed: int, count: int = 64
+) -> dict:
     rng = np.random.default_rng(seed)
     result = {}
     for name, pixels in (("image", images), ("frame", frames)):
@@ -118,7 +124,9 @@ def latent_scaling_factor(latents: torch.Tensor) -> float:
     return float(1.0 / latents.float().std())
 
 
-def reconstruction_accuracy(vae, device, workers: int = 1, images: int = 100, videos: int = 50) -> dict:
+def reconstruction_accuracy(
+    vae, device, workers: int = 1, images: int = 100, videos: int = 50
+) -> dict:
     """Evaluator accuracy on VAE reconstructions of held-out renders: the ceiling that the
     diffusion models can reach through this VAE."""
     from trdq.data import heldout_prompts, render_image, render_video
@@ -131,13 +139,25 @@ def reconstruction_accuracy(vae, device, workers: int = 1, images: int = 100, vi
         if kind == "image":
             pixels = np.stack([render_image(p, arch.T2I_RESOLUTION) for p in prompts])
         else:
-            pixels = np.stack([render_video(p, arch.T2V_FRAMES, arch.T2V_RESOLUTION) for p in prompts])
+            pixels = np.stack(
+                [render_video(p, arch.T2V_FRAMES, arch.T2V_RESOLUTION) for p in prompts]
+            )
         flat = pixels.reshape((-1,) + pixels.shape[-3:])
         with torch.no_grad():
             x = to_unit_range(torch.from_numpy(flat).to(device))
             recon = vae.decode(vae.encode(x).latent_dist.mode()).sample.float().clamp(-1, 1)
-        recon = ((recon + 1) * 127.5 + 0.5).byte().permute(0, 2, 3, 1).cpu().numpy().reshape(pixels.shape)
+        recon = (
+            ((recon + 1) * 127.5 + 0.5)
+            .byte()
+            .permute(0, 2, 3, 1)
+            .cpu()
+            .numpy()
+            .reshape(pixels.shape)
+        )
         accuracy, per_attribute = score_samples(list(recon), prompts, workers)
-        result[kind] = {"accuracy": round(accuracy, 4), "per_attribute": {k: round(v, 4) for k, v in per_attribute.items()}}
+        result[kind] = {
+            "accuracy": round(accuracy, 4),
+            "per_attribute": {k: round(v, 4) for k, v in per_attribute.items()},
+        }
     logger.info("evaluator on VAE reconstructions of held-out renders: %s", result)
     return result
