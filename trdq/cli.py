@@ -62,16 +62,47 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:
-    from trdq.api import quantize
-    from trdq.config import QuantConfig
-    from trdq.pipeline import load_pipeline
+    """Fill the calibration cache: one model and precision, or what `trdq serve` would load.
 
-    pipe = load_pipeline(args.model, device=args.device)
-    report = quantize(
-        pipe, QuantConfig.preset(args.quant), cache_dir=args.cache_dir, backend=args.backend,
-        calibration_prompts=args.prompts, seed=args.seed, progress=True,
-    )
-    print(report.describe() if hasattr(report, "describe") else report)
+    With no --model, the TRDQ_* settings decide (models, precisions, cache dir, device,
+    backend, prompts), so a one-off Job can warm the cache for every replica.
+    """
+    from trdq.api import quantize
+    from trdq.pipeline import default_dtype, load_pipeline, resolve_device
+
+    if args.model:
+        jobs = [(args.model, args.quant)]
+        cache_dir, device_name = args.cache_dir or "~/.cache/trdq", args.device or "auto"
+        backend, prompts = args.backend, args.prompts
+    else:
+        from server.settings import Settings  # settings only: pydantic, no server state
+
+        settings = Settings()
+        models = [m for m in (settings.image_model, settings.video_model_name) if m]
+        quants = [q for q in settings.quant_names if q != "fp"]
+        if args.quant_given:
+            quants = [args.quant]
+        jobs = [(model, quant) for model in models for quant in quants]
+        cache_dir = args.cache_dir or settings.cache_dir
+        device_name = args.device or settings.device
+        backend = settings.backend
+        prompts = args.prompts or settings.calibration_prompts
+    device = resolve_device(device_name)
+    for model_name, quant in jobs:
+        started = time.perf_counter()
+        pipe = load_pipeline(model_name, device=device, dtype=default_dtype(device))
+        report = quantize(
+            pipe, quant, cache_dir=Path(cache_dir).expanduser(), backend=backend,
+            calibration_prompts=prompts, seed=args.seed, progress=True,
+        )
+        print(
+            f"{model_name} {quant}: calibration {report.calibration_id} "
+            f"cache={','.join(report.cache)} backend={report.backend} "
+            f"calibration {report.calibration_seconds:.1f} s, total "
+            f"{time.perf_counter() - started:.1f} s, {len(report.replaced)} layers, "
+            f"denoiser weights {report.weight_bytes_before} -> {report.weight_bytes_after} bytes",
+            flush=True,
+        )
     return 0
 
 
@@ -104,13 +135,16 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, default=0)
     gen.set_defaults(func=_cmd_generate)
 
-    cal = sub.add_parser("calibrate", help="calibrate a model and fill the cache")
-    cal.add_argument("--model", required=True)
-    cal.add_argument("--quant", default="w8a8")
-    cal.add_argument("--cache-dir", default="~/.cache/trdq")
+    cal = sub.add_parser(
+        "calibrate",
+        help="fill the calibration cache (no --model: what `trdq serve` would load)",
+    )
+    cal.add_argument("--model", help="zoo name or local folder (default: TRDQ_MODEL/VIDEO_MODEL)")
+    cal.add_argument("--quant", help="precision preset (default: TRDQ_QUANT, or w8a8 with --model)")
+    cal.add_argument("--cache-dir", help="default: TRDQ_CACHE_DIR or ~/.cache/trdq")
     cal.add_argument("--prompts", help="text file, one calibration prompt per line")
     cal.add_argument("--backend", default="auto")
-    cal.add_argument("--device", default="cpu")
+    cal.add_argument("--device", help="auto | cpu | cuda[:N] (default: TRDQ_DEVICE or auto)")
     cal.add_argument("--seed", type=int, default=0)
     cal.set_defaults(func=_cmd_calibrate)
 
@@ -139,6 +173,9 @@ def main(argv: list[str] | None = None) -> int:
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         return importlib.import_module(FORWARDED[argv[0]]).main(argv[1:])
     args = build_parser().parse_args(argv)
+    if args.command == "calibrate":
+        args.quant_given = args.quant is not None
+        args.quant = args.quant or "w8a8"
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

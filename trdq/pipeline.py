@@ -52,6 +52,20 @@ def pipeline_class_name(path: Path) -> str:
     return json.loads((path / "model_index.json").read_text())["_class_name"]
 
 
+def resolve_device(setting: str = "auto") -> torch.device:
+    """'auto' -> CUDA when available, else CPU; a named CUDA device must exist."""
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if setting.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device {setting} asked for, but no CUDA device is available")
+    return torch.device(setting)
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    """bf16 on GPUs; fp32 on CPU (diffusers' CPU default and the quantizer's baseline)."""
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
 def load_pipeline(
     name_or_path: str | Path,
     device: str | torch.device = "cpu",

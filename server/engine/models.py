@@ -19,6 +19,8 @@ from server.errors import ModelUnavailableError
 from server.metrics import Metrics
 from server.settings import Settings
 from trdq.pipeline import (
+    default_dtype,
+    resolve_device,
     load_pipeline,
     max_frames,
     min_inference_steps,
@@ -67,19 +69,11 @@ class ModelSet:
         return list(self.by_task_and_quant.values())
 
 
-def resolve_device(setting: str) -> torch.device:
-    if setting == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if setting.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"TRDQ_DEVICE={setting} but no CUDA device is available")
-    return torch.device(setting)
-
-
 def load_models(settings: Settings, metrics: Metrics) -> ModelSet:
     device = resolve_device(settings.device)
     if device.type == "cpu" and settings.threads:
         torch.set_num_threads(settings.threads)
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    dtype = default_dtype(device)
     served: dict[tuple[str, str], ServedModel] = {}
     for model_name in (settings.image_model, settings.video_model_name):
         if model_name is None:
@@ -106,6 +100,8 @@ def _pipeline_copy_with_own_denoiser(base):
     components = dict(base.components)
     components["transformer"] = copy.deepcopy(base.transformer)
     pipe = type(base)(**components)
+    # Keep the source path: the calibration prompts (and so the cache key) follow from it.
+    pipe.register_to_config(_name_or_path=base.config._name_or_path)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
