@@ -100,6 +100,8 @@ class GenerationEngine:
             for job in self._queue.drain():
                 self._cancel_metric("shutdown")
                 _resolve(job, error=ShuttingDownError("the server shut down before this job ran"))
+        for job in list(self._active):  # a running batch stops at its next step
+            job.cancel("shutdown")
         self._executor.shutdown(wait=True, cancel_futures=True)
 
     def _warm_up(self) -> None:
