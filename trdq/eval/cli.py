@@ -4,7 +4,7 @@ For each setting (a QuantConfig preset name) a freshly loaded pipeline is quanti
 ``trdq.quantize`` (calibration loaded from, or saved to, ``--cache-dir``) and generates the
 same held-out prompts with the same seeds; ``trdq.eval.report.run_quality`` scores them
 (analytic prompt accuracy, per attribute, PSNR/SSIM to the ``fp`` sample of the same seed,
-generation seconds). ``fp`` is always run first: it is the reference. Loading and
+generation seconds). ``fp`` is always run first: its samples are the reference. Loading and
 quantization (calibration) are outside the timed part, and only one pipeline is held at a
 time. The JSON (``--json``) is ``QualityReport.to_dict``; docs/QUALITY.md (``--out-md``)
 gets one section per model, replaced when that model is evaluated again.
@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trdq.eval.report import QualityReport, quality_markdown, run_quality
+from trdq.eval.report import QualityReport, quality_markdown, run_quality, similarity_to
 
 logger = logging.getLogger(__name__)
 
@@ -167,21 +167,22 @@ def evaluate_settings(
         default = int(pipe.transformer.config.sample_size) * int(pipe.vae_scale_factor)
         size = (args.width or default, args.height or default)
         frames = (args.frames or max_frames(pipe)) if args.task == "video" else None
-        generator = _batched_generator(pipe, args, name, size, frames)
+        generate = _batched_generator(pipe, args, name, size, frames)
+        samples: list[np.ndarray] = []
+
+        def recording(p, s, _generate=generate, _samples=samples):
+            _samples[:] = [np.asarray(x) for x in _generate(p, s)]
+            return _samples
+
+        # one setting per run_quality call (one pipeline held at a time); the similarity
+        # to the reference samples kept from the fp run is filled in here
+        result = run_quality(args.model, {name: recording}, prompts, seeds, reference=REFERENCE)
+        row = result.result(name)
         if name == REFERENCE:
-
-            def recording(p, s, _generate=generator):
-                samples = _generate(p, s)
-                reference_samples[:] = [np.asarray(x) for x in samples]
-                return samples
-
-            generators = {REFERENCE: recording}
+            reference_samples = samples
         else:
-            generators = {REFERENCE: lambda p, s: reference_samples, name: generator}
-        # the reference is replayed (not regenerated) so each run times only its setting
-        result = run_quality(args.model, generators, prompts, seeds, reference=REFERENCE)
-        report.results.append(result.result(name))
-        row = report.results[-1]
+            row.psnr_to_fp, row.ssim_to_fp = similarity_to(reference_samples, samples)
+        report.results.append(row)
         logger.info(
             "%s: accuracy %.3f, PSNR %s dB, SSIM %s, %.1f s (calibration %.1f s, %s)",
             name,
@@ -194,7 +195,7 @@ def evaluate_settings(
         )
         if args.json:  # partial results survive an interrupted run
             Path(args.json).write_text(report.to_json() + "\n")
-        del pipe, generator, generators
+        del pipe, generate, recording
         gc.collect()
     assert report is not None
     return report, infos
@@ -382,8 +383,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"trdq eval: {exc}", file=sys.stderr)
         return 2
     import diffusers
+    import transformers
 
+    # our own progress bars (per setting and batch) replace the per-component loading bars
     diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
     command = "trdq eval " + shlex.join(sys.argv[1:] if argv is None else argv)
     logger.info("settings: %s", ", ".join(settings))
     report, infos = evaluate_settings(args, settings)
