@@ -47,17 +47,17 @@ from trdq.timestep import GroupMap, QuantContext, StepEvent, TimestepHook
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "DEFAULT_CALIBRATION_PROMPTS",
     "QuantReport",
     "QuantState",
-    "quantize",
-    "calibrate",
-    "save",
-    "load",
-    "weight_bytes_by_dtype",
-    "get_state",
     "add_step_listener",
+    "calibrate",
+    "get_state",
+    "load",
+    "quantize",
+    "save",
     "step_trace",
-    "DEFAULT_CALIBRATION_PROMPTS",
+    "weight_bytes_by_dtype",
 ]
 
 STATE_ATTR = "_trdq_state"
@@ -102,11 +102,11 @@ class QuantReport:
         before, after = self.weight_bytes_before, self.weight_bytes_after
         ratio = before / after if after else float("nan")
         lines = [
-            f"quant {self.config_name} on backend {self.backend}: "
-            f"{len(self.replaced)} layers replaced, {len(self.skipped)} kept in full precision",
+            (f"quant {self.config_name} on backend {self.backend}: "
+             f"{len(self.replaced)} layers replaced, {len(self.skipped)} kept in full precision"),
             f"denoiser weights {before:,} -> {after:,} bytes ({ratio:.2f}x smaller)",
-            f"calibration {self.calibration_id} cache {','.join(self.cache) or '-'} "
-            f"({self.calibration_seconds:.1f} s calibrating, {self.total_seconds:.1f} s total)",
+            (f"calibration {self.calibration_id} cache {','.join(self.cache) or '-'} "
+             f"({self.calibration_seconds:.1f} s calibrating, {self.total_seconds:.1f} s total)"),
         ]
         if self.cache_reason:
             lines.append(f"cache: {self.cache_reason}")

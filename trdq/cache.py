@@ -38,15 +38,15 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "FORMAT_VERSION",
-    "Fingerprint",
-    "LoadResult",
     "CalibrationCache",
     "CalibrationCacheError",
-    "model_fingerprint",
+    "Fingerprint",
+    "LoadResult",
     "calibration_set_fingerprint",
-    "write_artifact",
-    "read_artifact",
     "library_version",
+    "model_fingerprint",
+    "read_artifact",
+    "write_artifact",
 ]
 
 FORMAT_VERSION = 1

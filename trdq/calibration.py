@@ -31,8 +31,13 @@ from tqdm.auto import tqdm
 
 from trdq import primitives as P
 from trdq.config import QuantConfig
-from trdq.integrations.diffusers import find_denoiser, rotation_block_for, select_layers
-from trdq.integrations.diffusers import unwrap_pipeline_call, wrap_pipeline_call
+from trdq.integrations.diffusers import (
+    find_denoiser,
+    rotation_block_for,
+    select_layers,
+    unwrap_pipeline_call,
+    wrap_pipeline_call,
+)
 from trdq.integrations.pipeline_args import calibration_call_kwargs
 from trdq.kernels.base import ActQuant
 from trdq.kernels.reference import prepare_activation
@@ -402,7 +407,7 @@ def solve_layer(linear: nn.Linear, st: _LayerStats, config: QuantConfig,
         pairs = pairs_for(g) if config.cfg_wise and len(grid) > 1 else None
         if pairs is not None:
             clip_pair, scale_pair = _search_cfg_pair(
-                pairs, lambda r: rotate(r, smooth), lambda h, xr: range_of(g, [h], xr),
+                pairs, lambda r: rotate(r, smooth), lambda h, xr, g=g: range_of(g, [h], xr),
                 weight[out_idx], w_fake,
                 grid, config,
             )

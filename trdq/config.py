@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-__all__ = ["QuantConfig", "CONFIG_VERSION", "PRESETS", "preset_names", "DEFAULT_FP_PATTERNS"]
+__all__ = ["CONFIG_VERSION", "DEFAULT_FP_PATTERNS", "PRESETS", "QuantConfig", "preset_names"]
 
 CONFIG_VERSION = 1
 TIMESTEP_SCALE = 1000.0
@@ -177,7 +177,7 @@ class QuantConfig:
 
         data = yaml.safe_load(text)
         if not isinstance(data, dict):
-            raise ValueError("YAML config must be a mapping")
+            raise TypeError("YAML config must be a mapping")
         return cls.from_dict(data)
 
     @classmethod

@@ -12,19 +12,19 @@ import torch
 
 __all__ = [
     "FP8_E4M3_MAX",
-    "qmax_for",
-    "scale_from_absmax",
-    "quantize_symmetric",
     "dequantize",
-    "fake_quant_symmetric",
-    "quantize_weight_per_channel",
-    "quantize_fp8",
-    "fake_quant_fp8",
     "dynamic_row_scale",
+    "fake_quant_fp8",
+    "fake_quant_symmetric",
     "pack_int4",
-    "unpack_int4",
-    "sqnr_db",
     "psnr_db",
+    "qmax_for",
+    "quantize_fp8",
+    "quantize_symmetric",
+    "quantize_weight_per_channel",
+    "scale_from_absmax",
+    "sqnr_db",
+    "unpack_int4",
 ]
 
 FP8_E4M3_MAX = 448.0

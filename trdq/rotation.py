@@ -22,14 +22,14 @@ from dataclasses import dataclass
 import torch
 
 __all__ = [
-    "hadamard_matrix",
-    "hadamard_block_size",
+    "DuQuantRotation",
     "block_hadamard_matrix",
     "fwht",
+    "hadamard_block_size",
+    "hadamard_matrix",
     "hadamard_transform",
     "rotate_weight",
     "zigzag_permutation",
-    "DuQuantRotation",
 ]
 
 

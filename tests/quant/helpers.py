@@ -6,26 +6,27 @@ import torch
 
 from trdq.config import QuantConfig
 
-IMAGE_KW = dict(height=16, width=16, use_resolution_binning=False, clean_caption=False,
-                output_type="pt")
-VIDEO_KW = dict(height=16, width=16, video_length=4, clean_caption=False, output_type="pt")
+IMAGE_KW = {"height": 16, "width": 16, "use_resolution_binning": False,
+            "clean_caption": False, "output_type": "pt"}
+VIDEO_KW = {"height": 16, "width": 16, "video_length": 4, "clean_caption": False,
+            "output_type": "pt"}
 
 
 def fast(config: QuantConfig | str, **changes) -> QuantConfig:
-    """A preset with a small calibration (4 prompts x 10 steps) for fast tests."""
+    """A preset with a small calibration (2 prompts x 6 steps) for fast tests."""
     cfg = QuantConfig.preset(config) if isinstance(config, str) else config
-    base = dict(calib_num_prompts=4, calib_batch_size=4, calib_steps=10, calib_rows=128)
+    base = {"calib_num_prompts": 2, "calib_batch_size": 2, "calib_steps": 6, "calib_rows": 64}
     base.update(changes)
     return cfg.replace(**base)
 
 
-def run_image(pipe, prompts, steps: int = 10, guidance: float = 4.5, seed: int = 0):
+def run_image(pipe, prompts, steps: int = 6, guidance: float = 4.5, seed: int = 0):
     gens = [torch.Generator().manual_seed(seed + i) for i in range(len(prompts))]
     return pipe(list(prompts), generator=gens, num_inference_steps=steps,
                 guidance_scale=guidance, **IMAGE_KW).images
 
 
-def run_video(pipe, prompts, steps: int = 10, guidance: float = 4.5, seed: int = 0):
+def run_video(pipe, prompts, steps: int = 6, guidance: float = 4.5, seed: int = 0):
     gens = [torch.Generator().manual_seed(seed + i) for i in range(len(prompts))]
     return pipe(list(prompts), generator=gens, num_inference_steps=steps,
                 guidance_scale=guidance, **VIDEO_KW).frames

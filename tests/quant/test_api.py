@@ -74,7 +74,7 @@ def test_ablation_and_other_presets_run(preset):
     assert report.replaced
     kind = FaithfulLinear if preset == "faithful" else QuantLinear
     assert all(isinstance(pipe.transformer.get_submodule(n), kind) for n in report.replaced)
-    out = run_image(pipe, TINY_PROMPTS[:2], steps=4)
+    out = run_image(pipe, TINY_PROMPTS[:1], steps=3)
     assert torch.isfinite(out).all()
 
 
@@ -82,7 +82,9 @@ def test_full_w8a8_is_closer_to_fp_than_minmax(pixart_fp_reference):
     scores = {}
     for preset in ("w8a8-minmax", "w8a8"):
         pipe = tiny_pixart_pipeline(outliers=True)
-        api.quantize(pipe, fast(preset), progress=False, calibration_prompts=TINY_PROMPTS)
+        cfg = fast(preset, calib_num_prompts=4, calib_batch_size=4, calib_steps=10,
+                   calib_rows=128)
+        api.quantize(pipe, cfg, progress=False, calibration_prompts=TINY_PROMPTS)
         scores[preset] = psnr_db(pixart_fp_reference, run_image(pipe, TINY_PROMPTS[:2]))
     assert scores["w8a8"] > scores["w8a8-minmax"], scores
 

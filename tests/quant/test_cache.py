@@ -30,7 +30,7 @@ def _quantize(cache_dir, **kw):
     return pipe, report
 
 
-def _artifact(cache_dir) -> "Path":  # noqa: F821
+def _artifact(cache_dir) -> Path:  # noqa: F821
     dirs = [p for p in cache_dir.iterdir() if p.is_dir() and not p.name.startswith(".")]
     assert len(dirs) == 1
     return dirs[0]

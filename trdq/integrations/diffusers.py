@@ -31,13 +31,13 @@ from trdq.timestep import QuantContext, TimestepHook
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "find_denoiser",
-    "select_layers",
-    "rotation_block_for",
-    "set_submodule",
-    "wrap_pipeline_call",
     "CfgSplitForward",
     "architecture_of",
+    "find_denoiser",
+    "rotation_block_for",
+    "select_layers",
+    "set_submodule",
+    "wrap_pipeline_call",
 ]
 
 #: smallest Hadamard block worth using (a 2x2 block barely spreads an outlier)

@@ -34,7 +34,7 @@ import torch
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from trdq.config import QuantConfig
 
-__all__ = ["ActQuant", "KernelBackend", "BackendUnavailableError"]
+__all__ = ["ActQuant", "BackendUnavailableError", "KernelBackend"]
 
 
 class BackendUnavailableError(RuntimeError):

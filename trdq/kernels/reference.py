@@ -15,7 +15,7 @@ from trdq.kernels.base import ActQuant, KernelBackend
 from trdq.kernels.registry import register
 from trdq.rotation import hadamard_transform
 
-__all__ = ["ReferenceBackend", "prepare_activation", "fake_quant_activation"]
+__all__ = ["ReferenceBackend", "fake_quant_activation", "prepare_activation"]
 
 
 def prepare_activation(x: torch.Tensor, act: ActQuant) -> torch.Tensor:

@@ -28,7 +28,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["register", "get_backend", "list_backends", "select_backend", "load_backends_for"]
+__all__ = ["get_backend", "list_backends", "load_backends_for", "register", "select_backend"]
 
 _BACKENDS: dict[str, KernelBackend] = {}
 _LOADED_DEVICE_TYPES: set[str] = set()

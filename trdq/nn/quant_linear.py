@@ -26,7 +26,7 @@ from trdq.kernels.base import ActQuant, KernelBackend
 from trdq.rotation import rotate_weight
 from trdq.timestep import QuantContext
 
-__all__ = ["QuantLinear", "LayerQuantParams"]
+__all__ = ["LayerQuantParams", "QuantLinear"]
 
 
 @dataclass

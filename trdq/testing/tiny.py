@@ -9,22 +9,19 @@ from __future__ import annotations
 import torch
 
 __all__ = [
-    "tiny_pixart_transformer",
+    "TINY_PROMPTS",
+    "plant_outlier_channels",
+    "tiny_latte_pipeline",
     "tiny_latte_transformer",
+    "tiny_pixart_pipeline",
+    "tiny_pixart_transformer",
     "tiny_text_encoder",
     "tiny_tokenizer",
     "tiny_vae",
-    "tiny_pixart_pipeline",
-    "tiny_latte_pipeline",
-    "TINY_PROMPTS",
-    "plant_outlier_channels",
 ]
 
 TEXT_DIM = 32
-TINY_WORDS = (
-    "a red green blue yellow circle square triangle star top bottom left right center "
-    "small large big moving up down on the in of and with background black white"
-).split()
+TINY_WORDS = ["a", "red", "green", "blue", "yellow", "circle", "square", "triangle", "star", "top", "bottom", "left", "right", "center", "small", "large", "big", "moving", "up", "down", "on", "the", "in", "of", "and", "with", "background", "black", "white"]
 TINY_PROMPTS = [
     "a red circle top left",
     "a blue square bottom right",
