@@ -19,8 +19,8 @@ FAST = {"num_inference_steps": 2, "width": 32, "height": 32}
 
 
 def make_settings(tmp_path, **overrides) -> Settings:
-    values = dict(quant="fp", cache_dir=tmp_path / "cache", video_model="none", warmup=False,
-                  max_queue=8)
+    values = {"quant": "fp", "cache_dir": tmp_path / "cache", "video_model": "none",
+              "warmup": False, "max_queue": 8}
     values.update(overrides)
     return Settings(**values)
 
