@@ -176,7 +176,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--width", type=int, default=None)
     parser.add_argument("--height", type=int, default=None)
     parser.add_argument("--frames", type=int, default=None, help="num_frames (video)")
-    parser.add_argument("--timeout", type=float, default=300.0, help="per-request seconds")
+    parser.add_argument("--timeout", type=float, default=360.0,
+                        help="per-request seconds (above the server's default 300 s limit, "
+                        "so a server-side 504 is seen rather than a client timeout)")
     parser.add_argument("--max-seconds", type=float, default=600.0,
                         help="wall-time bound for the whole run")
     parser.add_argument("--api-key", default=os.environ.get("TRDQ_API_KEY"),
