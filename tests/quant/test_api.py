@@ -65,9 +65,13 @@ def test_latte_end_to_end():
     assert psnr_db(ref, out) > 30
 
 
-@pytest.mark.parametrize("preset", ["w8a8-minmax", "w8a8-rot", "w8a8-rot-groups",
-                                    "w8a8-rot-groups-search", "w4a8-minmax", "w4a8-rot-groups",
-                                    "w8a8-dyn", "fp8", "faithful"])
+SLOW = pytest.mark.slow
+
+
+@pytest.mark.parametrize("preset", ["w8a8-minmax", pytest.param("w8a8-rot", marks=SLOW),
+                                    pytest.param("w8a8-rot-groups", marks=SLOW),
+                                    "w8a8-rot-groups-search", pytest.param("w4a8-minmax", marks=SLOW),
+                                    "w4a8-rot-groups", "w8a8-dyn", "fp8", "faithful"])
 def test_ablation_and_other_presets_run(preset):
     pipe = tiny_pixart_pipeline()
     report = api.quantize(pipe, fast(preset), progress=False, calibration_prompts=TINY_PROMPTS)
