@@ -1,0 +1,12 @@
+"""TR-DQ: timestep-grouped, rotation-smoothed, CFG-aware quantization of diffusion transformers.
+
+    pipe = trdq.load_pipeline("tiny-shapes-t2i")
+    report = trdq.quantize(pipe, "w8a8", cache_dir="~/.cache/trdq")
+"""
+
+from trdq.api import QuantReport, calibrate, load, quantize, save
+from trdq.config import QuantConfig
+from trdq.pipeline import load_pipeline
+
+__all__ = ["QuantConfig", "QuantReport", "calibrate", "load", "load_pipeline", "quantize", "save"]
+__version__ = "0.1.0"
