@@ -69,9 +69,10 @@ def load_backends_for(device: torch.device | str) -> None:
 def get_backend(name: str) -> KernelBackend:
     """The registered backend ``name`` (importing the usual modules first)."""
     if name not in _BACKENDS:
+        # Every backend module imports on any machine (GPU ones report themselves
+        # unavailable), so a named GPU backend on a CPU host gets its real reason.
         load_backends_for("cpu")
-        if torch.cuda.is_available():
-            load_backends_for("cuda")
+        load_backends_for("cuda")
     try:
         return _BACKENDS[name]
     except KeyError:

@@ -167,7 +167,8 @@ class QuantLinear(nn.Module):
         if self.act_mode == "static":
             gi = ctx.group_index
             if gi is not None and gi.device == self.act_scale_by_group.device:
-                scales = self.act_scale_by_group[gi]  # [2] (uncond, cond); no host sync
+                # index_select with a device tensor: no host sync, so CUDA graphs can capture it
+                scales = self.act_scale_by_group.index_select(0, gi.reshape(1)).squeeze(0)
             else:
                 scales = self.act_scale_by_group[min(ctx.group, self.act_scale_by_group.shape[0] - 1)]
             if split:
