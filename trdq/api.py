@@ -62,6 +62,9 @@ __all__ = [
 
 STATE_ATTR = "_trdq_state"
 ZOO_PROMPTS_DIR = Path(__file__).resolve().parent / "zoo" / "calibration"
+#: Artifacts calibrated ahead for the zoo pipelines (CPU, fp32, default presets), so a
+#: first start of the default server needs no calibration; copied into the cache on use.
+SHIPPED_CALIBRATIONS_DIR = ZOO_PROMPTS_DIR / "artifacts"
 DEFAULT_CALIBRATION_PROMPTS = [
     "a red circle in the top left corner",
     "a blue square at the bottom right",
@@ -301,6 +304,7 @@ def quantize(
     else:
         cache = CalibrationCache(cache_dir)
         with cache.lock(fingerprint):
+            cache.seed_from(SHIPPED_CALIBRATIONS_DIR, fingerprint)
             loaded = cache.load(fingerprint)
             calib = None
             if loaded.status == "hit":

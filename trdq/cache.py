@@ -246,6 +246,23 @@ class CalibrationCache:
                         time.perf_counter() - start)
         return result
 
+    def seed_from(self, shipped_root: Path, fingerprint: Fingerprint) -> bool:
+        """Copy a shipped artifact (e.g. the zoo's) into this cache if it has none yet.
+
+        Call under ``lock``. The copy lands in a temporary folder and is renamed into
+        place, and the normal ``load`` validates it afterwards like any other artifact.
+        """
+        source = Path(shipped_root) / fingerprint.id
+        target = self.path_for(fingerprint)
+        if target.exists() or not (source / "manifest.json").is_file():
+            return False
+        staging = self.root / f".{fingerprint.id}.seed-{os.getpid()}"
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(source, staging)
+        os.replace(staging, target)
+        logger.info("calibration artifact %s seeded from %s", fingerprint.id, shipped_root)
+        return True
+
     def save(self, fingerprint: Fingerprint, tensors: dict[str, torch.Tensor],
              manifest_extra: dict[str, Any]) -> Path:
         path = write_artifact(self.path_for(fingerprint), fingerprint, tensors, manifest_extra)
