@@ -64,7 +64,7 @@ class Metrics:
         )
         self.device_memory = Gauge(
             "trdq_device_memory_bytes",
-            "Device memory (CPU: process resident memory; peak: max resident).",
+            "Device memory: allocated/reserved/peak/total (CPU: resident memory; total: limit).",
             ["device", "kind"], registry=r,
         )
         self.weight_bytes = Gauge(

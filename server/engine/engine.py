@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import resource
 import time
 from collections.abc import Callable
@@ -323,6 +324,7 @@ class GenerationEngine:
             gauge.labels(device=name, kind="allocated").set(torch.cuda.memory_allocated(device))
             gauge.labels(device=name, kind="reserved").set(torch.cuda.memory_reserved(device))
             gauge.labels(device=name, kind="peak").set(torch.cuda.max_memory_allocated(device))
+            gauge.labels(device=name, kind="total").set(torch.cuda.mem_get_info(device)[1])
             return
         rss = _resident_bytes()
         gauge.labels(device="cpu", kind="allocated").set(rss)
@@ -330,6 +332,7 @@ class GenerationEngine:
         gauge.labels(device="cpu", kind="peak").set(
             resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         )
+        gauge.labels(device="cpu", kind="total").set(_memory_limit_bytes())
 
 
 def _resolve(job: Job, result: JobOutput | None = None, error: Exception | None = None) -> None:
@@ -350,6 +353,19 @@ def _cancel_error(job: Job) -> ServiceError:
 def _retrieve(future: asyncio.Future) -> None:
     if not future.cancelled():
         future.exception()
+
+
+def _memory_limit_bytes() -> int:
+    """The cgroup memory limit when one is set, else the machine's physical memory."""
+    physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = open(path).read().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            return min(int(text), physical)
+    return physical
 
 
 def _resident_bytes() -> int:

@@ -57,6 +57,7 @@ def test_metrics_parse_and_hold_the_named_series_after_a_request(client):
     assert total("trdq_stage_duration_seconds_count", stage="encode") >= 1
     assert total("trdq_generated_images_total") >= 1
     assert total("trdq_device_memory_bytes", device="cpu", kind="allocated") > 0
+    assert total("trdq_device_memory_bytes", device="cpu", kind="total") > 0
     assert total("trdq_model_weight_bytes", model="tiny-shapes-t2i", component="transformer") > 0
     assert "trdq_queue_depth" in samples and "trdq_inflight_requests" in samples
     assert "trdq_calibration_cache_total" in samples
