@@ -29,6 +29,16 @@ def test_ablation_chain_and_settings_order():
     assert settings.index("w8a8-minmax") < settings.index("w8a8") < settings.index("faithful")
     for name in settings:
         QuantConfig.preset(name)  # every expanded name is a real preset
+    shuffled = ["fp", "w8a8", "w4a8", "fp8", "w4a8-minmax", "faithful", "w8a8-minmax"]
+    assert cli.canonical_order(shuffled) == [
+        "fp",
+        "w8a8-minmax",
+        "w8a8",
+        "faithful",
+        "w4a8-minmax",
+        "w4a8",
+        "fp8",
+    ]
     with pytest.raises(ValueError, match="w6a6"):
         cli.expand_settings("w6a6", [])
     with pytest.raises(ValueError, match="--ablation"):
@@ -110,6 +120,7 @@ def test_image_end_to_end(tmp_path, monkeypatch):
         "--quiet",
     ]
     argv += ["--json", str(out_json), "--out-md", str(out_md), "--cache-dir", str(tmp_path)]
+    argv += ["--calib-prompts", "1"]
     assert cli.main(argv) == 0
     payload = json.loads(out_json.read_text())
     assert payload["model"] == "tiny-shapes-t2i" and payload["prompts"] == 3
@@ -122,6 +133,7 @@ def test_image_end_to_end(tmp_path, monkeypatch):
     text = out_md.read_text()
     assert "trdq eval --model tiny-shapes-t2i --quant w8a8 --prompts 3" in text
     assert "| w8a8 |" in text and "Target FP accuracy" in text and "cpu_int8" in text
+    assert "Calibration on 1 prompts" in text and "Not run yet" not in text
 
 
 def test_video_end_to_end(tmp_path):

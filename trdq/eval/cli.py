@@ -97,6 +97,8 @@ def _prepare(args: argparse.Namespace, name: str):
 
     pipe = load_pipeline(args.model, device=args.device)
     config = QuantConfig.preset(name)
+    if args.calib_prompts and config.enabled:
+        config = config.replace(calib_num_prompts=args.calib_prompts)
     backend = "reference" if config.faithful else args.backend
     started = time.perf_counter()
     qreport = quantize(
@@ -141,8 +143,15 @@ def _batched_generator(
     return run
 
 
+def canonical_order(names: Sequence[str]) -> list[str]:
+    """fp, then each ablation chain with its faithful preset, then the rest as given."""
+    known = [REFERENCE, *(n for base in FAITHFUL_OF for n in ablation_chain(base))]
+    rank = {name: i for i, name in enumerate(known)}
+    return sorted(names, key=lambda n: (rank.get(n, len(known)), list(names).index(n)))
+
+
 def evaluate_settings(
-    args: argparse.Namespace, settings: Sequence[str]
+    args: argparse.Namespace, settings: Sequence[str], on_result=None
 ) -> tuple[QualityReport, list[SettingInfo]]:
     """Run every setting on the held-out prompts; the report holds fp first."""
     from trdq.data.split import heldout_prompts
@@ -193,8 +202,8 @@ def evaluate_settings(
             info.calibration_seconds,
             ",".join(info.cache) or "-",
         )
-        if args.json:  # partial results survive an interrupted run
-            Path(args.json).write_text(report.to_json() + "\n")
+        if on_result is not None:  # partial results survive an interrupted run
+            on_result(report, infos)
         del pipe, generate, recording
         gc.collect()
     assert report is not None
@@ -353,6 +362,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--height", type=int)
     p.add_argument("--frames", type=int, help="video frames (default: the model's length)")
     p.add_argument("--batch", type=int, default=8, help="prompts per pipeline call")
+    p.add_argument(
+        "--calib-prompts",
+        type=int,
+        help="calibrate on this many prompts instead of the preset's (noted in the Markdown)",
+    )
     p.add_argument("--backend", default="auto")
     p.add_argument("--device", default="cpu")
     p.add_argument("--cache-dir", default="~/.cache/trdq")
@@ -390,14 +404,33 @@ def main(argv: list[str] | None = None) -> int:
     transformers.utils.logging.disable_progress_bar()
     command = "trdq eval " + shlex.join(sys.argv[1:] if argv is None else argv)
     logger.info("settings: %s", ", ".join(settings))
-    report, infos = evaluate_settings(args, settings)
-    if args.json:
-        Path(args.json).write_text(report.to_json() + "\n")
-    targets = target_notes(report, args.task)
-    notes = [*targets, *setting_notes(settings, infos), *args.note]
+    device = device_description(args.device)
+    targets: list[str] = []
+
+    def write(report: QualityReport, infos: list[SettingInfo]) -> None:
+        nonlocal targets
+        order = canonical_order([r.quant for r in report.results])
+        report = QualityReport(
+            report.model, report.prompts, sorted(report.results, key=lambda r: order.index(r.quant))
+        )
+        if args.json:
+            Path(args.json).write_text(report.to_json() + "\n")
+        targets = target_notes(report, args.task)
+        notes = [*targets, *setting_notes(settings, infos), *args.note]
+        if args.calib_prompts:
+            notes.append(
+                f"Calibration on {args.calib_prompts} prompts per setting "
+                "(--calib-prompts) instead of the presets' own count."
+            )
+        missing = [n for n in settings if n not in order]
+        if missing:
+            notes.append(f"Not run yet (partial results): {', '.join(missing)}.")
+        if args.out_md and args.out_md.lower() != "none":
+            section = model_section(report, command, device, notes)
+            update_markdown(Path(args.out_md), section, args.model)
+
+    evaluate_settings(args, settings, on_result=write)
     if args.out_md and args.out_md.lower() != "none":
-        section = model_section(report, command, device_description(args.device), notes)
-        update_markdown(Path(args.out_md), section, args.model)
         logger.info("updated %s", args.out_md)
     for note in targets:
         logger.info("%s", note)
