@@ -29,7 +29,10 @@ STEPS = 10
 GUIDANCE = 4.5
 #: one prompt of eight: the most the quantized model may lose against FP
 MAX_ACCURACY_DROP = 1 / NUM_PROMPTS
-#: measured on this set (see docs/QUALITY.md for the full benchmark), minus a margin
+#: measured on this set: 33.95 dB on the partly trained zoo (1e6da3a; FP and W8A8 both 1/8
+#: prompts right), 45.4 dB on the seeded random zoo; the issue's 30 dB target sits below both.
+#: A broken rotation, scale or group switch costs far more than the margin (W4A8 min-max
+#: alone reaches only ~26 dB on the benchmark, docs/QUALITY.md).
 MIN_PSNR_DB = 30.0
 
 
