@@ -8,6 +8,7 @@ import threading
 
 import httpx
 import openai
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -63,11 +64,16 @@ def test_openai_client_against_the_images_route(tmp_path):
         images = [Image.open(io.BytesIO(base64.b64decode(item.b64_json))) for item in result.data]
         assert all(image.size == (32, 32) and image.format == "PNG" for image in images)
         assert result.data[0].b64_json != result.data[1].b64_json  # seeds 7 and 8
-        # The same seed through the native route gives the same image.
+        # The same seed through the native route gives the same image. The OpenAI call ran
+        # n=2 as one batch and the native one alone: CPU GEMMs of other shapes round
+        # differently, so allow the few levels test_batching measures, not exact bytes.
         native = httpx.post(f"{base}/generate/image", timeout=120,
                             headers={"authorization": f"Bearer {KEY}"},
                             json={"prompt": "a red circle top left", "seed": 7, **FAST})
-        assert native.json()["images"][0]["b64"] == result.data[0].b64_json
+        native_pixels = np.asarray(Image.open(io.BytesIO(
+            base64.b64decode(native.json()["images"][0]["b64"]))), dtype=np.int16)
+        openai_pixels = np.asarray(images[0], dtype=np.int16)
+        assert np.abs(native_pixels - openai_pixels).max() <= 4
 
         with pytest.raises(openai.UnprocessableEntityError) as url_error:
             client.images.generate(prompt="x", response_format="url")

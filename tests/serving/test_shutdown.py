@@ -46,10 +46,14 @@ def test_sigterm_drains_in_flight_work_then_exits(tmp_path):
         in_flight = []
         request = threading.Thread(target=lambda: in_flight.append(httpx.post(
             f"{base}/generate/image", headers=auth, timeout=180,
-            json={"prompt": "a red circle", **FAST, "num_inference_steps": 12})))
+            # long enough (seconds, even on an idle machine) to still be running when
+            # the test looks at /readyz after SIGTERM
+            json={"prompt": "a red circle", **FAST, "width": 128, "height": 128,
+                  "num_inference_steps": 100})))
         request.start()
         job = httpx.post(f"{base}/jobs/image", headers=auth,
-                         json={"prompt": "queued job", **FAST, "num_inference_steps": 4})
+                         json={"prompt": "queued job", **FAST, "width": 128, "height": 128,
+                               "num_inference_steps": 40})
         assert job.status_code == 202
         time.sleep(0.5)
         process.send_signal(signal.SIGTERM)
