@@ -44,12 +44,11 @@ VAE = dict(
     scaling_factor=1.0,
 )
 
-T2I_TRANSFORMER = dict(
-    sample_size=T2I_RESOLUTION // 8,
+#: What the image and video denoisers share: a PixArt-style DiT block, 4 heads x 64.
+_DIT_BLOCK = dict(
     patch_size=2,
     in_channels=4,
-    out_channels=8,
-    num_layers=4,
+    out_channels=8,  # epsilon + (unused) learned-sigma channels, as the pipelines expect
     num_attention_heads=4,
     attention_head_dim=64,
     cross_attention_dim=256,
@@ -60,25 +59,19 @@ T2I_TRANSFORMER = dict(
     norm_type="ada_norm_single",
     norm_elementwise_affine=False,
     norm_eps=1e-6,
+)
+
+T2I_TRANSFORMER = dict(
+    _DIT_BLOCK,
+    sample_size=T2I_RESOLUTION // 8,
+    num_layers=4,
     use_additional_conditions=False,
 )
 
 T2V_TRANSFORMER = dict(
+    _DIT_BLOCK,
     sample_size=T2V_RESOLUTION // 8,
-    patch_size=2,
-    in_channels=4,
-    out_channels=8,
     num_layers=3,
-    num_attention_heads=4,
-    attention_head_dim=64,
-    cross_attention_dim=256,
-    caption_channels=TEXT_ENCODER["d_model"],
-    attention_bias=True,
-    activation_fn="gelu-approximate",
-    num_embeds_ada_norm=1000,
-    norm_type="ada_norm_single",
-    norm_elementwise_affine=False,
-    norm_eps=1e-6,
     video_length=T2V_FRAMES,
 )
 
