@@ -42,6 +42,7 @@ from trdq.kernels.base import KernelBackend
 from trdq.kernels.registry import select_backend
 from trdq.nn.faithful import FaithfulLinear
 from trdq.nn.quant_linear import QuantLinear
+from trdq.pipeline import weight_bytes
 from trdq.timestep import GroupMap, QuantContext, StepEvent, TimestepHook
 
 logger = logging.getLogger(__name__)
@@ -137,13 +138,9 @@ class QuantState:
 
 
 def weight_bytes_by_dtype(module: nn.Module) -> dict[str, int]:
-    """Bytes of parameters + buffers by dtype name (what the module really holds)."""
-    out: dict[str, int] = {}
-    tensors = list(module.parameters()) + list(module.buffers())
-    for t in tensors:
-        key = str(t.dtype).replace("torch.", "")
-        out[key] = out.get(key, 0) + t.numel() * t.element_size()
-    return out
+    """Bytes of parameters + persistent buffers by dtype name (one definition: the
+    server's weight-bytes metric uses the same function)."""
+    return weight_bytes(module)
 
 
 def get_state(pipe: Any) -> QuantState | None:
