@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup serve test test-all lint zoo clean
+.PHONY: setup serve test test-all lint calibrations clean
 
 setup: $(STAMP)
 
@@ -34,8 +34,19 @@ test-all: setup
 lint: setup
 	$(BIN)/ruff check trdq server tests
 
-zoo: setup
-	$(BIN)/python scripts/build_zoo.py
+# Re-ship the zoo's W8A8 calibration artifacts (after a change to the zoo weights or to
+# the w8a8 preset): servers then start without calibrating.
+SHIPPED := trdq/zoo/calibration/artifacts
+calibrations: setup
+	rm -rf $(SHIPPED) .calibrations.tmp
+	for model in tiny-shapes-t2i tiny-shapes-t2v; do \
+	  $(BIN)/trdq calibrate --model $$model --quant w8a8 --device cpu --cache-dir .calibrations.tmp || exit 1; \
+	done
+	mkdir -p $(SHIPPED)
+	for dir in .calibrations.tmp/*/; do \
+	  test -f $$dir/manifest.json && cp -r $$dir $(SHIPPED)/; \
+	done
+	rm -rf .calibrations.tmp
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -88,6 +88,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_methods=["GET", "POST", "DELETE"],
             allow_headers=["Authorization", "Content-Type", "Accept"],
             expose_headers=["Location", "Retry-After", "X-TRDQ-Model", "X-TRDQ-Quant",
-                            "X-TRDQ-Seed"],
+                            "X-TRDQ-Seed", "X-TRDQ-Device"],
         )
     return app

@@ -25,6 +25,9 @@ class Settings(BaseSettings):
     calibration_prompts: Path | None = None
     recalibrate: bool = True
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    # Several devices (comma list, e.g. cuda:0,cuda:1): one engine worker per device, each
+    # with its own copy of the models, all taking work from one shared queue. Empty: `device`.
+    devices: str = ""
     backend: str = "auto"
     compile: bool = False
     threads: int = Field(default=0, ge=0)  # torch intra-op threads on CPU; 0 = torch default
@@ -66,6 +69,14 @@ class Settings(BaseSettings):
             return value
         raise ValueError("must be auto, cpu, cuda or cuda:N")
 
+    @field_validator("devices")
+    @classmethod
+    def _check_devices(cls, value: str) -> str:
+        names = [cls._check_device(name) for name in value.split(",") if name.strip()]
+        if "auto" in names and len(names) > 1:
+            raise ValueError("auto cannot be combined with other devices")
+        return ",".join(names)
+
     @field_validator("quant")
     @classmethod
     def _check_quant(cls, value: str) -> str:
@@ -79,6 +90,11 @@ class Settings(BaseSettings):
     @property
     def cors_origin_list(self) -> list[str]:
         return [origin.strip() for origin in self.cors_origins.split(",") if origin.strip()]
+
+    @property
+    def device_names(self) -> list[str]:
+        """One entry per engine worker (TRDQ_DEVICES, else TRDQ_DEVICE)."""
+        return self.devices.split(",") if self.devices else [self.device]
 
     @property
     def quant_names(self) -> list[str]:

@@ -7,8 +7,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-import diffusers  # noqa: E402
-import transformers  # noqa: E402
+import diffusers
+import transformers
 
 diffusers.utils.logging.disable_progress_bar()
 transformers.utils.logging.disable_progress_bar()

@@ -154,6 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("eval", "quality benchmark on the shapes world (see `trdq eval --help`)"),
         ("zoo", "build or train the embedded pipelines"),
         ("loadtest", "load test a running server (loopback only)"),
+        ("loadsuite", "start servers, load them, write docs/RELIABILITY.md figures"),
     ):
         sub.add_parser(name, help=text, add_help=False)
     return parser
@@ -161,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 #: Sub-commands with their own argument parsers: everything after the name is theirs.
 FORWARDED = {"bench": "trdq.bench", "eval": "trdq.eval.cli", "zoo": "trdq.zoo.cli",
-             "loadtest": "trdq.loadtest"}
+             "loadtest": "trdq.loadtest", "loadsuite": "trdq.loadsuite"}
 
 
 def main(argv: list[str] | None = None) -> int:

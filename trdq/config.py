@@ -3,8 +3,8 @@
 A config is plain data (JSON/YAML round-trip, stable ``config_hash``) and the preset
 names are what the server's ``TRDQ_QUANT`` takes: ``fp``, ``w8a8``, ``w4a8``, ``fp8``,
 the ablation chain ``{w8a8,w4a8}-minmax -> -rot -> -rot-groups -> -rot-groups-search ->
-{w8a8,w4a8}`` (the full method adds CFG-wise parameters), dynamic-activation variants
-``{w8a8,w4a8}-dyn`` and ``faithful`` / ``faithful-w4a8`` (the released algorithm, reference
+{w8a8,w4a8}`` (the full method adds CFG-wise parameters), the same chain with static
+activation scales (``-static`` suffix, e.g. ``w8a8-static``, ``w8a8-minmax-static``) and ``faithful`` / ``faithful-w4a8`` (the released algorithm, reference
 backend only; see TRDQ-RELEASED.md).
 
 Timestep groups live on the model's training scale [0, 1000]: ``group_boundaries`` are the
@@ -61,7 +61,7 @@ class QuantConfig:
     fp8: bool = False
     weight_granularity: Literal["per_channel"] = "per_channel"
     #: static: per-group (per CFG half) per-tensor scale; dynamic: per-token absmax x clip
-    act_mode: ActMode = "static"
+    act_mode: ActMode = "dynamic"
 
     num_groups: int = 8
     #: interior cut points on [0, 1000], ascending, len == num_groups - 1; None = uniform
@@ -203,16 +203,20 @@ class QuantConfig:
         return builder()
 
 
-def _chain(bits: int, name: str, stage: int, **extra: Any) -> QuantConfig:
-    """Ablation stage 0..4: minmax, +rot, +groups, +search, +cfg-wise (full)."""
+def _chain(bits: int, name: str, stage: int, act_mode: ActMode = "dynamic") -> QuantConfig:
+    """Ablation stage 0..4: minmax, +rot, +groups, +search, +cfg-wise (full).
+
+    Every stage quantizes activations the way the full method does (``act_mode``): the
+    chain isolates rotation, groups, search and CFG-wise, not the activation mode.
+    """
     return QuantConfig(
         name=name,
         weight_bits=bits,
+        act_mode=act_mode,
         rotation="hadamard" if stage >= 1 else "none",
         num_groups=8 if stage >= 2 else 1,
         search=stage >= 3,
         cfg_wise=stage >= 4,
-        **extra,
     )
 
 
@@ -241,15 +245,14 @@ PRESETS: dict[str, Any] = {
     "faithful": lambda: _faithful(8, "faithful"),
     "faithful-w4a8": lambda: _faithful(4, "faithful-w4a8"),
 }
+_STAGES = ("-minmax", "-rot", "-rot-groups", "-rot-groups-search", "")
 for _bits in (8, 4):
     _base = f"w{_bits}a8"
-    for _stage, _suffix in enumerate(("-minmax", "-rot", "-rot-groups", "-rot-groups-search", "")):
-        PRESETS[_base + _suffix] = (
-            lambda b=_bits, n=_base + _suffix, s=_stage: _chain(b, n, s)
-        )
-    PRESETS[_base + "-dyn"] = lambda b=_bits, n=_base + "-dyn": _chain(
-        b, n, 4, act_mode="dynamic"
-    )
+    for _stage, _suffix in enumerate(_STAGES):
+        PRESETS[_base + _suffix] = lambda b=_bits, n=_base + _suffix, s=_stage: _chain(b, n, s)
+        # the same chain with static per-group (per CFG half) activation scales
+        _static = _base + _suffix + "-static"
+        PRESETS[_static] = lambda b=_bits, n=_static, s=_stage: _chain(b, n, s, "static")
 
 
 def preset_names() -> list[str]:

@@ -10,9 +10,9 @@ from __future__ import annotations
 import inspect
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -58,7 +58,12 @@ def resolve_device(setting: str = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if setting.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError(f"device {setting} asked for, but no CUDA device is available")
-    return torch.device(setting)
+    device = torch.device(setting)
+    if device.type == "cuda" and device.index is not None:
+        count = torch.cuda.device_count()
+        if device.index >= count:
+            raise RuntimeError(f"device {setting} asked for, but this machine has {count} GPU(s)")
+    return device
 
 
 def default_dtype(device: torch.device) -> torch.dtype:

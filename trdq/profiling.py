@@ -10,8 +10,8 @@ uses them for the step-alone figures.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 
@@ -103,7 +103,7 @@ class PipelineProfiler:
         for listener in self._step_listeners:
             listener(seconds, self._timestep)
 
-    def call(self) -> "_ProfiledCall":
+    def call(self) -> _ProfiledCall:
         return _ProfiledCall(self)
 
     def detach(self) -> None:

@@ -1,9 +1,11 @@
 """The generation engine: the only code that touches the pipelines.
 
-Requests become jobs in a bounded queue (full -> 429). One dispatcher coroutine takes
-the oldest job plus compatible waiting ones (same size, steps, frames, guidance,
-precision) and runs them as one pipeline call on a single worker thread, so the
-event loop never blocks and the pipelines are never used concurrently.
+Requests become jobs in a bounded queue (full -> 429). Each device (TRDQ_DEVICES; one
+by default) has a worker: its own copy of the models, one thread, and one dispatcher
+coroutine that takes the oldest job plus compatible waiting ones (same size, steps,
+frames, guidance, precision) from the shared queue and runs them as one pipeline call
+on that thread. So the event loop never blocks, a pipeline is never used concurrently,
+and an idle device always takes the next batch.
 
 Every accepted job ends in exactly one final state (its future is always resolved):
 a result, a ServiceError, or cancelled. Cancellation (client gone, timeout, DELETE,
@@ -22,12 +24,14 @@ import resource
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from server.engine.jobs import Job, JobOutput, JobQueue, JobSpec, QueueFull, StageTimings
-from server.engine.models import ModelSet, ServedModel, load_models, resolve_device
+from server.engine.models import ModelSet, ServedModel, load_models
 from server.errors import (
     DeviceOutOfMemoryError,
     GenerationCancelledError,
@@ -40,21 +44,43 @@ from server.errors import (
 )
 from server.metrics import Metrics
 from server.settings import Settings
-from trdq.pipeline import GenerationRequest, generate
+from trdq.pipeline import GenerationRequest, generate, resolve_device
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass
+class DeviceWorker:
+    """One device: its own copy of the models and the one thread that runs them."""
+
+    device: torch.device
+    executor: ThreadPoolExecutor
+    models: ModelSet | None = None
+    dispatcher: asyncio.Task | None = None
+
+    def on_device(self):
+        """Make the worker's GPU current (Triton launches on the current device)."""
+        return torch.cuda.device(self.device) if self.device.type == "cuda" else nullcontext()
+
+    def load(self, settings: Settings, metrics: Metrics) -> ModelSet:
+        with self.on_device():
+            return load_models(settings, metrics, self.device)
 
 
 class GenerationEngine:
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self.settings = settings
         self.metrics = metrics
-        self.models: ModelSet | None = None
         self.ready = False
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="trdq-worker")
+        self.workers = [
+            DeviceWorker(
+                resolve_device(name),
+                ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"trdq-worker-{index}"),
+            )
+            for index, name in enumerate(settings.device_names)
+        ]
         self._queue: JobQueue | None = None
-        self._dispatcher: asyncio.Task | None = None
-        self.device = resolve_device(settings.device)
+        self.device = self.workers[0].device
         self.startup_seconds: float | None = None
         self.accepting = True  # False once a graceful shutdown began
         self._active: set[Job] = set()  # accepted and not final
@@ -62,21 +88,34 @@ class GenerationEngine:
         #: batch's specs; raising there simulates a failure inside generation.
         self.fault_hook: Callable[[list[JobSpec]], None] | None = None
 
+    @property
+    def models(self) -> ModelSet | None:
+        """The first worker's models: what every worker serves (for validation and /info)."""
+        return self.workers[0].models
+
     # -- life cycle ---------------------------------------------------------------
     async def start(self) -> None:
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
         self._queue = JobQueue(self.settings.max_queue)
-        self.models = await loop.run_in_executor(
-            self._executor, load_models, self.settings, self.metrics
-        )
-        if self.settings.warmup:
-            await loop.run_in_executor(self._executor, self._warm_up)
-        self._update_memory_metrics()
-        self._dispatcher = asyncio.create_task(self._dispatch_forever(), name="trdq-dispatch")
+        # One device after the other: the first fills the calibration cache, the rest hit it.
+        for worker in self.workers:
+            worker.models = await loop.run_in_executor(
+                worker.executor, worker.load, self.settings, self.metrics
+            )
+            if self.settings.warmup:
+                await loop.run_in_executor(worker.executor, self._warm_up, worker)
+            self._update_memory_metrics(worker.device)
+        for index, worker in enumerate(self.workers):
+            worker.dispatcher = asyncio.create_task(
+                self._dispatch_forever(worker), name=f"trdq-dispatch-{index}"
+            )
         self.startup_seconds = time.perf_counter() - started
         self.ready = True
-        logger.info("engine ready in %.1f s", self.startup_seconds)
+        logger.info(
+            "engine ready in %.1f s on %s", self.startup_seconds,
+            ", ".join(str(worker.device) for worker in self.workers),
+        )
 
     def begin_drain(self) -> None:
         """Stop admitting work (/readyz turns 503); accepted work carries on."""
@@ -91,29 +130,33 @@ class GenerationEngine:
     async def stop(self) -> None:
         self.ready = False
         self.accepting = False
-        if self._dispatcher is not None:
-            self._dispatcher.cancel()
-            try:
-                await self._dispatcher
-            except asyncio.CancelledError:
-                pass
+        for worker in self.workers:
+            if worker.dispatcher is not None:
+                worker.dispatcher.cancel()
+                try:
+                    await worker.dispatcher
+                except asyncio.CancelledError:
+                    pass
         if self._queue is not None:
             for job in self._queue.drain():
                 self._cancel_metric("shutdown")
                 _resolve(job, error=ShuttingDownError("the server shut down before this job ran"))
         for job in list(self._active):  # a running batch stops at its next step
             job.cancel("shutdown")
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        for worker in self.workers:
+            worker.executor.shutdown(wait=True, cancel_futures=True)
 
-    def _warm_up(self) -> None:
+    @staticmethod
+    def _warm_up(worker: DeviceWorker) -> None:
         """One short generation per variant, so the first request pays no lazy set-up."""
-        for model in self.models.all():
+        for model in worker.models.all():
             request = GenerationRequest(
                 prompts=["warm-up"], seeds=[0], width=model.default_width,
                 height=model.default_height, num_inference_steps=2, guidance_scale=4.5,
                 num_frames=min(2, model.max_frames) if model.task == "video" else None,
             )
-            generate(model.pipe, request)
+            with worker.on_device():
+                generate(model.pipe, request)
 
     # -- submission ---------------------------------------------------------------
     def served_model(self, task: str, quant: str | None) -> ServedModel:
@@ -192,7 +235,8 @@ class GenerationEngine:
         self.metrics.cancellations.labels(reason=reason).inc()
 
     # -- dispatch -----------------------------------------------------------------
-    async def _dispatch_forever(self) -> None:
+    async def _dispatch_forever(self, worker: DeviceWorker) -> None:
+        """One per worker: take the next batch whenever this worker is free."""
         while True:
             batch = await self._queue.take_batch(
                 self.settings.max_batch, self.settings.batch_window_ms / 1000
@@ -203,9 +247,9 @@ class GenerationEngine:
                     _resolve(job, error=_cancel_error(job))
             batch = [job for job in batch if not job.cancelled.is_set()]
             if batch:
-                await self._run_and_resolve(batch)
+                await self._run_and_resolve(batch, worker)
 
-    async def _run_and_resolve(self, batch: list[Job]) -> None:
+    async def _run_and_resolve(self, batch: list[Job], worker: DeviceWorker) -> None:
         loop = asyncio.get_running_loop()
         now = time.perf_counter()
         for job in batch:
@@ -213,12 +257,14 @@ class GenerationEngine:
             self.metrics.queue_wait.observe(now - job.enqueued_at)
         self.metrics.batch_size.observe(len(batch))
         try:
-            outputs = await loop.run_in_executor(self._executor, self._run_batch, batch, now)
+            outputs = await loop.run_in_executor(
+                worker.executor, self._run_batch, batch, now, worker
+            )
         except DeviceOutOfMemoryError as error:
             if len(batch) > 1:  # memory is freed: try the jobs one by one before failing them
                 logger.warning("out of memory on a batch of %d; retrying one by one", len(batch))
                 for job in batch:
-                    await self._run_and_resolve([job])
+                    await self._run_and_resolve([job], worker)
                 return
             self._fail(batch, error)
             return
@@ -246,10 +292,12 @@ class GenerationEngine:
         for job in batch:
             _resolve(job, error=error)
 
-    def _run_batch(self, batch: list[Job], dequeued_at: float) -> list[JobOutput]:
+    def _run_batch(
+        self, batch: list[Job], dequeued_at: float, worker: DeviceWorker
+    ) -> list[JobOutput]:
         """Worker thread: one pipeline call for the whole batch."""
         first = batch[0].spec
-        model = self.models.get(first.task, first.quant)
+        model = worker.models.get(first.task, first.quant)
         prompts, negatives, seeds = [], [], []
         for job in batch:
             count = len(job.spec.seeds)
@@ -272,21 +320,22 @@ class GenerationEngine:
         try:
             if self.fault_hook is not None:
                 self.fault_hook([job.spec for job in batch])
-            with model.profiler.call() as profile:
+            with worker.on_device(), model.profiler.call() as profile:
                 pixels = generate(model.pipe, request, on_step=on_step)
         except torch.cuda.OutOfMemoryError:
             logger.warning("device out of memory on a batch of %d job(s)", len(batch))
             gc.collect()
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
+            if worker.device.type == "cuda":
+                with worker.on_device():
+                    torch.cuda.empty_cache()
             raise DeviceOutOfMemoryError(
                 "the device ran out of memory; retry later or with less work",
                 headers={"Retry-After": "1"},
             ) from None
         finally:
-            self._update_memory_metrics()
+            self._update_memory_metrics(worker.device)
         self._observe_generation(model, profile, pixels)
-        return self._split(batch, model, pixels, profile, dequeued_at)
+        return self._split(batch, model, pixels, profile, dequeued_at, str(worker.device))
 
     def _observe_generation(self, model: ServedModel, profile, pixels: np.ndarray) -> None:
         stage = self.metrics.stage_duration
@@ -300,7 +349,7 @@ class GenerationEngine:
             self.metrics.generated_video_frames.inc(pixels.shape[0] * pixels.shape[1])
 
     @staticmethod
-    def _split(batch, model, pixels, profile, dequeued_at) -> list[JobOutput]:
+    def _split(batch, model, pixels, profile, dequeued_at, device: str) -> list[JobOutput]:
         outputs, start = [], 0
         for job in batch:
             count = len(job.spec.seeds)
@@ -310,15 +359,14 @@ class GenerationEngine:
             )
             outputs.append(JobOutput(
                 pixels=pixels[start:start + count], seeds=job.spec.seeds, model=model.name,
-                quant=model.quant, timings=timings,
+                quant=model.quant, timings=timings, device=device,
             ))
             start += count
         return outputs
 
     # -- observability ------------------------------------------------------------
-    def _update_memory_metrics(self) -> None:
+    def _update_memory_metrics(self, device: torch.device) -> None:
         gauge = self.metrics.device_memory
-        device = self.device
         if device.type == "cuda":
             name = str(device)
             gauge.labels(device=name, kind="allocated").set(torch.cuda.memory_allocated(device))

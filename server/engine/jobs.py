@@ -53,6 +53,7 @@ class JobOutput:
     model: str
     quant: str
     timings: StageTimings
+    device: str = ""  # the worker's device, e.g. "cuda:1"
 
 
 @dataclass(eq=False)  # identity: jobs live in sets and are removed from the queue

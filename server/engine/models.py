@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import copy
 import logging
-import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -20,7 +20,6 @@ from server.metrics import Metrics
 from server.settings import Settings
 from trdq.pipeline import (
     default_dtype,
-    resolve_device,
     load_pipeline,
     max_frames,
     min_inference_steps,
@@ -69,8 +68,8 @@ class ModelSet:
         return list(self.by_task_and_quant.values())
 
 
-def load_models(settings: Settings, metrics: Metrics) -> ModelSet:
-    device = resolve_device(settings.device)
+def load_models(settings: Settings, metrics: Metrics, device: torch.device) -> ModelSet:
+    """Every enabled model at every precision in TRDQ_QUANT, on ``device``."""
     if device.type == "cpu" and settings.threads:
         torch.set_num_threads(settings.threads)
     dtype = default_dtype(device)

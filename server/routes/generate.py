@@ -124,7 +124,7 @@ async def encode_output(engine, output, fmt: str, fps: int | None = None) -> tup
 
 def media_headers(output) -> dict:
     return {"X-TRDQ-Model": output.model, "X-TRDQ-Quant": output.quant,
-            "X-TRDQ-Seed": str(output.seeds[0])}
+            "X-TRDQ-Seed": str(output.seeds[0]), "X-TRDQ-Device": output.device}
 
 
 def image_payload(output, spec: JobSpec, encoded: list, fmt: str, timings: dict) -> dict:

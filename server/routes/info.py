@@ -24,6 +24,7 @@ async def info(request: Request) -> dict:
         "version": request.app.version,
         "default_quant": settings.quant_names[0],
         "device": str(engine.device),
+        "devices": [str(worker.device) for worker in engine.workers],
         "startup_seconds": engine.startup_seconds,
         "limits": {
             "max_pixels": settings.max_pixels, "max_frames": settings.max_frames,

@@ -71,7 +71,7 @@ SLOW = pytest.mark.slow
 @pytest.mark.parametrize("preset", ["w8a8-minmax", pytest.param("w8a8-rot", marks=SLOW),
                                     pytest.param("w8a8-rot-groups", marks=SLOW),
                                     "w8a8-rot-groups-search", pytest.param("w4a8-minmax", marks=SLOW),
-                                    "w4a8-rot-groups", "w8a8-dyn", "fp8", "faithful"])
+                                    "w4a8-rot-groups", "w8a8-static", "fp8", "faithful"])
 def test_ablation_and_other_presets_run(preset):
     pipe = tiny_pixart_pipeline()
     report = api.quantize(pipe, fast(preset), progress=False, calibration_prompts=TINY_PROMPTS)
@@ -82,15 +82,19 @@ def test_ablation_and_other_presets_run(preset):
     assert torch.isfinite(out).all()
 
 
-def test_full_w8a8_is_closer_to_fp_than_minmax(pixart_fp_reference):
+def test_full_static_w8a8_is_closer_to_fp_than_static_minmax(pixart_fp_reference):
+    """Static activation scales, planted outlier channels: rotation, groups, search and
+    CFG-wise beat per-tensor min-max. (The dynamic default's own check runs on the zoo
+    model, tests/eval/test_quality_guard.py: on this random model per-token min-max is
+    already within 0.3 dB of FP's float rounding noise.)"""
     scores = {}
-    for preset in ("w8a8-minmax", "w8a8"):
+    for preset in ("w8a8-minmax-static", "w8a8-static"):
         pipe = tiny_pixart_pipeline(outliers=True)
         cfg = fast(preset, calib_num_prompts=4, calib_batch_size=4, calib_steps=10,
                    calib_rows=128)
         api.quantize(pipe, cfg, progress=False, calibration_prompts=TINY_PROMPTS)
         scores[preset] = psnr_db(pixart_fp_reference, run_image(pipe, TINY_PROMPTS[:2]))
-    assert scores["w8a8"] > scores["w8a8-minmax"], scores
+    assert scores["w8a8-static"] > scores["w8a8-minmax-static"] + 1.0, scores
 
 
 def test_save_and_load_round_trip(tmp_path):

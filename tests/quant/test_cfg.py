@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from trdq import api
@@ -51,8 +52,9 @@ def test_quant_linear_applies_uncond_and_cond_scales_in_one_call():
 
 
 def test_pipeline_halves_use_their_own_calibrated_parameters():
+    """Static mode: each half of [uncond x B, cond x B] gets its own per-group scale."""
     pipe = tiny_pixart_pipeline(outliers=True)
-    api.quantize(pipe, fast("w8a8", num_groups=2), progress=False,
+    api.quantize(pipe, fast("w8a8-static", num_groups=2), progress=False,
                  calibration_prompts=TINY_PROMPTS)
     state = api.get_state(pipe)
     seen: list[tuple[int, bool, torch.Tensor]] = []
@@ -84,3 +86,38 @@ def test_pipeline_halves_use_their_own_calibrated_parameters():
     assert seen and not any(cfg for _, cfg, _ in seen)
     for group, _, rows in seen:
         assert torch.all(rows == layer.act_scale_by_group[group, 1])
+
+
+def test_dynamic_halves_use_their_own_clip_ratios():
+    """Dynamic mode (the default): per-token scales, clipped by each half's own ratio."""
+    pipe = tiny_pixart_pipeline(outliers=True)
+    api.quantize(pipe, fast("w8a8", num_groups=2), progress=False,
+                 calibration_prompts=TINY_PROMPTS)
+    state = api.get_state(pipe)
+    layer = next(iter(state.layers.values()))
+    # Distinct known ratios per (group, half), so the spy can tell which one each row got.
+    clips = torch.tensor([[0.91, 0.97], [0.93, 0.99]])
+    layer.set_activation_params(layer.act_scale_by_group, clips)
+    original = layer.backend
+    seen: list[tuple[int, int, float]] = []
+
+    class Spy:
+        name = "spy"
+
+        def linear(self, x, packed, act, bias):
+            assert act.row_scale is None  # dynamic: scales come from each token
+            seen.append((state.context.group, x.shape[0], act.clip_ratio))
+            return original.linear(x, packed, act, bias)
+
+    layer.backend = Spy()
+    run_image(pipe, TINY_PROMPTS[:2], steps=4, guidance=4.5)
+    assert seen
+    calls = iter(seen)
+    for group, rows, clip in calls:  # uncond half, then cond half, of the same batch
+        cond_group, cond_rows, cond_clip = next(calls)
+        assert (group, rows) == (cond_group, cond_rows)
+        assert clip == pytest.approx(float(clips[group, 0]))
+        assert cond_clip == pytest.approx(float(clips[group, 1]))
+    seen.clear()
+    run_image(pipe, TINY_PROMPTS[:2], steps=4, guidance=1.0)  # no CFG: cond ratio, one call
+    assert seen and all(clip == pytest.approx(float(clips[g, 1])) for g, _, clip in seen)

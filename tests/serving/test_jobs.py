@@ -42,7 +42,19 @@ def _finished(client, job_id: str) -> dict:
     return status
 
 
-def test_image_job_lifecycle_with_progress_events(client):
+@pytest.fixture
+def slow_image_steps(client):
+    """Each image step takes at least 50 ms, so the event stream (polled every
+    EVENT_POLL_S) sees a job move even on an idle machine, where 6 small steps take a
+    few milliseconds."""
+    listeners = client.app.state.engine.models.get("image", None).profiler._step_listeners
+    listener = lambda seconds, timestep: time.sleep(0.05)
+    listeners.append(listener)
+    yield
+    listeners.remove(listener)
+
+
+def test_image_job_lifecycle_with_progress_events(client, slow_image_steps):
     reply = client.post("/jobs/image", json={"prompt": "a red circle", "seed": 5,
                                              **FAST, "num_inference_steps": 6})
     assert reply.status_code == 202, reply.text

@@ -7,8 +7,8 @@ import io
 import threading
 
 import httpx
-import openai
 import numpy as np
+import openai
 import pytest
 from PIL import Image
 

@@ -17,14 +17,7 @@ from trdq.zoo.architectures import MAX_SEQUENCE_LENGTH
 SPECIAL_TOKENS = ["<pad>", "</s>", "<unk>"]
 
 #: Fallback vocabulary used until the shapes grammar (trdq.data.grammar) provides one.
-BASE_WORDS = """
-a an the of on at in with and to is moving
-red green blue yellow white black purple orange gray grey pink cyan brown
-circle square triangle star cross diamond rectangle ring shape
-small medium large big tiny
-top bottom left right center centre middle upper lower
-background slowly quickly fast slow up down
-""".split()
+BASE_WORDS = ["a", "an", "the", "of", "on", "at", "in", "with", "and", "to", "is", "moving", "red", "green", "blue", "yellow", "white", "black", "purple", "orange", "gray", "grey", "pink", "cyan", "brown", "circle", "square", "triangle", "star", "cross", "diamond", "rectangle", "ring", "shape", "small", "medium", "large", "big", "tiny", "top", "bottom", "left", "right", "center", "centre", "middle", "upper", "lower", "background", "slowly", "quickly", "fast", "slow", "up", "down"]
 
 
 def vocabulary_words() -> list[str]:
