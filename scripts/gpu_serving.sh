@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# On a GPU machine (the device tool): the CUDA tests, then the multi-GPU load figures.
-# Wheels missing there (diffusers, fastapi, ...) are expected in .whl/ (see docs/DEPLOY.md).
+# On a GPU machine (the device tool): the multi-GPU serving test, then the GPU load figures
+# (one worker per GPU against one GPU; batching on one GPU), written by `trdq loadsuite` into
+# docs/RELIABILITY.md. Wheels missing there (diffusers, fastapi, ...) are expected in .whl/.
 # Results land in $OUT (logs, JSON, the updated docs/RELIABILITY.md).
 set -u
 export PYTHONUNBUFFERED=1
@@ -12,9 +13,14 @@ if ls .whl/*.whl >/dev/null 2>&1; then
   export PYTHONPATH=/tmp/site:$PWD
 fi
 nvidia-smi --query-gpu=name,memory.total --format=csv > "$OUT/gpus.txt"
-python3 -m pytest -q -p no:cacheprovider -m gpu tests/kernels tests/serving/test_devices.py \
-  -o addopts="" 2>&1 | tee "$OUT/gpu_tests.log" | tail -5
-python3 -m trdq.cli loadsuite devices --devices "${DEVICES:-cuda:0,cuda:1}" --steps 20 \
-  --requests 12 --rounds 2 --env TRDQ_QUANT=w8a8 --log "$OUT/servers.log" \
-  --json "$OUT/devices.json" --out-md docs/RELIABILITY.md 2>&1 | tail -20
-cp docs/RELIABILITY.md "$OUT/RELIABILITY.md"
+python3 -m pytest -q -p no:cacheprovider -m gpu ${GPU_TESTS:-tests/serving/test_devices.py} \
+  -o addopts="" 2>&1 | tee "$OUT/gpu_tests.log" | tail -3
+suite() {
+  python3 -m trdq.cli loadsuite "$@" --env TRDQ_QUANT=w8a8 --log "$OUT/servers.log" \
+    --out-md docs/RELIABILITY.md 2>&1 | grep -v "^{" | tail -4
+  cp docs/RELIABILITY.md "$OUT/RELIABILITY.md"
+}
+DEVICES=${DEVICES:-cuda:0,cuda:1}
+suite devices --devices "$DEVICES" --steps 20 --requests 12 --width 1024 --height 1024
+suite devices --devices "$DEVICES" --steps 20 --requests 12
+suite batching --steps 20 --requests 12 --rounds 3

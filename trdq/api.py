@@ -217,6 +217,7 @@ def _apply(pipe: Any, config: QuantConfig, calib: CalibrationResult,
                 linear, calib.params[name], backend, context,
                 weight_bits=config.weight_bits, fp8=config.fp8,
                 act_mode=config.act_mode, cfg_wise=config.cfg_wise,
+                act_center=config.act_center,
             )
         set_submodule(denoiser, name, new)
         layers[name] = new

@@ -354,6 +354,10 @@ def solve_layer(linear: nn.Linear, st: _LayerStats, config: QuantConfig,
     out_idx = (torch.randperm(n_out, generator=generator)[:SEARCH_MAX_OUTPUTS]
                if n_out > SEARCH_MAX_OUTPUTS else slice(None))
 
+    def centered(rows: torch.Tensor) -> torch.Tensor:
+        """What the layer quantizes: rows minus their own mean when act_center is on."""
+        return rows - rows.mean(dim=-1, keepdim=True) if config.act_center else rows
+
     def rows_for(g: int, h: int | None) -> torch.Tensor | None:
         paired = st.rows.get((g, 2), [])
         single = st.rows.get((g, 1), [])
@@ -363,11 +367,11 @@ def solve_layer(linear: nn.Linear, st: _LayerStats, config: QuantConfig,
             parts = [t[:, 0] for t in paired]
         else:
             parts = [t[:, 1] for t in paired] + [t[:, 0] for t in single]
-        return torch.cat(parts)[: 2 * config.calib_rows] if parts else None
+        return centered(torch.cat(parts)[: 2 * config.calib_rows]) if parts else None
 
     def pairs_for(g: int) -> torch.Tensor | None:
         paired = st.rows.get((g, 2), [])
-        return torch.cat(paired)[: config.calib_rows] if paired else None
+        return centered(torch.cat(paired)[: config.calib_rows]) if paired else None
 
     def rotate(rows: torch.Tensor, smooth: torch.Tensor | None) -> torch.Tensor:
         return prepare_activation(rows, ActQuant(rotation_block=st.block, smooth_divisor=smooth))
@@ -378,7 +382,7 @@ def solve_layer(linear: nn.Linear, st: _LayerStats, config: QuantConfig,
         w_abs = weight.abs().amax(dim=0).clamp_min(1e-5)
         alphas = config.alpha_grid if config.search else [config.smoothing_alpha]
         pooled = torch.cat([t.flatten(0, 1) for v in st.rows.values() for t in v])
-        pooled = pooled[: 2 * config.calib_rows]
+        pooled = centered(pooled[: 2 * config.calib_rows])
         y_pool = pooled @ weight[out_idx].t()
         best = None
         for a in alphas:

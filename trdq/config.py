@@ -62,6 +62,9 @@ class QuantConfig:
     weight_granularity: Literal["per_channel"] = "per_channel"
     #: static: per-group (per CFG half) per-tensor scale; dynamic: per-token absmax x clip
     act_mode: ActMode = "dynamic"
+    #: dynamic mode: subtract each token's mean before rotation/quantization and add it
+    #: back exactly through the weights' row sums (see trdq/nn/quant_linear.py)
+    act_center: bool = False
 
     num_groups: int = 8
     #: interior cut points on [0, 1000], ascending, len == num_groups - 1; None = uniform
@@ -118,6 +121,8 @@ class QuantConfig:
             raise ValueError(f"act_bits must be 8, got {self.act_bits}")
         if self.fp8 and self.weight_bits != 8:
             raise ValueError("fp8 needs weight_bits=8")
+        if self.act_center and self.act_mode != "dynamic":
+            raise ValueError("act_center needs act_mode='dynamic'")
         if self.act_mode not in ("static", "dynamic"):
             raise ValueError(f"act_mode must be static or dynamic, got {self.act_mode!r}")
         if self.rotation not in ("none", "hadamard", "duquant"):
@@ -207,12 +212,16 @@ def _chain(bits: int, name: str, stage: int, act_mode: ActMode = "dynamic") -> Q
     """Ablation stage 0..4: minmax, +rot, +groups, +search, +cfg-wise (full).
 
     Every stage quantizes activations the way the full method does (``act_mode``): the
-    chain isolates rotation, groups, search and CFG-wise, not the activation mode.
+    chain isolates rotation, groups, search and CFG-wise, not the activation mode. With
+    per-token activations the rotation stage also centres each token (``act_center``):
+    a rotation gathers a token's mean into one channel per block, and centring removes
+    that outlier it would otherwise create.
     """
     return QuantConfig(
         name=name,
         weight_bits=bits,
         act_mode=act_mode,
+        act_center=act_mode == "dynamic" and stage >= 1,
         rotation="hadamard" if stage >= 1 else "none",
         num_groups=8 if stage >= 2 else 1,
         search=stage >= 3,
@@ -241,7 +250,9 @@ def _faithful(bits: int, name: str) -> QuantConfig:
 PRESETS: dict[str, Any] = {
     "fp": lambda: QuantConfig(name="fp", enabled=False, num_groups=1, search=False,
                               cfg_wise=False, rotation="none"),
-    "fp8": lambda: QuantConfig(name="fp8", fp8=True),
+    # the GPU speed path: static per-group scales need no per-token reduction, so the
+    # fused rotate+quantize kernel and CUDA graphs carry it (docs/BENCHMARKS.md)
+    "fp8": lambda: QuantConfig(name="fp8", fp8=True, act_mode="static"),
     "faithful": lambda: _faithful(8, "faithful"),
     "faithful-w4a8": lambda: _faithful(4, "faithful-w4a8"),
 }

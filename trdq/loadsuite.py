@@ -88,6 +88,7 @@ def drive(url: str, args: argparse.Namespace, concurrency: int, requests: int) -
         "--url", url, "--endpoint", args.endpoint, "--concurrency", str(concurrency),
         "--requests", str(requests), "--steps", str(args.steps),
         "--max-seconds", str(args.max_seconds),
+        *(["--width", str(args.width), "--height", str(args.height)] if args.width else []),
     ])
     result = asyncio.run(loadtest.run_load(load_args))
     summary = result.summary()
@@ -191,6 +192,13 @@ def run_devices(args: argparse.Namespace) -> dict:
     return {"devices": devices, "results": results}
 
 
+def processor_kind() -> str:
+    """GPU or CPU: part of a section's title, so CPU and GPU figures live side by side."""
+    import torch
+
+    return "GPU" if torch.cuda.is_available() else "CPU"
+
+
 def machine_description() -> str:
     import torch
 
@@ -214,11 +222,11 @@ def render(suite: str, data: dict, args: argparse.Namespace, command: str,
     now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     settings = " ".join(f"{key}={value}" for key, value in base_env(args).items())
     conditions = (f"Measured {now} on {machine_description()}; load average before "
-                  f"{load_before[0]:.2f} (1 min); {args.steps} steps per request, model "
-                  f"defaults otherwise; server settings {settings}. Written by:")
+                  f"{load_before[0]:.2f} (1 min); {args.steps} steps per request, "
+                  f"{size_label(args)}, model defaults otherwise; server settings {settings}. Written by:")
     lines = [
         f"<!-- loadsuite {suite} -->",
-        f"### `{suite}` ({args.endpoint})",
+        f"### `{suite}` ({args.endpoint}, {size_label(args)}, {processor_kind()})",
         "",
         conditions,
         "",
@@ -251,6 +259,10 @@ def render(suite: str, data: dict, args: argparse.Namespace, command: str,
                        "the mean over rounds, percentiles the median.")]
     lines += [f"<!-- /loadsuite {suite} -->"]
     return "\n".join(lines)
+
+
+def size_label(args: argparse.Namespace) -> str:
+    return f"{args.width}x{args.height}" if args.width else "model default size"
 
 
 def _row(label: str, run: dict) -> str:
@@ -294,6 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--soak", type=int, default=0,
                         help="concurrency suite: requests of the memory check (0: skip)")
     parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--width", type=int, default=None, help="request size (with --height)")
+    parser.add_argument("--height", type=int, default=None)
     parser.add_argument("--max-batch", type=int, default=4)
     parser.add_argument("--devices", default="cuda:0,cuda:1")
     parser.add_argument("--rounds", type=int, default=2)
@@ -309,6 +323,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    if (args.width is None) != (args.height is None):
+        raise SystemExit("--width and --height go together")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
     load_before = os.getloadavg()
     runners = {"concurrency": run_concurrency, "batching": run_batching, "devices": run_devices}

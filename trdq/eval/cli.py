@@ -39,11 +39,13 @@ REFERENCE = "fp"
 ABLATION_SUFFIXES = ("-minmax", "-rot", "-rot-groups", "-rot-groups-search", "")
 FAITHFUL_OF = {"w8a8": "faithful", "w4a8": "faithful-w4a8"}
 STAGE_TEXT = {
-    "-minmax": "static per-tensor min-max activations, one timestep group, no rotation",
-    "-rot": "+ block Hadamard rotation",
-    "-rot-groups": "+ 8 timestep groups",
+    "-minmax": "dynamic per-token min-max activations, one timestep group, no rotation",
+    "-rot": "+ block Hadamard rotation (each token centred first, its mean added back "
+            "exactly through the weights' row sums)",
+    "-rot-groups": "+ 8 timestep groups (with per-token scales and no search, the groups "
+                   "carry only a clip ratio of 1: same numbers as -rot)",
     "-rot-groups-search": "+ per-group clip-ratio search",
-    "": "+ CFG-wise parameters (full TR-DQ)",
+    "": "+ CFG-wise clip ratios (full TR-DQ)",
 }
 #: targets of issue 5 (accuracy in points = percentage points)
 TARGETS = {
@@ -279,7 +281,9 @@ def setting_notes(settings: Sequence[str], infos: Sequence[SettingInfo]) -> list
             notes.append(
                 f"{base.upper()} ablation chain: {steps}. `{faithful}`: the released "
                 "algorithm (DuQuant rotation + smoothing per time range, dynamic "
-                "per-token activations, CFG split), simulated on the reference backend."
+                "per-token activations, CFG split), simulated on the reference backend. "
+                "A `-static` suffix (e.g. `w8a8-static`) is the same recipe with static "
+                "per-group, per-CFG-half activation scales instead of per-token ones."
             )
     per_setting = ", ".join(
         f"{i.name}: {i.backend or 'none'} ({'/'.join(i.cache) or '-'}, calibration "

@@ -26,6 +26,7 @@ returns ``[M, N]`` in the dtype of ``x``.
 from __future__ import annotations
 
 import abc
+import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -35,6 +36,13 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
     from trdq.config import QuantConfig
 
 __all__ = ["ActQuant", "BackendUnavailableError", "KernelBackend"]
+
+
+#: Triton's autotuner keeps per-call state on the kernel object, so two threads launching
+#: the same autotuned kernel at once (one engine worker per GPU) corrupt it. Every launch
+#: of an autotuned kernel holds this lock; a launch is asynchronous and takes microseconds,
+#: and the tuning itself runs once per key.
+TRITON_LAUNCH_LOCK = threading.Lock()
 
 
 class BackendUnavailableError(RuntimeError):

@@ -28,6 +28,7 @@ import math
 
 import torch
 
+from trdq.kernels.base import TRITON_LAUNCH_LOCK
 from trdq.primitives import FP8_E4M3_MAX, MIN_SCALE
 from trdq.rotation import fwht, hadamard_block_size, hadamard_matrix
 
@@ -331,29 +332,30 @@ def rotate_quant_triton(
     def grid(cfg):
         return (triton.cdiv(m, cfg["BLOCK_M"]),)
 
-    kernel[grid](
-        x,
-        smooth_t,
-        scale,
-        h,
-        q,
-        scale,
-        m,
-        k,
-        1 << max(0, (m - 1).bit_length()),
-        x.stride(0),
-        q.stride(0),
-        float(clip_ratio),
-        qmax,
-        1.0 / math.sqrt(hb),
-        EPS,
-        HB=hb,
-        LOG_HB=int(math.log2(hb)),
-        HAS_SMOOTH=smooth is not None,
-        ROTATE=block is not None,
-        STATIC=static,
-        OUT_INT8=out_dtype == torch.int8,
-        USE_DOT=use_dot,
-        **meta,
-    )
+    with TRITON_LAUNCH_LOCK:
+        kernel[grid](
+            x,
+            smooth_t,
+            scale,
+            h,
+            q,
+            scale,
+            m,
+            k,
+            1 << max(0, (m - 1).bit_length()),
+            x.stride(0),
+            q.stride(0),
+            float(clip_ratio),
+            qmax,
+            1.0 / math.sqrt(hb),
+            EPS,
+            HB=hb,
+            LOG_HB=int(math.log2(hb)),
+            HAS_SMOOTH=smooth is not None,
+            ROTATE=block is not None,
+            STATIC=static,
+            OUT_INT8=out_dtype == torch.int8,
+            USE_DOT=use_dot,
+            **meta,
+        )
     return q, scale

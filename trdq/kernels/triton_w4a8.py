@@ -30,6 +30,7 @@ import importlib.util
 
 import torch
 
+from trdq.kernels.base import TRITON_LAUNCH_LOCK
 from trdq.primitives import pack_int4, unpack_int4
 
 __all__ = [
@@ -233,23 +234,24 @@ def w4a8_matmul_triton(
     meta: dict = {}
     if config is not None:  # explicit tile (tests, interpreter, microbenchmarks)
         kernel, meta = _lowbit_gemm_kernel, dict(config)
-    kernel[grid](
-        a,
-        b,
-        a_scale.float().contiguous(),
-        w_scale.float().contiguous(),
-        bias if bias is not None else w_scale,
-        c,
-        m,
-        n,
-        k,
-        m_bucket,
-        a.stride(0),
-        b.stride(0),
-        c.stride(0),
-        HAS_BIAS=bias is not None,
-        PACKED=packed,
-        A_FP8=a.dtype == torch.float8_e4m3fn,
-        **meta,
-    )
+    with TRITON_LAUNCH_LOCK:
+        kernel[grid](
+            a,
+            b,
+            a_scale.float().contiguous(),
+            w_scale.float().contiguous(),
+            bias if bias is not None else w_scale,
+            c,
+            m,
+            n,
+            k,
+            m_bucket,
+            a.stride(0),
+            b.stride(0),
+            c.stride(0),
+            HAS_BIAS=bias is not None,
+            PACKED=packed,
+            A_FP8=a.dtype == torch.float8_e4m3fn,
+            **meta,
+        )
     return c

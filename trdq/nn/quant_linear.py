@@ -12,6 +12,13 @@ Every forward reads the owning model's ``QuantContext`` (group, CFG layout) and 
 holds the uncond scale and second half the cond scale, so both CFG branches run in ONE
 GEMM. Rows are flattened with the batch dimension outermost, which is how diffusers DiTs
 lay out [uncond x B, cond x B] batches (also after Latte's spatial/temporal reshapes).
+
+Centered activations (``act_center``, dynamic mode): each token's mean is subtracted
+before rotation and quantization and added back exactly through the weights' row sums,
+``x W^T = (x - c) W^T + c * (W 1)``. A token's mean is what a Hadamard rotation gathers
+into one channel per block (an outlier it creates), and what makes post-GELU inputs
+one-sided; removing it gives symmetric int8/e4m3 the whole range. It is independent of
+the backend: one mean, one subtraction and one outer-product add per call.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from torch import nn
 
 from trdq import primitives as P
 from trdq.kernels.base import ActQuant, KernelBackend
+from trdq.kernels.reference import prepare_activation
 from trdq.rotation import rotate_weight
 from trdq.timestep import QuantContext
 
@@ -71,6 +79,7 @@ class QuantLinear(nn.Module):
         fp8: bool = False,
         act_mode: str = "static",
         cfg_wise: bool = True,
+        weight_sum: torch.Tensor | None = None,
     ) -> None:
         super().__init__()
         self.in_features = in_features
@@ -92,6 +101,8 @@ class QuantLinear(nn.Module):
         self.register_buffer("act_scale_by_group", params.act_scale_by_group.float().clone())
         self.register_buffer("clip_ratio_by_group", params.clip_ratio_by_group.float().clone())
         self._clip_list = self.clip_ratio_by_group.tolist()
+        #: [N] row sums of the effective (dequantized, rotated back) weight; set = centered
+        self.register_buffer("weight_sum", weight_sum)
 
     # ---- construction --------------------------------------------------------------------
     @classmethod
@@ -106,6 +117,7 @@ class QuantLinear(nn.Module):
         fp8: bool = False,
         act_mode: str = "static",
         cfg_wise: bool = True,
+        act_center: bool = False,
     ) -> QuantLinear:
         """Smooth, rotate and quantize ``linear``'s weight and pack it for ``backend``."""
         weight = linear.weight.detach().float()
@@ -116,6 +128,18 @@ class QuantLinear(nn.Module):
         qweight, weight_scale = P.quantize_weight_per_channel(weight, weight_bits, fp8=fp8)
         packed = backend.pack(qweight, weight_scale, weight_bits)
         device = linear.weight.device
+        weight_sum = None
+        if act_center:
+            if act_mode != "dynamic":
+                raise ValueError("act_center needs dynamic (per-token) activations")
+            # what the backend multiplies an all-ones row by, so the mean comes back exactly
+            smooth = params.smooth_divisor
+            ones = prepare_activation(
+                torch.ones(1, linear.in_features, device=weight.device),
+                ActQuant(rotation_block=params.rotation_block,
+                         smooth_divisor=None if smooth is None else smooth.to(weight.device)),
+            )
+            weight_sum = (qweight.float() * weight_scale.float()[:, None]) @ ones[0]
         bias = linear.bias.detach() if linear.bias is not None else None
         params = LayerQuantParams(
             rotation_block=params.rotation_block,
@@ -135,6 +159,7 @@ class QuantLinear(nn.Module):
             fp8=fp8,
             act_mode=act_mode,
             cfg_wise=cfg_wise,
+            weight_sum=weight_sum,
         )
 
     # ---- helpers ---------------------------------------------------------------------------
@@ -177,6 +202,10 @@ class QuantLinear(nn.Module):
                 row_scale = scales[1:].expand(m)
             out = self.backend.linear(x2, packed, self._act(row_scale, 1.0), self.bias)
         else:
+            center = None
+            if self.weight_sum is not None:
+                center = x2.mean(dim=-1, keepdim=True)
+                x2 = x2 - center
             g = min(ctx.group, len(self._clip_list) - 1)
             clip_uncond, clip_cond = self._clip_list[g]
             if split and clip_uncond != clip_cond:
@@ -190,12 +219,15 @@ class QuantLinear(nn.Module):
                 )
             else:
                 out = self.backend.linear(x2, packed, self._act(None, clip_cond), self.bias)
+            if center is not None:
+                out = out + center.to(out.dtype) * self.weight_sum.to(out.dtype)
         return out.reshape(*lead, self.out_features)
 
     def extra_repr(self) -> str:
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, "
             f"w{self.weight_bits}a{self.act_bits}{'-fp8' if self.fp8 else ''}, "
-            f"act={self.act_mode}, rot={self.rotation_block}, backend={self.backend.name}, "
+            f"act={self.act_mode}{'-centered' if self.weight_sum is not None else ''}, "
+            f"rot={self.rotation_block}, backend={self.backend.name}, "
             f"groups={self.act_scale_by_group.shape[0]}, cfg_wise={self.cfg_wise}"
         )

@@ -31,6 +31,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from trdq.zoo import architectures as arch
 from trdq.zoo.build import build_components, save_pipeline
@@ -49,6 +50,8 @@ from trdq.zoo.training.vae import (
 logger = logging.getLogger(__name__)
 
 T2I_NAME, T2V_NAME = "tiny-shapes-t2i", "tiny-shapes-t2v"
+#: the training record (meta.json of the run) saved beside each assembled pipeline
+TRAINING_META = "training.json"
 COMPONENT_FILES = {
     "vae": "vae.safetensors",
     "text_encoder": "text_encoder.safetensors",
@@ -159,6 +162,39 @@ def load_checkpoint(parts: dict, checkpoint_dir: Path, meta: dict) -> list[str]:
     return loaded
 
 
+def import_zoo_folders(models_dir: Path, checkpoint_dir: Path) -> Path:
+    """Turn shipped zoo pipelines (diffusers folders) into a checkpoint to continue from.
+
+    ``--init-from trdq/zoo/models`` continues training the zoo as it ships: component
+    weights go to ``checkpoint_dir/from-zoo`` in this script's own format, with the VAE's
+    latent scaling factor in its meta.json.
+    """
+    target = checkpoint_dir / "from-zoo"
+    target.mkdir(parents=True, exist_ok=True)
+    sources = {
+        "vae": models_dir / T2I_NAME / "vae",
+        "text_encoder": models_dir / T2I_NAME / "text_encoder",
+        "t2i_transformer": models_dir / T2I_NAME / "transformer",
+        "t2v_transformer": models_dir / T2V_NAME / "transformer",
+    }
+    for component, folder in sources.items():
+        (weights,) = folder.glob("*.safetensors")
+        state = load_file(str(weights))
+        if component == "text_encoder" and "encoder.embed_tokens.weight" not in state:
+            state["encoder.embed_tokens.weight"] = state["shared.weight"].clone()  # tied, saved once
+        save_file({k: v.contiguous() for k, v in state.items()},
+                  str(target / COMPONENT_FILES[component]))
+    record = models_dir / T2I_NAME / TRAINING_META
+    if record.exists():
+        meta = json.loads(record.read_text())
+    else:  # a zoo assembled before the record shipped: only the VAE's scale is known
+        vae_config = json.loads((sources["vae"] / "config.json").read_text())
+        meta = {"scaling_factor": vae_config["scaling_factor"]}
+    write_meta(target / "meta.json", meta)
+    logger.info("imported the zoo pipelines in %s as checkpoint %s", models_dir, target)
+    return target
+
+
 def assemble(parts: dict, out: Path) -> dict[str, Path]:
     """Save both pipelines as diffusers folders (fp16 safetensors); returns name -> folder."""
     from diffusers import LattePipeline, PixArtAlphaPipeline
@@ -194,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     meta: dict = {"command": "trdq zoo train " + shlex.join(argv), "seed": args.seed}
     torch.manual_seed(args.seed)
     parts = build_models(args.seed)
+    if args.init_from and (args.init_from / T2I_NAME / "model_index.json").exists():
+        args.init_from = import_zoo_folders(args.init_from, checkpoint_dir)
     if args.from_weights or args.init_from:
         load_checkpoint(parts, args.from_weights or args.init_from, meta)
     if args.from_weights:
@@ -218,6 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     _evaluate(args, folders, meta, device)
     for name, folder in folders.items():
         write_card(folder, name, meta, _folder_bytes(folder))
+        # the training record travels with the weights, so `--init-from` a zoo keeps it
+        write_meta(folder / TRAINING_META, meta)
     if stages or args.eval_images or args.eval_videos:
         write_meta(checkpoint_dir / "meta.json", meta)
     total = sum(_folder_bytes(f) for f in folders.values())
