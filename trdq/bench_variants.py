@@ -87,15 +87,16 @@ def apply_fp8_swap(transformer: torch.nn.Module) -> int:
             self.register_buffer("bias", None if linear.bias is None else linear.bias.detach())
 
         def forward(self, x):
+            x2 = x.reshape(-1, self.in_features)
             out = ops.fp8_linear(
-                x.reshape(-1, self.in_features),
+                x2,
                 self.weight,
                 self.weight_scale,
                 self.bias,
                 None,
                 None,
                 self.block,
-                1.0,
+                x2.new_ones(x2.shape[0], dtype=torch.float32),  # clip 1 per row
             )
             return out.reshape(*x.shape[:-1], self.out_features)
 

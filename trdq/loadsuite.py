@@ -24,7 +24,6 @@ import datetime as dt
 import json
 import logging
 import os
-import platform
 import shlex
 import signal
 import subprocess
@@ -36,6 +35,7 @@ from pathlib import Path
 import httpx
 
 from trdq import loadtest
+from trdq.machine import cpu_model
 
 logger = logging.getLogger(__name__)
 
@@ -206,15 +206,7 @@ def machine_description() -> str:
         names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
         gpus = f"{len(names)}x {names[0]}" if len(set(names)) == 1 else ", ".join(names)
         return f"{gpus}, torch {torch.__version__}"
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"CPU {cpu}, {os.cpu_count()} cores, torch {torch.__version__}"
+    return f"CPU {cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__}"
 
 
 def render(suite: str, data: dict, args: argparse.Namespace, command: str,

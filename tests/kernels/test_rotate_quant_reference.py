@@ -87,7 +87,7 @@ def test_ops_cpu_path_matches_reference_backend():
     qw, ws = P.quantize_weight_per_channel(fwht(w, 128), 8, fp8=True)
     act = ActQuant(rotation_block=128, fp8=True, clip_ratio=1.0)
     ref = ReferenceBackend().linear(x, {"weight": qw, "weight_scale": ws}, act, bias)
-    out = ops.fp8_linear(x, qw, ws, bias, None, None, 128, 1.0)
+    out = ops.fp8_linear(x, qw, ws, bias, None, None, 128, act.row_clip(x.shape[0], x.device))
     assert P.sqnr_db(ref.float(), out.float()) > 40
 
     qw4, ws4 = P.quantize_weight_per_channel(fwht(w, 128), 4)
@@ -95,7 +95,8 @@ def test_ops_cpu_path_matches_reference_backend():
     ref4 = ReferenceBackend().linear(
         x, {"weight": P.pack_int4(qw4), "weight_scale": ws4}, act8, bias
     )
-    out4 = ops.lowbit_linear(x, pack_int4_tiled(qw4), ws4, bias, None, None, 128, 1.0, False)
+    clip = act8.row_clip(x.shape[0], x.device)
+    out4 = ops.lowbit_linear(x, pack_int4_tiled(qw4), ws4, bias, None, None, 128, clip, False)
     assert P.sqnr_db(ref4.float(), out4.float()) > 40
 
 
@@ -106,12 +107,13 @@ def test_fake_impls_trace_under_fake_tensors():
         x = torch.empty(5, 256, dtype=torch.bfloat16)
         w = torch.empty(64, 256, dtype=torch.float8_e4m3fn)
         ws = torch.empty(64)
-        out = ops.fp8_linear(x, w, ws, None, None, None, 128, 1.0)
+        clip = torch.empty(5)
+        out = ops.fp8_linear(x, w, ws, None, None, None, 128, clip)
         assert out.shape == (5, 64) and out.dtype == torch.bfloat16
-        q, s = ops.rotate_quant(x, None, None, 128, 1.0, False)
+        q, s = ops.rotate_quant(x, None, None, 128, clip, False)
         assert q.dtype == torch.int8 and s.shape == (5,)
         wp = torch.empty(64, 128, dtype=torch.uint8)
-        assert ops.lowbit_linear(x, wp, ws, None, None, None, 128, 1.0, False).shape == (5, 64)
+        assert ops.lowbit_linear(x, wp, ws, None, None, None, 128, clip, False).shape == (5, 64)
 
 
 def test_custom_ops_compile_without_graph_break():
@@ -120,7 +122,8 @@ def test_custom_ops_compile_without_graph_break():
     qw, ws = P.quantize_weight_per_channel(fwht(w, 128), 8, fp8=True)
 
     def f(x):
-        return torch.nn.functional.gelu(ops.fp8_linear(x, qw, ws, None, None, None, 128, 1.0))
+        clip = torch.ones(x.shape[0])
+        return torch.nn.functional.gelu(ops.fp8_linear(x, qw, ws, None, None, None, 128, clip))
 
     explanation = torch._dynamo.explain(f)(torch.randn(4, 256, dtype=torch.bfloat16))
     assert explanation.graph_break_count == 0

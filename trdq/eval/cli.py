@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
-import platform
 import re
 import shlex
 import sys
@@ -221,15 +220,9 @@ def device_description(device: str) -> str:
 
     if device.startswith("cuda"):
         return f"{torch.cuda.get_device_name(torch.device(device))}, torch {torch.__version__}"
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"CPU {cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    from trdq.machine import cpu_model
+
+    return f"CPU {cpu_model()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
 
 
 def target_notes(report: QualityReport, task: str) -> list[str]:

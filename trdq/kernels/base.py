@@ -64,14 +64,22 @@ class ActQuant:
     smooth_divisor: torch.Tensor | None = None
     #: static mode: one scale per row ``[M]`` (float32); None means dynamic per-token
     row_scale: torch.Tensor | None = None
-    #: dynamic mode: fraction of the per-token absmax mapped to qmax
-    clip_ratio: float = 1.0
+    #: dynamic mode: fraction of the per-token absmax mapped to qmax; one value, or one
+    #: per row ``[M]`` (each CFG half its own, in one launch, read on the device)
+    clip_ratio: float | torch.Tensor = 1.0
     #: e4m3 activations (fp8 preset) instead of symmetric integers
     fp8: bool = False
 
     @property
     def static(self) -> bool:
         return self.row_scale is not None
+
+    def row_clip(self, rows: int, device: torch.device) -> torch.Tensor:
+        """The clip ratio as a float32 ``[M]`` tensor (what the kernels' ops take)."""
+        clip = self.clip_ratio
+        if isinstance(clip, torch.Tensor):
+            return clip.to(device, torch.float32).reshape(-1).expand(rows).contiguous()
+        return torch.full((rows,), float(clip), device=device, dtype=torch.float32)
 
 
 class KernelBackend(abc.ABC):

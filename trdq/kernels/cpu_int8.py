@@ -33,7 +33,7 @@ def cpu_int8_linear(
     smooth_divisor: torch.Tensor | None,
     row_scale: torch.Tensor | None,
     rotation_block: int,
-    clip_ratio: float,
+    clip_ratio: torch.Tensor,
     bits: int,
 ) -> torch.Tensor:
     """``[M, K]`` x (``[N, K]`` int8 or ``[N, K/2]`` packed uint8) -> ``[M, N]`` x.dtype.
@@ -117,7 +117,7 @@ class CpuInt8Backend(KernelBackend):
             act.smooth_divisor,
             act.row_scale,
             act.rotation_block or 0,
-            float(act.clip_ratio),
+            act.row_clip(x.shape[0], x.device),
             act.bits,
         )
 

@@ -100,7 +100,7 @@ class CudaFp8Backend(KernelBackend):
             act.smooth_divisor,
             row_scale,
             act.rotation_block or 0,
-            float(act.clip_ratio),
+            act.row_clip(x.shape[0], x.device),
         )
 
 

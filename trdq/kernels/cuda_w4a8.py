@@ -92,7 +92,7 @@ class CudaW4A8Backend(KernelBackend):
             act.smooth_divisor,
             act.row_scale,
             act.rotation_block or 0,
-            float(act.clip_ratio),
+            act.row_clip(x.shape[0], x.device),
             False,
         )
 

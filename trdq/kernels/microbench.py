@@ -108,9 +108,10 @@ def shape_rows(name: str, m: int, k: int, n: int) -> dict[str, float]:
     r["rq_fwht_static"] = _bench(lambda: rotate_quant_triton(x, block=blk, row_scale=row_scale))
     r["rq_dot_dyn"] = _bench(lambda: rotate_quant_triton(x, block=blk, use_dot=True))
     r["rq_noro_dyn"] = _bench(lambda: rotate_quant_triton(x, block=None))
-    r["fp8_linear_op"] = _bench(lambda: ops.fp8_linear(x, w8, s8, bias, None, None, blk, 1.0))
+    clip = torch.ones(m, device=x.device)
+    r["fp8_linear_op"] = _bench(lambda: ops.fp8_linear(x, w8, s8, bias, None, None, blk, clip))
     r["fp8_linear_op_static"] = _bench(
-        lambda: ops.fp8_linear(x, w8, s8, bias, None, row_scale, blk, 1.0)
+        lambda: ops.fp8_linear(x, w8, s8, bias, None, row_scale, blk, clip)
     )
     r["fp8_unfused_torch"] = _bench(unfused_fp8)
     if k % 128 == 0:
@@ -118,7 +119,7 @@ def shape_rows(name: str, m: int, k: int, n: int) -> dict[str, float]:
         r["w4a8_gemm_fp8act"] = _bench(lambda: w4a8_matmul_triton(xq, xs, wp4, si4, bias))
         r["w8a8_triton_int8"] = _bench(lambda: w4a8_matmul_triton(xq8, xs8, wi8, si8, bias))
         r["w4a8_linear_op"] = _bench(
-            lambda: ops.lowbit_linear(x, wp4, si4, bias, None, None, blk, 1.0, False)
+            lambda: ops.lowbit_linear(x, wp4, si4, bias, None, None, blk, clip, False)
         )
     if m > 16:
         r["int_mm"] = _bench(lambda: torch._int_mm(xq8, wi8.t()))

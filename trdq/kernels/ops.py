@@ -15,7 +15,9 @@ Ops (notation M rows, K input channels, N output channels):
   bias?, smooth?, row_scale?, rotation_block, clip_ratio, act_fp8) -> [M,N]``: rotate+
   quantize to int8 (or e4m3), then the Triton GEMM that unpacks 4-bit weights in registers.
 
-``rotation_block <= 0`` means no rotation; ``row_scale`` None means dynamic per-token.
+``rotation_block <= 0`` means no rotation; ``row_scale`` None means dynamic per-token,
+with ``clip_ratio`` a float32 ``[M]`` tensor (one ratio per row: each CFG half its own,
+read on the device, so neither a launch per half nor a recompile per value).
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ def rotate_quant(
     smooth: torch.Tensor | None,
     row_scale: torch.Tensor | None,
     rotation_block: int,
-    clip_ratio: float,
+    clip_ratio: torch.Tensor,
     fp8: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     q, scale = _rotate_quant_impl(x, smooth, row_scale, rotation_block, clip_ratio, fp8)
@@ -112,7 +114,7 @@ def fp8_linear(
     smooth: torch.Tensor | None,
     row_scale: torch.Tensor | None,
     rotation_block: int,
-    clip_ratio: float,
+    clip_ratio: torch.Tensor,
 ) -> torch.Tensor:
     q, a_scale = _rotate_quant_impl(x, smooth, row_scale, rotation_block, clip_ratio, True)
     return scaled_mm_rowwise(q, a_scale, weight, weight_scale, bias, x.dtype)
@@ -138,7 +140,7 @@ def lowbit_linear(
     smooth: torch.Tensor | None,
     row_scale: torch.Tensor | None,
     rotation_block: int,
-    clip_ratio: float,
+    clip_ratio: torch.Tensor,
     act_fp8: bool,
 ) -> torch.Tensor:
     q, a_scale = _rotate_quant_impl(x, smooth, row_scale, rotation_block, clip_ratio, act_fp8)

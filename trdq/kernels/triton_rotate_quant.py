@@ -10,8 +10,8 @@ divides K, at most 128; 1152 = 9 x 128).
 
 Scale convention (shared with ``trdq.kernels.base``): ``x_rot ~= q * scale[:, None]``.
 - static mode: ``scale`` is given per row (timestep group, CFG half) and returned as is;
-- dynamic mode: ``scale = max(absmax(x_rot row) * clip_ratio / qmax, 1e-8)`` with
-  ``qmax = 448`` for e4m3 and ``127`` for int8.
+- dynamic mode: ``scale = max(absmax(x_rot row) * clip_ratio[row] / qmax, 1e-8)`` with
+  ``qmax = 448`` for e4m3 and ``127`` for int8 (``clip_ratio`` one value or one per row).
 Values beyond ``qmax`` saturate (e4m3fn has no infinity; an unclamped cast gives NaN).
 int8 rounding is round-half-to-even, as ``torch.round``.
 
@@ -88,7 +88,7 @@ def rotate_quant_reference(
     block: int | None,
     smooth: torch.Tensor | None = None,
     row_scale: torch.Tensor | None = None,
-    clip_ratio: float = 1.0,
+    clip_ratio: float | torch.Tensor = 1.0,
     out_dtype: torch.dtype = torch.float8_e4m3fn,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Pure-torch oracle: ``[M, K]`` -> (``q [M, K]`` out_dtype, ``scale [M]`` float32).
@@ -105,7 +105,8 @@ def rotate_quant_reference(
     if row_scale is not None:
         scale = row_scale.float().reshape(-1).expand(xf.shape[0]).clamp_min(MIN_SCALE)
     else:
-        scale = (xf.abs().amax(dim=-1) * clip_ratio / qmax).clamp_min(MIN_SCALE)
+        clip = clip_ratio.float() if isinstance(clip_ratio, torch.Tensor) else clip_ratio
+        scale = (xf.abs().amax(dim=-1) * clip / qmax).clamp_min(MIN_SCALE)
     v = torch.clamp(xf / scale[:, None], -qmax, qmax)
     q = torch.round(v).to(torch.int8) if out_dtype == torch.int8 else v.to(out_dtype)
     return q, scale.contiguous()
@@ -200,7 +201,6 @@ if TRITON_AVAILABLE:
         M_BUCKET,
         stride_xm,
         stride_qm,
-        clip_ratio,
         qmax,
         inv_sqrt_hb,
         eps,
@@ -240,7 +240,10 @@ if TRITON_AVAILABLE:
                     USE_DOT,
                 )
                 amax = tl.maximum(amax, tl.max(tl.abs(xr), axis=1))
-            scale = tl.maximum(amax * clip_ratio / qmax, eps)
+            # dynamic mode: scale_in holds each row's clip ratio; the row's program reads
+            # it, then overwrites it with the row's scale (same buffer as scale_out)
+            clip = tl.load(scale_in_ptr + rows, mask=rmask, other=1.0)
+            scale = tl.maximum(amax * clip / qmax, eps)
             tl.store(scale_out_ptr + rows, scale, mask=rmask)
         for k0 in range(0, K, HB):
             xr = _load_rotated(
@@ -290,7 +293,7 @@ def rotate_quant_triton(
     block: int | None,
     smooth: torch.Tensor | None = None,
     row_scale: torch.Tensor | None = None,
-    clip_ratio: float = 1.0,
+    clip_ratio: float | torch.Tensor = 1.0,
     out_dtype: torch.dtype = torch.float8_e4m3fn,
     use_dot: bool = False,
     block_m: int | None = None,
@@ -314,8 +317,10 @@ def rotate_quant_triton(
         if scale.dtype != torch.float32 or scale.dim() != 1 or scale.numel() != m:
             scale = scale.to(torch.float32).reshape(-1).expand(m)
         scale = scale.contiguous()
+    elif isinstance(clip_ratio, torch.Tensor):  # the kernel turns clips into scales in place
+        scale = clip_ratio.to(x.device, torch.float32).reshape(-1).expand(m).clone()
     else:
-        scale = torch.empty((m,), device=x.device, dtype=torch.float32)
+        scale = torch.full((m,), float(clip_ratio), device=x.device, dtype=torch.float32)
     smooth_t = scale
     if smooth is not None:
         smooth_t = smooth if smooth.dtype == torch.float32 else smooth.to(torch.float32)
@@ -345,7 +350,6 @@ def rotate_quant_triton(
             1 << max(0, (m - 1).bit_length()),
             x.stride(0),
             q.stride(0),
-            float(clip_ratio),
             qmax,
             1.0 / math.sqrt(hb),
             EPS,

@@ -8,8 +8,9 @@ per timestep group and per CFG half: ``act_scale_by_group [G, 2]`` (static mode)
 cond half (also used when CFG is off). With CFG-wise off both columns are equal.
 
 Every forward reads the owning model's ``QuantContext`` (group, CFG layout) and builds an
-``ActQuant`` for the backend: in static mode a per-row scale vector [M] whose first half
-holds the uncond scale and second half the cond scale, so both CFG branches run in ONE
+``ActQuant`` for the backend: a per-row vector [M] (static mode: scales; dynamic mode: clip
+ratios) whose first half holds the uncond value and second half the cond value, so both
+CFG branches run in ONE
 GEMM. Rows are flattened with the batch dimension outermost, which is how diffusers DiTs
 lay out [uncond x B, cond x B] batches (also after Latte's spatial/temporal reshapes).
 
@@ -100,7 +101,6 @@ class QuantLinear(nn.Module):
         self.register_buffer("smooth_divisor", smooth.float() if smooth is not None else None)
         self.register_buffer("act_scale_by_group", params.act_scale_by_group.float().clone())
         self.register_buffer("clip_ratio_by_group", params.clip_ratio_by_group.float().clone())
-        self._clip_list = self.clip_ratio_by_group.tolist()
         #: [N] row sums of the effective (dequantized, rotated back) weight; set = centered
         self.register_buffer("weight_sum", weight_sum)
 
@@ -170,9 +170,8 @@ class QuantLinear(nn.Module):
     def set_activation_params(self, act_scale_by_group: torch.Tensor, clip_ratio_by_group: torch.Tensor) -> None:
         self.act_scale_by_group.copy_(act_scale_by_group)
         self.clip_ratio_by_group.copy_(clip_ratio_by_group)
-        self._clip_list = self.clip_ratio_by_group.tolist()
 
-    def _act(self, row_scale: torch.Tensor | None, clip: float) -> ActQuant:
+    def _act(self, row_scale: torch.Tensor | None, clip: float | torch.Tensor) -> ActQuant:
         return ActQuant(
             bits=self.act_bits,
             rotation_block=self.rotation_block,
@@ -182,45 +181,40 @@ class QuantLinear(nn.Module):
             fp8=self.fp8,
         )
 
+    def _per_row(self, by_group: torch.Tensor, rows: int, split: bool) -> torch.Tensor:
+        """This group's (uncond, cond) pair of ``by_group [G, 2]`` as one value per row.
+
+        With CFG the first half of the rows is uncond, the second cond; otherwise every
+        row takes the cond value. The group is read on the device (index_select with the
+        context's group tensor), so there is no host sync (CUDA graphs can capture it)
+        and torch.compile sees no Python value that changes with the group.
+        """
+        ctx = self.context
+        gi = ctx.group_index
+        if gi is not None and gi.device == by_group.device:
+            pair = by_group.index_select(0, gi.reshape(1)).squeeze(0)
+        else:
+            pair = by_group[min(ctx.group, by_group.shape[0] - 1)]
+        return pair.repeat_interleave(rows // 2) if split else pair[1:].expand(rows)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)
         m = x2.shape[0]
-        ctx = self.context
-        split = ctx.cfg_active and self.cfg_wise and m % 2 == 0
-        packed = self.packed
+        split = self.context.cfg_active and self.cfg_wise and m % 2 == 0
         if self.act_mode == "static":
-            gi = ctx.group_index
-            if gi is not None and gi.device == self.act_scale_by_group.device:
-                # index_select with a device tensor: no host sync, so CUDA graphs can capture it
-                scales = self.act_scale_by_group.index_select(0, gi.reshape(1)).squeeze(0)
-            else:
-                scales = self.act_scale_by_group[min(ctx.group, self.act_scale_by_group.shape[0] - 1)]
-            if split:
-                row_scale = scales.repeat_interleave(m // 2)
-            else:
-                row_scale = scales[1:].expand(m)
-            out = self.backend.linear(x2, packed, self._act(row_scale, 1.0), self.bias)
-        else:
-            center = None
-            if self.weight_sum is not None:
-                center = x2.mean(dim=-1, keepdim=True)
-                x2 = x2 - center
-            g = min(ctx.group, len(self._clip_list) - 1)
-            clip_uncond, clip_cond = self._clip_list[g]
-            if split and clip_uncond != clip_cond:
-                # dynamic per-token scales with a different clip per half: two launches
-                half = m // 2
-                out = torch.cat(
-                    (
-                        self.backend.linear(x2[:half], packed, self._act(None, clip_uncond), self.bias),
-                        self.backend.linear(x2[half:], packed, self._act(None, clip_cond), self.bias),
-                    )
-                )
-            else:
-                out = self.backend.linear(x2, packed, self._act(None, clip_cond), self.bias)
-            if center is not None:
-                out = out + center.to(out.dtype) * self.weight_sum.to(out.dtype)
+            row_scale = self._per_row(self.act_scale_by_group, m, split)
+            return self.backend.linear(
+                x2, self.packed, self._act(row_scale, 1.0), self.bias
+            ).reshape(*lead, self.out_features)
+        center = None
+        if self.weight_sum is not None:
+            center = x2.mean(dim=-1, keepdim=True)
+            x2 = x2 - center
+        row_clip = self._per_row(self.clip_ratio_by_group, m, split)
+        out = self.backend.linear(x2, self.packed, self._act(None, row_clip), self.bias)
+        if center is not None:
+            out = out + center.to(out.dtype) * self.weight_sum.to(out.dtype)
         return out.reshape(*lead, self.out_features)
 
     def extra_repr(self) -> str:

@@ -1,0 +1,30 @@
+"""torch.compile of a quantized denoiser: switching timestep groups must not recompile.
+
+Regression: dynamic mode once branched on each layer's Python clip ratios, so every
+(block, group) pair compiled its own graph and regional compiles hit dynamo's recompile
+limit (then ran eagerly). The per-group values are now read on the device.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from trdq import api
+from trdq.bench_variants import compile_denoiser
+from trdq.testing.tiny import TINY_PROMPTS, tiny_pixart_pipeline
+
+from .helpers import fast, run_image
+
+
+@pytest.mark.parametrize("preset", ["w8a8", "w8a8-static"])
+def test_group_switches_do_not_recompile(preset):
+    torch._dynamo.reset()
+    pipe = tiny_pixart_pipeline()
+    api.quantize(pipe, fast(preset, num_groups=4), progress=False,
+                 calibration_prompts=TINY_PROMPTS)
+    compile_denoiser(pipe.transformer, "regional")
+    run_image(pipe, TINY_PROMPTS[:1], steps=2)  # compiles for these shapes
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        run_image(pipe, TINY_PROMPTS[:1], steps=8)  # visits every group
+    torch._dynamo.reset()
