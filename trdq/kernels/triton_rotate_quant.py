@@ -193,6 +193,7 @@ if TRITON_AVAILABLE:
         x_ptr,
         smooth_ptr,
         scale_in_ptr,
+        clip_ptr,
         h_ptr,
         q_ptr,
         scale_out_ptr,
@@ -240,9 +241,9 @@ if TRITON_AVAILABLE:
                     USE_DOT,
                 )
                 amax = tl.maximum(amax, tl.max(tl.abs(xr), axis=1))
-            # dynamic mode: scale_in holds each row's clip ratio; the row's program reads
-            # it, then overwrites it with the row's scale (same buffer as scale_out)
-            clip = tl.load(scale_in_ptr + rows, mask=rmask, other=1.0)
+            # each row's own clip ratio (the CFG halves differ), read-only: the autotuner
+            # re-runs the kernel on the same buffers, so it must not read what it writes
+            clip = tl.load(clip_ptr + rows, mask=rmask, other=1.0)
             scale = tl.maximum(amax * clip / qmax, eps)
             tl.store(scale_out_ptr + rows, scale, mask=rmask)
         for k0 in range(0, K, HB):
@@ -317,10 +318,13 @@ def rotate_quant_triton(
         if scale.dtype != torch.float32 or scale.dim() != 1 or scale.numel() != m:
             scale = scale.to(torch.float32).reshape(-1).expand(m)
         scale = scale.contiguous()
-    elif isinstance(clip_ratio, torch.Tensor):  # the kernel turns clips into scales in place
-        scale = clip_ratio.to(x.device, torch.float32).reshape(-1).expand(m).clone()
+        clip = scale  # unused in static mode
     else:
-        scale = torch.full((m,), float(clip_ratio), device=x.device, dtype=torch.float32)
+        scale = torch.empty((m,), device=x.device, dtype=torch.float32)
+        if isinstance(clip_ratio, torch.Tensor):
+            clip = clip_ratio.to(x.device, torch.float32).reshape(-1).expand(m).contiguous()
+        else:
+            clip = torch.full((m,), float(clip_ratio), device=x.device, dtype=torch.float32)
     smooth_t = scale
     if smooth is not None:
         smooth_t = smooth if smooth.dtype == torch.float32 else smooth.to(torch.float32)
@@ -342,6 +346,7 @@ def rotate_quant_triton(
             x,
             smooth_t,
             scale,
+            clip,
             h,
             q,
             scale,
