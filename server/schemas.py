@@ -34,12 +34,12 @@ class GenerationRequestBase(BaseModel):
             value = getattr(self, name)
             if value is not None and value % 8:
                 raise ValueError(f"{name} must be a multiple of 8, got {value}")
-        if self.width is not None and self.height is not None:
-            if self.width * self.height > max_pixels:
-                raise ValueError(
-                    f"width x height = {self.width * self.height} exceeds the limit of "
-                    f"{max_pixels} pixels"
-                )
+        if (self.width is not None and self.height is not None
+                and self.width * self.height > max_pixels):
+            raise ValueError(
+                f"width x height = {self.width * self.height} exceeds the limit of "
+                f"{max_pixels} pixels"
+            )
 
 
 def request_models(limits: Limits) -> tuple[type[BaseModel], type[BaseModel]]:

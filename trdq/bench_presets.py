@@ -121,25 +121,25 @@ def _sd_vae(small: bool = False):
 def _dit_kwargs(
     hidden_heads: int, head_dim: int, layers: int, sample_size: int, caption_channels: int
 ) -> dict[str, Any]:
-    return dict(
-        num_attention_heads=hidden_heads,
-        attention_head_dim=head_dim,
-        in_channels=4,
-        out_channels=8,
-        num_layers=layers,
-        dropout=0.0,
-        norm_num_groups=32,
-        cross_attention_dim=hidden_heads * head_dim,
-        attention_bias=True,
-        sample_size=sample_size,
-        patch_size=2,
-        activation_fn="gelu-approximate",
-        num_embeds_ada_norm=1000,
-        norm_type="ada_norm_single",
-        norm_elementwise_affine=False,
-        norm_eps=1e-6,
-        caption_channels=caption_channels,
-    )
+    return {
+        "num_attention_heads": hidden_heads,
+        "attention_head_dim": head_dim,
+        "in_channels": 4,
+        "out_channels": 8,
+        "num_layers": layers,
+        "dropout": 0.0,
+        "norm_num_groups": 32,
+        "cross_attention_dim": hidden_heads * head_dim,
+        "attention_bias": True,
+        "sample_size": sample_size,
+        "patch_size": 2,
+        "activation_fn": "gelu-approximate",
+        "num_embeds_ada_norm": 1000,
+        "norm_type": "ada_norm_single",
+        "norm_elementwise_affine": False,
+        "norm_eps": 1e-6,
+        "caption_channels": caption_channels,
+    }
 
 
 def _pixart_pipeline(
@@ -201,15 +201,15 @@ class BenchPreset:
     notes: list[str] = field(default_factory=list)
 
     def call_kwargs(self, batch: int) -> dict[str, Any]:
-        kw: dict[str, Any] = dict(
-            prompt=["a red circle top left"] * batch,
-            num_inference_steps=self.steps,
-            guidance_scale=self.guidance_scale,
-            height=self.height,
-            width=self.width,
-            clean_caption=False,
-            output_type="pt",
-        )
+        kw: dict[str, Any] = {
+            "prompt": ["a red circle top left"] * batch,
+            "num_inference_steps": self.steps,
+            "guidance_scale": self.guidance_scale,
+            "height": self.height,
+            "width": self.width,
+            "clean_caption": False,
+            "output_type": "pt",
+        }
         if self.frames is not None:
             kw["video_length"] = self.frames
         else:
@@ -223,15 +223,15 @@ class BenchPreset:
         shape = (rows, 4, self.frames, lh, lw) if self.frames else (rows, 4, lh, lw)
         g = torch.Generator(device="cpu").manual_seed(0)
         caption_dim = transformer.config.caption_channels
-        kw: dict[str, Any] = dict(
-            hidden_states=torch.randn(shape, generator=g).to(device, dtype),
-            encoder_hidden_states=torch.randn(rows, self.text_len, caption_dim, generator=g).to(
+        kw: dict[str, Any] = {
+            "hidden_states": torch.randn(shape, generator=g).to(device, dtype),
+            "encoder_hidden_states": torch.randn(rows, self.text_len, caption_dim, generator=g).to(
                 device, dtype
             ),
-            encoder_attention_mask=torch.ones(rows, self.text_len, device=device),
-            timestep=torch.full((rows,), 500.0, device=device),
-            return_dict=False,
-        )
+            "encoder_attention_mask": torch.ones(rows, self.text_len, device=device),
+            "timestep": torch.full((rows,), 500.0, device=device),
+            "return_dict": False,
+        }
         if self.frames is not None:
             # LattePipeline passes no text mask (the model repeats the text per frame)
             kw.pop("encoder_attention_mask")

@@ -166,17 +166,17 @@ def generate(pipe, request: GenerationRequest, on_step: StepCallback | None = No
     if request.num_inference_steps < min_inference_steps(pipe):
         raise ValueError(f"this pipeline needs at least {min_inference_steps(pipe)} steps")
     generators = [torch.Generator("cpu").manual_seed(int(seed)) for seed in request.seeds]
-    kwargs = dict(
-        prompt=request.prompts,
-        negative_prompt=request.negative_prompts or [""] * len(request.prompts),
-        width=request.width,
-        height=request.height,
-        num_inference_steps=request.num_inference_steps,
-        guidance_scale=request.guidance_scale,
-        generator=generators,
-        output_type="np",
-        clean_caption=False,
-    )
+    kwargs = {
+        "prompt": request.prompts,
+        "negative_prompt": request.negative_prompts or [""] * len(request.prompts),
+        "width": request.width,
+        "height": request.height,
+        "num_inference_steps": request.num_inference_steps,
+        "guidance_scale": request.guidance_scale,
+        "generator": generators,
+        "output_type": "np",
+        "clean_caption": False,
+    }
     if on_step is not None:
         steps = request.num_inference_steps
         if "callback_on_step_end" in inspect.signature(type(pipe).__call__).parameters:

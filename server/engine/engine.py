@@ -339,7 +339,7 @@ class GenerationEngine:
 
     def _observe_generation(self, model: ServedModel, profile, pixels: np.ndarray) -> None:
         stage = self.metrics.stage_duration
-        labels = dict(model=model.name, quant=model.quant)
+        labels = {"model": model.name, "quant": model.quant}
         stage.labels(stage="text_encode", **labels).observe(profile.text_encode_s)
         stage.labels(stage="denoise", **labels).observe(profile.denoise_s)
         stage.labels(stage="vae_decode", **labels).observe(profile.decode_s)
@@ -408,7 +408,8 @@ def _memory_limit_bytes() -> int:
     physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
         try:
-            text = open(path).read().strip()
+            with open(path) as limit_file:
+                text = limit_file.read().strip()
         except OSError:
             continue
         if text.isdigit():

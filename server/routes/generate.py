@@ -42,11 +42,11 @@ def raw_format(accept: str, formats: dict[str, str]) -> str | None:
 
 def timings_of(output, encode_s: float, started: float) -> dict:
     t = output.timings
-    return dict(
-        queue_s=round(t.queue_s, 4), text_encode_s=round(t.text_encode_s, 4),
-        denoise_s=round(t.denoise_s, 4), vae_decode_s=round(t.vae_decode_s, 4),
-        encode_s=round(encode_s, 4), total_s=round(time.perf_counter() - started, 4),
-    )
+    return {
+        "queue_s": round(t.queue_s, 4), "text_encode_s": round(t.text_encode_s, 4),
+        "denoise_s": round(t.denoise_s, 4), "vae_decode_s": round(t.vae_decode_s, 4),
+        "encode_s": round(encode_s, 4), "total_s": round(time.perf_counter() - started, 4),
+    }
 
 
 def check_steps(served, steps: int) -> None:

@@ -48,7 +48,7 @@ def test_rotate_quant_int8_matches_reference(m, k, static, smooth, use_dot):
     b = hadamard_block_size(k)
     sm = torch.rand(k, device="cuda") + 0.5 if smooth else None
     rs = torch.rand(m, device="cuda") * 0.05 + 0.01 if static else None
-    kw = dict(block=b, smooth=sm, row_scale=rs, clip_ratio=0.9, out_dtype=torch.int8)
+    kw = {"block": b, "smooth": sm, "row_scale": rs, "clip_ratio": 0.9, "out_dtype": torch.int8}
     q_ref, s_ref = rotate_quant_reference(x, **kw)
     q = torch.full_like(q_ref, 99)  # poison: every element must be written
     q, s = rotate_quant_triton(x, use_dot=use_dot, **kw)
@@ -68,7 +68,7 @@ def test_rotate_quant_fp8_matches_reference(m, k, static, use_dot):
 
     x = _x(m, k, seed=2 * m + k)
     rs = torch.rand(m, device="cuda") * 0.02 + 0.005 if static else None
-    kw = dict(block=hadamard_block_size(k), row_scale=rs, clip_ratio=1.0)
+    kw = {"block": hadamard_block_size(k), "row_scale": rs, "clip_ratio": 1.0}
     q_ref, s_ref = rotate_quant_reference(x, **kw)
     q, s = rotate_quant_triton(x, use_dot=use_dot, **kw)
     assert not torch.isnan(q.float()).any()

@@ -6,7 +6,7 @@ from server.settings import Settings
 
 
 def make_settings(tmp_path, **overrides) -> Settings:
-    values = dict(quant="fp", cache_dir=tmp_path / "cache", max_queue=8, max_frames=16)
+    values = {"quant": "fp", "cache_dir": tmp_path / "cache", "max_queue": 8, "max_frames": 16}
     values.update(overrides)
     return Settings(**values)
 

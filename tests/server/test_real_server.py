@@ -53,6 +53,6 @@ def test_real_server_over_http(tmp_path):
 def test_bad_setting_is_refused_with_its_name():
     env = dict(os.environ, TRDQ_PORT="not-a-port")
     result = subprocess.run([sys.executable, "-m", "server"], env=env, capture_output=True,
-                            text=True, timeout=60)
+                            text=True, timeout=60, check=False)
     assert result.returncode == 2
     assert "TRDQ_PORT" in result.stderr

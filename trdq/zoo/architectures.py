@@ -16,50 +16,50 @@ T2V_FRAMES = 16
 #: Number of tokens the tokenizer pads to (PixArt/Latte pipelines' max_sequence_length).
 MAX_SEQUENCE_LENGTH = 120
 
-TEXT_ENCODER = dict(
-    d_model=128,
-    d_kv=32,
-    d_ff=512,
-    num_layers=2,
-    num_heads=4,
-    relative_attention_num_buckets=8,
-    relative_attention_max_distance=32,
-    dropout_rate=0.0,
-    feed_forward_proj="gated-gelu",
-    is_encoder_decoder=False,
-    pad_token_id=0,
-    eos_token_id=1,
-    decoder_start_token_id=0,
-)
+TEXT_ENCODER = {
+    "d_model": 128,
+    "d_kv": 32,
+    "d_ff": 512,
+    "num_layers": 2,
+    "num_heads": 4,
+    "relative_attention_num_buckets": 8,
+    "relative_attention_max_distance": 32,
+    "dropout_rate": 0.0,
+    "feed_forward_proj": "gated-gelu",
+    "is_encoder_decoder": False,
+    "pad_token_id": 0,
+    "eos_token_id": 1,
+    "decoder_start_token_id": 0,
+}
 
-VAE = dict(
-    in_channels=3,
-    out_channels=3,
-    down_block_types=("DownEncoderBlock2D",) * 4,
-    up_block_types=("UpDecoderBlock2D",) * 4,
-    block_out_channels=(32, 64, 64, 64),
-    layers_per_block=1,
-    latent_channels=4,
-    norm_num_groups=16,
-    scaling_factor=1.0,
-)
+VAE = {
+    "in_channels": 3,
+    "out_channels": 3,
+    "down_block_types": ("DownEncoderBlock2D",) * 4,
+    "up_block_types": ("UpDecoderBlock2D",) * 4,
+    "block_out_channels": (32, 64, 64, 64),
+    "layers_per_block": 1,
+    "latent_channels": 4,
+    "norm_num_groups": 16,
+    "scaling_factor": 1.0,
+}
 
 #: What the image and video denoisers share: a PixArt-style DiT block, 4 heads x 64.
-_DIT_BLOCK = dict(
-    patch_size=2,
-    in_channels=4,
-    out_channels=8,  # epsilon + (unused) learned-sigma channels, as the pipelines expect
-    num_attention_heads=4,
-    attention_head_dim=64,
-    cross_attention_dim=256,
-    caption_channels=TEXT_ENCODER["d_model"],
-    attention_bias=True,
-    activation_fn="gelu-approximate",
-    num_embeds_ada_norm=1000,
-    norm_type="ada_norm_single",
-    norm_elementwise_affine=False,
-    norm_eps=1e-6,
-)
+_DIT_BLOCK = {
+    "patch_size": 2,
+    "in_channels": 4,
+    "out_channels": 8,  # epsilon + (unused) learned-sigma channels, as the pipelines expect
+    "num_attention_heads": 4,
+    "attention_head_dim": 64,
+    "cross_attention_dim": 256,
+    "caption_channels": TEXT_ENCODER["d_model"],
+    "attention_bias": True,
+    "activation_fn": "gelu-approximate",
+    "num_embeds_ada_norm": 1000,
+    "norm_type": "ada_norm_single",
+    "norm_elementwise_affine": False,
+    "norm_eps": 1e-6,
+}
 
 T2I_TRANSFORMER = dict(
     _DIT_BLOCK,
@@ -76,10 +76,10 @@ T2V_TRANSFORMER = dict(
 )
 
 #: DDPM-style linear betas shared by training and sampling; DPM-Solver samples with them.
-SCHEDULER = dict(
-    num_train_timesteps=1000,
-    beta_schedule="linear",
-    beta_start=0.0001,
-    beta_end=0.02,
-    prediction_type="epsilon",
-)
+SCHEDULER = {
+    "num_train_timesteps": 1000,
+    "beta_schedule": "linear",
+    "beta_start": 0.0001,
+    "beta_end": 0.02,
+    "prediction_type": "epsilon",
+}

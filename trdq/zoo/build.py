@@ -33,7 +33,7 @@ def build_components(seed: int) -> dict:
     torch.manual_seed(seed + 1)
     vae = AutoencoderKL(**arch.VAE).eval()
     scheduler = DPMSolverMultistepScheduler(**arch.SCHEDULER)
-    return dict(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=scheduler)
+    return {"tokenizer": tokenizer, "text_encoder": text_encoder, "vae": vae, "scheduler": scheduler}
 
 
 def build_t2i(seed: int = 0):
