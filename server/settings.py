@@ -29,6 +29,8 @@ class Settings(BaseSettings):
     # with its own copy of the models, all taking work from one shared queue. Empty: `device`.
     devices: str = ""
     backend: str = "auto"
+    # Weight-only quantization of the text encoder (T5): none | int8 | int4.
+    text_encoder_quant: str = "none"
     compile: bool = False
     threads: int = Field(default=0, ge=0)  # torch intra-op threads on CPU; 0 = torch default
     warmup: bool = True
@@ -68,6 +70,16 @@ class Settings(BaseSettings):
         if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
             return value
         raise ValueError("must be auto, cpu, cuda or cuda:N")
+
+    @field_validator("text_encoder_quant")
+    @classmethod
+    def _check_text_encoder_quant(cls, value: str) -> str:
+        from trdq.text_encoder import TEXT_ENCODER_QUANTS
+
+        value = value.strip().lower()
+        if value not in TEXT_ENCODER_QUANTS:
+            raise ValueError(f"must be one of {', '.join(TEXT_ENCODER_QUANTS)}")
+        return value
 
     @field_validator("devices")
     @classmethod

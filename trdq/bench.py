@@ -207,6 +207,15 @@ class _Runner:
         transformer = copy.deepcopy(self.base).to(self.device, dtype)
         self.pipe.transformer = transformer
         kind, _, mode = row.rpartition("-")
+        # a trailing "+t5int8" / "+t5int4" also quantizes the text encoder (weight-only),
+        # on a copy that _release puts back
+        mode, _, t5 = mode.partition("+t5")
+        if t5:
+            from trdq.text_encoder import quantize_text_encoder
+
+            self._text_encoder = self.pipe.text_encoder
+            self.pipe.text_encoder = copy.deepcopy(self._text_encoder)
+            info["text_encoder"] = quantize_text_encoder(self.pipe.text_encoder, t5).__dict__
         t0 = time.perf_counter()
         if kind.startswith("torchao-"):
             apply_torchao(transformer, kind.split("-", 1)[1])
@@ -256,6 +265,8 @@ class _Runner:
 
         api.dequantize_hooks(self.pipe)
         self.pipe.transformer = None
+        if getattr(self, "_text_encoder", None) is not None:
+            self.pipe.text_encoder, self._text_encoder = self._text_encoder, None
         torch._dynamo.reset()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()

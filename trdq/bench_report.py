@@ -69,7 +69,8 @@ Appended by `trdq bench` (one section per run; never edited by hand). Every rati
 rows of the same run on the same device. Rows: `bf16-eager`, `bf16-compile` (torch.compile
 default mode), `+cg` (denoiser forward replayed from CUDA graphs), TR-DQ presets through
 `trdq.quantize` (`fp8`, `w8a8`, `w4a8`), `fp8swap` (block linears swapped straight for the
-cuda_fp8 op, dynamic per-token, no calibration), torchao peers. `@b4` = batch 4.
+cuda_fp8 op, dynamic per-token, no calibration), torchao peers. `@b4` = batch 4;
+`+t5int8` / `+t5int4` = the text encoder's linears weight-only quantized too.
 `weights MB` is the denoiser (denoiser_step) or all components (pipeline).
 """
 

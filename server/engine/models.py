@@ -79,9 +79,11 @@ def load_models(settings: Settings, metrics: Metrics, device: torch.device) -> M
             continue
         base = load_pipeline(model_name, device=device, dtype=dtype)
         task = pipeline_task(base)
+        _quantize_text_encoder(base, settings.text_encoder_quant)
         for quant in settings.quant_names:
             pipe = base if quant == "fp" else _pipeline_copy_with_own_denoiser(base)
             model = _make_served(model_name, task, quant, pipe, metrics)
+            model.info["text_encoder_quant"] = settings.text_encoder_quant
             if quant != "fp":
                 _quantize(model, settings, metrics)
             if settings.compile:
@@ -92,6 +94,19 @@ def load_models(settings: Settings, metrics: Metrics, device: torch.device) -> M
     if not served:
         raise RuntimeError("both TRDQ_MODEL and TRDQ_VIDEO_MODEL are disabled: nothing to serve")
     return ModelSet(served, default_quant=settings.quant_names[0])
+
+
+def _quantize_text_encoder(pipe, quant: str) -> None:
+    """Weight-only int8/int4 T5 (TRDQ_TEXT_ENCODER_QUANT), shared by every variant."""
+    if quant == "none":
+        return
+    from trdq.text_encoder import quantize_text_encoder
+
+    report = quantize_text_encoder(pipe.text_encoder, quant)
+    logger.info(
+        "text encoder weights %s: %d linears, %.1f -> %.1f MB", quant, len(report.replaced),
+        report.bytes_before / 1e6, report.bytes_after / 1e6,
+    )
 
 
 def _pipeline_copy_with_own_denoiser(base):

@@ -112,3 +112,25 @@ def test_body_size_limit_and_api_key(tmp_path):
             "/generate/image", json={"prompt": "x", "num_inference_steps": 2}, headers=right
         )
         assert ok.status_code == 200
+
+
+def test_text_encoder_int8_serves_and_shows_in_info_and_metrics(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from server.app import create_app
+    from server.settings import Settings
+
+    settings = Settings(quant="fp", cache_dir=tmp_path, video_model="none", warmup=False,
+                        text_encoder_quant="int8")
+    with TestClient(create_app(settings)) as client:
+        reply = client.post("/generate/image", json={"prompt": "a red circle",
+                                                     "num_inference_steps": 2})
+        assert reply.status_code == 200, reply.text
+        info = client.get("/info").json()
+        metrics = client.get("/metrics").text
+    assert info["models"][0]["text_encoder_quant"] == "int8"
+    from tests.serving.conftest import metric_value
+
+    int8_bytes = metric_value(metrics, "trdq_model_weight_bytes", component="text_encoder",
+                              dtype="int8")
+    assert int8_bytes > 0
