@@ -218,6 +218,7 @@ def _apply(pipe: Any, config: QuantConfig, calib: CalibrationResult,
                 weight_bits=config.weight_bits, fp8=config.fp8,
                 act_mode=config.act_mode, cfg_wise=config.cfg_wise,
                 act_center=config.act_center,
+                weight_clip_search=config.weight_clip_search,
             )
         set_submodule(denoiser, name, new)
         layers[name] = new

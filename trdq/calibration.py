@@ -239,7 +239,8 @@ def _weight_fake(weight: torch.Tensor, smooth: torch.Tensor | None, block: int |
         w = w * smooth[None, :]
     if block is not None:
         w = hadamard_transform(w, block)
-    q, scale = P.quantize_weight_per_channel(w, config.weight_bits, fp8=config.fp8)
+    q, scale = P.quantize_weight_per_channel(w, config.weight_bits, fp8=config.fp8,
+                                             clip_search=config.weight_clip_search)
     return q.float() * scale[:, None]
 
 

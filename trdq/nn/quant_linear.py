@@ -118,6 +118,7 @@ class QuantLinear(nn.Module):
         act_mode: str = "static",
         cfg_wise: bool = True,
         act_center: bool = False,
+        weight_clip_search: bool = False,
     ) -> QuantLinear:
         """Smooth, rotate and quantize ``linear``'s weight and pack it for ``backend``."""
         weight = linear.weight.detach().float()
@@ -125,7 +126,9 @@ class QuantLinear(nn.Module):
             weight = weight * params.smooth_divisor.to(weight.device)[None, :]
         if params.rotation_block is not None:
             weight = rotate_weight(weight, params.rotation_block)
-        qweight, weight_scale = P.quantize_weight_per_channel(weight, weight_bits, fp8=fp8)
+        qweight, weight_scale = P.quantize_weight_per_channel(
+            weight, weight_bits, fp8=fp8, clip_search=weight_clip_search
+        )
         packed = backend.pack(qweight, weight_scale, weight_bits)
         device = linear.weight.device
         weight_sum = None
