@@ -29,7 +29,7 @@ import signal
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import httpx
@@ -123,7 +123,7 @@ def run_concurrency(args: argparse.Namespace) -> dict:
     return {"runs": runs, "memory": memory}
 
 
-def _compare(args: argparse.Namespace, variants: dict[str, dict[str, str]]) -> dict:
+def _measure(args: argparse.Namespace, variants: dict[str, dict[str, str]]) -> dict[str, dict]:
     """Concurrency-16 runs of each variant, interleaved in rounds (servers stay up)."""
     names = list(variants)
     results: dict[str, list[dict]] = {name: [] for name in names}
@@ -133,17 +133,19 @@ def _compare(args: argparse.Namespace, variants: dict[str, dict[str, str]]) -> d
         for _ in range(args.rounds):
             for name in names:
                 results[name].append(drive(urls[name], args, 16, args.requests * 4))
-    summary = {name: _merge(runs) for name, runs in results.items()}
-    base = summary[names[0]]["throughput_rps"]
-    for name in names:
-        summary[name]["speedup"] = round(summary[name]["throughput_rps"] / base, 3) if base else None
-    return {"variants": {name: variants[name] for name in names}, "results": summary}
+    return {name: _merge(runs) for name, runs in results.items()}
+
+
+def _with_speedups(results: dict[str, dict]) -> dict[str, dict]:
+    """Each variant's throughput over the first variant's, as ``speedup``."""
+    base = next(iter(results.values()))["throughput_rps"]
+    for result in results.values():
+        result["speedup"] = round(result["throughput_rps"] / base, 3) if base else None
+    return results
 
 
 @contextmanager
 def _servers(args: argparse.Namespace, variants: dict[str, dict[str, str]]):
-    from contextlib import ExitStack
-
     with ExitStack() as stack:
         urls = {}
         for offset, (name, extra) in enumerate(variants.items()):
@@ -154,7 +156,7 @@ def _servers(args: argparse.Namespace, variants: dict[str, dict[str, str]]):
 
 
 def _merge(runs: list[dict]) -> dict:
-    """Rounds of one variant: summed counts, throughput from the total, median percentiles."""
+    """Rounds of one variant: summed counts, mean throughput, median percentiles."""
     def median(key: str) -> float:
         values = sorted(run[key] for run in runs)
         return values[len(values) // 2]
@@ -171,9 +173,10 @@ def _merge(runs: list[dict]) -> dict:
 
 
 def run_batching(args: argparse.Namespace) -> dict:
-    return _compare(args, {"max_batch=1": {"TRDQ_MAX_BATCH": "1"},
-                           f"max_batch={args.max_batch}": {"TRDQ_MAX_BATCH": str(args.max_batch),
-                                                           "TRDQ_BATCH_WINDOW_MS": "20"}})
+    variants = {"max_batch=1": {"TRDQ_MAX_BATCH": "1"},
+                f"max_batch={args.max_batch}": {"TRDQ_MAX_BATCH": str(args.max_batch),
+                                                "TRDQ_BATCH_WINDOW_MS": "20"}}
+    return {"variants": variants, "results": _with_speedups(_measure(args, variants))}
 
 
 def run_devices(args: argparse.Namespace) -> dict:
@@ -184,12 +187,8 @@ def run_devices(args: argparse.Namespace) -> dict:
     results = {}
     for name, device_list in ((f"1 device ({devices[0]})", devices[:1]),
                               (f"{len(devices)} devices", devices)):
-        results.update(_compare(args, {name: {"TRDQ_DEVICES": ",".join(device_list)}})["results"])
-    names = list(results)
-    base = results[names[0]]["throughput_rps"]
-    for name in names:
-        results[name]["speedup"] = round(results[name]["throughput_rps"] / base, 3) if base else None
-    return {"devices": devices, "results": results}
+        results.update(_measure(args, {name: {"TRDQ_DEVICES": ",".join(device_list)}}))
+    return {"devices": devices, "results": _with_speedups(results)}
 
 
 def processor_kind() -> str:

@@ -9,27 +9,16 @@ import pytest
 from trdq import bench
 
 
+def _bench_cpu(out, rows: str, *extra: str) -> int:
+    """`trdq bench` on the tiny preset, on CPU, writing ``out``; returns its exit code."""
+    return bench.main(["--preset", "tiny-test", "--device", "cpu", "--json", str(out),
+                       "--rows", rows, *extra])
+
+
 def test_bench_bf16_row_quick(tmp_path):
     out = tmp_path / "b.json"
-    rc = bench.main(
-        [
-            "--preset",
-            "tiny-test",
-            "--device",
-            "cpu",
-            "--json",
-            str(out),
-            "--no-markdown",
-            "--rows",
-            "bf16-eager",
-            "--runs",
-            "1",
-            "--step-runs",
-            "1",
-            "--warmup",
-            "0",
-        ]
-    )
+    rc = _bench_cpu(out, "bf16-eager", "--no-markdown", "--runs", "1", "--step-runs", "1",
+                    "--warmup", "0")
     assert rc == 0
     doc = json.loads(out.read_text())
     assert [r["scope"] for r in doc["results"]] == ["pipeline", "denoiser_step"]
@@ -39,28 +28,9 @@ def test_bench_bf16_row_quick(tmp_path):
 def test_bench_json_schema_and_markdown(tmp_path):
     out = tmp_path / "b.json"
     md = tmp_path / "BENCHMARKS.md"
-    rc = bench.main(
-        [
-            "--preset",
-            "tiny-test",
-            "--device",
-            "cpu",
-            "--json",
-            str(out),
-            "--markdown",
-            str(md),
-            "--rows",
-            "fp32-eager,bf16-eager,w8a8-eager",
-            "--runs",
-            "1",
-            "--step-runs",
-            "1",
-            "--warmup",
-            "0",
-            "--cache-dir",
-            str(tmp_path / "cache"),
-        ]
-    )
+    rc = _bench_cpu(out, "fp32-eager,bf16-eager,w8a8-eager", "--markdown", str(md),
+                    "--runs", "1", "--step-runs", "1", "--warmup", "0",
+                    "--cache-dir", str(tmp_path / "cache"))
     assert rc == 0
     doc = json.loads(out.read_text())
     assert set(doc) == {"preset", "device", "torch", "results"}
@@ -99,23 +69,8 @@ def test_unknown_row_is_reported_not_fatal(tmp_path):
     out = tmp_path / "b.json"
     with pytest.raises(SystemExit):
         bench.main(["--preset", "tiny-test", "--compile", "nope"])
-    rc = bench.main(
-        [
-            "--preset",
-            "tiny-test",
-            "--device",
-            "cpu",
-            "--json",
-            str(out),
-            "--no-markdown",
-            "--rows",
-            "bogus-eager",
-            "--runs",
-            "1",
-            "--cache-dir",
-            str(tmp_path / "c"),
-        ]
-    )
+    rc = _bench_cpu(out, "bogus-eager", "--no-markdown", "--runs", "1",
+                    "--cache-dir", str(tmp_path / "c"))
     assert rc == 1  # no results
     details = json.loads((tmp_path / "b.json.details.json").read_text())
     assert "bogus-eager" in details["errors"]

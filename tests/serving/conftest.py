@@ -52,6 +52,21 @@ def live_server(settings: Settings):
         thread.join(timeout=60)
 
 
+def post_concurrently(client, path: str, bodies: list[dict]) -> list:
+    """POST every body at once, each from its own thread; replies in the bodies' order."""
+    replies: list = [None] * len(bodies)
+
+    def send(index: int) -> None:
+        replies[index] = client.post(path, json=bodies[index])
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(len(bodies))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return replies
+
+
 def wait_until(predicate, timeout_s: float = 60.0, interval_s: float = 0.05) -> None:
     deadline = time.monotonic() + timeout_s
     while not predicate():

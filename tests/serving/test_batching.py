@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import io
-import threading
 
 import numpy as np
 import pytest
@@ -13,7 +12,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from server.app import create_app
-from tests.serving.conftest import FAST, make_settings, metric_value
+from tests.serving.conftest import FAST, make_settings, metric_value, post_concurrently
 
 # Different prompts and seeds in one batch; same size/steps/guidance so they are compatible.
 REQUESTS = [
@@ -37,16 +36,7 @@ def test_batched_outputs_equal_outputs_alone(tmp_path, quant):
     with TestClient(create_app(settings)) as client:
         alone = [_pixels(client.post("/generate/image", json=body)) for body in REQUESTS]
         before = client.get("/metrics").text
-        replies: dict[int, object] = {}
-
-        def send(index: int) -> None:
-            replies[index] = client.post("/generate/image", json=REQUESTS[index])
-
-        threads = [threading.Thread(target=send, args=(i,)) for i in range(len(REQUESTS))]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        replies = post_concurrently(client, "/generate/image", REQUESTS)
         after = client.get("/metrics").text
 
     calls = metric_value(after, "trdq_batch_size_count") - metric_value(before, "trdq_batch_size_count")
@@ -67,13 +57,7 @@ def test_incompatible_requests_are_not_batched_together(tmp_path):
     bodies = [{"prompt": "a red circle", **FAST},
               {"prompt": "a red circle", **FAST, "width": 48}]
     with TestClient(create_app(settings)) as client:
-        replies = []
-        threads = [threading.Thread(target=lambda b=b: replies.append(
-            client.post("/generate/image", json=b))) for b in bodies]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        replies = post_concurrently(client, "/generate/image", bodies)
         metrics = client.get("/metrics").text
     assert sorted(r.json()["width"] for r in replies) == [32, 48]
     assert metric_value(metrics, "trdq_batch_size_count") == 2

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from server.app import create_app
 from server.settings import Settings
-from tests.serving.conftest import FAST, make_settings
+from tests.serving.conftest import FAST, make_settings, post_concurrently
 
 
 def test_devices_setting_lists_one_worker_per_device():
@@ -55,14 +55,8 @@ def test_two_workers_run_batches_at_the_same_time(tmp_path):
         first, second = engine.workers
         assert first.models.get("image", "fp").pipe is not second.models.get("image", "fp").pipe
         engine.fault_hook = hold_until_both_run
-        replies = []
         bodies = [{"prompt": "a red circle", "seed": seed, **FAST} for seed in (1, 2)]
-        senders = [threading.Thread(target=lambda b=b: replies.append(
-            client.post("/generate/image", json=b))) for b in bodies]
-        for sender in senders:
-            sender.start()
-        for sender in senders:
-            sender.join()
+        replies = post_concurrently(client, "/generate/image", bodies)
     assert [reply.status_code for reply in replies] == [200, 200], [r.text for r in replies]
     assert sorted(threads_seen) == ["trdq-worker-0_0", "trdq-worker-1_0"]
     assert all(reply.headers["X-TRDQ-Device"] == "cpu" for reply in replies)
@@ -80,13 +74,8 @@ def test_a_failure_on_one_worker_leaves_the_other_serving(tmp_path):
 
     with TestClient(app) as client:
         engine.fault_hook = fail_on_first_worker
-        replies = []
-        senders = [threading.Thread(target=lambda seed=seed: replies.append(client.post(
-            "/generate/image", json={"prompt": "a", "seed": seed, **FAST}))) for seed in (1, 2)]
-        for sender in senders:
-            sender.start()
-        for sender in senders:
-            sender.join()
+        bodies = [{"prompt": "a", "seed": seed, **FAST} for seed in (1, 2)]
+        replies = post_concurrently(client, "/generate/image", bodies)
         assert client.get("/readyz").status_code == 200
     assert sorted(reply.status_code for reply in replies) == [200, 500]
 
@@ -103,14 +92,8 @@ def test_two_gpus_serve_the_quantized_model_at_once(tmp_path):
     barrier = threading.Barrier(2, timeout=120)
     with TestClient(app) as client:
         app.state.engine.fault_hook = lambda specs: barrier.wait()
-        replies = []
-        senders = [threading.Thread(target=lambda seed=seed: replies.append(client.post(
-            "/generate/image", json={"prompt": "a red circle", "seed": seed, **FAST})))
-            for seed in (1, 2)]
-        for sender in senders:
-            sender.start()
-        for sender in senders:
-            sender.join()
+        bodies = [{"prompt": "a red circle", "seed": seed, **FAST} for seed in (1, 2)]
+        replies = post_concurrently(client, "/generate/image", bodies)
         info = client.get("/info").json()
     assert [reply.status_code for reply in replies] == [200, 200], [r.text for r in replies]
     assert sorted(reply.headers["X-TRDQ-Device"] for reply in replies) == ["cuda:0", "cuda:1"]
