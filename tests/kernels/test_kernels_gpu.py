@@ -54,8 +54,9 @@ def test_rotate_quant_int8_matches_reference(m, k, static, smooth, use_dot):
     q, s = rotate_quant_triton(x, use_dot=use_dot, **kw)
     torch.testing.assert_close(s, s_ref, rtol=1e-5, atol=0)
     # summation order differs (butterfly vs matmul): allow rare off-by-one at .5 ties
+    # (at most 0.1% of the elements, and a few in a one-row case)
     diff = (q.int() - q_ref.int()).abs()
-    assert diff.max() <= 1 and diff.float().mean() < 1e-3
+    assert diff.max() <= 1 and int(diff.sum()) <= max(4, diff.numel() // 1000)
 
 
 @requires_fp8()
@@ -128,6 +129,49 @@ def test_cuda_w4a8_backend_matches_reference(bits, m):
     assert P.sqnr_db(ref.float(), out.float()) > 40
 
 
+@pytest.mark.parametrize("fp8", [False, True])
+@pytest.mark.parametrize("smooth", [False, True])
+@pytest.mark.parametrize("m,k", [(1, 1152), (300, 4608), (2048, 1152)])
+def test_rotate_quant_centring_matches_reference(fp8, smooth, m, k):
+    from trdq.kernels.triton_rotate_quant import rotate_quant_reference, rotate_quant_triton
+
+    if fp8 and torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("needs sm_89+ for e4m3")
+    x = (_x(m, k, seed=m + 3).float() + torch.rand(m, 1, device="cuda") * 6).to(torch.bfloat16)
+    sm = torch.rand(k, device="cuda") + 0.5 if smooth else None
+    dtype = torch.float8_e4m3fn if fp8 else torch.int8
+    kw = {"block": 128, "smooth": sm, "clip_ratio": 0.9, "out_dtype": dtype}
+    mean_ref, mean = torch.empty(m, device="cuda"), torch.full((m,), 7.0, device="cuda")
+    q_ref, s_ref = rotate_quant_reference(x, center_out=mean_ref, **kw)
+    q, s = rotate_quant_triton(x, center_out=mean, **kw)
+    torch.testing.assert_close(mean, mean_ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(s, s_ref, rtol=1e-4, atol=0)
+    deq, deq_ref = q.float() * s[:, None], q_ref.float() * s_ref[:, None]
+    assert P.sqnr_db(deq_ref, deq) > (45 if fp8 else 60)
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_lowbit_gemm_rank1_epilogue_matches_reference(packed):
+    from trdq.kernels.triton_w4a8 import (
+        pack_int4_tiled,
+        w4a8_matmul_reference,
+        w4a8_matmul_triton,
+    )
+
+    m, k, n = 333, 1152, 4608
+    a = torch.randint(-127, 128, (m, k), device="cuda", dtype=torch.int8)
+    w = torch.randint(-7, 8, (n, k), device="cuda", dtype=torch.int8)
+    b = pack_int4_tiled(w) if packed else w
+    sa, sw = torch.rand(m, device="cuda") * 1e-3, torch.rand(n, device="cuda") * 1e-2
+    center, wsum = torch.randn(m, device="cuda"), torch.randn(n, device="cuda")
+    kw = {"out_dtype": torch.float32, "center": center, "weight_sum": wsum}
+    ref = w4a8_matmul_reference(a, sa, b, sw, **kw)
+    out = w4a8_matmul_triton(a, sa, b, sw, **kw)
+    assert P.sqnr_db(ref, out) > 60
+    plain = w4a8_matmul_triton(a, sa, b, sw, out_dtype=torch.float32)
+    torch.testing.assert_close(out - plain, center[:, None] * wsum[None, :], rtol=1e-4, atol=1e-4)
+
+
 @requires_fp8()
 def test_w4a8_gemm_fp8_activation_path():
     from trdq.kernels.triton_w4a8 import (
@@ -154,7 +198,8 @@ def test_fp8_linear_compiles_without_graph_break():
     qw, ws = P.quantize_weight_per_channel(fwht(w, 128), 8, fp8=True)
 
     def f(x):
-        return torch.nn.functional.gelu(ops.fp8_linear(x, qw, ws, None, None, None, 128, 1.0))
+        clip = torch.ones(x.shape[0], device=x.device)
+        return torch.nn.functional.gelu(ops.fp8_linear(x, qw, ws, None, None, None, 128, clip))
 
     x = _x(64, 1152, seed=3)
     explanation = torch._dynamo.explain(f)(x)

@@ -100,6 +100,42 @@ def test_ops_cpu_path_matches_reference_backend():
     assert P.sqnr_db(ref4.float(), out4.float()) > 40
 
 
+@pytest.mark.parametrize("fp8", [False, True])
+def test_reference_centring_writes_the_row_means(fp8):
+    torch.manual_seed(4)
+    x = (torch.randn(9, 256) + torch.rand(9, 1) * 5).to(torch.bfloat16)
+    dtype = torch.float8_e4m3fn if fp8 else torch.int8
+    mean = torch.empty(9)
+    q, scale = rotate_quant_reference(x, block=128, out_dtype=dtype, center_out=mean)
+    torch.testing.assert_close(mean, x.float().mean(dim=-1))
+    q0, scale0 = rotate_quant_reference(x.float() - mean[:, None], block=128, out_dtype=dtype)
+    torch.testing.assert_close(scale, scale0)
+    assert torch.equal(q.float(), q0.float())
+    with pytest.raises(ValueError, match="dynamic"):
+        rotate_quant_reference(x, block=128, row_scale=scale, center_out=mean)
+
+
+def test_ops_add_the_mean_back_through_the_weight_sums():
+    """``weight_sum`` given, both ops centre and restore: a token that is all mean has
+    nothing left to quantize, so the output is bias + mean x weight_sum exactly."""
+    torch.manual_seed(5)
+    k, n = 256, 64
+    w = torch.randn(n, k)
+    bias = torch.randn(n)
+    x = torch.full((3, k), 1.5).to(torch.bfloat16)
+    clip = torch.ones(3)
+    expected = (x.float() @ w.t() + bias).float()
+    weight_sum = w.sum(dim=1)
+    qw, ws = P.quantize_weight_per_channel(fwht(w, 128), 8, fp8=True)
+    out = ops.fp8_linear(x, qw, ws, bias, None, None, 128, clip, weight_sum)
+    assert P.sqnr_db(expected, out.float()) > 40
+    qw4, ws4 = P.quantize_weight_per_channel(fwht(w, 128), 4)
+    out4 = ops.lowbit_linear(
+        x, pack_int4_tiled(qw4), ws4, bias, None, None, 128, clip, False, weight_sum
+    )
+    assert P.sqnr_db(expected, out4.float()) > 40
+
+
 def test_fake_impls_trace_under_fake_tensors():
     from torch._subclasses.fake_tensor import FakeTensorMode
 
@@ -114,6 +150,9 @@ def test_fake_impls_trace_under_fake_tensors():
         assert q.dtype == torch.int8 and s.shape == (5,)
         wp = torch.empty(64, 128, dtype=torch.uint8)
         assert ops.lowbit_linear(x, wp, ws, None, None, None, 128, clip, False).shape == (5, 64)
+        out = ops.lowbit_linear(x, wp, ws, None, None, None, 128, clip, False, ws)
+        assert out.shape == (5, 64)
+        assert ops.fp8_linear(x, w, ws, None, None, None, 128, clip, ws).shape == (5, 64)
 
 
 def test_custom_ops_compile_without_graph_break():

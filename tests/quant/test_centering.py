@@ -72,6 +72,24 @@ def test_fast_backend_matches_the_reference_when_centred(backend, device):
     assert P.sqnr_db(reference, fast) > (50 if device == "cpu" else 25)
 
 
+@pytest.mark.parametrize("backend", ["cuda_fp8", "cuda_w4a8"])
+def test_fused_centring_matches_the_unfused_form(backend):
+    """The CUDA backends centre inside their ops (kernel mean, GEMM epilogue); their ops'
+    reference path runs here on the CPU and must give what QuantLinear's own centring
+    around the reference backend gives."""
+    assert get_backend(backend).fuses_centering
+    assert not get_backend("reference").fuses_centering
+    torch.manual_seed(3)
+    linear = torch.nn.Linear(128, 64)
+    x = _one_sided_tokens()
+    fused = _layer(linear, backend, True)
+    unfused = _layer(linear, "reference", True)
+    torch.testing.assert_close(fused.weight_sum, unfused.weight_sum)
+    floor = 30 if backend == "cuda_fp8" else 50  # e4m3 re-rounds the int8 grid
+    assert P.sqnr_db(unfused(x), fused(x)) > floor
+    assert P.sqnr_db(linear(x), fused(x)) > 30
+
+
 def test_centring_needs_per_token_activations():
     with pytest.raises(ValueError, match="act_center"):
         QuantConfig(act_mode="static", act_center=True)

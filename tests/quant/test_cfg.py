@@ -68,6 +68,7 @@ def test_pipeline_halves_use_their_own_calibrated_parameters():
 
     class Spy:
         name = "spy"
+        fuses_centering = original.fuses_centering
 
         def linear(self, x, packed, act, bias):
             seen.append((state.context.group, state.context.cfg_active, act.row_scale.clone()))
@@ -103,6 +104,7 @@ def test_dynamic_halves_use_their_own_clip_ratios():
 
     class Spy:
         name = "spy"
+        fuses_centering = original.fuses_centering
 
         def linear(self, x, packed, act, bias):
             assert act.row_scale is None  # dynamic: scales come from each token

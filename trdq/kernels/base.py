@@ -18,6 +18,9 @@ Conventions every backend follows (see trdq/rotation.py and trdq/primitives.py):
 - Activation quantization is symmetric: static mode uses ``act.row_scale`` ([M], one
   scale per row, already chosen per timestep group and per CFG half); dynamic mode uses
   ``absmax(row) * act.clip_ratio / qmax`` per row (per token).
+- Centring (dynamic mode, ``act.weight_sum`` set): only on backends with
+  ``fuses_centering``; they subtract each row's mean before smoothing and add
+  ``mean x act.weight_sum`` to the output. Elsewhere ``QuantLinear`` does it around the call.
 
 ``linear`` does: smooth -> rotate -> quantize -> low-bit GEMM -> rescale (+ bias), and
 returns ``[M, N]`` in the dtype of ``x``.
@@ -69,6 +72,9 @@ class ActQuant:
     clip_ratio: float | torch.Tensor = 1.0
     #: e4m3 activations (fp8 preset) instead of symmetric integers
     fp8: bool = False
+    #: centring fused into the kernels: ``[N]`` row sums of the effective weight (the
+    #: backend centres each activation row and adds ``row mean x weight_sum``), or None
+    weight_sum: torch.Tensor | None = None
 
     @property
     def static(self) -> bool:
@@ -94,6 +100,8 @@ class KernelBackend(abc.ABC):
     device_types: tuple[str, ...] = ()
     #: auto-selection priority; the reference backend is 0 (last resort)
     priority: int = 0
+    #: whether ``linear`` takes ``act.weight_sum`` (centring inside the kernels)
+    fuses_centering: bool = False
 
     @abc.abstractmethod
     def is_available(self, device: torch.device | str) -> tuple[bool, str]:

@@ -53,6 +53,7 @@ class CudaFp8Backend(KernelBackend):
     name = "cuda_fp8"
     device_types = ("cuda",)
     priority = 25
+    fuses_centering = True
 
     def is_available(self, device: torch.device | str) -> tuple[bool, str]:
         reason = fp8_unavailable_reason(device)
@@ -101,6 +102,7 @@ class CudaFp8Backend(KernelBackend):
             row_scale,
             act.rotation_block or 0,
             act.row_clip(x.shape[0], x.device),
+            act.weight_sum,
         )
 
 

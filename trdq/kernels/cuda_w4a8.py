@@ -31,6 +31,7 @@ class CudaW4A8Backend(KernelBackend):
     name = "cuda_w4a8"
     device_types = ("cuda",)
     priority = 30
+    fuses_centering = True
 
     def is_available(self, device: torch.device | str) -> tuple[bool, str]:
         device = torch.device(device)
@@ -94,6 +95,7 @@ class CudaW4A8Backend(KernelBackend):
             act.rotation_block or 0,
             act.row_clip(x.shape[0], x.device),
             False,
+            act.weight_sum,
         )
 
 

@@ -9,11 +9,17 @@ Ops (notation M rows, K input channels, N output channels):
 - ``trdq::rotate_quant(x [M,K], smooth?[K], row_scale?[M], rotation_block, clip_ratio,
   fp8) -> (q [M,K] e4m3|int8, scale [M] fp32)``: the fused activation kernel.
 - ``trdq::fp8_linear(x [M,K], weight [N,K] e4m3, weight_scale [N], bias?[N], smooth?,
-  row_scale?, rotation_block, clip_ratio) -> [M,N] x.dtype``: rotate+quantize to e4m3,
-  then ``torch._scaled_mm`` with row-wise scales and the bias in its epilogue.
+  row_scale?, rotation_block, clip_ratio, weight_sum?[N]) -> [M,N] x.dtype``: rotate+
+  quantize to e4m3, then ``torch._scaled_mm`` with row-wise scales and the bias in its
+  epilogue.
 - ``trdq::lowbit_linear(x, weight [N,K/2] uint8 packed int4 | [N,K] int8, weight_scale,
-  bias?, smooth?, row_scale?, rotation_block, clip_ratio, act_fp8) -> [M,N]``: rotate+
-  quantize to int8 (or e4m3), then the Triton GEMM that unpacks 4-bit weights in registers.
+  bias?, smooth?, row_scale?, rotation_block, clip_ratio, act_fp8, weight_sum?[N]) ->
+  [M,N]``: rotate+quantize to int8 (or e4m3), then the Triton GEMM that unpacks 4-bit
+  weights in registers.
+
+``weight_sum`` given (dynamic mode): the activation kernel centres each row and the GEMM
+adds ``row mean x weight_sum`` back (in the Triton GEMM's epilogue; one rank-1 update
+after ``_scaled_mm``), the fused form of ``QuantLinear``'s centring.
 
 ``rotation_block <= 0`` means no rotation; ``row_scale`` None means dynamic per-token,
 with ``clip_ratio`` a float32 ``[M]`` tensor (one ratio per row: each CFG half its own,
@@ -36,26 +42,27 @@ def fast_path_available(x: torch.Tensor) -> bool:
     return x.is_cuda and TRITON_AVAILABLE
 
 
-def _rotate_quant_impl(x, smooth, row_scale, rotation_block, clip_ratio, fp8):
+def _rotate_quant_impl(x, smooth, row_scale, rotation_block, clip_ratio, fp8, center_out=None):
     block = rotation_block if rotation_block > 0 else None
     out_dtype = torch.float8_e4m3fn if fp8 else torch.int8
+    kwargs = {
+        "block": block,
+        "smooth": smooth,
+        "row_scale": row_scale,
+        "clip_ratio": clip_ratio,
+        "out_dtype": out_dtype,
+        "center_out": center_out,
+    }
     if fast_path_available(x):
-        return rq.rotate_quant_triton(
-            x.contiguous(),
-            block=block,
-            smooth=smooth,
-            row_scale=row_scale,
-            clip_ratio=clip_ratio,
-            out_dtype=out_dtype,
-        )
-    return rq.rotate_quant_reference(
-        x,
-        block=block,
-        smooth=smooth,
-        row_scale=row_scale,
-        clip_ratio=clip_ratio,
-        out_dtype=out_dtype,
-    )
+        return rq.rotate_quant_triton(x.contiguous(), **kwargs)
+    return rq.rotate_quant_reference(x, **kwargs)
+
+
+def _center_buffer(x: torch.Tensor, weight_sum: torch.Tensor | None) -> torch.Tensor | None:
+    """Where the activation kernel writes each row's mean, when centring is on."""
+    if weight_sum is None:
+        return None
+    return torch.empty((x.shape[0],), device=x.device, dtype=torch.float32)
 
 
 @torch.library.custom_op("trdq::rotate_quant", mutates_args=())
@@ -85,8 +92,11 @@ def scaled_mm_rowwise(
     weight_scale: torch.Tensor,
     bias: torch.Tensor | None,
     out_dtype: torch.dtype,
+    center: torch.Tensor | None = None,
+    weight_sum: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """e4m3 ``[M,K] x [N,K]^T`` with per-row and per-column fp32 scales (+ bias)."""
+    """e4m3 ``[M,K] x [N,K]^T`` with per-row and per-column fp32 scales (+ bias)
+    (+ ``center[m] * weight_sum[n]``)."""
     if q.is_cuda:
         # cuBLASLt/CUTLASS row-wise FP8 wants bf16 output (and a bf16 bias in the epilogue)
         out = torch._scaled_mm(
@@ -97,11 +107,15 @@ def scaled_mm_rowwise(
             bias=bias.to(torch.bfloat16) if bias is not None else None,
             out_dtype=torch.bfloat16,
         )
+        if center is not None:
+            out.addr_(center.to(out.dtype), weight_sum.to(out.dtype))
         return out if out_dtype == torch.bfloat16 else out.to(out_dtype)
     # reference: dequantize and multiply in float32
     out = (q.float() * a_scale[:, None]) @ (weight.float() * weight_scale[:, None]).t()
     if bias is not None:
         out = out + bias.float()
+    if center is not None:
+        out = out + center[:, None] * weight_sum.float()[None, :]
     return out.to(out_dtype)
 
 
@@ -115,20 +129,25 @@ def fp8_linear(
     row_scale: torch.Tensor | None,
     rotation_block: int,
     clip_ratio: torch.Tensor,
+    weight_sum: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    q, a_scale = _rotate_quant_impl(x, smooth, row_scale, rotation_block, clip_ratio, True)
-    return scaled_mm_rowwise(q, a_scale, weight, weight_scale, bias, x.dtype)
+    center = _center_buffer(x, weight_sum)
+    q, a_scale = _rotate_quant_impl(
+        x, smooth, row_scale, rotation_block, clip_ratio, True, center
+    )
+    return scaled_mm_rowwise(q, a_scale, weight, weight_scale, bias, x.dtype, center, weight_sum)
 
 
 @fp8_linear.register_fake
-def _(x, weight, weight_scale, bias, smooth, row_scale, rotation_block, clip_ratio):
+def _(x, weight, weight_scale, bias, smooth, row_scale, rotation_block, clip_ratio, weight_sum=None):
     return x.new_empty((x.shape[0], weight.shape[0]))
 
 
-def lowbit_gemm(q, a_scale, weight, weight_scale, bias, out_dtype):
+def lowbit_gemm(q, a_scale, weight, weight_scale, bias, out_dtype, center=None, weight_sum=None):
+    args = (q, a_scale, weight, weight_scale, bias, out_dtype)
     if q.is_cuda and TRITON_AVAILABLE:
-        return w4.w4a8_matmul_triton(q, a_scale, weight, weight_scale, bias, out_dtype)
-    return w4.w4a8_matmul_reference(q, a_scale, weight, weight_scale, bias, out_dtype)
+        return w4.w4a8_matmul_triton(*args, center=center, weight_sum=weight_sum)
+    return w4.w4a8_matmul_reference(*args, center=center, weight_sum=weight_sum)
 
 
 @torch.library.custom_op("trdq::lowbit_linear", mutates_args=())
@@ -142,11 +161,18 @@ def lowbit_linear(
     rotation_block: int,
     clip_ratio: torch.Tensor,
     act_fp8: bool,
+    weight_sum: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    q, a_scale = _rotate_quant_impl(x, smooth, row_scale, rotation_block, clip_ratio, act_fp8)
-    return lowbit_gemm(q, a_scale, weight, weight_scale, bias, x.dtype)
+    center = _center_buffer(x, weight_sum)
+    q, a_scale = _rotate_quant_impl(
+        x, smooth, row_scale, rotation_block, clip_ratio, act_fp8, center
+    )
+    return lowbit_gemm(q, a_scale, weight, weight_scale, bias, x.dtype, center, weight_sum)
 
 
 @lowbit_linear.register_fake
-def _(x, weight, weight_scale, bias, smooth, row_scale, rotation_block, clip_ratio, act_fp8):
+def _(
+    x, weight, weight_scale, bias, smooth, row_scale, rotation_block, clip_ratio, act_fp8,
+    weight_sum=None,
+):
     return x.new_empty((x.shape[0], weight.shape[0]))

@@ -1,4 +1,5 @@
-"""Fused activation path: bf16 ``[M, K]`` -> (/ smooth) -> block Hadamard -> e4m3 or int8.
+"""Fused activation path: bf16 ``[M, K]`` -> (- row mean) -> (/ smooth) -> block Hadamard
+-> e4m3 or int8.
 
 One Triton kernel reads the activations once, divides by the SmoothQuant vector, applies
 the block-diagonal normalized Hadamard rotation (a fast Walsh-Hadamard transform inside
@@ -14,6 +15,11 @@ Scale convention (shared with ``trdq.kernels.base``): ``x_rot ~= q * scale[:, No
   ``qmax = 448`` for e4m3 and ``127`` for int8 (``clip_ratio`` one value or one per row).
 Values beyond ``qmax`` saturate (e4m3fn has no infinity; an unclamped cast gives NaN).
 int8 rounding is round-half-to-even, as ``torch.round``.
+
+Centring (``center_out`` given, dynamic mode only): each row's mean over K is subtracted
+before smoothing and rotation and written to ``center_out`` (float32 ``[M]``); the GEMM
+adds ``mean x weight_sum`` back (see ``trdq.nn.quant_linear``). The kernel takes one more
+read of the row tile (from L2) for the mean instead of three elementwise passes outside.
 
 ``rotate_quant_reference`` is the pure-torch oracle of the same math; the kernel is
 tested against it. Importing this module never needs Triton: ``TRITON_AVAILABLE`` says
@@ -90,14 +96,21 @@ def rotate_quant_reference(
     row_scale: torch.Tensor | None = None,
     clip_ratio: float | torch.Tensor = 1.0,
     out_dtype: torch.dtype = torch.float8_e4m3fn,
+    center_out: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Pure-torch oracle: ``[M, K]`` -> (``q [M, K]`` out_dtype, ``scale [M]`` float32).
 
     Same arithmetic as ``trdq.kernels.reference`` (``rotation.fwht``, ``primitives``),
-    but returns the low-bit tensor instead of dequantizing it.
+    but returns the low-bit tensor instead of dequantizing it. ``center_out`` ([M]
+    float32): centre each row first and write its mean there.
     """
     qmax = _qmax(out_dtype)
     xf = x.float()
+    if center_out is not None:
+        _check_center(center_out, xf.shape[0], row_scale)
+        mean = xf.mean(dim=-1)
+        center_out.copy_(mean)
+        xf = xf - mean[:, None]
     if smooth is not None:
         xf = xf / smooth.float()
     if block is not None:
@@ -110,6 +123,14 @@ def rotate_quant_reference(
     v = torch.clamp(xf / scale[:, None], -qmax, qmax)
     q = torch.round(v).to(torch.int8) if out_dtype == torch.int8 else v.to(out_dtype)
     return q, scale.contiguous()
+
+
+def _check_center(center_out: torch.Tensor, rows: int, row_scale) -> None:
+    if row_scale is not None:
+        raise ValueError("centring is for dynamic (per-token) activations, not static scales")
+    if center_out.dtype != torch.float32 or center_out.shape != (rows,):
+        raise ValueError(f"center_out must be float32 [{rows}], got {center_out.dtype} "
+                         f"{tuple(center_out.shape)}")
 
 
 if TRITON_AVAILABLE:
@@ -160,17 +181,21 @@ if TRITON_AVAILABLE:
         k0,
         stride_xm,
         inv_sqrt_hb,
+        mean,
         BLOCK_M: tl.constexpr,
         HB: tl.constexpr,
         LOG_HB: tl.constexpr,
         HAS_SMOOTH: tl.constexpr,
         ROTATE: tl.constexpr,
         USE_DOT: tl.constexpr,
+        CENTER: tl.constexpr,
     ):
         cols = k0 + tl.arange(0, HB)
         x = tl.load(
             x_ptr + rows[:, None] * stride_xm + cols[None, :], mask=rmask[:, None], other=0.0
         ).to(tl.float32)
+        if CENTER:
+            x = x - mean[:, None]
         if HAS_SMOOTH:
             x = x / tl.load(smooth_ptr + cols)[None, :]
         if ROTATE:
@@ -197,6 +222,7 @@ if TRITON_AVAILABLE:
         h_ptr,
         q_ptr,
         scale_out_ptr,
+        center_out_ptr,
         M,
         K,
         M_BUCKET,
@@ -213,10 +239,24 @@ if TRITON_AVAILABLE:
         STATIC: tl.constexpr,
         OUT_INT8: tl.constexpr,
         USE_DOT: tl.constexpr,
+        CENTER: tl.constexpr,
     ):
         pid = tl.program_id(0)
         rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
         rmask = rows < M
+        mean = tl.zeros((BLOCK_M,), dtype=tl.float32)
+        if CENTER:
+            # Pass 0: the row mean of the raw activations (dynamic mode only).
+            for k0 in range(0, K, HB):
+                cols = k0 + tl.arange(0, HB)
+                x = tl.load(
+                    x_ptr + rows[:, None] * stride_xm + cols[None, :],
+                    mask=rmask[:, None],
+                    other=0.0,
+                ).to(tl.float32)
+                mean += tl.sum(x, axis=1)
+            mean = mean / K
+            tl.store(center_out_ptr + rows, mean, mask=rmask)
         if STATIC:
             scale = tl.maximum(tl.load(scale_in_ptr + rows, mask=rmask, other=1.0), eps)
         else:
@@ -233,12 +273,14 @@ if TRITON_AVAILABLE:
                     k0,
                     stride_xm,
                     inv_sqrt_hb,
+                    mean,
                     BLOCK_M,
                     HB,
                     LOG_HB,
                     HAS_SMOOTH,
                     ROTATE,
                     USE_DOT,
+                    CENTER,
                 )
                 amax = tl.maximum(amax, tl.max(tl.abs(xr), axis=1))
             # each row's own clip ratio (the CFG halves differ), read-only: the autotuner
@@ -256,12 +298,14 @@ if TRITON_AVAILABLE:
                 k0,
                 stride_xm,
                 inv_sqrt_hb,
+                mean,
                 BLOCK_M,
                 HB,
                 LOG_HB,
                 HAS_SMOOTH,
                 ROTATE,
                 USE_DOT,
+                CENTER,
             )
             v = xr / scale[:, None]
             v = tl.minimum(tl.maximum(v, -qmax), qmax)
@@ -284,7 +328,7 @@ if TRITON_AVAILABLE:
             triton.Config({"BLOCK_M": bm}, num_warps=w)
             for bm, w in ((16, 4), (32, 4), (32, 8), (64, 8))
         ],
-        key=["K", "M_BUCKET", "STATIC", "HAS_SMOOTH", "ROTATE", "OUT_INT8", "USE_DOT"],
+        key=["K", "M_BUCKET", "STATIC", "HAS_SMOOTH", "ROTATE", "OUT_INT8", "USE_DOT", "CENTER"],
     )(_rotate_quant_kernel)
 
 
@@ -299,6 +343,7 @@ def rotate_quant_triton(
     use_dot: bool = False,
     block_m: int | None = None,
     num_warps: int = 4,
+    center_out: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The fused kernel; same contract as ``rotate_quant_reference`` (x 2-D, rows contiguous)."""
     if not TRITON_AVAILABLE:
@@ -312,6 +357,8 @@ def rotate_quant_triton(
         raise ValueError(f"rotation block {hb} must be a power of two <= 128 dividing K={k}")
     q = torch.empty((m, k), device=x.device, dtype=out_dtype)
     static = row_scale is not None
+    if center_out is not None:
+        _check_center(center_out, m, row_scale)
     # (the fast paths below avoid extra small kernels: this runs ~300 times per DiT step)
     if static:
         scale = row_scale
@@ -350,6 +397,7 @@ def rotate_quant_triton(
             h,
             q,
             scale,
+            center_out if center_out is not None else scale,
             m,
             k,
             1 << max(0, (m - 1).bit_length()),
@@ -365,6 +413,7 @@ def rotate_quant_triton(
             STATIC=static,
             OUT_INT8=out_dtype == torch.int8,
             USE_DOT=use_dot,
+            CENTER=center_out is not None,
             **meta,
         )
     return q, scale

@@ -11,7 +11,11 @@ the next 64, as two tensor-core dots. (The library's canonical layout,
 2x slower than FP8 on an H100. The backend converts at pack time; ``unpack`` returns the
 canonical integers.)
 
-``out[m, n] = (sum_k A[m, k] * B[n, k]) * a_scale[m] * w_scale[n] + bias[n]``
+``out[m, n] = (sum_k A[m, k] * B[n, k]) * a_scale[m] * w_scale[n] + bias[n]
+(+ center[m] * weight_sum[n])``
+
+The optional rank-1 term restores what centring removed from the activations (each row's
+mean, ``triton_rotate_quant``'s ``center_out``) in the fp32 epilogue, at no extra pass.
 
 The nibbles are sign-extended with two shifts and interleaved back to ``[BN, BK]`` in
 registers; the tile then goes to the tensor cores as int8 (A int8: exact int32
@@ -81,15 +85,25 @@ def w4a8_matmul_reference(
     w_scale: torch.Tensor,
     bias: torch.Tensor | None = None,
     out_dtype: torch.dtype = torch.bfloat16,
+    center: torch.Tensor | None = None,
+    weight_sum: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Oracle in float64 accumulation (exact for int8 x int4 at any K we use).
     ``b`` is tile-split packed uint8 or plain int8."""
+    _check_rank1(center, weight_sum)
     w = unpack_int4_tiled(b) if b.dtype == torch.uint8 else b
     acc = a.double() @ w.double().t()
     out = acc * a_scale.double()[:, None] * w_scale.double()[None, :]
     if bias is not None:
         out = out + bias.double()
+    if center is not None:
+        out = out + center.double()[:, None] * weight_sum.double()[None, :]
     return out.to(out_dtype)
+
+
+def _check_rank1(center: torch.Tensor | None, weight_sum: torch.Tensor | None) -> None:
+    if (center is None) != (weight_sum is None):
+        raise ValueError("center [M] and weight_sum [N] come together")
 
 
 if TRITON_AVAILABLE:
@@ -111,6 +125,8 @@ if TRITON_AVAILABLE:
         a_scale_ptr,
         w_scale_ptr,
         bias_ptr,
+        center_ptr,
+        weight_sum_ptr,
         c_ptr,
         M,
         N,
@@ -120,6 +136,7 @@ if TRITON_AVAILABLE:
         stride_bn,
         stride_cm,
         HAS_BIAS: tl.constexpr,
+        HAS_CENTER: tl.constexpr,
         PACKED: tl.constexpr,
         A_FP8: tl.constexpr,
         BM: tl.constexpr,
@@ -187,6 +204,10 @@ if TRITON_AVAILABLE:
         out = acc.to(tl.float32) * sa[:, None] * sw[None, :]
         if HAS_BIAS:
             out += tl.load(bias_ptr + rn, mask=nmask, other=0.0).to(tl.float32)[None, :]
+        if HAS_CENTER:
+            mean = tl.load(center_ptr + rm, mask=mmask, other=0.0)
+            wsum = tl.load(weight_sum_ptr + rn, mask=nmask, other=0.0).to(tl.float32)
+            out += mean[:, None] * wsum[None, :]
         tl.store(
             c_ptr + rm[:, None] * stride_cm + rn[None, :],
             out.to(c_ptr.dtype.element_ty),
@@ -206,10 +227,13 @@ def w4a8_matmul_triton(
     bias: torch.Tensor | None = None,
     out_dtype: torch.dtype = torch.bfloat16,
     config: dict | None = None,
+    center: torch.Tensor | None = None,
+    weight_sum: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """A ``[M, K]`` int8/e4m3, B ``[N, K/2]`` uint8 (packed) or ``[N, K]`` int8 -> ``[M, N]``."""
     if not TRITON_AVAILABLE:
         raise RuntimeError("triton is not installed; use w4a8_matmul_reference")
+    _check_rank1(center, weight_sum)
     m, k = a.shape
     packed = b.dtype == torch.uint8
     n = b.shape[0]
@@ -241,6 +265,8 @@ def w4a8_matmul_triton(
             a_scale.float().contiguous(),
             w_scale.float().contiguous(),
             bias if bias is not None else w_scale,
+            center.float().contiguous() if center is not None else w_scale,
+            weight_sum.float().contiguous() if weight_sum is not None else w_scale,
             c,
             m,
             n,
@@ -250,6 +276,7 @@ def w4a8_matmul_triton(
             b.stride(0),
             c.stride(0),
             HAS_BIAS=bias is not None,
+            HAS_CENTER=center is not None,
             PACKED=packed,
             A_FP8=a.dtype == torch.float8_e4m3fn,
             **meta,

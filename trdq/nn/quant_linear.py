@@ -18,8 +18,10 @@ Centered activations (``act_center``, dynamic mode): each token's mean is subtra
 before rotation and quantization and added back exactly through the weights' row sums,
 ``x W^T = (x - c) W^T + c * (W 1)``. A token's mean is what a Hadamard rotation gathers
 into one channel per block (an outlier it creates), and what makes post-GELU inputs
-one-sided; removing it gives symmetric int8/e4m3 the whole range. It is independent of
-the backend: one mean, one subtraction and one outer-product add per call.
+one-sided; removing it gives symmetric int8/e4m3 the whole range. Backends with
+``fuses_centering`` (the CUDA ones) do it inside their kernels: the rotate+quantize kernel
+computes the mean, the GEMM epilogue adds it back. Elsewhere it is one mean, one
+subtraction and one outer-product add around the backend call.
 """
 
 from __future__ import annotations
@@ -174,7 +176,12 @@ class QuantLinear(nn.Module):
         self.act_scale_by_group.copy_(act_scale_by_group)
         self.clip_ratio_by_group.copy_(clip_ratio_by_group)
 
-    def _act(self, row_scale: torch.Tensor | None, clip: float | torch.Tensor) -> ActQuant:
+    def _act(
+        self,
+        row_scale: torch.Tensor | None,
+        clip: float | torch.Tensor,
+        weight_sum: torch.Tensor | None = None,
+    ) -> ActQuant:
         return ActQuant(
             bits=self.act_bits,
             rotation_block=self.rotation_block,
@@ -182,6 +189,7 @@ class QuantLinear(nn.Module):
             row_scale=row_scale,
             clip_ratio=clip,
             fp8=self.fp8,
+            weight_sum=weight_sum,
         )
 
     def _per_row(self, by_group: torch.Tensor, rows: int, split: bool) -> torch.Tensor:
@@ -210,11 +218,16 @@ class QuantLinear(nn.Module):
             return self.backend.linear(
                 x2, self.packed, self._act(row_scale, 1.0), self.bias
             ).reshape(*lead, self.out_features)
+        row_clip = self._per_row(self.clip_ratio_by_group, m, split)
+        if self.weight_sum is not None and self.backend.fuses_centering:
+            act = self._act(None, row_clip, self.weight_sum)
+            return self.backend.linear(x2, self.packed, act, self.bias).reshape(
+                *lead, self.out_features
+            )
         center = None
         if self.weight_sum is not None:
             center = x2.mean(dim=-1, keepdim=True)
             x2 = x2 - center
-        row_clip = self._per_row(self.clip_ratio_by_group, m, split)
         out = self.backend.linear(x2, self.packed, self._act(None, row_clip), self.bias)
         if center is not None:
             out = out + center.to(out.dtype) * self.weight_sum.to(out.dtype)
