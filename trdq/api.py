@@ -42,6 +42,7 @@ from trdq.kernels.base import KernelBackend
 from trdq.kernels.registry import select_backend
 from trdq.nn.faithful import FaithfulLinear
 from trdq.nn.quant_linear import QuantLinear
+from trdq.nn.weight_only import WEIGHT_ONLY_INT4_GROUP, WeightOnlyLinear
 from trdq.pipeline import weight_bytes
 from trdq.timestep import GroupMap, QuantContext, StepEvent, TimestepHook
 
@@ -84,6 +85,8 @@ class QuantReport:
     backend: str | None
     replaced: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
+    #: conditioning layers given weight-only integer weights (``embedder_weight_bits``)
+    weight_only: list[str] = field(default_factory=list)
     bytes_before: dict[str, int] = field(default_factory=dict)
     bytes_after: dict[str, int] = field(default_factory=dict)
     calibration_id: str | None = None
@@ -107,7 +110,8 @@ class QuantReport:
         ratio = before / after if after else float("nan")
         lines = [
             (f"quant {self.config_name} on backend {self.backend}: "
-             f"{len(self.replaced)} layers replaced, {len(self.skipped)} kept in full precision"),
+             f"{len(self.replaced)} layers replaced, {len(self.weight_only)} weight-only, "
+             f"{len(self.skipped)} kept in full precision"),
             f"denoiser weights {before:,} -> {after:,} bytes ({ratio:.2f}x smaller)",
             (f"calibration {self.calibration_id} cache {','.join(self.cache) or '-'} "
              f"({self.calibration_seconds:.1f} s calibrating, {self.total_seconds:.1f} s total)"),
@@ -223,12 +227,36 @@ def _apply(pipe: Any, config: QuantConfig, calib: CalibrationResult,
         set_submodule(denoiser, name, new)
         layers[name] = new
     report.replaced = sorted(layers)
+    report.weight_only = _weight_only_conditioning(denoiser, config, skipped)
+    for name in report.weight_only:
+        report.skipped.pop(name)
     hook = TimestepHook(GroupMap(tuple(config.boundaries())), context).attach(denoiser)
     wrap_pipeline_call(pipe, hook)
     split = CfgSplitForward(denoiser, context) if config.cfg_split else None
     state = QuantState(config, context, hook, backend, layers, calib, report, split)
     setattr(denoiser, STATE_ATTR, state)
     return state
+
+
+def _weight_only_conditioning(
+    denoiser: nn.Module, config: QuantConfig, skipped: dict[str, str]
+) -> list[str]:
+    """Give the pattern-kept linears (embedders, adaLN, caption projection) weight-only
+    integer weights (``config.embedder_weight_bits``); returns their names."""
+    bits = config.embedder_weight_bits
+    if bits is None:
+        return []
+    done = []
+    for name, reason in skipped.items():
+        module = denoiser.get_submodule(name)
+        if not reason.startswith("full precision by pattern") or not isinstance(module, nn.Linear):
+            continue
+        group = None if bits == 8 else WEIGHT_ONLY_INT4_GROUP
+        if module.in_features % (group or 1):
+            continue
+        set_submodule(denoiser, name, WeightOnlyLinear(module, bits, group).to(module.weight.device))
+        done.append(name)
+    return done
 
 
 def _manifest_extra(config: QuantConfig, calib: CalibrationResult, prompts: list[str],

@@ -93,6 +93,10 @@ class QuantConfig:
     cfg_split: bool = False
 
     fp_layer_patterns: list[str] = field(default_factory=lambda: list(DEFAULT_FP_PATTERNS))
+    #: the layers ``fp_layer_patterns`` keeps out of QuantLinear (embedders, adaLN and
+    #: caption projections: a few rows per step, ~4% of PixArt's weights) get weight-only
+    #: integer weights of this many bits (per output channel), or stay full precision (None)
+    embedder_weight_bits: int | None = 8
     #: layers with fewer input channels than this stay in full precision
     min_in_features: int = 16
 
@@ -125,6 +129,9 @@ class QuantConfig:
             raise ValueError(f"act_bits must be 8, got {self.act_bits}")
         if self.fp8 and self.weight_bits != 8:
             raise ValueError("fp8 needs weight_bits=8")
+        if self.embedder_weight_bits not in (None, 4, 8):
+            raise ValueError(f"embedder_weight_bits must be None, 4 or 8, got "
+                             f"{self.embedder_weight_bits}")
         if self.act_center and self.act_mode != "dynamic":
             raise ValueError("act_center needs act_mode='dynamic'")
         if self.act_mode not in ("static", "dynamic"):
@@ -248,6 +255,7 @@ def _faithful(bits: int, name: str) -> QuantConfig:
         weight_symmetric=False,
         act_symmetric=False,
         ema_momentum=0.5,
+        embedder_weight_bits=None,  # the released code keeps them in full precision
     )
 
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from trdq import api
-from trdq.nn import FaithfulLinear, QuantLinear
+from trdq.config import QuantConfig
+from trdq.nn import FaithfulLinear, QuantLinear, WeightOnlyLinear
 from trdq.primitives import psnr_db
 from trdq.testing.tiny import TINY_PROMPTS, tiny_latte_pipeline, tiny_pixart_pipeline
 
@@ -31,8 +32,12 @@ def test_w8a8_pixart_end_to_end(pixart_fp_reference):
     report = api.quantize(pipe, fast("w8a8"), progress=False, calibration_prompts=TINY_PROMPTS)
     assert report.backend == "cpu_int8"
     assert "transformer_blocks.0.attn1.to_q" in report.replaced and "proj_out" in report.replaced
-    assert any("adaln_single" in name for name in report.skipped)
-    assert any("caption_projection" in name for name in report.skipped)
+    # conditioning layers: weight-only int8 (embedder_weight_bits), not QuantLinear
+    assert any("adaln_single" in name for name in report.weight_only)
+    assert any("caption_projection" in name for name in report.weight_only)
+    assert not set(report.weight_only) & (set(report.replaced) | set(report.skipped))
+    assert all(isinstance(pipe.transformer.get_submodule(name), WeightOnlyLinear)
+               for name in report.weight_only)
     assert report.bytes_after["int8"] > 0
     # the quantized linears hold int8 weights instead of fp32: < 1/2 of the bytes overall
     assert report.weight_bytes_after < 0.5 * report.weight_bytes_before
@@ -40,6 +45,18 @@ def test_w8a8_pixart_end_to_end(pixart_fp_reference):
     assert psnr_db(pixart_fp_reference, out) > 30
     with pytest.raises(RuntimeError, match="already quantized"):
         api.quantize(pipe, "w8a8", progress=False)
+
+
+def test_conditioning_layers_stay_full_precision_when_asked():
+    pipe = tiny_pixart_pipeline()
+    config = fast("w8a8", search=False, embedder_weight_bits=None)
+    report = api.quantize(pipe, config, progress=False, calibration_prompts=TINY_PROMPTS)
+    assert report.weight_only == []
+    assert any("adaln_single" in name for name in report.skipped)
+    assert not any(isinstance(m, WeightOnlyLinear) for m in pipe.transformer.modules())
+    assert QuantConfig.preset("faithful").embedder_weight_bits is None
+    with pytest.raises(ValueError, match="embedder_weight_bits"):
+        QuantConfig(embedder_weight_bits=6)
 
 
 def test_w4a8_weights_are_packed():

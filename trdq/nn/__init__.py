@@ -1,6 +1,8 @@
-"""Quantized layers: QuantLinear (real backends) and FaithfulLinear (released algorithm)."""
+"""Quantized layers: QuantLinear (real backends), FaithfulLinear (released algorithm) and
+WeightOnlyLinear (conditioning layers, text encoder)."""
 
 from trdq.nn.faithful import FaithfulLinear
 from trdq.nn.quant_linear import LayerQuantParams, QuantLinear
+from trdq.nn.weight_only import WeightOnlyLinear
 
-__all__ = ["FaithfulLinear", "LayerQuantParams", "QuantLinear"]
+__all__ = ["FaithfulLinear", "LayerQuantParams", "QuantLinear", "WeightOnlyLinear"]
