@@ -24,6 +24,20 @@ def test_bench_bf16_row_quick(tmp_path):
     assert [r["scope"] for r in doc["results"]] == ["pipeline", "denoiser_step"]
 
 
+def test_bench_text_encoder_row_counts_only_the_quantized_encoder(tmp_path):
+    out = tmp_path / "b.json"
+    rc = _bench_cpu(out, "bf16-eager,bf16-eager+t5int8", "--no-markdown", "--runs", "1",
+                    "--step-runs", "1", "--warmup", "0", "--scopes", "pipeline")
+    assert rc == 0
+    details = json.loads((tmp_path / "b.json.details.json").read_text())
+    assert details["errors"] == {}
+    report = details["rows"]["bf16-eager+t5int8"]["text_encoder"]
+    assert report["replaced"] and report["bytes_after"] < report["bytes_before"]
+    by = {r["name"]: r for r in json.loads(out.read_text())["results"]}
+    # pipeline scope: the weight bytes are the whole pipeline's, encoder included
+    assert by["bf16-eager+t5int8"]["weight_bytes"] < by["bf16-eager"]["weight_bytes"]
+
+
 @pytest.mark.slow
 def test_bench_json_schema_and_markdown(tmp_path):
     out = tmp_path / "b.json"

@@ -131,7 +131,7 @@ def test_cuda_w4a8_backend_matches_reference(bits, m):
 
 @pytest.mark.parametrize("fp8", [False, True])
 @pytest.mark.parametrize("smooth", [False, True])
-@pytest.mark.parametrize("m,k", [(1, 1152), (300, 4608), (2048, 1152)])
+@pytest.mark.parametrize("m,k", [(1, 1152), (300, 4608), (2048, 1152), (5, 96)])
 def test_rotate_quant_centring_matches_reference(fp8, smooth, m, k):
     from trdq.kernels.triton_rotate_quant import rotate_quant_reference, rotate_quant_triton
 
@@ -140,7 +140,9 @@ def test_rotate_quant_centring_matches_reference(fp8, smooth, m, k):
     x = (_x(m, k, seed=m + 3).float() + torch.rand(m, 1, device="cuda") * 6).to(torch.bfloat16)
     sm = torch.rand(k, device="cuda") + 0.5 if smooth else None
     dtype = torch.float8_e4m3fn if fp8 else torch.int8
-    kw = {"block": 128, "smooth": sm, "clip_ratio": 0.9, "out_dtype": dtype}
+    kw = {"block": min(128, k), "smooth": sm, "clip_ratio": 0.9, "out_dtype": dtype}
+    if k == 96:
+        kw["block"] = 32
     mean_ref, mean = torch.empty(m, device="cuda"), torch.full((m,), 7.0, device="cuda")
     q_ref, s_ref = rotate_quant_reference(x, center_out=mean_ref, **kw)
     q, s = rotate_quant_triton(x, center_out=mean, **kw)

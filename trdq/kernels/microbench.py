@@ -105,6 +105,8 @@ def shape_rows(name: str, m: int, k: int, n: int) -> dict[str, float]:
         )
     )
     r["rq_fwht_dyn"] = _bench(lambda: rotate_quant_triton(x, block=blk))
+    mean = torch.empty(m, device=x.device)
+    r["rq_center_dyn"] = _bench(lambda: rotate_quant_triton(x, block=blk, center_out=mean))
     r["rq_fwht_static"] = _bench(lambda: rotate_quant_triton(x, block=blk, row_scale=row_scale))
     r["rq_dot_dyn"] = _bench(lambda: rotate_quant_triton(x, block=blk, use_dot=True))
     r["rq_noro_dyn"] = _bench(lambda: rotate_quant_triton(x, block=None))
