@@ -90,30 +90,6 @@ def test_fused_centring_matches_the_unfused_form(backend):
     assert P.sqnr_db(linear(x), fused(x)) > 30
 
 
-def test_compiled_graphs_keep_centring_outside_the_kernels(monkeypatch):
-    """Under torch.compile the centring stays in plain torch ops for Inductor to fuse into
-    the neighbouring kernels; eagerly the fusing backends take it (act.weight_sum)."""
-    torch.manual_seed(4)
-    layer = _layer(torch.nn.Linear(128, 64), "cuda_w4a8", True)
-    seen = []
-    original = layer.backend
-
-    class Spy:
-        name, fuses_centering = "spy", True
-
-        def linear(self, x, packed, act, bias):
-            seen.append(act.weight_sum is not None)
-            return original.linear(x, packed, act, bias)
-
-    layer.backend = Spy()
-    x = _one_sided_tokens()
-    eager = layer(x)
-    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
-    traced = layer(x)
-    assert seen == [True, False]
-    assert P.sqnr_db(eager, traced) > 40
-
-
 def test_centring_needs_per_token_activations():
     with pytest.raises(ValueError, match="act_center"):
         QuantConfig(act_mode="static", act_center=True)
