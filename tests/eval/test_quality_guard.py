@@ -33,12 +33,13 @@ STEPS = 10
 GUIDANCE = 4.5
 #: one prompt of eight: the most the quantized model may lose against FP
 MAX_ACCURACY_DROP = 1 / NUM_PROMPTS
-#: measured on this set (2026-11-26, zoo run 4, centred per-token W8A8): full 42.9 dB,
-#: min-max 41.2 dB; FP 2/8 prompts right, full W8A8 1/8 (the allowed drop), min-max 2/8.
+#: measured on this set (2026-11-26, zoo run 7, centred per-token W8A8): full 39.6 dB,
+#: min-max 37.6 dB; FP 3/8 prompts right (10 steps), full W8A8 3/8, min-max 2/8.
+#: (zoo run 4: full 42.9 dB, min-max 41.2 dB; the sharper run-7 shapes cost ~3 dB.)
 #: The issue's 30 dB target sits below; a broken rotation, scale or group switch costs far
 #: more than the margin (W4A8 min-max alone reaches only ~27 dB, docs/QUALITY.md).
 MIN_PSNR_DB = 38.0
-#: the full method must beat plain min-max by at least this much (measured: 1.7 dB)
+#: the full method must beat plain min-max by at least this much (measured: 2.0 dB; run 4 1.7)
 MIN_GAIN_OVER_MINMAX_DB = 0.5
 
 

@@ -46,7 +46,6 @@ VAE = {
 
 #: What the image and video denoisers share: a PixArt-style DiT block, 4 heads x 64.
 _DIT_BLOCK = {
-    "patch_size": 2,
     "in_channels": 4,
     "out_channels": 8,  # epsilon + (unused) learned-sigma channels, as the pipelines expect
     "num_attention_heads": 4,
@@ -61,19 +60,42 @@ _DIT_BLOCK = {
     "norm_eps": 1e-6,
 }
 
-T2I_TRANSFORMER = dict(
-    _DIT_BLOCK,
-    sample_size=T2I_RESOLUTION // 8,
-    num_layers=4,
-    use_additional_conditions=False,
-)
 
-T2V_TRANSFORMER = dict(
-    _DIT_BLOCK,
-    sample_size=T2V_RESOLUTION // 8,
-    num_layers=3,
-    video_length=T2V_FRAMES,
-)
+def t2i_transformer(patch_size: int) -> dict:
+    """The PixArt DiT config at `patch_size` (2 or 1; the blocks are the same either way).
+
+    Position embeddings keep the coordinates of the patch-2 token grid whatever the patch
+    size (``interpolation_scale = 2 / patch_size``: patch 1 tokens sit at 0, 0.5, 1, ...), so
+    blocks trained at patch 2 carry over to patch 1 (`trdq.zoo.training.repatch`).
+    """
+    return dict(
+        _DIT_BLOCK,
+        patch_size=patch_size,
+        sample_size=T2I_RESOLUTION // 8,
+        num_layers=4,
+        use_additional_conditions=False,
+        interpolation_scale=2 // patch_size,
+    )
+
+
+def t2v_transformer(patch_size: int) -> dict:
+    """The Latte DiT config at `patch_size` (Latte derives its position scale itself)."""
+    return dict(
+        _DIT_BLOCK,
+        patch_size=patch_size,
+        sample_size=T2V_RESOLUTION // 8,
+        num_layers=3,
+        video_length=T2V_FRAMES,
+    )
+
+
+#: Patch 2 (8x8 tokens per image, 4x4 per video frame). Patch 1 (`--t2i-patch-size 1`,
+#: warm-started by `trdq.zoo.training.repatch`) fits the CPU budgets (0.9 s image, 4 s video)
+#: but trained ~3x slower per step and was behind patch 2 at equal GPU time (NOTES.md, run 5).
+T2I_PATCH_SIZE = 2
+T2V_PATCH_SIZE = 2
+T2I_TRANSFORMER = t2i_transformer(T2I_PATCH_SIZE)
+T2V_TRANSFORMER = t2v_transformer(T2V_PATCH_SIZE)
 
 #: DDPM-style linear betas shared by training and sampling; DPM-Solver samples with them.
 SCHEDULER = {

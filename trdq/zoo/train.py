@@ -94,6 +94,15 @@ def _parser() -> argparse.ArgumentParser:
         "--eval-single-videos", type=int, default=0, help="also score N one-prompt calls"
     )
     p.add_argument("--eval-steps", type=int, default=20)
+    p.add_argument(
+        "--t2i-patch-size", type=int, default=arch.T2I_PATCH_SIZE,
+        help="PixArt patch size (weights from a coarser patch are repatched on load)",
+    )
+    p.add_argument("--t2v-patch-size", type=int, default=arch.T2V_PATCH_SIZE)
+    p.add_argument(
+        "--loss-weight-power", type=float, default=0.5,
+        help="DiT sample weight (1/alpha_bar)**power: 1 the v loss, 0.5 balanced gradients",
+    )
     return p
 
 
@@ -125,15 +134,17 @@ def _setup_logging(checkpoint_dir: Path) -> None:
         root.addHandler(handler)
 
 
-def build_models(seed: int) -> dict:
+def build_models(
+    seed: int, t2i_patch: int = arch.T2I_PATCH_SIZE, t2v_patch: int = arch.T2V_PATCH_SIZE
+) -> dict:
     """Untrained components with the seeds of `trdq.zoo.build` (same init as the seeded zoo)."""
     from diffusers import LatteTransformer3DModel, PixArtTransformer2DModel
 
     parts = build_components(seed)
     torch.manual_seed(seed + 2)
-    parts["t2i_transformer"] = PixArtTransformer2DModel(**arch.T2I_TRANSFORMER)
+    parts["t2i_transformer"] = PixArtTransformer2DModel(**arch.t2i_transformer(t2i_patch))
     torch.manual_seed(seed + 3)
-    parts["t2v_transformer"] = LatteTransformer3DModel(**arch.T2V_TRANSFORMER)
+    parts["t2v_transformer"] = LatteTransformer3DModel(**arch.t2v_transformer(t2v_patch))
     return parts
 
 
@@ -229,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     meta: dict = {"command": "trdq zoo train " + shlex.join(argv), "seed": args.seed}
     torch.manual_seed(args.seed)
-    parts = build_models(args.seed)
+    parts = build_models(args.seed, args.t2i_patch_size, args.t2v_patch_size)
     if args.init_from and (args.init_from / T2I_NAME / "model_index.json").exists():
         args.init_from = import_zoo_folders(args.init_from, checkpoint_dir)
     if args.from_weights or args.init_from:
@@ -274,12 +285,15 @@ def _train(
     args, stages: list[str], parts: dict, meta: dict, device: torch.device, checkpoint_dir: Path
 ) -> None:
     limit = 24 if args.smoke else None
+    # render only what the stages use (the images also give a missing latent scale)
+    need_images = bool({"vae", "t2i"} & set(stages)) or "scaling_factor" not in meta
+    need_videos = bool({"vae", "t2v"} & set(stages))
     images = build_set(
         "image",
         arch.T2I_RESOLUTION,
         args.images_per_caption,
         args.seed,
-        limit=limit,
+        limit=limit if need_images else 0,
         workers=args.workers,
     )
     videos = build_set(
@@ -288,10 +302,12 @@ def _train(
         args.videos_per_caption,
         args.seed + 1,
         frames=arch.T2V_FRAMES,
-        limit=8 if args.smoke else None,
+        limit=(8 if args.smoke else None) if need_videos else 0,
         workers=args.workers,
     )
-    meta["data"] = {"images": len(images), "videos": len(videos), "variants": CAPTION_VARIANTS}
+    data = meta.setdefault("data", {"variants": CAPTION_VARIANTS})
+    data.update({"images": len(images)} if need_images else {})
+    data.update({"videos": len(videos)} if need_videos else {})
     vae = parts["vae"]
     if "vae" in stages:
         vae_config = VAEConfig(steps=args.vae_steps, seconds=args.vae_seconds)
@@ -305,7 +321,7 @@ def _train(
                 vae, device, args.workers
             )
     vae.to(device).eval().requires_grad_(False)
-    image_latents = encode_latents(vae, images.pixels, device)
+    image_latents = encode_latents(vae, images.pixels, device) if need_images else None
     if "vae" in stages or "scaling_factor" not in meta:
         meta["scaling_factor"] = latent_scaling_factor(image_latents)
         vae.register_to_config(scaling_factor=meta["scaling_factor"])
@@ -321,6 +337,7 @@ def _train(
             seconds=args.t2i_seconds,
             batch=args.t2i_batch,
             lr=args.lr,
+            loss_weight_power=args.loss_weight_power,
             text_lr=args.text_lr,
             **smoke_log,
         )
@@ -344,6 +361,7 @@ def _train(
             seconds=args.t2v_seconds,
             batch=args.t2v_batch,
             lr=args.lr,
+            loss_weight_power=args.loss_weight_power,
             **smoke_log,
         )
         transformer = parts["t2v_transformer"]

@@ -13,14 +13,12 @@ _DESCRIPTION = {
         "text-to-image",
         f"{arch.T2I_RESOLUTION}x{arch.T2I_RESOLUTION} images",
         "t2i",
-        arch.T2I_TRANSFORMER,
     ),
     "tiny-shapes-t2v": (
         "LattePipeline",
         "text-to-video",
         f"{arch.T2V_FRAMES} frames of {arch.T2V_RESOLUTION}x{arch.T2V_RESOLUTION}",
         "t2v",
-        arch.T2V_TRANSFORMER,
     ),
 }
 
@@ -65,7 +63,9 @@ def _status(meta: dict) -> str:
 
 
 def write_card(folder: Path, name: str, meta: dict, weight_bytes: int) -> None:
-    pipeline_class, task, output, stage, transformer_config = _DESCRIPTION[name]
+    pipeline_class, task, output, stage = _DESCRIPTION[name]
+    # the denoiser as saved (its patch size can differ from the architectures' default)
+    transformer_config = json.loads((folder / "transformer" / "config.json").read_text())
     stage_meta = meta.get(stage, {})
     vae_meta = meta.get("vae", {})
     t2i_meta = meta.get("t2i", {})

@@ -80,6 +80,9 @@ def build_set(
         render_seed = int(rng.integers(2**63))
         jobs.append((kind, caption, size, frames, render_seed))
         texts.append(caption_variants(caption, rng, CAPTION_VARIANTS))
+    if not jobs:
+        shape = (size, size, 3) if kind == "image" else (frames, size, size, 3)
+        return ShapesSet(pixels=np.zeros((0, *shape), np.uint8), texts=[])
     if workers > 1:
         with multiprocessing.get_context("fork").Pool(workers) as pool:
             pixels = pool.map(_render, jobs, chunksize=64)

@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from trdq.zoo import architectures as arch
+from trdq.zoo.training.repatch import PATCH_WEIGHT, repatch_state
 
 logger = logging.getLogger(__name__)
 
@@ -121,7 +122,11 @@ def save_component(module: torch.nn.Module, path: Path) -> None:
 
 
 def load_component(module: torch.nn.Module, path: Path) -> None:
+    """Load a saved component; a DiT saved at a coarser patch size is repatched to the
+    module's own (`trdq.zoo.training.repatch`)."""
     state = load_file(str(path))
+    if PATCH_WEIGHT in state:
+        state = repatch_state(state, module.config.patch_size)
     dtype = next(module.parameters()).dtype
     missing, unexpected = module.load_state_dict(
         {k: v.to(dtype) for k, v in state.items()}, strict=False
