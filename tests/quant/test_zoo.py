@@ -1,4 +1,9 @@
-"""Acceptance on the zoo pipelines (slow: real trained tiny models at 128 px / 16 frames)."""
+"""The zoo video pipeline quantized end to end (slow: the real trained model, 16 frames).
+
+Full W8A8 against min-max on the zoo images is guarded by tests/eval/test_quality_guard.py
+(8 prompts, default run); a 2-prompt copy of it here flipped with the run-7 weights
+(42.6 against 44.8 dB) while 8 and 16 prompts agree (39.6 / 37.6, 47.5 / 44.4 dB), so it
+went: two images are noise, not a guard."""
 
 from __future__ import annotations
 
@@ -9,7 +14,6 @@ import pytest
 import torch
 
 from trdq import api
-from trdq.primitives import psnr_db
 
 ZOO = Path(__file__).resolve().parents[2] / "trdq" / "zoo" / "models"
 pytestmark = [
@@ -27,26 +31,13 @@ def _generate(pipe, steps: int = 20):
                 use_resolution_binning=False, clean_caption=False, output_type="pt").images
 
 
-def test_zoo_t2i_full_w8a8_beats_minmax(tmp_path):
-    from trdq.pipeline import load_pipeline
-
-    reference = _generate(load_pipeline("tiny-shapes-t2i"))
-    scores = {}
-    for preset in ("w8a8-minmax", "w8a8"):
-        pipe = load_pipeline("tiny-shapes-t2i")
-        report = api.quantize(pipe, preset, cache_dir=tmp_path, progress=False)
-        assert report.backend == "cpu_int8"
-        scores[preset] = psnr_db(reference, _generate(pipe))
-    print("zoo t2i PSNR vs FP:", scores)
-    assert scores["w8a8"] > scores["w8a8-minmax"], scores
-
-
 def test_zoo_t2v_quantizes_and_runs(tmp_path):
     from trdq.pipeline import load_pipeline
 
     pipe = load_pipeline("tiny-shapes-t2v")
     report = api.quantize(pipe, "w8a8", cache_dir=tmp_path, progress=False)
-    assert report.replaced and report.cache == ["miss"]
+    # the shipped W8A8 artifact seeds the empty cache: no calibration at first start
+    assert report.replaced and report.cache == ["hit"]
     out = pipe(PROMPTS[:1], num_inference_steps=10, guidance_scale=4.5, video_length=8,
                clean_caption=False, output_type="pt",
                generator=torch.Generator().manual_seed(0)).frames
