@@ -31,6 +31,7 @@ from trdq.cache import (
 from trdq.calibration import CalibrationResult, calibrate_pipeline, load_prompts
 from trdq.config import QuantConfig
 from trdq.integrations.diffusers import (
+    PATTERN_SKIP_REASON,
     CfgSplitForward,
     find_denoiser,
     select_layers,
@@ -227,9 +228,7 @@ def _apply(pipe: Any, config: QuantConfig, calib: CalibrationResult,
         set_submodule(denoiser, name, new)
         layers[name] = new
     report.replaced = sorted(layers)
-    report.weight_only = _weight_only_conditioning(denoiser, config, skipped)
-    for name in report.weight_only:
-        report.skipped.pop(name)
+    report.weight_only = _weight_only_conditioning(denoiser, config, report.skipped)
     hook = TimestepHook(GroupMap(tuple(config.boundaries())), context).attach(denoiser)
     wrap_pipeline_call(pipe, hook)
     split = CfgSplitForward(denoiser, context) if config.cfg_split else None
@@ -242,19 +241,21 @@ def _weight_only_conditioning(
     denoiser: nn.Module, config: QuantConfig, skipped: dict[str, str]
 ) -> list[str]:
     """Give the pattern-kept linears (embedders, adaLN, caption projection) weight-only
-    integer weights (``config.embedder_weight_bits``); returns their names."""
+    integer weights (``config.embedder_weight_bits``); returns their names and takes
+    them out of ``skipped``."""
     bits = config.embedder_weight_bits
     if bits is None:
         return []
+    group = None if bits == 8 else WEIGHT_ONLY_INT4_GROUP
     done = []
-    for name, reason in skipped.items():
+    for name, reason in list(skipped.items()):
         module = denoiser.get_submodule(name)
-        if not reason.startswith("full precision by pattern") or not isinstance(module, nn.Linear):
+        if not reason.startswith(PATTERN_SKIP_REASON) or not isinstance(module, nn.Linear):
             continue
-        group = None if bits == 8 else WEIGHT_ONLY_INT4_GROUP
-        if module.in_features % (group or 1):
+        if group is not None and module.in_features % group:
             continue
         set_submodule(denoiser, name, WeightOnlyLinear(module, bits, group).to(module.weight.device))
+        del skipped[name]
         done.append(name)
     return done
 

@@ -31,6 +31,7 @@ from trdq.timestep import QuantContext, TimestepHook
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "PATTERN_SKIP_REASON",
     "CfgSplitForward",
     "architecture_of",
     "find_denoiser",
@@ -39,6 +40,9 @@ __all__ = [
     "set_submodule",
     "wrap_pipeline_call",
 ]
+
+#: start of the skip reason of a layer kept out by ``fp_layer_patterns``
+PATTERN_SKIP_REASON = "full precision by pattern"
 
 #: smallest Hadamard block worth using (a 2x2 block barely spreads an outlier)
 MIN_ROTATION_BLOCK = 8
@@ -82,7 +86,7 @@ def select_layers(
             continue
         hit = next((p.pattern for p in patterns if p.search(name)), None)
         if hit is not None:
-            skipped[name] = f"full precision by pattern {hit!r}"
+            skipped[name] = f"{PATTERN_SKIP_REASON} {hit!r}"
         elif module.in_features < config.min_in_features:
             skipped[name] = f"in_features {module.in_features} < {config.min_in_features}"
         elif config.weight_bits == 4 and module.in_features % 2:

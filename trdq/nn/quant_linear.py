@@ -221,16 +221,14 @@ class QuantLinear(nn.Module):
                 x2, self.packed, self._act(row_scale, 1.0), self.bias
             ).reshape(*lead, self.out_features)
         row_clip = self._per_row(self.clip_ratio_by_group, m, split)
-        if self.weight_sum is not None and self.backend.fuses_centering:
-            act = self._act(None, row_clip, self.weight_sum)
-            return self.backend.linear(x2, self.packed, act, self.bias).reshape(
-                *lead, self.out_features
-            )
+        # centring: inside the backend's kernels when it can, else around the call
+        fused_sum = self.weight_sum if self.backend.fuses_centering else None
         center = None
-        if self.weight_sum is not None:
+        if self.weight_sum is not None and fused_sum is None:
             center = x2.mean(dim=-1, keepdim=True)
             x2 = x2 - center
-        out = self.backend.linear(x2, self.packed, self._act(None, row_clip), self.bias)
+        act = self._act(None, row_clip, fused_sum)
+        out = self.backend.linear(x2, self.packed, act, self.bias)
         if center is not None:
             out = out + center.to(out.dtype) * self.weight_sum.to(out.dtype)
         return out.reshape(*lead, self.out_features)
