@@ -100,6 +100,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--t2v-patch-size", type=int, default=arch.T2V_PATCH_SIZE)
     p.add_argument(
+        "--bf16", action="store_true",
+        help="bf16 autocast for the DiT stages on CUDA (fp32 master weights and EMA)",
+    )
+    p.add_argument(
         "--loss-weight-power", type=float, default=0.5,
         help="DiT sample weight (1/alpha_bar)**power: 1 the v loss, 0.5 balanced gradients",
     )
@@ -338,6 +342,7 @@ def _train(
             batch=args.t2i_batch,
             lr=args.lr,
             loss_weight_power=args.loss_weight_power,
+            bf16=args.bf16,
             text_lr=args.text_lr,
             **smoke_log,
         )
@@ -362,6 +367,7 @@ def _train(
             batch=args.t2v_batch,
             lr=args.lr,
             loss_weight_power=args.loss_weight_power,
+            bf16=args.bf16,
             **smoke_log,
         )
         transformer = parts["t2v_transformer"]

@@ -116,9 +116,9 @@ each render has its full caption and {meta.get("data", {}).get("variants", 4) - 
   reconstruction PSNR {vae_meta.get("image_psnr_db", "?")} dB (128 px images) / {vae_meta.get("frame_psnr_db", "?")} dB (64 px frames).
 - Text encoder + PixArt DiT: {t2i_meta.get("steps", "?")} steps of batch {t2i_meta.get("batch", "?")}, final loss {t2i_meta.get("final_loss", "?")}.
 {"- Latte DiT: " + str(stage_meta.get("steps", "?")) + " steps of batch " + str(stage_meta.get("batch", "?")) + ", final loss " + str(stage_meta.get("final_loss", "?")) + "." if stage == "t2v" else ""}
-- DiT loss: epsilon MSE weighted by 1 / alpha_bar_t (the v-prediction loss for an epsilon
-  network; see `trdq/zoo/training/dit.py`). AdamW, cosine LR, EMA of weights (decay 0.999);
-  VAE in bf16 autocast, DiTs in fp32 with TF32 matmuls; seed {meta.get("seed", 0)}, on
+- DiT loss (last run of this DiT): epsilon MSE weighted by (1 / alpha_bar_t) ** {stage_meta.get("loss_weight_power", 1.0)}
+  (see `loss_weight` in `trdq/zoo/training/dit.py`). AdamW, cosine LR, EMA of weights (decay 0.999);
+  VAE in bf16 autocast, this DiT {"in bf16 autocast (fp32 master weights)" if stage_meta.get("bf16") else "in fp32 with TF32 matmuls"}; seed {meta.get("seed", 0)}, on
   {meta.get("device_name", "?")}, {meta.get("total_seconds", "?")} s for the last run.
 
 Reproduce (from the repository root{", in this order" if meta.get("history") else ""}):

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from dataclasses import dataclass
 
 import torch
@@ -64,6 +65,9 @@ class DiTConfig:
     #: sample weight (1 / alpha_bar_t) ** power: 1 is the v-prediction loss; 0.5 gives every
     #: timestep the same gradient per unit of v error (see `loss_weight`)
     loss_weight_power: float = 0.5
+    #: stop the stage when a logged loss exceeds this multiple of the best one so far and
+    #: keep the EMA weights of the last good log point (0 turns the guard off); see `_Trainer`
+    divergence_factor: float = 1.5
 
 
 def _pick_tokens(
@@ -119,11 +123,15 @@ class _Trainer:
         self.ema_modules = ema_modules
         self.params = [p for group in groups for p in group["params"]]
         self.on_checkpoint = on_checkpoint
+        # divergence guard: the EMA weights at the last log point whose loss was sane
+        self.best_loss, self.good_step = float("inf"), 0
+        self.good_shadows = [[s.clone() for s in ema.shadow] for ema in self.emas]
 
     def run(self, loss_fn) -> dict:
         config = self.config
         budget = Budget(config.steps, config.seconds, warmup_steps=config.warmup_steps)
         meter, step, history = Meter(), 0, []
+        diverged_at = None
         last_checkpoint = budget.elapsed()
         while not budget.done(step):
             set_lr(self.optimizer, self.base_lrs, budget.lr_factor(step))
@@ -142,6 +150,16 @@ class _Trainer:
                 logger.info(
                     "%s step %d  loss %.5f  (%.0f s)", self.name, step, value, budget.elapsed()
                 )
+                if self._diverged(value):
+                    logger.warning(
+                        "%s diverged at step %d (loss %.5f, best %.5f): keeping the EMA "
+                        "weights of step %d and ending the stage",
+                        self.name, step, value, self.best_loss, self.good_step,
+                    )
+                    self.restore_good()
+                    diverged_at = step
+                    break
+                self.remember_good(value, step)
             if (
                 self.on_checkpoint
                 and budget.elapsed() - last_checkpoint > config.checkpoint_seconds
@@ -156,9 +174,31 @@ class _Trainer:
             "batch": config.batch,
             "lr": config.lr,
             "loss_weight_power": config.loss_weight_power,
+            "bf16": config.bf16,
+            "diverged_at": diverged_at,
+            "kept_step": self.good_step if diverged_at else step,
         }
         self.finish()
         return summary
+
+    def _diverged(self, loss: float) -> bool:
+        """A bf16 continuation of the Latte DiT blew up twice mid-run (loss 0.0093 -> 0.017 ->
+        0.1 over ~5000 steps, and 0.0075 -> 0.094 within 1000; NOTES.md) and its EMA followed,
+        so both runs' earlier, better weights were lost. Between log points (500-step means)
+        a healthy run moved at most ~1.2x above its best; 1.5x catches the slow blow-up
+        while the EMA of the last log point is still clean."""
+        factor = self.config.divergence_factor
+        return factor > 0 and (not math.isfinite(loss) or loss > factor * self.best_loss)
+
+    def remember_good(self, loss: float, step: int) -> None:
+        self.best_loss = min(self.best_loss, loss)
+        self.good_step = step
+        for ema, saved in zip(self.emas, self.good_shadows):
+            torch._foreach_copy_(saved, ema.shadow)
+
+    def restore_good(self) -> None:
+        for ema, saved in zip(self.emas, self.good_shadows):
+            torch._foreach_copy_(ema.shadow, saved)
 
     def finish(self) -> None:
         """Leave the EMA weights in the modules (what is saved and shipped)."""
