@@ -35,6 +35,14 @@ def _format_eval(result: dict | None) -> str:
     )
 
 
+#: Continued runs were launched on the device machine from scratch copies of the weights.
+_CONTINUATION_NOTE = (
+    "Each run continues from the weights the runs above it left; an `--init-from` or\n"
+    "`--checkpoint-dir` under `/tmp` (or `.init`) was a scratch copy of those weights on the\n"
+    "training machine: pass the previous run's `--out` (or `trdq/zoo/models`) instead.\n"
+)
+
+
 def _commands(meta: dict) -> str:
     runs = meta.get("history", []) + [meta]
     lines = []
@@ -123,6 +131,8 @@ each render has its full caption and {meta.get("data", {}).get("variants", 4) - 
 
 Reproduce (from the repository root{", in this order" if meta.get("history") else ""}):
 {_commands(meta)}
+
+{_CONTINUATION_NOTE if meta.get("history") else ""}
 
 ## Evaluation (held-out combinations, analytic evaluator `trdq.eval.shapes`)
 
