@@ -373,6 +373,11 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             f"{args.calib_prompts} prompt(s) at {preset.calib_hw}"
         ),
     ]
+    if device.type == "cpu":
+        notes.append(
+            "peak GB on CPU is the process's max RSS so far (it never falls: a row shows the "
+            "largest of its own and every earlier row's, calibration included)"
+        )
     for row in rows:
         print(f"[bench] row {row} ...", flush=True)
         try:

@@ -97,20 +97,26 @@ def markdown_table(
         )
         + "; ".join(notes)
         + ".\n",
-        (
-            "| name | scope | latency ms | vs bf16-eager | vs bf16-compile | vs fastest bf16 | "
-            "peak GB | weights MB |"
-        ),
-        "|---|---|---|---|---|---|---|---|",
     ]
     base = {(r["name"], r["scope"]): r["latency_s"] for r in doc["results"]}
+    # fp32 eager is the diffusers CPU default and the CPU target's baseline: its column
+    # appears when the run has that row
+    named = (["fp32-eager"] if any(n == "fp32-eager" for n, _ in base) else []) + [
+        "bf16-eager",
+        "bf16-compile",
+    ]
+    columns = [f"vs {name}" for name in named] + ["vs fastest bf16"]
+    lines += [
+        "| name | scope | latency ms | " + " | ".join(columns) + " | peak GB | weights MB |",
+        "|---|---|---|" + "---|" * len(columns) + "---|---|",
+    ]
 
     def batch_of(name: str) -> str:
         return "@" + name.split("@", 1)[1] if "@" in name else ""
 
     for r in doc["results"]:
         suffix = batch_of(r["name"])
-        refs = [base.get((ref + suffix, r["scope"])) for ref in ("bf16-eager", "bf16-compile")]
+        refs = [base.get((ref + suffix, r["scope"])) for ref in named]
         bf16 = [
             lat
             for (name, scope), lat in base.items()

@@ -66,6 +66,10 @@ def test_bench_json_schema_and_markdown(tmp_path):
     assert details["rows"]["w8a8-eager"]["quantize"]["backend"] == "cpu_int8"
     table = md.read_text()
     assert "tiny-test" in table and "| w8a8-eager | denoiser_step |" in table
+    # a run with an fp32 row gets its ratio column (the CPU target's baseline)
+    assert "| vs fp32-eager | vs bf16-eager |" in table
+    assert "| fp32-eager | pipeline |" in table and "| 1.00x | " in table
+    assert "max RSS" in table  # CPU peak memory is said to be a process high-water mark
 
 
 def test_default_rows_cpu_and_cuda():
