@@ -62,22 +62,10 @@ def int8_linear_math(
     return out.to(x.dtype)
 
 
-@torch.library.custom_op("trdq::cpu_int8_linear", mutates_args=())
-def cpu_int8_linear(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    weight_scale: torch.Tensor,
-    bias: torch.Tensor | None,
-    smooth_divisor: torch.Tensor | None,
-    row_scale: torch.Tensor | None,
-    rotation_block: int,
-    clip_ratio: torch.Tensor,
-    bits: int,
-) -> torch.Tensor:
-    """The eager entry point: ``int8_linear_math`` as one dispatcher call."""
-    return int8_linear_math(
-        x, weight, weight_scale, bias, smooth_divisor, row_scale, rotation_block, clip_ratio, bits
-    )
+#: The eager entry point: ``int8_linear_math`` as one dispatcher call.
+cpu_int8_linear = torch.library.custom_op(
+    "trdq::cpu_int8_linear", int8_linear_math, mutates_args=()
+)
 
 
 @cpu_int8_linear.register_fake
