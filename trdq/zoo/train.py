@@ -238,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging(checkpoint_dir)
     device = _resolve_device(args.device)
     if device.type == "cuda":
-        # The DiTs train in fp32 (see trdq.zoo.training.dit); TF32 matmuls keep that cheap.
+        # The DiTs train in fp32 unless --bf16 (autocast); TF32 keeps the fp32 matmuls cheap.
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     started = time.monotonic()
