@@ -333,18 +333,20 @@ def _train(
         write_meta(checkpoint_dir / "meta.json", meta)
     scale = meta["scaling_factor"]
     logger.info("latent scaling factor %.4f", scale)
-    smoke_log = {"log_every": 1} if args.smoke else {}
+    # what both DiT stages share; each adds its own steps, time and batch
+    dit_common: dict = {
+        "lr": args.lr, "loss_weight_power": args.loss_weight_power, "bf16": args.bf16,
+    }
+    if args.smoke:
+        dit_common["log_every"] = 1
     tokenizer, text_encoder = parts["tokenizer"], parts["text_encoder"]
     if "t2i" in stages:
         config = DiTConfig(
             steps=args.t2i_steps,
             seconds=args.t2i_seconds,
             batch=args.t2i_batch,
-            lr=args.lr,
-            loss_weight_power=args.loss_weight_power,
-            bf16=args.bf16,
             text_lr=args.text_lr,
-            **smoke_log,
+            **dit_common,
         )
         transformer = parts["t2i_transformer"]
 
@@ -365,10 +367,7 @@ def _train(
             steps=args.t2v_steps,
             seconds=args.t2v_seconds,
             batch=args.t2v_batch,
-            lr=args.lr,
-            loss_weight_power=args.loss_weight_power,
-            bf16=args.bf16,
-            **smoke_log,
+            **dit_common,
         )
         transformer = parts["t2v_transformer"]
 

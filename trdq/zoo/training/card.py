@@ -44,13 +44,14 @@ _CONTINUATION_NOTE = (
 
 
 def _commands(meta: dict) -> str:
-    runs = meta.get("history", []) + [meta]
+    """The run list, oldest first; a continued zoo also gets `_CONTINUATION_NOTE`."""
+    history = meta.get("history", [])
     lines = []
-    for run in runs:
+    for run in history + [meta]:
         trained = run.get("stages", [s for s in ("vae", "t2i", "t2v") if s in run])
         parts = [f"{stage} {run[stage]['steps']} steps" for stage in trained if stage in run]
         lines.append(f"- `{run.get('command', 'trdq zoo train')}` ({', '.join(parts)})")
-    return "\n".join(lines)
+    return "\n".join(lines) + ("\n\n" + _CONTINUATION_NOTE if history else "")
 
 
 #: the zoo's quality targets: held-out full-prompt accuracy (issue: trained zoo)
@@ -131,8 +132,6 @@ each render has its full caption and {meta.get("data", {}).get("variants", 4) - 
 
 Reproduce (from the repository root{", in this order" if meta.get("history") else ""}):
 {_commands(meta)}
-
-{_CONTINUATION_NOTE if meta.get("history") else ""}
 
 ## Evaluation (held-out combinations, analytic evaluator `trdq.eval.shapes`)
 
