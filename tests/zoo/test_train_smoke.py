@@ -35,6 +35,7 @@ def test_smoke_writes_loadable_pipelines(smoke_run):
     meta = json.loads((smoke_run / "checkpoints" / "meta.json").read_text())
     assert image_pipe.vae.config.scaling_factor == pytest.approx(meta["scaling_factor"])
     assert meta["t2i"]["steps"] == 2 and meta["t2v"]["steps"] == 2
+    assert meta["decoder"]["steps"] == 2
     request = GenerationRequest(
         prompts=["a red circle"],
         seeds=[0],

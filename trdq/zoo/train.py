@@ -1,7 +1,8 @@
 """`trdq zoo train`: train the embedded zoo pipelines from scratch on the shapes world.
 
 Stages (each can be selected with --stages, and resumed from saved weights with
---init-from): ``vae`` (AutoencoderKL on images and video frames), ``t2i`` (T5 encoder +
+--init-from): ``vae`` (AutoencoderKL on images and video frames), ``decoder`` (the VAE
+decoder alone sharpened, encoder frozen so the latent space stays), ``t2i`` (T5 encoder +
 PixArt DiT, jointly), ``t2v`` (Latte DiT, T5 frozen). Both pipelines ship the same
 tokenizer, text encoder and VAE. The run writes:
 
@@ -40,8 +41,10 @@ from trdq.zoo.training.data import CAPTION_VARIANTS, build_set, tokenize_table
 from trdq.zoo.training.dit import DiTConfig, train_t2i, train_t2v
 from trdq.zoo.training.loop import load_component, save_component
 from trdq.zoo.training.vae import (
+    DecoderConfig,
     VAEConfig,
     encode_latents,
+    finetune_decoder,
     latent_scaling_factor,
     reconstruction_accuracy,
     train_vae,
@@ -58,7 +61,7 @@ COMPONENT_FILES = {
     "t2i_transformer": "t2i_transformer.safetensors",
     "t2v_transformer": "t2v_transformer.safetensors",
 }
-STAGES = ("vae", "t2i", "t2v")
+STAGES = ("vae", "decoder", "t2i", "t2v")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -69,7 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--workers", type=int, default=1, help="processes for rendering and scoring")
     p.add_argument("--smoke", action="store_true", help="a few steps of every stage, tiny batches")
-    p.add_argument("--stages", default=",".join(STAGES), help="comma list of vae,t2i,t2v")
+    p.add_argument("--stages", default=",".join(STAGES), help="comma list of " + ",".join(STAGES))
     p.add_argument(
         "--init-from", type=Path, help="checkpoint dir to start from (skipped stages keep it)"
     )
@@ -80,6 +83,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--videos-per-caption", type=int, default=2)
     p.add_argument("--vae-steps", type=int, default=4000)
     p.add_argument("--vae-seconds", type=float, default=110.0)
+    p.add_argument("--decoder-seconds", type=float, default=DecoderConfig.seconds)
     p.add_argument("--t2i-steps", type=int, default=30000)
     p.add_argument("--t2i-seconds", type=float, default=180.0)
     p.add_argument("--t2i-batch", type=int, default=512)
@@ -112,7 +116,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _smoke_overrides(args: argparse.Namespace) -> None:
     args.images_per_caption, args.videos_per_caption = 1, 1
-    args.vae_steps = args.t2i_steps = args.t2v_steps = 2
+    args.vae_steps = args.decoder_steps = args.t2i_steps = args.t2v_steps = 2
     args.t2i_batch, args.t2v_batch = 4, 2
     args.eval_images, args.eval_videos = min(args.eval_images, 1), min(args.eval_videos, 1)
     args.eval_single_videos = 0
@@ -290,8 +294,8 @@ def _train(
 ) -> None:
     limit = 24 if args.smoke else None
     # render only what the stages use (the images also give a missing latent scale)
-    need_images = bool({"vae", "t2i"} & set(stages)) or "scaling_factor" not in meta
-    need_videos = bool({"vae", "t2v"} & set(stages))
+    need_images = bool({"vae", "decoder", "t2i"} & set(stages)) or "scaling_factor" not in meta
+    need_videos = bool({"vae", "decoder", "t2v"} & set(stages))
     images = build_set(
         "image",
         arch.T2I_RESOLUTION,
@@ -324,6 +328,22 @@ def _train(
             meta["vae"]["heldout_reconstruction"] = reconstruction_accuracy(
                 vae, device, args.workers
             )
+    if "decoder" in stages:
+        decoder_config = DecoderConfig(seconds=args.decoder_seconds)
+        if args.smoke:
+            decoder_config = replace(
+                decoder_config, steps=args.decoder_steps, image_batch=1, frame_batch=1,
+                log_every=1, eval_batch=1,
+            )
+        meta["decoder"] = finetune_decoder(
+            vae, images.pixels, videos.pixels, decoder_config, device, args.seed + 2
+        )
+        if not args.smoke:
+            meta["decoder"]["heldout_reconstruction"] = reconstruction_accuracy(
+                vae, device, args.workers
+            )
+        save_component(vae, checkpoint_dir / COMPONENT_FILES["vae"])
+        write_meta(checkpoint_dir / "meta.json", meta)
     vae.to(device).eval().requires_grad_(False)
     image_latents = encode_latents(vae, images.pixels, device) if need_images else None
     if "vae" in stages or "scaling_factor" not in meta:
