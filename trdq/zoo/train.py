@@ -165,7 +165,7 @@ def load_checkpoint(parts: dict, checkpoint_dir: Path, meta: dict) -> list[str]:
         meta.update({k: v for k, v in previous.items() if k not in ("command", "eval", "history")})
         if meta.get("command") != previous.get("command"):
             # A continued run keeps the record of the runs its weights come from.
-            keys = ("command", "stages", "vae", "t2i", "t2v", "total_seconds")
+            keys = ("command", "stages", *STAGES, "total_seconds")
             earlier = {k: previous[k] for k in keys if k in previous}
             meta["history"] = previous.get("history", []) + [earlier]
         else:

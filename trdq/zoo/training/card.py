@@ -43,12 +43,31 @@ _CONTINUATION_NOTE = (
 )
 
 
+def _decoder_line(decoder: dict | None) -> str:
+    """The decoder-only fine-tuning (stage `decoder`), when the zoo had one."""
+    if not decoder:
+        return ""
+    video = decoder.get("heldout_reconstruction", {}).get("video", {})
+    readback = (
+        f"; the evaluator reads {100 * video['accuracy']:.0f}% of held-out ground-truth videos "
+        "right after an encode/decode round trip"
+        if "accuracy" in video
+        else ""
+    )
+    return (
+        f"- VAE decoder fine-tuned alone (encoder frozen, so the latent space the DiTs learned "
+        f"stays): {decoder.get('steps', '?')} steps, L1 + MSE with {decoder.get('foreground_weight', '?')}x extra "
+        f"weight on shape pixels, reconstruction PSNR {decoder.get('image_psnr_db', '?')} dB / "
+        f"{decoder.get('frame_psnr_db', '?')} dB{readback}.\n"
+    )
+
+
 def _commands(meta: dict) -> str:
     """The run list, oldest first; a continued zoo also gets `_CONTINUATION_NOTE`."""
     history = meta.get("history", [])
     lines = []
     for run in history + [meta]:
-        trained = run.get("stages", [s for s in ("vae", "t2i", "t2v") if s in run])
+        trained = run.get("stages", [s for s in ("vae", "decoder", "t2i", "t2v") if s in run])
         parts = [f"{stage} {run[stage]['steps']} steps" for stage in trained if stage in run]
         lines.append(f"- `{run.get('command', 'trdq zoo train')}` ({', '.join(parts)})")
     return "\n".join(lines) + ("\n\n" + _CONTINUATION_NOTE if history else "")
@@ -123,7 +142,7 @@ each render has its full caption and {meta.get("data", {}).get("variants", 4) - 
 
 - VAE: {vae_meta.get("steps", "?")} steps, L1 + MSE + 1e-6 KL, final pixel loss {vae_meta.get("final_pixel_loss", "?")},
   reconstruction PSNR {vae_meta.get("image_psnr_db", "?")} dB (128 px images) / {vae_meta.get("frame_psnr_db", "?")} dB (64 px frames).
-- Text encoder + PixArt DiT: {t2i_meta.get("steps", "?")} steps of batch {t2i_meta.get("batch", "?")}, final loss {t2i_meta.get("final_loss", "?")}.
+{_decoder_line(meta.get("decoder"))}- Text encoder + PixArt DiT: {t2i_meta.get("steps", "?")} steps of batch {t2i_meta.get("batch", "?")}, final loss {t2i_meta.get("final_loss", "?")}.
 {"- Latte DiT: " + str(stage_meta.get("steps", "?")) + " steps of batch " + str(stage_meta.get("batch", "?")) + ", final loss " + str(stage_meta.get("final_loss", "?")) + "." if stage == "t2v" else ""}
 - DiT loss (last run of this DiT): epsilon MSE weighted by (1 / alpha_bar_t) ** {stage_meta.get("loss_weight_power", 1.0)}
   (see `loss_weight` in `trdq/zoo/training/dit.py`). AdamW, cosine LR, EMA of weights (decay 0.999);
