@@ -12,7 +12,8 @@ per-token, no calibration) when asked for.
 Scopes: ``pipeline`` (text encode + sampler loop + VAE decode, wall time around the
 call) and ``denoiser_step`` (one CFG forward of the denoiser, CUDA events). Median of
 ``--runs`` after ``--warmup`` runs; peak memory via ``torch.cuda.max_memory_allocated``
-(process max RSS on CPU). Only the denoiser differs between rows; the other components
+(process max RSS on CPU); ``+cg`` rows add the bytes their CUDA graphs' private pool holds
+for replayed intermediates, which that counter never sees (``trdq.bench_memory``). Only the denoiser differs between rows; the other components
 stay resident. "compile" is ``torch.compile`` (default mode, never max-autotune) of each
 transformer block (regional: the 28 identical blocks share one compiled graph), or of the
 whole denoiser with ``--compile full``.
@@ -40,6 +41,7 @@ from typing import Any
 
 import torch
 
+from trdq.bench_memory import StagePeaks, graph_pool_idle_bytes
 from trdq.bench_presets import PRESET_NAMES, BenchPreset, get_preset, resolve_zoo_geometry
 from trdq.bench_report import render_markdown, write_outputs
 from trdq.bench_variants import (
@@ -56,6 +58,8 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["BenchResult", "main", "run_bench"]
 
+#: row suffix: decode through diffusers' tiled VAE (``vae.enable_tiling()``) in that row
+VAE_TILING = "+vaetile"
 DEFAULT_MD = Path(__file__).resolve().parent.parent / "docs" / "BENCHMARKS.md"
 
 
@@ -202,6 +206,12 @@ class _Runner:
     def _prepare(self, row: str) -> dict[str, Any]:
         info: dict[str, Any] = {}
         dtype = self._dtype_for(row)
+        if row.endswith(VAE_TILING):
+            # diffusers' tiled VAE decode (overlapping tiles, blended seams): the decode
+            # stage's activations no longer grow with the image; _release turns it off
+            row = row.removesuffix(VAE_TILING)
+            self.pipe.vae.enable_tiling()
+            info["vae_tiling"] = True
         for name in ("text_encoder", "vae"):
             getattr(self.pipe, name).to(dtype)
         transformer = copy.deepcopy(self.base).to(self.device, dtype)
@@ -268,6 +278,8 @@ class _Runner:
 
         api.dequantize_hooks(self.pipe)
         self.pipe.transformer = None
+        if getattr(self.pipe.vae, "use_tiling", False):
+            self.pipe.vae.disable_tiling()
         if getattr(self, "_text_encoder", None) is not None:
             self.pipe.text_encoder, self._text_encoder = self._text_encoder, None
             self.pipe.text_encoder.to(self.device)
@@ -296,7 +308,14 @@ class _Runner:
                         self.pipe(**kwargs)
 
                 lat, peak = time_calls(call, dev, args.warmup, args.runs)
-                self._add(BenchResult(name, "pipeline", lat, peak, sum(comps.values()), batch))
+                pool = self._graph_pool_bytes(row)
+                self._add(
+                    BenchResult(name, "pipeline", lat, peak + pool, sum(comps.values()), batch)
+                )
+                if dev.type == "cuda":  # one more call, to see which stage sets the peak
+                    with StagePeaks(self.pipe, dev) as stages:
+                        call()
+                    info[f"peak_by_stage_gb@b{batch}"] = stages.report(pool)
             if "denoiser_step" in args.scopes:
                 inputs = preset.step_inputs(transformer, batch, dev, self._dtype_for(row))
 
@@ -305,6 +324,7 @@ class _Runner:
                         transformer(**inputs)
 
                 lat, peak = time_step(step, dev, args.warmup + 2, args.step_runs)
+                peak += self._graph_pool_bytes(row)
                 self._add(
                     BenchResult(name, "denoiser_step", lat, peak, comps["transformer"], batch)
                 )
@@ -321,6 +341,12 @@ class _Runner:
         info["row_s"] = time.perf_counter() - t0
         self.details["rows"][row] = info
         self._release()
+
+    def _graph_pool_bytes(self, row: str) -> int:
+        """What a +cg row's graphs hold for their intermediates (see trdq.bench_memory)."""
+        if self.device.type != "cuda" or not row.endswith("+cg") and "+cg+" not in row:
+            return 0
+        return graph_pool_idle_bytes()
 
     def _add(self, result: BenchResult) -> None:
         self.results.append(result)
@@ -364,7 +390,8 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     notes = list(preset.notes) + [
         (
             f"compile={args.compile} (torch.compile default mode); '+cg' rows replay the "
-            "denoiser forward from CUDA graphs (one per timestep group)"
+            "denoiser forward from CUDA graphs (one per timestep group; their peak includes "
+            "the graphs' private pool)"
         ),
         f"fused q/k/v projections in every row: {args.fuse_qkv}",
         f"median of {args.runs} pipeline / {args.step_runs} step runs after warm-up",
@@ -391,6 +418,15 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             write_outputs(
                 preset.name, device, runner.results, runner.details, args.json, None, notes
             )
+    stage_peaks = [
+        f"{row}{'' if key.endswith('@b1') else key[key.index('@'):]}: "
+        + " / ".join(f"{stages.get(s, float('nan')):.2f}" for s in ("encode", "denoise", "decode"))
+        for row, info in runner.details["rows"].items()
+        for key, stages in info.items()
+        if key.startswith("peak_by_stage_gb")
+    ]
+    if stage_peaks:
+        notes.append("peak GB by stage, encode / denoise / decode: " + "; ".join(stage_peaks))
     md = None if args.no_markdown else Path(args.markdown)
     return write_outputs(preset.name, device, runner.results, runner.details, args.json, md, notes)
 

@@ -38,6 +38,37 @@ def test_bench_text_encoder_row_counts_only_the_quantized_encoder(tmp_path):
     assert by["bf16-eager+t5int8"]["weight_bytes"] < by["bf16-eager"]["weight_bytes"]
 
 
+def test_bench_vae_tiling_row_tiles_only_that_row(tmp_path, monkeypatch):
+    seen = {}
+    run_row = bench._Runner.run_row
+
+    def spy(self, row):
+        original = self._prepare
+
+        def prepare(name):
+            info = original(name)
+            seen[name] = bool(self.pipe.vae.use_tiling)
+            return info
+
+        self._prepare = prepare
+        run_row(self, row)
+        seen[row + " (after)"] = bool(self.pipe.vae.use_tiling)
+
+    monkeypatch.setattr(bench._Runner, "run_row", spy)
+    out = tmp_path / "b.json"
+    rc = _bench_cpu(out, "bf16-eager+vaetile,bf16-eager", "--no-markdown", "--runs", "1",
+                    "--warmup", "0", "--scopes", "pipeline")
+    assert rc == 0
+    assert seen == {
+        "bf16-eager+vaetile": True,
+        "bf16-eager+vaetile (after)": False,
+        "bf16-eager": False,
+        "bf16-eager (after)": False,
+    }
+    names = [r["name"] for r in json.loads(out.read_text())["results"]]
+    assert names == ["bf16-eager+vaetile", "bf16-eager"]
+
+
 @pytest.mark.slow
 def test_bench_json_schema_and_markdown(tmp_path):
     out = tmp_path / "b.json"
