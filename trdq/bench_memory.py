@@ -35,7 +35,7 @@ def graph_pool_idle_bytes(snapshot: list[dict[str, Any]] | None = None) -> int:
     for segment in snapshot:
         if tuple(segment.get("segment_pool_id", DEFAULT_POOL)) == DEFAULT_POOL:
             continue
-        idle += int(segment["total_size"]) - int(segment["allocated_size"])
+        idle += int(segment.get("total_size", 0)) - int(segment.get("allocated_size", 0))
     return idle
 
 
