@@ -109,9 +109,12 @@ def markdown_table(
         "bf16-compile",
     ]
     columns = [f"vs {name}" for name in named] + ["vs fastest bf16"]
+    # memory ratios against bf16 eager, the same way round as the speed-ups (>1: smaller)
+    memory = {(r["name"], r["scope"]): r for r in doc["results"]}
     lines += [
-        "| name | scope | latency ms | " + " | ".join(columns) + " | peak GB | weights MB |",
-        "|---|---|---|" + "---|" * len(columns) + "---|---|",
+        "| name | scope | latency ms | " + " | ".join(columns)
+        + " | peak GB | peak vs bf16-eager | weights MB | weights vs bf16-eager |",
+        "|---|---|---|" + "---|" * len(columns) + "---|---|---|---|",
     ]
 
     def batch_of(name: str) -> str:
@@ -127,10 +130,16 @@ def markdown_table(
         ]
         refs.append(min(bf16) if bf16 else None)
         ratios = [f"{ref / r['latency_s']:.2f}x" if ref else "-" for ref in refs]
+        eager = memory.get(("bf16-eager" + suffix, r["scope"]))
+
+        def smaller(key: str, eager=eager, r=r) -> str:
+            return f"{eager[key] / r[key]:.2f}x" if eager and r[key] else "-"
+
         lines.append(
             f"| {r['name']} | {r['scope']} | {r['latency_s'] * 1e3:.1f} | "
             + " | ".join(ratios)
-            + f" | {r['peak_memory_bytes'] / 1e9:.2f} | {r['weight_bytes'] / 1e6:.1f} |"
+            + f" | {r['peak_memory_bytes'] / 1e9:.2f} | {smaller('peak_memory_bytes')}"
+            + f" | {r['weight_bytes'] / 1e6:.1f} | {smaller('weight_bytes')} |"
         )
     for row, err in (errors or {}).items():
         first = err.splitlines()[0] if err else ""
