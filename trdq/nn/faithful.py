@@ -56,11 +56,13 @@ class FaithfulLinear(nn.Module):
         self.context = context
         self.weight_bits = weight_bits
         self.act_bits = act_bits
-        self.register_buffer("smooth_by_range", smooth_by_range.float())
+        # calibration results live on the host; the layer runs where the weight is
+        device = linear.weight.device
+        self.register_buffer("smooth_by_range", smooth_by_range.float().to(device))
         if rotations is not None:
-            self.register_buffer("r0", torch.stack([r.r0 for r in rotations]))
-            self.register_buffer("perm", torch.stack([r.perm for r in rotations]))
-            self.register_buffer("r1", torch.stack([r.r1 for r in rotations]))
+            self.register_buffer("r0", torch.stack([r.r0 for r in rotations]).to(device))
+            self.register_buffer("perm", torch.stack([r.perm for r in rotations]).to(device))
+            self.register_buffer("r1", torch.stack([r.r1 for r in rotations]).to(device))
         else:
             self.r0 = self.perm = self.r1 = None
         self._cached_range: int | None = None
