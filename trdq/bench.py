@@ -344,7 +344,7 @@ class _Runner:
 
     def _graph_pool_bytes(self, row: str) -> int:
         """What a +cg row's graphs hold for their intermediates (see trdq.bench_memory)."""
-        if self.device.type != "cuda" or not row.endswith("+cg") and "+cg+" not in row:
+        if self.device.type != "cuda" or "+cg" not in row:
             return 0
         return graph_pool_idle_bytes()
 

@@ -83,6 +83,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--videos-per-caption", type=int, default=2)
     p.add_argument("--vae-steps", type=int, default=4000)
     p.add_argument("--vae-seconds", type=float, default=110.0)
+    p.add_argument("--decoder-steps", type=int, default=DecoderConfig.steps)
     p.add_argument("--decoder-seconds", type=float, default=DecoderConfig.seconds)
     p.add_argument("--t2i-steps", type=int, default=30000)
     p.add_argument("--t2i-seconds", type=float, default=180.0)
@@ -329,11 +330,10 @@ def _train(
                 vae, device, args.workers
             )
     if "decoder" in stages:
-        decoder_config = DecoderConfig(seconds=args.decoder_seconds)
+        decoder_config = DecoderConfig(steps=args.decoder_steps, seconds=args.decoder_seconds)
         if args.smoke:
             decoder_config = replace(
-                decoder_config, steps=args.decoder_steps, image_batch=1, frame_batch=1,
-                log_every=1, eval_batch=1,
+                decoder_config, image_batch=1, frame_batch=1, log_every=1, eval_batch=1
             )
         meta["decoder"] = finetune_decoder(
             vae, images.pixels, videos.pixels, decoder_config, device, args.seed + 2
