@@ -13,8 +13,8 @@ Scopes: ``pipeline`` (text encode + sampler loop + VAE decode, wall time around 
 call) and ``denoiser_step`` (one CFG forward of the denoiser, CUDA events). Median of
 ``--runs`` after ``--warmup`` runs; peak memory via ``torch.cuda.max_memory_allocated``
 (process max RSS on CPU); ``+cg`` rows add the bytes their CUDA graphs' private pool holds
-for replayed intermediates, which that counter never sees (``trdq.bench_memory``). Only the denoiser differs between rows; the other components
-stay resident. "compile" is ``torch.compile`` (default mode, never max-autotune) of each
+for replayed intermediates, which that counter never sees (``trdq.bench_memory``). Only the
+denoiser differs between rows; the other components stay resident. "compile" is ``torch.compile`` (default mode, never max-autotune) of each
 transformer block (regional: the 28 identical blocks share one compiled graph), or of the
 whole denoiser with ``--compile full``.
 
@@ -418,17 +418,31 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             write_outputs(
                 preset.name, device, runner.results, runner.details, args.json, None, notes
             )
-    stage_peaks = [
-        f"{row}{'' if key.endswith('@b1') else key[key.index('@'):]}: "
-        + " / ".join(f"{stages.get(s, float('nan')):.2f}" for s in ("encode", "denoise", "decode"))
-        for row, info in runner.details["rows"].items()
-        for key, stages in info.items()
-        if key.startswith("peak_by_stage_gb")
-    ]
-    if stage_peaks:
-        notes.append("peak GB by stage, encode / denoise / decode: " + "; ".join(stage_peaks))
+    stage_note = _stage_peaks_note(runner.details["rows"])
+    if stage_note:
+        notes.append(stage_note)
     md = None if args.no_markdown else Path(args.markdown)
     return write_outputs(preset.name, device, runner.results, runner.details, args.json, md, notes)
+
+
+def _stage_peaks_note(rows: dict[str, dict[str, Any]]) -> str | None:
+    """One note listing each result's ``peak_by_stage_gb@bN`` (result names as in the table:
+    the row, with ``@bN`` for batches other than 1)."""
+    prefix = "peak_by_stage_gb"
+    entries = []
+    for row, info in rows.items():
+        for key, stages in info.items():
+            if not key.startswith(prefix):
+                continue
+            batch = key.removeprefix(prefix)
+            name = row if batch == "@b1" else row + batch
+            gb = " / ".join(
+                f"{stages.get(s, float('nan')):.2f}" for s in ("encode", "denoise", "decode")
+            )
+            entries.append(f"{name}: {gb}")
+    if not entries:
+        return None
+    return "peak GB by stage, encode / denoise / decode: " + "; ".join(entries)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -101,7 +101,8 @@ def markdown_table(
         + "; ".join(notes)
         + ".\n",
     ]
-    base = {(r["name"], r["scope"]): r["latency_s"] for r in doc["results"]}
+    by_key = {(r["name"], r["scope"]): r for r in doc["results"]}
+    base = {key: r["latency_s"] for key, r in by_key.items()}
     # fp32 eager is the diffusers CPU default and the CPU target's baseline: its column
     # appears when the run has that row
     named = (["fp32-eager"] if any(n == "fp32-eager" for n, _ in base) else []) + [
@@ -109,8 +110,6 @@ def markdown_table(
         "bf16-compile",
     ]
     columns = [f"vs {name}" for name in named] + ["vs fastest bf16"]
-    # memory ratios against bf16 eager, the same way round as the speed-ups (>1: smaller)
-    memory = {(r["name"], r["scope"]): r for r in doc["results"]}
     lines += [
         "| name | scope | latency ms | " + " | ".join(columns)
         + " | peak GB | peak vs bf16-eager | weights MB | weights vs bf16-eager |",
@@ -129,22 +128,26 @@ def markdown_table(
             if name.startswith("bf16-") and scope == r["scope"] and batch_of(name) == suffix
         ]
         refs.append(min(bf16) if bf16 else None)
-        ratios = [f"{ref / r['latency_s']:.2f}x" if ref else "-" for ref in refs]
-        eager = memory.get(("bf16-eager" + suffix, r["scope"]))
-
-        def smaller(key: str, eager=eager, r=r) -> str:
-            return f"{eager[key] / r[key]:.2f}x" if eager and r[key] else "-"
-
+        ratios = [_ratio(ref, r["latency_s"]) for ref in refs]
+        # memory against bf16 eager, the same way round as the speed-ups (>1: smaller)
+        eager = by_key.get(("bf16-eager" + suffix, r["scope"]), {})
         lines.append(
             f"| {r['name']} | {r['scope']} | {r['latency_s'] * 1e3:.1f} | "
             + " | ".join(ratios)
-            + f" | {r['peak_memory_bytes'] / 1e9:.2f} | {smaller('peak_memory_bytes')}"
-            + f" | {r['weight_bytes'] / 1e6:.1f} | {smaller('weight_bytes')} |"
+            + f" | {r['peak_memory_bytes'] / 1e9:.2f}"
+            + f" | {_ratio(eager.get('peak_memory_bytes'), r['peak_memory_bytes'])}"
+            + f" | {r['weight_bytes'] / 1e6:.1f}"
+            + f" | {_ratio(eager.get('weight_bytes'), r['weight_bytes'])} |"
         )
     for row, err in (errors or {}).items():
         first = err.splitlines()[0] if err else ""
         lines.append(f"\nRow `{row}` failed: {first[:300]}")
     return "\n".join(lines) + "\n"
+
+
+def _ratio(reference: float | None, value: float) -> str:
+    """``reference / value`` as "1.23x" (>1: this row is faster or smaller), "-" if unknown."""
+    return f"{reference / value:.2f}x" if reference and value else "-"
 
 
 def render_markdown(json_path: str, md_path: Path) -> None:
