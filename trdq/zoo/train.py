@@ -36,6 +36,7 @@ from safetensors.torch import load_file, save_file
 
 from trdq.zoo import architectures as arch
 from trdq.zoo.build import build_components, save_pipeline
+from trdq.zoo.training import STAGES
 from trdq.zoo.training.card import write_card, write_meta
 from trdq.zoo.training.data import CAPTION_VARIANTS, build_set, tokenize_table
 from trdq.zoo.training.dit import DiTConfig, train_t2i, train_t2v
@@ -61,7 +62,6 @@ COMPONENT_FILES = {
     "t2i_transformer": "t2i_transformer.safetensors",
     "t2v_transformer": "t2v_transformer.safetensors",
 }
-STAGES = ("vae", "decoder", "t2i", "t2v")
 
 
 def _parser() -> argparse.ArgumentParser:

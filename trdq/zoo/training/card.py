@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from trdq.zoo import architectures as arch
+from trdq.zoo.training import STAGES
 
 _DESCRIPTION = {
     "tiny-shapes-t2i": (
@@ -67,7 +68,7 @@ def _commands(meta: dict) -> str:
     history = meta.get("history", [])
     lines = []
     for run in history + [meta]:
-        trained = run.get("stages", [s for s in ("vae", "decoder", "t2i", "t2v") if s in run])
+        trained = run.get("stages", [s for s in STAGES if s in run])
         parts = [f"{stage} {run[stage]['steps']} steps" for stage in trained if stage in run]
         lines.append(f"- `{run.get('command', 'trdq zoo train')}` ({', '.join(parts)})")
     return "\n".join(lines) + ("\n\n" + _CONTINUATION_NOTE if history else "")
