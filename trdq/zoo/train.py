@@ -165,8 +165,10 @@ def load_checkpoint(parts: dict, checkpoint_dir: Path, meta: dict) -> list[str]:
         previous = json.loads(saved_meta.read_text())
         meta.update({k: v for k, v in previous.items() if k not in ("command", "eval", "history")})
         if meta.get("command") != previous.get("command"):
-            # A continued run keeps the record of the runs its weights come from.
-            keys = ("command", "stages", *STAGES, "total_seconds")
+            # A continued run keeps the record of the runs its weights come from: each
+            # entry holds only the stages that run trained (meta carries older ones on).
+            trained = previous.get("stages", STAGES)
+            keys = ("command", "stages", *(s for s in STAGES if s in trained), "total_seconds")
             earlier = {k: previous[k] for k in keys if k in previous}
             meta["history"] = previous.get("history", []) + [earlier]
         else:
