@@ -223,7 +223,6 @@ def _apply(pipe: Any, config: QuantConfig, calib: CalibrationResult,
                 weight_bits=config.weight_bits, fp8=config.fp8,
                 act_mode=config.act_mode, cfg_wise=config.cfg_wise,
                 act_center=config.act_center,
-                weight_clip_search=config.weight_clip_search,
             )
         set_submodule(denoiser, name, new)
         layers[name] = new
@@ -275,7 +274,11 @@ def _manifest_extra(config: QuantConfig, calib: CalibrationResult, prompts: list
 def _from_artifact(tensors: dict[str, torch.Tensor], layer_names: list[str],
                    config: QuantConfig) -> CalibrationResult:
     """Rebuild and shape-check; raises ValueError/KeyError for a mismatched artifact."""
-    calib = CalibrationResult.from_tensors(tensors, layer_names, config.faithful)
+    calib = CalibrationResult.from_tensors(
+        tensors, layer_names, config.faithful,
+        weight_clip=config.weight_clip_search and not config.fp8,
+        weight_q=config.weight_rounding == "gptq",
+    )
     for name, p in calib.params.items():
         if tuple(p.act_scale_by_group.shape) != (config.num_groups, 2):
             raise ValueError(f"{name}: act scales shaped {tuple(p.act_scale_by_group.shape)}")

@@ -11,7 +11,11 @@ on every target linear records, per (timestep group, CFG half):
 - a bounded, seeded sample of input rows (random rows plus the largest ones), used by
   the search, and for ``faithful`` the EMA of mean_batch(max_tokens |X|) per range.
 
-The search picks, per group and half, the clip ratio (from ``clip_grid``) minimising the
+Integer weights can be calibrated first, on ``H = X^T X`` of all stored rows: with
+``weight_clip_search`` each output channel's clip is chosen by the output error its
+rounding causes (``P.output_weight_clip``), with ``weight_rounding="gptq"`` the integers
+are rounded to compensate each other's error (trdq/gptq.py). The activation search then
+picks, per group and half, the clip ratio (from ``clip_grid``) minimising the
 layer's output MSE ``|Q(x) Q(W)^T - x W^T|^2`` on that group's rows. The smoothing
 exponent is searched per layer over all groups: the weights are stored once, so a
 per-group exponent would need per-group weight copies (TRDQ.md: not the default).
@@ -31,6 +35,7 @@ from tqdm.auto import tqdm
 
 from trdq import primitives as P
 from trdq.config import QuantConfig
+from trdq.gptq import gptq_round
 from trdq.integrations.diffusers import (
     find_denoiser,
     rotation_block_for,
@@ -95,6 +100,10 @@ class CalibrationResult:
             out[f"{name}/clip_ratio_by_group"] = p.clip_ratio_by_group.float().cpu().contiguous()
             if p.smooth_divisor is not None:
                 out[f"{name}/smooth_divisor"] = p.smooth_divisor.float().cpu().contiguous()
+            if p.weight_clip is not None:
+                out[f"{name}/weight_clip"] = p.weight_clip.float().cpu().contiguous()
+            if p.weight_q is not None:
+                out[f"{name}/weight_q"] = _store_int(p.weight_q)
         for name, f in self.faithful.items():
             out[f"{name}/smooth_by_range"] = f.smooth_by_range.float().cpu().contiguous()
             if f.rotations is not None:
@@ -105,9 +114,12 @@ class CalibrationResult:
 
     @classmethod
     def from_tensors(
-        cls, tensors: dict[str, torch.Tensor], layer_names: list[str], faithful: bool
+        cls, tensors: dict[str, torch.Tensor], layer_names: list[str], faithful: bool,
+        weight_clip: bool = False, weight_q: bool = False,
     ) -> CalibrationResult:
-        """Rebuild from ``to_tensors`` output; raises KeyError naming a missing tensor."""
+        """Rebuild from ``to_tensors`` output; raises KeyError naming a missing tensor
+        (``weight_clip`` / ``weight_q``: the config calibrated them, so every layer must
+        have one)."""
         result = cls()
         for name in layer_names:
             if faithful:
@@ -123,8 +135,22 @@ class CalibrationResult:
                     smooth_divisor=tensors.get(f"{name}/smooth_divisor"),
                     act_scale_by_group=tensors[f"{name}/act_scale_by_group"],
                     clip_ratio_by_group=tensors[f"{name}/clip_ratio_by_group"],
+                    weight_clip=tensors[f"{name}/weight_clip"] if weight_clip else None,
+                    weight_q=_load_int(tensors[f"{name}/weight_q"]) if weight_q else None,
                 )
         return result
+
+
+def _store_int(q: torch.Tensor) -> torch.Tensor:
+    """Integer weights for the artifact: packed two per byte (uint8) when they fit 4 bits."""
+    q = q.cpu().to(torch.int8)
+    if q.shape[-1] % 2 == 0 and (q.numel() == 0 or (q.min() >= -8 and q.max() <= 7)):
+        return P.pack_int4(q).contiguous()
+    return q.contiguous()
+
+
+def _load_int(stored: torch.Tensor) -> torch.Tensor:
+    return P.unpack_int4(stored) if stored.dtype == torch.uint8 else stored.to(torch.int8)
 
 
 class _LayerStats:
@@ -232,15 +258,21 @@ class StatsCollector:
 # ---- the search ------------------------------------------------------------------------
 
 
-def _weight_fake(weight: torch.Tensor, smooth: torch.Tensor | None, block: int | None,
-                 config: QuantConfig) -> torch.Tensor:
+def _weight_transformed(weight: torch.Tensor, smooth: torch.Tensor | None,
+                        block: int | None) -> torch.Tensor:
+    """The weight as QuantLinear quantizes it: smoothed, then rotated."""
     w = weight.float()
     if smooth is not None:
         w = w * smooth[None, :]
     if block is not None:
         w = hadamard_transform(w, block)
-    q, scale = P.quantize_weight_per_channel(w, config.weight_bits, fp8=config.fp8,
-                                             clip_search=config.weight_clip_search)
+    return w
+
+
+def _weight_fake(weight: torch.Tensor, smooth: torch.Tensor | None, block: int | None,
+                 config: QuantConfig, clip: torch.Tensor | None = None) -> torch.Tensor:
+    w = _weight_transformed(weight, smooth, block)
+    q, scale = P.quantize_weight_per_channel(w, config.weight_bits, fp8=config.fp8, clip=clip)
     return q.float() * scale[:, None]
 
 
@@ -395,7 +427,22 @@ def solve_layer(linear: nn.Linear, st: _LayerStats, config: QuantConfig,
             if best is None or err < best[0]:
                 best = (err, s)
         smooth = best[1]
-    w_fake = _weight_fake(weight, smooth, st.block, config)[out_idx]
+    weight_clip, weight_q = None, None
+    if (config.weight_clip_search or config.weight_rounding == "gptq") and not config.fp8:
+        # H = X^T X over every stored row, every group and half: the weights serve them all
+        every = centered(torch.cat([t.flatten(0, 1) for v in st.rows.values() for t in v]))
+        x_every = rotate(every, smooth)
+        hessian = x_every.t() @ x_every / x_every.shape[0]
+        w_t = _weight_transformed(weight, smooth, st.block)
+        if config.weight_clip_search:
+            weight_clip = P.output_weight_clip(w_t, hessian, config.weight_bits)
+        if config.weight_rounding == "gptq":
+            _, w_scale = P.quantize_weight_per_channel(w_t, config.weight_bits, clip=weight_clip)
+            weight_q = gptq_round(w_t, hessian, w_scale, config.weight_bits)
+    if weight_q is not None:
+        w_fake = (weight_q.float() * w_scale[:, None])[out_idx]
+    else:
+        w_fake = _weight_fake(weight, smooth, st.block, config, weight_clip)[out_idx]
 
     scales = torch.ones(groups, 2)
     clips = torch.ones(groups, 2)
@@ -447,6 +494,8 @@ def solve_layer(linear: nn.Linear, st: _LayerStats, config: QuantConfig,
         smooth_divisor=smooth,
         act_scale_by_group=_fill_unseen(scales, seen),
         clip_ratio_by_group=_fill_unseen(clips, seen),
+        weight_clip=weight_clip,
+        weight_q=weight_q,
     )
 
 

@@ -42,6 +42,7 @@ DEFAULT_FP_PATTERNS: tuple[str, ...] = (
 )
 
 RotationKind = Literal["none", "hadamard", "duquant"]
+WeightRounding = Literal["nearest", "gptq"]
 ActMode = Literal["static", "dynamic"]
 
 
@@ -83,10 +84,16 @@ class QuantConfig:
     )
     alpha_grid: list[float] = field(default_factory=lambda: [0.25, 0.4, 0.5, 0.6, 0.75])
 
-    #: per-output-channel weight clip ratio minimising rounding error (integer weights).
-    #: Off in every preset: measured at W4A8 on the zoo, +0.6 dB for images but -8 dB
-    #: for videos (least weight error is not least output error), -0.5 dB at W8A8.
+    #: integer weights: calibration picks one clip ratio per output channel minimising
+    #: the layer's OUTPUT error on the calibration rows (``P.output_weight_clip``), stored
+    #: in the artifact; off = min-max. On at W4A8 from the search stage (``_chain``).
+    #: (A clip by the weight's own rounding error was measured worse than min-max on the
+    #: zoo and removed; docs/QUALITY.md.)
     weight_clip_search: bool = False
+    #: integer weights: round to nearest, or ``gptq`` (error-compensating rounding on
+    #: the calibration rows, trdq/gptq.py; the integers are stored in the artifact).
+    #: On at W4A8 from the search stage.
+    weight_rounding: WeightRounding = "nearest"
     #: separate activation parameters for the uncond/cond halves of a CFG batch
     cfg_wise: bool = True
     #: faithful only: run the denoiser once per CFG half (as the released code)
@@ -134,6 +141,10 @@ class QuantConfig:
                              f"{self.embedder_weight_bits}")
         if self.act_center and self.act_mode != "dynamic":
             raise ValueError("act_center needs act_mode='dynamic'")
+        if self.weight_rounding not in ("nearest", "gptq"):
+            raise ValueError(f"weight_rounding must be nearest or gptq, got {self.weight_rounding!r}")
+        if self.weight_rounding == "gptq" and self.fp8:
+            raise ValueError("gptq rounding is for integer weights, not fp8")
         if self.act_mode not in ("static", "dynamic"):
             raise ValueError(f"act_mode must be static or dynamic, got {self.act_mode!r}")
         if self.rotation not in ("none", "hadamard", "duquant"):
@@ -222,6 +233,10 @@ class QuantConfig:
 def _chain(bits: int, name: str, stage: int, act_mode: ActMode = "dynamic") -> QuantConfig:
     """Ablation stage 0..4: minmax, +rot, +groups, +search, +cfg-wise (full).
 
+    At 4 bits the search stage also calibrates the weights: a clip per output channel
+    (``weight_clip_search``) and GPTQ rounding (``weight_rounding``), both from the
+    calibration rows.
+
     Every stage quantizes activations the way the full method does (``act_mode``): the
     chain isolates rotation, groups, search and CFG-wise, not the activation mode. With
     per-token activations the rotation stage also centres each token (``act_center``):
@@ -236,6 +251,9 @@ def _chain(bits: int, name: str, stage: int, act_mode: ActMode = "dynamic") -> Q
         rotation="hadamard" if stage >= 1 else "none",
         num_groups=8 if stage >= 2 else 1,
         search=stage >= 3,
+        # 8-bit weights barely round, and leaving W8A8 alone keeps its shipped calibrations
+        weight_clip_search=stage >= 3 and bits == 4,
+        weight_rounding="gptq" if stage >= 3 and bits == 4 else "nearest",
         cfg_wise=stage >= 4,
     )
 

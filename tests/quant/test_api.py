@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from trdq import api
+from trdq.calibration import CalibrationResult
 from trdq.config import QuantConfig
 from trdq.nn import FaithfulLinear, QuantLinear, WeightOnlyLinear
 from trdq.primitives import psnr_db
@@ -124,6 +125,37 @@ def test_save_and_load_round_trip(tmp_path):
     report = api.load(fresh, tmp_path / "artifact")
     assert report.cache == ["hit"] and report.replaced
     torch.testing.assert_close(run_image(fresh, TINY_PROMPTS[:1], steps=4), out)
+
+
+def test_w4a8_calibrated_weights_are_stored_and_reloaded(tmp_path):
+    """The full W4A8 recipe calibrates its weights (a clip per output channel, GPTQ
+    rounding); the integers the served layers hold are the calibrated ones, they travel
+    with the artifact, and an artifact that lacks them is refused so the cache rebuilds."""
+    pipe = tiny_pixart_pipeline()
+    config = fast("w4a8", num_groups=2)
+    assert config.weight_clip_search and config.weight_rounding == "gptq"
+    w8 = QuantConfig.preset("w8a8")
+    assert not w8.weight_clip_search and w8.weight_rounding == "nearest"
+    api.quantize(pipe, config, progress=False, calibration_prompts=TINY_PROMPTS)
+    calib = api.get_state(pipe).calibration
+    params = calib.params
+    assert all(p.weight_clip.min() >= 0.6 and p.weight_clip.max() <= 1.0 for p in params.values())
+    assert any(bool((p.weight_clip < 1.0).any()) for p in params.values())
+    name = sorted(params)[0]
+    layer = pipe.transformer.get_submodule(name)
+    assert torch.equal(layer.backend.unpack(layer.packed)[0], params[name].weight_q)
+    out = run_image(pipe, TINY_PROMPTS[:1], steps=4)
+    api.save(pipe, tmp_path / "artifact")
+    fresh = tiny_pixart_pipeline()
+    assert api.load(fresh, tmp_path / "artifact").cache == ["hit"]
+    torch.testing.assert_close(run_image(fresh, TINY_PROMPTS[:1], steps=4), out)
+    tensors = calib.to_tensors()
+    assert tensors[f"{name}/weight_q"].dtype == torch.uint8  # stored packed, 4 bits
+    for key in ("weight_clip", "weight_q"):
+        broken = {k: v for k, v in tensors.items() if k != f"{name}/{key}"}
+        with pytest.raises(KeyError, match=key):
+            CalibrationResult.from_tensors(broken, sorted(params), faithful=False,
+                                           weight_clip=True, weight_q=True)
 
 
 def test_calibration_is_deterministic_for_a_seed():

@@ -42,16 +42,29 @@ def test_zero_rows_do_not_divide_by_zero():
     assert torch.isfinite(P.fake_quant_symmetric(x, scale[:, None], 8)).all()
 
 
-def test_weight_clip_search_never_loses_and_helps_heavy_tails_at_4_bits():
+def test_output_weight_clip_never_loses_on_the_output_error_it_minimises():
+    """The chosen clips lower ``dW H dW^T`` against min-max on every channel, and with
+    inputs that only use some input channels the search follows those channels."""
     torch.manual_seed(0)
     weight = torch.distributions.StudentT(3.0).sample((64, 256))  # a few large weights per row
+    x = torch.randn(512, 256) * torch.linspace(0.05, 3.0, 256)  # uneven channel energy
+    hessian = x.t() @ x / x.shape[0]
 
-    def row_errors(clip_search: bool) -> torch.Tensor:
-        q, scale = P.quantize_weight_per_channel(weight, 4, clip_search=clip_search)
-        return (q.float() * scale[:, None] - weight).pow(2).sum(dim=1)
+    def output_errors(clip: torch.Tensor | None) -> torch.Tensor:
+        q, scale = P.quantize_weight_per_channel(weight, 4, clip=clip)
+        dw = q.float() * scale[:, None] - weight
+        return ((dw @ hessian) * dw).sum(dim=1)
 
-    plain, searched = row_errors(False), row_errors(True)
-    assert torch.all(searched <= plain + 1e-6)  # 1.0 is in the grid
-    assert searched.sum() < 0.8 * plain.sum()
-    clips = P.mse_weight_clip(weight, 4)
+    clips = P.output_weight_clip(weight, hessian, 4)
     assert clips.min() >= min(P.WEIGHT_CLIP_GRID) and clips.max() <= 1.0
+    assert (clips < 1.0).any()
+    plain, searched = output_errors(None), output_errors(clips)
+    assert torch.all(searched <= plain * (1 + 1e-5))  # 1.0 is in the grid
+    assert searched.sum() < 0.9 * plain.sum()
+    # an all-zero input column makes that weight column irrelevant: its huge entry must
+    # not decide the channel's range
+    w2 = torch.randn(4, 64)
+    w2[:, 0] = 50.0
+    h2 = torch.eye(64)
+    h2[0, 0] = 0.0
+    assert torch.all(P.output_weight_clip(w2, h2, 4) <= 0.6)

@@ -54,6 +54,11 @@ class LayerQuantParams:
     act_scale_by_group: torch.Tensor
     #: [G, 2] clip ratios (uncond, cond)
     clip_ratio_by_group: torch.Tensor
+    #: [N] per-output-channel weight clip ratios (``weight_clip_search``) or None = min-max
+    weight_clip: torch.Tensor | None = None
+    #: [N, K] int8 integer weights rounded by calibration (``weight_rounding="gptq"``),
+    #: on the smoothed, rotated weight's per-channel scales; None = round to nearest
+    weight_q: torch.Tensor | None = None
 
     @classmethod
     def minmax_default(cls, num_groups: int, rotation_block: int | None) -> LayerQuantParams:
@@ -122,17 +127,25 @@ class QuantLinear(nn.Module):
         act_mode: str = "static",
         cfg_wise: bool = True,
         act_center: bool = False,
-        weight_clip_search: bool = False,
     ) -> QuantLinear:
         """Smooth, rotate and quantize ``linear``'s weight and pack it for ``backend``."""
         weight = linear.weight.detach().float()
+        clip = params.weight_clip
+        if clip is not None and tuple(clip.shape) != (linear.out_features,):
+            raise ValueError(f"weight clip shaped {tuple(clip.shape)} for "
+                             f"{linear.out_features} output channels")
         if params.smooth_divisor is not None:
             weight = weight * params.smooth_divisor.to(weight.device)[None, :]
         if params.rotation_block is not None:
             weight = rotate_weight(weight, params.rotation_block)
         qweight, weight_scale = P.quantize_weight_per_channel(
-            weight, weight_bits, fp8=fp8, clip_search=weight_clip_search
+            weight, weight_bits, fp8=fp8, clip=clip
         )
+        if params.weight_q is not None:  # calibrated rounding, same scales
+            if tuple(params.weight_q.shape) != tuple(qweight.shape):
+                raise ValueError(f"calibrated weights shaped {tuple(params.weight_q.shape)} "
+                                 f"for a {tuple(qweight.shape)} layer")
+            qweight = params.weight_q.to(device=qweight.device, dtype=torch.int8)
         packed = backend.pack(qweight, weight_scale, weight_bits)
         device = linear.weight.device
         weight_sum = None
@@ -153,6 +166,7 @@ class QuantLinear(nn.Module):
             smooth_divisor=None if params.smooth_divisor is None else params.smooth_divisor.to(device),
             act_scale_by_group=params.act_scale_by_group.to(device),
             clip_ratio_by_group=params.clip_ratio_by_group.to(device),
+            weight_clip=None,  # baked into the packed weights, like weight_q
         )
         return cls(
             linear.in_features,
