@@ -429,16 +429,20 @@ def solve_layer(linear: nn.Linear, st: _LayerStats, config: QuantConfig,
         smooth = best[1]
     weight_clip, weight_q = None, None
     if (config.weight_clip_search or config.weight_rounding == "gptq") and not config.fp8:
-        # H = X^T X over every stored row, every group and half: the weights serve them all
+        # H = X^T X over every stored row, every group and half: the weights serve them
+        # all. O(N K^2) work per layer: done on the layer's device (a GPU for PixArt).
+        dev = linear.weight.device
         every = centered(torch.cat([t.flatten(0, 1) for v in st.rows.values() for t in v]))
-        x_every = rotate(every, smooth)
+        x_every = rotate(every.to(dev), None if smooth is None else smooth.to(dev))
         hessian = x_every.t() @ x_every / x_every.shape[0]
-        w_t = _weight_transformed(weight, smooth, st.block)
+        w_t = _weight_transformed(weight.to(dev), None if smooth is None else smooth.to(dev),
+                                  st.block)
         if config.weight_clip_search:
-            weight_clip = P.output_weight_clip(w_t, hessian, config.weight_bits)
+            weight_clip = P.output_weight_clip(w_t, hessian, config.weight_bits).cpu()
         if config.weight_rounding == "gptq":
             _, w_scale = P.quantize_weight_per_channel(w_t, config.weight_bits, clip=weight_clip)
-            weight_q = gptq_round(w_t, hessian, w_scale, config.weight_bits)
+            weight_q = gptq_round(w_t, hessian, w_scale, config.weight_bits).cpu()
+            w_scale = w_scale.cpu()
     if weight_q is not None:
         w_fake = (weight_q.float() * w_scale[:, None])[out_idx]
     else:
