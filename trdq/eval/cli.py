@@ -46,6 +46,9 @@ STAGE_TEXT = {
     "-rot-groups-search": "+ per-group clip-ratio search",
     "": "+ CFG-wise clip ratios (full TR-DQ)",
 }
+#: what the search stage adds on top at 4 bits (``weight_clip_search``, ``weight_rounding``)
+W4_SEARCH_TEXT = (" and calibrated 4-bit weights: a clip per output channel by the output "
+                  "error on the calibration rows, then GPTQ rounding")
 #: targets of issue 5 (accuracy in points = percentage points)
 TARGETS = {
     "fp_image": 0.90,
@@ -270,7 +273,11 @@ def setting_notes(settings: Sequence[str], infos: Sequence[SettingInfo]) -> list
     for base, faithful in FAITHFUL_OF.items():
         chain = [base + s for s in ABLATION_SUFFIXES]
         if any(c in settings for c in chain):
-            steps = "; ".join(f"`{base + s}` {STAGE_TEXT[s]}" for s in ABLATION_SUFFIXES)
+            steps = "; ".join(
+                f"`{base + s}` {STAGE_TEXT[s]}"
+                + (W4_SEARCH_TEXT if s == "-rot-groups-search" and base == "w4a8" else "")
+                for s in ABLATION_SUFFIXES
+            )
             notes.append(
                 f"{base.upper()} ablation chain: {steps}. `{faithful}`: the released "
                 "algorithm (DuQuant rotation + smoothing per time range, dynamic "
