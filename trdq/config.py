@@ -86,13 +86,13 @@ class QuantConfig:
 
     #: integer weights: calibration picks one clip ratio per output channel minimising
     #: the layer's OUTPUT error on the calibration rows (``P.output_weight_clip``), stored
-    #: in the artifact; off = min-max. On at W4A8 from the search stage (``_chain``).
+    #: in the artifact; off = min-max. On from the search stage (``_chain``).
     #: (A clip by the weight's own rounding error was measured worse than min-max on the
     #: zoo and removed; docs/QUALITY.md.)
     weight_clip_search: bool = False
     #: integer weights: round to nearest, or ``gptq`` (error-compensating rounding on
     #: the calibration rows, trdq/gptq.py; the integers are stored in the artifact).
-    #: On at W4A8 from the search stage.
+    #: On from the search stage.
     weight_rounding: WeightRounding = "nearest"
     #: separate activation parameters for the uncond/cond halves of a CFG batch
     cfg_wise: bool = True
@@ -233,9 +233,10 @@ class QuantConfig:
 def _chain(bits: int, name: str, stage: int, act_mode: ActMode = "dynamic") -> QuantConfig:
     """Ablation stage 0..4: minmax, +rot, +groups, +search, +cfg-wise (full).
 
-    At 4 bits the search stage also calibrates the weights: a clip per output channel
+    The search stage also calibrates the integer weights: a clip per output channel
     (``weight_clip_search``) and GPTQ rounding (``weight_rounding``), both from the
-    calibration rows.
+    calibration rows (the W4A8 lever, and at W8A8 +0.5 points of video accuracy on the
+    H100 against -1.5 without; docs/QUALITY-H100.md).
 
     Every stage quantizes activations the way the full method does (``act_mode``): the
     chain isolates rotation, groups, search and CFG-wise, not the activation mode. With
@@ -251,9 +252,8 @@ def _chain(bits: int, name: str, stage: int, act_mode: ActMode = "dynamic") -> Q
         rotation="hadamard" if stage >= 1 else "none",
         num_groups=8 if stage >= 2 else 1,
         search=stage >= 3,
-        # 8-bit weights barely round, and leaving W8A8 alone keeps its shipped calibrations
-        weight_clip_search=stage >= 3 and bits == 4,
-        weight_rounding="gptq" if stage >= 3 and bits == 4 else "nearest",
+        weight_clip_search=stage >= 3,
+        weight_rounding="gptq" if stage >= 3 else "nearest",
         cfg_wise=stage >= 4,
     )
 

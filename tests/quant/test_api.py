@@ -134,14 +134,15 @@ def test_w4a8_calibrated_weights_are_stored_and_reloaded(tmp_path):
     pipe = tiny_pixart_pipeline()
     config = fast("w4a8", num_groups=2)
     assert config.weight_clip_search and config.weight_rounding == "gptq"
-    w8 = QuantConfig.preset("w8a8")
-    assert not w8.weight_clip_search and w8.weight_rounding == "nearest"
+    for name in ("w8a8-rot-groups", "w4a8-rot-groups"):  # before the search stage
+        plain = QuantConfig.preset(name)
+        assert not plain.weight_clip_search and plain.weight_rounding == "nearest"
     api.quantize(pipe, config, progress=False, calibration_prompts=TINY_PROMPTS)
     calib = api.get_state(pipe).calibration
     params = calib.params
     assert all(p.weight_clip.min() >= 0.6 and p.weight_clip.max() <= 1.0 for p in params.values())
     assert any(bool((p.weight_clip < 1.0).any()) for p in params.values())
-    name = sorted(params)[0]
+    name = min(params)
     layer = pipe.transformer.get_submodule(name)
     assert torch.equal(layer.backend.unpack(layer.packed)[0], params[name].weight_q)
     out = run_image(pipe, TINY_PROMPTS[:1], steps=4)
