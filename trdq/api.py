@@ -276,7 +276,7 @@ def _from_artifact(tensors: dict[str, torch.Tensor], layer_names: list[str],
     """Rebuild and shape-check; raises ValueError/KeyError for a mismatched artifact."""
     calib = CalibrationResult.from_tensors(
         tensors, layer_names, config.faithful,
-        weight_clip=config.weight_clip_search and not config.fp8,
+        weight_clip=config.weight_clip_search,
         weight_q=config.weight_rounding == "gptq",
     )
     for name, p in calib.params.items():

@@ -428,7 +428,7 @@ def solve_layer(linear: nn.Linear, st: _LayerStats, config: QuantConfig,
                 best = (err, s)
         smooth = best[1]
     weight_clip, weight_q = None, None
-    if (config.weight_clip_search or config.weight_rounding == "gptq") and not config.fp8:
+    if config.weight_clip_search or config.weight_rounding == "gptq":
         # H = X^T X over every stored row, every group and half: the weights serve them
         # all. O(N K^2) work per layer: done on the layer's device (a GPU for PixArt).
         dev = linear.weight.device

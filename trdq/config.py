@@ -143,8 +143,9 @@ class QuantConfig:
             raise ValueError("act_center needs act_mode='dynamic'")
         if self.weight_rounding not in ("nearest", "gptq"):
             raise ValueError(f"weight_rounding must be nearest or gptq, got {self.weight_rounding!r}")
-        if self.weight_rounding == "gptq" and self.fp8:
-            raise ValueError("gptq rounding is for integer weights, not fp8")
+        if self.fp8 and (self.weight_rounding == "gptq" or self.weight_clip_search):
+            raise ValueError("weight_clip_search and gptq rounding are for integer weights, "
+                             "not fp8")
         if self.act_mode not in ("static", "dynamic"):
             raise ValueError(f"act_mode must be static or dynamic, got {self.act_mode!r}")
         if self.rotation not in ("none", "hadamard", "duquant"):
@@ -235,8 +236,7 @@ def _chain(bits: int, name: str, stage: int, act_mode: ActMode = "dynamic") -> Q
 
     The search stage also calibrates the integer weights: a clip per output channel
     (``weight_clip_search``) and GPTQ rounding (``weight_rounding``), both from the
-    calibration rows (the W4A8 lever, and at W8A8 +0.5 points of video accuracy on the
-    H100 against -1.5 without; docs/QUALITY-H100.md).
+    calibration rows (the W4A8 lever; at W8A8 +0.2-0.6 dB to FP; docs/QUALITY.md).
 
     Every stage quantizes activations the way the full method does (``act_mode``): the
     chain isolates rotation, groups, search and CFG-wise, not the activation mode. With
