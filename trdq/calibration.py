@@ -46,7 +46,7 @@ from trdq.integrations.diffusers import (
 from trdq.integrations.pipeline_args import calibration_call_kwargs
 from trdq.kernels.base import ActQuant
 from trdq.kernels.reference import prepare_activation
-from trdq.nn.quant_linear import LayerQuantParams
+from trdq.nn.quant_linear import LayerQuantParams, quantize_transformed_weight, transform_weight
 from trdq.rotation import DuQuantRotation, hadamard_block_size, hadamard_transform
 from trdq.timestep import GroupMap, QuantContext, TimestepHook
 
@@ -258,22 +258,31 @@ class StatsCollector:
 # ---- the search ------------------------------------------------------------------------
 
 
-def _weight_transformed(weight: torch.Tensor, smooth: torch.Tensor | None,
-                        block: int | None) -> torch.Tensor:
-    """The weight as QuantLinear quantizes it: smoothed, then rotated."""
-    w = weight.float()
-    if smooth is not None:
-        w = w * smooth[None, :]
-    if block is not None:
-        w = hadamard_transform(w, block)
-    return w
-
-
 def _weight_fake(weight: torch.Tensor, smooth: torch.Tensor | None, block: int | None,
-                 config: QuantConfig, clip: torch.Tensor | None = None) -> torch.Tensor:
-    w = _weight_transformed(weight, smooth, block)
-    q, scale = P.quantize_weight_per_channel(w, config.weight_bits, fp8=config.fp8, clip=clip)
+                 config: QuantConfig, clip: torch.Tensor | None = None,
+                 weight_q: torch.Tensor | None = None) -> torch.Tensor:
+    """The dequantized weight QuantLinear would serve (same two functions), float32."""
+    q, scale = quantize_transformed_weight(transform_weight(weight, smooth, block),
+                                           config.weight_bits, config.fp8, clip, weight_q)
     return q.float() * scale[:, None]
+
+
+def _calibrate_weights(weight: torch.Tensor, rows: torch.Tensor, rotate,
+                       smooth: torch.Tensor | None, block: int | None, config: QuantConfig,
+                       device: torch.device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(per-channel clip, GPTQ integers) from ``H = X^T X`` of ``rows`` (centred; every
+    stored row of every group and half: the weights serve them all). O(N K^2) per layer,
+    so it runs on ``device`` (the layer's: a GPU for PixArt); results on the host."""
+    smooth_dev = None if smooth is None else smooth.to(device)
+    x = rotate(rows.to(device), smooth_dev)
+    hessian = x.t() @ x / x.shape[0]
+    w_t = transform_weight(weight.to(device), smooth_dev, block)
+    clip = P.output_weight_clip(w_t, hessian, config.weight_bits) if config.weight_clip_search else None
+    weight_q = None
+    if config.weight_rounding == "gptq":
+        _, scale = P.quantize_weight_per_channel(w_t, config.weight_bits, clip=clip)
+        weight_q = gptq_round(w_t, hessian, scale, config.weight_bits).cpu()
+    return (None if clip is None else clip.cpu()), weight_q
 
 
 def _residuals(x_rot: torch.Tensor, y_ref: torch.Tensor, w_fake: torch.Tensor,
@@ -429,24 +438,10 @@ def solve_layer(linear: nn.Linear, st: _LayerStats, config: QuantConfig,
         smooth = best[1]
     weight_clip, weight_q = None, None
     if config.weight_clip_search or config.weight_rounding == "gptq":
-        # H = X^T X over every stored row, every group and half: the weights serve them
-        # all. O(N K^2) work per layer: done on the layer's device (a GPU for PixArt).
-        dev = linear.weight.device
         every = centered(torch.cat([t.flatten(0, 1) for v in st.rows.values() for t in v]))
-        x_every = rotate(every.to(dev), None if smooth is None else smooth.to(dev))
-        hessian = x_every.t() @ x_every / x_every.shape[0]
-        w_t = _weight_transformed(weight.to(dev), None if smooth is None else smooth.to(dev),
-                                  st.block)
-        if config.weight_clip_search:
-            weight_clip = P.output_weight_clip(w_t, hessian, config.weight_bits).cpu()
-        if config.weight_rounding == "gptq":
-            _, w_scale = P.quantize_weight_per_channel(w_t, config.weight_bits, clip=weight_clip)
-            weight_q = gptq_round(w_t, hessian, w_scale, config.weight_bits).cpu()
-            w_scale = w_scale.cpu()
-    if weight_q is not None:
-        w_fake = (weight_q.float() * w_scale[:, None])[out_idx]
-    else:
-        w_fake = _weight_fake(weight, smooth, st.block, config, weight_clip)[out_idx]
+        weight_clip, weight_q = _calibrate_weights(weight, every, rotate, smooth, st.block,
+                                                   config, linear.weight.device)
+    w_fake = _weight_fake(weight, smooth, st.block, config, weight_clip, weight_q)[out_idx]
 
     scales = torch.ones(groups, 2)
     clips = torch.ones(groups, 2)

@@ -39,7 +39,38 @@ from trdq.kernels.reference import prepare_activation
 from trdq.rotation import rotate_weight
 from trdq.timestep import QuantContext
 
-__all__ = ["LayerQuantParams", "QuantLinear"]
+__all__ = ["LayerQuantParams", "QuantLinear", "quantize_transformed_weight", "transform_weight"]
+
+
+def transform_weight(weight: torch.Tensor, smooth_divisor: torch.Tensor | None,
+                     rotation_block: int | None) -> torch.Tensor:
+    """The weight as the kernels multiply it, float32: smoothed (``W * s``), then rotated
+    (``W R``). Calibration searches on exactly this, QuantLinear quantizes it."""
+    w = weight.detach().float()
+    if smooth_divisor is not None:
+        w = w * smooth_divisor.to(w.device)[None, :]
+    if rotation_block is not None:
+        w = rotate_weight(w, rotation_block)
+    return w
+
+
+def quantize_transformed_weight(
+    weight: torch.Tensor, bits: int, fp8: bool = False,
+    clip: torch.Tensor | None = None, weight_q: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(integers or e4m3 ``[N, K]``, scale ``[N]``) for a ``transform_weight`` output:
+    per-channel scales from the absmax (times the calibrated ``clip``), values rounded to
+    nearest or, when calibration rounded them (``weight_q``), those integers."""
+    n = weight.shape[0]
+    if clip is not None and tuple(clip.shape) != (n,):
+        raise ValueError(f"weight clip shaped {tuple(clip.shape)} for {n} output channels")
+    q, scale = P.quantize_weight_per_channel(weight, bits, fp8=fp8, clip=clip)
+    if weight_q is not None:
+        if tuple(weight_q.shape) != tuple(q.shape):
+            raise ValueError(f"calibrated weights shaped {tuple(weight_q.shape)} "
+                             f"for a {tuple(q.shape)} layer")
+        q = weight_q.to(device=q.device, dtype=torch.int8)
+    return q, scale
 
 
 @dataclass
@@ -129,23 +160,10 @@ class QuantLinear(nn.Module):
         act_center: bool = False,
     ) -> QuantLinear:
         """Smooth, rotate and quantize ``linear``'s weight and pack it for ``backend``."""
-        weight = linear.weight.detach().float()
-        clip = params.weight_clip
-        if clip is not None and tuple(clip.shape) != (linear.out_features,):
-            raise ValueError(f"weight clip shaped {tuple(clip.shape)} for "
-                             f"{linear.out_features} output channels")
-        if params.smooth_divisor is not None:
-            weight = weight * params.smooth_divisor.to(weight.device)[None, :]
-        if params.rotation_block is not None:
-            weight = rotate_weight(weight, params.rotation_block)
-        qweight, weight_scale = P.quantize_weight_per_channel(
-            weight, weight_bits, fp8=fp8, clip=clip
+        weight = transform_weight(linear.weight, params.smooth_divisor, params.rotation_block)
+        qweight, weight_scale = quantize_transformed_weight(
+            weight, weight_bits, fp8, params.weight_clip, params.weight_q
         )
-        if params.weight_q is not None:  # calibrated rounding, same scales
-            if tuple(params.weight_q.shape) != tuple(qweight.shape):
-                raise ValueError(f"calibrated weights shaped {tuple(params.weight_q.shape)} "
-                                 f"for a {tuple(qweight.shape)} layer")
-            qweight = params.weight_q.to(device=qweight.device, dtype=torch.int8)
         packed = backend.pack(qweight, weight_scale, weight_bits)
         device = linear.weight.device
         weight_sum = None
