@@ -220,7 +220,7 @@ def _apply(pipe: Any, config: QuantConfig, calib: CalibrationResult,
         else:
             new = QuantLinear.from_linear(
                 linear, calib.params[name], backend, context,
-                weight_bits=config.weight_bits, fp8=config.fp8,
+                weight_bits=config.weight_bits, act_bits=config.act_bits, fp8=config.fp8,
                 act_mode=config.act_mode, cfg_wise=config.cfg_wise,
                 act_center=config.act_center,
             )

@@ -21,7 +21,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-__all__ = ["CONFIG_VERSION", "DEFAULT_FP_PATTERNS", "PRESETS", "QuantConfig", "preset_names"]
+__all__ = [
+    "BIT_PAIRS",
+    "CONFIG_VERSION",
+    "DEFAULT_FP_PATTERNS",
+    "INT_BITS",
+    "PRESETS",
+    "QuantConfig",
+    "preset_names",
+]
 
 CONFIG_VERSION = 1
 TIMESTEP_SCALE = 1000.0
@@ -40,6 +48,14 @@ DEFAULT_FP_PATTERNS: tuple[str, ...] = (
     r"(^|\.)norm_out(\.|$)",
     r"csize_embedder|ar_embedder|resolution_embedder|aspect_ratio_embedder",
 )
+
+#: integer widths for weights and activations. 8/8 and 4/8 are the served formats (real
+#: kernels on CPU and GPU); 6/6 and 4/4 are the quality ablation's lower widths, where the
+#: components' effects on activations show (W8A8 min-max is lossless on the zoo): they run
+#: exactly on ``cpu_int8`` (integers held in int8) and on the reference backend elsewhere.
+INT_BITS = (4, 6, 8)
+#: (weight bits, activation bits) of the preset chains: ``w8a8``, ``w4a8``, ``w6a6``, ``w4a4``
+BIT_PAIRS = ((8, 8), (4, 8), (6, 6), (4, 4))
 
 RotationKind = Literal["none", "hadamard", "duquant"]
 WeightRounding = Literal["nearest", "gptq"]
@@ -130,12 +146,12 @@ class QuantConfig:
     def validate(self) -> None:
         if self.version != CONFIG_VERSION:
             raise ValueError(f"config version {self.version} unsupported (want {CONFIG_VERSION})")
-        if self.weight_bits not in (4, 8):
-            raise ValueError(f"weight_bits must be 4 or 8, got {self.weight_bits}")
-        if self.act_bits != 8:
-            raise ValueError(f"act_bits must be 8, got {self.act_bits}")
-        if self.fp8 and self.weight_bits != 8:
-            raise ValueError("fp8 needs weight_bits=8")
+        if self.weight_bits not in INT_BITS:
+            raise ValueError(f"weight_bits must be one of {INT_BITS}, got {self.weight_bits}")
+        if self.act_bits not in INT_BITS:
+            raise ValueError(f"act_bits must be one of {INT_BITS}, got {self.act_bits}")
+        if self.fp8 and (self.weight_bits != 8 or self.act_bits != 8):
+            raise ValueError("fp8 needs weight_bits=8 and act_bits=8")
         if self.embedder_weight_bits not in (None, 4, 8):
             raise ValueError(f"embedder_weight_bits must be None, 4 or 8, got "
                              f"{self.embedder_weight_bits}")
@@ -231,7 +247,9 @@ class QuantConfig:
         return builder()
 
 
-def _chain(bits: int, name: str, stage: int, act_mode: ActMode = "dynamic") -> QuantConfig:
+def _chain(
+    bits: int, act_bits: int, name: str, stage: int, act_mode: ActMode = "dynamic"
+) -> QuantConfig:
     """Ablation stage 0..4: minmax, +rot, +groups, +search, +cfg-wise (full).
 
     The search stage also calibrates the integer weights: a clip per output channel
@@ -247,6 +265,7 @@ def _chain(bits: int, name: str, stage: int, act_mode: ActMode = "dynamic") -> Q
     return QuantConfig(
         name=name,
         weight_bits=bits,
+        act_bits=act_bits,
         act_mode=act_mode,
         act_center=act_mode == "dynamic" and stage >= 1,
         rotation="hadamard" if stage >= 1 else "none",
@@ -258,10 +277,11 @@ def _chain(bits: int, name: str, stage: int, act_mode: ActMode = "dynamic") -> Q
     )
 
 
-def _faithful(bits: int, name: str) -> QuantConfig:
+def _faithful(bits: int, act_bits: int, name: str) -> QuantConfig:
     return QuantConfig(
         name=name,
         weight_bits=bits,
+        act_bits=act_bits,
         act_mode="dynamic",
         num_groups=20,
         rotation="duquant",
@@ -283,17 +303,19 @@ PRESETS: dict[str, Any] = {
     # the GPU speed path: static per-group scales need no per-token reduction, so the
     # fused rotate+quantize kernel and CUDA graphs carry it (docs/BENCHMARKS.md)
     "fp8": lambda: QuantConfig(name="fp8", fp8=True, act_mode="static"),
-    "faithful": lambda: _faithful(8, "faithful"),
-    "faithful-w4a8": lambda: _faithful(4, "faithful-w4a8"),
+    "faithful": lambda: _faithful(8, 8, "faithful"),
 }
 _STAGES = ("-minmax", "-rot", "-rot-groups", "-rot-groups-search", "")
-for _bits in (8, 4):
-    _base = f"w{_bits}a8"
+for _wb, _ab in BIT_PAIRS:
+    _base = f"w{_wb}a{_ab}"
+    if _base != "w8a8":
+        PRESETS[f"faithful-{_base}"] = lambda w=_wb, a=_ab, n=f"faithful-{_base}": _faithful(w, a, n)
     for _stage, _suffix in enumerate(_STAGES):
-        PRESETS[_base + _suffix] = lambda b=_bits, n=_base + _suffix, s=_stage: _chain(b, n, s)
+        PRESETS[_base + _suffix] = (
+            lambda w=_wb, a=_ab, n=_base + _suffix, s=_stage: _chain(w, a, n, s))
         # the same chain with static per-group (per CFG half) activation scales
         _static = _base + _suffix + "-static"
-        PRESETS[_static] = lambda b=_bits, n=_static, s=_stage: _chain(b, n, s, "static")
+        PRESETS[_static] = lambda w=_wb, a=_ab, n=_static, s=_stage: _chain(w, a, n, s, "static")
 
 
 def preset_names() -> list[str]:

@@ -39,8 +39,10 @@ def test_ablation_chain_and_settings_order():
         "w4a8",
         "fp8",
     ]
-    with pytest.raises(ValueError, match="w6a6"):
-        cli.expand_settings("w6a6", [])
+    assert cli.ablation_chain("w6a6")[-1] == "faithful-w6a6"
+    assert cli.expand_settings(None, ["w4a4"])[1:] == cli.ablation_chain("w4a4")
+    with pytest.raises(ValueError, match="w2a2"):
+        cli.expand_settings("w2a2", [])
     with pytest.raises(ValueError, match="--ablation"):
         cli.ablation_chain("fp8")
 

@@ -9,10 +9,14 @@ from trdq.config import QuantConfig, preset_names
 
 def test_required_presets_exist():
     names = set(preset_names())
-    for base in ("w8a8", "w4a8"):
+    for base in ("w8a8", "w4a8", "w6a6", "w4a4"):
         for suffix in ("-minmax", "-rot", "-rot-groups", "-rot-groups-search", ""):
             assert base + suffix in names
-    assert {"fp", "fp8", "faithful"} <= names
+    assert {"fp", "fp8", "faithful", "faithful-w4a8", "faithful-w6a6", "faithful-w4a4"} <= names
+    for name in ("w6a6", "w6a6-minmax", "faithful-w6a6"):
+        cfg = QuantConfig.preset(name)
+        assert (cfg.weight_bits, cfg.act_bits) == (6, 6)
+    assert QuantConfig.preset("w4a4-rot").act_bits == 4
 
 
 @pytest.mark.parametrize("name", preset_names())
@@ -42,6 +46,10 @@ def test_boundaries_and_validation():
         QuantConfig(num_groups=3, group_boundaries=[600, 100])
     with pytest.raises(ValueError):
         QuantConfig(weight_bits=3)
+    with pytest.raises(ValueError, match="act_bits"):
+        QuantConfig(act_bits=5)
+    with pytest.raises(ValueError, match="fp8 needs"):
+        QuantConfig(fp8=True, act_bits=6)
     with pytest.raises(ValueError):
         QuantConfig.from_dict({"nonsense": 1})
     with pytest.raises(ValueError, match="unknown quant preset"):

@@ -42,14 +42,14 @@ def _case(m: int, k: int, n: int, bits: int, smooth: bool):
     return x, w, bias, s, block, q, scale
 
 
-@pytest.mark.parametrize("bits", [8, 4])
+@pytest.mark.parametrize("bits,act_bits", [(8, 8), (4, 8), (6, 6), (4, 4)])
 @pytest.mark.parametrize("mode", ["static", "dynamic"])
 @pytest.mark.parametrize("m,k,n,smooth", [(1, 64, 32, False), (33, 1152, 96, True),
                                           (200, 256, 128, False)])
-def test_cpu_int8_matches_reference(bits, mode, m, k, n, smooth):
+def test_cpu_int8_matches_reference(bits, act_bits, mode, m, k, n, smooth):
     x, w, bias, s, block, q, scale = _case(m, k, n, bits, smooth)
-    row_scale = torch.linspace(0.05, 0.2, m) if mode == "static" else None
-    act = ActQuant(bits=8, rotation_block=block, smooth_divisor=s, row_scale=row_scale,
+    row_scale = torch.linspace(0.05, 0.2, m) * 127 / P.qmax_for(act_bits) if mode == "static" else None
+    act = ActQuant(bits=act_bits, rotation_block=block, smooth_divisor=s, row_scale=row_scale,
                    clip_ratio=0.9)
     ref, fast = get_backend("reference"), get_backend("cpu_int8")
     y_ref = ref.linear(x, ref.pack(q, scale, bits), act, bias)
@@ -57,7 +57,27 @@ def test_cpu_int8_matches_reference(bits, mode, m, k, n, smooth):
     assert P.sqnr_db(y_ref, y_fast) > 60  # same integers: only fp32 rounding differs
     # and the quantized result approximates the float layer
     if mode == "dynamic":
-        assert P.sqnr_db(x @ w.T + bias, y_fast) > (25 if bits == 8 else 12)
+        bound = {(8, 8): 25, (4, 8): 12, (6, 6): 18, (4, 4): 6}[(bits, act_bits)]
+        assert P.sqnr_db(x @ w.T + bias, y_fast) > bound
+
+
+def test_lower_activation_widths_really_use_fewer_levels(monkeypatch):
+    """W4A4 through cpu_int8: the activations that reach the int8 GEMM hold at most 15 levels."""
+    seen = {}
+    real_int_mm = torch._int_mm
+
+    def spy(a, b):
+        seen["a"] = a
+        return real_int_mm(a, b)
+
+    monkeypatch.setattr(torch, "_int_mm", spy)
+    x, _, bias, _, block, q, scale = _case(40, 256, 64, 4, False)
+    fast = get_backend("cpu_int8")
+    act = ActQuant(bits=4, rotation_block=block, clip_ratio=1.0)
+    fast.linear(x, fast.pack(q, scale, 4), act, bias)
+    assert seen["a"].dtype == torch.int8
+    assert int(seen["a"].abs().max()) == 7
+    assert fast.supports(QuantConfig.preset("w4a4"))[0]
 
 
 def test_int4_weights_are_really_packed():

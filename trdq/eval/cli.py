@@ -12,7 +12,9 @@ gets one section per model, replaced when that model is evaluated again.
 ``--ablation w8a8`` expands to the ablation chain ``w8a8-minmax -> w8a8-rot ->
 w8a8-rot-groups -> w8a8-rot-groups-search -> w8a8`` (full TR-DQ) plus ``faithful`` (the
 released algorithm, which runs on the reference backend whatever ``--backend`` says);
-``--ablation w4a8`` likewise with ``faithful-w4a8``.
+``--ablation w4a8`` likewise with ``faithful-w4a8``, and the lower widths ``w6a6`` and
+``w4a4`` (for models where W8A8 is lossless even with min-max, so the components' effects
+show) with theirs.
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ logger = logging.getLogger(__name__)
 
 REFERENCE = "fp"
 ABLATION_SUFFIXES = ("-minmax", "-rot", "-rot-groups", "-rot-groups-search", "")
-FAITHFUL_OF = {"w8a8": "faithful", "w4a8": "faithful-w4a8"}
+FAITHFUL_OF = {"w8a8": "faithful", "w4a8": "faithful-w4a8", "w6a6": "faithful-w6a6",
+               "w4a4": "faithful-w4a4"}
 STAGE_TEXT = {
     "-minmax": "dynamic per-token min-max activations, one timestep group, no rotation",
     "-rot": "+ block Hadamard rotation (each token centred first, its mean added back "
@@ -345,7 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--ablation",
         action="append",
         default=[],
-        metavar="w8a8|w4a8",
+        metavar="w8a8|w4a8|w6a6|w4a4",
         help="add the ablation chain (minmax -> +rot -> +groups -> +search -> full) "
         "and the faithful preset; repeatable or comma-separated",
     )

@@ -6,7 +6,9 @@ The epilogue ``acc * (act_scale[m] * weight_scale[n]) + bias`` runs in place on 
 int32->float32 result: one extra pass over the ``[M, N]`` output.
 
 4-bit weights stay packed two per byte in memory and are unpacked to int8 per call
-(the GEMM itself is int8 x int8). FP8 configs are not supported here.
+(the GEMM itself is int8 x int8). Every integer width of ``trdq.config.INT_BITS`` is held
+in int8, so the 6- and 4-bit activations of the quality ablation's lower-width presets run
+through the same exact GEMM (no faster). FP8 configs are not supported here.
 
 In eager mode the whole op is one ``torch.library`` custom op (``trdq::cpu_int8_linear``, with
 a fake implementation). Under ``torch.compile`` the backend calls the same arithmetic as
@@ -22,6 +24,7 @@ from __future__ import annotations
 import torch
 
 from trdq import primitives as P
+from trdq.config import INT_BITS
 from trdq.kernels.base import ActQuant, KernelBackend
 from trdq.kernels.registry import register
 from trdq.rotation import hadamard_transform
@@ -50,10 +53,10 @@ def int8_linear_math(
     if rotation_block > 0:
         xf = hadamard_transform(xf, rotation_block)
     if row_scale is None:
-        a_scale = P.dynamic_row_scale(xf, 8, clip_ratio)
+        a_scale = P.dynamic_row_scale(xf, bits, clip_ratio)
     else:
         a_scale = row_scale.float().clamp_min(P.MIN_SCALE)
-    xq = P.quantize_symmetric(xf, a_scale[:, None], 8)
+    xq = P.quantize_symmetric(xf, a_scale[:, None], bits)
     w = P.unpack_int4(weight) if weight.dtype == torch.uint8 else weight
     acc = torch._int_mm(xq, w.t())
     out = acc.to(torch.float32).mul_(a_scale[:, None]).mul_(weight_scale[None, :])
@@ -88,10 +91,10 @@ class CpuInt8Backend(KernelBackend):
     def supports(self, config) -> tuple[bool, str]:  # type: ignore[override]
         if getattr(config, "fp8", False):
             return False, "fp8 (e4m3) configs need cuda_fp8 or reference"
-        if config.act_bits != 8:
-            return False, f"activations must be 8-bit, got {config.act_bits}"
-        if config.weight_bits not in (4, 8):
-            return False, f"weights must be 4- or 8-bit, got {config.weight_bits}"
+        if config.act_bits not in INT_BITS:
+            return False, f"activations must be 4-, 6- or 8-bit, got {config.act_bits}"
+        if config.weight_bits not in INT_BITS:
+            return False, f"weights must be 4-, 6- or 8-bit, got {config.weight_bits}"
         if config.rotation == "duquant":
             return False, "duquant rotation (faithful preset) runs on reference only"
         return True, ""
@@ -117,8 +120,9 @@ class CpuInt8Backend(KernelBackend):
         act: ActQuant,
         bias: torch.Tensor | None,
     ) -> torch.Tensor:
-        if act.bits != 8 or act.fp8:
-            raise ValueError("cpu_int8 quantizes activations to int8 only")
+        if act.bits not in INT_BITS or act.fp8:
+            raise ValueError(f"cpu_int8 quantizes activations to 4, 6 or 8 integer bits, "
+                             f"not {'e4m3' if act.fp8 else act.bits}")
         # compiled: plain ops that Inductor can fuse; eager: one custom-op call
         fn = int8_linear_math if torch.compiler.is_compiling() else cpu_int8_linear
         return fn(
