@@ -6,7 +6,8 @@ bf16 ``F.linear``; FP8 ``_scaled_mm`` alone; the fused rotate+quantize kernel al
 (butterfly and tensor-core variants); the whole ``trdq::fp8_linear`` op; an unfused FP8
 linear in plain torch ops (rotation matmul + absmax + cast + ``_scaled_mm``); the Triton
 W4A8 and int8 GEMMs; ``torch._int_mm``. Also two ceilings: device copy bandwidth and
-8192^3 bf16 / FP8 GEMM rates. Prints a table and writes JSON to ``--json``.
+8192^3 bf16 / FP8 GEMM rates; and the self-attention shapes (bf16 SDPA against the 8-bit
+attention kernel, with its error). Prints a table and writes JSON to ``--json``.
 """
 
 from __future__ import annotations
@@ -133,6 +134,43 @@ def shape_rows(name: str, m: int, k: int, n: int) -> dict[str, float]:
     return r
 
 
+#: (name, batch x CFG, heads, tokens, head dim) of the DiTs' self-attention
+ATTENTION_SHAPES = [
+    ("pixart1024.attn1", 2, 16, 4096, 72),
+    ("latte512.spatial", 32, 16, 1024, 72),
+]
+
+
+def attention_rows(b: int, h: int, s: int, d: int) -> dict[str, float]:
+    """bf16 SDPA (PyTorch's default pick, cuDNN on an H100) against the 8-bit attention
+    kernel (``trdq.kernels.triton_attention``) in both P V modes, and its error to fp32."""
+    import torch.nn.functional as F
+
+    from trdq.kernels.triton_attention import quant_attention_reference, quant_attention_triton
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v = (torch.randn(b, s, h, d, device="cuda", generator=g, dtype=torch.bfloat16)
+               .transpose(1, 2) for _ in range(3))  # the [B, H, S, D] views processors pass
+    r = {
+        "sdpa_bf16": _bench(lambda: F.scaled_dot_product_attention(q, k, v)),
+        "int8qk_fp8pv": _bench(lambda: quant_attention_triton(q, k, v)),
+        "int8qk_bf16pv": _bench(lambda: quant_attention_triton(q, k, v, pv_fp8=False)),
+    }
+    exact = F.scaled_dot_product_attention(q[:1].float(), k[:1].float(), v[:1].float())
+    for key, pv_fp8 in (("int8qk_fp8pv", True), ("int8qk_bf16pv", False)):
+        out = quant_attention_triton(q[:1], k[:1], v[:1], pv_fp8=pv_fp8)
+        r[f"{key}_sqnr_dB"] = _sqnr_db(out, exact)
+        ref = quant_attention_reference(q[:1], k[:1], v[:1], pv_fp8=pv_fp8)
+        r[f"{key}_vs_reference_dB"] = _sqnr_db(out, ref)
+    r["sdpa_TFLOPs"] = 4 * b * h * s * s * d / r["sdpa_bf16"] / 1e9
+    return r
+
+
+def _sqnr_db(x: torch.Tensor, ref: torch.Tensor) -> float:
+    err = (x.float() - ref.float()).pow(2).mean() / ref.float().pow(2).mean()
+    return float(-10 * torch.log10(err + 1e-30))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", help="write all numbers here")
@@ -156,6 +194,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n{name} M={m} K={k} N={n}", flush=True)
         for key, val in rows.items():
             unit = "" if "TFLOP" in key or "GBps" in key else " ms"
+            print(f"  {key:24s} {val:10.4f}{unit}", flush=True)
+    result["attention"] = {}
+    for name, b, h, s, d in ATTENTION_SHAPES:
+        rows = attention_rows(b, h, s, d)
+        result["attention"][f"{name} B={b} H={h} S={s} D={d}"] = rows
+        print(f"\n{name} B={b} H={h} S={s} D={d}", flush=True)
+        for key, val in rows.items():
+            unit = "" if "TFLOP" in key or "dB" in key else " ms"
             print(f"  {key:24s} {val:10.4f}{unit}", flush=True)
     if args.json:
         with open(args.json, "w") as fh:
