@@ -171,6 +171,15 @@ def _sqnr_db(x: torch.Tensor, ref: torch.Tensor) -> float:
     return float(-10 * torch.log10(err + 1e-30))
 
 
+def _report(section: dict, title: str, rows: dict[str, float]) -> None:
+    """Keep ``rows`` under ``title`` and print them (times in ms; rates and dB as they are)."""
+    section[title] = rows
+    print(f"\n{title}", flush=True)
+    for key, val in rows.items():
+        unit = "" if any(tag in key for tag in ("TFLOP", "GBps", "dB")) else " ms"
+        print(f"  {key:24s} {val:10.4f}{unit}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", help="write all numbers here")
@@ -189,20 +198,10 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(json.dumps(result["ceilings"]), flush=True)
     for name, m, k, n in PIXART_SHAPES:
-        rows = shape_rows(name, m, k, n)
-        result["shapes"][f"{name} M={m} K={k} N={n}"] = rows
-        print(f"\n{name} M={m} K={k} N={n}", flush=True)
-        for key, val in rows.items():
-            unit = "" if "TFLOP" in key or "GBps" in key else " ms"
-            print(f"  {key:24s} {val:10.4f}{unit}", flush=True)
+        _report(result["shapes"], f"{name} M={m} K={k} N={n}", shape_rows(name, m, k, n))
     result["attention"] = {}
     for name, b, h, s, d in ATTENTION_SHAPES:
-        rows = attention_rows(b, h, s, d)
-        result["attention"][f"{name} B={b} H={h} S={s} D={d}"] = rows
-        print(f"\n{name} B={b} H={h} S={s} D={d}", flush=True)
-        for key, val in rows.items():
-            unit = "" if "TFLOP" in key or "dB" in key else " ms"
-            print(f"  {key:24s} {val:10.4f}{unit}", flush=True)
+        _report(result["attention"], f"{name} B={b} H={h} S={s} D={d}", attention_rows(b, h, s, d))
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(result, fh, indent=1)
