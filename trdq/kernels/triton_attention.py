@@ -39,8 +39,8 @@ import math
 
 import torch
 
+from trdq import primitives as P
 from trdq.kernels.base import TRITON_LAUNCH_LOCK
-from trdq.primitives import FP8_E4M3_MAX, MIN_SCALE
 
 __all__ = [
     "KV_BLOCK",
@@ -71,21 +71,13 @@ def head_dim_split(head_dim: int) -> tuple[int, int]:
     return 64, max(32, 1 << (head_dim - 64 - 1).bit_length())
 
 
-def _fake_e4m3(x: torch.Tensor) -> torch.Tensor:
-    return x.clamp(-FP8_E4M3_MAX, FP8_E4M3_MAX).to(torch.float8_e4m3fn).to(torch.float32)
-
-
-def _fake_int8(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    return torch.round(x / scale).clamp(-INT8_MAX, INT8_MAX) * scale
-
-
 def _per_key_block(x: torch.Tensor, qmax: float) -> tuple[torch.Tensor, torch.Tensor]:
     """``[..., S, D]`` -> blocks ``[..., S/KV_BLOCK, KV_BLOCK, D]`` (zero-padded) and one
     scale per block (absmax / qmax)."""
     pad = (-x.shape[-2]) % KV_BLOCK
     xp = torch.nn.functional.pad(x, (0, 0, 0, pad))
     xb = xp.unflatten(-2, (xp.shape[-2] // KV_BLOCK, KV_BLOCK))
-    return xb, (xb.abs().amax(dim=(-2, -1), keepdim=True) / qmax).clamp_min(MIN_SCALE)
+    return xb, (xb.abs().amax(dim=(-2, -1), keepdim=True) / qmax).clamp_min(P.MIN_SCALE)
 
 
 def quant_attention_reference(
@@ -97,16 +89,16 @@ def quant_attention_reference(
     seq = q.shape[-2]
     qf, kf, vf = (t.float() for t in (q, k, v))
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
-    q_scale = (qf.abs().amax(dim=-1, keepdim=True) / INT8_MAX).clamp_min(MIN_SCALE)
-    q_fake = _fake_int8(qf, q_scale)
+    q_scale = (qf.abs().amax(dim=-1, keepdim=True) / INT8_MAX).clamp_min(P.MIN_SCALE)
+    q_fake = P.fake_quant_symmetric(qf, q_scale, 8)
     kb, k_scale = _per_key_block(kf - kf.mean(dim=-2, keepdim=True), INT8_MAX)
-    k_fake = _fake_int8(kb, k_scale).flatten(-3, -2)[..., :seq, :]
+    k_fake = P.fake_quant_symmetric(kb, k_scale, 8).flatten(-3, -2)[..., :seq, :]
     logits = (q_fake @ k_fake.transpose(-1, -2)) * scale
     p = torch.exp(logits - logits.amax(dim=-1, keepdim=True))
     if pv_fp8:
-        vb, v_scale = _per_key_block(vf, FP8_E4M3_MAX)
-        v_fake = (_fake_e4m3(vb / v_scale) * v_scale).flatten(-3, -2)[..., :seq, :]
-        numerator = (_fake_e4m3(p * P_SCALE) / P_SCALE) @ v_fake
+        vb, v_scale = _per_key_block(vf, P.FP8_E4M3_MAX)
+        v_fake = P.fake_quant_fp8(vb, v_scale).flatten(-3, -2)[..., :seq, :]
+        numerator = P.fake_quant_fp8(p, torch.tensor(1.0 / P_SCALE)) @ v_fake
     else:
         numerator = p.to(q.dtype).float() @ vf
     return (numerator / p.sum(dim=-1, keepdim=True)).to(q.dtype)
@@ -116,10 +108,7 @@ if TRITON_AVAILABLE:
     import triton
     import triton.language as tl
 
-    @triton.jit
-    def _round_int8(x):
-        """Round half to even (as torch.round) via the 1.5 * 2^23 trick, then narrow."""
-        return ((x + 12582912.0) - 12582912.0).to(tl.int8)
+    from trdq.kernels.triton_rotate_quant import round_half_even_int8
 
     @triton.jit
     def _quantize_kv_kernel(
@@ -146,7 +135,7 @@ if TRITON_AVAILABLE:
         k_mean = tl.load(k_mean_ptr + pid_bh * D + d, mask=d < D, other=0.0)
         k = tl.where(inside, k - k_mean[None, :], 0.0)
         k_scale = tl.maximum(tl.max(tl.max(tl.abs(k), axis=1), axis=0) / 127.0, 1e-8)
-        k8 = _round_int8(k / k_scale)
+        k8 = round_half_even_int8(k / k_scale)
         tl.store(k8_ptr + pid_bh * SP * DP + n[:, None] * DP + d[None, :], k8, mask=stored)
         tl.store(k_scale_ptr + pid_bh * NB + pid_n, k_scale)
 
@@ -191,9 +180,9 @@ if TRITON_AVAILABLE:
                            mask=(m[:, None] < S) & (d_hi[None, :] < D), other=0.0).to(tl.float32)
             amax = tl.maximum(amax, tl.max(tl.abs(q_hi), axis=1))
         q_scale = tl.maximum(amax / 127.0, 1e-8)
-        q8_lo = _round_int8(q_lo / q_scale[:, None])
+        q8_lo = round_half_even_int8(q_lo / q_scale[:, None])
         if D_HI > 0:
-            q8_hi = _round_int8(q_hi / q_scale[:, None])
+            q8_hi = round_half_even_int8(q_hi / q_scale[:, None])
         row_factor = q_scale * qk_scale  # log2 domain: qk_scale includes log2(e)
 
         m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)

@@ -138,6 +138,13 @@ if TRITON_AVAILABLE:
     import triton.language as tl
 
     @triton.jit
+    def round_half_even_int8(v):
+        """Round half to even (as torch.round) and narrow to int8: adding 1.5 * 2^23 leaves
+        no fraction bits in fp32, so the add itself rounds; exact for |v| < 2^22. The
+        caller keeps v within the int8 range."""
+        return ((v + 12582912.0) - 12582912.0).to(tl.int8)
+
+    @triton.jit
     def _butterfly(x, BLOCK_M: tl.constexpr, HB: tl.constexpr, H: tl.constexpr):
         """One stage at stride H: element k = j*2H + i pairs with k + H, (a, b) -> (a+b, a-b).
 
@@ -310,9 +317,7 @@ if TRITON_AVAILABLE:
             v = xr / scale[:, None]
             v = tl.minimum(tl.maximum(v, -qmax), qmax)
             if OUT_INT8:
-                # round half to even (as torch.round): adding 1.5 * 2^23 leaves no
-                # fraction bits in fp32, so the add itself rounds; exact for |v| < 2^22.
-                out = ((v + 12582912.0) - 12582912.0).to(tl.int8)
+                out = round_half_even_int8(v)
             else:
                 out = v.to(tl.float8e4nv)
             cols = k0 + tl.arange(0, HB)
