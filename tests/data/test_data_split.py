@@ -11,6 +11,8 @@ from trdq.data import (
     heldout_captions,
     heldout_prompts,
     is_heldout,
+    parse_caption,
+    split_prompts,
     train_captions,
 )
 
@@ -61,6 +63,16 @@ def test_heldout_sample_is_deterministic():
         heldout_captions(10**6)
     with pytest.raises(ValueError):
         heldout_captions(3, kind="audio")
+
+
+def test_split_prompts_draws_from_one_split():
+    assert split_prompts("heldout", 20, seed=3, kind="video") == heldout_prompts(20, 3, "video")
+    train = split_prompts("train", 40, seed=3, kind="video")
+    assert len(set(train)) == 40 and train == split_prompts("train", 40, 3, "video")
+    assert not any(is_heldout(parse_caption(t)) for t in train)
+    assert split_prompts("train", 60, seed=3, kind="video")[:40] == train
+    with pytest.raises(ValueError, match="split"):
+        split_prompts("test", 3)
 
 
 def test_is_heldout_needs_a_full_caption():

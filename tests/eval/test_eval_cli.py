@@ -158,3 +158,14 @@ def test_video_end_to_end(tmp_path):
     payload = json.loads(out_json.read_text())
     assert [r["quant"] for r in payload["results"]] == ["fp"]
     assert "direction" in payload["results"][0]["per_attribute"]
+
+
+def test_train_split_writes_json_but_no_markdown(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the default Markdown path is relative: nothing may appear
+    out_json = tmp_path / "nested" / "dir" / "t.json"
+    argv = ["--model", "tiny-shapes-t2i", "--quant", "fp", "--split", "train", "--prompts", "2"]
+    argv += ["--steps", "2", "--quiet", "--json", str(out_json)]
+    assert cli.main(argv) == 0
+    assert json.loads(out_json.read_text())["prompts"] == 2
+    assert not (tmp_path / "docs").exists()
+

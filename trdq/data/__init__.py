@@ -22,6 +22,7 @@ from trdq.data.split import (
     heldout_captions,
     heldout_prompts,
     is_heldout,
+    split_prompts,
     train_captions,
 )
 
@@ -45,6 +46,7 @@ __all__ = [
     "parse_caption",
     "render_image",
     "render_video",
+    "split_prompts",
     "train_captions",
     "vocabulary",
 ]

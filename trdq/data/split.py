@@ -27,6 +27,8 @@ from trdq.data.grammar import (
 )
 
 Kind = Literal["image", "video"]
+Split = Literal["heldout", "train"]
+SPLITS: tuple[Split, ...] = ("heldout", "train")
 
 HELDOUT_PERCENT = 10
 _SPLIT_SALT = "trdq-shapes-split-v1"
@@ -79,7 +81,25 @@ def heldout_captions(n: int | None = None, seed: int = 0, kind: Kind = "image") 
     The sample is a prefix of one seeded permutation of the held-out pool, so a smaller
     request is the start of a larger one with the same seed (and `kind`).
     """
-    pool = [c for c in all_captions(kind) if is_heldout(c)]
+    return _sample([c for c in all_captions(kind) if is_heldout(c)], n, seed, kind)
+
+
+def split_prompts(
+    split: Split, n: int | None = None, seed: int = 0, kind: Kind = "image"
+) -> list[str]:
+    """Texts of `n` combinations of one split, sampled as `heldout_captions` samples.
+
+    The ``train`` sample is a development set: tuning a quantizer on it leaves the
+    held-out combinations, on which results are reported, untouched.
+    """
+    if split == "heldout":
+        return heldout_prompts(n, seed, kind)
+    if split == "train":
+        return [c.text for c in _sample(train_captions(kind), n, seed, kind)]
+    raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+
+
+def _sample(pool: list[Caption], n: int | None, seed: int, kind: Kind) -> list[Caption]:
     if n is None:
         return pool
     if not 0 <= n <= len(pool):

@@ -15,6 +15,10 @@ released algorithm, which runs on the reference backend whatever ``--backend`` s
 ``--ablation w4a8`` likewise with ``faithful-w4a8``, and the lower widths ``w6a6`` and
 ``w4a4`` (for models where W8A8 is lossless even with min-max, so the components' effects
 show) with theirs.
+
+``--split train`` draws the prompts from the training combinations instead: a development
+set on which a quantizer can be tuned while the held-out prompts stay unseen until the
+report.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from trdq.data.split import SPLITS
 from trdq.eval.report import QualityReport, quality_markdown, run_quality, similarity_to
 
 logger = logging.getLogger(__name__)
@@ -159,8 +164,8 @@ def canonical_order(names: Sequence[str]) -> list[str]:
 def evaluate_settings(
     args: argparse.Namespace, settings: Sequence[str], on_result=None
 ) -> tuple[QualityReport, list[SettingInfo]]:
-    """Run every setting on the held-out prompts; the report holds fp first."""
-    from trdq.data.split import heldout_prompts
+    """Run every setting on the ``--split`` prompts; the report holds fp first."""
+    from trdq.data.split import split_prompts
     from trdq.pipeline import max_frames, pipeline_task
 
     report: QualityReport | None = None
@@ -176,7 +181,7 @@ def evaluate_settings(
         infos.append(info)
         if report is None:
             args.task = pipeline_task(pipe)
-            prompts = heldout_prompts(args.prompts, seed=args.seed, kind=args.task)
+            prompts = split_prompts(args.split, args.prompts, seed=args.seed, kind=args.task)
             seeds = [args.seed + i for i in range(len(prompts))]
             report = QualityReport(model=args.model, prompts=len(prompts))
         default = int(pipe.transformer.config.sample_size) * int(pipe.vae_scale_factor)
@@ -352,7 +357,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="add the ablation chain (minmax -> +rot -> +groups -> +search -> full) "
         "and the faithful preset; repeatable or comma-separated",
     )
-    p.add_argument("--prompts", type=int, default=32, help="held-out prompts (default 32)")
+    p.add_argument("--prompts", type=int, default=32, help="prompts (default 32)")
+    p.add_argument(
+        "--split",
+        choices=SPLITS,
+        default="heldout",
+        help="prompt combinations: heldout (the report; default) or train (a development "
+        "set for tuning a quantizer without looking at the held-out prompts; writes no "
+        "Markdown unless --out-md is given)",
+    )
     p.add_argument(
         "--seed",
         type=int,
@@ -375,7 +388,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", default="~/.cache/trdq")
     p.add_argument("--json", help="write the report JSON here (updated after every setting)")
     p.add_argument(
-        "--out-md", default="docs/QUALITY.md", help="Markdown to update ('' or 'none' to skip)"
+        "--out-md",
+        default=None,
+        help="Markdown to update ('' or 'none' to skip; default docs/QUALITY.md for the "
+        "heldout split, none for train)",
     )
     p.add_argument("--note", action="append", default=[], help="extra note for the Markdown")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -393,6 +409,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.prompts < 1 or args.batch < 1 or args.steps < 1:
         print("trdq eval: --prompts, --batch and --steps must be >= 1", file=sys.stderr)
         return 2
+    if args.out_md is None:
+        args.out_md = "docs/QUALITY.md" if args.split == "heldout" else "none"
     quant = args.quant if args.quant is not None or args.ablation else "w8a8,w4a8"
     try:
         settings = expand_settings(quant, args.ablation)
@@ -417,8 +435,15 @@ def main(argv: list[str] | None = None) -> int:
             report.model, report.prompts, sorted(report.results, key=lambda r: order.index(r.quant))
         )
         if args.json:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
             Path(args.json).write_text(report.to_json() + "\n")
-        targets = target_notes(report, args.task)
+        if args.split == "heldout":
+            targets = target_notes(report, args.task)
+        else:
+            targets = [
+                f"Prompts from the {args.split.upper()} split (a development set): the "
+                + "issue's targets are judged on held-out prompts only."
+            ]
         notes = [*targets, *setting_notes(settings, infos), *args.note]
         if args.calib_prompts:
             notes.append(
