@@ -222,7 +222,7 @@ def _apply(pipe: Any, config: QuantConfig, calib: CalibrationResult,
                 linear, calib.params[name], backend, context,
                 weight_bits=config.weight_bits, act_bits=config.act_bits, fp8=config.fp8,
                 act_mode=config.act_mode, cfg_wise=config.cfg_wise,
-                act_center=config.act_center,
+                act_center=config.act_center, cfg_delta=config.cfg_delta,
             )
         set_submodule(denoiser, name, new)
         layers[name] = new

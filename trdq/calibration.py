@@ -333,7 +333,8 @@ def _search_cfg_pair(pairs, rotate, range_of, weight_sub, w_fake, grid, config):
     error (which is what serves without CFG), evaluated on paired token rows, over
     separate clip pairs (c_u, c_c) and, in static mode, shared scales. The separable
     form |(1-w) d_u + w d_c|^2 = (1-w)^2 |d_u|^2 + w^2 |d_c|^2 + 2 w (1-w) <d_u, d_c>
-    makes the C x C grid cost 2C GEMMs.
+    makes the C x C grid cost 2C GEMMs. With ``cfg_delta`` the cond column is the clip of
+    the delta rows (``x_c - x_u``), and the errors are those of the served sums.
     Returns ((clip_u, clip_c), (scale_u, scale_c)).
     """
     w = float(config.calib_guidance_scale)
@@ -351,14 +352,24 @@ def _search_cfg_pair(pairs, rotate, range_of, weight_sub, w_fake, grid, config):
         return P.dynamic_row_scale(x_r, config.act_bits, fp8=config.fp8)
 
     cand_u = (grid[:, None] * base(xu_r, a_u)[None]).clamp_min(P.MIN_SCALE)
-    cand_c = (grid[:, None] * base(xc_r, a_c)[None]).clamp_min(P.MIN_SCALE)
     du = _residuals(xu_r, yu, w_fake, cand_u, config)
-    dc = _residuals(xc_r, yc, w_fake, cand_c, config)
-    numel = du.shape[1]
-    nu, nc = du.pow(2).mean(1), dc.pow(2).mean(1)
-    cross = du @ dc.t() / numel
-    guided = (1 - w) ** 2 * nu[:, None] + w**2 * nc[None, :] + 2 * w * (1 - w) * cross
-    total = guided + nc[None, :]
+    nu = du.pow(2).mean(1)
+    if config.cfg_delta:
+        # cond rows are served as u + d: e_c = e_u + e_d, guided e_u + w e_d; the second
+        # column is the clip of the delta rows d = x_c - x_u
+        xd_r, yd = xc_r - xu_r, yc - yu
+        cand_d = (grid[:, None] * base(xd_r, a_c)[None]).clamp_min(P.MIN_SCALE)
+        dd = _residuals(xd_r, yd, w_fake, cand_d, config)
+        nd = dd.pow(2).mean(1)
+        cross = du @ dd.t() / du.shape[1]
+        total = 2 * nu[:, None] + (w**2 + 1) * nd[None, :] + 2 * (w + 1) * cross
+    else:
+        cand_c = (grid[:, None] * base(xc_r, a_c)[None]).clamp_min(P.MIN_SCALE)
+        dc = _residuals(xc_r, yc, w_fake, cand_c, config)
+        nc = dc.pow(2).mean(1)
+        cross = du @ dc.t() / du.shape[1]
+        guided = (1 - w) ** 2 * nu[:, None] + w**2 * nc[None, :] + 2 * w * (1 - w) * cross
+        total = guided + nc[None, :]
     flat = int(torch.argmin(total))
     i, j = divmod(flat, total.shape[1])
     best = (float(total[i, j]), (float(grid[i]), float(grid[j])),

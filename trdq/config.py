@@ -112,6 +112,11 @@ class QuantConfig:
     weight_rounding: WeightRounding = "nearest"
     #: separate activation parameters for the uncond/cond halves of a CFG batch
     cfg_wise: bool = True
+    #: dynamic mode, CFG batches: quantize each cond row as its difference from the paired
+    #: uncond row and add the uncond output back (``y_c = y_u + W d``): the halves share
+    #: their rounding error, which guidance would otherwise amplify ~(2w - 1)x
+    #: (trdq/nn/quant_linear.py). On with the CFG-wise stage.
+    cfg_delta: bool = False
     #: faithful only: run the denoiser once per CFG half (as the released code)
     cfg_split: bool = False
 
@@ -157,6 +162,8 @@ class QuantConfig:
                              f"{self.embedder_weight_bits}")
         if self.act_center and self.act_mode != "dynamic":
             raise ValueError("act_center needs act_mode='dynamic'")
+        if self.cfg_delta and self.act_mode != "dynamic":
+            raise ValueError("cfg_delta needs act_mode='dynamic' (per-token scales)")
         if self.weight_rounding not in ("nearest", "gptq"):
             raise ValueError(f"weight_rounding must be nearest or gptq, got {self.weight_rounding!r}")
         if self.fp8 and (self.weight_rounding == "gptq" or self.weight_clip_search):
@@ -252,6 +259,10 @@ def _chain(
 ) -> QuantConfig:
     """Ablation stage 0..4: minmax, +rot, +groups, +search, +cfg-wise (full).
 
+    The CFG-wise stage searches the activation clip per CFG half against the guided
+    output's error and, with per-token activations, quantizes cond rows as deltas from
+    their uncond rows (``cfg_delta``).
+
     The search stage also calibrates the integer weights: a clip per output channel
     (``weight_clip_search``) and GPTQ rounding (``weight_rounding``), both from the
     calibration rows (the W4A8 lever; at W8A8 +0.2-0.6 dB to FP; docs/QUALITY.md).
@@ -274,6 +285,7 @@ def _chain(
         weight_clip_search=stage >= 3,
         weight_rounding="gptq" if stage >= 3 else "nearest",
         cfg_wise=stage >= 4,
+        cfg_delta=stage >= 4 and act_mode == "dynamic",
     )
 
 

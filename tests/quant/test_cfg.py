@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from trdq import api
 from trdq import primitives as P
+from trdq.config import QuantConfig
 from trdq.kernels import ActQuant, get_backend
 from trdq.nn import LayerQuantParams, QuantLinear
 from trdq.testing.tiny import TINY_PROMPTS, tiny_pixart_pipeline
@@ -121,3 +123,65 @@ def test_dynamic_halves_use_their_own_clip_ratios():
     seen.clear()
     run_image(pipe, TINY_PROMPTS[:2], steps=4, guidance=1.0)  # no CFG: cond ratio
     assert seen and all(torch.allclose(rows, clips[g, 1].expand_as(rows)) for g, rows in seen)
+
+
+def _delta_layer(cfg_delta: bool, ctx: QuantContext, bias: bool = True) -> QuantLinear:
+    torch.manual_seed(1)
+    linear = torch.nn.Linear(128, 48, bias=bias)
+    params = LayerQuantParams(128, None, torch.ones(1, 2), torch.ones(1, 2))
+    return QuantLinear.from_linear(linear, params, get_backend("cpu_int8"), ctx,
+                                   act_mode="dynamic", act_center=True, cfg_delta=cfg_delta)
+
+
+def test_cfg_delta_quantizes_cond_rows_as_differences():
+    """Cond rows go through the GEMM as x_c - x_u and come back as y_u + W d: identical
+    halves get identical outputs, and the guided output is closer to the exact one."""
+    ctx = QuantContext(num_groups=1, group=0, cfg_active=True)
+    plain, delta = _delta_layer(False, ctx), _delta_layer(True, ctx)
+    linear = torch.nn.Linear(128, 48)
+    linear.load_state_dict({"weight": _dequantized(delta), "bias": delta.bias})
+    x_u = torch.randn(3, 10, 128) * 4
+    same = delta(torch.cat([x_u, x_u]))
+    # the delta rows are exact zeros: the halves differ only by adding and removing the bias
+    torch.testing.assert_close(same[:3], same[3:], rtol=0, atol=1e-5)
+    x_c = x_u + 0.2 * torch.randn_like(x_u)  # guidance: the halves differ a little
+    x = torch.cat([x_u, x_c])
+    with torch.no_grad():
+        exact = linear(x)
+
+    def guided(y, w=4.5):
+        return y[:3] + w * (y[3:] - y[:3])
+
+    err_plain = P.sqnr_db(guided(exact), guided(plain(x)))
+    err_delta = P.sqnr_db(guided(exact), guided(delta(x)))
+    assert err_delta > err_plain + 6, (err_plain, err_delta)
+    # without CFG the layer is the plain one
+    ctx.cfg_active = False
+    torch.testing.assert_close(delta(x), plain(x))
+
+
+def test_cfg_delta_without_bias_and_config_rules():
+    ctx = QuantContext(num_groups=1, group=0, cfg_active=True)
+    layer = _delta_layer(True, ctx, bias=False)
+    x_u = torch.randn(2, 4, 128)
+    y = layer(torch.cat([x_u, x_u]))
+    assert torch.equal(y[:2], y[2:])
+    assert "cfg_delta" in layer.extra_repr()
+    params = LayerQuantParams(128, None, torch.ones(1, 2), torch.ones(1, 2))
+    with pytest.raises(ValueError, match="dynamic"):
+        QuantLinear.from_linear(torch.nn.Linear(128, 8), params, get_backend("cpu_int8"), ctx,
+                                act_mode="static", cfg_delta=True)
+    with pytest.raises(ValueError, match="dynamic"):
+        QuantConfig(act_mode="static", cfg_delta=True)
+    assert QuantConfig.preset("w8a8").cfg_delta and QuantConfig.preset("w4a8").cfg_delta
+    assert not QuantConfig.preset("w8a8-rot-groups-search").cfg_delta
+    assert not QuantConfig.preset("w8a8-static").cfg_delta
+
+
+def _dequantized(layer: QuantLinear) -> torch.Tensor:
+    """The layer's effective float weight in the input basis (rotation undone)."""
+    from trdq.rotation import rotate_weight
+
+    q, scale = layer.backend.unpack(layer.packed)
+    w_rot = q.float() * scale[:, None]
+    return rotate_weight(w_rot, layer.rotation_block)  # a normalized Hadamard is its own inverse
