@@ -110,7 +110,8 @@ class QuantConfig:
     #: the calibration rows, trdq/gptq.py; the integers are stored in the artifact).
     #: On from the search stage.
     weight_rounding: WeightRounding = "nearest"
-    #: separate activation parameters for the uncond/cond halves of a CFG batch
+    #: separate activation parameters for the uncond/cond halves of a CFG batch, searched
+    #: against the guided output's error; integer weights calibrated on the guided rows
     cfg_wise: bool = True
     #: dynamic mode, CFG batches: quantize each cond row as its difference from the paired
     #: uncond row and add the uncond output back (``y_c = y_u + W d``): the halves share
@@ -260,7 +261,8 @@ def _chain(
     """Ablation stage 0..4: minmax, +rot, +groups, +search, +cfg-wise (full).
 
     The CFG-wise stage searches the activation clip per CFG half against the guided
-    output's error and, with per-token activations, quantizes cond rows as deltas from
+    output's error, calibrates the integer weights on the guided rows (trdq/calibration.py
+    ``_weight_rows``) and, with per-token activations, quantizes cond rows as deltas from
     their uncond rows (``cfg_delta``).
 
     The search stage also calibrates the integer weights: a clip per output channel

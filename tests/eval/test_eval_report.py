@@ -54,6 +54,16 @@ def test_run_quality_layout_and_values():
     assert "| w8a8 |" in markdown and "n/a" in markdown
 
 
+def test_scoring_in_worker_processes_matches_one_process():
+    prompts = heldout_prompts(16, seed=2)
+    settings = {"fp": _renderer(), "noisy": _renderer(12.0)}
+    serial = run_quality("m", settings, prompts)
+    parallel = run_quality("m", settings, prompts, workers=2)
+    for a, b in zip(serial.results, parallel.results):
+        assert (a.accuracy, a.per_attribute, a.psnr_to_fp, a.ssim_to_fp) == (
+            b.accuracy, b.per_attribute, b.psnr_to_fp, b.ssim_to_fp)
+
+
 def test_identical_samples_keep_json_finite():
     prompts = heldout_prompts(3, seed=1)
     report = run_quality("m", {"fp": _renderer(), "same": _renderer()}, prompts, seeds=[5, 6, 7])

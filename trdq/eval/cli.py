@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
+import os
 import re
 import shlex
 import sys
@@ -54,7 +55,9 @@ STAGE_TEXT = {
     "-rot-groups-search": "+ per-group clip-ratio search and calibrated integer weights (a "
                           "clip per output channel by the output error on the calibration "
                           "rows, then GPTQ rounding)",
-    "": "+ CFG-wise clip ratios (full TR-DQ)",
+    "": "+ CFG-aware parameters (full TR-DQ): clip ratios per CFG half and integer "
+        "weights calibrated against the guided output's error, cond rows quantized as "
+        "their difference from the uncond rows (CFG-delta; not in the -static chain)",
 }
 #: targets of issue 5 (accuracy in points = percentage points)
 TARGETS = {
@@ -196,12 +199,15 @@ def evaluate_settings(
 
         # one setting per run_quality call (one pipeline held at a time); the similarity
         # to the reference samples kept from the fp run is filled in here
-        result = run_quality(args.model, {name: recording}, prompts, seeds, reference=REFERENCE)
+        result = run_quality(args.model, {name: recording}, prompts, seeds,
+                             reference=REFERENCE, workers=args.workers)
         row = result.result(name)
         if name == REFERENCE:
             reference_samples = samples
         else:
-            row.psnr_to_fp, row.ssim_to_fp = similarity_to(reference_samples, samples)
+            row.psnr_to_fp, row.ssim_to_fp = similarity_to(
+                reference_samples, samples, workers=args.workers
+            )
         report.results.append(row)
         logger.info(
             "%s: accuracy %.3f, PSNR %s dB, SSIM %s, %.1f s (calibration %.1f s, %s)",
@@ -394,6 +400,12 @@ def build_parser() -> argparse.ArgumentParser:
         "heldout split, none for train)",
     )
     p.add_argument("--note", action="append", default=[], help="extra note for the Markdown")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=min(8, os.cpu_count() or 1),
+        help="processes scoring the samples (default: up to 8, one per core)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
@@ -406,8 +418,9 @@ def main(argv: list[str] | None = None) -> int:
             stream=sys.stderr,
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         )
-    if args.prompts < 1 or args.batch < 1 or args.steps < 1:
-        print("trdq eval: --prompts, --batch and --steps must be >= 1", file=sys.stderr)
+    if min(args.prompts, args.batch, args.steps, args.workers) < 1:
+        print("trdq eval: --prompts, --batch, --steps and --workers must be >= 1",
+              file=sys.stderr)
         return 2
     if args.out_md is None:
         args.out_md = "docs/QUALITY.md" if args.split == "heldout" else "none"
