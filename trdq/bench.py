@@ -318,6 +318,13 @@ class _Runner:
                     info[f"peak_by_stage_gb@b{batch}"] = stages.report(pool)
             if "denoiser_step" in args.scopes:
                 inputs = preset.step_inputs(transformer, batch, dev, self._dtype_for(row))
+                # the step is called without the pipeline, which is what tells a quantized
+                # denoiser that its batch is [uncond, cond] (per-half parameters, CFG-delta)
+                from trdq.api import STATE_ATTR
+
+                state = getattr(transformer, STATE_ATTR, None)
+                if state is not None:
+                    state.context.cfg_override = preset.guidance_scale > 1
 
                 def step(inputs=inputs):
                     with torch.inference_mode():

@@ -123,3 +123,22 @@ def test_unknown_row_is_reported_not_fatal(tmp_path):
     assert rc == 1  # no results
     details = json.loads((tmp_path / "b.json.details.json").read_text())
     assert "bogus-eager" in details["errors"]
+
+
+def test_denoiser_step_of_a_quantized_row_runs_as_a_cfg_batch(tmp_path, monkeypatch):
+    """The step scope calls the denoiser without the pipeline: it must still tell the
+    quantized layers that the batch is [uncond, cond] (per-half clips, CFG-delta)."""
+    from trdq.nn import QuantLinear
+
+    seen = []
+    original = QuantLinear.forward
+
+    def spy(self, x):
+        seen.append(self.context.cfg_active)
+        return original(self, x)
+
+    monkeypatch.setattr(QuantLinear, "forward", spy)
+    rc = _bench_cpu(tmp_path / "b.json", "w8a8-eager", "--no-markdown", "--runs", "1",
+                    "--step-runs", "1", "--warmup", "0", "--scopes", "denoiser_step",
+                    "--calib-prompts", "1")
+    assert rc == 0 and seen and all(seen)
