@@ -285,10 +285,11 @@ class QuantLinear(nn.Module):
         out = self.backend.linear(x2, self.packed, act, self.bias)
         if center is not None:
             out = out + center.to(out.dtype) * self.weight_sum.to(out.dtype)
-        if delta:  # y_c = y_u + (W d + b) - b, in place on the backend's fresh output
-            out[half:] += out[:half]
+        if delta:  # y_c = y_u + (W d + b) - b
+            y_u, y_c = out[:half], out[half:] + out[:half]
             if self.bias is not None:
-                out[half:] -= self.bias.to(out.dtype)
+                y_c = y_c - self.bias.to(out.dtype)
+            out = torch.cat((y_u, y_c))
         return out.reshape(*lead, self.out_features)
 
     def extra_repr(self) -> str:
