@@ -11,6 +11,8 @@ from trdq.rotation import (
     block_hadamard_matrix,
     fwht,
     hadamard_block_size,
+    hadamard_transform,
+    hadamard_transform_factored,
     rotate_weight,
 )
 
@@ -70,3 +72,17 @@ def test_duquant_rotation_is_orthogonal():
     w = torch.randn(3, 256)
     torch.testing.assert_close(rot.apply(x) @ rot.apply(w).T, x @ w.T, atol=1e-4, rtol=1e-4)
     assert sorted(rot.perm.tolist()) == list(range(256))
+
+
+@pytest.mark.parametrize("block", [1, 2, 8, 32, 128, 256])
+def test_factored_hadamard_matches_the_dense_one(block):
+    x = torch.randn(5, 3 * block)
+    torch.testing.assert_close(hadamard_transform_factored(x, block),
+                               hadamard_transform(x, block), rtol=0, atol=1e-5)
+
+
+def test_factored_hadamard_keeps_dtype_and_checks_the_width():
+    x = torch.randn(4, 256, dtype=torch.bfloat16)
+    assert hadamard_transform_factored(x, 128).dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="divide"):
+        hadamard_transform_factored(torch.randn(2, 96), 64)

@@ -16,7 +16,9 @@ plain ATen ops instead (``int8_linear_math``): Inductor then fuses the rotation'
 the per-token scale, the rounding and the int32 epilogue with their neighbours into a few
 C++ loops around the ``_int_mm`` call, where the opaque op kept every pass separate
 (1.3-1.7x per linear on 2 cores in an ad-hoc timing; the whole `cpu-small` step then ties
-bf16 + compile, docs/KERNELS.md). Both paths run the same function.
+bf16 + compile, docs/KERNELS.md). Both paths run the same function; compiled, it rotates
+with ``hadamard_transform_factored`` (two small Hadamard factors, fused by Inductor) in
+place of the dense block GEMM.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from trdq import primitives as P
 from trdq.config import INT_BITS
 from trdq.kernels.base import ActQuant, KernelBackend
 from trdq.kernels.registry import register
-from trdq.rotation import hadamard_transform
+from trdq.rotation import hadamard_transform, hadamard_transform_factored
 
 __all__ = ["CpuInt8Backend"]
 
@@ -51,7 +53,9 @@ def int8_linear_math(
     if smooth_divisor is not None:
         xf = xf / smooth_divisor
     if rotation_block > 0:
-        xf = hadamard_transform(xf, rotation_block)
+        # compiled: the factored form fuses into two cheap loops; eager: one BLAS GEMM
+        rotate = hadamard_transform_factored if torch.compiler.is_compiling() else hadamard_transform
+        xf = rotate(xf, rotation_block)
     if row_scale is None:
         a_scale = P.dynamic_row_scale(xf, bits, clip_ratio)
     else:
