@@ -114,7 +114,7 @@ def hadamard_transform_factored(x: torch.Tensor, block: int) -> torch.Tensor:
     k = x.shape[-1]
     if k % block:
         raise ValueError(f"block {block} does not divide width {k}")
-    p = 1 << (block.bit_length() - 1) // 2
+    p = 1 << ((block.bit_length() - 1) // 2)  # b = 2^k -> p = 2^(k // 2)
     q = block // p
     h_p = _normalized_hadamard(p, str(x.device), torch.float32)
     h_q = _normalized_hadamard(q, str(x.device), torch.float32)
