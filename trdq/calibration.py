@@ -354,23 +354,20 @@ def _search_cfg_pair(pairs, rotate, range_of, weight_sub, w_fake, grid, config):
 
     cand_u = (grid[:, None] * base(xu_r, a_u)[None]).clamp_min(P.MIN_SCALE)
     du = _residuals(xu_r, yu, w_fake, cand_u, config)
-    nu = du.pow(2).mean(1)
+    # the second column's rows: the cond rows, or with cfg_delta the differences they are
+    # served as (e_c = e_u + e_d). Either way guided = g_u e_u + g_2 e_2, cond = c_u e_u + c_2 e_2
     if config.cfg_delta:
-        # cond rows are served as u + d: e_c = e_u + e_d, guided e_u + w e_d; the second
-        # column is the clip of the delta rows d = x_c - x_u
-        xd_r, yd = xc_r - xu_r, yc - yu
-        cand_d = (grid[:, None] * base(xd_r, a_c)[None]).clamp_min(P.MIN_SCALE)
-        dd = _residuals(xd_r, yd, w_fake, cand_d, config)
-        nd = dd.pow(2).mean(1)
-        cross = du @ dd.t() / du.shape[1]
-        total = 2 * nu[:, None] + (w**2 + 1) * nd[None, :] + 2 * (w + 1) * cross
+        x2_r, y2 = xc_r - xu_r, yc - yu
+        (g_u, g_2), (c_u, c_2) = (1.0, w), (1.0, 1.0)
     else:
-        cand_c = (grid[:, None] * base(xc_r, a_c)[None]).clamp_min(P.MIN_SCALE)
-        dc = _residuals(xc_r, yc, w_fake, cand_c, config)
-        nc = dc.pow(2).mean(1)
-        cross = du @ dc.t() / du.shape[1]
-        guided = (1 - w) ** 2 * nu[:, None] + w**2 * nc[None, :] + 2 * w * (1 - w) * cross
-        total = guided + nc[None, :]
+        x2_r, y2 = xc_r, yc
+        (g_u, g_2), (c_u, c_2) = (1 - w, w), (0.0, 1.0)
+    cand_2 = (grid[:, None] * base(x2_r, a_c)[None]).clamp_min(P.MIN_SCALE)
+    d2 = _residuals(x2_r, y2, w_fake, cand_2, config)
+    nu, n2 = du.pow(2).mean(1), d2.pow(2).mean(1)
+    cross = du @ d2.t() / du.shape[1]
+    total = ((g_u**2 + c_u**2) * nu[:, None] + (g_2**2 + c_2**2) * n2[None, :]
+             + 2 * (g_u * g_2 + c_u * c_2) * cross)
     flat = int(torch.argmin(total))
     i, j = divmod(flat, total.shape[1])
     best = (float(total[i, j]), (float(grid[i]), float(grid[j])),

@@ -119,8 +119,9 @@ def hadamard_transform_factored(x: torch.Tensor, block: int) -> torch.Tensor:
     h_p = _normalized_hadamard(p, str(x.device), torch.float32)
     h_q = _normalized_hadamard(q, str(x.device), torch.float32)
     y = x.float().reshape(-1, p, 1, q)
-    y = (y * h_q.t().reshape(1, 1, q, q)).sum(-1)  # X H_q       [n, p, q]
-    y = (y.unsqueeze(1) * h_p.reshape(1, p, p, 1)).sum(2)  # H_p (X H_q): H is symmetric
+    # Sylvester matrices are symmetric: X H_q, then H_p (X H_q), each as a summed product
+    y = (y * h_q.reshape(1, 1, q, q)).sum(-1)  # [n, p, q]
+    y = (y.unsqueeze(1) * h_p.reshape(1, p, p, 1)).sum(2)
     return y.reshape(x.shape).to(x.dtype)
 
 

@@ -454,8 +454,8 @@ def main(argv: list[str] | None = None) -> int:
             targets = target_notes(report, args.task)
         else:
             targets = [
-                f"Prompts from the {args.split.upper()} split (a development set): the "
-                + "issue's targets are judged on held-out prompts only."
+                (f"Prompts from the {args.split.upper()} split (a development set): the "
+                 "issue's targets are judged on held-out prompts only.")
             ]
         notes = [*targets, *setting_notes(settings, infos), *args.note]
         if args.calib_prompts:
