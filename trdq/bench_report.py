@@ -25,9 +25,9 @@ def _versions() -> dict[str, str]:
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    from trdq.machine import cpu_model
+    from trdq.machine import cpu_isa, cpu_model
 
-    return f"CPU {cpu_model()} x{torch.get_num_threads()} threads"
+    return f"CPU {cpu_model()} ({cpu_isa()}) x{torch.get_num_threads()} threads"
 
 
 def write_outputs(

@@ -35,7 +35,7 @@ from pathlib import Path
 import httpx
 
 from trdq import loadtest
-from trdq.machine import cpu_model
+from trdq.machine import cpu_isa, cpu_model
 
 logger = logging.getLogger(__name__)
 
@@ -205,7 +205,7 @@ def machine_description() -> str:
         names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
         gpus = f"{len(names)}x {names[0]}" if len(set(names)) == 1 else ", ".join(names)
         return f"{gpus}, torch {torch.__version__}"
-    return f"CPU {cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__}"
+    return f"CPU {cpu_model()} ({cpu_isa()}), {os.cpu_count()} cores, torch {torch.__version__}"
 
 
 def render(suite: str, data: dict, args: argparse.Namespace, command: str,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import platform
 from pathlib import Path
 
-__all__ = ["cpu_model"]
+__all__ = ["cpu_isa", "cpu_model"]
 
 
 def cpu_model() -> str:
@@ -17,3 +17,18 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def cpu_isa() -> str:
+    """The widest matrix instructions PyTorch uses on this CPU: "AMX", "AVX-512 VNNI",
+    else its vector capability ("AVX2", "AVX512", ...). CPUs sold under one model name
+    (e.g. "AMD EPYC") differ here, and int8 GEMM speed depends on it (see
+    trdq/kernels/cpu_int8.py), so every CPU measurement names it."""
+    import torch
+
+    cpu = getattr(torch, "cpu", None)
+    if getattr(cpu, "_is_amx_tile_supported", lambda: False)():
+        return "AMX"
+    if getattr(cpu, "_is_vnni_supported", lambda: False)():
+        return "AVX-512 VNNI"
+    return torch.backends.cpu.get_cpu_capability()

@@ -7,7 +7,7 @@ import torch
 
 from trdq import primitives as P
 from trdq.config import QuantConfig
-from trdq.kernels import ActQuant, BackendUnavailableError, get_backend, select_backend
+from trdq.kernels import ActQuant, BackendUnavailableError, cpu_int8, get_backend, select_backend
 from trdq.rotation import hadamard_block_size, rotate_weight
 
 
@@ -64,13 +64,13 @@ def test_cpu_int8_matches_reference(bits, act_bits, mode, m, k, n, smooth):
 def test_lower_activation_widths_really_use_fewer_levels(monkeypatch):
     """W4A4 through cpu_int8: the activations that reach the int8 GEMM hold at most 15 levels."""
     seen = {}
-    real_int_mm = torch._int_mm
+    real_matmul = cpu_int8.int8_matmul
 
     def spy(a, b):
         seen["a"] = a
-        return real_int_mm(a, b)
+        return real_matmul(a, b)
 
-    monkeypatch.setattr(torch, "_int_mm", spy)
+    monkeypatch.setattr(cpu_int8, "int8_matmul", spy)
     x, _, bias, _, block, q, scale = _case(40, 256, 64, 4, False)
     fast = get_backend("cpu_int8")
     act = ActQuant(bits=4, rotation_block=block, clip_ratio=1.0)
@@ -78,6 +78,34 @@ def test_lower_activation_widths_really_use_fewer_levels(monkeypatch):
     assert seen["a"].dtype == torch.int8
     assert int(seen["a"].abs().max()) == 7
     assert fast.supports(QuantConfig.preset("w4a4"))[0]
+
+
+@pytest.mark.parametrize("fast_int_mm", [True, False])
+def test_both_int8_gemm_paths_are_exact(monkeypatch, fast_int_mm):
+    """torch._int_mm (VNNI/AMX CPUs) and the fp32 GEMM of the integers (other CPUs) both
+    give the exact int32 product, at full scale (every product +-127^2) for K = 1024."""
+    monkeypatch.setattr(cpu_int8, "FAST_INT_MM", fast_int_mm)
+    gen = torch.Generator().manual_seed(3)
+    sign = lambda *shape: torch.randint(0, 2, shape, generator=gen, dtype=torch.int32) * 2 - 1
+    a = (sign(24, 1024) * 127).to(torch.int8)
+    b = (sign(40, 1024) * 127).to(torch.int8)
+    a[0], b[0] = 127, 127  # one all-positive sum: 1024 x 127^2 = 16.5M < 2^24
+    exact = a.to(torch.int64) @ b.to(torch.int64).t()
+    got = cpu_int8.int8_matmul(a, b)
+    assert got.dtype == torch.float32
+    assert torch.equal(got.to(torch.int64), exact)
+
+
+def test_cpu_int8_matches_reference_on_either_gemm_path(monkeypatch):
+    x, _, bias, s, block, q, scale = _case(33, 1152, 96, 8, True)
+    act = ActQuant(rotation_block=block, smooth_divisor=s, clip_ratio=0.9)
+    fast = get_backend("cpu_int8")
+    packed = fast.pack(q, scale, 8)
+    outs = []
+    for flag in (True, False):
+        monkeypatch.setattr(cpu_int8, "FAST_INT_MM", flag)
+        outs.append(fast.linear(x, packed, act, bias))
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-6, atol=1e-5)
 
 
 def test_int4_weights_are_really_packed():

@@ -2,6 +2,16 @@
 
 ``torch._int_mm`` on CPU (oneDNN; AVX-512 VNNI / AMX here) computes an exact int32
 product for any M (no M > 16 restriction on CPU, unlike CUDA), so no padding is needed.
+
+Only CPUs with int8 dot-product instructions (AVX-512 VNNI, AMX) get oneDNN's kernel
+there: elsewhere PyTorch falls back to a plain loop, 30-60x slower than an fp32 GEMM
+(AMD EPYC with AVX2 only, 2 cores: 160-1000 ms against 6-18 ms for the same
+``512 x 768 x 768..3072`` product). On such CPUs (``FAST_INT_MM`` False) the integer
+product is computed as an fp32 GEMM of the same integers, exact while partial sums stay
+below 2^24 (K <= 1040 at full scale; beyond, within fp32 rounding) and as fast as fp32:
+the weights stay int8 in memory, and there is no int8 speed-up to be had without those
+instructions (oneDNN's AVX2 u8 x s8 kernel saturates int16 pairs, so 8-bit activations
+would need two GEMMs: no faster either). ``TRDQ_CPU_INT_MM=1`` / ``0`` forces either path.
 The epilogue ``acc * (act_scale[m] * weight_scale[n]) + bias`` runs in place on the
 int32->float32 result: one extra pass over the ``[M, N]`` output.
 
@@ -23,6 +33,10 @@ place of the dense block GEMM.
 
 from __future__ import annotations
 
+import functools
+import logging
+import os
+
 import torch
 
 from trdq import primitives as P
@@ -31,7 +45,37 @@ from trdq.kernels.base import ActQuant, KernelBackend
 from trdq.kernels.registry import register
 from trdq.rotation import hadamard_transform, hadamard_transform_factored
 
-__all__ = ["CpuInt8Backend"]
+__all__ = ["FAST_INT_MM", "CpuInt8Backend", "int8_matmul"]
+
+log = logging.getLogger(__name__)
+
+
+def _fast_int_mm() -> bool:
+    """Whether ``torch._int_mm`` runs oneDNN's int8 kernel on this CPU (see above)."""
+    forced = os.environ.get("TRDQ_CPU_INT_MM", "").strip()
+    if forced in ("0", "1"):
+        return forced == "1"
+    cpu = getattr(torch, "cpu", None)
+    checks = ("_is_vnni_supported", "_is_amx_tile_supported")
+    return any(getattr(cpu, name, lambda: False)() for name in checks)
+
+
+#: torch._int_mm is fast here (int8 dot-product instructions); else an fp32 GEMM of the integers
+FAST_INT_MM = _fast_int_mm()
+
+
+@functools.cache
+def _warn_no_fast_int_mm() -> None:
+    log.warning("cpu_int8: this CPU has no int8 dot-product instructions (AVX-512 VNNI or "
+                "AMX); int8 GEMMs run as fp32 GEMMs of the same integers (fp32 speed, int8 "
+                "weight memory)")
+
+
+def int8_matmul(xq: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Exact ``xq [M, K] int8 @ weight [N, K] int8 ^T`` as float32 ``[M, N]``."""
+    if FAST_INT_MM:
+        return torch._int_mm(xq, weight.t()).to(torch.float32)
+    return xq.to(torch.float32) @ weight.to(torch.float32).t()
 
 
 def int8_linear_math(
@@ -62,8 +106,7 @@ def int8_linear_math(
         a_scale = row_scale.float().clamp_min(P.MIN_SCALE)
     xq = P.quantize_symmetric(xf, a_scale[:, None], bits)
     w = P.unpack_int4(weight) if weight.dtype == torch.uint8 else weight
-    acc = torch._int_mm(xq, w.t())
-    out = acc.to(torch.float32).mul_(a_scale[:, None]).mul_(weight_scale[None, :])
+    out = int8_matmul(xq, w).mul_(a_scale[:, None]).mul_(weight_scale[None, :])
     if bias is not None:
         out.add_(bias.float())
     return out.to(x.dtype)
@@ -90,6 +133,8 @@ class CpuInt8Backend(KernelBackend):
             return False, f"cpu_int8 runs on CPU only, not {device}"
         if not hasattr(torch, "_int_mm"):
             return False, f"torch {torch.__version__} has no torch._int_mm"
+        if not FAST_INT_MM:
+            _warn_no_fast_int_mm()
         return True, ""
 
     def supports(self, config) -> tuple[bool, str]:  # type: ignore[override]
