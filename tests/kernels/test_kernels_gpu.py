@@ -152,6 +152,36 @@ def test_rotate_quant_centring_matches_reference(fp8, smooth, m, k):
     assert P.sqnr_db(deq_ref, deq) > (45 if fp8 else 60)
 
 
+@pytest.mark.parametrize("fp8", [False, True])
+@pytest.mark.parametrize("center", [False, True])
+@pytest.mark.parametrize("smooth", [False, True])
+@pytest.mark.parametrize("m,k", [(2, 1152), (300, 4608), (2048, 1152), (6, 96)])
+def test_rotate_quant_cfg_delta_matches_reference(fp8, center, smooth, m, k):
+    """CFG-delta in the kernel: cond rows differenced (in float32) at every load of x,
+    before centring, smoothing and rotation; tiles that straddle the halves included."""
+    from trdq.kernels.triton_rotate_quant import rotate_quant_reference, rotate_quant_triton
+
+    if fp8 and torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("needs sm_89+ for e4m3")
+    half = m // 2
+    x_u = _x(half, k, seed=m + 5).float() + torch.rand(half, 1, device="cuda") * 6
+    x_c = x_u + 0.2 * torch.randn_like(x_u)  # guidance: the halves differ a little
+    x = torch.cat([x_u, x_c]).to(torch.bfloat16)
+    sm = torch.rand(k, device="cuda") + 0.5 if smooth else None
+    dtype = torch.float8_e4m3fn if fp8 else torch.int8
+    kw = {"block": 32 if k == 96 else 128, "smooth": sm, "clip_ratio": 0.9, "out_dtype": dtype}
+    mean_ref = torch.empty(m, device="cuda") if center else None
+    mean = torch.full((m,), 7.0, device="cuda") if center else None
+    q_ref, s_ref = rotate_quant_reference(x, center_out=mean_ref, delta_half=half, **kw)
+    q, s = rotate_quant_triton(x, center_out=mean, delta_half=half, **kw)
+    if center:
+        torch.testing.assert_close(mean, mean_ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(s, s_ref, rtol=1e-4, atol=0)
+    deq, deq_ref = q.float() * s[:, None], q_ref.float() * s_ref[:, None]
+    for rows in (slice(0, half), slice(half, m)):  # the small cond differences on their own
+        assert P.sqnr_db(deq_ref[rows], deq[rows]) > (45 if fp8 else 60)
+
+
 @pytest.mark.parametrize("packed", [False, True])
 def test_lowbit_gemm_rank1_epilogue_matches_reference(packed):
     from trdq.kernels.triton_w4a8 import (

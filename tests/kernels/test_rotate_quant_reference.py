@@ -136,6 +136,67 @@ def test_ops_add_the_mean_back_through_the_weight_sums():
     assert P.sqnr_db(expected, out4.float()) > 40
 
 
+def _cfg_pair(half: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """bf16 rows [uncond; cond] with cond = uncond + a little, and the explicit float32
+    difference [uncond; cond - uncond] that CFG-delta quantizes."""
+    x_u = torch.randn(half, k) * 3 + torch.rand(half, 1) * 4
+    x = torch.cat([x_u, x_u + 0.2 * torch.randn(half, k)]).to(torch.bfloat16)
+    xf = x.float()
+    return x, torch.cat([xf[:half], xf[half:] - xf[:half]])
+
+
+@pytest.mark.parametrize("fp8", [False, True])
+@pytest.mark.parametrize("center", [False, True])
+def test_reference_cfg_delta_equals_the_differenced_input(fp8, center):
+    torch.manual_seed(6)
+    x, differenced = _cfg_pair(5, 256)
+    dtype = torch.float8_e4m3fn if fp8 else torch.int8
+    smooth = torch.rand(256) + 0.5
+    kw = {"block": 128, "smooth": smooth, "clip_ratio": 0.9, "out_dtype": dtype}
+    mean, mean0 = (torch.empty(10), torch.empty(10)) if center else (None, None)
+    q, scale = rotate_quant_reference(x, center_out=mean, delta_half=5, **kw)
+    q0, scale0 = rotate_quant_reference(differenced, center_out=mean0, **kw)
+    assert torch.equal(scale, scale0) and torch.equal(q.float(), q0.float())
+    if center:  # the means are those of the differenced rows
+        assert torch.equal(mean, mean0)
+    # a float32 input is not differenced in place (x.float() returns x itself)
+    xf = x.float()
+    rotate_quant_reference(xf, delta_half=5, **kw)
+    assert torch.equal(xf, x.float())
+
+
+def test_cfg_delta_needs_dynamic_scales_and_two_halves():
+    x = torch.randn(6, 256)
+    with pytest.raises(ValueError, match="dynamic"):
+        rotate_quant_reference(x, block=128, row_scale=torch.ones(6), delta_half=3)
+    with pytest.raises(ValueError, match="half"):
+        rotate_quant_reference(x, block=128, delta_half=2)
+
+
+def test_ops_cfg_delta_match_the_explicit_difference():
+    """The custom ops' reference path (what runs on CPU) with ``delta_half`` gives the
+    same integers / outputs as the ops on the explicitly differenced rows."""
+    torch.manual_seed(7)
+    k, n = 256, 64
+    x, differenced = _cfg_pair(4, k)
+    w, bias = torch.randn(n, k), torch.randn(n)
+    clip = torch.full((8,), 0.9)
+    for fp8 in (False, True):
+        q, scale = ops.rotate_quant(x, None, None, 128, clip, fp8, 4)
+        q0, scale0 = ops.rotate_quant(differenced, None, None, 128, clip, fp8)
+        assert torch.equal(scale, scale0) and torch.equal(q.float(), q0.float())
+    # with centring on too: the ops difference first, then centre (as QuantLinear does)
+    weight_sum = w.sum(dim=1)
+    qw, ws = P.quantize_weight_per_channel(fwht(w, 128), 8, fp8=True)
+    out = ops.fp8_linear(x, qw, ws, bias, None, None, 128, clip, weight_sum, 4)
+    out0 = ops.fp8_linear(differenced, qw, ws, bias, None, None, 128, clip, weight_sum)
+    assert torch.equal(out, out0.to(out.dtype))
+    qw4, ws4 = P.quantize_weight_per_channel(fwht(w, 128), 4)
+    args = (pack_int4_tiled(qw4), ws4, bias, None, None, 128, clip, False, weight_sum)
+    out4 = ops.lowbit_linear(x, *args, 4)
+    assert torch.equal(out4, ops.lowbit_linear(differenced, *args).to(out4.dtype))
+
+
 def test_fake_impls_trace_under_fake_tensors():
     from torch._subclasses.fake_tensor import FakeTensorMode
 
@@ -153,6 +214,12 @@ def test_fake_impls_trace_under_fake_tensors():
         out = ops.lowbit_linear(x, wp, ws, None, None, None, 128, clip, False, ws)
         assert out.shape == (5, 64)
         assert ops.fp8_linear(x, w, ws, None, None, None, 128, clip, ws).shape == (5, 64)
+        x2 = torch.empty(6, 256, dtype=torch.bfloat16)  # CFG-delta: two halves of 3 rows
+        clip2 = torch.empty(6)
+        assert ops.rotate_quant(x2, None, None, 128, clip2, True, 3)[0].shape == (6, 256)
+        assert ops.fp8_linear(x2, w, ws, None, None, None, 128, clip2, None, 3).shape == (6, 64)
+        out = ops.lowbit_linear(x2, wp, ws, None, None, None, 128, clip2, False, ws, 3)
+        assert out.shape == (6, 64)
 
 
 def test_custom_ops_compile_without_graph_break():

@@ -71,6 +71,7 @@ def test_pipeline_halves_use_their_own_calibrated_parameters():
     class Spy:
         name = "spy"
         fuses_centering = original.fuses_centering
+        fuses_cfg_delta = original.fuses_cfg_delta
 
         def linear(self, x, packed, act, bias):
             seen.append((state.context.group, state.context.cfg_active, act.row_scale.clone()))
@@ -107,6 +108,7 @@ def test_dynamic_halves_use_their_own_clip_ratios():
     class Spy:
         name = "spy"
         fuses_centering = original.fuses_centering
+        fuses_cfg_delta = original.fuses_cfg_delta
 
         def linear(self, x, packed, act, bias):
             assert act.row_scale is None  # dynamic: scales come from each token
@@ -176,6 +178,43 @@ def test_cfg_delta_without_bias_and_config_rules():
     assert QuantConfig.preset("w8a8").cfg_delta and QuantConfig.preset("w4a8").cfg_delta
     assert not QuantConfig.preset("w8a8-rot-groups-search").cfg_delta
     assert not QuantConfig.preset("w8a8-static").cfg_delta
+
+
+@pytest.mark.parametrize("backend", ["cuda_fp8", "cuda_w4a8"])
+@pytest.mark.parametrize("center", [False, True])
+def test_fused_cfg_delta_matches_the_python_subtraction(backend, center):
+    """The CUDA backends difference the cond rows inside their ops (whose reference path
+    runs here on the CPU): same output as QuantLinear's own subtraction before the call."""
+    assert get_backend(backend).fuses_cfg_delta
+    assert not get_backend("reference").fuses_cfg_delta
+    seen = []
+
+    class Fused(type(get_backend(backend))):
+        def linear(self, x, packed, act, bias):
+            seen.append(act.cfg_delta_half)
+            return super().linear(x, packed, act, bias)
+
+    class Unfused(Fused):
+        fuses_cfg_delta = False
+
+    class FusedDeltaOnly(Fused):  # centring left to QuantLinear: the delta must be too
+        fuses_centering = False
+
+    torch.manual_seed(4)
+    ctx = QuantContext(num_groups=1, group=0, cfg_active=True)
+    params = LayerQuantParams(128, None, torch.ones(1, 2), torch.tensor([[0.9, 0.95]]))
+    layer = QuantLinear.from_linear(torch.nn.Linear(128, 48), params, Fused(), ctx,
+                                    act_mode="dynamic", act_center=center, cfg_delta=True)
+    x_u = torch.randn(2, 5, 128) * 3
+    x = torch.cat([x_u, x_u + 0.2 * torch.randn_like(x_u)])
+    fused = layer(x)
+    layer.backend = Unfused()
+    unfused = layer(x)
+    assert seen == [10, 0]  # half of the 20 rows, then the Python path
+    torch.testing.assert_close(fused, unfused)
+    if center:
+        layer.backend = FusedDeltaOnly()
+        assert P.sqnr_db(unfused, layer(x)) > 60 and seen[-1] == 0
 
 
 def _dequantized(layer: QuantLinear) -> torch.Tensor:

@@ -21,6 +21,11 @@ Conventions every backend follows (see trdq/rotation.py and trdq/primitives.py):
 - Centring (dynamic mode, ``act.weight_sum`` set): only on backends with
   ``fuses_centering``; they subtract each row's mean before smoothing and add
   ``mean x act.weight_sum`` to the output. Elsewhere ``QuantLinear`` does it around the call.
+- CFG-delta (dynamic mode, ``act.cfg_delta_half`` > 0): only on backends with
+  ``fuses_cfg_delta``; they quantize each row ``r >= cfg_delta_half`` as
+  ``x[r] - x[r - cfg_delta_half]`` before anything else (centring included) and return
+  those rows as ``W d + b``. Elsewhere ``QuantLinear`` subtracts before the call; it adds
+  the uncond output back afterwards on every backend.
 
 ``linear`` does: smooth -> rotate -> quantize -> low-bit GEMM -> rescale (+ bias), and
 returns ``[M, N]`` in the dtype of ``x``.
@@ -75,6 +80,10 @@ class ActQuant:
     #: centring fused into the kernels: ``[N]`` row sums of the effective weight (the
     #: backend centres each activation row and adds ``row mean x weight_sum``), or None
     weight_sum: torch.Tensor | None = None
+    #: CFG-delta fused into the kernels: the rows are [uncond; cond] halves of this many
+    #: rows, and the backend quantizes each cond row as its difference from the paired
+    #: uncond row (saves a pass over [M, K]); 0 = off
+    cfg_delta_half: int = 0
 
     @property
     def static(self) -> bool:
@@ -102,6 +111,9 @@ class KernelBackend(abc.ABC):
     priority: int = 0
     #: whether ``linear`` takes ``act.weight_sum`` (centring inside the kernels)
     fuses_centering: bool = False
+    #: whether ``linear`` takes ``act.cfg_delta_half`` (the CFG-delta subtraction inside
+    #: the kernels)
+    fuses_cfg_delta: bool = False
 
     @abc.abstractmethod
     def is_available(self, device: torch.device | str) -> tuple[bool, str]:

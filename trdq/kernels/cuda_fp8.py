@@ -54,6 +54,7 @@ class CudaFp8Backend(KernelBackend):
     device_types = ("cuda",)
     priority = 25
     fuses_centering = True
+    fuses_cfg_delta = True
 
     def is_available(self, device: torch.device | str) -> tuple[bool, str]:
         reason = fp8_unavailable_reason(device)
@@ -103,6 +104,7 @@ class CudaFp8Backend(KernelBackend):
             act.rotation_block or 0,
             act.row_clip(x.shape[0], x.device),
             act.weight_sum,
+            act.cfg_delta_half,
         )
 
 

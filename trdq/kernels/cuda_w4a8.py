@@ -32,6 +32,7 @@ class CudaW4A8Backend(KernelBackend):
     device_types = ("cuda",)
     priority = 30
     fuses_centering = True
+    fuses_cfg_delta = True
 
     def is_available(self, device: torch.device | str) -> tuple[bool, str]:
         device = torch.device(device)
@@ -96,6 +97,7 @@ class CudaW4A8Backend(KernelBackend):
             act.row_clip(x.shape[0], x.device),
             False,
             act.weight_sum,
+            act.cfg_delta_half,
         )
 
 

@@ -7,19 +7,24 @@ ops themselves are testable on a CPU machine.
 
 Ops (notation M rows, K input channels, N output channels):
 - ``trdq::rotate_quant(x [M,K], smooth?[K], row_scale?[M], rotation_block, clip_ratio,
-  fp8) -> (q [M,K] e4m3|int8, scale [M] fp32)``: the fused activation kernel.
+  fp8, delta_half) -> (q [M,K] e4m3|int8, scale [M] fp32)``: the fused activation kernel.
 - ``trdq::fp8_linear(x [M,K], weight [N,K] e4m3, weight_scale [N], bias?[N], smooth?,
-  row_scale?, rotation_block, clip_ratio, weight_sum?[N]) -> [M,N] x.dtype``: rotate+
-  quantize to e4m3, then ``torch._scaled_mm`` with row-wise scales and the bias in its
-  epilogue.
+  row_scale?, rotation_block, clip_ratio, weight_sum?[N], delta_half) -> [M,N] x.dtype``:
+  rotate+quantize to e4m3, then ``torch._scaled_mm`` with row-wise scales and the bias in
+  its epilogue.
 - ``trdq::lowbit_linear(x, weight [N,K/2] uint8 packed int4 | [N,K] int8, weight_scale,
-  bias?, smooth?, row_scale?, rotation_block, clip_ratio, act_fp8, weight_sum?[N]) ->
-  [M,N]``: rotate+quantize to int8 (or e4m3), then the Triton GEMM that unpacks 4-bit
-  weights in registers.
+  bias?, smooth?, row_scale?, rotation_block, clip_ratio, act_fp8, weight_sum?[N],
+  delta_half) -> [M,N]``: rotate+quantize to int8 (or e4m3), then the Triton GEMM that
+  unpacks 4-bit weights in registers.
 
 ``weight_sum`` given (dynamic mode): the activation kernel centres each row and the GEMM
 adds ``row mean x weight_sum`` back (in the Triton GEMM's epilogue; one rank-1 update
 after ``_scaled_mm``), the fused form of ``QuantLinear``'s centring.
+
+``delta_half > 0`` (dynamic mode, M = 2 x delta_half): the activation kernel quantizes
+each row of the second (cond) half as its difference from the paired first-half row, the
+fused form of ``QuantLinear``'s CFG-delta subtraction; the output rows of that half are
+then ``W d + b``, and ``QuantLinear`` adds the uncond output back. 0 means off.
 
 ``rotation_block <= 0`` means no rotation; ``row_scale`` None means dynamic per-token,
 with ``clip_ratio`` a float32 ``[M]`` tensor (one ratio per row: each CFG half its own,
@@ -42,7 +47,9 @@ def fast_path_available(x: torch.Tensor) -> bool:
     return x.is_cuda and TRITON_AVAILABLE
 
 
-def _rotate_quant_impl(x, smooth, row_scale, rotation_block, clip_ratio, fp8, center_out=None):
+def _rotate_quant_impl(
+    x, smooth, row_scale, rotation_block, clip_ratio, fp8, center_out=None, delta_half=0
+):
     block = rotation_block if rotation_block > 0 else None
     out_dtype = torch.float8_e4m3fn if fp8 else torch.int8
     kwargs = {
@@ -52,6 +59,7 @@ def _rotate_quant_impl(x, smooth, row_scale, rotation_block, clip_ratio, fp8, ce
         "clip_ratio": clip_ratio,
         "out_dtype": out_dtype,
         "center_out": center_out,
+        "delta_half": delta_half,
     }
     if fast_path_available(x):
         return rq.rotate_quant_triton(x.contiguous(), **kwargs)
@@ -73,14 +81,17 @@ def rotate_quant(
     rotation_block: int,
     clip_ratio: torch.Tensor,
     fp8: bool,
+    delta_half: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    q, scale = _rotate_quant_impl(x, smooth, row_scale, rotation_block, clip_ratio, fp8)
+    q, scale = _rotate_quant_impl(
+        x, smooth, row_scale, rotation_block, clip_ratio, fp8, None, delta_half
+    )
     # a custom op must not return an alias of an input (static scales are passed through)
     return q, scale.clone() if row_scale is not None else scale
 
 
 @rotate_quant.register_fake
-def _(x, smooth, row_scale, rotation_block, clip_ratio, fp8):
+def _(x, smooth, row_scale, rotation_block, clip_ratio, fp8, delta_half=0):
     dtype = torch.float8_e4m3fn if fp8 else torch.int8
     return x.new_empty(x.shape, dtype=dtype), x.new_empty((x.shape[0],), dtype=torch.float32)
 
@@ -130,16 +141,20 @@ def fp8_linear(
     rotation_block: int,
     clip_ratio: torch.Tensor,
     weight_sum: torch.Tensor | None = None,
+    delta_half: int = 0,
 ) -> torch.Tensor:
     center = _center_buffer(x, weight_sum)
     q, a_scale = _rotate_quant_impl(
-        x, smooth, row_scale, rotation_block, clip_ratio, True, center
+        x, smooth, row_scale, rotation_block, clip_ratio, True, center, delta_half
     )
     return scaled_mm_rowwise(q, a_scale, weight, weight_scale, bias, x.dtype, center, weight_sum)
 
 
 @fp8_linear.register_fake
-def _(x, weight, weight_scale, bias, smooth, row_scale, rotation_block, clip_ratio, weight_sum=None):
+def _(
+    x, weight, weight_scale, bias, smooth, row_scale, rotation_block, clip_ratio,
+    weight_sum=None, delta_half=0,
+):
     return x.new_empty((x.shape[0], weight.shape[0]))
 
 
@@ -162,10 +177,11 @@ def lowbit_linear(
     clip_ratio: torch.Tensor,
     act_fp8: bool,
     weight_sum: torch.Tensor | None = None,
+    delta_half: int = 0,
 ) -> torch.Tensor:
     center = _center_buffer(x, weight_sum)
     q, a_scale = _rotate_quant_impl(
-        x, smooth, row_scale, rotation_block, clip_ratio, act_fp8, center
+        x, smooth, row_scale, rotation_block, clip_ratio, act_fp8, center, delta_half
     )
     return lowbit_gemm(q, a_scale, weight, weight_scale, bias, x.dtype, center, weight_sum)
 
@@ -173,6 +189,6 @@ def lowbit_linear(
 @lowbit_linear.register_fake
 def _(
     x, weight, weight_scale, bias, smooth, row_scale, rotation_block, clip_ratio, act_fp8,
-    weight_sum=None,
+    weight_sum=None, delta_half=0,
 ):
     return x.new_empty((x.shape[0], weight.shape[0]))

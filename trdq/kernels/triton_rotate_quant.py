@@ -21,6 +21,12 @@ before smoothing and rotation and written to ``center_out`` (float32 ``[M]``); t
 adds ``mean x weight_sum`` back (see ``trdq.nn.quant_linear``). The kernel takes one more
 read of the row tile (from L2) for the mean instead of three elementwise passes outside.
 
+CFG-delta (``delta_half`` > 0, dynamic mode only): the rows are [uncond; cond] halves of
+``delta_half`` rows each, and every cond row ``r`` is replaced by ``x[r] - x[r - delta_half]``
+(in float32) before anything else, as ``QuantLinear``'s cfg_delta does outside. The kernel
+subtracts at each load of x (one more read of the paired uncond tile, usually from L2)
+instead of a separate elementwise pass that writes and re-reads all of ``[M, K]``.
+
 ``rotate_quant_reference`` is the pure-torch oracle of the same math; the kernel is
 tested against it. Importing this module never needs Triton: ``TRITON_AVAILABLE`` says
 whether the kernel can be launched.
@@ -97,15 +103,21 @@ def rotate_quant_reference(
     clip_ratio: float | torch.Tensor = 1.0,
     out_dtype: torch.dtype = torch.float8_e4m3fn,
     center_out: torch.Tensor | None = None,
+    delta_half: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Pure-torch oracle: ``[M, K]`` -> (``q [M, K]`` out_dtype, ``scale [M]`` float32).
 
     Same arithmetic as ``trdq.kernels.reference`` (``rotation.fwht``, ``primitives``),
     but returns the low-bit tensor instead of dequantizing it. ``center_out`` ([M]
-    float32): centre each row first and write its mean there.
+    float32): centre each row first and write its mean there. ``delta_half`` > 0 (with
+    M = 2 x delta_half): quantize the second half as its difference from the first.
     """
     qmax = _qmax(out_dtype)
     xf = x.float()
+    if delta_half:
+        _check_delta(delta_half, xf.shape[0], row_scale)
+        # float32, as the kernel; a new tensor (x.float() may be x itself)
+        xf = torch.cat((xf[:delta_half], xf[delta_half:] - xf[:delta_half]))
     if center_out is not None:
         _check_center(center_out, xf.shape[0], row_scale)
         mean = xf.mean(dim=-1)
@@ -131,6 +143,13 @@ def _check_center(center_out: torch.Tensor, rows: int, row_scale) -> None:
     if center_out.dtype != torch.float32 or center_out.shape != (rows,):
         raise ValueError(f"center_out must be float32 [{rows}], got {center_out.dtype} "
                          f"{tuple(center_out.shape)}")
+
+
+def _check_delta(delta_half: int, rows: int, row_scale) -> None:
+    if row_scale is not None:
+        raise ValueError("CFG-delta is for dynamic (per-token) activations, not static scales")
+    if 2 * delta_half != rows:
+        raise ValueError(f"delta_half must be half of the {rows} rows, got {delta_half}")
 
 
 if TRITON_AVAILABLE:
@@ -179,6 +198,22 @@ if TRITON_AVAILABLE:
         return x
 
     @triton.jit
+    def _load_x(x_ptr, rows, rmask, cols, stride_xm, delta_half, DELTA: tl.constexpr):
+        """The ``[BLOCK_M, HB]`` tile of x in float32; with DELTA, rows >= delta_half are
+        their difference from the paired uncond row (every load of x goes through here)."""
+        x = tl.load(
+            x_ptr + rows[:, None] * stride_xm + cols[None, :], mask=rmask[:, None], other=0.0
+        ).to(tl.float32)
+        if DELTA:
+            paired = rmask & (rows >= delta_half)
+            x = x - tl.load(
+                x_ptr + (rows - delta_half)[:, None] * stride_xm + cols[None, :],
+                mask=paired[:, None],
+                other=0.0,
+            ).to(tl.float32)
+        return x
+
+    @triton.jit
     def _load_rotated(
         x_ptr,
         smooth_ptr,
@@ -189,6 +224,7 @@ if TRITON_AVAILABLE:
         stride_xm,
         inv_sqrt_hb,
         mean,
+        delta_half,
         BLOCK_M: tl.constexpr,
         HB: tl.constexpr,
         LOG_HB: tl.constexpr,
@@ -196,11 +232,10 @@ if TRITON_AVAILABLE:
         ROTATE: tl.constexpr,
         USE_DOT: tl.constexpr,
         CENTER: tl.constexpr,
+        DELTA: tl.constexpr,
     ):
         cols = k0 + tl.arange(0, HB)
-        x = tl.load(
-            x_ptr + rows[:, None] * stride_xm + cols[None, :], mask=rmask[:, None], other=0.0
-        ).to(tl.float32)
+        x = _load_x(x_ptr, rows, rmask, cols, stride_xm, delta_half, DELTA)
         if CENTER:
             x = x - mean[:, None]
         if HAS_SMOOTH:
@@ -238,6 +273,7 @@ if TRITON_AVAILABLE:
         qmax,
         inv_sqrt_hb,
         eps,
+        delta_half,
         BLOCK_M: tl.constexpr,
         HB: tl.constexpr,
         LOG_HB: tl.constexpr,
@@ -247,20 +283,18 @@ if TRITON_AVAILABLE:
         OUT_INT8: tl.constexpr,
         USE_DOT: tl.constexpr,
         CENTER: tl.constexpr,
+        DELTA: tl.constexpr,
     ):
         pid = tl.program_id(0)
         rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
         rmask = rows < M
         mean = tl.zeros((BLOCK_M,), dtype=tl.float32)
         if CENTER:
-            # Pass 0: the row mean of the raw activations (dynamic mode only).
+            # Pass 0: the row mean of the activations (differenced first with DELTA;
+            # dynamic mode only).
             for k0 in range(0, K, HB):
                 cols = k0 + tl.arange(0, HB)
-                x = tl.load(
-                    x_ptr + rows[:, None] * stride_xm + cols[None, :],
-                    mask=rmask[:, None],
-                    other=0.0,
-                ).to(tl.float32)
+                x = _load_x(x_ptr, rows, rmask, cols, stride_xm, delta_half, DELTA)
                 mean += tl.sum(x, axis=1)
             mean = mean / K
             tl.store(center_out_ptr + rows, mean, mask=rmask)
@@ -281,6 +315,7 @@ if TRITON_AVAILABLE:
                     stride_xm,
                     inv_sqrt_hb,
                     mean,
+                    delta_half,
                     BLOCK_M,
                     HB,
                     LOG_HB,
@@ -288,6 +323,7 @@ if TRITON_AVAILABLE:
                     ROTATE,
                     USE_DOT,
                     CENTER,
+                    DELTA,
                 )
                 amax = tl.maximum(amax, tl.max(tl.abs(xr), axis=1))
             # each row's own clip ratio (the CFG halves differ), read-only: the autotuner
@@ -306,6 +342,7 @@ if TRITON_AVAILABLE:
                 stride_xm,
                 inv_sqrt_hb,
                 mean,
+                delta_half,
                 BLOCK_M,
                 HB,
                 LOG_HB,
@@ -313,6 +350,7 @@ if TRITON_AVAILABLE:
                 ROTATE,
                 USE_DOT,
                 CENTER,
+                DELTA,
             )
             v = xr / scale[:, None]
             v = tl.minimum(tl.maximum(v, -qmax), qmax)
@@ -333,7 +371,10 @@ if TRITON_AVAILABLE:
             triton.Config({"BLOCK_M": bm}, num_warps=w)
             for bm, w in ((16, 4), (32, 4), (32, 8), (64, 8))
         ],
-        key=["K", "M_BUCKET", "STATIC", "HAS_SMOOTH", "ROTATE", "OUT_INT8", "USE_DOT", "CENTER"],
+        key=[
+            "K", "M_BUCKET", "STATIC", "HAS_SMOOTH", "ROTATE", "OUT_INT8", "USE_DOT", "CENTER",
+            "DELTA",
+        ],
     )(_rotate_quant_kernel)
 
 
@@ -349,6 +390,7 @@ def rotate_quant_triton(
     block_m: int | None = None,
     num_warps: int = 4,
     center_out: torch.Tensor | None = None,
+    delta_half: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The fused kernel; same contract as ``rotate_quant_reference`` (x 2-D, rows contiguous)."""
     if not TRITON_AVAILABLE:
@@ -364,6 +406,8 @@ def rotate_quant_triton(
     static = row_scale is not None
     if center_out is not None:
         _check_center(center_out, m, row_scale)
+    if delta_half:
+        _check_delta(delta_half, m, row_scale)
     # (the fast paths below avoid extra small kernels: this runs ~300 times per DiT step)
     if static:
         scale = row_scale
@@ -411,6 +455,7 @@ def rotate_quant_triton(
             qmax,
             1.0 / math.sqrt(hb),
             EPS,
+            delta_half,
             HB=hb,
             LOG_HB=int(math.log2(hb)),
             HAS_SMOOTH=smooth is not None,
@@ -419,6 +464,7 @@ def rotate_quant_triton(
             OUT_INT8=out_dtype == torch.int8,
             USE_DOT=use_dot,
             CENTER=center_out is not None,
+            DELTA=delta_half > 0,
             **meta,
         )
     return q, scale

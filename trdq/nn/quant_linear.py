@@ -22,7 +22,9 @@ alike), and the GEMM's output for them becomes ``y_u + W d``: where the halves a
 first block's self-attention inputs are identical) they now get identical errors, and
 where they differ only the small difference is rounded. Still one GEMM for both halves;
 one subtraction before it and one addition after (t2v zoo, W8A8, 16 training prompts on
-the CPU: 45.8 -> 51.1 dB to FP; docs/QUALITY.md).
+the CPU: 45.8 -> 51.1 dB to FP; docs/QUALITY.md). Backends with ``fuses_cfg_delta`` (the
+CUDA ones) subtract inside their rotate+quantize kernel as they load the rows (in float32),
+which saves a pass over the activations; the addition stays here for every backend.
 
 Centered activations (``act_center``, dynamic mode): each token's mean is subtracted
 before rotation and quantization and added back exactly through the weights' row sums,
@@ -233,6 +235,7 @@ class QuantLinear(nn.Module):
         row_scale: torch.Tensor | None,
         clip: float | torch.Tensor,
         weight_sum: torch.Tensor | None = None,
+        cfg_delta_half: int = 0,
     ) -> ActQuant:
         return ActQuant(
             bits=self.act_bits,
@@ -242,6 +245,7 @@ class QuantLinear(nn.Module):
             clip_ratio=clip,
             fp8=self.fp8,
             weight_sum=weight_sum,
+            cfg_delta_half=cfg_delta_half,
         )
 
     def _per_row(self, by_group: torch.Tensor, rows: int, split: bool) -> torch.Tensor:
@@ -272,16 +276,21 @@ class QuantLinear(nn.Module):
             ).reshape(*lead, self.out_features)
         row_clip = self._per_row(self.clip_ratio_by_group, m, split)
         delta = self.cfg_delta and self.context.cfg_active and m % 2 == 0
-        if delta:  # [uncond; cond - uncond]: one GEMM still serves both halves
-            half = m // 2
-            x2 = torch.cat((x2[:half], x2[half:] - x2[:half]))
-        # centring: inside the backend's kernels when it can, else around the call
+        half = m // 2
+        # centring and CFG-delta: inside the backend's kernels when it can, else around the
+        # call; the kernels difference the rows before centring them, so the subtraction
+        # is fused only where no centring is left to do here
         fused_sum = self.weight_sum if self.backend.fuses_centering else None
+        fuse_delta = delta and self.backend.fuses_cfg_delta and (
+            self.weight_sum is None or fused_sum is not None
+        )
+        if delta and not fuse_delta:  # [uncond; cond - uncond]: one GEMM serves both halves
+            x2 = torch.cat((x2[:half], x2[half:] - x2[:half]))
         center = None
         if self.weight_sum is not None and fused_sum is None:
             center = x2.mean(dim=-1, keepdim=True)
             x2 = x2 - center
-        act = self._act(None, row_clip, fused_sum)
+        act = self._act(None, row_clip, fused_sum, half if fuse_delta else 0)
         out = self.backend.linear(x2, self.packed, act, self.bias)
         if center is not None:
             out = out + center.to(out.dtype) * self.weight_sum.to(out.dtype)
