@@ -217,6 +217,34 @@ def test_fused_cfg_delta_matches_the_python_subtraction(backend, center):
         assert P.sqnr_db(unfused, layer(x)) > 60 and seen[-1] == 0
 
 
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("backend", ["cuda_fp8", "cuda_w4a8"])
+def test_fused_cfg_delta_on_the_gpu_matches_the_python_subtraction(backend):
+    """The Triton kernel's in-load subtraction (float32) against QuantLinear's own (bf16,
+    then the same kernel), through a whole centred layer with CFG: Latte/PixArt-like rows."""
+    unfused_backend = type(get_backend(backend))()
+    unfused_backend.fuses_cfg_delta = False
+    torch.manual_seed(5)
+    ctx = QuantContext(num_groups=1, group=0, cfg_active=True)
+    params = LayerQuantParams(128, None, torch.ones(1, 2), torch.tensor([[0.9, 0.95]]))
+    linear = torch.nn.Linear(1152, 1152).cuda().to(torch.bfloat16)  # as diffusers loads it
+    layer = QuantLinear.from_linear(linear, params, get_backend(backend), ctx,
+                                    weight_bits=8, act_mode="dynamic", act_center=True,
+                                    cfg_delta=True)
+    x_u = torch.randn(2, 300, 1152, device="cuda") * 3
+    x = torch.cat([x_u, x_u + 0.3 * torch.randn_like(x_u)]).to(torch.bfloat16)
+    fused = layer(x).float()
+    layer.backend = unfused_backend
+    unfused = layer(x).float()
+    exact = torch.nn.functional.linear(x.float(), linear.weight.float(), linear.bias.float())
+    floor = 30 if backend == "cuda_fp8" else 40  # e4m3 activations round coarser
+    assert P.sqnr_db(unfused, fused) > floor
+    # the fused form is no worse against the float layer, on either half
+    for rows in (slice(0, 2), slice(2, 4)):
+        assert P.sqnr_db(exact[rows], fused[rows]) > P.sqnr_db(exact[rows], unfused[rows]) - 0.5
+
 def _dequantized(layer: QuantLinear) -> torch.Tensor:
     """The layer's effective float weight in the input basis (rotation undone)."""
     from trdq.rotation import rotate_weight
