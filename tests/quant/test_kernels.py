@@ -7,7 +7,14 @@ import torch
 
 from trdq import primitives as P
 from trdq.config import QuantConfig
-from trdq.kernels import ActQuant, BackendUnavailableError, cpu_int8, get_backend, select_backend
+from trdq.kernels import (
+    ActQuant,
+    BackendUnavailableError,
+    cpu_int8,
+    cpu_native,
+    get_backend,
+    select_backend,
+)
 from trdq.rotation import hadamard_block_size, rotate_weight
 
 
@@ -106,6 +113,64 @@ def test_cpu_int8_matches_reference_on_either_gemm_path(monkeypatch):
         monkeypatch.setattr(cpu_int8, "FAST_INT_MM", flag)
         outs.append(fast.linear(x, packed, act, bias))
     torch.testing.assert_close(outs[0], outs[1], rtol=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("mode", ["static", "dynamic", "centred", "centred-delta"])
+@pytest.mark.parametrize("bits", [8, 4])
+def test_native_cpu_kernels_match_the_torch_math(dtype, mode, bits):
+    """The C pass (delta, centring, smoothing, rotation, scale, rounding) and epilogue give
+    the torch-ops path's result: the same integers up to rare rounding ties."""
+    if not cpu_native.available():
+        pytest.skip("no C compiler here: cpu_int8 runs its torch ops")
+    x, _, bias, s, block, q, scale = _case(40, 1152, 96, bits, True)
+    x = x.to(dtype)
+    w = P.pack_int4(q) if bits == 4 else q
+    centred = mode.startswith("centred")
+    args = (x, w, scale, bias, s,
+            torch.linspace(0.05, 0.2, 40) if mode == "static" else None, block,
+            torch.full((40,), 0.9), 8, torch.randn(96) if centred else None,
+            20 if mode == "centred-delta" else 0)
+    want = cpu_int8.int8_linear_math(*args)
+    got = cpu_int8.native_int8_linear(*args)
+    assert got.dtype == dtype and got.shape == want.shape
+    assert P.sqnr_db(want.float(), got.float()) > 60
+
+
+def test_native_activation_codes_match_the_rotate_quant_oracle():
+    """Integers and scales of the C pass against the Triton kernel's pure-torch oracle
+    (``rotate_quant_reference``), with CFG-delta and centring on."""
+    from trdq.kernels.triton_rotate_quant import rotate_quant_reference
+
+    if not cpu_native.available():
+        pytest.skip("no C compiler here: cpu_int8 runs its torch ops")
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(64, 768, generator=gen) * 3
+    smooth = torch.rand(768, generator=gen) + 0.5
+    clip = torch.full((64,), 0.95)
+    mean_ref = torch.empty(64)
+    q_ref, s_ref = rotate_quant_reference(x, block=128, smooth=smooth, clip_ratio=clip,
+                                          out_dtype=torch.int8, center_out=mean_ref,
+                                          delta_half=32)
+    q, s, mean = cpu_native.cpu_rotate_quant(x, smooth, None, clip, 128, 8, True, 32)
+    torch.testing.assert_close(mean, mean_ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(s, s_ref, rtol=1e-5, atol=0)
+    differ = (q.int() - q_ref.int()).abs()
+    assert int(differ.max()) <= 1 and float((differ > 0).float().mean()) < 1e-3
+
+
+def test_cpu_int8_falls_back_to_torch_ops_without_a_compiler(monkeypatch, tmp_path):
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    monkeypatch.setenv("TRDQ_NATIVE_CACHE", str(tmp_path))
+    with pytest.raises(OSError):
+        cpu_native._build()
+    monkeypatch.setattr(cpu_native, "available", lambda: False)
+    x, _, bias, _, block, q, scale = _case(8, 64, 32, 8, False)
+    fast = get_backend("cpu_int8")
+    act = ActQuant(rotation_block=block, clip_ratio=0.9)
+    y = fast.linear(x, fast.pack(q, scale, 8), act, bias)
+    ref = get_backend("reference")
+    assert P.sqnr_db(ref.linear(x, ref.pack(q, scale, 8), act, bias), y) > 60
 
 
 def test_int4_weights_are_really_packed():

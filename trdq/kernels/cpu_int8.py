@@ -12,23 +12,25 @@ below 2^24 (K <= 1040 at full scale; beyond, within fp32 rounding) and as fast a
 the weights stay int8 in memory, and there is no int8 speed-up to be had without those
 instructions (oneDNN's AVX2 u8 x s8 kernel saturates int16 pairs, so 8-bit activations
 would need two GEMMs: no faster either). ``TRDQ_CPU_INT_MM=1`` / ``0`` forces either path.
-The epilogue ``acc * (act_scale[m] * weight_scale[n]) + bias`` runs in place on the
-int32->float32 result: one extra pass over the ``[M, N]`` output.
 
 4-bit weights stay packed two per byte in memory and are unpacked to int8 per call
 (the GEMM itself is int8 x int8). Every integer width of ``trdq.config.INT_BITS`` is held
 in int8, so the 6- and 4-bit activations of the quality ablation's lower-width presets run
 through the same exact GEMM (no faster). FP8 configs are not supported here.
 
-In eager mode the whole op is one ``torch.library`` custom op (``trdq::cpu_int8_linear``, with
-a fake implementation). Under ``torch.compile`` the backend calls the same arithmetic as
-plain ATen ops instead (``int8_linear_math``): Inductor then fuses the rotation's output,
-the per-token scale, the rounding and the int32 epilogue with their neighbours into a few
-C++ loops around the ``_int_mm`` call, where the opaque op kept every pass separate
-(1.3-1.7x per linear on 2 cores in an ad-hoc timing; the whole `cpu-small` step then ties
-bf16 + compile, docs/KERNELS.md). Both paths run the same function; compiled, it rotates
-with ``hadamard_transform_factored`` (two small Hadamard factors, fused by Inductor) in
-place of the dense block GEMM.
+The activation path (CFG-delta, centring, smoothing, block Hadamard, per-token scale,
+rounding) and the epilogue (``acc * act_scale[m] * weight_scale[n] + bias + mean[m] *
+weight_sum[n]``) run in C when ``cpu_native`` could build its kernels (``native_int8_linear``):
+one pass over x per row while it sits in L1, the GEMM, one pass over the output, in eager
+and compiled models alike (custom ops with fake implementations). That is what the profile
+of the compiled step asked for: written as torch ops, even fused by Inductor, those passes
+cost more than the int8 GEMM itself (docs/KERNELS.md).
+
+Without a C compiler the same arithmetic runs as torch ops (``int8_linear_math``, also the
+oracle the C path is tested against): in eager mode as one custom op
+(``trdq::cpu_int8_linear``), under ``torch.compile`` as plain ATen ops that Inductor fuses
+(rotating with ``hadamard_transform_factored``, two small Hadamard factors, in place of the
+dense block GEMM).
 """
 
 from __future__ import annotations
@@ -41,11 +43,12 @@ import torch
 
 from trdq import primitives as P
 from trdq.config import INT_BITS
+from trdq.kernels import cpu_native
 from trdq.kernels.base import ActQuant, KernelBackend
 from trdq.kernels.registry import register
 from trdq.rotation import hadamard_transform, hadamard_transform_factored
 
-__all__ = ["FAST_INT_MM", "CpuInt8Backend", "int8_matmul"]
+__all__ = ["FAST_INT_MM", "CpuInt8Backend", "int8_linear_math", "int8_matmul", "native_int8_linear"]
 
 log = logging.getLogger(__name__)
 
@@ -88,12 +91,22 @@ def int8_linear_math(
     rotation_block: int,
     clip_ratio: torch.Tensor,
     bits: int,
+    weight_sum: torch.Tensor | None = None,
+    delta_half: int = 0,
 ) -> torch.Tensor:
     """``[M, K]`` x (``[N, K]`` int8 or ``[N, K/2]`` packed uint8) -> ``[M, N]`` x.dtype.
 
-    ``rotation_block`` <= 0 means no rotation; ``row_scale`` None means dynamic per-token.
+    ``rotation_block`` <= 0 means no rotation; ``row_scale`` None means dynamic per-token;
+    ``weight_sum`` set: centre the rows and add ``mean x weight_sum`` back; ``delta_half``
+    > 0: quantize rows ``r >= delta_half`` as ``x[r] - x[r - delta_half]`` (CFG-delta).
     """
     xf = x.float()
+    if delta_half:
+        xf = torch.cat((xf[:delta_half], xf[delta_half:] - xf[:delta_half]))
+    mean = None
+    if weight_sum is not None:
+        mean = xf.mean(dim=-1, keepdim=True)
+        xf = xf - mean
     if smooth_divisor is not None:
         xf = xf / smooth_divisor
     if rotation_block > 0:
@@ -109,6 +122,8 @@ def int8_linear_math(
     out = int8_matmul(xq, w).mul_(a_scale[:, None]).mul_(weight_scale[None, :])
     if bias is not None:
         out.add_(bias.float())
+    if mean is not None:
+        out.add_(mean * weight_sum.float()[None, :])
     return out.to(x.dtype)
 
 
@@ -119,14 +134,43 @@ cpu_int8_linear = torch.library.custom_op(
 
 
 @cpu_int8_linear.register_fake
-def _(x, weight, weight_scale, bias, smooth_divisor, row_scale, rotation_block, clip_ratio, bits):
+def _(x, weight, weight_scale, bias, smooth_divisor, row_scale, rotation_block, clip_ratio, bits,
+      weight_sum=None, delta_half=0):
     return x.new_empty((x.shape[0], weight.shape[0]))
+
+
+def native_int8_linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    weight_scale: torch.Tensor,
+    bias: torch.Tensor | None,
+    smooth_divisor: torch.Tensor | None,
+    row_scale: torch.Tensor | None,
+    rotation_block: int,
+    clip_ratio: torch.Tensor,
+    bits: int,
+    weight_sum: torch.Tensor | None = None,
+    delta_half: int = 0,
+) -> torch.Tensor:
+    """``int8_linear_math`` through the C kernels: one pass over x (every step before the
+    GEMM), the int8 GEMM, one pass over the output (rescale, bias, centring)."""
+    q, a_scale, mean = cpu_native.cpu_rotate_quant(
+        x, smooth_divisor, row_scale, clip_ratio, rotation_block, bits,
+        weight_sum is not None, delta_half,
+    )
+    w = P.unpack_int4(weight) if weight.dtype == torch.uint8 else weight
+    acc = torch._int_mm(q, w.t()) if FAST_INT_MM else int8_matmul(q, w)
+    return cpu_native.cpu_int8_epilogue(acc, a_scale, weight_scale, bias, mean, weight_sum,
+                                        x.dtype)
 
 
 class CpuInt8Backend(KernelBackend):
     name = "cpu_int8"
     device_types = ("cpu",)
     priority = 10
+    # both in the C pass when it is built, else in int8_linear_math's torch ops
+    fuses_centering = True
+    fuses_cfg_delta = True
 
     def is_available(self, device: torch.device | str) -> tuple[bool, str]:
         if torch.device(device).type != "cpu":
@@ -172,8 +216,14 @@ class CpuInt8Backend(KernelBackend):
         if act.bits not in INT_BITS or act.fp8:
             raise ValueError(f"cpu_int8 quantizes activations to 4, 6 or 8 integer bits, "
                              f"not {'e4m3' if act.fp8 else act.bits}")
-        # compiled: plain ops that Inductor can fuse; eager: one custom-op call
-        fn = int8_linear_math if torch.compiler.is_compiling() else cpu_int8_linear
+        # the C kernels when built; else, compiled: plain ops that Inductor can fuse, eager:
+        # one custom-op call
+        if x.dtype in (torch.float32, torch.bfloat16) and cpu_native.available():
+            fn = native_int8_linear
+        elif torch.compiler.is_compiling():
+            fn = int8_linear_math
+        else:
+            fn = cpu_int8_linear
         return fn(
             x,
             packed["weight"],
@@ -184,6 +234,8 @@ class CpuInt8Backend(KernelBackend):
             act.rotation_block or 0,
             act.row_clip(x.shape[0], x.device),
             act.bits,
+            act.weight_sum,
+            act.cfg_delta_half,
         )
 
 
