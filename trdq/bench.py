@@ -60,6 +60,8 @@ __all__ = ["BenchResult", "main", "run_bench"]
 
 #: row suffix: decode through diffusers' tiled VAE (``vae.enable_tiling()``) in that row
 VAE_TILING = "+vaetile"
+#: row suffix (CPU): cpu_int8 quantizes activations with its torch ops, not its C pass
+TORCH_OPS = "+torchops"
 DEFAULT_MD = Path(__file__).resolve().parent.parent / "docs" / "BENCHMARKS.md"
 
 
@@ -212,6 +214,12 @@ class _Runner:
             row = row.removesuffix(VAE_TILING)
             self.pipe.vae.enable_tiling()
             info["vae_tiling"] = True
+        if row.endswith(TORCH_OPS):
+            from trdq.kernels import cpu_native
+
+            row = row.removesuffix(TORCH_OPS)
+            cpu_native.set_enabled(False)  # _release turns it back on
+            info["cpu_native"] = False
         for name in ("text_encoder", "vae"):
             getattr(self.pipe, name).to(dtype)
         transformer = copy.deepcopy(self.base).to(self.device, dtype)
@@ -278,6 +286,9 @@ class _Runner:
 
         api.dequantize_hooks(self.pipe)
         self.pipe.transformer = None
+        from trdq.kernels import cpu_native
+
+        cpu_native.set_enabled(True)
         if getattr(self.pipe.vae, "use_tiling", False):
             self.pipe.vae.disable_tiling()
         if getattr(self, "_text_encoder", None) is not None:

@@ -71,7 +71,8 @@ default mode), `+cg` (denoiser forward replayed from CUDA graphs), TR-DQ presets
 `trdq.quantize` (`fp8`, `w8a8`, `w4a8`), `fp8swap` (block linears swapped straight for the
 cuda_fp8 op, dynamic per-token, no calibration), torchao peers. `@b4` = batch 4;
 `+t5int8` / `+t5int4` = the text encoder's linears weight-only quantized too; `+vaetile` =
-diffusers' tiled VAE decode in that row. `weights MB` is the denoiser (denoiser_step) or all
+diffusers' tiled VAE decode in that row; `+torchops` (CPU) = `cpu_int8` quantizes
+activations with torch ops instead of its C pass. `weights MB` is the denoiser (denoiser_step) or all
 components (pipeline). `peak GB` is `torch.cuda.max_memory_allocated` (process max RSS on
 CPU); from 2026-11-27 on, `+cg` rows add the idle bytes of their CUDA graphs' private pool
 (replayed intermediates, which that counter never sees), so earlier `+cg` peaks read low.

@@ -142,3 +142,29 @@ def test_denoiser_step_of_a_quantized_row_runs_as_a_cfg_batch(tmp_path, monkeypa
                     "--step-runs", "1", "--warmup", "0", "--scopes", "denoiser_step",
                     "--calib-prompts", "1")
     assert rc == 0 and seen and all(seen)
+
+
+def test_bench_torchops_row_runs_cpu_int8_without_its_c_pass(tmp_path, monkeypatch):
+    """`+torchops` times cpu_int8's torch-ops activation path beside the C pass, in one run."""
+    from trdq.kernels import cpu_int8, cpu_native
+
+    calls = {"native": 0, "torch": 0}
+    native, torch_ops = cpu_int8.native_int8_linear, cpu_int8.cpu_int8_linear
+
+    def count(key, fn):
+        def wrapped(*args):
+            calls[key] += 1
+            return fn(*args)
+        return wrapped
+
+    monkeypatch.setattr(cpu_int8, "native_int8_linear", count("native", native))
+    monkeypatch.setattr(cpu_int8, "cpu_int8_linear", count("torch", torch_ops))
+    out = tmp_path / "b.json"
+    rc = _bench_cpu(out, "w8a8-eager+torchops", "--no-markdown", "--runs", "1",
+                    "--step-runs", "1", "--warmup", "0", "--scopes", "denoiser_step",
+                    "--cache-dir", str(tmp_path / "cache"))
+    assert rc == 0
+    details = json.loads((tmp_path / "b.json.details.json").read_text())
+    assert details["errors"] == {} and details["rows"]["w8a8-eager+torchops"]["cpu_native"] is False
+    assert calls["torch"] > 0 and calls["native"] == 0
+    assert cpu_native._enabled  # the next row gets the C pass back

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["available", "cpu_int8_epilogue", "cpu_rotate_quant", "library_path"]
+__all__ = ["available", "cpu_int8_epilogue", "cpu_rotate_quant", "library_path", "set_enabled"]
 
 log = logging.getLogger(__name__)
 
@@ -101,10 +101,21 @@ def _library() -> ctypes.CDLL | None:
         return None
 
 
+#: False: report the C kernels unavailable (``set_enabled``; the bench's ``+torchops`` rows)
+_enabled = True
+
+
+def set_enabled(flag: bool) -> None:
+    """Let ``cpu_int8`` use the C kernels (True) or its torch ops (False), e.g. to time
+    both paths in one process. Compiled graphs keep the path they were traced with."""
+    global _enabled
+    _enabled = flag
+
+
 @torch.compiler.assume_constant_result  # dynamo evaluates it once instead of tracing a build
 def available() -> bool:
     """Whether the C kernels are built and loaded (builds them on the first call)."""
-    return _library() is not None
+    return _enabled and _library() is not None
 
 
 def _ptr(t: torch.Tensor | None) -> int | None:
