@@ -203,7 +203,12 @@ class _Runner:
         }
 
     def _dtype_for(self, row: str) -> torch.dtype:
-        return torch.float32 if row.startswith("fp32") else torch.bfloat16
+        if row.startswith("fp32"):
+            return torch.float32
+        if row.startswith("bf16"):
+            return torch.bfloat16
+        # TR-DQ and peer rows: the activations' dtype (--act-dtype; the server's on CPU is fp32)
+        return torch.float32 if self.args.act_dtype == "fp32" else torch.bfloat16
 
     def _prepare(self, row: str) -> dict[str, Any]:
         info: dict[str, Any] = {}
@@ -415,7 +420,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         f"median of {args.runs} pipeline / {args.step_runs} step runs after warm-up",
         (
             f"TR-DQ rows: trdq.quantize backend={args.backend}, calibrated on "
-            f"{args.calib_prompts} prompt(s) at {preset.calib_hw}"
+            f"{args.calib_prompts} prompt(s) at {preset.calib_hw}, {args.act_dtype} activations"
         ),
     ]
     if device.type == "cpu":
@@ -504,6 +509,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="also record GPU kernel time per category of one denoiser step",
     )
     p.add_argument("--no-torchao", action="store_true")
+    p.add_argument(
+        "--act-dtype",
+        choices=("bf16", "fp32"),
+        default="bf16",
+        help="activations of the quantized and peer rows (the server runs fp32 on CPU, bf16 on GPU)",
+    )
     p.add_argument("--calib-prompts", type=int, default=1)
     p.add_argument("--cache-dir", default=str(Path.home() / ".cache" / "trdq-bench"))
     p.add_argument("--markdown", default=str(DEFAULT_MD))

@@ -168,3 +168,25 @@ def test_bench_torchops_row_runs_cpu_int8_without_its_c_pass(tmp_path, monkeypat
     assert details["errors"] == {} and details["rows"]["w8a8-eager+torchops"]["cpu_native"] is False
     assert calls["torch"] > 0 and calls["native"] == 0
     assert cpu_native._enabled  # the next row gets the C pass back
+
+
+def test_bench_act_dtype_sets_the_quantized_rows_activations(tmp_path, monkeypatch):
+    """--act-dtype fp32 runs TR-DQ rows as the server does on CPU; bf16/fp32 rows keep theirs."""
+    seen = {}
+    prepare = bench._Runner._prepare
+
+    def spy(self, row):
+        info = prepare(self, row)
+        seen[row] = self.pipe.transformer.dtype
+        return info
+
+    monkeypatch.setattr(bench._Runner, "_prepare", spy)
+    out = tmp_path / "b.json"
+    rc = _bench_cpu(out, "bf16-eager,w8a8-eager", "--act-dtype", "fp32", "--markdown",
+                    str(tmp_path / "B.md"), "--runs", "1", "--step-runs", "1", "--warmup", "0",
+                    "--scopes", "denoiser_step", "--cache-dir", str(tmp_path / "cache"))
+    assert rc == 0
+    import torch
+
+    assert seen == {"bf16-eager": torch.bfloat16, "w8a8-eager": torch.float32}
+    assert "fp32 activations" in (tmp_path / "B.md").read_text()
