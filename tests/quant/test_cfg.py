@@ -72,6 +72,7 @@ def test_pipeline_halves_use_their_own_calibrated_parameters():
         name = "spy"
         fuses_centering = original.fuses_centering
         fuses_cfg_delta = original.fuses_cfg_delta
+        restores_cfg_delta = original.restores_cfg_delta
 
         def linear(self, x, packed, act, bias):
             seen.append((state.context.group, state.context.cfg_active, act.row_scale.clone()))
@@ -109,6 +110,7 @@ def test_dynamic_halves_use_their_own_clip_ratios():
         name = "spy"
         fuses_centering = original.fuses_centering
         fuses_cfg_delta = original.fuses_cfg_delta
+        restores_cfg_delta = original.restores_cfg_delta
 
         def linear(self, x, packed, act, bias):
             assert act.row_scale is None  # dynamic: scales come from each token
@@ -180,7 +182,7 @@ def test_cfg_delta_without_bias_and_config_rules():
     assert not QuantConfig.preset("w8a8-static").cfg_delta
 
 
-@pytest.mark.parametrize("backend", ["cuda_fp8", "cuda_w4a8"])
+@pytest.mark.parametrize("backend", ["cuda_fp8", "cuda_w4a8", "cpu_int8"])
 @pytest.mark.parametrize("center", [False, True])
 def test_fused_cfg_delta_matches_the_python_subtraction(backend, center):
     """The CUDA backends difference the cond rows inside their ops (whose reference path

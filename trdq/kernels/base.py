@@ -24,8 +24,8 @@ Conventions every backend follows (see trdq/rotation.py and trdq/primitives.py):
 - CFG-delta (dynamic mode, ``act.cfg_delta_half`` > 0): only on backends with
   ``fuses_cfg_delta``; they quantize each row ``r >= cfg_delta_half`` as
   ``x[r] - x[r - cfg_delta_half]`` before anything else (centring included) and return
-  those rows as ``W d + b``. Elsewhere ``QuantLinear`` subtracts before the call; it adds
-  the uncond output back afterwards on every backend.
+  those rows as ``W d + b``, or, with ``restores_cfg_delta``, as served, ``y_u + W d``.
+  Elsewhere ``QuantLinear`` subtracts before the call and adds the uncond output back after.
 
 ``linear`` does: smooth -> rotate -> quantize -> low-bit GEMM -> rescale (+ bias), and
 returns ``[M, N]`` in the dtype of ``x``.
@@ -114,6 +114,9 @@ class KernelBackend(abc.ABC):
     #: whether ``linear`` takes ``act.cfg_delta_half`` (the CFG-delta subtraction inside
     #: the kernels)
     fuses_cfg_delta: bool = False
+    #: with ``fuses_cfg_delta``: whether ``linear`` also adds the uncond output back (returns
+    #: the served cond rows ``y_u + W d`` rather than ``W d + b``)
+    restores_cfg_delta: bool = False
 
     @abc.abstractmethod
     def is_available(self, device: torch.device | str) -> tuple[bool, str]:

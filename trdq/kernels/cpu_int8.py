@@ -98,7 +98,8 @@ def int8_linear_math(
 
     ``rotation_block`` <= 0 means no rotation; ``row_scale`` None means dynamic per-token;
     ``weight_sum`` set: centre the rows and add ``mean x weight_sum`` back; ``delta_half``
-    > 0: quantize rows ``r >= delta_half`` as ``x[r] - x[r - delta_half]`` (CFG-delta).
+    > 0: quantize rows ``r >= delta_half`` as ``x[r] - x[r - delta_half]`` (CFG-delta) and
+    return them as served, ``y_u + W d``.
     """
     xf = x.float()
     if delta_half:
@@ -124,6 +125,9 @@ def int8_linear_math(
         out.add_(bias.float())
     if mean is not None:
         out.add_(mean * weight_sum.float()[None, :])
+    if delta_half:  # the served cond rows: y_u + W d (restores_cfg_delta)
+        y_d = out[delta_half:] - bias.float() if bias is not None else out[delta_half:]
+        out = torch.cat((out[:delta_half], out[:delta_half] + y_d))
     return out.to(x.dtype)
 
 
@@ -161,16 +165,17 @@ def native_int8_linear(
     w = P.unpack_int4(weight) if weight.dtype == torch.uint8 else weight
     acc = torch._int_mm(q, w.t()) if FAST_INT_MM else int8_matmul(q, w)
     return cpu_native.cpu_int8_epilogue(acc, a_scale, weight_scale, bias, mean, weight_sum,
-                                        x.dtype)
+                                        x.dtype, delta_half)
 
 
 class CpuInt8Backend(KernelBackend):
     name = "cpu_int8"
     device_types = ("cpu",)
     priority = 10
-    # both in the C pass when it is built, else in int8_linear_math's torch ops
+    # all three in the C passes when they are built, else in int8_linear_math's torch ops
     fuses_centering = True
     fuses_cfg_delta = True
+    restores_cfg_delta = True
 
     def is_available(self, device: torch.device | str) -> tuple[bool, str]:
         if torch.device(device).type != "cpu":

@@ -85,7 +85,7 @@ def _build() -> ctypes.CDLL:
     p, i64, i32, f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
     dll.trdq_rotate_quant.argtypes = [p, i32, i64, i64, i64, p, i32, p, p, f32, p, p, p, i32]
     dll.trdq_rotate_quant.restype = i32
-    dll.trdq_int8_epilogue.argtypes = [p, i32, i64, i64, p, p, p, p, p, p, i32, i32]
+    dll.trdq_int8_epilogue.argtypes = [p, i32, i64, i64, p, p, p, p, p, p, i32, i64, i32]
     dll.trdq_int8_epilogue.restype = i32
     return dll
 
@@ -174,9 +174,12 @@ def cpu_int8_epilogue(
     mean: torch.Tensor | None,
     weight_sum: torch.Tensor | None,
     out_dtype: torch.dtype,
+    delta_half: int = 0,
 ) -> torch.Tensor:
     """``acc [M, N]`` (int32 or float32) * a_scale[m] * weight_scale[n] + bias[n]
-    + mean[m] * weight_sum[n], written once in ``out_dtype`` (float32 or bfloat16)."""
+    + mean[m] * weight_sum[n], written once in ``out_dtype`` (float32 or bfloat16).
+    ``delta_half`` > 0: rows ``>= delta_half`` hold ``W d`` of CFG-delta and are written
+    as served, ``y_u + W d`` (no second bias)."""
     if out_dtype not in (torch.float32, torch.bfloat16):
         raise TypeError(f"cpu_int8_epilogue writes float32 or bfloat16, not {out_dtype}")
     if acc.dtype not in (torch.int32, torch.float32):
@@ -187,14 +190,18 @@ def cpu_int8_epilogue(
     a_scale, weight_scale = _f32(a_scale), _f32(weight_scale)
     bias, weight_sum = _f32(bias), _f32(weight_sum)
     mean = _f32(mean) if weight_sum is not None else None
-    _library().trdq_int8_epilogue(
+    if delta_half and 2 * delta_half != m:
+        raise ValueError(f"delta_half must be half of the {m} rows, got {delta_half}")
+    failed = _library().trdq_int8_epilogue(
         acc.data_ptr(), int(acc.dtype == torch.int32), m, n, a_scale.data_ptr(),
         weight_scale.data_ptr(), _ptr(bias), _ptr(mean), _ptr(weight_sum), out.data_ptr(),
-        int(out_dtype == torch.bfloat16), torch.get_num_threads(),
+        int(out_dtype == torch.bfloat16), delta_half, torch.get_num_threads(),
     )
+    if failed:
+        raise MemoryError("cpu_int8_epilogue could not allocate its row buffers")
     return out
 
 
 @cpu_int8_epilogue.register_fake
-def _(acc, a_scale, weight_scale, bias, mean, weight_sum, out_dtype):
+def _(acc, a_scale, weight_scale, bias, mean, weight_sum, out_dtype, delta_half=0):
     return acc.new_empty(acc.shape, dtype=out_dtype)

@@ -24,7 +24,8 @@ where they differ only the small difference is rounded. Still one GEMM for both 
 one subtraction before it and one addition after (t2v zoo, W8A8, 16 training prompts on
 the CPU: 45.8 -> 51.1 dB to FP; docs/QUALITY.md). Backends with ``fuses_cfg_delta`` (the
 CUDA ones) subtract inside their rotate+quantize kernel as they load the rows (in float32),
-which saves a pass over the activations; the addition stays here for every backend.
+which saves a pass over the activations; ``cpu_int8`` also adds the uncond output back
+in its epilogue (``restores_cfg_delta``); for the others the addition stays here.
 
 Centered activations (``act_center``, dynamic mode): each token's mean is subtracted
 before rotation and quantization and added back exactly through the weights' row sums,
@@ -294,7 +295,7 @@ class QuantLinear(nn.Module):
         out = self.backend.linear(x2, self.packed, act, self.bias)
         if center is not None:
             out = out + center.to(out.dtype) * self.weight_sum.to(out.dtype)
-        if delta:  # y_c = y_u + (W d + b) - b
+        if delta and not (fuse_delta and self.backend.restores_cfg_delta):  # y_u + (W d + b) - b
             y_u, y_c = out[:half], out[half:] + out[:half]
             if self.bias is not None:
                 y_c = y_c - self.bias.to(out.dtype)

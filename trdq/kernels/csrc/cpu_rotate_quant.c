@@ -12,7 +12,8 @@
  * says why that costs more than the int8 GEMM) happens while the row sits in L1.
  *
  * epilogue: out[m, n] = acc[m, n] * a_scale[m] * w_scale[n] (+ bias[n])
- *           (+ mean[m] * weight_sum[n]), acc int32 or float32, out float32 or bfloat16.
+ *           (+ mean[m] * weight_sum[n]), acc int32 or float32, out float32 or bfloat16;
+ *           with CFG-delta the cond rows come out as served, y_u + W d.
  *
  * Plain C; gcc vectorizes the inner loops (-O3 -march=native -fno-math-errno). Rows are split over
  * OpenMP threads (the process's libgomp, which PyTorch has loaded already).
@@ -167,28 +168,60 @@ int trdq_rotate_quant(const void *x, int is_bf16, int64_t M, int64_t K, int64_t 
     return failed;
 }
 
+/* One output row in float32: acc * a_scale * w_scale (+ bias) (+ mean * weight_sum). */
+static inline void epilogue_row(const void *acc, int acc_is_int32, int64_t m, int64_t N,
+                                float as, const float *w_scale, const float *bias, float mu,
+                                const float *weight_sum, float *y) {
+    const int32_t *ai = (const int32_t *)acc + m * N;
+    const float *af = (const float *)acc + m * N;
+    for (int64_t n = 0; n < N; ++n) {
+        float v = (acc_is_int32 ? (float)ai[n] : af[n]) * as * w_scale[n];
+        if (bias) v += bias[n];
+        if (weight_sum) v += mu * weight_sum[n];
+        y[n] = v;
+    }
+}
+
+static inline void store_row(const float *y, int64_t N, void *out, int out_is_bf16, int64_t m) {
+    if (out_is_bf16) {
+        uint16_t *ob = (uint16_t *)out + m * N;
+        for (int64_t n = 0; n < N; ++n) ob[n] = f32_to_bf16(y[n]);
+    } else {
+        memcpy((float *)out + m * N, y, (size_t)N * sizeof(float));
+    }
+}
+
+/* With delta_half > 0 the rows are [uncond; cond - uncond] and the served cond row is
+ * y_u + W d: each pair is finished together, in float32, and rounded once. */
 int trdq_int8_epilogue(const void *acc, int acc_is_int32, int64_t M, int64_t N,
                        const float *a_scale, const float *w_scale, const float *bias,
                        const float *mean, const float *weight_sum, void *out, int out_is_bf16,
-                       int threads) {
-#pragma omp parallel for num_threads(threads) schedule(static)
-    for (int64_t m = 0; m < M; ++m) {
-        const float as = a_scale[m];
-        const float mu = mean ? mean[m] : 0.0f;
-        const int32_t *ai = (const int32_t *)acc + m * N;
-        const float *af = (const float *)acc + m * N;
-        float *of = (float *)out + m * N;
-        uint16_t *ob = (uint16_t *)out + m * N;
-        for (int64_t n = 0; n < N; ++n) {
-            float a = acc_is_int32 ? (float)ai[n] : af[n];
-            float y = a * as * w_scale[n];
-            if (bias) y += bias[n];
-            if (mean) y += mu * weight_sum[n];
-            if (out_is_bf16)
-                ob[n] = f32_to_bf16(y);
-            else
-                of[n] = y;
+                       int64_t delta_half, int threads) {
+    const int64_t rows = delta_half > 0 ? delta_half : M;
+    int failed = 0;
+#pragma omp parallel num_threads(threads)
+    {
+        float *y = (float *)malloc((size_t)N * sizeof(float) * 2);
+        if (!y) {
+#pragma omp atomic write
+            failed = 1;
         }
+#pragma omp for schedule(static)
+        for (int64_t m = 0; m < rows; ++m) {
+            if (!y) continue;
+            epilogue_row(acc, acc_is_int32, m, N, a_scale[m], w_scale, bias,
+                         mean ? mean[m] : 0.0f, mean ? weight_sum : NULL, y);
+            store_row(y, N, out, out_is_bf16, m);
+            if (delta_half > 0) {
+                const int64_t c = m + delta_half;
+                float *d = y + N; /* W d, no bias: y_c = y_u + W d */
+                epilogue_row(acc, acc_is_int32, c, N, a_scale[c], w_scale, NULL,
+                             mean ? mean[c] : 0.0f, mean ? weight_sum : NULL, d);
+                for (int64_t n = 0; n < N; ++n) d[n] += y[n];
+                store_row(d, N, out, out_is_bf16, c);
+            }
+        }
+        free(y);
     }
-    return 0;
+    return failed;
 }
