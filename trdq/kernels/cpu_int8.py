@@ -157,12 +157,14 @@ def native_int8_linear(
     delta_half: int = 0,
 ) -> torch.Tensor:
     """``int8_linear_math`` through the C kernels: one pass over x (every step before the
-    GEMM), the int8 GEMM, one pass over the output (rescale, bias, centring)."""
+    GEMM), the int8 GEMM, one pass over the output (rescale, bias, centring, and the uncond
+    rows added back to the cond rows under CFG-delta)."""
     q, a_scale, mean = cpu_native.cpu_rotate_quant(
         x, smooth_divisor, row_scale, clip_ratio, rotation_block, bits,
         weight_sum is not None, delta_half,
     )
     w = P.unpack_int4(weight) if weight.dtype == torch.uint8 else weight
+    # the int32 accumulators go straight to the epilogue (int8_matmul would convert them)
     acc = torch._int_mm(q, w.t()) if FAST_INT_MM else int8_matmul(q, w)
     return cpu_native.cpu_int8_epilogue(acc, a_scale, weight_scale, bias, mean, weight_sum,
                                         x.dtype, delta_half)
