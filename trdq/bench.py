@@ -207,7 +207,11 @@ class _Runner:
             return torch.float32
         if row.startswith("bf16"):
             return torch.bfloat16
-        # TR-DQ and peer rows: the activations' dtype (--act-dtype; the server's on CPU is fp32)
+        # TR-DQ and peer rows: --act-dtype, by default what the server runs on this device
+        if self.args.act_dtype == "auto":
+            from trdq.pipeline import default_dtype
+
+            return default_dtype(self.device)
         return torch.float32 if self.args.act_dtype == "fp32" else torch.bfloat16
 
     def _prepare(self, row: str) -> dict[str, Any]:
@@ -420,7 +424,8 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         f"median of {args.runs} pipeline / {args.step_runs} step runs after warm-up",
         (
             f"TR-DQ rows: trdq.quantize backend={args.backend}, calibrated on "
-            f"{args.calib_prompts} prompt(s) at {preset.calib_hw}, {args.act_dtype} activations"
+            f"{args.calib_prompts} prompt(s) at {preset.calib_hw}, "
+            f"{'fp32' if runner._dtype_for('quantized') == torch.float32 else 'bf16'} activations"
         ),
     ]
     if device.type == "cpu":
@@ -511,9 +516,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-torchao", action="store_true")
     p.add_argument(
         "--act-dtype",
-        choices=("bf16", "fp32"),
-        default="bf16",
-        help="activations of the quantized and peer rows (the server runs fp32 on CPU, bf16 on GPU)",
+        choices=("auto", "bf16", "fp32"),
+        default="auto",
+        help="activations of the quantized and peer rows (auto: what the server runs, fp32 on "
+        "CPU, bf16 on GPU; tables before 2026-11-27 14:00 ran bf16 everywhere)",
     )
     p.add_argument("--calib-prompts", type=int, default=1)
     p.add_argument("--cache-dir", default=str(Path.home() / ".cache" / "trdq-bench"))

@@ -170,8 +170,10 @@ def test_bench_torchops_row_runs_cpu_int8_without_its_c_pass(tmp_path, monkeypat
     assert cpu_native._enabled  # the next row gets the C pass back
 
 
-def test_bench_act_dtype_sets_the_quantized_rows_activations(tmp_path, monkeypatch):
-    """--act-dtype fp32 runs TR-DQ rows as the server does on CPU; bf16/fp32 rows keep theirs."""
+@pytest.mark.parametrize("act_dtype", ["fp32", "auto"])
+def test_bench_act_dtype_sets_the_quantized_rows_activations(tmp_path, monkeypatch, act_dtype):
+    """TR-DQ rows run fp32 activations on CPU as the server does (the default, auto, or
+    --act-dtype fp32); bf16/fp32 rows keep theirs."""
     seen = {}
     prepare = bench._Runner._prepare
 
@@ -182,7 +184,7 @@ def test_bench_act_dtype_sets_the_quantized_rows_activations(tmp_path, monkeypat
 
     monkeypatch.setattr(bench._Runner, "_prepare", spy)
     out = tmp_path / "b.json"
-    rc = _bench_cpu(out, "bf16-eager,w8a8-eager", "--act-dtype", "fp32", "--markdown",
+    rc = _bench_cpu(out, "bf16-eager,w8a8-eager", "--act-dtype", act_dtype, "--markdown",
                     str(tmp_path / "B.md"), "--runs", "1", "--step-runs", "1", "--warmup", "0",
                     "--scopes", "denoiser_step", "--cache-dir", str(tmp_path / "cache"))
     assert rc == 0
