@@ -53,6 +53,7 @@ from trdq.bench_variants import (
     profile_step,
     quant_context,
 )
+from trdq.kernels import cpu_native
 
 logger = logging.getLogger(__name__)
 
@@ -207,7 +208,10 @@ class _Runner:
             return torch.float32
         if row.startswith("bf16"):
             return torch.bfloat16
-        # TR-DQ and peer rows: --act-dtype, by default what the server runs on this device
+        return self.act_dtype()
+
+    def act_dtype(self) -> torch.dtype:
+        """TR-DQ and peer rows: --act-dtype, by default what the server runs on this device."""
         if self.args.act_dtype == "auto":
             from trdq.pipeline import default_dtype
 
@@ -224,8 +228,6 @@ class _Runner:
             self.pipe.vae.enable_tiling()
             info["vae_tiling"] = True
         if row.endswith(TORCH_OPS):
-            from trdq.kernels import cpu_native
-
             row = row.removesuffix(TORCH_OPS)
             cpu_native.set_enabled(False)  # _release turns it back on
             info["cpu_native"] = False
@@ -295,8 +297,6 @@ class _Runner:
 
         api.dequantize_hooks(self.pipe)
         self.pipe.transformer = None
-        from trdq.kernels import cpu_native
-
         cpu_native.set_enabled(True)
         if getattr(self.pipe.vae, "use_tiling", False):
             self.pipe.vae.disable_tiling()
@@ -425,7 +425,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         (
             f"TR-DQ rows: trdq.quantize backend={args.backend}, calibrated on "
             f"{args.calib_prompts} prompt(s) at {preset.calib_hw}, "
-            f"{'fp32' if runner._dtype_for('quantized') == torch.float32 else 'bf16'} activations"
+            f"{'fp32' if runner.act_dtype() == torch.float32 else 'bf16'} activations"
         ),
     ]
     if device.type == "cpu":

@@ -5,18 +5,26 @@ from __future__ import annotations
 import platform
 from pathlib import Path
 
-__all__ = ["cpu_isa", "cpu_model"]
+__all__ = ["INT8_DOT_ISAS", "cpu_isa", "cpu_model", "cpuinfo_field"]
+
+#: what ``cpu_isa`` reports for CPUs with int8 dot-product instructions
+INT8_DOT_ISAS = ("AMX", "AVX-512 VNNI")
+
+
+def cpuinfo_field(name: str) -> str | None:
+    """The first ``name : value`` of /proc/cpuinfo (Linux), else None."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(name):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
 
 
 def cpu_model() -> str:
     """The CPU's model name as the kernel reports it (/proc/cpuinfo), else the platform's."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return cpuinfo_field("model name") or platform.processor() or platform.machine()
 
 
 def cpu_isa() -> str:

@@ -46,6 +46,7 @@ from trdq.config import INT_BITS
 from trdq.kernels import cpu_native
 from trdq.kernels.base import ActQuant, KernelBackend
 from trdq.kernels.registry import register
+from trdq.machine import INT8_DOT_ISAS, cpu_isa
 from trdq.rotation import hadamard_transform, hadamard_transform_factored
 
 __all__ = ["FAST_INT_MM", "CpuInt8Backend", "int8_linear_math", "int8_matmul", "native_int8_linear"]
@@ -58,9 +59,7 @@ def _fast_int_mm() -> bool:
     forced = os.environ.get("TRDQ_CPU_INT_MM", "").strip()
     if forced in ("0", "1"):
         return forced == "1"
-    cpu = getattr(torch, "cpu", None)
-    checks = ("_is_vnni_supported", "_is_amx_tile_supported")
-    return any(getattr(cpu, name, lambda: False)() for name in checks)
+    return cpu_isa() in INT8_DOT_ISAS
 
 
 #: torch._int_mm is fast here (int8 dot-product instructions); else an fp32 GEMM of the integers

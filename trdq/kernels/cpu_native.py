@@ -8,7 +8,8 @@ pass does all of it per row while the row sits in L1, and the epilogue in one pa
 
 Built on first use with the system C compiler (``gcc -O3 -march=native -fopenmp``, about
 a second) into ``TRDQ_NATIVE_CACHE``, else ``$TRDQ_CACHE_DIR/native``, else
-``~/.cache/trdq/native``, keyed by the source, the compiler and the CPU's flags; loaded with ctypes (which releases the GIL during a call).
+``~/.cache/trdq/native``, keyed by the source, the compiler and the CPU's flags; loaded
+with ctypes (which releases the GIL during a call).
 Without a compiler, or with ``TRDQ_CPU_NATIVE=0``, ``available()`` is False and
 ``cpu_int8`` keeps its torch-ops path, which is also the oracle the tests compare against.
 
@@ -29,6 +30,8 @@ from pathlib import Path
 
 import torch
 
+from trdq.machine import cpu_model, cpuinfo_field
+
 __all__ = ["available", "cpu_int8_epilogue", "cpu_rotate_quant", "library_path", "set_enabled"]
 
 log = logging.getLogger(__name__)
@@ -37,24 +40,13 @@ SOURCE = Path(__file__).with_name("csrc") / "cpu_rotate_quant.c"
 FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fopenmp", "-shared", "-fPIC")
 
 
-def _cpu_flags() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return line
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or platform.machine()
-
-
 def library_path(compiler: str) -> Path:
     """Where the shared library for this source, compiler and CPU lives."""
     version = subprocess.run([compiler, "--version"], check=False, capture_output=True,
                              text=True, timeout=30).stdout
     key = hashlib.sha256(
-        SOURCE.read_bytes() + "\0".join([compiler, version, *FLAGS, _cpu_flags()]).encode()
+        SOURCE.read_bytes()
+        + "\0".join([compiler, version, *FLAGS, cpu_model(), cpuinfo_field("flags") or ""]).encode()
     ).hexdigest()[:16]
     return _cache_dir() / f"cpu_rotate_quant-{key}.so"
 

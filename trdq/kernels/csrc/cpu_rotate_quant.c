@@ -111,6 +111,17 @@ static double row_sum(const float *v, int64_t K) {
     return sum;
 }
 
+/* Scratch of n floats for the calling OpenMP thread; on failure it sets *failed, and the
+ * thread then skips its rows (the caller reports the error to Python). */
+static float *thread_scratch(int64_t n, int *failed) {
+    float *buf = (float *)malloc((size_t)n * sizeof(float));
+    if (!buf) {
+#pragma omp atomic write
+        *failed = 1;
+    }
+    return buf;
+}
+
 int trdq_rotate_quant(const void *x, int is_bf16, int64_t M, int64_t K, int64_t delta_half,
                       const float *smooth, int hb, const float *row_scale, const float *clip,
                       float qmax, int8_t *q_out, float *scale_out, float *mean_out,
@@ -118,14 +129,10 @@ int trdq_rotate_quant(const void *x, int is_bf16, int64_t M, int64_t K, int64_t 
     int failed = 0;
 #pragma omp parallel num_threads(threads)
     {
-        float *v = (float *)malloc((size_t)K * sizeof(float) * 3);
+        float *v = thread_scratch(3 * K, &failed);
         float *inv_smooth = v ? v + 2 * K : NULL;
         if (v && smooth)
             for (int64_t k = 0; k < K; ++k) inv_smooth[k] = 1.0f / smooth[k];
-        if (!v) {
-#pragma omp atomic write
-            failed = 1;
-        }
 #pragma omp for schedule(static)
         for (int64_t r = 0; r < M; ++r) {
             if (!v) continue;
@@ -201,11 +208,7 @@ int trdq_int8_epilogue(const void *acc, int acc_is_int32, int64_t M, int64_t N,
     int failed = 0;
 #pragma omp parallel num_threads(threads)
     {
-        float *y = (float *)malloc((size_t)N * sizeof(float) * 2);
-        if (!y) {
-#pragma omp atomic write
-            failed = 1;
-        }
+        float *y = thread_scratch(2 * N, &failed);
 #pragma omp for schedule(static)
         for (int64_t m = 0; m < rows; ++m) {
             if (!y) continue;
