@@ -53,7 +53,7 @@ from trdq.bench_variants import (
     profile_step,
     quant_context,
 )
-from trdq.kernels import cpu_native
+from trdq.kernels import cpu_int8, cpu_native
 
 logger = logging.getLogger(__name__)
 
@@ -429,6 +429,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         ),
     ]
     if device.type == "cpu":
+        notes.append(f"cpu_int8 GEMM (8-bit weights): {cpu_int8.gemm_path()}")
         notes.append(
             "peak GB on CPU is the process's max RSS so far (it never falls: a row shows the "
             "largest of its own and every earlier row's, calibration included)"

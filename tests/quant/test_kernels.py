@@ -71,13 +71,18 @@ def test_cpu_int8_matches_reference(bits, act_bits, mode, m, k, n, smooth):
 def test_lower_activation_widths_really_use_fewer_levels(monkeypatch):
     """W4A4 through cpu_int8: the activations that reach the int8 GEMM hold at most 15 levels."""
     seen = {}
-    real_matmul = cpu_int8.int8_matmul
 
-    def spy(a, b):
-        seen["a"] = a
-        return real_matmul(a, b)
+    def spy_on(name):  # the torch-ops path calls int8_matmul, the C path int8_gemm
+        real = getattr(cpu_int8, name)
 
-    monkeypatch.setattr(cpu_int8, "int8_matmul", spy)
+        def spy(a, b):
+            seen.setdefault("a", a)
+            return real(a, b)
+
+        monkeypatch.setattr(cpu_int8, name, spy)
+
+    spy_on("int8_matmul")
+    spy_on("int8_gemm")
     x, _, bias, _, block, q, scale = _case(40, 256, 64, 4, False)
     fast = get_backend("cpu_int8")
     act = ActQuant(bits=4, rotation_block=block, clip_ratio=1.0)
@@ -101,6 +106,23 @@ def test_both_int8_gemm_paths_are_exact(monkeypatch, fast_int_mm):
     got = cpu_int8.int8_matmul(a, b)
     assert got.dtype == torch.float32
     assert torch.equal(got.to(torch.int64), exact)
+
+
+@pytest.mark.skipif(not hasattr(torch.ops.onednn, "qlinear_prepack"), reason="no oneDNN int8 linear")
+def test_onednn_prepacked_gemm_is_exact_and_follows_weight_writes(monkeypatch):
+    """The VNNI/AMX path: oneDNN's int8 linear on a prepacked copy gives the exact integer
+    product, and a weight written in place is packed again (its version changed). Weights
+    within +-63 so the product is exact on AVX2 CPUs too, where oneDNN's u8 x s8 pairs
+    saturate int16 (CI's machine; the path itself only runs where FAST_INT_MM holds)."""
+    monkeypatch.setattr(cpu_int8, "ONEDNN_PREPACK", True)
+    gen = torch.Generator().manual_seed(11)
+    q = torch.randint(-127, 128, (48, 256), dtype=torch.int8, generator=gen)
+    w = torch.randint(-63, 64, (80, 256), dtype=torch.int8, generator=gen)
+    exact = lambda: (q.to(torch.int64) @ w.to(torch.int64).t()).float()
+    assert torch.equal(cpu_int8.int8_gemm(q, w), exact())
+    w.neg_()  # in place: same storage, new version
+    assert torch.equal(cpu_int8.int8_gemm(q, w), exact())
+    assert torch.equal(cpu_int8.int8_gemm(q[:5], w), exact()[:5])  # other M, same pack
 
 
 def test_cpu_int8_matches_reference_on_either_gemm_path(monkeypatch):
@@ -157,6 +179,69 @@ def test_native_activation_codes_match_the_rotate_quant_oracle():
     torch.testing.assert_close(s, s_ref, rtol=1e-5, atol=0)
     differ = (q.int() - q_ref.int()).abs()
     assert int(differ.max()) <= 1 and float((differ > 0).float().mean()) < 1e-3
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(("k", "block"), [
+    (40, None),  # no rotation; K not a multiple of 8 or 32: the scalar tails
+    (100, 4),  # blocks smaller than 8: scalar butterflies only
+    (96, 8), (96, 16),  # the in-register H_8 alone, then one 8-wide stage
+    (96, 32), (192, 64), (768, 256), (512, 512),  # two-stage (radix-4) passes, + one
+])
+def test_native_rotate_quant_matches_the_oracle_for_every_block(dtype, k, block):
+    """Each code path of the C rotation (H_8 in a register, radix-4 and radix-2 stages, the
+    scalar tails) gives the oracle's codes and scales."""
+    from trdq.kernels.triton_rotate_quant import rotate_quant_reference
+
+    if not cpu_native.available():
+        pytest.skip("no C compiler here: cpu_int8 runs its torch ops")
+    gen = torch.Generator().manual_seed(k + (block or 0))
+    x = (torch.randn(24, k, generator=gen) * 2 + 0.3).to(dtype)
+    smooth = torch.rand(k, generator=gen) + 0.5
+    clip = torch.full((24,), 0.9)
+    mean_ref = torch.empty(24)
+    q_ref, s_ref = rotate_quant_reference(x, block=block, smooth=smooth, clip_ratio=clip,
+                                          out_dtype=torch.int8, center_out=mean_ref,
+                                          delta_half=12)
+    q, s, mean = cpu_native.cpu_rotate_quant(x, smooth, None, clip, block or 0, 8, True, 12)
+    torch.testing.assert_close(mean, mean_ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(s, s_ref, rtol=1e-5, atol=0)
+    differ = (q.int() - q_ref.int()).abs()
+    assert int(differ.max()) <= 1 and float((differ > 0).float().mean()) < 2e-3
+
+
+def test_native_portable_build_matches_the_oracle(monkeypatch, tmp_path):
+    """The plain-C branches (CPUs without AVX2): the source built for baseline x86-64 gives
+    the oracle's codes, with and without a rotation, and the same epilogue."""
+    from trdq.kernels.triton_rotate_quant import rotate_quant_reference
+
+    if not cpu_native.available():
+        pytest.skip("no C compiler here: cpu_int8 runs its torch ops")
+    monkeypatch.setenv("TRDQ_NATIVE_CACHE", str(tmp_path))
+    flags = tuple("-march=x86-64" if f == "-march=native" else f for f in cpu_native.FLAGS)
+    monkeypatch.setattr(cpu_native, "FLAGS", flags)
+    cpu_native._library.cache_clear()
+    try:
+        assert cpu_native._library() is not None
+        gen = torch.Generator().manual_seed(5)
+        for k, block in ((96, 32), (40, None), (100, 4)):
+            x = torch.randn(24, k, generator=gen) * 2
+            clip = torch.full((24,), 0.9)
+            mean_ref = torch.empty(24)
+            q_ref, s_ref = rotate_quant_reference(x, block=block, clip_ratio=clip,
+                                                  out_dtype=torch.int8, center_out=mean_ref,
+                                                  delta_half=12)
+            q, s, _ = cpu_native.cpu_rotate_quant(x, None, None, clip, block or 0, 8, True, 12)
+            torch.testing.assert_close(s, s_ref, rtol=1e-5, atol=0)
+            assert int((q.int() - q_ref.int()).abs().max()) <= 1
+        acc = torch.randint(-999, 999, (24, 16), dtype=torch.int32, generator=gen)
+        a_s, w_s, bias = torch.rand(24), torch.rand(16), torch.randn(16)
+        got = cpu_native.cpu_int8_epilogue(acc, a_s, w_s, bias, None, None, torch.float32)
+        torch.testing.assert_close(got, acc.float() * a_s[:, None] * w_s + bias)
+    finally:
+        monkeypatch.undo()
+        cpu_native._library.cache_clear()
+    assert list(tmp_path.glob("*.so")), "the portable build went to the test's cache"
 
 
 def test_cpu_int8_falls_back_to_torch_ops_without_a_compiler(monkeypatch, tmp_path):

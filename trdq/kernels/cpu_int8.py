@@ -38,6 +38,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import weakref
 
 import torch
 
@@ -49,7 +50,10 @@ from trdq.kernels.registry import register
 from trdq.machine import INT8_DOT_ISAS, cpu_isa
 from trdq.rotation import hadamard_transform, hadamard_transform_factored
 
-__all__ = ["FAST_INT_MM", "CpuInt8Backend", "int8_linear_math", "int8_matmul", "native_int8_linear"]
+__all__ = [
+    "FAST_INT_MM", "ONEDNN_PREPACK", "CpuInt8Backend", "gemm_path", "int8_gemm", "int8_linear_math", "int8_matmul",
+    "native_int8_linear",
+]
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +146,62 @@ def _(x, weight, weight_scale, bias, smooth_divisor, row_scale, rotation_block, 
     return x.new_empty((x.shape[0], weight.shape[0]))
 
 
+def _onednn_prepack_enabled() -> bool:
+    """Whether 8-bit weights go through oneDNN's prepacked int8 linear (see ``int8_gemm``)."""
+    if os.environ.get("TRDQ_CPU_PREPACK", "").strip() == "0" or not FAST_INT_MM:
+        return False
+    onednn = getattr(torch.ops, "onednn", None)
+    return hasattr(onednn, "qlinear_prepack") and hasattr(onednn, "qlinear_pointwise")
+
+
+#: 8-bit weights run oneDNN's prepacked int8 linear (VNNI/AMX CPUs; ``TRDQ_CPU_PREPACK=0``: off)
+ONEDNN_PREPACK = _onednn_prepack_enabled()
+
+#: (weight's data_ptr, version, shape) -> (oneDNN's blocked copy of it, ones, zeros)
+_PREPACKED: dict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+
+def _prepacked(weight: torch.Tensor, rows: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """oneDNN's blocked layout of an int8 ``[N, K]`` weight, made on first use and kept
+    until the weight is freed (or, written in place, has a new version)."""
+    key = (weight.data_ptr(), weight._version, tuple(weight.shape))
+    hit = _PREPACKED.get(key)
+    if hit is None:
+        n, k = weight.shape
+        hit = (torch.ops.onednn.qlinear_prepack(weight, [rows, k]),
+               torch.ones(n), torch.zeros(n, dtype=torch.int64))
+        _PREPACKED[key] = hit
+        weakref.finalize(weight, _PREPACKED.pop, key, None)
+    return hit
+
+
+def int8_gemm(q: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``q [M, K] int8 @ weight [N, K] int8 ^T``, exact, as int32 or float32 ``[M, N]``.
+
+    On VNNI/AMX CPUs, 8-bit weights (``ONEDNN_PREPACK``) go through oneDNN's int8 linear
+    on a copy of the weight prepacked once in its blocked layout: ``torch._int_mm`` takes
+    the plain ``[K, N]`` matrix and reorders it on every call (2.3x slower at 512x768x3072,
+    Xeon with AMX, 2 threads; docs/KERNELS.md). The copy costs one more byte per weight.
+    Its float32 output (scales of 1, no zero points) is the int32 sum, rounded to float32
+    only beyond 2^24. 4-bit weights are unpacked per call and use ``torch._int_mm``.
+    """
+    if weight.dtype == torch.uint8:
+        weight = P.unpack_int4(weight)
+    elif ONEDNN_PREPACK:
+        packed, ones, zeros = _prepacked(weight, q.shape[0])
+        return torch.ops.onednn.qlinear_pointwise(
+            q, 1.0, 0, packed, ones, zeros, None, 1.0, 0, torch.float32, "none", [], "")
+    # the int32 accumulators go straight to the epilogue (int8_matmul would convert them)
+    return torch._int_mm(q, weight.t()) if FAST_INT_MM else int8_matmul(q, weight)
+
+
+def gemm_path() -> str:
+    """How ``cpu_int8`` multiplies 8-bit weights on this CPU, for reports."""
+    if ONEDNN_PREPACK:
+        return "oneDNN int8 linear on prepacked weights"
+    return "torch._int_mm" if FAST_INT_MM else "fp32 GEMM of the integers (no VNNI/AMX)"
+
+
 def native_int8_linear(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -157,16 +217,26 @@ def native_int8_linear(
 ) -> torch.Tensor:
     """``int8_linear_math`` through the C kernels: one pass over x (every step before the
     GEMM), the int8 GEMM, one pass over the output (rescale, bias, centring, and the uncond
-    rows added back to the cond rows under CFG-delta)."""
-    q, a_scale, mean = cpu_native.cpu_rotate_quant(
+    rows added back to the cond rows under CFG-delta). One op per linear: each dispatcher
+    round trip costs tens of microseconds, against ~0.5 ms for the whole linear."""
+    q, a_scale, mean = cpu_native.rotate_quant(
         x, smooth_divisor, row_scale, clip_ratio, rotation_block, bits,
         weight_sum is not None, delta_half,
     )
-    w = P.unpack_int4(weight) if weight.dtype == torch.uint8 else weight
-    # the int32 accumulators go straight to the epilogue (int8_matmul would convert them)
-    acc = torch._int_mm(q, w.t()) if FAST_INT_MM else int8_matmul(q, w)
-    return cpu_native.cpu_int8_epilogue(acc, a_scale, weight_scale, bias, mean, weight_sum,
-                                        x.dtype, delta_half)
+    return cpu_native.int8_epilogue(int8_gemm(q, weight), a_scale, weight_scale, bias, mean,
+                                    weight_sum, x.dtype, delta_half)
+
+
+#: ``native_int8_linear`` as one dispatcher call, eager and compiled alike.
+cpu_int8_native_linear = torch.library.custom_op(
+    "trdq::cpu_int8_native_linear", native_int8_linear, mutates_args=()
+)
+
+
+@cpu_int8_native_linear.register_fake
+def _(x, weight, weight_scale, bias, smooth_divisor, row_scale, rotation_block, clip_ratio, bits,
+      weight_sum=None, delta_half=0):
+    return x.new_empty((x.shape[0], weight.shape[0]))
 
 
 class CpuInt8Backend(KernelBackend):
@@ -225,7 +295,7 @@ class CpuInt8Backend(KernelBackend):
         # the C kernels when built; else, compiled: plain ops that Inductor can fuse, eager:
         # one custom-op call
         if x.dtype in (torch.float32, torch.bfloat16) and cpu_native.available():
-            fn = native_int8_linear
+            fn = cpu_int8_native_linear
         elif torch.compiler.is_compiling():
             fn = int8_linear_math
         else:

@@ -32,7 +32,10 @@ import torch
 
 from trdq.machine import cpu_model, cpuinfo_field
 
-__all__ = ["available", "cpu_int8_epilogue", "cpu_rotate_quant", "library_path", "set_enabled"]
+__all__ = [
+    "available", "cpu_int8_epilogue", "cpu_rotate_quant", "int8_epilogue", "library_path",
+    "rotate_quant", "set_enabled",
+]
 
 log = logging.getLogger(__name__)
 
@@ -115,11 +118,14 @@ def _ptr(t: torch.Tensor | None) -> int | None:
 
 
 def _f32(t: torch.Tensor | None) -> torch.Tensor | None:
-    return None if t is None else t.detach().to(torch.float32).contiguous()
+    """Float32 and contiguous, without a copy when it already is (the common case: each
+    call's overhead counts on 2 cores, ~85 linears a step)."""
+    if t is None or (t.dtype == torch.float32 and t.is_contiguous()):
+        return t
+    return t.detach().to(torch.float32).contiguous()
 
 
-@torch.library.custom_op("trdq::cpu_rotate_quant", mutates_args=())
-def cpu_rotate_quant(
+def rotate_quant(
     x: torch.Tensor,
     smooth: torch.Tensor | None,
     row_scale: torch.Tensor | None,
@@ -128,37 +134,29 @@ def cpu_rotate_quant(
     bits: int,
     center: bool,
     delta_half: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``x [M, K]`` float32/bf16 -> (``q [M, K]`` int8, ``scale [M]``, ``mean [M]``
-    (zeros unless ``center``)); the steps are listed in the C source."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """``x [M, K]`` float32/bf16 -> (``q [M, K]`` int8, ``scale [M]``, ``mean [M]`` or None
+    (unless ``center``)); the steps are listed in the C source. Plain function: the custom
+    ops (``cpu_rotate_quant``, ``trdq::cpu_int8_native_linear``) call it."""
     if x.dtype not in (torch.float32, torch.bfloat16):
         raise TypeError(f"cpu_rotate_quant takes float32 or bfloat16, got {x.dtype}")
     x = x.contiguous()
     m, k = x.shape
     q = torch.empty((m, k), dtype=torch.int8)
     scale = torch.empty(m, dtype=torch.float32)
-    mean = torch.zeros(m, dtype=torch.float32)
+    mean = torch.empty(m, dtype=torch.float32) if center else None
     smooth, row_scale, clip = _f32(smooth), _f32(row_scale), _f32(clip)
     failed = _library().trdq_rotate_quant(
         x.data_ptr(), int(x.dtype == torch.bfloat16), m, k, delta_half, _ptr(smooth),
         max(rotation_block, 0), _ptr(row_scale), clip.data_ptr(), float(2 ** (bits - 1) - 1),
-        q.data_ptr(), scale.data_ptr(), mean.data_ptr() if center else None,
-        torch.get_num_threads(),
+        q.data_ptr(), scale.data_ptr(), _ptr(mean), torch.get_num_threads(),
     )
     if failed:
         raise MemoryError("cpu_rotate_quant could not allocate its row buffers")
     return q, scale, mean
 
 
-@cpu_rotate_quant.register_fake
-def _(x, smooth, row_scale, clip, rotation_block, bits, center, delta_half):
-    m = x.shape[0]
-    return (x.new_empty(x.shape, dtype=torch.int8), x.new_empty(m, dtype=torch.float32),
-            x.new_empty(m, dtype=torch.float32))
-
-
-@torch.library.custom_op("trdq::cpu_int8_epilogue", mutates_args=())
-def cpu_int8_epilogue(
+def int8_epilogue(
     acc: torch.Tensor,
     a_scale: torch.Tensor,
     weight_scale: torch.Tensor,
@@ -192,6 +190,35 @@ def cpu_int8_epilogue(
     if failed:
         raise MemoryError("cpu_int8_epilogue could not allocate its row buffers")
     return out
+
+
+@torch.library.custom_op("trdq::cpu_rotate_quant", mutates_args=())
+def cpu_rotate_quant(
+    x: torch.Tensor,
+    smooth: torch.Tensor | None,
+    row_scale: torch.Tensor | None,
+    clip: torch.Tensor,
+    rotation_block: int,
+    bits: int,
+    center: bool,
+    delta_half: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``rotate_quant`` as an op; ``mean`` is zeros unless ``center``."""
+    q, scale, mean = rotate_quant(x, smooth, row_scale, clip, rotation_block, bits, center,
+                                  delta_half)
+    return q, scale, mean if mean is not None else torch.zeros_like(scale)
+
+
+@cpu_rotate_quant.register_fake
+def _(x, smooth, row_scale, clip, rotation_block, bits, center, delta_half):
+    m = x.shape[0]
+    return (x.new_empty(x.shape, dtype=torch.int8), x.new_empty(m, dtype=torch.float32),
+            x.new_empty(m, dtype=torch.float32))
+
+
+cpu_int8_epilogue = torch.library.custom_op(
+    "trdq::cpu_int8_epilogue", int8_epilogue, mutates_args=()
+)
 
 
 @cpu_int8_epilogue.register_fake

@@ -22,6 +22,9 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef __AVX2__
+#include <immintrin.h>
+#endif
 
 static inline float bf16_to_f32(uint16_t v) {
     uint32_t u = (uint32_t)v << 16;
@@ -38,77 +41,191 @@ static inline uint16_t f32_to_bf16(float f) { /* round to nearest even, as torch
     return (uint16_t)(u >> 16);
 }
 
-static inline void load_row(const void *x, int is_bf16, int64_t r, int64_t K, float *dst) {
-    if (is_bf16) {
-        const uint16_t *src = (const uint16_t *)x + r * K;
-        for (int64_t k = 0; k < K; ++k) dst[k] = bf16_to_f32(src[k]);
-    } else {
-        memcpy(dst, (const float *)x + r * K, (size_t)K * sizeof(float));
-    }
+/* The three first butterfly stages (strides 1, 2, 4) of a fast Walsh-Hadamard transform,
+ * on 8 consecutive values: a product with the Sylvester H_8, H[i][j] = (-1)^popcount(i & j). */
+#ifdef __AVX2__
+/* In one AVX register: each stage adds the lane's partner (a permutation) to the lane
+ * times +1 (low member of the pair) or -1 (high member): out = partner + sign * v. */
+static inline __m256 h8_avx(__m256 v) {
+    const __m256 s1 = _mm256_setr_ps(1, -1, 1, -1, 1, -1, 1, -1);
+    const __m256 s2 = _mm256_setr_ps(1, 1, -1, -1, 1, 1, -1, -1);
+    const __m256 s4 = _mm256_setr_ps(1, 1, 1, 1, -1, -1, -1, -1);
+    v = _mm256_add_ps(_mm256_permute_ps(v, 0xB1), _mm256_mul_ps(v, s1));
+    v = _mm256_add_ps(_mm256_permute_ps(v, 0x4E), _mm256_mul_ps(v, s2));
+    return _mm256_add_ps(_mm256_permute2f128_ps(v, v, 1), _mm256_mul_ps(v, s4));
 }
-
-/* Sylvester H_8, H[i][j] = (-1)^popcount(i & j): the first three butterfly stages of a
- * fast Walsh-Hadamard transform on 8 consecutive values, as one small matrix product that
- * gcc vectorizes (the stages themselves, strides 1, 2 and 4, do not). */
+#else
 static const float H8[8][8] = {
     {1, 1, 1, 1, 1, 1, 1, 1},   {1, -1, 1, -1, 1, -1, 1, -1}, {1, 1, -1, -1, 1, 1, -1, -1},
     {1, -1, -1, 1, 1, -1, -1, 1}, {1, 1, 1, 1, -1, -1, -1, -1}, {1, -1, 1, -1, -1, 1, -1, 1},
     {1, 1, -1, -1, -1, -1, 1, 1}, {1, -1, -1, 1, -1, 1, 1, -1},
 };
+#endif
 
-/* Unnormalized: the caller folds 1 / sqrt(hb) into the row's scale. */
-static void fwht_blocks(float *v, int64_t K, int hb) {
-    int first = 1; /* the stride the butterfly loops start at */
-    if (hb >= 8) {
-        for (int64_t c = 0; c < K; c += 8) {
-            float in[8], out[8] = {0};
-            memcpy(in, v + c, sizeof in);
-            for (int i = 0; i < 8; ++i)
-                for (int j = 0; j < 8; ++j) out[j] += in[i] * H8[i][j];
-            memcpy(v + c, out, sizeof out);
+/* One butterfly stage at stride h (a multiple of 8 here): lo, hi <- lo + hi, lo - hi. */
+static inline void butterflies8(float *restrict lo, float *restrict hi, int h) {
+    for (int j = 0; j < h; j += 8) {
+#ifdef __AVX2__
+        const __m256 a = _mm256_loadu_ps(lo + j), b = _mm256_loadu_ps(hi + j);
+        _mm256_storeu_ps(lo + j, _mm256_add_ps(a, b));
+        _mm256_storeu_ps(hi + j, _mm256_sub_ps(a, b));
+#else
+        for (int i = j; i < j + 8; ++i) {
+            const float a = lo[i], b = hi[i];
+            lo[i] = a + b;
+            hi[i] = a - b;
         }
-        first = 8;
+#endif
     }
-    for (int64_t b0 = 0; b0 < K; b0 += hb) {
-        float *blk = v + b0;
-        for (int h = first; h < hb; h <<= 1) {
-            for (int i = 0; i < hb; i += 2 * h) {
-                float *lo = blk + i, *hi = blk + i + h;
-                for (int j = 0; j < h; ++j) {
-                    float a = lo[j], b = hi[j];
-                    lo[j] = a + b;
-                    hi[j] = a - b;
-                }
+}
+
+#ifdef __AVX2__
+/* Two stages at once, strides h and 2h (h a multiple of 8), on the quarters a, b, c, d of a
+ * run of 4h values: the same additions in the same order as two butterflies8 passes, with
+ * one load and one store per value instead of two. */
+static inline void butterflies8x2(float *v, int h) {
+    for (int j = 0; j < h; j += 8) {
+        const __m256 a = _mm256_loadu_ps(v + j), b = _mm256_loadu_ps(v + h + j);
+        const __m256 c = _mm256_loadu_ps(v + 2 * h + j), d = _mm256_loadu_ps(v + 3 * h + j);
+        const __m256 ab = _mm256_add_ps(a, b), a_b = _mm256_sub_ps(a, b);
+        const __m256 cd = _mm256_add_ps(c, d), c_d = _mm256_sub_ps(c, d);
+        _mm256_storeu_ps(v + j, _mm256_add_ps(ab, cd));
+        _mm256_storeu_ps(v + h + j, _mm256_add_ps(a_b, c_d));
+        _mm256_storeu_ps(v + 2 * h + j, _mm256_sub_ps(ab, cd));
+        _mm256_storeu_ps(v + 3 * h + j, _mm256_sub_ps(a_b, c_d));
+    }
+}
+#endif
+
+/* Steps 2-4 after the load, in one pass over the row: v = (v - mean) * inv_smooth, then
+ * (h8) the transform's first three stages on each run of 8 values. */
+static void centre_smooth_h8(float *restrict v, int64_t K, float mean,
+                             const float *restrict inv_smooth, int h8) {
+    int64_t c = 0;
+#ifdef __AVX2__
+    const __m256 mu = _mm256_set1_ps(mean);
+    for (; c + 8 <= K; c += 8) {
+        __m256 t = _mm256_sub_ps(_mm256_loadu_ps(v + c), mu);
+        if (inv_smooth) t = _mm256_mul_ps(t, _mm256_loadu_ps(inv_smooth + c));
+        _mm256_storeu_ps(v + c, h8 ? h8_avx(t) : t);
+    }
+#else
+    for (; c + 8 <= K && h8; c += 8) {
+        float in[8], out[8] = {0};
+        for (int i = 0; i < 8; ++i)
+            in[i] = inv_smooth ? (v[c + i] - mean) * inv_smooth[c + i] : v[c + i] - mean;
+        for (int i = 0; i < 8; ++i)
+            for (int j = 0; j < 8; ++j) out[j] += in[i] * H8[i][j];
+        memcpy(v + c, out, sizeof out);
+    }
+#endif
+    for (; c < K; ++c) /* the tail (K % 8; never with h8: 8 divides hb divides K) */
+        v[c] = inv_smooth ? (v[c] - mean) * inv_smooth[c] : v[c] - mean;
+}
+
+/* The remaining stages of the unnormalized fast Walsh-Hadamard transform in each block of
+ * hb values, from stride h (8 after centre_smooth_h8, else 1); the caller folds 1 / sqrt(hb)
+ * into the row's scale. Blocks are contiguous and 2h divides hb, so each stage runs over the
+ * whole row at once. */
+static void fwht_stages(float *v, int64_t K, int hb, int h) {
+#ifdef __AVX2__
+    for (; h >= 8 && 4 * h <= hb; h <<= 2)
+        for (int64_t i = 0; i < K; i += 4 * h) butterflies8x2(v + i, h);
+#endif
+    for (; h < hb; h <<= 1) {
+        for (int64_t i = 0; i < K; i += 2 * h) {
+            if (h >= 8) {
+                butterflies8(v + i, v + i + h, h);
+                continue;
+            }
+            float *lo = v + i, *hi = v + i + h;
+            for (int j = 0; j < h; ++j) {
+                const float a = lo[j], b = hi[j];
+                lo[j] = a + b;
+                hi[j] = a - b;
             }
         }
     }
 }
 
-/* Reductions in 8 independent lanes, which gcc vectorizes without -ffast-math (a plain
- * loop is one serial chain: it must keep the source's order of operations). */
-static float row_absmax(const float *v, int64_t K) {
-    float lane[8] = {0};
-    int64_t k = 0;
-    for (; k + 8 <= K; k += 8)
-        for (int j = 0; j < 8; ++j) {
-            const float a = fabsf(v[k + j]);
-            lane[j] = a > lane[j] ? a : lane[j];
+/* Step 1: the row (minus its CFG pair when paired >= 0) into v in float32, in one pass;
+ * returns the row's sum (for the centring). */
+static float load_row_delta(const void *x, int is_bf16, int64_t r, int64_t paired, int64_t K,
+                            float *restrict v) {
+    float sum = 0.0f;
+    if (is_bf16) {
+        const uint16_t *restrict a = (const uint16_t *)x + r * K;
+        const uint16_t *restrict b = (const uint16_t *)x + (paired >= 0 ? paired : r) * K;
+        if (paired >= 0) {
+#pragma omp simd reduction(+ : sum)
+            for (int64_t k = 0; k < K; ++k) {
+                v[k] = bf16_to_f32(a[k]) - bf16_to_f32(b[k]);
+                sum += v[k];
+            }
+        } else {
+#pragma omp simd reduction(+ : sum)
+            for (int64_t k = 0; k < K; ++k) {
+                v[k] = bf16_to_f32(a[k]);
+                sum += v[k];
+            }
         }
+    } else {
+        const float *restrict a = (const float *)x + r * K;
+        const float *restrict b = (const float *)x + (paired >= 0 ? paired : r) * K;
+        if (paired >= 0) {
+#pragma omp simd reduction(+ : sum)
+            for (int64_t k = 0; k < K; ++k) {
+                v[k] = a[k] - b[k];
+                sum += v[k];
+            }
+        } else {
+#pragma omp simd reduction(+ : sum)
+            for (int64_t k = 0; k < K; ++k) {
+                v[k] = a[k];
+                sum += v[k];
+            }
+        }
+    }
+    return sum;
+}
+
+/* Reductions as OpenMP SIMD reductions, which gcc vectorizes without -ffast-math (a plain
+ * loop is one serial chain: it must keep the source's order of operations). Written with
+ * comparisons, not fmaxf: fmaxf's NaN rules keep gcc from vectorizing it (20x slower). */
+static float row_absmax(const float *v, int64_t K) {
     float amax = 0.0f;
-    for (; k < K; ++k) amax = fabsf(v[k]) > amax ? fabsf(v[k]) : amax;
-    for (int j = 0; j < 8; ++j) amax = lane[j] > amax ? lane[j] : amax;
+#pragma omp simd reduction(max : amax)
+    for (int64_t k = 0; k < K; ++k) {
+        const float a = fabsf(v[k]);
+        amax = a > amax ? a : amax;
+    }
     return amax;
 }
 
-static double row_sum(const float *v, int64_t K) {
-    float lane[8] = {0};
+/* q[k] = clamp(round-half-even(v[k] * inv), -qmax, qmax) as int8. */
+static void quantize_row(const float *v, int64_t K, float inv, float qmax, int8_t *q) {
     int64_t k = 0;
-    for (; k + 8 <= K; k += 8)
-        for (int j = 0; j < 8; ++j) lane[j] += v[k + j];
-    double sum = 0.0;
-    for (; k < K; ++k) sum += v[k];
-    for (int j = 0; j < 8; ++j) sum += lane[j];
-    return sum;
+#ifdef __AVX2__
+    /* clamp in float, convert with the default rounding mode (half to even), narrow with
+     * the saturating packs (exact after the clamp), then undo the packs' lane interleave */
+    const __m256 vi = _mm256_set1_ps(inv), hi = _mm256_set1_ps(qmax), lo = _mm256_set1_ps(-qmax);
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+#define TRDQ_Q8(off) \
+    _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(_mm256_mul_ps(_mm256_loadu_ps(v + k + (off)), vi), lo), hi))
+    for (; k + 32 <= K; k += 32) {
+        const __m256i ab = _mm256_packs_epi32(TRDQ_Q8(0), TRDQ_Q8(8));
+        const __m256i cd = _mm256_packs_epi32(TRDQ_Q8(16), TRDQ_Q8(24));
+        _mm256_storeu_si256((__m256i *)(q + k),
+                            _mm256_permutevar8x32_epi32(_mm256_packs_epi16(ab, cd), order));
+    }
+#undef TRDQ_Q8
+#endif
+    for (; k < K; ++k) {
+        /* rintf rounds half to even in the default mode and inlines to roundps */
+        float t = rintf(v[k] * inv);
+        t = t < -qmax ? -qmax : t;
+        q[k] = (int8_t)(t > qmax ? qmax : t);
+    }
 }
 
 /* Scratch of n floats for the calling OpenMP thread; on failure it sets *failed, and the
@@ -129,28 +246,21 @@ int trdq_rotate_quant(const void *x, int is_bf16, int64_t M, int64_t K, int64_t 
     int failed = 0;
 #pragma omp parallel num_threads(threads)
     {
-        float *v = thread_scratch(3 * K, &failed);
-        float *inv_smooth = v ? v + 2 * K : NULL;
+        float *v = thread_scratch(2 * K, &failed);
+        float *inv_smooth = v ? v + K : NULL;
         if (v && smooth)
             for (int64_t k = 0; k < K; ++k) inv_smooth[k] = 1.0f / smooth[k];
 #pragma omp for schedule(static)
         for (int64_t r = 0; r < M; ++r) {
             if (!v) continue;
-            float *paired = v + K;
-            load_row(x, is_bf16, r, K, v);
-            if (delta_half > 0 && r >= delta_half) {
-                load_row(x, is_bf16, r - delta_half, K, paired);
-                for (int64_t k = 0; k < K; ++k) v[k] -= paired[k];
-            }
-            if (mean_out) {
-                const float mean = (float)(row_sum(v, K) / (double)K);
-                for (int64_t k = 0; k < K; ++k) v[k] -= mean;
-                mean_out[r] = mean;
-            }
-            if (smooth)
-                for (int64_t k = 0; k < K; ++k) v[k] *= inv_smooth[k];
+            const int64_t paired = delta_half > 0 && r >= delta_half ? r - delta_half : -1;
+            const float sum = load_row_delta(x, is_bf16, r, paired, K, v);
+            const float mean = mean_out ? sum / (float)K : 0.0f; /* x - 0 is exact */
+            if (mean_out) mean_out[r] = mean;
+            const int h8 = hb >= 8;
+            if (mean_out || smooth || h8) centre_smooth_h8(v, K, mean, smooth ? inv_smooth : NULL, h8);
             /* v is now sqrt(hb) times the normalized rotation (or 1x without one) */
-            if (hb > 1) fwht_blocks(v, K, hb);
+            if (hb > 1) fwht_stages(v, K, hb, h8 ? 8 : 1);
             const float norm = hb > 1 ? (float)sqrt((double)hb) : 1.0f;
             float scale;
             if (row_scale)
@@ -161,14 +271,7 @@ int trdq_rotate_quant(const void *x, int is_bf16, int64_t M, int64_t K, int64_t 
             scale_out[r] = scale;
             /* one multiply per value: 1 / (scale * sqrt(hb)); the rare value within an ulp of
              * a rounding boundary can land one step off the reference's division */
-            const float inv = 1.0f / (scale * norm);
-            int8_t *q = q_out + r * K;
-            for (int64_t k = 0; k < K; ++k) {
-                /* rintf rounds half to even in the default mode and inlines to roundps */
-                float t = rintf(v[k] * inv);
-                t = t < -qmax ? -qmax : t;
-                q[k] = (int8_t)(t > qmax ? qmax : t);
-            }
+            quantize_row(v, K, 1.0f / (scale * norm), qmax, q_out + r * K);
         }
         free(v);
     }
@@ -177,21 +280,27 @@ int trdq_rotate_quant(const void *x, int is_bf16, int64_t M, int64_t K, int64_t 
 
 /* One output row in float32: acc * a_scale * w_scale (+ bias) (+ mean * weight_sum). */
 static inline void epilogue_row(const void *acc, int acc_is_int32, int64_t m, int64_t N,
-                                float as, const float *w_scale, const float *bias, float mu,
-                                const float *weight_sum, float *y) {
-    const int32_t *ai = (const int32_t *)acc + m * N;
-    const float *af = (const float *)acc + m * N;
-    for (int64_t n = 0; n < N; ++n) {
-        float v = (acc_is_int32 ? (float)ai[n] : af[n]) * as * w_scale[n];
-        if (bias) v += bias[n];
-        if (weight_sum) v += mu * weight_sum[n];
-        y[n] = v;
+                                float as, const float *restrict w_scale,
+                                const float *restrict bias, float mu,
+                                const float *restrict weight_sum, float *restrict y) {
+    /* one simple loop per term (each vectorizes; y stays in L1), in the reference's order */
+    if (acc_is_int32) {
+        const int32_t *restrict ai = (const int32_t *)acc + m * N;
+        for (int64_t n = 0; n < N; ++n) y[n] = (float)ai[n] * as * w_scale[n];
+    } else {
+        const float *restrict af = (const float *)acc + m * N;
+        for (int64_t n = 0; n < N; ++n) y[n] = af[n] * as * w_scale[n];
     }
+    if (bias)
+        for (int64_t n = 0; n < N; ++n) y[n] += bias[n];
+    if (weight_sum)
+        for (int64_t n = 0; n < N; ++n) y[n] += mu * weight_sum[n];
 }
 
-static inline void store_row(const float *y, int64_t N, void *out, int out_is_bf16, int64_t m) {
+static inline void store_row(const float *restrict y, int64_t N, void *out, int out_is_bf16,
+                             int64_t m) {
     if (out_is_bf16) {
-        uint16_t *ob = (uint16_t *)out + m * N;
+        uint16_t *restrict ob = (uint16_t *)out + m * N;
         for (int64_t n = 0; n < N; ++n) ob[n] = f32_to_bf16(y[n]);
     } else {
         memcpy((float *)out + m * N, y, (size_t)N * sizeof(float));
