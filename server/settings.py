@@ -11,6 +11,11 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DISABLED = {"", "none", "off", "false", "0", "disabled"}
+# TRDQ_DTYPE: accepted spellings -> the name stored (a torch dtype name, or auto).
+DTYPE_ALIASES = {
+    "auto": "auto", "float32": "float32", "fp32": "float32",
+    "bfloat16": "bfloat16", "bf16": "bfloat16",
+}
 
 
 class Settings(BaseSettings):
@@ -31,6 +36,9 @@ class Settings(BaseSettings):
     backend: str = "auto"
     # Weight-only quantization of the text encoder (T5): none | int8 | int4.
     text_encoder_quant: str = "none"
+    # Dtype the pipelines are loaded and served in: auto (bf16 on CUDA, fp32 on CPU),
+    # float32 or bfloat16 (aliases fp32, bf16).
+    dtype: str = "auto"
     compile: bool = False
     threads: int = Field(default=0, ge=0)  # torch intra-op threads on CPU; 0 = torch default
     warmup: bool = True
@@ -80,6 +88,14 @@ class Settings(BaseSettings):
         if value not in TEXT_ENCODER_QUANTS:
             raise ValueError(f"must be one of {', '.join(TEXT_ENCODER_QUANTS)}")
         return value
+
+    @field_validator("dtype")
+    @classmethod
+    def _check_dtype(cls, value: str) -> str:
+        name = DTYPE_ALIASES.get(value.strip().lower())
+        if name is None:
+            raise ValueError("must be auto, float32 (fp32) or bfloat16 (bf16)")
+        return name
 
     @field_validator("devices")
     @classmethod

@@ -72,7 +72,7 @@ def load_models(settings: Settings, metrics: Metrics, device: torch.device) -> M
     """Every enabled model at every precision in TRDQ_QUANT, on ``device``."""
     if device.type == "cpu" and settings.threads:
         torch.set_num_threads(settings.threads)
-    dtype = default_dtype(device)
+    dtype = served_dtype(settings.dtype, device)
     served: dict[tuple[str, str], ServedModel] = {}
     for model_name in (settings.image_model, settings.video_model_name):
         if model_name is None:
@@ -90,10 +90,37 @@ def load_models(settings: Settings, metrics: Metrics, device: torch.device) -> M
                 _compile(model)
             _publish_weight_bytes(model, metrics)
             served[(task, quant)] = model
-            logger.info("serving %s (%s) at %s on %s", model_name, task, quant, device)
+            logger.info("serving %s (%s) at %s in %s on %s", model_name, task, quant,
+                        model.info["dtype"], device)
     if not served:
         raise RuntimeError("both TRDQ_MODEL and TRDQ_VIDEO_MODEL are disabled: nothing to serve")
     return ModelSet(served, default_quant=settings.quant_names[0])
+
+
+def served_dtype(setting: str, device: torch.device) -> torch.dtype:
+    """TRDQ_DTYPE on ``device``; ``auto`` is trdq's default (bf16 on CUDA, fp32 on CPU).
+
+    fp32 stays the CPU default because CPUs without native bf16 (AVX-512 BF16 or AMX)
+    emulate its GEMMs, several times slower than fp32; where it is native, bf16
+    activations with the cpu_int8 backend are the fast path, so it is a setting.
+    """
+    if setting == "auto":
+        return default_dtype(device)
+    dtype = getattr(torch, setting)
+    if dtype == torch.bfloat16 and device.type == "cpu" and not _cpu_has_native_bf16():
+        logger.warning(
+            "TRDQ_DTYPE=bfloat16 on a CPU without AVX-512 BF16 or AMX: bf16 is emulated "
+            "there and usually much slower than float32"
+        )
+    return dtype
+
+
+def _cpu_has_native_bf16() -> bool:
+    cpu = getattr(torch, "cpu", None)
+    return any(
+        getattr(cpu, check, lambda: False)()
+        for check in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    )
 
 
 def _quantize_text_encoder(pipe, quant: str) -> None:
