@@ -429,7 +429,9 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         ),
     ]
     if device.type == "cpu":
-        notes.append(f"cpu_int8 GEMM (8-bit weights): {cpu_int8.gemm_path()}")
+        prepack = (" (plus a prepacked copy of each 8-bit weight while it runs, 1 byte per "
+                   "weight, not in the weights column)" if cpu_int8.ONEDNN_PREPACK else "")
+        notes.append(f"cpu_int8 GEMM (8-bit weights): {cpu_int8.gemm_path()}{prepack}")
         notes.append(
             "peak GB on CPU is the process's max RSS so far (it never falls: a row shows the "
             "largest of its own and every earlier row's, calibration included)"

@@ -1,10 +1,13 @@
-"""CPU INT8 backend: int8 activations x int8 weights through ``torch._int_mm``.
+"""CPU INT8 backend: int8 activations x int8 weights through oneDNN's int8 kernels.
 
-``torch._int_mm`` on CPU (oneDNN; AVX-512 VNNI / AMX here) computes an exact int32
-product for any M (no M > 16 restriction on CPU, unlike CUDA), so no padding is needed.
+On CPUs with int8 dot-product instructions (AVX-512 VNNI, AMX), 8-bit weights run
+oneDNN's int8 linear on a copy prepacked once in its blocked layout (``int8_gemm``,
+``ONEDNN_PREPACK``; ``TRDQ_CPU_PREPACK=0`` turns it off), and other widths
+``torch._int_mm``, which reorders the plain weight on every call. Both give the exact
+int32 product for any M (no M > 16 restriction on CPU, unlike CUDA), so no padding is needed.
 
-Only CPUs with int8 dot-product instructions (AVX-512 VNNI, AMX) get oneDNN's kernel
-there: elsewhere PyTorch falls back to a plain loop, 30-60x slower than an fp32 GEMM
+Only CPUs with those instructions get oneDNN's kernels: elsewhere ``torch._int_mm`` is a
+plain loop, 30-60x slower than an fp32 GEMM
 (AMD EPYC with AVX2 only, 2 cores: 160-1000 ms against 6-18 ms for the same
 ``512 x 768 x 768..3072`` product). On such CPUs (``FAST_INT_MM`` False) the integer
 product is computed as an fp32 GEMM of the same integers, exact while partial sums stay
