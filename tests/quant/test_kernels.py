@@ -123,6 +123,9 @@ def test_onednn_prepacked_gemm_is_exact_and_follows_weight_writes(monkeypatch):
     w.neg_()  # in place: same storage, new version
     assert torch.equal(cpu_int8.int8_gemm(q, w), exact())
     assert torch.equal(cpu_int8.int8_gemm(q[:5], w), exact()[:5])  # other M, same pack
+    with torch.inference_mode():  # inference tensors keep no version counter
+        w_inf = w.clone()
+    assert torch.equal(cpu_int8.int8_gemm(q, w_inf), exact())
 
 
 def test_cpu_int8_matches_reference_on_either_gemm_path(monkeypatch):

@@ -164,10 +164,18 @@ ONEDNN_PREPACK = _onednn_prepack_enabled()
 _PREPACKED: dict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
 
+def _version(t: torch.Tensor) -> int:
+    """The tensor's in-place write counter; -1 for inference tensors, which keep none."""
+    try:
+        return t._version
+    except RuntimeError:  # made under torch.inference_mode (e.g. a cache loaded there)
+        return -1
+
+
 def _prepacked(weight: torch.Tensor, rows: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """oneDNN's blocked layout of an int8 ``[N, K]`` weight, made on first use and kept
     until the weight is freed (or, written in place, has a new version)."""
-    key = (weight.data_ptr(), weight._version, tuple(weight.shape))
+    key = (weight.data_ptr(), _version(weight), tuple(weight.shape))
     hit = _PREPACKED.get(key)
     if hit is None:
         n, k = weight.shape
