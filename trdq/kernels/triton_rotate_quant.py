@@ -365,11 +365,14 @@ if TRITON_AVAILABLE:
 if TRITON_AVAILABLE:
     # Rows per program and warps: tuned once per (K, power-of-two bucket of M, mode) on
     # the first call. Re-running is harmless: static mode only reads its scales, dynamic
-    # mode rewrites the same values.
+    # mode rewrites the same values. The small tiles (2-8 rows) are for the dynamic
+    # passes: each re-reads its rows, which stay in cache only when a program's tile is
+    # small (H100, the default w8a8 recipe at M = 8192: 36 us at 2 rows against 53 us at
+    # 16, K = 1152; 143 against 209 us, K = 4608; docs/KERNELS.md).
     _rotate_quant_autotuned = triton.autotune(
         configs=[
             triton.Config({"BLOCK_M": bm}, num_warps=w)
-            for bm, w in ((16, 4), (32, 4), (32, 8), (64, 8))
+            for bm, w in ((2, 1), (4, 2), (8, 2), (8, 4), (16, 4), (32, 4), (32, 8), (64, 8))
         ],
         key=[
             "K", "M_BUCKET", "STATIC", "HAS_SMOOTH", "ROTATE", "OUT_INT8", "USE_DOT", "CENTER",
