@@ -5,7 +5,7 @@ from __future__ import annotations
 import platform
 from pathlib import Path
 
-__all__ = ["INT8_DOT_ISAS", "cpu_isa", "cpu_model", "cpuinfo_field"]
+__all__ = ["INT8_DOT_ISAS", "cpu_has_native_bf16", "cpu_isa", "cpu_model", "cpuinfo_field"]
 
 #: what ``cpu_isa`` reports for CPUs with int8 dot-product instructions
 INT8_DOT_ISAS = ("AMX", "AVX-512 VNNI")
@@ -40,3 +40,15 @@ def cpu_isa() -> str:
     if getattr(cpu, "_is_vnni_supported", lambda: False)():
         return "AVX-512 VNNI"
     return torch.backends.cpu.get_cpu_capability()
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX-512 BF16 or AMX); elsewhere PyTorch
+    emulates bf16 GEMMs, several times slower than fp32."""
+    import torch
+
+    cpu = getattr(torch, "cpu", None)
+    return any(
+        getattr(cpu, check, lambda: False)()
+        for check in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    )

@@ -18,6 +18,7 @@ import torch
 from server.errors import ModelUnavailableError
 from server.metrics import Metrics
 from server.settings import Settings
+from trdq.machine import cpu_has_native_bf16
 from trdq.pipeline import (
     default_dtype,
     load_pipeline,
@@ -107,20 +108,12 @@ def served_dtype(setting: str, device: torch.device) -> torch.dtype:
     if setting == "auto":
         return default_dtype(device)
     dtype = getattr(torch, setting)
-    if dtype == torch.bfloat16 and device.type == "cpu" and not _cpu_has_native_bf16():
+    if dtype == torch.bfloat16 and device.type == "cpu" and not cpu_has_native_bf16():
         logger.warning(
             "TRDQ_DTYPE=bfloat16 on a CPU without AVX-512 BF16 or AMX: bf16 is emulated "
             "there and usually much slower than float32"
         )
     return dtype
-
-
-def _cpu_has_native_bf16() -> bool:
-    cpu = getattr(torch, "cpu", None)
-    return any(
-        getattr(cpu, check, lambda: False)()
-        for check in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    )
 
 
 def _quantize_text_encoder(pipe, quant: str) -> None:

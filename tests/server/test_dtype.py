@@ -41,7 +41,7 @@ def test_auto_keeps_the_device_default():
 def test_bf16_reaches_load_pipeline_and_info_and_warns_once_without_native_support(
     tmp_path, monkeypatch, caplog
 ):
-    monkeypatch.setattr(engine_models, "_cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(engine_models, "cpu_has_native_bf16", lambda: False)
     asked: list[torch.dtype] = []
     real_load_pipeline = engine_models.load_pipeline
 
@@ -66,7 +66,7 @@ def test_bf16_reaches_load_pipeline_and_info_and_warns_once_without_native_suppo
 
 
 def test_native_bf16_cpu_does_not_warn(monkeypatch, caplog):
-    monkeypatch.setattr(engine_models, "_cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(engine_models, "cpu_has_native_bf16", lambda: True)
     with caplog.at_level(logging.WARNING, logger=engine_models.__name__):
         assert engine_models.served_dtype("bfloat16", torch.device("cpu")) == torch.bfloat16
     assert not caplog.records
