@@ -143,10 +143,12 @@ cpu_int8_linear = torch.library.custom_op(
 )
 
 
-@cpu_int8_linear.register_fake
-def _(x, weight, weight_scale, bias, smooth_divisor, row_scale, rotation_block, clip_ratio, bits,
-      weight_sum=None, delta_half=0):
+def _linear_fake(x, weight, *args, **kwargs):
+    """Both linear ops' output under tracing: ``[M, N]`` in x's dtype."""
     return x.new_empty((x.shape[0], weight.shape[0]))
+
+
+cpu_int8_linear.register_fake(_linear_fake)
 
 
 def _onednn_prepack_enabled() -> bool:
@@ -244,10 +246,7 @@ cpu_int8_native_linear = torch.library.custom_op(
 )
 
 
-@cpu_int8_native_linear.register_fake
-def _(x, weight, weight_scale, bias, smooth_divisor, row_scale, rotation_block, clip_ratio, bits,
-      weight_sum=None, delta_half=0):
-    return x.new_empty((x.shape[0], weight.shape[0]))
+cpu_int8_native_linear.register_fake(_linear_fake)
 
 
 class CpuInt8Backend(KernelBackend):

@@ -134,22 +134,23 @@ def rotate_quant(
     bits: int,
     center: bool,
     delta_half: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """``x [M, K]`` float32/bf16 -> (``q [M, K]`` int8, ``scale [M]``, ``mean [M]`` or None
-    (unless ``center``)); the steps are listed in the C source. Plain function: the custom
-    ops (``cpu_rotate_quant``, ``trdq::cpu_int8_native_linear``) call it."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``x [M, K]`` float32/bf16 -> (``q [M, K]`` int8, ``scale [M]``, ``mean [M]``
+    (zeros unless ``center``)); the steps are listed in the C source. Also the op
+    ``cpu_rotate_quant``; ``trdq::cpu_int8_native_linear`` calls it directly."""
     if x.dtype not in (torch.float32, torch.bfloat16):
         raise TypeError(f"cpu_rotate_quant takes float32 or bfloat16, got {x.dtype}")
     x = x.contiguous()
     m, k = x.shape
     q = torch.empty((m, k), dtype=torch.int8)
     scale = torch.empty(m, dtype=torch.float32)
-    mean = torch.empty(m, dtype=torch.float32) if center else None
+    mean = torch.empty(m, dtype=torch.float32) if center else torch.zeros(m)
     smooth, row_scale, clip = _f32(smooth), _f32(row_scale), _f32(clip)
     failed = _library().trdq_rotate_quant(
         x.data_ptr(), int(x.dtype == torch.bfloat16), m, k, delta_half, _ptr(smooth),
         max(rotation_block, 0), _ptr(row_scale), clip.data_ptr(), float(2 ** (bits - 1) - 1),
-        q.data_ptr(), scale.data_ptr(), _ptr(mean), torch.get_num_threads(),
+        q.data_ptr(), scale.data_ptr(), mean.data_ptr() if center else None,
+        torch.get_num_threads(),
     )
     if failed:
         raise MemoryError("cpu_rotate_quant could not allocate its row buffers")
@@ -192,21 +193,9 @@ def int8_epilogue(
     return out
 
 
-@torch.library.custom_op("trdq::cpu_rotate_quant", mutates_args=())
-def cpu_rotate_quant(
-    x: torch.Tensor,
-    smooth: torch.Tensor | None,
-    row_scale: torch.Tensor | None,
-    clip: torch.Tensor,
-    rotation_block: int,
-    bits: int,
-    center: bool,
-    delta_half: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``rotate_quant`` as an op; ``mean`` is zeros unless ``center``."""
-    q, scale, mean = rotate_quant(x, smooth, row_scale, clip, rotation_block, bits, center,
-                                  delta_half)
-    return q, scale, mean if mean is not None else torch.zeros_like(scale)
+cpu_rotate_quant = torch.library.custom_op(
+    "trdq::cpu_rotate_quant", rotate_quant, mutates_args=()
+)
 
 
 @cpu_rotate_quant.register_fake
