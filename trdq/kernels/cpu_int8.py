@@ -54,8 +54,8 @@ from trdq.machine import INT8_DOT_ISAS, cpu_isa
 from trdq.rotation import hadamard_transform, hadamard_transform_factored
 
 __all__ = [
-    "FAST_INT_MM", "ONEDNN_PREPACK", "CpuInt8Backend", "gemm_path", "int8_gemm", "int8_linear_math", "int8_matmul",
-    "native_int8_linear",
+    "FAST_INT_MM", "ONEDNN_PREPACK", "CpuInt8Backend", "gemm_path", "int8_gemm",
+    "int8_linear_math", "int8_matmul", "native_int8_linear",
 ]
 
 log = logging.getLogger(__name__)
@@ -230,8 +230,9 @@ def native_int8_linear(
 ) -> torch.Tensor:
     """``int8_linear_math`` through the C kernels: one pass over x (every step before the
     GEMM), the int8 GEMM, one pass over the output (rescale, bias, centring, and the uncond
-    rows added back to the cond rows under CFG-delta). One op per linear: each dispatcher
-    round trip costs tens of microseconds, against ~0.5 ms for the whole linear."""
+    rows added back to the cond rows under CFG-delta). Compiled graphs call it as one op
+    (``trdq::cpu_int8_native_linear``), not three: each dispatcher round trip costs tens of
+    microseconds, against ~0.5 ms for the whole linear; eager code calls it directly."""
     q, a_scale, mean = cpu_native.rotate_quant(
         x, smooth_divisor, row_scale, clip_ratio, rotation_block, bits,
         weight_sum is not None, delta_half,
