@@ -12,9 +12,10 @@ plain loop, 30-60x slower than an fp32 GEMM
 ``512 x 768 x 768..3072`` product). On such CPUs (``FAST_INT_MM`` False) the integer
 product is computed as an fp32 GEMM of the same integers, exact while partial sums stay
 below 2^24 (K <= 1040 at full scale; beyond, within fp32 rounding) and as fast as fp32:
-the weights stay int8 in memory, and there is no int8 speed-up to be had without those
-instructions (oneDNN's AVX2 u8 x s8 kernel saturates int16 pairs, so 8-bit activations
-would need two GEMMs: no faster either). ``TRDQ_CPU_INT_MM=1`` / ``0`` forces either path.
+the weights stay int8 in memory. oneDNN's AVX2 int8 linear is 2.1-2.7x faster than fp32
+there but saturates its u8 x s8 int16 pair sums (exact only for weights within +-63), so
+an exact 8-bit product would take two of them per GEMM, about 1.2x fp32 for a second
+packed weight copy: not done. ``TRDQ_CPU_INT_MM=1`` / ``0`` forces either path.
 
 4-bit weights stay packed two per byte in memory and are unpacked to int8 per call
 (the GEMM itself is int8 x int8). Every integer width of ``trdq.config.INT_BITS`` is held
@@ -24,8 +25,8 @@ through the same exact GEMM (no faster). FP8 configs are not supported here.
 The activation path (CFG-delta, centring, smoothing, block Hadamard, per-token scale,
 rounding) and the epilogue (``acc * act_scale[m] * weight_scale[n] + bias + mean[m] *
 weight_sum[n]``) run in C when ``cpu_native`` could build its kernels (``native_int8_linear``):
-one pass over x per row while it sits in L1, the GEMM, one pass over the output, in eager
-and compiled models alike (custom ops with fake implementations). That is what the profile
+one pass over x per row while it sits in L1, the GEMM, one pass over the output; compiled
+models call it as one custom op with a fake implementation. That is what the profile
 of the compiled step asked for: written as torch ops, even fused by Inductor, those passes
 cost more than the int8 GEMM itself (docs/KERNELS.md).
 

@@ -13,8 +13,10 @@ with ctypes (which releases the GIL during a call).
 Without a compiler, or with ``TRDQ_CPU_NATIVE=0``, ``available()`` is False and
 ``cpu_int8`` keeps its torch-ops path, which is also the oracle the tests compare against.
 
-Both entry points are ``torch.library`` custom ops with fake implementations, so a
-``torch.compile``d model calls them without graph breaks.
+``rotate_quant`` and ``int8_epilogue`` are plain functions; ``cpu_int8`` wraps them with
+its GEMM in one op for compiled models (``trdq::cpu_int8_native_linear``). Each is also a
+``torch.library`` custom op with a fake implementation (``cpu_rotate_quant``,
+``cpu_int8_epilogue``), for tests and callers that compile them on their own.
 """
 
 from __future__ import annotations
