@@ -10,14 +10,16 @@ STAMP := $(VENV)/.installed
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade --quiet pip
 	# On a machine without CUDA pin the CPU wheel first, so nothing pulls a multi-GB CUDA build.
+	# Triton there runs the GPU kernels in its CPU interpreter for the tests (tests/conftest.py).
 	if command -v nvidia-smi >/dev/null 2>&1; then \
 	  $(BIN)/python -m pip install --quiet "torch>=2.4,<2.15"; \
 	else \
 	  $(BIN)/python -m pip install --quiet torch==2.13.0; \
+	  $(BIN)/python -m pip install --quiet triton==3.6.0; \
 	fi
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)

@@ -129,10 +129,17 @@ def test_cuda_w4a8_backend_matches_reference(bits, m):
     assert P.sqnr_db(ref.float(), out.float()) > 40
 
 
+# the two dynamic-mode kernels at a fixed tile (autotuning each case would take minutes):
+# the single-pass whole-row kernel and the tiled one that re-reads its column tiles
+KERNELS = {"single_pass": {"single_pass": True, "block_m": 2, "num_warps": 4},
+           "tiled": {"single_pass": False, "block_m": 4, "num_warps": 2}}
+
+
+@pytest.mark.parametrize("kernel", sorted(KERNELS))
 @pytest.mark.parametrize("fp8", [False, True])
 @pytest.mark.parametrize("smooth", [False, True])
 @pytest.mark.parametrize("m,k", [(1, 1152), (300, 4608), (2048, 1152), (5, 96)])
-def test_rotate_quant_centring_matches_reference(fp8, smooth, m, k):
+def test_rotate_quant_centring_matches_reference(fp8, smooth, m, k, kernel):
     from trdq.kernels.triton_rotate_quant import rotate_quant_reference, rotate_quant_triton
 
     if fp8 and torch.cuda.get_device_capability() < (8, 9):
@@ -145,18 +152,19 @@ def test_rotate_quant_centring_matches_reference(fp8, smooth, m, k):
         kw["block"] = 32
     mean_ref, mean = torch.empty(m, device="cuda"), torch.full((m,), 7.0, device="cuda")
     q_ref, s_ref = rotate_quant_reference(x, center_out=mean_ref, **kw)
-    q, s = rotate_quant_triton(x, center_out=mean, **kw)
+    q, s = rotate_quant_triton(x, center_out=mean, **kw, **KERNELS[kernel])
     torch.testing.assert_close(mean, mean_ref, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(s, s_ref, rtol=1e-4, atol=0)
     deq, deq_ref = q.float() * s[:, None], q_ref.float() * s_ref[:, None]
     assert P.sqnr_db(deq_ref, deq) > (45 if fp8 else 60)
 
 
+@pytest.mark.parametrize("kernel", sorted(KERNELS))
 @pytest.mark.parametrize("fp8", [False, True])
 @pytest.mark.parametrize("center", [False, True])
 @pytest.mark.parametrize("smooth", [False, True])
 @pytest.mark.parametrize("m,k", [(2, 1152), (300, 4608), (2048, 1152), (6, 96)])
-def test_rotate_quant_cfg_delta_matches_reference(fp8, center, smooth, m, k):
+def test_rotate_quant_cfg_delta_matches_reference(fp8, center, smooth, m, k, kernel):
     """CFG-delta in the kernel: cond rows differenced (in float32) at every load of x,
     before centring, smoothing and rotation; tiles that straddle the halves included."""
     from trdq.kernels.triton_rotate_quant import rotate_quant_reference, rotate_quant_triton
@@ -173,13 +181,33 @@ def test_rotate_quant_cfg_delta_matches_reference(fp8, center, smooth, m, k):
     mean_ref = torch.empty(m, device="cuda") if center else None
     mean = torch.full((m,), 7.0, device="cuda") if center else None
     q_ref, s_ref = rotate_quant_reference(x, center_out=mean_ref, delta_half=half, **kw)
-    q, s = rotate_quant_triton(x, center_out=mean, delta_half=half, **kw)
+    q, s = rotate_quant_triton(x, center_out=mean, delta_half=half, **kw, **KERNELS[kernel])
     if center:
         torch.testing.assert_close(mean, mean_ref, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(s, s_ref, rtol=1e-4, atol=0)
     deq, deq_ref = q.float() * s[:, None], q_ref.float() * s_ref[:, None]
     for rows in (slice(0, half), slice(half, m)):  # the small cond differences on their own
         assert P.sqnr_db(deq_ref[rows], deq[rows]) > (45 if fp8 else 60)
+
+
+@pytest.mark.parametrize("m,k", [(8192, 1152), (334, 4608)])
+def test_rotate_quant_autotuned_single_pass_matches_tiled(m, k):
+    """The default dispatch (autotuned single-pass kernel, the server's path) against the
+    tiled kernel at PixArt shapes, with the default recipe: centring and CFG-delta."""
+    from trdq.kernels.triton_rotate_quant import rotate_quant_triton
+
+    half = m // 2
+    x_u = _x(half, k, seed=k).float()
+    x = torch.cat([x_u, x_u + 0.2 * torch.randn_like(x_u)]).to(torch.bfloat16)
+    clip = torch.cat([torch.full((half,), 0.9), torch.full((m - half,), 0.8)]).cuda()
+    kw = {"block": 128, "clip_ratio": clip, "out_dtype": torch.int8, "delta_half": half}
+    mean, mean_tiled = torch.empty(m, device="cuda"), torch.empty(m, device="cuda")
+    q, s = rotate_quant_triton(x, center_out=mean, **kw)
+    q_t, s_t = rotate_quant_triton(x, center_out=mean_tiled, single_pass=False, **kw)
+    torch.testing.assert_close(mean, mean_tiled, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(s, s_t, rtol=1e-5, atol=0)
+    diff = (q.int() - q_t.int()).abs()
+    assert diff.max() <= 1 and int(diff.sum()) <= diff.numel() // 1000
 
 
 @pytest.mark.parametrize("packed", [False, True])

@@ -40,7 +40,7 @@ import math
 import torch
 
 from trdq import primitives as P
-from trdq.kernels.base import TRITON_LAUNCH_LOCK
+from trdq.kernels.base import TRITON_LAUNCH_LOCK, autotune_gpu_time
 
 __all__ = [
     "KV_BLOCK",
@@ -240,6 +240,7 @@ if TRITON_AVAILABLE:
             for bm, w, st in ((64, 4, 3), (64, 4, 4), (128, 8, 3))
         ],
         key=["S", "D_LO", "D_HI", "V_FP8"],
+        do_bench=autotune_gpu_time,
     )(_quant_attention_kernel)
 
 

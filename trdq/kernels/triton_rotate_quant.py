@@ -40,7 +40,7 @@ import math
 
 import torch
 
-from trdq.kernels.base import TRITON_LAUNCH_LOCK
+from trdq.kernels.base import TRITON_LAUNCH_LOCK, autotune_gpu_time
 from trdq.primitives import FP8_E4M3_MAX, MIN_SCALE
 from trdq.rotation import fwht, hadamard_block_size, hadamard_matrix
 
@@ -361,8 +361,114 @@ if TRITON_AVAILABLE:
             cols = k0 + tl.arange(0, HB)
             tl.store(q_ptr + rows[:, None] * stride_qm + cols[None, :], out, mask=rmask[:, None])
 
+    @triton.jit
+    def _quantize_whole_rows(
+        x,
+        rows,
+        rmask,
+        cols,
+        cmask,
+        smooth_ptr,
+        clip_ptr,
+        q_ptr,
+        scale_out_ptr,
+        center_out_ptr,
+        K,
+        stride_qm,
+        qmax,
+        inv_sqrt_hb,
+        eps,
+        BLOCK_M: tl.constexpr,
+        HB: tl.constexpr,
+        KP: tl.constexpr,
+        HAS_SMOOTH: tl.constexpr,
+        ROTATE: tl.constexpr,
+        OUT_INT8: tl.constexpr,
+        CENTER: tl.constexpr,
+    ):
+        """Centre, smooth, rotate, absmax and quantize ``[BLOCK_M, KP]`` float32 rows held
+        in registers (columns >= K are zero and stay zero), then store codes and scales."""
+        if CENTER:
+            mean = tl.sum(x, axis=1) / K
+            tl.store(center_out_ptr + rows, mean, mask=rmask)
+            x = tl.where(cmask[None, :], x - mean[:, None], 0.0)
+        if HAS_SMOOTH:
+            x = x / tl.load(smooth_ptr + cols, mask=cmask, other=1.0)[None, :]
+        if ROTATE:
+            # every HB-wide block of every row is one row of the transform
+            x = tl.reshape(x, (BLOCK_M * (KP // HB), HB))
+            x = _fwht(x, BLOCK_M * (KP // HB), HB)
+            x = tl.reshape(x, (BLOCK_M, KP)) * inv_sqrt_hb
+        amax = tl.max(tl.abs(x), axis=1)
+        clip = tl.load(clip_ptr + rows, mask=rmask, other=1.0)
+        scale = tl.maximum(amax * clip / qmax, eps)
+        tl.store(scale_out_ptr + rows, scale, mask=rmask)
+        v = tl.minimum(tl.maximum(x / scale[:, None], -qmax), qmax)
+        if OUT_INT8:
+            out = round_half_even_int8(v)
+        else:
+            out = v.to(tl.float8e4nv)
+        mask = rmask[:, None] & cmask[None, :]
+        tl.store(q_ptr + rows[:, None] * stride_qm + cols[None, :], out, mask=mask)
+
+    @triton.jit
+    def _rotate_quant_rows_kernel(
+        x_ptr,
+        smooth_ptr,
+        clip_ptr,
+        q_ptr,
+        scale_out_ptr,
+        center_out_ptr,
+        R,
+        K,
+        M_BUCKET,
+        stride_xm,
+        stride_qm,
+        qmax,
+        inv_sqrt_hb,
+        eps,
+        delta_half,
+        BLOCK_M: tl.constexpr,
+        HB: tl.constexpr,
+        KP: tl.constexpr,
+        HAS_SMOOTH: tl.constexpr,
+        ROTATE: tl.constexpr,
+        OUT_INT8: tl.constexpr,
+        CENTER: tl.constexpr,
+        DELTA: tl.constexpr,
+    ):
+        """Single-pass dynamic mode: each program holds whole rows (K padded to the power
+        of two KP) in registers, so x is read once and nothing is re-read for the mean or
+        the absmax. With DELTA a program takes ``BLOCK_M`` uncond rows (R = delta_half)
+        and their cond partners: each uncond tile is loaded once for both."""
+        pid = tl.program_id(0)
+        rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+        rmask = rows < R
+        cols = tl.arange(0, KP)
+        cmask = cols < K
+        mask = rmask[:, None] & cmask[None, :]
+        x = tl.load(
+            x_ptr + rows[:, None] * stride_xm + cols[None, :], mask=mask, other=0.0
+        ).to(tl.float32)
+        _quantize_whole_rows(
+            x, rows, rmask, cols, cmask, smooth_ptr, clip_ptr, q_ptr, scale_out_ptr,
+            center_out_ptr, K, stride_qm, qmax, inv_sqrt_hb, eps,
+            BLOCK_M, HB, KP, HAS_SMOOTH, ROTATE, OUT_INT8, CENTER,
+        )
+        if DELTA:
+            cond = rows + delta_half
+            x_c = tl.load(
+                x_ptr + cond[:, None] * stride_xm + cols[None, :], mask=mask, other=0.0
+            ).to(tl.float32)
+            _quantize_whole_rows(
+                x_c - x, cond, rmask, cols, cmask, smooth_ptr, clip_ptr, q_ptr,
+                scale_out_ptr, center_out_ptr, K, stride_qm, qmax, inv_sqrt_hb, eps,
+                BLOCK_M, HB, KP, HAS_SMOOTH, ROTATE, OUT_INT8, CENTER,
+            )
+
 
 if TRITON_AVAILABLE:
+
     # Rows per program and warps: tuned once per (K, power-of-two bucket of M, mode) on
     # the first call. Re-running is harmless: static mode only reads its scales, dynamic
     # mode rewrites the same values. The small tiles (2-8 rows) are for the dynamic
@@ -378,7 +484,36 @@ if TRITON_AVAILABLE:
             "K", "M_BUCKET", "STATIC", "HAS_SMOOTH", "ROTATE", "OUT_INT8", "USE_DOT", "CENTER",
             "DELTA",
         ],
+        do_bench=autotune_gpu_time,
     )(_rotate_quant_kernel)
+
+    def _fits_in_registers(configs, named_args, **kwargs):
+        """Drop the whole-row tiles that would hold more than 128 values a thread: they
+        spill (H100, K = 4608 padded to 8192 columns: 568 us at one warp a row against
+        122 us at two)."""
+        kp = kwargs.get("KP", named_args.get("KP"))
+        kept = [c for c in configs if c.kwargs["BLOCK_M"] * kp <= 128 * 32 * c.num_warps]
+        return kept or configs[-1:]
+
+    # One or two whole rows per program; the warps spread each row's KP values. The
+    # fastest tiles on an H100 (GPU time, docs/bench/rotate-quant-single-pass-h100.json):
+    # one row per warp at K = 1152, one row per two warps at K = 4608.
+    _rotate_quant_rows_autotuned = triton.autotune(
+        configs=[
+            triton.Config({"BLOCK_M": bm}, num_warps=w)
+            for bm, w in ((1, 1), (1, 2), (1, 4), (2, 4), (1, 8), (2, 8))
+        ],
+        key=["K", "M_BUCKET", "HAS_SMOOTH", "ROTATE", "OUT_INT8", "CENTER", "DELTA"],
+        prune_configs_by={"early_config_prune": _fits_in_registers},
+        do_bench=autotune_gpu_time,
+    )(_rotate_quant_rows_kernel)
+
+# The single-pass kernel holds whole rows in registers: up to this many (padded) columns.
+SINGLE_PASS_MAX_K = 8192
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
 
 
 def rotate_quant_triton(
@@ -394,8 +529,15 @@ def rotate_quant_triton(
     num_warps: int = 4,
     center_out: torch.Tensor | None = None,
     delta_half: int = 0,
+    single_pass: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The fused kernel; same contract as ``rotate_quant_reference`` (x 2-D, rows contiguous)."""
+    """The fused kernel; same contract as ``rotate_quant_reference`` (x 2-D, rows contiguous).
+
+    ``single_pass`` (dynamic mode, butterfly rotation, K <= ``SINGLE_PASS_MAX_K``; None =
+    whenever it applies) picks the whole-row kernel, which reads x once; otherwise the
+    tiled kernel loops over ``HB``-wide column tiles and re-reads them for the mean and the
+    absmax. Both compute the same math and are tested against the oracle.
+    """
     if not TRITON_AVAILABLE:
         raise RuntimeError("triton is not installed; use rotate_quant_reference")
     if x.dim() != 2 or x.stride(-1) != 1:
@@ -429,6 +571,15 @@ def rotate_quant_triton(
         smooth_t = smooth if smooth.dtype == torch.float32 else smooth.to(torch.float32)
         smooth_t = smooth_t.contiguous()
     use_dot = bool(use_dot and block is not None and hb >= 16)
+    rows_ok = not static and not use_dot and _next_pow2(k) <= SINGLE_PASS_MAX_K
+    if single_pass and not rows_ok:
+        raise ValueError("the single-pass kernel is for dynamic scales with the butterfly "
+                         f"rotation and K <= {SINGLE_PASS_MAX_K}")
+    if rows_ok and single_pass is not False:
+        _launch_rows_kernel(x, q, smooth_t if smooth is not None else None, clip, scale,
+                            center_out, hb, block is not None, qmax, delta_half, block_m,
+                            num_warps)
+        return q, scale
     h = sylvester_hadamard(hb, x.device, torch.bfloat16) if use_dot else scale
     kernel, meta = _rotate_quant_autotuned, {}
     if block_m is not None:  # explicit tile: tests, the interpreter, microbenchmarks
@@ -471,3 +622,46 @@ def rotate_quant_triton(
             **meta,
         )
     return q, scale
+
+
+def _launch_rows_kernel(
+    x, q, smooth, clip, scale, center_out, hb, rotate, qmax, delta_half, block_m, num_warps
+):
+    """Launch the single-pass kernel: one program per ``BLOCK_M`` rows, or per ``BLOCK_M``
+    (uncond, cond) row pairs with CFG-delta."""
+    m, k = x.shape
+    kp = _next_pow2(k)
+    rows = delta_half if delta_half else m
+    kernel, meta = _rotate_quant_rows_autotuned, {}
+    if block_m is not None:
+        kernel, meta = _rotate_quant_rows_kernel, {"BLOCK_M": block_m, "num_warps": num_warps}
+
+    def grid(cfg):
+        return (triton.cdiv(rows, cfg["BLOCK_M"]),)
+
+    with TRITON_LAUNCH_LOCK:
+        kernel[grid](
+            x,
+            smooth if smooth is not None else scale,
+            clip,
+            q,
+            scale,
+            center_out if center_out is not None else scale,
+            rows,
+            k,
+            _next_pow2(m),
+            x.stride(0),
+            q.stride(0),
+            qmax,
+            1.0 / math.sqrt(hb),
+            EPS,
+            delta_half,
+            HB=hb,
+            KP=kp,
+            HAS_SMOOTH=smooth is not None,
+            ROTATE=rotate,
+            OUT_INT8=q.dtype == torch.int8,
+            CENTER=center_out is not None,
+            DELTA=delta_half > 0,
+            **meta,
+        )

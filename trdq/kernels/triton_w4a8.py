@@ -34,7 +34,7 @@ import importlib.util
 
 import torch
 
-from trdq.kernels.base import TRITON_LAUNCH_LOCK
+from trdq.kernels.base import TRITON_LAUNCH_LOCK, autotune_gpu_time
 from trdq.primitives import pack_int4, unpack_int4
 
 __all__ = [
@@ -214,9 +214,9 @@ if TRITON_AVAILABLE:
             mask=mmask[:, None] & nmask[None, :],
         )
 
-    _lowbit_gemm_autotuned = triton.autotune(configs=_CONFIGS, key=["M_BUCKET", "N", "K"])(
-        _lowbit_gemm_kernel
-    )
+    _lowbit_gemm_autotuned = triton.autotune(
+        configs=_CONFIGS, key=["M_BUCKET", "N", "K"], do_bench=autotune_gpu_time
+    )(_lowbit_gemm_kernel)
 
 
 def w4a8_matmul_triton(
