@@ -34,7 +34,11 @@ def _x(m: int, k: int, seed: int) -> torch.Tensor:
 @pytest.mark.parametrize("center", [False, True])
 @pytest.mark.parametrize("delta", [False, True])
 @pytest.mark.parametrize("smooth", [False, True])
-@pytest.mark.parametrize("m,k,block", [(6, 1152, 128), (7, 96, 32), (2, 4608, 128)])
+# K = 1152 and 4608 (PixArt) split into two unpadded register tiles, 512 is one tile,
+# 896 = 512 + 384 pads its second tile to 512
+@pytest.mark.parametrize(
+    "m,k,block", [(6, 1152, 128), (7, 96, 32), (2, 4608, 128), (3, 512, 128), (4, 896, 128)]
+)
 def test_single_pass_kernel_matches_reference(m, k, block, smooth, delta, center, block_m):
     from trdq.kernels.triton_rotate_quant import rotate_quant_reference, rotate_quant_triton
 
@@ -72,3 +76,13 @@ def test_single_pass_kernel_refuses_what_it_cannot_hold():
         rotate_quant_triton(x, block=128, row_scale=torch.ones(2), single_pass=True)
     with pytest.raises(ValueError, match="single-pass"):
         rotate_quant_triton(_x(2, 16384, seed=1), block=128, single_pass=True)
+
+
+def test_row_tiles_split_k_into_powers_of_two():
+    from trdq.kernels.triton_rotate_quant import _row_tiles
+
+    assert _row_tiles(1152, 128) == (1024, 128)
+    assert _row_tiles(4608, 128) == (4096, 512)
+    assert _row_tiles(512, 128) == (512, 0)
+    assert _row_tiles(896, 128) == (512, 512)
+    assert _row_tiles(96, 32) == (64, 32)

@@ -362,47 +362,37 @@ if TRITON_AVAILABLE:
             tl.store(q_ptr + rows[:, None] * stride_qm + cols[None, :], out, mask=rmask[:, None])
 
     @triton.jit
-    def _quantize_whole_rows(
+    def _centre_smooth_rotate(
         x,
-        rows,
-        rmask,
+        mean,
         cols,
         cmask,
         smooth_ptr,
-        clip_ptr,
-        q_ptr,
-        scale_out_ptr,
-        center_out_ptr,
-        K,
-        stride_qm,
-        qmax,
         inv_sqrt_hb,
-        eps,
         BLOCK_M: tl.constexpr,
         HB: tl.constexpr,
-        KP: tl.constexpr,
+        KT: tl.constexpr,
         HAS_SMOOTH: tl.constexpr,
         ROTATE: tl.constexpr,
-        OUT_INT8: tl.constexpr,
         CENTER: tl.constexpr,
     ):
-        """Centre, smooth, rotate, absmax and quantize ``[BLOCK_M, KP]`` float32 rows held
-        in registers (columns >= K are zero and stay zero), then store codes and scales."""
+        """One ``[BLOCK_M, KT]`` register tile of whole rows: subtract the row mean, divide
+        by the smoothing vector, rotate every HB-wide block (columns >= K stay zero)."""
         if CENTER:
-            mean = tl.sum(x, axis=1) / K
-            tl.store(center_out_ptr + rows, mean, mask=rmask)
             x = tl.where(cmask[None, :], x - mean[:, None], 0.0)
         if HAS_SMOOTH:
             x = x / tl.load(smooth_ptr + cols, mask=cmask, other=1.0)[None, :]
         if ROTATE:
             # every HB-wide block of every row is one row of the transform
-            x = tl.reshape(x, (BLOCK_M * (KP // HB), HB))
-            x = _fwht(x, BLOCK_M * (KP // HB), HB)
-            x = tl.reshape(x, (BLOCK_M, KP)) * inv_sqrt_hb
-        amax = tl.max(tl.abs(x), axis=1)
-        clip = tl.load(clip_ptr + rows, mask=rmask, other=1.0)
-        scale = tl.maximum(amax * clip / qmax, eps)
-        tl.store(scale_out_ptr + rows, scale, mask=rmask)
+            x = tl.reshape(x, (BLOCK_M * (KT // HB), HB))
+            x = _fwht(x, BLOCK_M * (KT // HB), HB)
+            x = tl.reshape(x, (BLOCK_M, KT)) * inv_sqrt_hb
+        return x
+
+    @triton.jit
+    def _store_codes(
+        x, scale, rows, rmask, cols, cmask, q_ptr, stride_qm, qmax, OUT_INT8: tl.constexpr
+    ):
         v = tl.minimum(tl.maximum(x / scale[:, None], -qmax), qmax)
         if OUT_INT8:
             out = round_half_even_int8(v)
@@ -410,6 +400,83 @@ if TRITON_AVAILABLE:
             out = v.to(tl.float8e4nv)
         mask = rmask[:, None] & cmask[None, :]
         tl.store(q_ptr + rows[:, None] * stride_qm + cols[None, :], out, mask=mask)
+
+    @triton.jit
+    def _quantize_whole_rows(
+        xa,
+        xb,
+        rows,
+        rmask,
+        K,
+        smooth_ptr,
+        clip_ptr,
+        q_ptr,
+        scale_out_ptr,
+        center_out_ptr,
+        stride_qm,
+        qmax,
+        inv_sqrt_hb,
+        eps,
+        BLOCK_M: tl.constexpr,
+        HB: tl.constexpr,
+        KA: tl.constexpr,
+        KB: tl.constexpr,
+        HAS_SMOOTH: tl.constexpr,
+        ROTATE: tl.constexpr,
+        OUT_INT8: tl.constexpr,
+        CENTER: tl.constexpr,
+    ):
+        """Quantize rows held in registers as two tiles: ``xa`` the first KA columns (the
+        largest power of two of whole blocks within K) and, when KB > 0, ``xb`` the rest
+        padded to KB columns (a power of two; those >= K are zero). 1152 = 1024 + 128 and
+        4608 = 4096 + 512 need no padding, where one tile would hold 2048 and 8192."""
+        cols_a = tl.arange(0, KA)
+        cmask_a = cols_a < K
+        mean = tl.zeros((BLOCK_M,), dtype=tl.float32)
+        if CENTER:
+            total = tl.sum(xa, axis=1)
+            if KB > 0:
+                total += tl.sum(xb, axis=1)
+            mean = total / K
+            tl.store(center_out_ptr + rows, mean, mask=rmask)
+        xa = _centre_smooth_rotate(
+            xa, mean, cols_a, cmask_a, smooth_ptr, inv_sqrt_hb,
+            BLOCK_M, HB, KA, HAS_SMOOTH, ROTATE, CENTER,
+        )
+        amax = tl.max(tl.abs(xa), axis=1)
+        if KB > 0:
+            cols_b = KA + tl.arange(0, KB)
+            cmask_b = cols_b < K
+            xb = _centre_smooth_rotate(
+                xb, mean, cols_b, cmask_b, smooth_ptr, inv_sqrt_hb,
+                BLOCK_M, HB, KB, HAS_SMOOTH, ROTATE, CENTER,
+            )
+            amax = tl.maximum(amax, tl.max(tl.abs(xb), axis=1))
+        clip = tl.load(clip_ptr + rows, mask=rmask, other=1.0)
+        scale = tl.maximum(amax * clip / qmax, eps)
+        tl.store(scale_out_ptr + rows, scale, mask=rmask)
+        _store_codes(xa, scale, rows, rmask, cols_a, cmask_a, q_ptr, stride_qm, qmax, OUT_INT8)
+        if KB > 0:
+            _store_codes(
+                xb, scale, rows, rmask, cols_b, cmask_b, q_ptr, stride_qm, qmax, OUT_INT8
+            )
+
+    @triton.jit
+    def _load_rows(x_ptr, rows, rmask, K, stride_xm, KA: tl.constexpr, KB: tl.constexpr):
+        """Rows as the two float32 register tiles of ``_quantize_whole_rows`` (``xb`` is
+        ``xa`` again when KB = 0, unused)."""
+        cols_a = tl.arange(0, KA)
+        mask_a = rmask[:, None] & (cols_a < K)[None, :]
+        xa = tl.load(x_ptr + rows[:, None] * stride_xm + cols_a[None, :], mask=mask_a, other=0.0)
+        xa = xa.to(tl.float32)
+        xb = xa
+        if KB > 0:
+            cols_b = KA + tl.arange(0, KB)
+            mask_b = rmask[:, None] & (cols_b < K)[None, :]
+            xb = tl.load(
+                x_ptr + rows[:, None] * stride_xm + cols_b[None, :], mask=mask_b, other=0.0
+            ).to(tl.float32)
+        return xa, xb
 
     @triton.jit
     def _rotate_quant_rows_kernel(
@@ -430,45 +497,37 @@ if TRITON_AVAILABLE:
         delta_half,
         BLOCK_M: tl.constexpr,
         HB: tl.constexpr,
-        KP: tl.constexpr,
+        KA: tl.constexpr,
+        KB: tl.constexpr,
         HAS_SMOOTH: tl.constexpr,
         ROTATE: tl.constexpr,
         OUT_INT8: tl.constexpr,
         CENTER: tl.constexpr,
         DELTA: tl.constexpr,
     ):
-        """Single-pass dynamic mode: each program holds whole rows (K padded to the power
-        of two KP) in registers, so x is read once and nothing is re-read for the mean or
-        the absmax. With DELTA a program takes ``BLOCK_M`` uncond rows (R = delta_half)
-        and their cond partners: each uncond tile is loaded once for both."""
+        """Single-pass dynamic mode: each program holds whole rows in registers, so x is
+        read once and nothing is re-read for the mean or the absmax. With DELTA a program
+        takes ``BLOCK_M`` uncond rows (R = delta_half) and their cond partners: each uncond
+        tile is loaded once for both."""
         pid = tl.program_id(0)
         rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
         rmask = rows < R
-        cols = tl.arange(0, KP)
-        cmask = cols < K
-        mask = rmask[:, None] & cmask[None, :]
-        x = tl.load(
-            x_ptr + rows[:, None] * stride_xm + cols[None, :], mask=mask, other=0.0
-        ).to(tl.float32)
+        xa, xb = _load_rows(x_ptr, rows, rmask, K, stride_xm, KA, KB)
         _quantize_whole_rows(
-            x, rows, rmask, cols, cmask, smooth_ptr, clip_ptr, q_ptr, scale_out_ptr,
-            center_out_ptr, K, stride_qm, qmax, inv_sqrt_hb, eps,
-            BLOCK_M, HB, KP, HAS_SMOOTH, ROTATE, OUT_INT8, CENTER,
+            xa, xb, rows, rmask, K, smooth_ptr, clip_ptr, q_ptr, scale_out_ptr,
+            center_out_ptr, stride_qm, qmax, inv_sqrt_hb, eps,
+            BLOCK_M, HB, KA, KB, HAS_SMOOTH, ROTATE, OUT_INT8, CENTER,
         )
         if DELTA:
             cond = rows + delta_half
-            x_c = tl.load(
-                x_ptr + cond[:, None] * stride_xm + cols[None, :], mask=mask, other=0.0
-            ).to(tl.float32)
+            ca, cb = _load_rows(x_ptr, cond, rmask, K, stride_xm, KA, KB)
             _quantize_whole_rows(
-                x_c - x, cond, rmask, cols, cmask, smooth_ptr, clip_ptr, q_ptr,
-                scale_out_ptr, center_out_ptr, K, stride_qm, qmax, inv_sqrt_hb, eps,
-                BLOCK_M, HB, KP, HAS_SMOOTH, ROTATE, OUT_INT8, CENTER,
+                ca - xa, cb - xb, cond, rmask, K, smooth_ptr, clip_ptr, q_ptr,
+                scale_out_ptr, center_out_ptr, stride_qm, qmax, inv_sqrt_hb, eps,
+                BLOCK_M, HB, KA, KB, HAS_SMOOTH, ROTATE, OUT_INT8, CENTER,
             )
 
-
 if TRITON_AVAILABLE:
-
     # Rows per program and warps: tuned once per (K, power-of-two bucket of M, mode) on
     # the first call. Re-running is harmless: static mode only reads its scales, dynamic
     # mode rewrites the same values. The small tiles (2-8 rows) are for the dynamic
@@ -491,11 +550,11 @@ if TRITON_AVAILABLE:
         """Drop the whole-row tiles that would hold more than 128 values a thread: they
         spill (H100, K = 4608 padded to 8192 columns: 568 us at one warp a row against
         122 us at two)."""
-        kp = kwargs.get("KP", named_args.get("KP"))
+        kp = kwargs["KA"] + kwargs["KB"]
         kept = [c for c in configs if c.kwargs["BLOCK_M"] * kp <= 128 * 32 * c.num_warps]
         return kept or configs[-1:]
 
-    # One or two whole rows per program; the warps spread each row's KP values. The
+    # One or two whole rows per program; the warps spread each row's KA + KB values. The
     # fastest tiles on an H100 (GPU time, docs/bench/rotate-quant-single-pass-h100.json):
     # one row per warp at K = 1152, one row per two warps at K = 4608.
     _rotate_quant_rows_autotuned = triton.autotune(
@@ -514,6 +573,14 @@ SINGLE_PASS_MAX_K = 8192
 
 def _next_pow2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
+
+
+def _row_tiles(k: int, hb: int) -> tuple[int, int]:
+    """The single-pass kernel's two register tiles of a row: KA, the largest power of two
+    of whole ``hb`` blocks within K, and KB, the rest rounded up to a power of two (0 when
+    KA = K)."""
+    ka = hb << ((k // hb).bit_length() - 1)
+    return ka, _next_pow2(k - ka) if k > ka else 0
 
 
 def rotate_quant_triton(
@@ -571,7 +638,7 @@ def rotate_quant_triton(
         smooth_t = smooth if smooth.dtype == torch.float32 else smooth.to(torch.float32)
         smooth_t = smooth_t.contiguous()
     use_dot = bool(use_dot and block is not None and hb >= 16)
-    rows_ok = not static and not use_dot and _next_pow2(k) <= SINGLE_PASS_MAX_K
+    rows_ok = not static and not use_dot and sum(_row_tiles(k, hb)) <= SINGLE_PASS_MAX_K
     if single_pass and not rows_ok:
         raise ValueError("the single-pass kernel is for dynamic scales with the butterfly "
                          f"rotation and K <= {SINGLE_PASS_MAX_K}")
@@ -630,7 +697,7 @@ def _launch_rows_kernel(
     """Launch the single-pass kernel: one program per ``BLOCK_M`` rows, or per ``BLOCK_M``
     (uncond, cond) row pairs with CFG-delta."""
     m, k = x.shape
-    kp = _next_pow2(k)
+    ka, kb = _row_tiles(k, hb)
     rows = delta_half if delta_half else m
     kernel, meta = _rotate_quant_rows_autotuned, {}
     if block_m is not None:
@@ -657,7 +724,8 @@ def _launch_rows_kernel(
             EPS,
             delta_half,
             HB=hb,
-            KP=kp,
+            KA=ka,
+            KB=kb,
             HAS_SMOOTH=smooth is not None,
             ROTATE=rotate,
             OUT_INT8=q.dtype == torch.int8,
