@@ -59,7 +59,12 @@ def write_outputs(
         md_path.parent.mkdir(parents=True, exist_ok=True)
         _ensure_header(md_path)
         with md_path.open("a") as fh:
-            fh.write(markdown_table(doc, notes, errors=details.get("errors")))
+            fh.write(
+                markdown_table(
+                    doc, notes, errors=details.get("errors"),
+                    profiles=step_profiles(details.get("rows", {})),
+                )
+            )
     return doc
 
 
@@ -90,6 +95,7 @@ def markdown_table(
     versions: dict[str, str] | None = None,
     when: dt.datetime | None = None,
     errors: dict[str, str] | None = None,
+    profiles: dict[str, dict[str, Any]] | None = None,
 ) -> str:
     v = versions or _versions()
     when = when or dt.datetime.now(dt.timezone.utc)
@@ -140,10 +146,46 @@ def markdown_table(
             + f" | {r['weight_bytes'] / 1e6:.1f}"
             + f" | {_ratio(eager.get('weight_bytes'), r['weight_bytes'])} |"
         )
+    lines += _profile_table(profiles or {})
     for row, err in (errors or {}).items():
         first = err.splitlines()[0] if err else ""
         lines.append(f"\nRow `{row}` failed: {first[:300]}")
     return "\n".join(lines) + "\n"
+
+
+def step_profiles(rows: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """``--profile`` results from the details' rows: ``{"row@bN": profile}``."""
+    found = {}
+    for name, info in rows.items():
+        for key, profile in (info or {}).items():
+            if key.startswith("profile@") and isinstance(profile, dict):
+                found[f"{name} {key.split('@', 1)[1]}"] = profile
+    return found
+
+
+def _profile_table(profiles: dict[str, dict[str, Any]]) -> list[str]:
+    """GPU kernel time of one denoiser step per category, one line per profiled row: the
+    table above times the wall clock, which without CUDA graphs includes the host's
+    launch overhead, so a profiled row's GPU time can be far below its latency."""
+    if not profiles:
+        return []
+    categories: list[str] = []
+    for profile in profiles.values():
+        for cat in profile.get("ms_per_step_by_category", {}):
+            if cat not in categories:
+                categories.append(cat)
+    lines = [
+        "",
+        "GPU kernel time per denoiser step (`--profile`, torch.profiler, ms):",
+        "",
+        "| row | " + " | ".join(categories) + " | GPU total |",
+        "|---|" + "---|" * (len(categories) + 1),
+    ]
+    for row, profile in profiles.items():
+        by_cat = profile.get("ms_per_step_by_category", {})
+        cells = [f"{by_cat[c]:.2f}" if c in by_cat else "-" for c in categories]
+        lines.append(f"| {row} | " + " | ".join(cells) + f" | {profile.get('total_ms', 0):.2f} |")
+    return lines
 
 
 def _ratio(reference: float | None, value: float) -> str:
@@ -165,6 +207,11 @@ def render_markdown(json_path: str, md_path: Path) -> None:
     with md_path.open("a") as fh:
         fh.write(
             markdown_table(
-                doc, side.get("notes", []), side.get("versions"), when, side.get("errors")
+                doc,
+                side.get("notes", []),
+                side.get("versions"),
+                when,
+                side.get("errors"),
+                step_profiles(side.get("rows", {})),
             )
         )

@@ -38,3 +38,29 @@ def test_memory_ratios_against_bf16_eager_of_the_same_scope_and_batch():
     assert lines["| w8a8-compile@b4 | pipeline"].endswith("| 8.00 | 2.50x | 2500.0 | 4.00x |")
     # no bf16-eager row for this scope: no ratio rather than a wrong one
     assert lines["| w8a8-compile | denoiser_step"].endswith("| 1.00 | - | 600.0 | - |")
+
+
+def test_profiled_rows_get_a_gpu_time_table_from_the_details():
+    from trdq.bench_report import step_profiles
+
+    doc = {"preset": "p", "device": "GPU", "results": [
+        _row("bf16-compile", "denoiser_step", 0.0337, 1, 1),
+        _row("w8a8-compile", "denoiser_step", 0.0786, 1, 1),
+    ]}
+    rows = {
+        "bf16-compile": {"profile@b1": {"ms_per_step_by_category": {"gemm": 12.59,
+                                                                    "attention": 12.98},
+                                        "total_ms": 25.57}},
+        "w8a8-compile": {"prepare_s": 3.0,
+                         "profile@b1": {"ms_per_step_by_category": {"rotate_quant": 5.72,
+                                                                    "attention": 14.52},
+                                        "total_ms": 20.24}},
+    }
+    profiles = step_profiles(rows)
+    assert sorted(profiles) == ["bf16-compile b1", "w8a8-compile b1"]
+    table = markdown_table(doc, ["n"], VERSIONS, dt.datetime(2026, 11, 27), profiles=profiles)
+    assert "| row | gemm | attention | rotate_quant | GPU total |" in table
+    assert "| bf16-compile b1 | 12.59 | 12.98 | - | 25.57 |" in table
+    assert "| w8a8-compile b1 | - | 14.52 | 5.72 | 20.24 |" in table
+    # no profile: no table
+    assert "GPU kernel time" not in markdown_table(doc, ["n"], VERSIONS, dt.datetime(2026, 11, 27))
