@@ -232,6 +232,54 @@ def test_lowbit_gemm_rank1_epilogue_matches_reference(packed):
     torch.testing.assert_close(out - plain, center[:, None] * wsum[None, :], rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("packed", [False, True])
+@pytest.mark.parametrize("m", [2, 334, 8192])
+def test_lowbit_gemm_paired_epilogue_matches_reference(packed, m):
+    """CFG pairs as adjacent rows: the epilogue writes y_u and y_u + W d to the halves."""
+    from trdq.kernels.triton_w4a8 import (
+        pack_int4_tiled,
+        w4a8_matmul_reference,
+        w4a8_matmul_triton,
+    )
+
+    k, n = 1152, 1152
+    a = torch.randint(-127, 128, (m, k), device="cuda", dtype=torch.int8)
+    w = torch.randint(-7, 8, (n, k), device="cuda", dtype=torch.int8)
+    b = pack_int4_tiled(w) if packed else w
+    sa, sw = torch.rand(m, device="cuda") * 1e-3, torch.rand(n, device="cuda") * 1e-2
+    bias = torch.randn(n, device="cuda").to(torch.bfloat16)
+    center, wsum = torch.randn(m, device="cuda"), torch.randn(n, device="cuda")
+    kw = {"out_dtype": torch.float32, "center": center, "weight_sum": wsum, "paired": True}
+    ref = w4a8_matmul_reference(a, sa, b, sw, bias, **kw)
+    out = w4a8_matmul_triton(a, sa, b, sw, bias, **kw)
+    assert P.sqnr_db(ref, out) > 60
+    for rows in (slice(0, m // 2), slice(m // 2, m)):
+        assert P.sqnr_db(ref[rows], out[rows]) > 60
+
+
+@pytest.mark.parametrize("k,bits", [(1152, 8), (4608, 8), (1152, 4)])
+def test_lowbit_linear_cfg_delta_fast_path_matches_the_cpu_reference(k, bits):
+    """``lowbit_linear`` with CFG-delta and centring on the GPU (interleaved pairs, paired
+    epilogue) against the op's reference path on CPU (explicit restore after the GEMM)."""
+    from trdq.kernels import ops
+    from trdq.kernels.triton_w4a8 import pack_int4_tiled
+
+    half, n = 150, 1152
+    x_u = _x(half, k, seed=k + bits).float() + 3.0
+    x = torch.cat([x_u, x_u + 0.2 * torch.randn_like(x_u)]).to(torch.bfloat16)
+    w = torch.randn(n, k, device="cuda") * 0.02
+    bias = torch.randn(n, device="cuda").to(torch.bfloat16)
+    qw, ws = P.quantize_weight_per_channel(fwht(w, 128), bits)
+    weight = pack_int4_tiled(qw) if bits == 4 else qw
+    clip = torch.cat([torch.full((half,), 0.9), torch.full((half,), 0.8)]).cuda()
+    args = (ws, bias, None, None, 128, clip, False, w.sum(dim=1), half)
+    out = ops.lowbit_linear(x, weight, *args)
+    ref = ops.lowbit_linear(x.cpu(), weight.cpu(), *(a.cpu() if isinstance(a, torch.Tensor)
+                                                      else a for a in args))
+    for rows in (slice(0, half), slice(half, 2 * half)):
+        assert P.sqnr_db(ref[rows].float(), out[rows].float().cpu()) > 40
+
+
 @requires_fp8()
 def test_w4a8_gemm_fp8_activation_path():
     from trdq.kernels.triton_w4a8 import (

@@ -193,8 +193,11 @@ def test_ops_cfg_delta_match_the_explicit_difference():
     assert torch.equal(out, out0.to(out.dtype))
     qw4, ws4 = P.quantize_weight_per_channel(fwht(w, 128), 4)
     args = (pack_int4_tiled(qw4), ws4, bias, None, None, 128, clip, False, weight_sum)
+    # lowbit_linear returns the cond rows as served: y_u + W d (the bias once)
     out4 = ops.lowbit_linear(x, *args, 4)
-    assert torch.equal(out4, ops.lowbit_linear(differenced, *args).to(out4.dtype))
+    y = ops.lowbit_linear(differenced, *args).to(out4.dtype)
+    assert torch.equal(out4[:4], y[:4])
+    torch.testing.assert_close(out4[4:], y[:4] + y[4:] - bias.to(y.dtype))
 
 
 def test_fake_impls_trace_under_fake_tensors():
@@ -252,3 +255,25 @@ def test_tiled_int4_layout_round_trip():
     # byte j of a tile: k = j in the low nibble, k = j + 64 in the high nibble
     low = (packed[:, 3] & 0xF).to(torch.int16)
     assert torch.equal(torch.where(low >= 8, low - 16, low).to(torch.int8), q[:, 3])
+
+
+def test_paired_gemm_oracle_is_the_restored_unpaired_one():
+    """``w4a8_matmul_reference(paired=True)`` on interleaved rows equals the plain GEMM on
+    the [uncond; cond-difference] halves followed by the restore."""
+    from trdq.kernels.triton_rotate_quant import interleaved_pair_order
+    from trdq.kernels.triton_w4a8 import w4a8_matmul_reference
+
+    gen = torch.Generator().manual_seed(3)
+    m, k, n = 10, 128, 24
+    a = torch.randint(-127, 128, (m, k), dtype=torch.int8, generator=gen)
+    w = torch.randint(-127, 128, (n, k), dtype=torch.int8, generator=gen)
+    sa, sw, bias = torch.rand(m, generator=gen), torch.rand(n, generator=gen), torch.randn(n)
+    center, wsum = torch.randn(m, generator=gen), torch.randn(n, generator=gen)
+    kw = {"out_dtype": torch.float64, "center": center, "weight_sum": wsum}
+    plain = ops.restore_cfg_delta(w4a8_matmul_reference(a, sa, w, sw, bias, **kw), m // 2, bias)
+    order = interleaved_pair_order(m // 2)
+    kw["center"] = center[order]
+    paired = w4a8_matmul_reference(a[order], sa[order], w, sw, bias, paired=True, **kw)
+    torch.testing.assert_close(paired, plain)
+    with pytest.raises(ValueError, match="even"):
+        w4a8_matmul_reference(a[:3], sa[:3], w, sw, paired=True)

@@ -86,3 +86,29 @@ def test_row_tiles_split_k_into_powers_of_two():
     assert _row_tiles(512, 128) == (512, 0)
     assert _row_tiles(896, 128) == (512, 512)
     assert _row_tiles(96, 32) == (64, 32)
+
+
+@pytest.mark.parametrize("center", [False, True])
+@pytest.mark.parametrize("m,k,block", [(6, 1152, 128), (8, 96, 32)])
+def test_single_pass_kernel_interleaves_cfg_pairs(m, k, block, center):
+    """``interleave_pairs``: uncond row r and its cond difference land at rows 2r, 2r + 1
+    (codes, scales and means), the order the paired GEMM reads."""
+    from trdq.kernels.triton_rotate_quant import rotate_quant_reference, rotate_quant_triton
+
+    x = _x(m, k, seed=m + k)
+    kw = {"block": block, "clip_ratio": 0.9, "out_dtype": torch.int8, "delta_half": m // 2}
+    mean_ref = torch.empty(m) if center else None
+    mean = torch.empty(m) if center else None
+    q_ref, s_ref = rotate_quant_reference(x, center_out=mean_ref, **kw)
+    q, s = rotate_quant_triton(
+        x, center_out=mean, interleave_pairs=True, block_m=2, num_warps=1, **kw
+    )
+    q_ref2, s_ref2 = rotate_quant_reference(
+        x, center_out=torch.empty(m) if center else None, interleave_pairs=True, **kw
+    )
+    order = torch.tensor([i // 2 + (i % 2) * (m // 2) for i in range(m)])
+    assert torch.equal(q_ref2, q_ref[order]) and torch.equal(s_ref2, s_ref[order])
+    torch.testing.assert_close(s, s_ref[order], rtol=1e-5, atol=0)
+    assert int((q.int() - q_ref[order].int()).abs().max()) <= 1
+    if center:
+        torch.testing.assert_close(mean, mean_ref[order], rtol=1e-5, atol=1e-5)

@@ -33,6 +33,7 @@ class CudaW4A8Backend(KernelBackend):
     priority = 30
     fuses_centering = True
     fuses_cfg_delta = True
+    restores_cfg_delta = True  # lowbit_linear returns the cond rows as served
 
     def is_available(self, device: torch.device | str) -> tuple[bool, str]:
         device = torch.device(device)

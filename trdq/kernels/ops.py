@@ -23,8 +23,11 @@ after ``_scaled_mm``), the fused form of ``QuantLinear``'s centring.
 
 ``delta_half > 0`` (dynamic mode, M = 2 x delta_half): the activation kernel quantizes
 each row of the second (cond) half as its difference from the paired first-half row, the
-fused form of ``QuantLinear``'s CFG-delta subtraction; the output rows of that half are
-then ``W d + b``, and ``QuantLinear`` adds the uncond output back. 0 means off.
+fused form of ``QuantLinear``'s CFG-delta subtraction. ``fp8_linear`` returns that half as
+``W d + b`` and ``QuantLinear`` adds the uncond output back; ``lowbit_linear`` returns it
+as served, ``y_u + W d``: on the GPU its activation kernel writes each pair as adjacent
+rows and the GEMM epilogue adds them (no pass over the output), elsewhere the addition
+follows the GEMM. 0 means off.
 
 ``rotation_block <= 0`` means no rotation; ``row_scale`` None means dynamic per-token,
 with ``clip_ratio`` a float32 ``[M]`` tensor (one ratio per row: each CFG half its own,
@@ -158,11 +161,23 @@ def _(
     return x.new_empty((x.shape[0], weight.shape[0]))
 
 
-def lowbit_gemm(q, a_scale, weight, weight_scale, bias, out_dtype, center=None, weight_sum=None):
+def lowbit_gemm(
+    q, a_scale, weight, weight_scale, bias, out_dtype, center=None, weight_sum=None,
+    paired=False,
+):
     args = (q, a_scale, weight, weight_scale, bias, out_dtype)
+    kw = {"center": center, "weight_sum": weight_sum, "paired": paired}
     if q.is_cuda and TRITON_AVAILABLE:
-        return w4.w4a8_matmul_triton(*args, center=center, weight_sum=weight_sum)
-    return w4.w4a8_matmul_reference(*args, center=center, weight_sum=weight_sum)
+        return w4.w4a8_matmul_triton(*args, **kw)
+    return w4.w4a8_matmul_reference(*args, **kw)
+
+
+def restore_cfg_delta(out: torch.Tensor, half: int, bias: torch.Tensor | None) -> torch.Tensor:
+    """``[y_u; W d + b]`` -> the served ``[y_u; y_u + W d]``."""
+    y_c = out[half:] + out[:half]
+    if bias is not None:
+        y_c = y_c - bias.to(out.dtype)
+    return torch.cat((out[:half], y_c))
 
 
 @torch.library.custom_op("trdq::lowbit_linear", mutates_args=())
@@ -180,10 +195,25 @@ def lowbit_linear(
     delta_half: int = 0,
 ) -> torch.Tensor:
     center = _center_buffer(x, weight_sum)
+    block = rotation_block if rotation_block > 0 else rq.hadamard_block_size(x.shape[1])
+    if (
+        delta_half
+        and fast_path_available(x)
+        and rq.single_pass_applies(x.shape[1], block, row_scale is not None)
+    ):
+        # pairs as adjacent rows; the GEMM epilogue restores the cond half
+        kwargs = {"block": block if rotation_block > 0 else None, "smooth": smooth,
+                  "clip_ratio": clip_ratio, "out_dtype": torch.float8_e4m3fn if act_fp8
+                  else torch.int8, "center_out": center, "delta_half": delta_half}
+        q, a_scale = rq.rotate_quant_triton(x.contiguous(), interleave_pairs=True, **kwargs)
+        return lowbit_gemm(
+            q, a_scale, weight, weight_scale, bias, x.dtype, center, weight_sum, paired=True
+        )
     q, a_scale = _rotate_quant_impl(
         x, smooth, row_scale, rotation_block, clip_ratio, act_fp8, center, delta_half
     )
-    return lowbit_gemm(q, a_scale, weight, weight_scale, bias, x.dtype, center, weight_sum)
+    out = lowbit_gemm(q, a_scale, weight, weight_scale, bias, x.dtype, center, weight_sum)
+    return restore_cfg_delta(out, delta_half, bias) if delta_half else out
 
 
 @lowbit_linear.register_fake

@@ -51,8 +51,10 @@ __all__ = [
     "TRITON_AVAILABLE",
     "block_hadamard_reference",
     "hadamard_block_size",
+    "interleaved_pair_order",
     "rotate_quant_reference",
     "rotate_quant_triton",
+    "single_pass_applies",
     "sylvester_hadamard",
 ]
 
@@ -104,13 +106,16 @@ def rotate_quant_reference(
     out_dtype: torch.dtype = torch.float8_e4m3fn,
     center_out: torch.Tensor | None = None,
     delta_half: int = 0,
+    interleave_pairs: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Pure-torch oracle: ``[M, K]`` -> (``q [M, K]`` out_dtype, ``scale [M]`` float32).
 
     Same arithmetic as ``trdq.kernels.reference`` (``rotation.fwht``, ``primitives``),
     but returns the low-bit tensor instead of dequantizing it. ``center_out`` ([M]
     float32): centre each row first and write its mean there. ``delta_half`` > 0 (with
-    M = 2 x delta_half): quantize the second half as its difference from the first.
+    M = 2 x delta_half): quantize the second half as its difference from the first;
+    ``interleave_pairs`` then returns the rows (codes, scales, means) in the order uncond
+    0, cond 0, uncond 1, cond 1, ... (what ``w4a8_matmul_*(paired=True)`` reads).
     """
     qmax = _qmax(out_dtype)
     xf = x.float()
@@ -134,7 +139,20 @@ def rotate_quant_reference(
         scale = (xf.abs().amax(dim=-1) * clip / qmax).clamp_min(MIN_SCALE)
     v = torch.clamp(xf / scale[:, None], -qmax, qmax)
     q = torch.round(v).to(torch.int8) if out_dtype == torch.int8 else v.to(out_dtype)
+    if interleave_pairs:
+        if not delta_half:
+            raise ValueError("interleaved CFG pairs need delta_half")
+        order = interleaved_pair_order(delta_half, x.device)
+        q, scale = q[order], scale[order]
+        if center_out is not None:
+            center_out.copy_(center_out[order])
     return q, scale.contiguous()
+
+
+def interleaved_pair_order(half: int, device=None) -> torch.Tensor:
+    """Row indices ``[0, half, 1, half + 1, ...]``: the [uncond; cond] halves interleaved."""
+    r = torch.arange(half, device=device)
+    return torch.stack((r, r + half), dim=1).reshape(-1)
 
 
 def _check_center(center_out: torch.Tensor, rows: int, row_scale) -> None:
@@ -406,6 +424,7 @@ if TRITON_AVAILABLE:
         xa,
         xb,
         rows,
+        out_rows,
         rmask,
         K,
         smooth_ptr,
@@ -429,7 +448,8 @@ if TRITON_AVAILABLE:
         """Quantize rows held in registers as two tiles: ``xa`` the first KA columns (the
         largest power of two of whole blocks within K) and, when KB > 0, ``xb`` the rest
         padded to KB columns (a power of two; those >= K are zero). 1152 = 1024 + 128 and
-        4608 = 4096 + 512 need no padding, where one tile would hold 2048 and 8192."""
+        4608 = 4096 + 512 need no padding, where one tile would hold 2048 and 8192.
+        ``rows`` index x and the clip ratios, ``out_rows`` the codes, scales and means."""
         cols_a = tl.arange(0, KA)
         cmask_a = cols_a < K
         mean = tl.zeros((BLOCK_M,), dtype=tl.float32)
@@ -438,7 +458,7 @@ if TRITON_AVAILABLE:
             if KB > 0:
                 total += tl.sum(xb, axis=1)
             mean = total / K
-            tl.store(center_out_ptr + rows, mean, mask=rmask)
+            tl.store(center_out_ptr + out_rows, mean, mask=rmask)
         xa = _centre_smooth_rotate(
             xa, mean, cols_a, cmask_a, smooth_ptr, inv_sqrt_hb,
             BLOCK_M, HB, KA, HAS_SMOOTH, ROTATE, CENTER,
@@ -454,11 +474,13 @@ if TRITON_AVAILABLE:
             amax = tl.maximum(amax, tl.max(tl.abs(xb), axis=1))
         clip = tl.load(clip_ptr + rows, mask=rmask, other=1.0)
         scale = tl.maximum(amax * clip / qmax, eps)
-        tl.store(scale_out_ptr + rows, scale, mask=rmask)
-        _store_codes(xa, scale, rows, rmask, cols_a, cmask_a, q_ptr, stride_qm, qmax, OUT_INT8)
+        tl.store(scale_out_ptr + out_rows, scale, mask=rmask)
+        _store_codes(
+            xa, scale, out_rows, rmask, cols_a, cmask_a, q_ptr, stride_qm, qmax, OUT_INT8
+        )
         if KB > 0:
             _store_codes(
-                xb, scale, rows, rmask, cols_b, cmask_b, q_ptr, stride_qm, qmax, OUT_INT8
+                xb, scale, out_rows, rmask, cols_b, cmask_b, q_ptr, stride_qm, qmax, OUT_INT8
             )
 
     @triton.jit
@@ -504,25 +526,29 @@ if TRITON_AVAILABLE:
         OUT_INT8: tl.constexpr,
         CENTER: tl.constexpr,
         DELTA: tl.constexpr,
+        INTERLEAVE: tl.constexpr,
     ):
         """Single-pass dynamic mode: each program holds whole rows in registers, so x is
         read once and nothing is re-read for the mean or the absmax. With DELTA a program
         takes ``BLOCK_M`` uncond rows (R = delta_half) and their cond partners: each uncond
-        tile is loaded once for both."""
+        tile is loaded once for both. INTERLEAVE (with DELTA) writes uncond row r and its
+        cond difference as output rows 2r and 2r + 1, the order the paired GEMM reads."""
         pid = tl.program_id(0)
         rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
         rmask = rows < R
+        out_u = 2 * rows if INTERLEAVE else rows
         xa, xb = _load_rows(x_ptr, rows, rmask, K, stride_xm, KA, KB)
         _quantize_whole_rows(
-            xa, xb, rows, rmask, K, smooth_ptr, clip_ptr, q_ptr, scale_out_ptr,
+            xa, xb, rows, out_u, rmask, K, smooth_ptr, clip_ptr, q_ptr, scale_out_ptr,
             center_out_ptr, stride_qm, qmax, inv_sqrt_hb, eps,
             BLOCK_M, HB, KA, KB, HAS_SMOOTH, ROTATE, OUT_INT8, CENTER,
         )
         if DELTA:
             cond = rows + delta_half
+            out_c = 2 * rows + 1 if INTERLEAVE else cond
             ca, cb = _load_rows(x_ptr, cond, rmask, K, stride_xm, KA, KB)
             _quantize_whole_rows(
-                ca - xa, cb - xb, cond, rmask, K, smooth_ptr, clip_ptr, q_ptr,
+                ca - xa, cb - xb, cond, out_c, rmask, K, smooth_ptr, clip_ptr, q_ptr,
                 scale_out_ptr, center_out_ptr, stride_qm, qmax, inv_sqrt_hb, eps,
                 BLOCK_M, HB, KA, KB, HAS_SMOOTH, ROTATE, OUT_INT8, CENTER,
             )
@@ -575,6 +601,12 @@ def _next_pow2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
+def single_pass_applies(k: int, hb: int, static: bool = False, use_dot: bool = False) -> bool:
+    """Whether the single-pass kernel serves this call: dynamic scales, the butterfly
+    rotation, and rows that fit its register tiles."""
+    return not static and not use_dot and sum(_row_tiles(k, hb)) <= SINGLE_PASS_MAX_K
+
+
 def _row_tiles(k: int, hb: int) -> tuple[int, int]:
     """The single-pass kernel's two register tiles of a row: KA, the largest power of two
     of whole ``hb`` blocks within K, and KB, the rest rounded up to a power of two (0 when
@@ -597,6 +629,7 @@ def rotate_quant_triton(
     center_out: torch.Tensor | None = None,
     delta_half: int = 0,
     single_pass: bool | None = None,
+    interleave_pairs: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The fused kernel; same contract as ``rotate_quant_reference`` (x 2-D, rows contiguous).
 
@@ -638,14 +671,16 @@ def rotate_quant_triton(
         smooth_t = smooth if smooth.dtype == torch.float32 else smooth.to(torch.float32)
         smooth_t = smooth_t.contiguous()
     use_dot = bool(use_dot and block is not None and hb >= 16)
-    rows_ok = not static and not use_dot and sum(_row_tiles(k, hb)) <= SINGLE_PASS_MAX_K
+    rows_ok = single_pass_applies(k, hb, static, use_dot)
+    if interleave_pairs and not (delta_half and rows_ok and single_pass is not False):
+        raise ValueError("interleaved CFG pairs need delta_half and the single-pass kernel")
     if single_pass and not rows_ok:
         raise ValueError("the single-pass kernel is for dynamic scales with the butterfly "
                          f"rotation and K <= {SINGLE_PASS_MAX_K}")
     if rows_ok and single_pass is not False:
         _launch_rows_kernel(x, q, smooth_t if smooth is not None else None, clip, scale,
                             center_out, hb, block is not None, qmax, delta_half, block_m,
-                            num_warps)
+                            num_warps, interleave_pairs)
         return q, scale
     h = sylvester_hadamard(hb, x.device, torch.bfloat16) if use_dot else scale
     kernel, meta = _rotate_quant_autotuned, {}
@@ -692,7 +727,8 @@ def rotate_quant_triton(
 
 
 def _launch_rows_kernel(
-    x, q, smooth, clip, scale, center_out, hb, rotate, qmax, delta_half, block_m, num_warps
+    x, q, smooth, clip, scale, center_out, hb, rotate, qmax, delta_half, block_m, num_warps,
+    interleave_pairs=False,
 ):
     """Launch the single-pass kernel: one program per ``BLOCK_M`` rows, or per ``BLOCK_M``
     (uncond, cond) row pairs with CFG-delta."""
@@ -731,5 +767,6 @@ def _launch_rows_kernel(
             OUT_INT8=q.dtype == torch.int8,
             CENTER=center_out is not None,
             DELTA=delta_half > 0,
+            INTERLEAVE=interleave_pairs,
             **meta,
         )

@@ -87,9 +87,14 @@ def w4a8_matmul_reference(
     out_dtype: torch.dtype = torch.bfloat16,
     center: torch.Tensor | None = None,
     weight_sum: torch.Tensor | None = None,
+    paired: bool = False,
 ) -> torch.Tensor:
     """Oracle in float64 accumulation (exact for int8 x int4 at any K we use).
-    ``b`` is tile-split packed uint8 or plain int8."""
+    ``b`` is tile-split packed uint8 or plain int8.
+
+    ``paired``: A's rows are CFG pairs interleaved (uncond r, cond difference r; see
+    ``rotate_quant_reference(interleave_pairs=True)``) and the output is the served
+    ``[uncond; cond]`` halves: ``y_u`` and ``y_u + W d`` (the bias once)."""
     _check_rank1(center, weight_sum)
     w = unpack_int4_tiled(b) if b.dtype == torch.uint8 else b
     acc = a.double() @ w.double().t()
@@ -98,7 +103,17 @@ def w4a8_matmul_reference(
         out = out + bias.double()
     if center is not None:
         out = out + center.double()[:, None] * weight_sum.double()[None, :]
+    if paired:
+        _check_paired(a.shape[0])
+        y_u, y_d = out[0::2], out[1::2]
+        y_c = y_u + y_d - (bias.double() if bias is not None else 0.0)
+        out = torch.cat((y_u, y_c))
     return out.to(out_dtype)
+
+
+def _check_paired(m: int) -> None:
+    if m % 2:
+        raise ValueError(f"paired CFG rows need an even M, got {m}")
 
 
 def _check_rank1(center: torch.Tensor | None, weight_sum: torch.Tensor | None) -> None:
@@ -139,6 +154,7 @@ if TRITON_AVAILABLE:
         HAS_CENTER: tl.constexpr,
         PACKED: tl.constexpr,
         A_FP8: tl.constexpr,
+        PAIRED: tl.constexpr,
         BM: tl.constexpr,
         BN: tl.constexpr,
         BK: tl.constexpr,
@@ -202,17 +218,30 @@ if TRITON_AVAILABLE:
         sa = tl.load(a_scale_ptr + rm, mask=mmask, other=0.0)
         sw = tl.load(w_scale_ptr + rn, mask=nmask, other=0.0)
         out = acc.to(tl.float32) * sa[:, None] * sw[None, :]
-        if HAS_BIAS:
-            out += tl.load(bias_ptr + rn, mask=nmask, other=0.0).to(tl.float32)[None, :]
         if HAS_CENTER:
             mean = tl.load(center_ptr + rm, mask=mmask, other=0.0)
             wsum = tl.load(weight_sum_ptr + rn, mask=nmask, other=0.0).to(tl.float32)
             out += mean[:, None] * wsum[None, :]
-        tl.store(
-            c_ptr + rm[:, None] * stride_cm + rn[None, :],
-            out.to(c_ptr.dtype.element_ty),
-            mask=mmask[:, None] & nmask[None, :],
-        )
+        if PAIRED:
+            # rows (2i, 2i + 1) of the tile are uncond row p = pid_m * BM/2 + i and its
+            # cond difference: store y_u at p and y_u + W d at M/2 + p (the bias once)
+            u, d = tl.split(tl.permute(tl.reshape(out, (BM // 2, 2, BN)), (0, 2, 1)))
+            if HAS_BIAS:
+                u += tl.load(bias_ptr + rn, mask=nmask, other=0.0).to(tl.float32)[None, :]
+            pair = pid_m * (BM // 2) + tl.arange(0, BM // 2)
+            pmask = (pair < M // 2)[:, None] & nmask[None, :]
+            tl.store(c_ptr + pair[:, None] * stride_cm + rn[None, :],
+                     u.to(c_ptr.dtype.element_ty), mask=pmask)
+            tl.store(c_ptr + (M // 2 + pair)[:, None] * stride_cm + rn[None, :],
+                     (u + d).to(c_ptr.dtype.element_ty), mask=pmask)
+        else:
+            if HAS_BIAS:
+                out += tl.load(bias_ptr + rn, mask=nmask, other=0.0).to(tl.float32)[None, :]
+            tl.store(
+                c_ptr + rm[:, None] * stride_cm + rn[None, :],
+                out.to(c_ptr.dtype.element_ty),
+                mask=mmask[:, None] & nmask[None, :],
+            )
 
     _lowbit_gemm_autotuned = triton.autotune(
         configs=_CONFIGS, key=["M_BUCKET", "N", "K"], do_bench=autotune_gpu_time
@@ -229,12 +258,18 @@ def w4a8_matmul_triton(
     config: dict | None = None,
     center: torch.Tensor | None = None,
     weight_sum: torch.Tensor | None = None,
+    paired: bool = False,
 ) -> torch.Tensor:
-    """A ``[M, K]`` int8/e4m3, B ``[N, K/2]`` uint8 (packed) or ``[N, K]`` int8 -> ``[M, N]``."""
+    """A ``[M, K]`` int8/e4m3, B ``[N, K/2]`` uint8 (packed) or ``[N, K]`` int8 -> ``[M, N]``.
+
+    ``paired``: the CFG-delta halves restored in the epilogue, as the oracle's ``paired``
+    (a tile's rows hold whole pairs: every tile height is even)."""
     if not TRITON_AVAILABLE:
         raise RuntimeError("triton is not installed; use w4a8_matmul_reference")
     _check_rank1(center, weight_sum)
     m, k = a.shape
+    if paired:
+        _check_paired(m)
     packed = b.dtype == torch.uint8
     n = b.shape[0]
     if (b.shape[1] * 2 if packed else b.shape[1]) != k:
@@ -279,6 +314,7 @@ def w4a8_matmul_triton(
             HAS_CENTER=center is not None,
             PACKED=packed,
             A_FP8=a.dtype == torch.float8_e4m3fn,
+            PAIRED=paired,
             **meta,
         )
     return c
