@@ -56,9 +56,9 @@ TRITON_LAUNCH_LOCK = threading.Lock()
 def autotune_gpu_time(kernel_call, quantiles):
     """The timer every Triton autotuner here uses (``triton.autotune(do_bench=...)``): GPU
     time of the call replayed from a CUDA graph. Triton's default times back-to-back
-    launches, which the launcher's host overhead (~40 us a call) bounds for kernels of
-    10-100 us, so it ranked tiles by host noise (H100, the rotate+quantize kernel at
-    8192 x 1152: the autotuned pick took 3x the best tile's time; docs/KERNELS.md)."""
+    launches, which the host side of a call bounds for kernels of 10-100 us, so it ranked
+    tiles by host noise (H100, the rotate+quantize kernel at 8192 x 1152: it timed ~100 us
+    for every tile of a 36 us kernel; docs/KERNELS.md)."""
     import triton.testing
 
     return triton.testing.do_bench_cudagraph(kernel_call, rep=20, quantiles=quantiles)
