@@ -43,7 +43,13 @@ import torch
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from trdq.config import QuantConfig
 
-__all__ = ["ActQuant", "BackendUnavailableError", "KernelBackend"]
+__all__ = [
+    "ActQuant",
+    "BackendUnavailableError",
+    "KernelBackend",
+    "autotune_gpu_time",
+    "restore_cfg_delta",
+]
 
 
 #: Triton's autotuner keeps per-call state on the kernel object, so two threads launching
@@ -62,6 +68,16 @@ def autotune_gpu_time(kernel_call, quantiles):
     import triton.testing
 
     return triton.testing.do_bench_cudagraph(kernel_call, rep=20, quantiles=quantiles)
+
+
+def restore_cfg_delta(
+    out: torch.Tensor, half: int, bias: torch.Tensor | None
+) -> torch.Tensor:
+    """CFG-delta outputs ``[y_u; W d + b]`` -> the served ``[y_u; y_u + W d]``. Out of
+    place on purpose: Inductor fuses it into the epilogue before it, where an in-place
+    slice addition cost a compiled CPU step ~117 ms (docs/KERNELS.md, eighth session)."""
+    y_d = out[half:] - bias.to(out.dtype) if bias is not None else out[half:]
+    return torch.cat((out[:half], out[:half] + y_d))
 
 
 class BackendUnavailableError(RuntimeError):

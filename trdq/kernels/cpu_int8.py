@@ -49,7 +49,7 @@ import torch
 from trdq import primitives as P
 from trdq.config import INT_BITS
 from trdq.kernels import cpu_native
-from trdq.kernels.base import ActQuant, KernelBackend
+from trdq.kernels.base import ActQuant, KernelBackend, restore_cfg_delta
 from trdq.kernels.registry import register
 from trdq.machine import INT8_DOT_ISAS, cpu_isa
 from trdq.rotation import hadamard_transform, hadamard_transform_factored
@@ -133,8 +133,7 @@ def int8_linear_math(
     if mean is not None:
         out.add_(mean * weight_sum.float()[None, :])
     if delta_half:  # the served cond rows: y_u + W d (restores_cfg_delta)
-        y_d = out[delta_half:] - bias.float() if bias is not None else out[delta_half:]
-        out = torch.cat((out[:delta_half], out[:delta_half] + y_d))
+        out = restore_cfg_delta(out, delta_half, bias)
     return out.to(x.dtype)
 
 

@@ -40,6 +40,7 @@ import torch
 
 from trdq.kernels import triton_rotate_quant as rq
 from trdq.kernels import triton_w4a8 as w4
+from trdq.kernels.base import restore_cfg_delta
 
 __all__ = ["fast_path_available", "fp8_linear", "lowbit_linear", "rotate_quant"]
 
@@ -51,7 +52,8 @@ def fast_path_available(x: torch.Tensor) -> bool:
 
 
 def _rotate_quant_impl(
-    x, smooth, row_scale, rotation_block, clip_ratio, fp8, center_out=None, delta_half=0
+    x, smooth, row_scale, rotation_block, clip_ratio, fp8, center_out=None, delta_half=0,
+    interleave_pairs=False,
 ):
     block = rotation_block if rotation_block > 0 else None
     out_dtype = torch.float8_e4m3fn if fp8 else torch.int8
@@ -63,6 +65,7 @@ def _rotate_quant_impl(
         "out_dtype": out_dtype,
         "center_out": center_out,
         "delta_half": delta_half,
+        "interleave_pairs": interleave_pairs,
     }
     if fast_path_available(x):
         return rq.rotate_quant_triton(x.contiguous(), **kwargs)
@@ -172,14 +175,6 @@ def lowbit_gemm(
     return w4.w4a8_matmul_reference(*args, **kw)
 
 
-def restore_cfg_delta(out: torch.Tensor, half: int, bias: torch.Tensor | None) -> torch.Tensor:
-    """``[y_u; W d + b]`` -> the served ``[y_u; y_u + W d]``."""
-    y_c = out[half:] + out[:half]
-    if bias is not None:
-        y_c = y_c - bias.to(out.dtype)
-    return torch.cat((out[:half], y_c))
-
-
 @torch.library.custom_op("trdq::lowbit_linear", mutates_args=())
 def lowbit_linear(
     x: torch.Tensor,
@@ -195,25 +190,20 @@ def lowbit_linear(
     delta_half: int = 0,
 ) -> torch.Tensor:
     center = _center_buffer(x, weight_sum)
+    # on the GPU the CFG pairs travel as adjacent rows and the GEMM epilogue restores the
+    # cond half; elsewhere (the reference path, or rows the single-pass kernel cannot
+    # hold) the restore follows the GEMM
     block = rotation_block if rotation_block > 0 else rq.hadamard_block_size(x.shape[1])
-    if (
-        delta_half
-        and fast_path_available(x)
-        and rq.single_pass_applies(x.shape[1], block, row_scale is not None)
-    ):
-        # pairs as adjacent rows; the GEMM epilogue restores the cond half
-        kwargs = {"block": block if rotation_block > 0 else None, "smooth": smooth,
-                  "clip_ratio": clip_ratio, "out_dtype": torch.float8_e4m3fn if act_fp8
-                  else torch.int8, "center_out": center, "delta_half": delta_half}
-        q, a_scale = rq.rotate_quant_triton(x.contiguous(), interleave_pairs=True, **kwargs)
-        return lowbit_gemm(
-            q, a_scale, weight, weight_scale, bias, x.dtype, center, weight_sum, paired=True
-        )
-    q, a_scale = _rotate_quant_impl(
-        x, smooth, row_scale, rotation_block, clip_ratio, act_fp8, center, delta_half
+    paired = bool(delta_half) and fast_path_available(x) and rq.single_pass_applies(
+        x.shape[1], block, row_scale is not None
     )
-    out = lowbit_gemm(q, a_scale, weight, weight_scale, bias, x.dtype, center, weight_sum)
-    return restore_cfg_delta(out, delta_half, bias) if delta_half else out
+    q, a_scale = _rotate_quant_impl(
+        x, smooth, row_scale, rotation_block, clip_ratio, act_fp8, center, delta_half, paired
+    )
+    out = lowbit_gemm(
+        q, a_scale, weight, weight_scale, bias, x.dtype, center, weight_sum, paired
+    )
+    return restore_cfg_delta(out, delta_half, bias) if delta_half and not paired else out
 
 
 @lowbit_linear.register_fake

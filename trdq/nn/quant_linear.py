@@ -47,7 +47,7 @@ import torch
 from torch import nn
 
 from trdq import primitives as P
-from trdq.kernels.base import ActQuant, KernelBackend
+from trdq.kernels.base import ActQuant, KernelBackend, restore_cfg_delta
 from trdq.kernels.reference import prepare_activation
 from trdq.rotation import rotate_weight
 from trdq.timestep import QuantContext
@@ -295,11 +295,8 @@ class QuantLinear(nn.Module):
         out = self.backend.linear(x2, self.packed, act, self.bias)
         if center is not None:
             out = out + center.to(out.dtype) * self.weight_sum.to(out.dtype)
-        if delta and not (fuse_delta and self.backend.restores_cfg_delta):  # y_u + (W d + b) - b
-            y_u, y_c = out[:half], out[half:] + out[:half]
-            if self.bias is not None:
-                y_c = y_c - self.bias.to(out.dtype)
-            out = torch.cat((y_u, y_c))
+        if delta and not (fuse_delta and self.backend.restores_cfg_delta):
+            out = restore_cfg_delta(out, half, self.bias)
         return out.reshape(*lead, self.out_features)
 
     def extra_repr(self) -> str:
