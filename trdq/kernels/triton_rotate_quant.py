@@ -1,10 +1,16 @@
 """Fused activation path: bf16 ``[M, K]`` -> (- row mean) -> (/ smooth) -> block Hadamard
 -> e4m3 or int8.
 
-One Triton kernel reads the activations once, divides by the SmoothQuant vector, applies
-the block-diagonal normalized Hadamard rotation (a fast Walsh-Hadamard transform inside
-each block of ``HB`` channels, in registers), scales every row and writes the low-bit
-values plus the per-row scales. No rotation matmul, no intermediate tensor in memory.
+A Triton kernel reads the activations, divides by the SmoothQuant vector, applies the
+block-diagonal normalized Hadamard rotation (a fast Walsh-Hadamard transform inside each
+block of ``HB`` channels, in registers), scales every row and writes the low-bit values
+plus the per-row scales. No rotation matmul, no intermediate tensor in memory. Two
+kernels share that math:
+- the single-pass kernel (``_rotate_quant_rows_kernel``, the default for dynamic scales
+  with rows up to ``SINGLE_PASS_MAX_K``): whole rows held in registers, x read once;
+- the tiled kernel (``_rotate_quant_kernel``: static scales, the tensor-core rotation,
+  wider rows): loops over ``HB``-wide column tiles, re-reading them (mostly from cache)
+  for the mean and the absmax in dynamic mode.
 
 Notation: M rows (tokens x batch), K channels, HB the Hadamard block (power of two that
 divides K, at most 128; 1152 = 9 x 128).
@@ -18,16 +24,19 @@ int8 rounding is round-half-to-even, as ``torch.round``.
 
 Centring (``center_out`` given, dynamic mode only): each row's mean over K is subtracted
 before smoothing and rotation and written to ``center_out`` (float32 ``[M]``); the GEMM
-adds ``mean x weight_sum`` back (see ``trdq.nn.quant_linear``). The kernel takes one more
-read of the row tile (from L2) for the mean instead of three elementwise passes outside.
+adds ``mean x weight_sum`` back (see ``trdq.nn.quant_linear``). The tiled kernel takes
+one more read of the row tile (from L2) for the mean instead of three elementwise passes
+outside; the single-pass kernel sums the rows it holds.
 
 CFG-delta (``delta_half`` > 0, dynamic mode only): the rows are [uncond; cond] halves of
 ``delta_half`` rows each, and every cond row ``r`` is replaced by ``x[r] - x[r - delta_half]``
-(in float32) before anything else, as ``QuantLinear``'s cfg_delta does outside. The kernel
-subtracts at each load of x (one more read of the paired uncond tile, usually from L2)
-instead of a separate elementwise pass that writes and re-reads all of ``[M, K]``.
+(in float32) before anything else, as ``QuantLinear``'s cfg_delta does outside. The tiled
+kernel subtracts at each load of x (one more read of the paired uncond tile, usually from
+L2); the single-pass kernel holds each pair in one program. Either way no elementwise pass
+writes and re-reads all of ``[M, K]``. ``interleave_pairs`` (single-pass only) writes the
+pairs as adjacent rows for the GEMM's paired epilogue (``trdq.kernels.triton_w4a8``).
 
-``rotate_quant_reference`` is the pure-torch oracle of the same math; the kernel is
+``rotate_quant_reference`` is the pure-torch oracle of the same math; both kernels are
 tested against it. Importing this module never needs Triton: ``TRITON_AVAILABLE`` says
 whether the kernel can be launched.
 """
