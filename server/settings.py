@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DISABLED = {"", "none", "off", "false", "0", "disabled"}
@@ -40,6 +40,10 @@ class Settings(BaseSettings):
     # float32 or bfloat16 (aliases fp32, bf16).
     dtype: str = "auto"
     compile: bool = False
+    # CUDA only: replay each denoiser forward from a CUDA graph (one per timestep group and
+    # input shapes, at most cuda_graphs_max of them per model; more run eagerly).
+    cuda_graphs: bool = False
+    cuda_graphs_max: int = Field(default=64, ge=1)
     threads: int = Field(default=0, ge=0)  # torch intra-op threads on CPU; 0 = torch default
     warmup: bool = True
 
@@ -78,6 +82,14 @@ class Settings(BaseSettings):
         if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
             return value
         raise ValueError("must be auto, cpu, cuda or cuda:N")
+
+    @field_validator("cuda_graphs")
+    @classmethod
+    def _check_cuda_graphs(cls, value: bool, info: ValidationInfo) -> bool:
+        names = (info.data.get("devices") or info.data.get("device") or "").split(",")
+        if value and "cpu" in names:
+            raise ValueError("CUDA graphs need a CUDA device; TRDQ_DEVICE(S) names cpu")
+        return value
 
     @field_validator("text_encoder_quant")
     @classmethod

@@ -2,14 +2,19 @@
 
 Kept apart from the harness (``bench.py``) so each file holds one concept: here the model
 transforms (regional/full ``torch.compile``, fused q/k/v projections, CUDA-graph replay,
-torchao peers, the direct FP8 swap) and the kernel-time profile of one step.
+torchao peers, the direct FP8 swap) and the kernel-time profile of one step. The server
+applies two of them as well: ``compile_denoiser`` (TRDQ_COMPILE) and ``CudaGraphForward``
+(TRDQ_CUDA_GRAPHS).
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "CudaGraphForward",
@@ -140,13 +145,19 @@ class CudaGraphForward:
     hook) still run eagerly before each call, so the key sees the current group; the
     first call per key runs eagerly (compiles, autotunes), the second captures, later
     ones copy inputs into the static buffers and replay. Outputs are cloned.
+
+    The server uses it too (``TRDQ_CUDA_GRAPHS``), where request shapes vary: at most
+    ``max_graphs`` keys are captured (each holds its static inputs and outputs), later
+    keys run eagerly, and a key whose capture fails runs eagerly from then on.
     """
 
-    def __init__(self, module: torch.nn.Module, context=None):
+    def __init__(self, module: torch.nn.Module, context=None, max_graphs: int | None = None):
         self.module, self.context = module, context
         self.forward = module.forward
+        self.max_graphs = max_graphs
         self.graphs: dict[Any, tuple] = {}
         self.seen: set[Any] = set()
+        self.eager: set[Any] = set()  # keys past max_graphs, or whose capture failed
         self.pool = torch.cuda.graph_pool_handle()
         module.forward = self  # instance attribute: hooks in __call__ still run
 
@@ -182,15 +193,28 @@ class CudaGraphForward:
         spec = self._flatten((list(args), kwargs), flat)
         key = self._key(flat, kwargs)
         if key not in self.graphs:
+            if key in self.eager:
+                return self.forward(*args, **kwargs)
             if key not in self.seen:
                 self.seen.add(key)
+                return self.forward(*args, **kwargs)
+            if self.max_graphs is not None and len(self.graphs) >= self.max_graphs:
+                logger.warning("CUDA graphs: %d captured, the limit; new shapes run eagerly",
+                               len(self.graphs))
+                self.eager.add(key)
                 return self.forward(*args, **kwargs)
             static = [t.clone() for t in flat]
             a, kw = self._unflatten(spec, static)
             torch.cuda.synchronize()
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self.pool):
-                out = self.forward(*a, **kw)
+            try:
+                with torch.cuda.graph(graph, pool=self.pool):
+                    out = self.forward(*a, **kw)
+            except Exception:  # any capture failure: this key runs eagerly
+                logger.warning("CUDA graph capture failed; these shapes run eagerly",
+                               exc_info=True)
+                self.eager.add(key)
+                return self.forward(*args, **kwargs)
             self.graphs[key] = (graph, static, out)
         graph, static, out = self.graphs[key]
         for dst, src in zip(static, flat):

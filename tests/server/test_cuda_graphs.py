@@ -1,0 +1,122 @@
+"""TRDQ_CUDA_GRAPHS: refused without a CUDA device; the replay cache's rules (bounded,
+eager fallback) checked on CPU with a stand-in for torch.cuda's graph API."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from pydantic import ValidationError
+
+from server.app import create_app
+from server.engine import models as engine_models
+from server.settings import Settings
+from tests.server.conftest import make_settings
+
+
+def test_cuda_graphs_on_a_cpu_device_is_refused_naming_the_setting(monkeypatch, capsys):
+    assert Settings().cuda_graphs is False
+    with pytest.raises(ValidationError, match="cuda_graphs"):
+        Settings(device="cpu", cuda_graphs=True)
+    with pytest.raises(ValidationError, match="cuda_graphs"):
+        Settings(devices="cuda:0,cpu", cuda_graphs=True)
+    assert Settings(device="cuda", cuda_graphs=True).cuda_graphs
+    from server.__main__ import main
+
+    monkeypatch.setenv("TRDQ_DEVICE", "cpu")
+    monkeypatch.setenv("TRDQ_CUDA_GRAPHS", "1")
+    assert main([]) == 2
+    assert "invalid setting TRDQ_CUDA_GRAPHS: " in capsys.readouterr().err
+
+
+def test_cuda_graphs_with_auto_on_a_machine_without_gpu_fails_start_up(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("auto resolves to cuda here")
+    with pytest.raises(ValueError, match="TRDQ_CUDA_GRAPHS=1 needs a CUDA device"):
+        engine_models.check_cuda_graphs(True, torch.device("cpu"))
+    settings = make_settings(tmp_path, device="auto", cuda_graphs=True, video_model="none",
+                             warmup=False)
+    with pytest.raises(ValueError, match="TRDQ_CUDA_GRAPHS"), TestClient(create_app(settings)):
+        pass
+
+
+class _FakeGraph:
+    """Stands in for torch.cuda.CUDAGraph: 'capture' records the forward, replay re-runs it
+    on the static inputs into the static outputs (what a real replay computes)."""
+
+    captured: ClassVar[list[_FakeGraph]] = []
+
+    def __init__(self):
+        self.fn = None
+
+    def replay(self):
+        if self.fn is not None:  # right after capture the outputs are already computed
+            self.fn()
+
+
+class _FakeCapture:
+    def __init__(self, graph, pool=None):
+        self.graph = graph
+
+    def __enter__(self):
+        _FakeGraph.captured.append(self.graph)
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _fake_cuda(monkeypatch, fail_capture=False):
+    from trdq import bench_variants
+
+    _FakeGraph.captured = []
+    monkeypatch.setattr(torch.cuda, "graph_pool_handle", lambda: None)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", _FakeGraph)
+
+    def graph(g, pool=None):
+        if fail_capture:
+            raise RuntimeError("operation not permitted when stream is capturing")
+        return _FakeCapture(g, pool)
+
+    monkeypatch.setattr(torch.cuda, "graph", graph)
+    return bench_variants.CudaGraphForward
+
+
+class _Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        return x * 2
+
+
+def test_replay_captures_on_the_second_call_and_bounds_the_graphs(monkeypatch):
+    CudaGraphForward = _fake_cuda(monkeypatch)
+    net = _Net()
+    forward = CudaGraphForward(net, max_graphs=1)
+    x = torch.ones(3)
+    assert torch.equal(net(x), x * 2) and not _FakeGraph.captured  # first call: eager
+    out = net(x)  # second: captured
+    assert torch.equal(out, x * 2) and len(_FakeGraph.captured) == 1 and len(forward.graphs) == 1
+    graph, static, static_out = forward.graphs[next(iter(forward.graphs))]
+    graph.fn = lambda: static_out.copy_(forward.forward(*static))  # what replay recomputes
+    assert torch.equal(net(torch.full((3,), 5.0)), torch.full((3,), 10.0))
+    # a new shape past the limit runs eagerly, never captured
+    y = torch.ones(4)
+    for _ in range(3):
+        assert torch.equal(net(y), y * 2)
+    assert len(forward.graphs) == 1 and len(_FakeGraph.captured) == 1
+
+
+def test_a_failed_capture_leaves_those_shapes_eager(monkeypatch):
+    CudaGraphForward = _fake_cuda(monkeypatch, fail_capture=True)
+    net = _Net()
+    forward = CudaGraphForward(net)
+    x = torch.ones(2)
+    for _ in range(4):
+        assert torch.equal(net(x), x * 2)
+    assert not forward.graphs and len(forward.eager) == 1
