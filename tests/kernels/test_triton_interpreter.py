@@ -134,15 +134,16 @@ def test_single_pass_kernel_interleaves_cfg_pairs(m, k, block, center):
         torch.testing.assert_close(mean, mean_ref[order], rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("delta", [False, True])
-@pytest.mark.parametrize("center", [False, True])
-@pytest.mark.parametrize("static", [False, True])
+# (static, center, delta): centring and CFG-delta are dynamic-mode only
+@pytest.mark.parametrize(
+    "static,center,delta",
+    [(True, False, False), (False, False, False), (False, True, False), (False, False, True),
+     (False, True, True)],
+)
 def test_tiled_kernel_matches_reference(static, center, delta):
     """The tiled kernel (static scales, and what the single-pass kernel does not hold)."""
     from trdq.kernels.triton_rotate_quant import rotate_quant_reference, rotate_quant_triton
 
-    if static and (center or delta):
-        pytest.skip("centring and CFG-delta are dynamic-mode only")
     m, k = 6, 256
     x = _x(m, k, seed=11)
     kw = {
@@ -165,29 +166,34 @@ def test_tiled_kernel_matches_reference(static, center, delta):
         torch.testing.assert_close(mean, mean_ref, rtol=1e-5, atol=1e-5)
 
 
-def _gemm_configs():
-    from trdq.kernels.triton_w4a8 import _CONFIGS
+def _gemm_cases():
+    """(tile, packed) for every autotuned tile; packed int4 weights only with 128-wide k
+    tiles, as the autotuner prunes. (None without triton: the module is skipped.)"""
+    if importlib.util.find_spec("triton") is None:
+        return []
+    from trdq.kernels.triton_w4a8 import _CONFIGS, PACK_TILE
 
-    return [
-        {**c.kwargs, "num_warps": c.num_warps, "num_stages": c.num_stages} for c in _CONFIGS
-    ]
+    cases = []
+    for c in _CONFIGS:
+        tile = {**c.kwargs, "num_warps": c.num_warps, "num_stages": c.num_stages}
+        name = "{BM}x{BN}x{BK}w{num_warps}".format(**tile)
+        cases.append(pytest.param(tile, False, id=name))
+        if tile["BK"] == PACK_TILE:
+            cases.append(pytest.param(tile, True, id=name + "-packed"))
+    return cases
 
 
 @pytest.mark.parametrize("paired", [False, True])
-@pytest.mark.parametrize("packed", [False, True])
-@pytest.mark.parametrize("config", _gemm_configs(), ids=lambda c: "{BM}x{BN}x{BK}".format(**c))
+@pytest.mark.parametrize("config,packed", _gemm_cases())
 def test_lowbit_gemm_tiles_match_reference(config, packed, paired):
     """Every autotuned tile of the int8 / packed-int4 GEMM, with the served epilogue
     (scales, bias, centring term) and the paired CFG rows, against the float64 oracle."""
     from trdq.kernels.triton_w4a8 import (
-        PACK_TILE,
         pack_int4_tiled,
         w4a8_matmul_reference,
         w4a8_matmul_triton,
     )
 
-    if packed and config["BK"] != PACK_TILE:
-        pytest.skip("packed weights come in 128-wide k tiles (pruned from the autotuner)")
     gen = torch.Generator().manual_seed(config["BM"] + config["BN"] + config["BK"])
     m, k, n = 34, 256, 160  # partial tiles in M and N
     a = torch.randint(-127, 128, (m, k), dtype=torch.int8, generator=gen)
