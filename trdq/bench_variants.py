@@ -148,13 +148,21 @@ class CudaGraphForward:
 
     The server uses it too (``TRDQ_CUDA_GRAPHS``), where request shapes vary: at most
     ``max_graphs`` keys are captured (each holds its static inputs and outputs), later
-    keys run eagerly, and a key whose capture fails runs eagerly from then on.
+    keys run eagerly, and with ``eager_on_failure`` a key whose capture fails runs
+    eagerly from then on. The bench leaves both off: a ``+cg`` row must time graphs or
+    fail, never time eager calls under its name.
     """
 
-    def __init__(self, module: torch.nn.Module, context=None, max_graphs: int | None = None):
+    def __init__(
+        self,
+        module: torch.nn.Module,
+        context=None,
+        max_graphs: int | None = None,
+        eager_on_failure: bool = False,
+    ):
         self.module, self.context = module, context
         self.forward = module.forward
-        self.max_graphs = max_graphs
+        self.max_graphs, self.eager_on_failure = max_graphs, eager_on_failure
         self.graphs: dict[Any, tuple] = {}
         self.seen: set[Any] = set()
         self.eager: set[Any] = set()  # keys past max_graphs, or whose capture failed
@@ -210,7 +218,9 @@ class CudaGraphForward:
             try:
                 with torch.cuda.graph(graph, pool=self.pool):
                     out = self.forward(*a, **kw)
-            except Exception:  # any capture failure: this key runs eagerly
+            except Exception:
+                if not self.eager_on_failure:
+                    raise
                 logger.warning("CUDA graph capture failed; these shapes run eagerly",
                                exc_info=True)
                 self.eager.add(key)

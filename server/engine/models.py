@@ -233,7 +233,9 @@ def _replay_from_cuda_graphs(model: ServedModel, device: torch.device, max_graph
 
     check_cuda_graphs(True, device)
     transformer = model.pipe.transformer
-    CudaGraphForward(transformer, quant_context(transformer), max_graphs=max_graphs)
+    CudaGraphForward(
+        transformer, quant_context(transformer), max_graphs=max_graphs, eager_on_failure=True
+    )
     model.info["cuda_graphs"] = True
 
 

@@ -112,11 +112,17 @@ def test_replay_captures_on_the_second_call_and_bounds_the_graphs(monkeypatch):
     assert len(forward.graphs) == 1 and len(_FakeGraph.captured) == 1
 
 
-def test_a_failed_capture_leaves_those_shapes_eager(monkeypatch):
+def test_a_failed_capture_leaves_those_shapes_eager_in_the_server_only(monkeypatch):
     CudaGraphForward = _fake_cuda(monkeypatch, fail_capture=True)
     net = _Net()
-    forward = CudaGraphForward(net)
+    forward = CudaGraphForward(net, eager_on_failure=True)  # the server's setting
     x = torch.ones(2)
     for _ in range(4):
         assert torch.equal(net(x), x * 2)
     assert not forward.graphs and len(forward.eager) == 1
+    # the bench's: a +cg row fails rather than timing eager calls under its name
+    strict = _Net()
+    CudaGraphForward(strict)
+    strict(x)
+    with pytest.raises(RuntimeError, match="capturing"):
+        strict(x)
