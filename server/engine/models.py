@@ -90,8 +90,8 @@ def load_models(settings: Settings, metrics: Metrics, device: torch.device) -> M
                 _quantize(model, settings, metrics)
             if settings.compile:
                 _compile(model)
-            if settings.cuda_graphs:
-                _replay_from_cuda_graphs(model, device, settings.cuda_graphs_max)
+            if settings.cuda_graphs:  # (checked above: the device is CUDA)
+                _replay_from_cuda_graphs(model, settings.cuda_graphs_max)
             _publish_weight_bytes(model, metrics)
             served[(task, quant)] = model
             logger.info("serving %s (%s) at %s in %s on %s", model_name, task, quant,
@@ -220,7 +220,7 @@ def check_cuda_graphs(enabled: bool, device: torch.device) -> None:
         )
 
 
-def _replay_from_cuda_graphs(model: ServedModel, device: torch.device, max_graphs: int) -> None:
+def _replay_from_cuda_graphs(model: ServedModel, max_graphs: int) -> None:
     """Replay the denoiser's forward from CUDA graphs (TRDQ_CUDA_GRAPHS).
 
     Without graphs a quantized step is bound by the host launching its ~300 small kernels
@@ -231,7 +231,6 @@ def _replay_from_cuda_graphs(model: ServedModel, device: torch.device, max_graph
     """
     from trdq.bench_variants import CudaGraphForward, quant_context
 
-    check_cuda_graphs(True, device)
     transformer = model.pipe.transformer
     CudaGraphForward(
         transformer, quant_context(transformer), max_graphs=max_graphs, eager_on_failure=True
