@@ -675,10 +675,7 @@ def rotate_quant_triton(
             clip = clip_ratio.to(x.device, torch.float32).reshape(-1).expand(m).contiguous()
         else:
             clip = torch.full((m,), float(clip_ratio), device=x.device, dtype=torch.float32)
-    smooth_t = scale
-    if smooth is not None:
-        smooth_t = smooth if smooth.dtype == torch.float32 else smooth.to(torch.float32)
-        smooth_t = smooth_t.contiguous()
+    smooth_f32 = None if smooth is None else smooth.to(torch.float32).contiguous()
     use_dot = bool(use_dot and block is not None and hb >= 16)
     rows_ok = single_pass_applies(k, hb, static, use_dot)
     if interleave_pairs and not (delta_half and rows_ok and single_pass is not False):
@@ -687,7 +684,7 @@ def rotate_quant_triton(
         raise ValueError("the single-pass kernel is for dynamic scales with the butterfly "
                          f"rotation and K <= {SINGLE_PASS_MAX_K}")
     if rows_ok and single_pass is not False:
-        _launch_rows_kernel(x, q, smooth_t if smooth is not None else None, clip, scale,
+        _launch_rows_kernel(x, q, smooth_f32, clip, scale,
                             center_out, hb, block is not None, qmax, delta_half, block_m,
                             num_warps, interleave_pairs)
         return q, scale
@@ -705,7 +702,7 @@ def rotate_quant_triton(
     with TRITON_LAUNCH_LOCK:
         kernel[grid](
             x,
-            smooth_t,
+            smooth_f32 if smooth_f32 is not None else scale,  # (a pointer unused without it)
             scale,
             clip,
             h,
@@ -714,7 +711,7 @@ def rotate_quant_triton(
             center_out if center_out is not None else scale,
             m,
             k,
-            1 << max(0, (m - 1).bit_length()),
+            _next_pow2(m),
             x.stride(0),
             q.stride(0),
             qmax,
