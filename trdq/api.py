@@ -34,6 +34,7 @@ from trdq.integrations.diffusers import (
     PATTERN_SKIP_REASON,
     CfgSplitForward,
     find_denoiser,
+    fuse_gelu_into_linears,
     select_layers,
     set_submodule,
     unwrap_pipeline_call,
@@ -227,6 +228,7 @@ def _apply(pipe: Any, config: QuantConfig, calib: CalibrationResult,
         set_submodule(denoiser, name, new)
         layers[name] = new
     report.replaced = sorted(layers)
+    fuse_gelu_into_linears(denoiser, QuantLinear)
     report.weight_only = _weight_only_conditioning(denoiser, config, report.skipped)
     hook = TimestepHook(GroupMap(tuple(config.boundaries())), context).attach(denoiser)
     wrap_pipeline_call(pipe, hook)

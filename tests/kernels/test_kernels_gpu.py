@@ -256,10 +256,13 @@ def test_lowbit_gemm_paired_epilogue_matches_reference(packed, m):
         assert P.sqnr_db(ref[rows], out[rows]) > 60
 
 
-@pytest.mark.parametrize("k,bits", [(1152, 8), (4608, 8), (1152, 4)])
-def test_lowbit_linear_cfg_delta_fast_path_matches_the_cpu_reference(k, bits):
+@pytest.mark.parametrize("k,bits,activation", [
+    (1152, 8, ""), (4608, 8, ""), (1152, 4, ""), (1152, 8, "gelu_tanh"),
+])
+def test_lowbit_linear_cfg_delta_fast_path_matches_the_cpu_reference(k, bits, activation):
     """``lowbit_linear`` with CFG-delta and centring on the GPU (interleaved pairs, paired
-    epilogue) against the op's reference path on CPU (explicit restore after the GEMM)."""
+    epilogue, GELU in it) against the op's reference path on CPU (explicit restore after
+    the GEMM, then GELU)."""
     from trdq.kernels import ops
     from trdq.kernels.triton_w4a8 import pack_int4_tiled
 
@@ -271,7 +274,7 @@ def test_lowbit_linear_cfg_delta_fast_path_matches_the_cpu_reference(k, bits):
     qw, ws = P.quantize_weight_per_channel(fwht(w, 128), bits)
     weight = pack_int4_tiled(qw) if bits == 4 else qw
     clip = torch.cat([torch.full((half,), 0.9), torch.full((half,), 0.8)]).cuda()
-    args = (ws, bias, None, None, 128, clip, False, w.sum(dim=1), half)
+    args = (ws, bias, None, None, 128, clip, False, w.sum(dim=1), half, activation)
     out = ops.lowbit_linear(x, weight, *args)
     ref = ops.lowbit_linear(x.cpu(), weight.cpu(), *(a.cpu() if isinstance(a, torch.Tensor)
                                                       else a for a in args))

@@ -126,3 +126,35 @@ def test_a_failed_capture_leaves_those_shapes_eager_in_the_server_only(monkeypat
     strict(x)
     with pytest.raises(RuntimeError, match="capturing"):
         strict(x)
+
+
+@pytest.mark.gpu
+def test_the_served_model_replays_from_cuda_graphs_and_matches_eager(tmp_path):
+    """On a GPU: the same request with and without TRDQ_CUDA_GRAPHS gives the same image,
+    and with it the denoiser's steps were captured and replayed (not run eagerly)."""
+    import base64
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    request = {"prompt": "a red circle", "seed": 7, "num_inference_steps": 6,
+               "output_format": "png"}
+    pixels = {}
+    for graphs in (False, True):
+        settings = make_settings(tmp_path / str(graphs), device="cuda", quant="w8a8",
+                                 cuda_graphs=graphs, video_model="none", warmup=False)
+        with TestClient(create_app(settings)) as client:
+            for _ in range(2):  # the second request replays every step
+                reply = client.post("/generate/image", json=request)
+                assert reply.status_code == 200, reply.text
+            b64 = reply.json()["images"][0]["b64"]
+            image = Image.open(io.BytesIO(base64.b64decode(b64)))
+            pixels[graphs] = np.asarray(image, dtype=np.int16)
+            if graphs:
+                worker = client.app.state.engine.workers[0]
+                forward = worker.models.get("image", "w8a8").pipe.transformer.forward
+                assert forward.graphs and not forward.eager
+    assert np.abs(pixels[True] - pixels[False]).max() <= 2

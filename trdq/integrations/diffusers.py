@@ -9,6 +9,8 @@
   pipeline call. Special methods are looked up on the type, so the instance gets a
   per-instance subclass (same class name) whose ``__call__`` announces the call to the
   attached hooks and then runs the original ``__call__`` untouched.
+- ``fuse_gelu_into_linears``: a feed-forward's GELU (tanh) moves into the quantized
+  ``proj`` before it, so a backend can apply it in its GEMM epilogue.
 - ``CfgSplitForward``: the released code's CFG split (faithful preset): one denoiser call
   per half.
 """
@@ -35,6 +37,7 @@ __all__ = [
     "CfgSplitForward",
     "architecture_of",
     "find_denoiser",
+    "fuse_gelu_into_linears",
     "rotation_block_for",
     "select_layers",
     "set_submodule",
@@ -100,6 +103,29 @@ def set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = root.get_submodule(parent_name) if parent_name else root
     setattr(parent, child, new)
+
+
+def _identity(hidden_states: torch.Tensor) -> torch.Tensor:
+    return hidden_states
+
+
+def fuse_gelu_into_linears(denoiser: nn.Module, linear_type: type[nn.Module]) -> list[str]:
+    """Move each diffusers ``GELU(approximate="tanh")``'s activation into its ``proj``
+    when that is a ``linear_type`` (``QuantLinear``): the layer's ``output_activation``
+    becomes ``"gelu_tanh"`` and the module's ``gelu`` the identity, so the module still
+    computes ``gelu(proj(x))`` while a backend with a GEMM epilogue writes the activated
+    output once. Module names and state dicts are unchanged. Returns the GELU modules'
+    names."""
+    from diffusers.models.activations import GELU
+
+    fused = []
+    for name, module in denoiser.named_modules():
+        if (isinstance(module, GELU) and module.approximate == "tanh"
+                and isinstance(module.proj, linear_type)):
+            module.proj.output_activation = "gelu_tanh"
+            module.gelu = _identity  # instance attribute: GELU.forward calls self.gelu
+            fused.append(name)
+    return fused
 
 
 def wrap_pipeline_call(pipe: Any, hook: TimestepHook) -> None:

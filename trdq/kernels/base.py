@@ -144,6 +144,10 @@ class KernelBackend(abc.ABC):
     #: with ``fuses_cfg_delta``: whether ``linear`` also adds the uncond output back (returns
     #: the served cond rows ``y_u + W d`` rather than ``W d + b``)
     restores_cfg_delta: bool = False
+    #: output activations ``linear`` applies in its epilogue when given
+    #: ``activation=<name>`` (the served output, after any CFG restore); ``QuantLinear``
+    #: applies the others itself
+    fused_activations: tuple[str, ...] = ()
 
     @abc.abstractmethod
     def is_available(self, device: torch.device | str) -> tuple[bool, str]:

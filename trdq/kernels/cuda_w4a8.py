@@ -34,6 +34,7 @@ class CudaW4A8Backend(KernelBackend):
     fuses_centering = True
     fuses_cfg_delta = True
     restores_cfg_delta = True  # lowbit_linear returns the cond rows as served
+    fused_activations = ("gelu_tanh",)  # in the GEMM's epilogue
 
     def is_available(self, device: torch.device | str) -> tuple[bool, str]:
         device = torch.device(device)
@@ -84,6 +85,7 @@ class CudaW4A8Backend(KernelBackend):
         packed: dict[str, torch.Tensor],
         act: ActQuant,
         bias: torch.Tensor | None,
+        activation: str = "",
     ) -> torch.Tensor:
         if act.bits != 8 or act.fp8:
             raise ValueError("cuda_w4a8 quantizes activations to int8")
@@ -99,6 +101,7 @@ class CudaW4A8Backend(KernelBackend):
             False,
             act.weight_sum,
             act.cfg_delta_half,
+            activation,
         )
 
 

@@ -14,8 +14,9 @@ Ops (notation M rows, K input channels, N output channels):
   its epilogue.
 - ``trdq::lowbit_linear(x, weight [N,K/2] uint8 packed int4 | [N,K] int8, weight_scale,
   bias?, smooth?, row_scale?, rotation_block, clip_ratio, act_fp8, weight_sum?[N],
-  delta_half) -> [M,N]``: rotate+quantize to int8 (or e4m3), then the Triton GEMM that
-  unpacks 4-bit weights in registers.
+  delta_half, activation) -> [M,N]``: rotate+quantize to int8 (or e4m3), then the Triton
+  GEMM that unpacks 4-bit weights in registers; ``activation`` ("" or "gelu_tanh") is
+  applied to the served output, in the GEMM's epilogue where the output is final there.
 
 ``weight_sum`` given (dynamic mode): the activation kernel centres each row and the GEMM
 adds ``row mean x weight_sum`` back (in the Triton GEMM's epilogue; one rank-1 update
@@ -166,10 +167,10 @@ def _(
 
 def lowbit_gemm(
     q, a_scale, weight, weight_scale, bias, out_dtype, center=None, weight_sum=None,
-    paired=False,
+    paired=False, activation="",
 ):
     args = (q, a_scale, weight, weight_scale, bias, out_dtype)
-    kw = {"center": center, "weight_sum": weight_sum, "paired": paired}
+    kw = {"center": center, "weight_sum": weight_sum, "paired": paired, "activation": activation}
     if q.is_cuda and TRITON_AVAILABLE:
         return w4.w4a8_matmul_triton(*args, **kw)
     return w4.w4a8_matmul_reference(*args, **kw)
@@ -188,6 +189,7 @@ def lowbit_linear(
     act_fp8: bool,
     weight_sum: torch.Tensor | None = None,
     delta_half: int = 0,
+    activation: str = "",
 ) -> torch.Tensor:
     center = _center_buffer(x, weight_sum)
     # on the GPU the CFG pairs travel as adjacent rows and the GEMM epilogue restores the
@@ -200,15 +202,21 @@ def lowbit_linear(
     q, a_scale = _rotate_quant_impl(
         x, smooth, row_scale, rotation_block, clip_ratio, act_fp8, center, delta_half, paired
     )
+    # the activation needs the served output: in the epilogue unless a restore follows
+    restore_after = bool(delta_half) and not paired
     out = lowbit_gemm(
-        q, a_scale, weight, weight_scale, bias, x.dtype, center, weight_sum, paired
+        q, a_scale, weight, weight_scale, bias, x.dtype, center, weight_sum, paired,
+        "" if restore_after else activation,
     )
-    return restore_cfg_delta(out, delta_half, bias) if delta_half and not paired else out
+    if not restore_after:
+        return out
+    out = restore_cfg_delta(out, delta_half, bias)
+    return torch.nn.functional.gelu(out, approximate="tanh") if activation else out
 
 
 @lowbit_linear.register_fake
 def _(
     x, weight, weight_scale, bias, smooth, row_scale, rotation_block, clip_ratio, act_fp8,
-    weight_sum=None, delta_half=0,
+    weight_sum=None, delta_half=0, activation="",
 ):
     return x.new_empty((x.shape[0], weight.shape[0]))

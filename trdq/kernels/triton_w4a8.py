@@ -88,14 +88,19 @@ def w4a8_matmul_reference(
     center: torch.Tensor | None = None,
     weight_sum: torch.Tensor | None = None,
     paired: bool = False,
+    activation: str = "",
 ) -> torch.Tensor:
     """Oracle in float64 accumulation (exact for int8 x int4 at any K we use).
     ``b`` is tile-split packed uint8 or plain int8.
 
     ``paired``: A's rows are CFG pairs interleaved (uncond r, cond difference r; see
     ``rotate_quant_reference(interleave_pairs=True)``) and the output is the served
-    ``[uncond; cond]`` halves: ``y_u`` and ``y_u + W d`` (the bias once)."""
+    ``[uncond; cond]`` halves: ``y_u`` and ``y_u + W d`` (the bias once).
+
+    ``activation``: ``"gelu_tanh"`` applies GELU (tanh approximation) to the served output,
+    before it is rounded to ``out_dtype`` (see ``EPILOGUE_ACTIVATIONS``)."""
     _check_rank1(center, weight_sum)
+    _check_activation(activation)
     w = unpack_int4_tiled(b) if b.dtype == torch.uint8 else b
     acc = a.double() @ w.double().t()
     out = acc * a_scale.double()[:, None] * w_scale.double()[None, :]
@@ -108,7 +113,22 @@ def w4a8_matmul_reference(
         y_u, y_d = out[0::2], out[1::2]
         y_c = y_u + y_d - (bias.double() if bias is not None else 0.0)
         out = torch.cat((y_u, y_c))
+    if activation:
+        out = torch.nn.functional.gelu(out, approximate="tanh")
     return out.to(out_dtype)
+
+
+#: what the GEMM epilogue can apply to its output. GELU (tanh) is the feed-forward
+#: activation of PixArt and Latte; fused, the [M, 4K] bf16 output is written once instead
+#: of written, read by Inductor's GELU kernel and written again (1.4 ms of a PixArt-1024
+#: step on an H100, docs/KERNELS.md).
+EPILOGUE_ACTIVATIONS = ("", "gelu_tanh")
+
+
+def _check_activation(activation: str) -> None:
+    if activation not in EPILOGUE_ACTIVATIONS:
+        raise ValueError(f"epilogue activation must be one of {EPILOGUE_ACTIVATIONS}, "
+                         f"got {activation!r}")
 
 
 def _check_paired(m: int) -> None:
@@ -139,6 +159,15 @@ if TRITON_AVAILABLE:
     ]
 
     @triton.jit
+    def _gelu_tanh(x):
+        """GELU, tanh approximation (``F.gelu(approximate="tanh")``), in fp32; tanh(u) is
+        written as 1 - 2 / (exp(2u) + 1), with u clamped to +-10 (tanh is +-1 to fp32
+        precision there) so exp never overflows."""
+        u = 0.7978845608028654 * (x + 0.044715 * x * x * x)
+        u = tl.minimum(tl.maximum(u, -10.0), 10.0)
+        return 0.5 * x * (2.0 - 2.0 / (tl.exp(2.0 * u) + 1.0))
+
+    @triton.jit
     def _lowbit_gemm_kernel(
         a_ptr,
         b_ptr,
@@ -160,6 +189,7 @@ if TRITON_AVAILABLE:
         PACKED: tl.constexpr,
         A_FP8: tl.constexpr,
         PAIRED: tl.constexpr,
+        GELU_TANH: tl.constexpr,
         BM: tl.constexpr,
         BN: tl.constexpr,
         BK: tl.constexpr,
@@ -233,15 +263,21 @@ if TRITON_AVAILABLE:
             u, d = tl.split(tl.permute(tl.reshape(out, (BM // 2, 2, BN)), (0, 2, 1)))
             if HAS_BIAS:
                 u += tl.load(bias_ptr + rn, mask=nmask, other=0.0).to(tl.float32)[None, :]
+            c = u + d
+            if GELU_TANH:
+                u = _gelu_tanh(u)
+                c = _gelu_tanh(c)
             pair = pid_m * (BM // 2) + tl.arange(0, BM // 2)
             pmask = (pair < M // 2)[:, None] & nmask[None, :]
             tl.store(c_ptr + pair[:, None] * stride_cm + rn[None, :],
                      u.to(c_ptr.dtype.element_ty), mask=pmask)
             tl.store(c_ptr + (M // 2 + pair)[:, None] * stride_cm + rn[None, :],
-                     (u + d).to(c_ptr.dtype.element_ty), mask=pmask)
+                     c.to(c_ptr.dtype.element_ty), mask=pmask)
         else:
             if HAS_BIAS:
                 out += tl.load(bias_ptr + rn, mask=nmask, other=0.0).to(tl.float32)[None, :]
+            if GELU_TANH:
+                out = _gelu_tanh(out)
             tl.store(
                 c_ptr + rm[:, None] * stride_cm + rn[None, :],
                 out.to(c_ptr.dtype.element_ty),
@@ -273,14 +309,17 @@ def w4a8_matmul_triton(
     center: torch.Tensor | None = None,
     weight_sum: torch.Tensor | None = None,
     paired: bool = False,
+    activation: str = "",
 ) -> torch.Tensor:
     """A ``[M, K]`` int8/e4m3, B ``[N, K/2]`` uint8 (packed) or ``[N, K]`` int8 -> ``[M, N]``.
 
     ``paired``: the CFG-delta halves restored in the epilogue, as the oracle's ``paired``
-    (a tile's rows hold whole pairs: every tile height is even)."""
+    (a tile's rows hold whole pairs: every tile height is even). ``activation``: as the
+    oracle's, applied in the epilogue."""
     if not TRITON_AVAILABLE:
         raise RuntimeError("triton is not installed; use w4a8_matmul_reference")
     _check_rank1(center, weight_sum)
+    _check_activation(activation)
     m, k = a.shape
     if paired:
         _check_paired(m)
@@ -329,6 +368,7 @@ def w4a8_matmul_triton(
             PACKED=packed,
             A_FP8=a.dtype == torch.float8_e4m3fn,
             PAIRED=paired,
+            GELU_TANH=activation == "gelu_tanh",
             **meta,
         )
     return c

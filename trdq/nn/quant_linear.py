@@ -45,6 +45,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from trdq import primitives as P
 from trdq.kernels.base import ActQuant, KernelBackend, restore_cfg_delta
@@ -160,6 +161,9 @@ class QuantLinear(nn.Module):
         self.register_buffer("clip_ratio_by_group", params.clip_ratio_by_group.float().clone())
         #: [N] row sums of the effective (dequantized, rotated back) weight; set = centered
         self.register_buffer("weight_sum", weight_sum)
+        #: applied to the output ("" = none, "gelu_tanh"): set by ``fuse_gelu_into_linears``
+        #: when this layer feeds a GELU, so a backend can apply it in its GEMM epilogue
+        self.output_activation = ""
 
     # ---- construction --------------------------------------------------------------------
     @classmethod
@@ -265,6 +269,19 @@ class QuantLinear(nn.Module):
             pair = by_group[min(ctx.group, by_group.shape[0] - 1)]
         return pair.repeat_interleave(rows // 2) if split else pair[1:].expand(rows)
 
+    def _epilogue(self, backend_output_is_served: bool) -> dict[str, str]:
+        """``linear``'s extra arguments: the output activation, when the backend applies it
+        and what it returns is the served output (no centring or CFG restore follows)."""
+        name = self.output_activation
+        if name and backend_output_is_served and name in self.backend.fused_activations:
+            return {"activation": name}
+        return {}
+
+    def _activate(self, out: torch.Tensor, epilogue: dict[str, str]) -> torch.Tensor:
+        if self.output_activation and not epilogue:
+            return F.gelu(out, approximate="tanh")
+        return out
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)
@@ -272,9 +289,11 @@ class QuantLinear(nn.Module):
         split = self.context.cfg_active and self.cfg_wise and m % 2 == 0
         if self.act_mode == "static":
             row_scale = self._per_row(self.act_scale_by_group, m, split)
-            return self.backend.linear(
-                x2, self.packed, self._act(row_scale, 1.0), self.bias
-            ).reshape(*lead, self.out_features)
+            epilogue = self._epilogue(True)
+            out = self.backend.linear(
+                x2, self.packed, self._act(row_scale, 1.0), self.bias, **epilogue
+            )
+            return self._activate(out, epilogue).reshape(*lead, self.out_features)
         row_clip = self._per_row(self.clip_ratio_by_group, m, split)
         delta = self.cfg_delta and self.context.cfg_active and m % 2 == 0
         half = m // 2
@@ -292,12 +311,14 @@ class QuantLinear(nn.Module):
             center = x2.mean(dim=-1, keepdim=True)
             x2 = x2 - center
         act = self._act(None, row_clip, fused_sum, half if fuse_delta else 0)
-        out = self.backend.linear(x2, self.packed, act, self.bias)
+        restore_here = delta and not (fuse_delta and self.backend.restores_cfg_delta)
+        epilogue = self._epilogue(center is None and not restore_here)
+        out = self.backend.linear(x2, self.packed, act, self.bias, **epilogue)
         if center is not None:
             out = out + center.to(out.dtype) * self.weight_sum.to(out.dtype)
-        if delta and not (fuse_delta and self.backend.restores_cfg_delta):
+        if restore_here:
             out = restore_cfg_delta(out, half, self.bias)
-        return out.reshape(*lead, self.out_features)
+        return self._activate(out, epilogue).reshape(*lead, self.out_features)
 
     def extra_repr(self) -> str:
         return (
@@ -307,4 +328,5 @@ class QuantLinear(nn.Module):
             f"rot={self.rotation_block}, backend={self.backend.name}, "
             f"groups={self.act_scale_by_group.shape[0]}, cfg_wise={self.cfg_wise}"
             f"{', cfg_delta' if self.cfg_delta else ''}"
+            f"{', then ' + self.output_activation if self.output_activation else ''}"
         )

@@ -1,0 +1,84 @@
+"""A feed-forward's GELU (tanh) moved into the quantized linear before it: the same
+outputs on every path, applied in the GEMM epilogue only where that output is served."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from diffusers.models.activations import GELU
+from torch.nn import functional as F
+
+from trdq import api
+from trdq.kernels import get_backend, ops
+from trdq.nn import LayerQuantParams, QuantLinear
+from trdq.testing.tiny import TINY_PROMPTS, tiny_pixart_pipeline
+from trdq.timestep import QuantContext
+
+from .helpers import fast, run_image
+
+
+def test_quantize_moves_each_tanh_gelu_into_its_linear():
+    pipe = tiny_pixart_pipeline()
+    api.quantize(pipe, fast("w8a8"), progress=False, calibration_prompts=TINY_PROMPTS)
+    gelus = [m for m in pipe.transformer.modules() if isinstance(m, GELU)]
+    assert gelus and all(m.proj.output_activation == "gelu_tanh" for m in gelus)
+    assert "then gelu_tanh" in repr(gelus[0].proj)
+    module = gelus[0]
+    x = torch.randn(2, 7, module.proj.in_features)
+    fused = module(x)
+    assert (fused < 0).any() and fused.min() > -0.2  # GELU's range: it was applied once
+    # undone: the module's own GELU on the linear's plain output gives the same numbers
+    module.proj.output_activation = ""
+    del module.gelu
+    torch.testing.assert_close(fused, module(x), rtol=0, atol=0)
+    assert run_image(pipe, TINY_PROMPTS[:1], steps=2).isfinite().all()
+
+
+@pytest.mark.parametrize("delta_half", [0, 6])
+def test_lowbit_linear_applies_the_activation_to_the_served_output(delta_half):
+    """The op's CPU path (the GPU's oracle): GELU of what it returns without it, the CFG
+    cond rows included (restored before the activation)."""
+    torch.manual_seed(0)
+    x = torch.randn(12, 128) * 2
+    weight = torch.randint(-127, 128, (40, 128), dtype=torch.int8)
+    w_scale, bias = torch.rand(40) * 1e-3, torch.randn(40)
+    args = (x, weight, w_scale, bias, None, None, 128, torch.ones(12), False, None, delta_half)
+    plain = ops.lowbit_linear(*args)
+    activated = ops.lowbit_linear(*args, "gelu_tanh")
+    torch.testing.assert_close(activated, F.gelu(plain, approximate="tanh"), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="epilogue activation"):
+        from trdq.kernels.triton_w4a8 import w4a8_matmul_reference
+
+        w4a8_matmul_reference(torch.zeros(2, 128, dtype=torch.int8), torch.ones(2), weight,
+                              w_scale, activation="relu")
+
+
+@pytest.mark.parametrize("backend_fuses_centering", [True, False])
+def test_quant_linear_asks_for_the_epilogue_only_where_the_output_is_served(
+    backend_fuses_centering,
+):
+    """cuda_w4a8 (its ops' CPU path here) applies the GELU in the GEMM epilogue when the
+    centring and CFG restore happen inside it; when QuantLinear centres around the call,
+    it applies the GELU itself, after. Both give GELU of the plain layer's output."""
+    seen = []
+
+    class Recording(type(get_backend("cuda_w4a8"))):
+        fuses_centering = backend_fuses_centering
+
+        def linear(self, x, packed, act, bias, activation=""):
+            seen.append(activation)
+            return super().linear(x, packed, act, bias, activation)
+
+    torch.manual_seed(3)
+    ctx = QuantContext(num_groups=1, group=0, cfg_active=True)
+    params = LayerQuantParams(128, None, torch.ones(1, 2), torch.tensor([[0.9, 0.95]]))
+    layer = QuantLinear.from_linear(torch.nn.Linear(128, 48), params, Recording(), ctx,
+                                    act_mode="dynamic", act_center=True, cfg_delta=True)
+    x_u = torch.randn(2, 5, 128) * 3
+    x = torch.cat([x_u, x_u + 0.2 * torch.randn_like(x_u)])
+    plain = layer(x)
+    layer.output_activation = "gelu_tanh"
+    activated = layer(x)
+    assert seen == ["", "gelu_tanh" if backend_fuses_centering else ""]
+    torch.testing.assert_close(activated, F.gelu(plain, approximate="tanh"),
+                               rtol=1e-5, atol=1e-5)
