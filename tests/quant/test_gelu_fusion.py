@@ -9,6 +9,7 @@ from diffusers.models.activations import GELU
 from torch.nn import functional as F
 
 from trdq import api
+from trdq import primitives as P
 from trdq.kernels import get_backend, ops
 from trdq.nn import LayerQuantParams, QuantLinear
 from trdq.testing.tiny import TINY_PROMPTS, tiny_pixart_pipeline
@@ -82,3 +83,24 @@ def test_quant_linear_asks_for_the_epilogue_only_where_the_output_is_served(
     assert seen == ["", "gelu_tanh" if backend_fuses_centering else ""]
     torch.testing.assert_close(activated, F.gelu(plain, approximate="tanh"),
                                rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_fused_gelu_on_the_gpu_matches_the_modules_own_gelu():
+    """A PixArt-sized feed-forward GELU on cuda_w4a8 (GELU in the paired epilogue, through
+    tanh.approx) against the same layer with the module's own GELU after it."""
+    from trdq.integrations.diffusers import fuse_gelu_into_linears
+
+    torch.manual_seed(6)
+    ctx = QuantContext(num_groups=1, group=0, cfg_active=True)
+    params = LayerQuantParams(128, None, torch.ones(1, 2), torch.tensor([[0.95, 0.95]]))
+    module = GELU(1152, 4608, approximate="tanh").cuda().to(torch.bfloat16)
+    module.proj = QuantLinear.from_linear(module.proj, params, get_backend("cuda_w4a8"), ctx,
+                                          act_mode="dynamic", act_center=True, cfg_delta=True)
+    x_u = torch.randn(1, 512, 1152, device="cuda") * 2
+    x = torch.cat([x_u, x_u + 0.3 * torch.randn_like(x_u)]).to(torch.bfloat16)
+    separate = module(x).float()
+    assert fuse_gelu_into_linears(torch.nn.Sequential(module), QuantLinear) == ["0"]
+    fused = module(x).float()
+    assert P.sqnr_db(separate, fused) > 40
