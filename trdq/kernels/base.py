@@ -48,6 +48,7 @@ __all__ = [
     "BackendUnavailableError",
     "KernelBackend",
     "autotune_gpu_time",
+    "next_pow2",
     "restore_cfg_delta",
 ]
 
@@ -68,6 +69,12 @@ def autotune_gpu_time(kernel_call, quantiles):
     import triton.testing
 
     return triton.testing.do_bench_cudagraph(kernel_call, rep=20, quantiles=quantiles)
+
+
+def next_pow2(n: int) -> int:
+    """The smallest power of two >= n (1 for n <= 1): the autotuners key on this bucket of
+    M rather than the exact row count, which varies with the request."""
+    return 1 << max(0, (n - 1).bit_length())
 
 
 def restore_cfg_delta(

@@ -49,7 +49,7 @@ import math
 
 import torch
 
-from trdq.kernels.base import TRITON_LAUNCH_LOCK, autotune_gpu_time
+from trdq.kernels.base import TRITON_LAUNCH_LOCK, autotune_gpu_time, next_pow2
 from trdq.primitives import FP8_E4M3_MAX, MIN_SCALE
 from trdq.rotation import fwht, hadamard_block_size, hadamard_matrix
 
@@ -606,10 +606,6 @@ if TRITON_AVAILABLE:
 SINGLE_PASS_MAX_K = 8192
 
 
-def _next_pow2(n: int) -> int:
-    return 1 << max(0, (n - 1).bit_length())
-
-
 def single_pass_applies(k: int, hb: int, static: bool = False, use_dot: bool = False) -> bool:
     """Whether the single-pass kernel serves this call: dynamic scales, the butterfly
     rotation, and rows that fit its register tiles."""
@@ -621,7 +617,7 @@ def _row_tiles(k: int, hb: int) -> tuple[int, int]:
     of whole ``hb`` blocks within K, and KB, the rest rounded up to a power of two (0 when
     KA = K)."""
     ka = hb << ((k // hb).bit_length() - 1)
-    return ka, _next_pow2(k - ka) if k > ka else 0
+    return ka, next_pow2(k - ka) if k > ka else 0
 
 
 def rotate_quant_triton(
@@ -711,7 +707,7 @@ def rotate_quant_triton(
             center_out if center_out is not None else scale,
             m,
             k,
-            _next_pow2(m),
+            next_pow2(m),
             x.stride(0),
             q.stride(0),
             qmax,
@@ -758,7 +754,7 @@ def _launch_rows_kernel(
             center_out if center_out is not None else scale,
             rows,
             k,
-            _next_pow2(m),
+            next_pow2(m),
             x.stride(0),
             q.stride(0),
             qmax,

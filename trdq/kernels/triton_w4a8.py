@@ -35,7 +35,7 @@ import os
 
 import torch
 
-from trdq.kernels.base import TRITON_LAUNCH_LOCK, autotune_gpu_time
+from trdq.kernels.base import TRITON_LAUNCH_LOCK, autotune_gpu_time, next_pow2
 from trdq.primitives import pack_int4, unpack_int4
 
 __all__ = [
@@ -354,8 +354,7 @@ def w4a8_matmul_triton(
     a = a.contiguous()
     b = b.contiguous()
     c = torch.empty((m, n), device=a.device, dtype=out_dtype)
-    # autotune per power-of-two bucket of M, not per exact M (token counts vary)
-    m_bucket = 1 << max(0, (m - 1).bit_length())
+    m_bucket = next_pow2(m)
 
     def grid(meta):
         return (triton.cdiv(m, meta["BM"]) * triton.cdiv(n, meta["BN"]),)
