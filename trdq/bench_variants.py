@@ -216,7 +216,10 @@ class CudaGraphForward:
             torch.cuda.synchronize()
             graph = torch.cuda.CUDAGraph()
             try:
-                with torch.cuda.graph(graph, pool=self.pool):
+                # thread_local: a capture forbids unsafe CUDA calls (allocations, syncs) in
+                # this thread only. The default, global, would fail other threads' calls,
+                # i.e. the other GPUs' engine workers (TRDQ_DEVICES) mid-request.
+                with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
                     out = self.forward(*a, **kw)
             except Exception:
                 if not self.eager_on_failure:

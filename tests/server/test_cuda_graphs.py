@@ -47,6 +47,7 @@ class _FakeGraph:
     on the static inputs into the static outputs (what a real replay computes)."""
 
     captured: ClassVar[list[_FakeGraph]] = []
+    modes: ClassVar[list[str]] = []  # each capture's capture_error_mode
 
     def __init__(self):
         self.fn = None
@@ -70,12 +71,13 @@ class _FakeCapture:
 def _fake_cuda(monkeypatch, fail_capture=False):
     from trdq import bench_variants
 
-    _FakeGraph.captured = []
+    _FakeGraph.captured, _FakeGraph.modes = [], []
     monkeypatch.setattr(torch.cuda, "graph_pool_handle", lambda: None)
     monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
     monkeypatch.setattr(torch.cuda, "CUDAGraph", _FakeGraph)
 
-    def graph(g, pool=None):
+    def graph(g, pool=None, capture_error_mode="global"):
+        _FakeGraph.modes.append(capture_error_mode)
         if fail_capture:
             raise RuntimeError("operation not permitted when stream is capturing")
         return _FakeCapture(g, pool)
@@ -102,6 +104,8 @@ def test_replay_captures_on_the_second_call_and_bounds_the_graphs(monkeypatch):
     assert torch.equal(net(x), x * 2) and not _FakeGraph.captured  # first call: eager
     out = net(x)  # second: captured
     assert torch.equal(out, x * 2) and len(_FakeGraph.captured) == 1 and len(forward.graphs) == 1
+    # a capture must not fail other threads' CUDA calls (one engine worker per GPU)
+    assert _FakeGraph.modes == ["thread_local"]
     graph, static, static_out = forward.graphs[next(iter(forward.graphs))]
     graph.fn = lambda: static_out.copy_(forward.forward(*static))  # what replay recomputes
     assert torch.equal(net(torch.full((3,), 5.0)), torch.full((3,), 10.0))
