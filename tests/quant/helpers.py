@@ -30,3 +30,18 @@ def run_video(pipe, prompts, steps: int = 6, guidance: float = 4.5, seed: int = 
     gens = [torch.Generator().manual_seed(seed + i) for i in range(len(prompts))]
     return pipe(list(prompts), generator=gens, num_inference_steps=steps,
                 guidance_scale=guidance, **VIDEO_KW).frames
+
+
+def cfg_delta_layer(backend, *, seed: int, center: bool = True):
+    """A small dynamic, CFG-delta ``QuantLinear`` (128 -> 48) on ``backend`` and a CFG batch
+    for it: [uncond x 2; cond x 2], each cond row close to its uncond partner."""
+    from trdq.nn import LayerQuantParams, QuantLinear
+    from trdq.timestep import QuantContext
+
+    torch.manual_seed(seed)
+    ctx = QuantContext(num_groups=1, group=0, cfg_active=True)
+    params = LayerQuantParams(128, None, torch.ones(1, 2), torch.tensor([[0.9, 0.95]]))
+    layer = QuantLinear.from_linear(torch.nn.Linear(128, 48), params, backend, ctx,
+                                    act_mode="dynamic", act_center=center, cfg_delta=True)
+    x_u = torch.randn(2, 5, 128) * 3
+    return layer, torch.cat([x_u, x_u + 0.2 * torch.randn_like(x_u)])

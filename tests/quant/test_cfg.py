@@ -13,7 +13,7 @@ from trdq.nn import LayerQuantParams, QuantLinear
 from trdq.testing.tiny import TINY_PROMPTS, tiny_pixart_pipeline
 from trdq.timestep import QuantContext
 
-from .helpers import fast, run_image
+from .helpers import cfg_delta_layer, fast, run_image
 
 
 def test_quant_linear_applies_uncond_and_cond_scales_in_one_call():
@@ -202,13 +202,7 @@ def test_fused_cfg_delta_matches_the_python_subtraction(backend, center):
     class FusedDeltaOnly(Fused):  # centring left to QuantLinear: the delta must be too
         fuses_centering = False
 
-    torch.manual_seed(4)
-    ctx = QuantContext(num_groups=1, group=0, cfg_active=True)
-    params = LayerQuantParams(128, None, torch.ones(1, 2), torch.tensor([[0.9, 0.95]]))
-    layer = QuantLinear.from_linear(torch.nn.Linear(128, 48), params, Fused(), ctx,
-                                    act_mode="dynamic", act_center=center, cfg_delta=True)
-    x_u = torch.randn(2, 5, 128) * 3
-    x = torch.cat([x_u, x_u + 0.2 * torch.randn_like(x_u)])
+    layer, x = cfg_delta_layer(Fused(), seed=4, center=center)
     fused = layer(x)
     layer.backend = Unfused()
     unfused = layer(x)

@@ -15,7 +15,7 @@ from trdq.nn import LayerQuantParams, QuantLinear
 from trdq.testing.tiny import TINY_PROMPTS, tiny_pixart_pipeline
 from trdq.timestep import QuantContext
 
-from .helpers import fast, run_image
+from .helpers import cfg_delta_layer, fast, run_image
 
 
 def test_quantize_moves_each_tanh_gelu_into_its_linear():
@@ -70,13 +70,7 @@ def test_quant_linear_asks_for_the_epilogue_only_where_the_output_is_served(
             seen.append(activation)
             return super().linear(x, packed, act, bias, activation)
 
-    torch.manual_seed(3)
-    ctx = QuantContext(num_groups=1, group=0, cfg_active=True)
-    params = LayerQuantParams(128, None, torch.ones(1, 2), torch.tensor([[0.9, 0.95]]))
-    layer = QuantLinear.from_linear(torch.nn.Linear(128, 48), params, Recording(), ctx,
-                                    act_mode="dynamic", act_center=True, cfg_delta=True)
-    x_u = torch.randn(2, 5, 128) * 3
-    x = torch.cat([x_u, x_u + 0.2 * torch.randn_like(x_u)])
+    layer, x = cfg_delta_layer(Recording(), seed=3)
     plain = layer(x)
     layer.output_activation = "gelu_tanh"
     activated = layer(x)
