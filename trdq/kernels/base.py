@@ -44,10 +44,13 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
     from trdq.config import QuantConfig
 
 __all__ = [
+    "OUTPUT_ACTIVATIONS",
     "ActQuant",
     "BackendUnavailableError",
     "KernelBackend",
+    "apply_output_activation",
     "autotune_gpu_time",
+    "check_output_activation",
     "next_pow2",
     "restore_cfg_delta",
 ]
@@ -69,6 +72,26 @@ def autotune_gpu_time(kernel_call, quantiles):
     import triton.testing
 
     return triton.testing.do_bench_cudagraph(kernel_call, rep=20, quantiles=quantiles)
+
+
+#: activations a layer may apply to its served output ("" = none): a backend lists those
+#: it applies in its GEMM epilogue (``fused_activations``). GELU (tanh) is the
+#: feed-forward activation of PixArt and Latte; fused, the [M, 4K] bf16 output is written
+#: once instead of written, read by Inductor's GELU kernel and written again (1.4 ms of a
+#: PixArt-1024 step on an H100, docs/KERNELS.md).
+OUTPUT_ACTIVATIONS = ("", "gelu_tanh")
+
+
+def check_output_activation(name: str) -> None:
+    if name not in OUTPUT_ACTIVATIONS:
+        raise ValueError(f"epilogue activation must be one of {OUTPUT_ACTIVATIONS}, got {name!r}")
+
+
+def apply_output_activation(out: torch.Tensor, name: str) -> torch.Tensor:
+    """``name`` applied to a served output: what a GEMM epilogue computes, done in torch
+    (the oracle, the ops' reference paths, QuantLinear around a backend that cannot)."""
+    check_output_activation(name)
+    return torch.nn.functional.gelu(out, approximate="tanh") if name == "gelu_tanh" else out
 
 
 def next_pow2(n: int) -> int:

@@ -41,7 +41,7 @@ import torch
 
 from trdq.kernels import triton_rotate_quant as rq
 from trdq.kernels import triton_w4a8 as w4
-from trdq.kernels.base import restore_cfg_delta
+from trdq.kernels.base import apply_output_activation, restore_cfg_delta
 
 __all__ = ["fast_path_available", "fp8_linear", "lowbit_linear", "rotate_quant"]
 
@@ -211,7 +211,7 @@ def lowbit_linear(
     if not restore_after:
         return out
     out = restore_cfg_delta(out, delta_half, bias)
-    return torch.nn.functional.gelu(out, approximate="tanh") if activation else out
+    return apply_output_activation(out, activation)
 
 
 @lowbit_linear.register_fake

@@ -35,7 +35,13 @@ import os
 
 import torch
 
-from trdq.kernels.base import TRITON_LAUNCH_LOCK, autotune_gpu_time, next_pow2
+from trdq.kernels.base import (
+    TRITON_LAUNCH_LOCK,
+    apply_output_activation,
+    autotune_gpu_time,
+    check_output_activation,
+    next_pow2,
+)
 from trdq.primitives import pack_int4, unpack_int4
 
 __all__ = [
@@ -99,9 +105,9 @@ def w4a8_matmul_reference(
     ``[uncond; cond]`` halves: ``y_u`` and ``y_u + W d`` (the bias once).
 
     ``activation``: ``"gelu_tanh"`` applies GELU (tanh approximation) to the served output,
-    before it is rounded to ``out_dtype`` (see ``EPILOGUE_ACTIVATIONS``)."""
+    before it is rounded to ``out_dtype`` (``kernels.base.OUTPUT_ACTIVATIONS``)."""
     _check_rank1(center, weight_sum)
-    _check_activation(activation)
+    check_output_activation(activation)
     w = unpack_int4_tiled(b) if b.dtype == torch.uint8 else b
     acc = a.double() @ w.double().t()
     out = acc * a_scale.double()[:, None] * w_scale.double()[None, :]
@@ -114,22 +120,7 @@ def w4a8_matmul_reference(
         y_u, y_d = out[0::2], out[1::2]
         y_c = y_u + y_d - (bias.double() if bias is not None else 0.0)
         out = torch.cat((y_u, y_c))
-    if activation:
-        out = torch.nn.functional.gelu(out, approximate="tanh")
-    return out.to(out_dtype)
-
-
-#: what the GEMM epilogue can apply to its output. GELU (tanh) is the feed-forward
-#: activation of PixArt and Latte; fused, the [M, 4K] bf16 output is written once instead
-#: of written, read by Inductor's GELU kernel and written again (1.4 ms of a PixArt-1024
-#: step on an H100, docs/KERNELS.md).
-EPILOGUE_ACTIVATIONS = ("", "gelu_tanh")
-
-
-def _check_activation(activation: str) -> None:
-    if activation not in EPILOGUE_ACTIVATIONS:
-        raise ValueError(f"epilogue activation must be one of {EPILOGUE_ACTIVATIONS}, "
-                         f"got {activation!r}")
+    return apply_output_activation(out, activation).to(out_dtype)
 
 
 def _check_paired(m: int) -> None:
@@ -337,7 +328,7 @@ def w4a8_matmul_triton(
     if not TRITON_AVAILABLE:
         raise RuntimeError("triton is not installed; use w4a8_matmul_reference")
     _check_rank1(center, weight_sum)
-    _check_activation(activation)
+    check_output_activation(activation)
     m, k = a.shape
     if paired:
         _check_paired(m)

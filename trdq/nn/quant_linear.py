@@ -45,10 +45,14 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from trdq import primitives as P
-from trdq.kernels.base import ActQuant, KernelBackend, restore_cfg_delta
+from trdq.kernels.base import (
+    ActQuant,
+    KernelBackend,
+    apply_output_activation,
+    restore_cfg_delta,
+)
 from trdq.kernels.reference import prepare_activation
 from trdq.rotation import rotate_weight
 from trdq.timestep import QuantContext
@@ -278,9 +282,8 @@ class QuantLinear(nn.Module):
         return {}
 
     def _activate(self, out: torch.Tensor, epilogue: dict[str, str]) -> torch.Tensor:
-        if self.output_activation and not epilogue:
-            return F.gelu(out, approximate="tanh")
-        return out
+        """The output activation, unless the backend applied it (``epilogue``)."""
+        return out if epilogue else apply_output_activation(out, self.output_activation)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
