@@ -167,8 +167,9 @@ def test_tiled_kernel_matches_reference(static, center, delta):
 
 
 def _gemm_cases():
-    """(tile, packed) for every autotuned tile; packed int4 weights only with 128-wide k
-    tiles, as the autotuner prunes. (None without triton: the module is skipped.)"""
+    """(tile, packed, tma) for every autotuned tile; packed int4 weights only with 128-wide
+    k tiles, as the autotuner prunes, and TMA loads only for int8 weights. (None without
+    triton: the module is skipped.)"""
     if importlib.util.find_spec("triton") is None:
         return []
     from trdq.kernels.triton_w4a8 import _CONFIGS, PACK_TILE
@@ -177,17 +178,19 @@ def _gemm_cases():
     for c in _CONFIGS:
         tile = {**c.kwargs, "num_warps": c.num_warps, "num_stages": c.num_stages}
         name = "{BM}x{BN}x{BK}w{num_warps}".format(**tile)
-        cases.append(pytest.param(tile, False, id=name))
+        cases.append(pytest.param(tile, False, False, id=name))
+        cases.append(pytest.param(tile, False, True, id=name + "-tma"))
         if tile["BK"] == PACK_TILE:
-            cases.append(pytest.param(tile, True, id=name + "-packed"))
+            cases.append(pytest.param(tile, True, False, id=name + "-packed"))
     return cases
 
 
 @pytest.mark.parametrize("paired", [False, True])
-@pytest.mark.parametrize("config,packed", _gemm_cases())
-def test_lowbit_gemm_tiles_match_reference(config, packed, paired):
+@pytest.mark.parametrize("config,packed,tma", _gemm_cases())
+def test_lowbit_gemm_tiles_match_reference(config, packed, tma, paired):
     """Every autotuned tile of the int8 / packed-int4 GEMM, with the served epilogue
-    (scales, bias, centring term) and the paired CFG rows, against the float64 oracle."""
+    (scales, bias, centring term) and the paired CFG rows, against the float64 oracle;
+    int8 weights also through TMA descriptors (edge tiles zero-filled)."""
     from trdq.kernels.triton_w4a8 import (
         pack_int4_tiled,
         w4a8_matmul_reference,
@@ -203,8 +206,17 @@ def test_lowbit_gemm_tiles_match_reference(config, packed, paired):
     bias, center, wsum = torch.randn(n), torch.randn(m), torch.randn(n)
     kw = {"out_dtype": torch.float32, "center": center, "weight_sum": wsum, "paired": paired}
     ref = w4a8_matmul_reference(a, sa, b, sw, bias, **kw)
-    out = w4a8_matmul_triton(a, sa, b, sw, bias, config=config, **kw)
+    out = w4a8_matmul_triton(a, sa, b, sw, bias, config=config, tma=tma, **kw)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_lowbit_gemm_refuses_tma_for_packed_weights():
+    from trdq.kernels.triton_w4a8 import pack_int4_tiled, w4a8_matmul_triton
+
+    a = torch.ones(4, 128, dtype=torch.int8)
+    b = pack_int4_tiled(torch.ones(8, 128, dtype=torch.int8))
+    with pytest.raises(ValueError, match="TMA"):
+        w4a8_matmul_triton(a, torch.ones(4), b, torch.ones(8), tma=True)
 
 
 @pytest.mark.parametrize("paired", [False, True])

@@ -24,7 +24,10 @@ accumulation, the same integers as the reference backend) or as e4m3 (A e4m3: ev
 K/2 bytes per output channel, a quarter of bf16.
 
 The same kernel also takes unpacked int8 weights (``B [N, K]`` int8, ``PACKED=False``),
-which gives an exact W8A8 int8 GEMM on tensor cores for comparison with ``_int_mm``.
+which gives an exact W8A8 int8 GEMM on tensor cores for comparison with ``_int_mm``. On
+Hopper its tiles are loaded through TMA descriptors (``tma``; ``TRDQ_GEMM_TMA=0`` turns
+that off); packed weights keep per-thread loads (their nibble layout is unpacked in
+registers either way).
 ``w4a8_matmul_reference`` is the pure-torch oracle.
 """
 
@@ -136,18 +139,25 @@ def _check_rank1(center: torch.Tensor | None, weight_sum: torch.Tensor | None) -
 if TRITON_AVAILABLE:
     import triton
     import triton.language as tl
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    def _set_tma_boxes(nargs):
+        """Autotune pre-hook: the TMA descriptors' box is the tile of the config that runs."""
+        if nargs["TMA"]:
+            nargs["a_desc"].block_shape = [nargs["BM"], nargs["BK"]]
+            nargs["b_desc"].block_shape = [nargs["BN"], nargs["BK"]]
 
     # The first two were the fastest of 15 tiles at every PixArt-1024 CFG shape on an H100
     # (GPU time, served epilogue; docs/bench/lowbit-gemm-tiles-h100.json): 8192 x 1152 x
     # 4608 107 us against 120 us for the best of the earlier list and 139 us for cuBLAS bf16.
     _CONFIGS = [
-        triton.Config({"BM": 128, "BN": 128, "BK": 128}, num_warps=4, num_stages=3),
-        triton.Config({"BM": 128, "BN": 128, "BK": 64}, num_warps=4, num_stages=4),
-        triton.Config({"BM": 128, "BN": 128, "BK": 128}, num_warps=8, num_stages=3),
-        triton.Config({"BM": 128, "BN": 256, "BK": 128}, num_warps=8, num_stages=3),
-        triton.Config({"BM": 128, "BN": 64, "BK": 128}, num_warps=4, num_stages=4),
-        triton.Config({"BM": 64, "BN": 128, "BK": 128}, num_warps=4, num_stages=4),
-        triton.Config({"BM": 64, "BN": 64, "BK": 128}, num_warps=4, num_stages=4),
+        triton.Config({"BM": bm, "BN": bn, "BK": bk}, num_warps=w, num_stages=st,
+                      pre_hook=_set_tma_boxes)
+        for bm, bn, bk, w, st in (
+            (128, 128, 128, 4, 3), (128, 128, 64, 4, 4), (128, 128, 128, 8, 3),
+            (128, 256, 128, 8, 3), (128, 64, 128, 4, 4), (64, 128, 128, 4, 4),
+            (64, 64, 128, 4, 4),
+        )
     ]
 
     @triton.jit
@@ -174,6 +184,8 @@ if TRITON_AVAILABLE:
     def _lowbit_gemm_kernel(
         a_ptr,
         b_ptr,
+        a_desc,
+        b_desc,
         a_scale_ptr,
         w_scale_ptr,
         bias_ptr,
@@ -194,10 +206,16 @@ if TRITON_AVAILABLE:
         PAIRED: tl.constexpr,
         GELU_TANH: tl.constexpr,
         HW_TANH: tl.constexpr,
+        TMA: tl.constexpr,
         BM: tl.constexpr,
         BN: tl.constexpr,
         BK: tl.constexpr,
     ):
+        """TMA (unpacked weights, Hopper): A and B tiles come through the tensor-memory
+        accelerator (``a_desc`` / ``b_desc``, boxes BM x BK and BN x BK, edges zero-filled)
+        instead of per-thread loads, which frees the registers the paired epilogue spills
+        otherwise: 7-14% at PixArt's shapes on an H100
+        (docs/bench/quantizer-reciprocal-gemm-tma-h100.json)."""
         pid = tl.program_id(0)
         num_pid_m = tl.cdiv(M, BM)
         num_pid_n = tl.cdiv(N, BN)
@@ -243,12 +261,16 @@ if TRITON_AVAILABLE:
                     acc = tl.dot(a_lo, tl.trans(w_lo), acc=acc, out_dtype=tl.int32)
                     acc = tl.dot(a_hi, tl.trans(w_hi), acc=acc, out_dtype=tl.int32)
             else:
-                a = tl.load(a_rows + (k0 + rk)[None, :])
-                w = tl.load(
-                    b_ptr + rn[:, None] * stride_bn + (k0 + rk)[None, :],
-                    mask=nmask[:, None],
-                    other=0,
-                )
+                if TMA:
+                    a = a_desc.load([pid_m * BM, k0])
+                    w = b_desc.load([pid_n * BN, k0])
+                else:
+                    a = tl.load(a_rows + (k0 + rk)[None, :])
+                    w = tl.load(
+                        b_ptr + rn[:, None] * stride_bn + (k0 + rk)[None, :],
+                        mask=nmask[:, None],
+                        other=0,
+                    )
                 if A_FP8:
                     w = w.to(tl.float32).to(tl.float8e4nv)
                     acc = tl.dot(a, tl.trans(w), acc=acc, out_dtype=tl.float32)
@@ -296,7 +318,7 @@ if TRITON_AVAILABLE:
 
     _lowbit_gemm_autotuned = triton.autotune(
         configs=_CONFIGS,
-        key=["M_BUCKET", "N", "K", "PACKED", "A_FP8"],
+        key=["M_BUCKET", "N", "K", "PACKED", "A_FP8", "TMA"],
         prune_configs_by={"early_config_prune": _packed_needs_full_tiles},
         do_bench=autotune_gpu_time,
     )(_lowbit_gemm_kernel)
@@ -319,12 +341,14 @@ def w4a8_matmul_triton(
     weight_sum: torch.Tensor | None = None,
     paired: bool = False,
     activation: str = "",
+    tma: bool | None = None,
 ) -> torch.Tensor:
     """A ``[M, K]`` int8/e4m3, B ``[N, K/2]`` uint8 (packed) or ``[N, K]`` int8 -> ``[M, N]``.
 
     ``paired``: the CFG-delta halves restored in the epilogue, as the oracle's ``paired``
     (a tile's rows hold whole pairs: every tile height is even). ``activation``: as the
-    oracle's, applied in the epilogue."""
+    oracle's, applied in the epilogue. ``tma``: load the tiles of unpacked weights through
+    TMA descriptors (None: on Hopper and newer GPUs)."""
     if not TRITON_AVAILABLE:
         raise RuntimeError("triton is not installed; use w4a8_matmul_reference")
     _check_rank1(center, weight_sum)
@@ -346,6 +370,13 @@ def w4a8_matmul_triton(
     b = b.contiguous()
     c = torch.empty((m, n), device=a.device, dtype=out_dtype)
     m_bucket = next_pow2(m)
+    if tma is None:
+        tma = _tma_applies(a, b)
+    if tma and packed:
+        raise ValueError("TMA loads are for unpacked (int8) weights")
+    # the boxes are set per tile: by the autotuner's pre-hook, or below for an explicit one
+    a_desc = TensorDescriptor.from_tensor(a, [16, 16]) if tma else a
+    b_desc = TensorDescriptor.from_tensor(b, [16, 16]) if tma else b
 
     def grid(meta):
         return (triton.cdiv(m, meta["BM"]) * triton.cdiv(n, meta["BN"]),)
@@ -354,10 +385,13 @@ def w4a8_matmul_triton(
     meta: dict = {}
     if config is not None:  # explicit tile (tests, interpreter, microbenchmarks)
         kernel, meta = _lowbit_gemm_kernel, dict(config)
+        _set_tma_boxes({"TMA": tma, "a_desc": a_desc, "b_desc": b_desc, **meta})
     with TRITON_LAUNCH_LOCK:
         kernel[grid](
             a,
             b,
+            a_desc,
+            b_desc,
             a_scale.float().contiguous(),
             w_scale.float().contiguous(),
             bias if bias is not None else w_scale,
@@ -378,6 +412,25 @@ def w4a8_matmul_triton(
             PAIRED=paired,
             GELU_TANH=activation == "gelu_tanh",
             HW_TANH=not _interpreting(),
+            TMA=tma,
             **meta,
         )
     return c
+
+
+#: ``TRDQ_GEMM_TMA=0`` turns the TMA loads off (the per-thread loads of packed weights)
+TMA_ENABLED = os.environ.get("TRDQ_GEMM_TMA", "").strip() != "0"
+
+
+def _tma_applies(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """TMA by default: unpacked weights on a Hopper-or-newer GPU, 16-byte aligned bases
+    (the rows are K bytes, and K is a multiple of 128), unless ``TRDQ_GEMM_TMA=0``."""
+    return (
+        TMA_ENABLED
+        and b.dtype != torch.uint8
+        and a.is_cuda
+        and not _interpreting()
+        and torch.cuda.get_device_capability(a.device) >= (9, 0)
+        and a.data_ptr() % 16 == 0
+        and b.data_ptr() % 16 == 0
+    )
