@@ -25,9 +25,8 @@ K/2 bytes per output channel, a quarter of bf16.
 
 The same kernel also takes unpacked int8 weights (``B [N, K]`` int8, ``PACKED=False``),
 which gives an exact W8A8 int8 GEMM on tensor cores for comparison with ``_int_mm``. On
-Hopper its tiles are loaded through TMA descriptors (``tma``; ``TRDQ_GEMM_TMA=0`` turns
-that off); packed weights keep per-thread loads (their nibble layout is unpacked in
-registers either way).
+Hopper, with int8 activations, its tiles are loaded through TMA descriptors (``tma``;
+``TRDQ_GEMM_TMA=0`` turns that off); packed weights keep per-thread loads.
 ``w4a8_matmul_reference`` is the pure-torch oracle.
 """
 
@@ -348,7 +347,7 @@ def w4a8_matmul_triton(
     ``paired``: the CFG-delta halves restored in the epilogue, as the oracle's ``paired``
     (a tile's rows hold whole pairs: every tile height is even). ``activation``: as the
     oracle's, applied in the epilogue. ``tma``: load the tiles of unpacked weights through
-    TMA descriptors (None: on Hopper and newer GPUs)."""
+    TMA descriptors (None: with int8 activations on Hopper and newer GPUs)."""
     if not TRITON_AVAILABLE:
         raise RuntimeError("triton is not installed; use w4a8_matmul_reference")
     _check_rank1(center, weight_sum)
@@ -423,10 +422,12 @@ TMA_ENABLED = os.environ.get("TRDQ_GEMM_TMA", "").strip() != "0"
 
 
 def _tma_applies(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """TMA by default: unpacked weights on a Hopper-or-newer GPU, 16-byte aligned bases
+    """TMA by default: int8 activations and unpacked weights (the W8A8 GEMM, the one
+    measured and tested with it on a GPU) on a Hopper-or-newer GPU, 16-byte aligned bases
     (the rows are K bytes, and K is a multiple of 128), unless ``TRDQ_GEMM_TMA=0``."""
     return (
         TMA_ENABLED
+        and a.dtype == torch.int8
         and b.dtype != torch.uint8
         and a.is_cuda
         and not _interpreting()
