@@ -50,6 +50,7 @@ from trdq import primitives as P
 from trdq.config import INT_BITS
 from trdq.kernels import cpu_native
 from trdq.kernels.base import ActQuant, KernelBackend, restore_cfg_delta
+from trdq.kernels.oplib import define_op
 from trdq.kernels.registry import register
 from trdq.machine import INT8_DOT_ISAS, cpu_isa
 from trdq.rotation import hadamard_transform, hadamard_transform_factored
@@ -137,18 +138,13 @@ def int8_linear_math(
     return out.to(x.dtype)
 
 
-#: The eager entry point: ``int8_linear_math`` as one dispatcher call.
-cpu_int8_linear = torch.library.custom_op(
-    "trdq::cpu_int8_linear", int8_linear_math, mutates_args=()
-)
-
-
 def _linear_fake(x, weight, *args, **kwargs):
     """Both linear ops' output under tracing: ``[M, N]`` in x's dtype."""
     return x.new_empty((x.shape[0], weight.shape[0]))
 
 
-cpu_int8_linear.register_fake(_linear_fake)
+#: The eager entry point: ``int8_linear_math`` as one dispatcher call.
+cpu_int8_linear = define_op("trdq::cpu_int8_linear", int8_linear_math, _linear_fake)
 
 
 def _onednn_prepack_enabled() -> bool:
@@ -242,12 +238,9 @@ def native_int8_linear(
 
 
 #: ``native_int8_linear`` as one op: what a compiled model calls (eager calls the function).
-cpu_int8_native_linear = torch.library.custom_op(
-    "trdq::cpu_int8_native_linear", native_int8_linear, mutates_args=()
+cpu_int8_native_linear = define_op(
+    "trdq::cpu_int8_native_linear", native_int8_linear, _linear_fake
 )
-
-
-cpu_int8_native_linear.register_fake(_linear_fake)
 
 
 class CpuInt8Backend(KernelBackend):

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from trdq.kernels.oplib import define_op
 from trdq.machine import cpu_model, cpuinfo_field
 
 __all__ = [
@@ -195,23 +196,16 @@ def int8_epilogue(
     return out
 
 
-cpu_rotate_quant = torch.library.custom_op(
-    "trdq::cpu_rotate_quant", rotate_quant, mutates_args=()
-)
-
-
-@cpu_rotate_quant.register_fake
-def _(x, smooth, row_scale, clip, rotation_block, bits, center, delta_half):
+def _rotate_quant_fake(x, smooth, row_scale, clip, rotation_block, bits, center, delta_half):
     m = x.shape[0]
     return (x.new_empty(x.shape, dtype=torch.int8), x.new_empty(m, dtype=torch.float32),
             x.new_empty(m, dtype=torch.float32))
 
 
-cpu_int8_epilogue = torch.library.custom_op(
-    "trdq::cpu_int8_epilogue", int8_epilogue, mutates_args=()
-)
-
-
-@cpu_int8_epilogue.register_fake
-def _(acc, a_scale, weight_scale, bias, mean, weight_sum, out_dtype, delta_half=0):
+def _int8_epilogue_fake(acc, a_scale, weight_scale, bias, mean, weight_sum, out_dtype,
+                        delta_half=0):
     return acc.new_empty(acc.shape, dtype=out_dtype)
+
+
+cpu_rotate_quant = define_op("trdq::cpu_rotate_quant", rotate_quant, _rotate_quant_fake)
+cpu_int8_epilogue = define_op("trdq::cpu_int8_epilogue", int8_epilogue, _int8_epilogue_fake)

@@ -1,7 +1,8 @@
-"""torch custom ops for the CUDA backends, with fake (meta) implementations.
+"""torch operators for the CUDA backends, with fake (meta) implementations.
 
-``torch.compile`` sees each op as one opaque node (no graph break) and traces shapes
-through the ``register_fake`` functions. Each op runs its Triton / cuBLASLt path on CUDA
+Defined through ``trdq.kernels.oplib.define_op`` (``torch.ops.trdq.*``): ``torch.compile``
+sees each op as one opaque node (no graph break) and traces shapes through the fake
+functions. Each op runs its Triton / cuBLASLt path on CUDA
 when Triton is installed, and the pure-torch reference of the same math elsewhere, so the
 ops themselves are testable on a CPU machine.
 
@@ -42,6 +43,7 @@ import torch
 from trdq.kernels import triton_rotate_quant as rq
 from trdq.kernels import triton_w4a8 as w4
 from trdq.kernels.base import apply_output_activation, restore_cfg_delta
+from trdq.kernels.oplib import define_op
 
 __all__ = ["fast_path_available", "fp8_linear", "lowbit_linear", "rotate_quant"]
 
@@ -80,8 +82,7 @@ def _center_buffer(x: torch.Tensor, weight_sum: torch.Tensor | None) -> torch.Te
     return torch.empty((x.shape[0],), device=x.device, dtype=torch.float32)
 
 
-@torch.library.custom_op("trdq::rotate_quant", mutates_args=())
-def rotate_quant(
+def _rotate_quant(
     x: torch.Tensor,
     smooth: torch.Tensor | None,
     row_scale: torch.Tensor | None,
@@ -93,14 +94,16 @@ def rotate_quant(
     q, scale = _rotate_quant_impl(
         x, smooth, row_scale, rotation_block, clip_ratio, fp8, None, delta_half
     )
-    # a custom op must not return an alias of an input (static scales are passed through)
+    # an op must not return an alias of an input (static scales are passed through)
     return q, scale.clone() if row_scale is not None else scale
 
 
-@rotate_quant.register_fake
-def _(x, smooth, row_scale, rotation_block, clip_ratio, fp8, delta_half=0):
+def _rotate_quant_fake(x, smooth, row_scale, rotation_block, clip_ratio, fp8, delta_half=0):
     dtype = torch.float8_e4m3fn if fp8 else torch.int8
     return x.new_empty(x.shape, dtype=dtype), x.new_empty((x.shape[0],), dtype=torch.float32)
+
+
+rotate_quant = define_op("trdq::rotate_quant", _rotate_quant, _rotate_quant_fake)
 
 
 def scaled_mm_rowwise(
@@ -137,8 +140,7 @@ def scaled_mm_rowwise(
     return out.to(out_dtype)
 
 
-@torch.library.custom_op("trdq::fp8_linear", mutates_args=())
-def fp8_linear(
+def _fp8_linear(
     x: torch.Tensor,
     weight: torch.Tensor,
     weight_scale: torch.Tensor,
@@ -157,12 +159,12 @@ def fp8_linear(
     return scaled_mm_rowwise(q, a_scale, weight, weight_scale, bias, x.dtype, center, weight_sum)
 
 
-@fp8_linear.register_fake
-def _(
-    x, weight, weight_scale, bias, smooth, row_scale, rotation_block, clip_ratio,
-    weight_sum=None, delta_half=0,
-):
+def _linear_fake(x, weight, *args, **kwargs):
+    """The linear ops' output under tracing: ``[M, N]`` in x's dtype."""
     return x.new_empty((x.shape[0], weight.shape[0]))
+
+
+fp8_linear = define_op("trdq::fp8_linear", _fp8_linear, _linear_fake)
 
 
 def lowbit_gemm(
@@ -176,8 +178,7 @@ def lowbit_gemm(
     return w4.w4a8_matmul_reference(*args, **kw)
 
 
-@torch.library.custom_op("trdq::lowbit_linear", mutates_args=())
-def lowbit_linear(
+def _lowbit_linear(
     x: torch.Tensor,
     weight: torch.Tensor,
     weight_scale: torch.Tensor,
@@ -214,9 +215,4 @@ def lowbit_linear(
     return apply_output_activation(out, activation)
 
 
-@lowbit_linear.register_fake
-def _(
-    x, weight, weight_scale, bias, smooth, row_scale, rotation_block, clip_ratio, act_fp8,
-    weight_sum=None, delta_half=0, activation="",
-):
-    return x.new_empty((x.shape[0], weight.shape[0]))
+lowbit_linear = define_op("trdq::lowbit_linear", _lowbit_linear, _linear_fake)

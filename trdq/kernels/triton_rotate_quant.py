@@ -648,6 +648,7 @@ def single_pass_applies(k: int, hb: int, static: bool = False, use_dot: bool = F
     return not static and not use_dot and sum(_row_tiles(k, hb)) <= SINGLE_PASS_MAX_K
 
 
+@functools.lru_cache(maxsize=64)
 def _row_tiles(k: int, hb: int) -> tuple[int, int]:
     """The single-pass kernel's two register tiles of a row: KA, the largest power of two
     of whole ``hb`` blocks within K, and KB, the rest rounded up to a power of two (0 when

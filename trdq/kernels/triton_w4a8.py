@@ -323,9 +323,9 @@ if TRITON_AVAILABLE:
     )(_lowbit_gemm_kernel)
 
 
-def _interpreting() -> bool:
-    """Whether Triton runs kernels in its CPU interpreter (CI's machines)."""
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+#: Whether Triton runs kernels in its CPU interpreter (CI's machines). Read once, at
+#: import, as Triton's ``jit`` decorator reads it (and per call it cost the host ~2 us).
+INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def w4a8_matmul_triton(
@@ -410,7 +410,7 @@ def w4a8_matmul_triton(
             A_FP8=a.dtype == torch.float8_e4m3fn,
             PAIRED=paired,
             GELU_TANH=activation == "gelu_tanh",
-            HW_TANH=not _interpreting(),
+            HW_TANH=not INTERPRETING,
             TMA=tma,
             **meta,
         )
@@ -430,7 +430,7 @@ def _tma_applies(a: torch.Tensor, b: torch.Tensor) -> bool:
         and a.dtype == torch.int8
         and b.dtype != torch.uint8
         and a.is_cuda
-        and not _interpreting()
+        and not INTERPRETING
         and torch.cuda.get_device_capability(a.device) >= (9, 0)
         and a.data_ptr() % 16 == 0
         and b.data_ptr() % 16 == 0
