@@ -15,8 +15,8 @@ Without a compiler, or with ``TRDQ_CPU_NATIVE=0``, ``available()`` is False and
 
 ``rotate_quant`` and ``int8_epilogue`` are plain functions; ``cpu_int8`` wraps them with
 its GEMM in one op for compiled models (``trdq::cpu_int8_native_linear``). Each is also a
-``torch.library`` custom op with a fake implementation (``cpu_rotate_quant``,
-``cpu_int8_epilogue``), for tests and callers that compile them on their own.
+torch operator with a fake implementation (``cpu_rotate_quant``, ``cpu_int8_epilogue``,
+``trdq.kernels.oplib.define_op``), for tests and callers that compile them on their own.
 """
 
 from __future__ import annotations

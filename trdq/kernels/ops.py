@@ -2,9 +2,9 @@
 
 Defined through ``trdq.kernels.oplib.define_op`` (``torch.ops.trdq.*``): ``torch.compile``
 sees each op as one opaque node (no graph break) and traces shapes through the fake
-functions. Each op runs its Triton / cuBLASLt path on CUDA
-when Triton is installed, and the pure-torch reference of the same math elsewhere, so the
-ops themselves are testable on a CPU machine.
+functions. Each op runs its Triton / cuBLASLt path on CUDA when Triton is installed, and
+the pure-torch reference of the same math elsewhere, so the ops themselves are testable
+on a CPU machine.
 
 Ops (notation M rows, K input channels, N output channels):
 - ``trdq::rotate_quant(x [M,K], smooth?[K], row_scale?[M], rotation_block, clip_ratio,
