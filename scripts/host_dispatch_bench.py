@@ -1,12 +1,16 @@
-"""Host time of one W8A8 linear op call with the Triton launches stubbed out: what the host
-pays per quantized linear besides the launches themselves (a step without CUDA graphs is
-bound by it). ``trdq::lowbit_linear`` as defined (``trdq.kernels.oplib.define_op``) against
-the same function wrapped by ``torch.library.custom_op`` and the bare Python function,
-interleaved in one process, min of 15 repeats of 500 calls, under ``no_grad`` (diffusers
-pipelines) and ``inference_mode`` (the bench).
+"""Host time of one W8A8 linear op call, everything but the Triton launches themselves: what
+the host pays per quantized linear besides them (a step without CUDA graphs is bound by it).
 
-Runs on a CPU (no GPU needed: the GPU path's host code runs on CPU tensors, the kernel
-launches patched out in this process). ``python scripts/host_dispatch_bench.py [JSON]``.
+Compared in one process, interleaved, min of 15 repeats of 500 calls, under ``no_grad``
+(diffusers pipelines) and ``inference_mode`` (the bench):
+- the operator's dispatch: ``trdq::lowbit_linear`` as defined (``oplib.define_op``,
+  ``Library.impl``) against the same function wrapped by ``torch.library.custom_op``;
+- the launch path: ``launch_triton`` reusing the autotuner's pick against Triton's
+  ``Autotuner.run`` on every launch (what the kernels did before).
+The JIT functions' own ``run`` (argument binding, the driver launch) is patched out.
+
+Runs on a CPU (the GPU path's host code on CPU tensors; no GPU needed).
+``python scripts/host_dispatch_bench.py [JSON]``.
 """
 import json
 import platform
@@ -15,19 +19,14 @@ import time
 
 import torch
 
-from trdq.kernels import ops
+from trdq.kernels import base, ops
 from trdq.kernels import triton_rotate_quant as rq
 from trdq.kernels import triton_w4a8 as w4
 from trdq.machine import cpu_model
 
-
-class _NoLaunch:
-    def __getitem__(self, grid):
-        return lambda *a, **k: None
-
-
-rq._rotate_quant_rows_autotuned = _NoLaunch()
-w4._lowbit_gemm_autotuned = _NoLaunch()
+for tuner in (rq._rotate_quant_rows_autotuned, w4._lowbit_gemm_autotuned):
+    tuner.fn.run = lambda *args, **kwargs: None  # the launch itself
+    tuner.do_bench = lambda fn, quantiles: [1.0, 1.0, 1.0]  # no GPU clock to tune with
 ops.fast_path_available = lambda x: True  # the GPU path's host code, on CPU tensors
 
 
@@ -40,27 +39,45 @@ ops.lowbit_gemm = _gemm
 wrapped = torch.library.custom_op("probe::lowbit_linear", ops._lowbit_linear, mutates_args=())
 wrapped.register_fake(ops._linear_fake)
 
+
+class _Forgetful(dict):
+    """A pick cache that keeps nothing: every launch goes through ``Autotuner.run``."""
+
+    def __setitem__(self, key, value):
+        pass
+
+
 k, n, m = 1152, 1152, 64
 x = torch.randn(m, k, dtype=torch.bfloat16)
 w = torch.randint(-127, 128, (n, k), dtype=torch.int8)
 ws, bias = torch.rand(n), torch.randn(n, dtype=torch.bfloat16)
 sm, clip, wsum = torch.rand(k) + 0.5, torch.full((m,), 0.9), torch.randn(n)
 args = (x, w, ws, bias, sm, None, 128, clip, False, wsum, m // 2, "gelu_tanh")
-calls = {"define_op (Library.impl)": lambda: torch.ops.trdq.lowbit_linear(*args),
-         "torch.library.custom_op": lambda: torch.ops.probe.lowbit_linear(*args),
-         "the Python function itself": lambda: ops._lowbit_linear(*args)}
+picks = base._CHOSEN_CONFIGS
+variants = {
+    "define_op + launch_triton (now)": (lambda: torch.ops.trdq.lowbit_linear(*args), picks),
+    "define_op + Autotuner.run": (lambda: torch.ops.trdq.lowbit_linear(*args), _Forgetful()),
+    "custom_op + Autotuner.run (before)": (lambda: torch.ops.probe.lowbit_linear(*args),
+                                           _Forgetful()),
+    "the Python function + launch_triton": (lambda: ops._lowbit_linear(*args), picks),
+}
 out = {"cpu": cpu_model() or platform.machine(), "torch": torch.__version__,
-       "shape": f"M={m} K={k} N={n}, centring, CFG-delta, GELU epilogue", "us_per_call": {}}
+       "shape": f"M={m} K={k} N={n}, centring, CFG-delta, GELU epilogue",
+       "launches": "JIT run patched out (binding + driver launch not included)",
+       "us_per_call": {}}
 for mode in (torch.no_grad, torch.inference_mode):
-    best = {name: 1e9 for name in calls}
+    best = dict.fromkeys(variants, 1e9)
     with mode():
         for _ in range(15):
-            for name, f in calls.items():
+            for name, (call, cache) in variants.items():
+                base._CHOSEN_CONFIGS = cache
+                call()
                 t = time.perf_counter()
                 for _ in range(500):
-                    f()
+                    call()
                 best[name] = min(best[name], (time.perf_counter() - t) / 500 * 1e6)
     out["us_per_call"][mode.__name__] = {name: round(v, 1) for name, v in best.items()}
+base._CHOSEN_CONFIGS = picks
 print(json.dumps(out, indent=1))
 if len(sys.argv) > 1:
     with open(sys.argv[1], "w") as fh:

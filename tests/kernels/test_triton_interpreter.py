@@ -251,3 +251,56 @@ def test_autotuner_prunes_keep_only_tiles_that_apply():
     wide = rq._fits_in_registers(configs, {}, KA=4096, KB=512)  # K = 4608
     assert wide and all(c.kwargs["BLOCK_M"] * 4608 <= 128 * 32 * c.num_warps for c in wide)
     assert len(rq._fits_in_registers(configs, {}, KA=1024, KB=128)) == len(configs)
+
+
+def _first_pick_then_direct(monkeypatch, tuner, launch):
+    """Launch twice through ``launch_triton``: the first launch tunes (a stand-in timer:
+    the interpreter has no GPU clock; every tile ties, the first is picked), the second
+    must not enter the autotuner. Returns both results."""
+    from trdq.kernels import base
+
+    monkeypatch.setattr(base, "_CHOSEN_CONFIGS", {})
+    monkeypatch.setattr(tuner, "cache", {})
+    monkeypatch.setattr(tuner, "do_bench", lambda fn, quantiles: [1.0, 1.0, 1.0])
+    first = launch()
+    assert [key[0] for key in base._CHOSEN_CONFIGS] == [id(tuner)]
+
+    def no_autotuner(*args, **kwargs):
+        raise AssertionError("the autotuner ran again for a key it had tuned")
+
+    monkeypatch.setattr(tuner, "run", no_autotuner)
+    return first, launch()
+
+
+def test_autotuned_quantizer_runs_its_pick_directly_after_tuning(monkeypatch):
+    from trdq.kernels import triton_rotate_quant as rq
+
+    x = _x(6, 1152, seed=3)
+    kw = {"block": 128, "clip_ratio": 0.9, "out_dtype": torch.int8, "delta_half": 3,
+          "smooth": torch.rand(1152) + 0.5}
+    q_ref, s_ref = rq.rotate_quant_reference(x, **kw)
+    first, again = _first_pick_then_direct(
+        monkeypatch, rq._rotate_quant_rows_autotuned, lambda: rq.rotate_quant_triton(x, **kw)
+    )
+    for q, s in (first, again):
+        torch.testing.assert_close(s, s_ref, rtol=1e-5, atol=0)
+        assert int((q.int() - q_ref.int()).abs().max()) <= 1
+
+
+def test_autotuned_gemm_runs_its_pick_and_pre_hook_directly_after_tuning(monkeypatch):
+    """The direct launch runs the pick's pre-hook: here it sizes the TMA boxes, which a
+    fresh pair of descriptors gets at every call (without it the launch fails)."""
+    from trdq.kernels import triton_w4a8 as w4
+
+    gen = torch.Generator().manual_seed(5)
+    a = torch.randint(-127, 128, (34, 256), dtype=torch.int8, generator=gen)
+    w = torch.randint(-127, 128, (160, 256), dtype=torch.int8, generator=gen)
+    sa, sw = torch.rand(34, generator=gen) * 1e-3, torch.rand(160, generator=gen) * 1e-2
+    kw = {"out_dtype": torch.float32, "paired": True}
+    ref = w4.w4a8_matmul_reference(a, sa, w, sw, **kw)
+    first, again = _first_pick_then_direct(
+        monkeypatch, w4._lowbit_gemm_autotuned,
+        lambda: w4.w4a8_matmul_triton(a, sa, w, sw, tma=True, **kw),
+    )
+    torch.testing.assert_close(first, ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(again, ref, rtol=1e-5, atol=1e-5)

@@ -34,6 +34,7 @@ returns ``[M, N]`` in the dtype of ``x``.
 from __future__ import annotations
 
 import abc
+import functools
 import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -72,6 +73,53 @@ def autotune_gpu_time(kernel_call, quantiles):
     import triton.testing
 
     return triton.testing.do_bench_cudagraph(kernel_call, rep=20, quantiles=quantiles)
+
+
+#: (autotuner, its tuning key) -> the config it chose; see ``launch_triton``
+_CHOSEN_CONFIGS: dict[tuple, object] = {}
+
+
+def launch_triton(autotuner, grid, args: tuple, constexprs: dict, tile: dict | None = None):
+    """Launch the kernel of a Triton ``autotuner`` (``triton.autotune(...)(kernel)``),
+    holding ``TRITON_LAUNCH_LOCK``.
+
+    ``tile`` (tests, the interpreter, microbenchmarks): those meta-parameters (e.g.
+    ``{"BLOCK_M": 4, "num_warps": 2}``) on the kernel itself, no tuning, no pre-hook.
+    Otherwise the autotuner tunes on the first launch of each tuning key and launches its
+    pick; later launches of that key run the pick straight on the kernel, pre-hook
+    included. Triton's ``Autotuner.run`` rebuilds dictionaries of all arguments and
+    formats every tensor's dtype on each launch: ~27 us of host time per launch on this
+    project's CPU machine, two launches per quantized linear, in a step that is bound by
+    the host without CUDA graphs (docs/KERNELS.md). The key is the autotuner's own (the
+    values of its ``key`` arguments and every tensor argument's dtype), so a pick is
+    reused exactly where the autotuner would reuse it."""
+    kernel = autotuner.fn
+    with TRITON_LAUNCH_LOCK:
+        if tile is not None:
+            kernel[grid](*args, **constexprs, **tile)
+            return
+        positions, names = _key_layout(autotuner, len(args))
+        key = (id(autotuner), *(args[i] for i in positions), *(constexprs.get(k) for k in names),
+               *(a.dtype for a in args if isinstance(a, torch.Tensor)))
+        config = _CHOSEN_CONFIGS.get(key)
+        if config is None:
+            autotuner[grid](*args, **constexprs)
+            _CHOSEN_CONFIGS[key] = autotuner.best_config
+            return
+        meta = config.all_kwargs()
+        if config.pre_hook is not None:
+            config.pre_hook({**dict(zip(autotuner.arg_names, args)), **constexprs, **meta})
+        kernel[grid](*args, **constexprs, **meta)
+
+
+@functools.cache
+def _key_layout(autotuner, positional: int) -> tuple[tuple[int, ...], tuple[str, ...]]:
+    """Where an autotuner's key arguments sit in a launch: indices among the ``positional``
+    arguments, and the names of those passed by keyword (the constexprs)."""
+    index = {name: i for i, name in enumerate(autotuner.arg_names)}
+    keys = [name for name in autotuner.keys if name in index]
+    return (tuple(index[k] for k in keys if index[k] < positional),
+            tuple(k for k in keys if index[k] >= positional))
 
 
 #: activations a layer may apply to its served output ("" = none): a backend lists those

@@ -40,7 +40,7 @@ import math
 import torch
 
 from trdq import primitives as P
-from trdq.kernels.base import TRITON_LAUNCH_LOCK, autotune_gpu_time
+from trdq.kernels.base import TRITON_LAUNCH_LOCK, autotune_gpu_time, launch_triton
 
 __all__ = [
     "KV_BLOCK",
@@ -277,10 +277,9 @@ def quant_attention_triton(
     v_scale = torch.empty_like(k_scale)
     out = torch.empty(batch, seq, heads, head_dim, device=dev, dtype=q.dtype).transpose(1, 2)
     scale = 1.0 / math.sqrt(head_dim) if scale is None else scale
-    kernel, meta = _quant_attention_autotuned, {}
+    tile = None
     if block_m is not None:
-        kernel, meta = _quant_attention_kernel, {"BLOCK_M": block_m, "num_warps": num_warps,
-                                                 "num_stages": num_stages}
+        tile = {"BLOCK_M": block_m, "num_warps": num_warps, "num_stages": num_stages}
     with TRITON_LAUNCH_LOCK:
         _quantize_kv_kernel[(nb, batch * heads)](
             k, k_mean, v, k8, v8, k_scale, v_scale, seq, heads, head_dim, sp, nb,
@@ -288,10 +287,13 @@ def quant_attention_triton(
             DP=dp, BLOCK_D=triton.next_power_of_2(dp), BLOCK_N=KV_BLOCK, V_FP8=pv_fp8,
             num_warps=4,
         )
-        kernel[lambda cfg: (triton.cdiv(seq, cfg["BLOCK_M"]), batch * heads)](
-            q, k8, v8, k_scale, v_scale, out, seq, heads, head_dim, sp, nb,
-            scale * _LOG2E, *q.stride(), *out.stride(),
-            D_LO=d_lo, D_HI=d_hi, P_SCALE=P_SCALE, V_FP8=pv_fp8,
-            EVEN_N=seq % KV_BLOCK == 0, BLOCK_N=KV_BLOCK, **meta,
-        )
+    launch_triton(
+        _quant_attention_autotuned,
+        lambda cfg: (triton.cdiv(seq, cfg["BLOCK_M"]), batch * heads),
+        (q, k8, v8, k_scale, v_scale, out, seq, heads, head_dim, sp, nb, scale * _LOG2E,
+         *q.stride(), *out.stride()),
+        {"D_LO": d_lo, "D_HI": d_hi, "P_SCALE": P_SCALE, "V_FP8": pv_fp8,
+         "EVEN_N": seq % KV_BLOCK == 0, "BLOCK_N": KV_BLOCK},
+        tile,
+    )
     return out

@@ -49,7 +49,7 @@ import math
 
 import torch
 
-from trdq.kernels.base import TRITON_LAUNCH_LOCK, autotune_gpu_time, next_pow2
+from trdq.kernels.base import autotune_gpu_time, launch_triton, next_pow2
 from trdq.primitives import FP8_E4M3_MAX, MIN_SCALE
 from trdq.rotation import fwht, hadamard_block_size, hadamard_matrix
 
@@ -722,46 +722,44 @@ def rotate_quant_triton(
                             num_warps, interleave_pairs)
         return q, scale
     h = _kernel_hadamard(hb, x.device, torch.bfloat16) if use_dot else scale
-    kernel, meta = _rotate_quant_autotuned, {}
+    tile = None
     if block_m is not None:  # explicit tile: tests, the interpreter, microbenchmarks
-        kernel, meta = (
-            _rotate_quant_kernel,
-            {"BLOCK_M": max(block_m, 16 if use_dot else 1), "num_warps": num_warps},
-        )
+        tile = {"BLOCK_M": max(block_m, 16 if use_dot else 1), "num_warps": num_warps}
 
     def grid(cfg):
         return (triton.cdiv(m, cfg["BLOCK_M"]),)
 
-    with TRITON_LAUNCH_LOCK:
-        kernel[grid](
-            x,
-            smooth_f32 if smooth_f32 is not None else scale,  # (a pointer unused without it)
-            scale,
-            clip,
-            h,
-            q,
-            scale,
-            center_out if center_out is not None else scale,
-            m,
-            k,
-            next_pow2(m),
-            x.stride(0),
-            q.stride(0),
-            qmax,
-            1.0 / math.sqrt(hb),
-            EPS,
-            delta_half,
-            HB=hb,
-            LOG_HB=int(math.log2(hb)),
-            HAS_SMOOTH=smooth is not None,
-            ROTATE=block is not None,
-            STATIC=static,
-            OUT_INT8=out_dtype == torch.int8,
-            USE_DOT=use_dot,
-            CENTER=center_out is not None,
-            DELTA=delta_half > 0,
-            **meta,
-        )
+    args = (
+        x,
+        smooth_f32 if smooth_f32 is not None else scale,  # (a pointer unused without it)
+        scale,
+        clip,
+        h,
+        q,
+        scale,
+        center_out if center_out is not None else scale,
+        m,
+        k,
+        next_pow2(m),
+        x.stride(0),
+        q.stride(0),
+        qmax,
+        1.0 / math.sqrt(hb),
+        EPS,
+        delta_half,
+    )
+    constexprs = {
+        "HB": hb,
+        "LOG_HB": int(math.log2(hb)),
+        "HAS_SMOOTH": smooth is not None,
+        "ROTATE": block is not None,
+        "STATIC": static,
+        "OUT_INT8": out_dtype == torch.int8,
+        "USE_DOT": use_dot,
+        "CENTER": center_out is not None,
+        "DELTA": delta_half > 0,
+    }
+    launch_triton(_rotate_quant_autotuned, grid, args, constexprs, tile)
     return q, scale
 
 
@@ -774,39 +772,38 @@ def _launch_rows_kernel(
     m, k = x.shape
     ka, kb = _row_tiles(k, hb)
     rows = delta_half if delta_half else m
-    kernel, meta = _rotate_quant_rows_autotuned, {}
-    if block_m is not None:
-        kernel, meta = _rotate_quant_rows_kernel, {"BLOCK_M": block_m, "num_warps": num_warps}
+    tile = None if block_m is None else {"BLOCK_M": block_m, "num_warps": num_warps}
 
     def grid(cfg):
         return (triton.cdiv(rows, cfg["BLOCK_M"]),)
 
-    with TRITON_LAUNCH_LOCK:
-        kernel[grid](
-            x,
-            smooth if smooth is not None else scale,
-            clip,
-            q,
-            scale,
-            center_out if center_out is not None else scale,
-            rows,
-            k,
-            next_pow2(m),
-            x.stride(0),
-            q.stride(0),
-            qmax,
-            1.0 / math.sqrt(hb),
-            EPS,
-            delta_half,
-            HB=hb,
-            KA=ka,
-            KB=kb,
-            HAS_SMOOTH=smooth is not None,
-            ROTATE=rotate,
-            OUT_INT8=q.dtype == torch.int8,
-            CENTER=center_out is not None,
-            DELTA=delta_half > 0,
-            INTERLEAVE=interleave_pairs,
-            PADDED=ka + kb > k,
-            **meta,
-        )
+    args = (
+        x,
+        smooth if smooth is not None else scale,
+        clip,
+        q,
+        scale,
+        center_out if center_out is not None else scale,
+        rows,
+        k,
+        next_pow2(m),
+        x.stride(0),
+        q.stride(0),
+        qmax,
+        1.0 / math.sqrt(hb),
+        EPS,
+        delta_half,
+    )
+    constexprs = {
+        "HB": hb,
+        "KA": ka,
+        "KB": kb,
+        "HAS_SMOOTH": smooth is not None,
+        "ROTATE": rotate,
+        "OUT_INT8": q.dtype == torch.int8,
+        "CENTER": center_out is not None,
+        "DELTA": delta_half > 0,
+        "INTERLEAVE": interleave_pairs,
+        "PADDED": ka + kb > k,
+    }
+    launch_triton(_rotate_quant_rows_autotuned, grid, args, constexprs, tile)

@@ -38,10 +38,10 @@ import os
 import torch
 
 from trdq.kernels.base import (
-    TRITON_LAUNCH_LOCK,
     apply_output_activation,
     autotune_gpu_time,
     check_output_activation,
+    launch_triton,
     next_pow2,
 )
 from trdq.primitives import pack_int4, unpack_int4
@@ -380,40 +380,40 @@ def w4a8_matmul_triton(
     def grid(meta):
         return (triton.cdiv(m, meta["BM"]) * triton.cdiv(n, meta["BN"]),)
 
-    kernel = _lowbit_gemm_autotuned
-    meta: dict = {}
+    tile = None
     if config is not None:  # explicit tile (tests, interpreter, microbenchmarks)
-        kernel, meta = _lowbit_gemm_kernel, dict(config)
-        _set_tma_boxes({"TMA": tma, "a_desc": a_desc, "b_desc": b_desc, **meta})
-    with TRITON_LAUNCH_LOCK:
-        kernel[grid](
-            a,
-            b,
-            a_desc,
-            b_desc,
-            a_scale.float().contiguous(),
-            w_scale.float().contiguous(),
-            bias if bias is not None else w_scale,
-            center.float().contiguous() if center is not None else w_scale,
-            weight_sum.float().contiguous() if weight_sum is not None else w_scale,
-            c,
-            m,
-            n,
-            k,
-            m_bucket,
-            a.stride(0),
-            b.stride(0),
-            c.stride(0),
-            HAS_BIAS=bias is not None,
-            HAS_CENTER=center is not None,
-            PACKED=packed,
-            A_FP8=a.dtype == torch.float8_e4m3fn,
-            PAIRED=paired,
-            GELU_TANH=activation == "gelu_tanh",
-            HW_TANH=not INTERPRETING,
-            TMA=tma,
-            **meta,
-        )
+        tile = dict(config)
+        _set_tma_boxes({"TMA": tma, "a_desc": a_desc, "b_desc": b_desc, **tile})
+    args = (
+        a,
+        b,
+        a_desc,
+        b_desc,
+        a_scale.float().contiguous(),
+        w_scale.float().contiguous(),
+        bias if bias is not None else w_scale,
+        center.float().contiguous() if center is not None else w_scale,
+        weight_sum.float().contiguous() if weight_sum is not None else w_scale,
+        c,
+        m,
+        n,
+        k,
+        m_bucket,
+        a.stride(0),
+        b.stride(0),
+        c.stride(0),
+    )
+    constexprs = {
+        "HAS_BIAS": bias is not None,
+        "HAS_CENTER": center is not None,
+        "PACKED": packed,
+        "A_FP8": a.dtype == torch.float8_e4m3fn,
+        "PAIRED": paired,
+        "GELU_TANH": activation == "gelu_tanh",
+        "HW_TANH": not INTERPRETING,
+        "TMA": tma,
+    }
+    launch_triton(_lowbit_gemm_autotuned, grid, args, constexprs, tile)
     return c
 
 
