@@ -75,7 +75,8 @@ def autotune_gpu_time(kernel_call, quantiles):
     return triton.testing.do_bench_cudagraph(kernel_call, rep=20, quantiles=quantiles)
 
 
-#: (autotuner, its tuning key) -> the config it chose; see ``launch_triton``
+#: (autotuner, its tuning key) -> (the config it chose, its launch keywords); see
+#: ``launch_triton``
 _CHOSEN_CONFIGS: dict[tuple, object] = {}
 
 
@@ -99,14 +100,15 @@ def launch_triton(autotuner, grid, args: tuple, constexprs: dict, tile: dict | N
             kernel[grid](*args, **constexprs, **tile)
             return
         positions, names = _key_layout(autotuner, len(args))
-        key = (id(autotuner), *(args[i] for i in positions), *(constexprs.get(k) for k in names),
-               *(a.dtype for a in args if isinstance(a, torch.Tensor)))
-        config = _CHOSEN_CONFIGS.get(key)
-        if config is None:
+        key = (id(autotuner), *[args[i] for i in positions], *[constexprs.get(k) for k in names],
+               *[a.dtype for a in args if isinstance(a, torch.Tensor)])
+        chosen = _CHOSEN_CONFIGS.get(key)
+        if chosen is None:
             autotuner[grid](*args, **constexprs)
-            _CHOSEN_CONFIGS[key] = autotuner.best_config
+            config = autotuner.best_config
+            _CHOSEN_CONFIGS[key] = (config, config.all_kwargs())
             return
-        meta = config.all_kwargs()
+        config, meta = chosen
         if config.pre_hook is not None:
             config.pre_hook({**dict(zip(autotuner.arg_names, args)), **constexprs, **meta})
         kernel[grid](*args, **constexprs, **meta)
