@@ -22,6 +22,7 @@ import torch
 from trdq.kernels import base, ops
 from trdq.kernels import triton_rotate_quant as rq
 from trdq.kernels import triton_w4a8 as w4
+from trdq.kernels.oplib import linear_fake
 from trdq.machine import cpu_model
 
 for tuner in (rq._rotate_quant_rows_autotuned, w4._lowbit_gemm_autotuned):
@@ -37,7 +38,7 @@ def _gemm(q, sa, w, ws, b, dt, center=None, weight_sum=None, paired=False, activ
 
 ops.lowbit_gemm = _gemm
 wrapped = torch.library.custom_op("probe::lowbit_linear", ops._lowbit_linear, mutates_args=())
-wrapped.register_fake(ops._linear_fake)
+wrapped.register_fake(linear_fake)
 
 
 class _Forgetful(dict):

@@ -50,7 +50,7 @@ from trdq import primitives as P
 from trdq.config import INT_BITS
 from trdq.kernels import cpu_native
 from trdq.kernels.base import ActQuant, KernelBackend, restore_cfg_delta
-from trdq.kernels.oplib import define_op
+from trdq.kernels.oplib import define_op, linear_fake
 from trdq.kernels.registry import register
 from trdq.machine import INT8_DOT_ISAS, cpu_isa
 from trdq.rotation import hadamard_transform, hadamard_transform_factored
@@ -138,13 +138,8 @@ def int8_linear_math(
     return out.to(x.dtype)
 
 
-def _linear_fake(x, weight, *args, **kwargs):
-    """Both linear ops' output under tracing: ``[M, N]`` in x's dtype."""
-    return x.new_empty((x.shape[0], weight.shape[0]))
-
-
 #: The eager entry point: ``int8_linear_math`` as one dispatcher call.
-cpu_int8_linear = define_op("trdq::cpu_int8_linear", int8_linear_math, _linear_fake)
+cpu_int8_linear = define_op("trdq::cpu_int8_linear", int8_linear_math, linear_fake)
 
 
 def _onednn_prepack_enabled() -> bool:
@@ -239,7 +234,7 @@ def native_int8_linear(
 
 #: ``native_int8_linear`` as one op: what a compiled model calls (eager calls the function).
 cpu_int8_native_linear = define_op(
-    "trdq::cpu_int8_native_linear", native_int8_linear, _linear_fake
+    "trdq::cpu_int8_native_linear", native_int8_linear, linear_fake
 )
 
 

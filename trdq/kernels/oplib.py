@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 import torch
 
-__all__ = ["define_op"]
+__all__ = ["define_op", "linear_fake"]
 
 #: one library fragment per namespace, kept alive for the process (a garbage-collected
 #: Library deregisters its operators)
@@ -31,6 +31,12 @@ _LIBRARIES: dict[str, torch.library.Library] = {}
 
 #: the dispatch keys our kernels serve; other devices get a "no kernel" error
 DEVICE_KEYS = ("CPU", "CUDA")
+
+
+def linear_fake(x, weight, *args, **kwargs):
+    """The fake of every linear operator (``x [M, K]``, ``weight [N, ...]``, ...):
+    ``[M, N]`` in x's dtype."""
+    return x.new_empty((x.shape[0], weight.shape[0]))
 
 
 def define_op(qualname: str, fn: Callable, fake: Callable):

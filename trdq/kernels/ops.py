@@ -43,7 +43,7 @@ import torch
 from trdq.kernels import triton_rotate_quant as rq
 from trdq.kernels import triton_w4a8 as w4
 from trdq.kernels.base import apply_output_activation, restore_cfg_delta
-from trdq.kernels.oplib import define_op
+from trdq.kernels.oplib import define_op, linear_fake
 
 __all__ = ["fast_path_available", "fp8_linear", "lowbit_linear", "rotate_quant"]
 
@@ -159,12 +159,7 @@ def _fp8_linear(
     return scaled_mm_rowwise(q, a_scale, weight, weight_scale, bias, x.dtype, center, weight_sum)
 
 
-def _linear_fake(x, weight, *args, **kwargs):
-    """The linear ops' output under tracing: ``[M, N]`` in x's dtype."""
-    return x.new_empty((x.shape[0], weight.shape[0]))
-
-
-fp8_linear = define_op("trdq::fp8_linear", _fp8_linear, _linear_fake)
+fp8_linear = define_op("trdq::fp8_linear", _fp8_linear, linear_fake)
 
 
 def lowbit_gemm(
@@ -215,4 +210,4 @@ def _lowbit_linear(
     return apply_output_activation(out, activation)
 
 
-lowbit_linear = define_op("trdq::lowbit_linear", _lowbit_linear, _linear_fake)
+lowbit_linear = define_op("trdq::lowbit_linear", _lowbit_linear, linear_fake)

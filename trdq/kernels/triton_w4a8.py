@@ -32,6 +32,7 @@ Hopper, with int8 activations, its tiles are loaded through TMA descriptors (``t
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 
@@ -431,7 +432,13 @@ def _tma_applies(a: torch.Tensor, b: torch.Tensor) -> bool:
         and b.dtype != torch.uint8
         and a.is_cuda
         and not INTERPRETING
-        and torch.cuda.get_device_capability(a.device) >= (9, 0)
+        and _has_tma(a.device)
         and a.data_ptr() % 16 == 0
         and b.data_ptr() % 16 == 0
     )
+
+
+@functools.cache
+def _has_tma(device: torch.device) -> bool:
+    """Hopper or newer (asked once per device: this runs at every GEMM launch)."""
+    return torch.cuda.get_device_capability(device) >= (9, 0)
