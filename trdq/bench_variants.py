@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from trdq.kernels.base import recording_launches
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -205,7 +207,8 @@ class CudaGraphForward:
                 return self.forward(*args, **kwargs)
             if key not in self.seen:
                 self.seen.add(key)
-                return self.forward(*args, **kwargs)
+                with recording_launches():  # tunes what the capture will launch
+                    return self.forward(*args, **kwargs)
             if self.max_graphs is not None and len(self.graphs) >= self.max_graphs:
                 logger.warning("CUDA graphs: %d captured, the limit; new shapes run eagerly",
                                len(self.graphs))
@@ -219,7 +222,8 @@ class CudaGraphForward:
                 # thread_local: a capture forbids unsafe CUDA calls (allocations, syncs) in
                 # this thread only. The default, global, would fail other threads' calls,
                 # i.e. the other GPUs' engine workers (TRDQ_DEVICES) mid-request.
-                with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
+                with (recording_launches(),
+                      torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local")):
                     out = self.forward(*a, **kw)
             except Exception:
                 if not self.eager_on_failure:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 
 import pytest
 import torch
 
 from trdq import primitives as P
-from trdq.kernels.base import ActQuant
+from trdq.kernels.base import ActQuant, recording_launches
 from trdq.kernels.reference import ReferenceBackend
 from trdq.rotation import fwht
 
@@ -209,8 +210,17 @@ def test_rotate_quant_autotuned_single_pass_matches_tiled(m, k):
     assert diff.max() <= 1 and int(diff.sum()) <= diff.numel() // 1000
 
 
-@pytest.mark.parametrize("packed", [False, True])
-def test_lowbit_gemm_rank1_epilogue_matches_reference(packed):
+#: (packed weights, launches recorded as into a CUDA graph: the W8A8 GEMM then loads by TMA)
+GEMM_LOADS = [pytest.param(False, False, id="int8"), pytest.param(False, True, id="int8-tma"),
+              pytest.param(True, False, id="int4")]
+
+
+def _launches(recorded: bool):
+    return recording_launches() if recorded else contextlib.nullcontext()
+
+
+@pytest.mark.parametrize("packed,recorded", GEMM_LOADS)
+def test_lowbit_gemm_rank1_epilogue_matches_reference(packed, recorded):
     from trdq.kernels.triton_w4a8 import (
         pack_int4_tiled,
         w4a8_matmul_reference,
@@ -225,15 +235,16 @@ def test_lowbit_gemm_rank1_epilogue_matches_reference(packed):
     center, wsum = torch.randn(m, device="cuda"), torch.randn(n, device="cuda")
     kw = {"out_dtype": torch.float32, "center": center, "weight_sum": wsum}
     ref = w4a8_matmul_reference(a, sa, b, sw, **kw)
-    out = w4a8_matmul_triton(a, sa, b, sw, **kw)
+    with _launches(recorded):
+        out = w4a8_matmul_triton(a, sa, b, sw, **kw)
+        plain = w4a8_matmul_triton(a, sa, b, sw, out_dtype=torch.float32)
     assert P.sqnr_db(ref, out) > 60
-    plain = w4a8_matmul_triton(a, sa, b, sw, out_dtype=torch.float32)
     torch.testing.assert_close(out - plain, center[:, None] * wsum[None, :], rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("packed", [False, True])
+@pytest.mark.parametrize("packed,recorded", GEMM_LOADS)
 @pytest.mark.parametrize("m", [2, 334, 8192])
-def test_lowbit_gemm_paired_epilogue_matches_reference(packed, m):
+def test_lowbit_gemm_paired_epilogue_matches_reference(packed, recorded, m):
     """CFG pairs as adjacent rows: the epilogue writes y_u and y_u + W d to the halves."""
     from trdq.kernels.triton_w4a8 import (
         pack_int4_tiled,
@@ -250,14 +261,16 @@ def test_lowbit_gemm_paired_epilogue_matches_reference(packed, m):
     center, wsum = torch.randn(m, device="cuda"), torch.randn(n, device="cuda")
     kw = {"out_dtype": torch.float32, "center": center, "weight_sum": wsum, "paired": True}
     ref = w4a8_matmul_reference(a, sa, b, sw, bias, **kw)
-    out = w4a8_matmul_triton(a, sa, b, sw, bias, **kw)
+    with _launches(recorded):
+        out = w4a8_matmul_triton(a, sa, b, sw, bias, **kw)
     assert P.sqnr_db(ref, out) > 60
     for rows in (slice(0, m // 2), slice(m // 2, m)):
         assert P.sqnr_db(ref[rows], out[rows]) > 60
 
 
+@pytest.mark.parametrize("recorded", [False, True])
 @pytest.mark.parametrize("paired", [False, True])
-def test_lowbit_gemm_gelu_epilogue_matches_reference(paired):
+def test_lowbit_gemm_gelu_epilogue_matches_reference(paired, recorded):
     """GELU (tanh) in the epilogue through the GPU's tanh.approx against the float64
     oracle, at PixArt's ff.up shape."""
     from trdq.kernels.triton_w4a8 import w4a8_matmul_reference, w4a8_matmul_triton
@@ -269,7 +282,8 @@ def test_lowbit_gemm_gelu_epilogue_matches_reference(paired):
     bias = torch.randn(n, device="cuda").to(torch.bfloat16)
     kw = {"out_dtype": torch.float32, "paired": paired, "activation": "gelu_tanh"}
     ref = w4a8_matmul_reference(a, sa, w, sw, bias, **kw)
-    out = w4a8_matmul_triton(a, sa, w, sw, bias, **kw)
+    with _launches(recorded):
+        out = w4a8_matmul_triton(a, sa, w, sw, bias, **kw)
     assert P.sqnr_db(ref, out) > 50
     assert (out - ref).abs().max() < 1e-2 * ref.abs().max()
 

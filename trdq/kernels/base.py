@@ -34,6 +34,8 @@ returns ``[M, N]`` in the dtype of ``x``.
 from __future__ import annotations
 
 import abc
+import contextlib
+import contextvars
 import functools
 import threading
 from dataclasses import dataclass
@@ -52,9 +54,37 @@ __all__ = [
     "apply_output_activation",
     "autotune_gpu_time",
     "check_output_activation",
+    "launches_recorded",
     "next_pow2",
+    "recording_launches",
     "restore_cfg_delta",
 ]
+
+
+#: True while the kernels launched in this thread are being recorded into a CUDA graph (or
+#: run the eager call that warms one up). A ContextVar: the server's per-GPU workers are
+#: threads, each replaying its own graphs.
+_RECORDING_LAUNCHES = contextvars.ContextVar("trdq_recording_launches", default=False)
+
+
+@contextlib.contextmanager
+def recording_launches():
+    """Marks launches whose host cost is paid once: those recorded into a CUDA graph, and
+    the eager call before the capture (so anything tuned for the recorded variant is tuned
+    outside the capture). A kernel may then pick a variant that costs more host time per
+    launch for less GPU time: the W8A8 GEMM's TMA loads, whose two descriptors are built
+    and encoded on the host at every launch (on an H100 host, PixArt-1024 W8A8 + compile
+    without graphs: 79.3 ms a step with them, 62.0 without; docs/KERNELS.md)."""
+    token = _RECORDING_LAUNCHES.set(True)
+    try:
+        yield
+    finally:
+        _RECORDING_LAUNCHES.reset(token)
+
+
+def launches_recorded() -> bool:
+    """Whether this thread is inside ``recording_launches``."""
+    return _RECORDING_LAUNCHES.get()
 
 
 #: Triton's autotuner keeps per-call state on the kernel object, so two threads launching

@@ -25,8 +25,9 @@ K/2 bytes per output channel, a quarter of bf16.
 
 The same kernel also takes unpacked int8 weights (``B [N, K]`` int8, ``PACKED=False``),
 which gives an exact W8A8 int8 GEMM on tensor cores for comparison with ``_int_mm``. On
-Hopper, with int8 activations, its tiles are loaded through TMA descriptors (``tma``;
-``TRDQ_GEMM_TMA=0`` turns that off); packed weights keep per-thread loads.
+Hopper, with int8 activations, its tiles are loaded through TMA descriptors when the
+launches are recorded into a CUDA graph (``tma``, ``TRDQ_GEMM_TMA``): less GPU time, more
+host time per launch; packed weights keep per-thread loads.
 ``w4a8_matmul_reference`` is the pure-torch oracle.
 """
 
@@ -43,6 +44,7 @@ from trdq.kernels.base import (
     autotune_gpu_time,
     check_output_activation,
     launch_triton,
+    launches_recorded,
     next_pow2,
 )
 from trdq.primitives import pack_int4, unpack_int4
@@ -418,16 +420,24 @@ def w4a8_matmul_triton(
     return c
 
 
-#: ``TRDQ_GEMM_TMA=0`` turns the TMA loads off (the per-thread loads of packed weights)
-TMA_ENABLED = os.environ.get("TRDQ_GEMM_TMA", "").strip() != "0"
+#: ``TRDQ_GEMM_TMA``: when the W8A8 GEMM loads its tiles through TMA descriptors. ``graphs``
+#: (default): only for launches recorded into a CUDA graph (``kernels.base.recording_launches``),
+#: where the descriptors' host cost (built and encoded at every launch) is paid once;
+#: ``1``: always; ``0``: never (per-thread loads, as packed weights).
+TMA_MODE = os.environ.get("TRDQ_GEMM_TMA", "graphs").strip().lower() or "graphs"
+if TMA_MODE not in ("graphs", "0", "1"):
+    raise ValueError(f"TRDQ_GEMM_TMA must be graphs, 0 or 1, got {TMA_MODE!r}")
 
 
 def _tma_applies(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """TMA by default: int8 activations and unpacked weights (the W8A8 GEMM, the one
+    """TMA by default for the W8A8 GEMM (int8 activations, unpacked weights: the one
     measured and tested with it on a GPU) on a Hopper-or-newer GPU, 16-byte aligned bases
-    (the rows are K bytes, and K is a multiple of 128), unless ``TRDQ_GEMM_TMA=0``."""
+    (the rows are K bytes, and K is a multiple of 128), in launches recorded into a CUDA
+    graph. Without graphs the step is bound by the host, and TMA's per-launch descriptors
+    made it slower (H100: 79.3 against 62.0 ms a PixArt-1024 W8A8 step; with graphs TMA
+    saves GPU time, docs/KERNELS.md)."""
     return (
-        TMA_ENABLED
+        _tma_wanted()
         and a.dtype == torch.int8
         and b.dtype != torch.uint8
         and a.is_cuda
@@ -436,6 +446,11 @@ def _tma_applies(a: torch.Tensor, b: torch.Tensor) -> bool:
         and a.data_ptr() % 16 == 0
         and b.data_ptr() % 16 == 0
     )
+
+
+def _tma_wanted() -> bool:
+    """``TRDQ_GEMM_TMA``'s answer for this launch, before the operands' own conditions."""
+    return TMA_MODE == "1" or (TMA_MODE == "graphs" and launches_recorded())
 
 
 @functools.cache
