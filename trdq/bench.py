@@ -31,6 +31,7 @@ import copy
 import dataclasses
 import json
 import logging
+import os
 import resource
 import statistics
 import sys
@@ -404,6 +405,12 @@ def _folder_builder(model: str):
     return build
 
 
+def _trdq_settings() -> str:
+    """The ``TRDQ_*`` environment variables the run was given (kernel choices such as
+    ``TRDQ_GEMM_TMA`` change what a row times), so a section says how it was run."""
+    return ", ".join(f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith("TRDQ_"))
+
+
 def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     preset = get_preset(args.preset)
@@ -428,6 +435,9 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             f"{'fp32' if runner.act_dtype() == torch.float32 else 'bf16'} activations"
         ),
     ]
+    settings = _trdq_settings()
+    if settings:
+        notes.append(f"settings: {settings}")
     if device.type == "cpu":
         prepack = (" (plus a prepacked copy of each 8-bit weight while it runs, 1 byte per "
                    "weight, not in the weights column)" if cpu_int8.ONEDNN_PREPACK else "")

@@ -70,7 +70,8 @@ def test_bench_vae_tiling_row_tiles_only_that_row(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_bench_json_schema_and_markdown(tmp_path):
+def test_bench_json_schema_and_markdown(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRDQ_GEMM_TMA", "0")  # a setting the section must name
     out = tmp_path / "b.json"
     md = tmp_path / "BENCHMARKS.md"
     rc = _bench_cpu(out, "fp32-eager,bf16-eager,w8a8-eager", "--markdown", str(md),
@@ -101,6 +102,7 @@ def test_bench_json_schema_and_markdown(tmp_path):
     assert "| vs fp32-eager | vs bf16-eager |" in table
     assert "| fp32-eager | pipeline |" in table and "| 1.00x | " in table
     assert "max RSS" in table  # CPU peak memory is said to be a process high-water mark
+    assert "settings: " in table and "TRDQ_GEMM_TMA=0" in table
 
 
 def test_default_rows_cpu_and_cuda():

@@ -88,6 +88,29 @@ def test_single_pass_kernel_matches_reference(m, k, block, smooth, delta, center
     assert diff.max() <= 1 and int(diff.sum()) <= max(2, diff.numel() // 1000)
 
 
+@pytest.mark.parametrize("delta", [False, True])
+@pytest.mark.parametrize("m,block_m,tiles", [(7, 1, 4), (10, 2, 2), (3, 1, 4)])
+def test_single_pass_kernel_takes_several_tiles_per_program(m, block_m, tiles, delta):
+    """TILES consecutive row tiles per program (the smoothing vector loaded once for them),
+    including a last program whose tiles run past the rows."""
+    from trdq.kernels.triton_rotate_quant import rotate_quant_reference, rotate_quant_triton
+
+    if delta and m % 2:
+        m += 1
+    k = 1152
+    x = _x(m, k, seed=m * tiles)
+    kw = {"block": 128, "smooth": torch.rand(k) + 0.5, "clip_ratio": 0.9,
+          "out_dtype": torch.int8, "delta_half": m // 2 if delta else 0}
+    mean_ref, mean = torch.empty(m), torch.full((m,), 7.0)
+    q_ref, s_ref = rotate_quant_reference(x, center_out=mean_ref, **kw)
+    q, s = rotate_quant_triton(x, center_out=mean, single_pass=True, block_m=block_m,
+                               num_warps=1, tiles_per_program=tiles, **kw)
+    torch.testing.assert_close(mean, mean_ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(s, s_ref, rtol=1e-5, atol=0)
+    diff = (q.int() - q_ref.int()).abs()
+    assert diff.max() <= 1 and int(diff.sum()) <= max(2, diff.numel() // 1000)
+
+
 def test_single_pass_kernel_refuses_what_it_cannot_hold():
     from trdq.kernels.triton_rotate_quant import rotate_quant_triton
 

@@ -568,35 +568,39 @@ if TRITON_AVAILABLE:
         DELTA: tl.constexpr,
         INTERLEAVE: tl.constexpr,
         PADDED: tl.constexpr,
+        TILES: tl.constexpr,
     ):
         """Single-pass dynamic mode: each program holds whole rows in registers, so x is
         read once and nothing is re-read for the mean or the absmax (PADDED: the tiles hold
         columns beyond K, KA + KB > K). With DELTA a program
         takes ``BLOCK_M`` uncond rows (R = delta_half) and their cond partners: each uncond
         tile is loaded once for both. INTERLEAVE (with DELTA) writes uncond row r and its
-        cond difference as output rows 2r and 2r + 1, the order the paired GEMM reads."""
+        cond difference as output rows 2r and 2r + 1, the order the paired GEMM reads.
+        A program quantizes TILES consecutive tiles of ``BLOCK_M`` rows, so the smoothing
+        vector's reciprocals (K loads and divisions) are made once per TILES tiles."""
         pid = tl.program_id(0)
-        rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
-        rmask = rows < R
-        out_u = 2 * rows if INTERLEAVE else rows
         inv_sa, inv_sb = 1.0, 1.0
         if HAS_SMOOTH:
             inv_sa, inv_sb = _smooth_reciprocals(smooth_ptr, K, KA, KB)
-        xa, xb = _load_rows(x_ptr, rows, rmask, K, stride_xm, KA, KB)
-        _quantize_whole_rows(
-            xa, xb, rows, out_u, rmask, K, inv_sa, inv_sb, clip_ptr, q_ptr, scale_out_ptr,
-            center_out_ptr, stride_qm, qmax, inv_sqrt_hb, eps,
-            BLOCK_M, HB, KA, KB, HAS_SMOOTH, ROTATE, OUT_INT8, CENTER, PADDED,
-        )
-        if DELTA:
-            cond = rows + delta_half
-            out_c = 2 * rows + 1 if INTERLEAVE else cond
-            ca, cb = _load_rows(x_ptr, cond, rmask, K, stride_xm, KA, KB)
+        for t in tl.range(0, TILES):
+            rows = (pid * TILES + t) * BLOCK_M + tl.arange(0, BLOCK_M)
+            rmask = rows < R
+            out_u = 2 * rows if INTERLEAVE else rows
+            xa, xb = _load_rows(x_ptr, rows, rmask, K, stride_xm, KA, KB)
             _quantize_whole_rows(
-                ca - xa, cb - xb, cond, out_c, rmask, K, inv_sa, inv_sb, clip_ptr, q_ptr,
-                scale_out_ptr, center_out_ptr, stride_qm, qmax, inv_sqrt_hb, eps,
+                xa, xb, rows, out_u, rmask, K, inv_sa, inv_sb, clip_ptr, q_ptr, scale_out_ptr,
+                center_out_ptr, stride_qm, qmax, inv_sqrt_hb, eps,
                 BLOCK_M, HB, KA, KB, HAS_SMOOTH, ROTATE, OUT_INT8, CENTER, PADDED,
             )
+            if DELTA:
+                cond = rows + delta_half
+                out_c = 2 * rows + 1 if INTERLEAVE else cond
+                ca, cb = _load_rows(x_ptr, cond, rmask, K, stride_xm, KA, KB)
+                _quantize_whole_rows(
+                    ca - xa, cb - xb, cond, out_c, rmask, K, inv_sa, inv_sb, clip_ptr, q_ptr,
+                    scale_out_ptr, center_out_ptr, stride_qm, qmax, inv_sqrt_hb, eps,
+                    BLOCK_M, HB, KA, KB, HAS_SMOOTH, ROTATE, OUT_INT8, CENTER, PADDED,
+                )
 
 if TRITON_AVAILABLE:
     # Rows per program and warps: tuned once per (K, power-of-two bucket of M, mode) on
@@ -628,10 +632,13 @@ if TRITON_AVAILABLE:
     # One or two whole rows per program; the warps spread each row's KA + KB values. The
     # fastest tiles on an H100 (GPU time, docs/bench/rotate-quant-single-pass-h100.json):
     # one row per warp at K = 1152, one row per two warps at K = 4608.
+    # TILES > 1: a program takes several consecutive tiles and loads the smoothing vector
+    # once for all of them.
     _rotate_quant_rows_autotuned = triton.autotune(
         configs=[
-            triton.Config({"BLOCK_M": bm}, num_warps=w)
+            triton.Config({"BLOCK_M": bm, "TILES": tiles}, num_warps=w)
             for bm, w in ((1, 1), (1, 2), (1, 4), (2, 4), (1, 8), (2, 8))
+            for tiles in (1, 4)
         ],
         key=["K", "M_BUCKET", "HAS_SMOOTH", "ROTATE", "OUT_INT8", "CENTER", "DELTA"],
         prune_configs_by={"early_config_prune": _fits_in_registers},
@@ -672,6 +679,7 @@ def rotate_quant_triton(
     delta_half: int = 0,
     single_pass: bool | None = None,
     interleave_pairs: bool = False,
+    tiles_per_program: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The fused kernel; same contract as ``rotate_quant_reference`` (x 2-D, rows contiguous).
 
@@ -679,6 +687,8 @@ def rotate_quant_triton(
     whenever it applies) picks the whole-row kernel, which reads x once; otherwise the
     tiled kernel loops over ``HB``-wide column tiles and re-reads them for the mean and the
     absmax. Both compute the same math and are tested against the oracle.
+    ``block_m``, ``num_warps`` and (single-pass) ``tiles_per_program``: an explicit tile
+    instead of the autotuner's pick (tests, the interpreter, microbenchmarks).
     """
     if not TRITON_AVAILABLE:
         raise RuntimeError("triton is not installed; use rotate_quant_reference")
@@ -719,7 +729,7 @@ def rotate_quant_triton(
     if rows_ok and single_pass is not False:
         _launch_rows_kernel(x, q, smooth_f32, clip, scale,
                             center_out, hb, block is not None, qmax, delta_half, block_m,
-                            num_warps, interleave_pairs)
+                            num_warps, interleave_pairs, tiles_per_program)
         return q, scale
     h = _kernel_hadamard(hb, x.device, torch.bfloat16) if use_dot else scale
     tile = None
@@ -765,17 +775,19 @@ def rotate_quant_triton(
 
 def _launch_rows_kernel(
     x, q, smooth, clip, scale, center_out, hb, rotate, qmax, delta_half, block_m, num_warps,
-    interleave_pairs=False,
+    interleave_pairs=False, tiles_per_program=1,
 ):
-    """Launch the single-pass kernel: one program per ``BLOCK_M`` rows, or per ``BLOCK_M``
-    (uncond, cond) row pairs with CFG-delta."""
+    """Launch the single-pass kernel: one program per ``TILES`` tiles of ``BLOCK_M`` rows,
+    or of ``BLOCK_M`` (uncond, cond) row pairs with CFG-delta."""
     m, k = x.shape
     ka, kb = _row_tiles(k, hb)
     rows = delta_half if delta_half else m
-    tile = None if block_m is None else {"BLOCK_M": block_m, "num_warps": num_warps}
+    tile = None
+    if block_m is not None:
+        tile = {"BLOCK_M": block_m, "num_warps": num_warps, "TILES": tiles_per_program}
 
     def grid(cfg):
-        return (triton.cdiv(rows, cfg["BLOCK_M"]),)
+        return (triton.cdiv(rows, cfg["BLOCK_M"] * cfg["TILES"]),)
 
     args = (
         x,
