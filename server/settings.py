@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -40,9 +41,11 @@ class Settings(BaseSettings):
     # float32 or bfloat16 (aliases fp32, bf16).
     dtype: str = "auto"
     compile: bool = False
-    # CUDA only: replay each denoiser forward from a CUDA graph (one per timestep group and
-    # input shapes, at most cuda_graphs_max of them per model; more run eagerly).
-    cuda_graphs: bool = False
+    # Replay each denoiser forward from a CUDA graph (one per timestep group and input
+    # shapes, at most cuda_graphs_max of them per model; more run eagerly). auto: on every
+    # CUDA worker, off on CPU (vLLM's default too: without graphs a quantized step is bound
+    # by the host launching its small kernels); true: CUDA only, refused on CPU.
+    cuda_graphs: Literal["auto"] | bool = "auto"
     cuda_graphs_max: int = Field(default=64, ge=1)
     threads: int = Field(default=0, ge=0)  # torch intra-op threads on CPU; 0 = torch default
     warmup: bool = True
@@ -85,9 +88,9 @@ class Settings(BaseSettings):
 
     @field_validator("cuda_graphs")
     @classmethod
-    def _check_cuda_graphs(cls, value: bool, info: ValidationInfo) -> bool:
+    def _check_cuda_graphs(cls, value: str | bool, info: ValidationInfo) -> str | bool:
         names = (info.data.get("devices") or info.data.get("device") or "").split(",")
-        if value and "cpu" in names:
+        if value is True and "cpu" in names:
             raise ValueError("CUDA graphs need a CUDA device; TRDQ_DEVICE(S) names cpu")
         return value
 

@@ -74,7 +74,7 @@ def load_models(settings: Settings, metrics: Metrics, device: torch.device) -> M
     if device.type == "cpu" and settings.threads:
         torch.set_num_threads(settings.threads)
     dtype = served_dtype(settings.dtype, device)
-    check_cuda_graphs(settings.cuda_graphs, device)
+    cuda_graphs = check_cuda_graphs(settings.cuda_graphs, device)
     served: dict[tuple[str, str], ServedModel] = {}
     for model_name in (settings.image_model, settings.video_model_name):
         if model_name is None:
@@ -90,7 +90,7 @@ def load_models(settings: Settings, metrics: Metrics, device: torch.device) -> M
                 _quantize(model, settings, metrics)
             if settings.compile:
                 _compile(model)
-            if settings.cuda_graphs:  # (checked above: the device is CUDA)
+            if cuda_graphs:  # (checked above: the device is CUDA)
                 _replay_from_cuda_graphs(model, settings.cuda_graphs_max)
             _publish_weight_bytes(model, metrics)
             served[(task, quant)] = model
@@ -211,21 +211,25 @@ def _compile(model: ServedModel) -> None:
     model.info["compiled"] = True
 
 
-def check_cuda_graphs(enabled: bool, device: torch.device) -> None:
-    """TRDQ_CUDA_GRAPHS needs a CUDA device: refuse to start, naming the setting."""
-    if enabled and device.type != "cuda":
+def check_cuda_graphs(setting: str | bool, device: torch.device) -> bool:
+    """Whether this worker replays from CUDA graphs: TRDQ_CUDA_GRAPHS=auto (the default)
+    on a CUDA device; true needs one: refuse to start, naming the setting."""
+    if setting == "auto":
+        return device.type == "cuda"
+    if setting and device.type != "cuda":
         raise ValueError(
             f"TRDQ_CUDA_GRAPHS=1 needs a CUDA device, but this worker runs on {device}; "
-            "unset it or serve on cuda"
+            "set it to auto or 0, or serve on cuda"
         )
+    return bool(setting)
 
 
 def _replay_from_cuda_graphs(model: ServedModel, max_graphs: int) -> None:
     """Replay the denoiser's forward from CUDA graphs (TRDQ_CUDA_GRAPHS).
 
-    Without graphs a quantized step is bound by the host launching its ~300 small kernels
-    (PixArt-1024 W8A8 + compile on an H100: 78.6 ms of wall time for 38.4 ms of GPU work;
-    36.7 ms replayed from graphs; docs/BENCHMARKS.md). The first call per timestep group
+    Without graphs a quantized step is bound by the host launching its ~400 small kernels
+    (PixArt-1024 W8A8 + compile on H100s: 62-90 ms a step depending on the host, 33.0 ms
+    replayed from graphs, bf16 + compile 33.5 without them; docs/BENCHMARKS.md). The first call per timestep group
     and shape runs eagerly (and autotunes), the second captures; the warm-up pays for the
     default shape before /readyz turns 200.
     """

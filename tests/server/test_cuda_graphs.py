@@ -17,7 +17,9 @@ from tests.server.conftest import make_settings
 
 
 def test_cuda_graphs_on_a_cpu_device_is_refused_naming_the_setting(monkeypatch, capsys):
-    assert Settings().cuda_graphs is False
+    assert Settings().cuda_graphs == "auto"
+    assert Settings(device="cpu").cuda_graphs == "auto"  # auto is off on CPU, not refused
+    assert Settings(cuda_graphs="0").cuda_graphs is False
     with pytest.raises(ValidationError, match="cuda_graphs"):
         Settings(device="cpu", cuda_graphs=True)
     with pytest.raises(ValidationError, match="cuda_graphs"):
@@ -29,6 +31,13 @@ def test_cuda_graphs_on_a_cpu_device_is_refused_naming_the_setting(monkeypatch, 
     monkeypatch.setenv("TRDQ_CUDA_GRAPHS", "1")
     assert main([]) == 2
     assert "invalid setting TRDQ_CUDA_GRAPHS: " in capsys.readouterr().err
+
+
+def test_auto_replays_on_cuda_workers_only():
+    assert engine_models.check_cuda_graphs("auto", torch.device("cuda", 0)) is True
+    assert engine_models.check_cuda_graphs("auto", torch.device("cpu")) is False
+    assert engine_models.check_cuda_graphs(False, torch.device("cuda", 0)) is False
+    assert engine_models.check_cuda_graphs(True, torch.device("cuda", 0)) is True
 
 
 def test_cuda_graphs_with_auto_on_a_machine_without_gpu_fails_start_up(tmp_path):
