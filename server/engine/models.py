@@ -229,9 +229,9 @@ def _replay_from_cuda_graphs(model: ServedModel, max_graphs: int) -> None:
 
     Without graphs a quantized step is bound by the host launching its ~400 small kernels
     (PixArt-1024 W8A8 + compile on H100s: 62-90 ms a step depending on the host, 33.0 ms
-    replayed from graphs, bf16 + compile 33.5 without them; docs/BENCHMARKS.md). The first call per timestep group
-    and shape runs eagerly (and autotunes), the second captures; the warm-up pays for the
-    default shape before /readyz turns 200.
+    replayed from graphs, bf16 + compile 33.5 without them; docs/BENCHMARKS.md). The first
+    call per timestep group and shape runs eagerly (and autotunes), the second captures;
+    the warm-up pays for the default shape before /readyz turns 200.
     """
     from trdq.bench_variants import CudaGraphForward, quant_context
 
