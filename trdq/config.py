@@ -53,7 +53,10 @@ DEFAULT_FP_PATTERNS: tuple[str, ...] = (
 #: kernels on CPU and GPU); 6/6 and 4/4 are the quality ablation's lower widths, where the
 #: components' effects on activations show (W8A8 min-max is lossless on the zoo): they run
 #: exactly on ``cpu_int8`` (integers held in int8) and on the reference backend elsewhere.
-INT_BITS = (4, 6, 8)
+#: 8/7 (``w8a7``) is for CPUs without int8 dot-product instructions (AVX2): 7-bit
+#: activations are what oneDNN's u8 x s8 kernel multiplies exactly there (``cpu_int8``),
+#: as PyTorch's own x86 quantization reduces activations to 7 bits (``reduce_range``).
+INT_BITS = (4, 6, 7, 8)
 #: (weight bits, activation bits) of the preset chains: ``w8a8``, ``w4a8``, ``w6a6``, ``w4a4``
 BIT_PAIRS = ((8, 8), (4, 8), (6, 6), (4, 4))
 
@@ -319,6 +322,8 @@ PRESETS: dict[str, Any] = {
     "fp8": lambda: QuantConfig(name="fp8", fp8=True, act_mode="static"),
     "faithful": lambda: _faithful(8, 8, "faithful"),
 }
+# the full method at 7-bit activations: the fast exact int8 path of AVX2 CPUs (cpu_int8)
+PRESETS["w8a7"] = lambda: _chain(8, 7, "w8a7", 4)
 _STAGES = ("-minmax", "-rot", "-rot-groups", "-rot-groups-search", "")
 for _wb, _ab in BIT_PAIRS:
     _base = f"w{_wb}a{_ab}"

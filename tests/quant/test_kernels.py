@@ -49,7 +49,7 @@ def _case(m: int, k: int, n: int, bits: int, smooth: bool):
     return x, w, bias, s, block, q, scale
 
 
-@pytest.mark.parametrize("bits,act_bits", [(8, 8), (4, 8), (6, 6), (4, 4)])
+@pytest.mark.parametrize("bits,act_bits", [(8, 8), (8, 7), (4, 8), (6, 6), (4, 4)])
 @pytest.mark.parametrize("mode", ["static", "dynamic"])
 @pytest.mark.parametrize("m,k,n,smooth", [(1, 64, 32, False), (33, 1152, 96, True),
                                           (200, 256, 128, False)])
@@ -64,7 +64,7 @@ def test_cpu_int8_matches_reference(bits, act_bits, mode, m, k, n, smooth):
     assert P.sqnr_db(y_ref, y_fast) > 60  # same integers: only fp32 rounding differs
     # and the quantized result approximates the float layer
     if mode == "dynamic":
-        bound = {(8, 8): 25, (4, 8): 12, (6, 6): 18, (4, 4): 6}[(bits, act_bits)]
+        bound = {(8, 8): 25, (8, 7): 22, (4, 8): 12, (6, 6): 18, (4, 4): 6}[(bits, act_bits)]
         assert P.sqnr_db(x @ w.T + bias, y_fast) > bound
 
 
@@ -75,9 +75,9 @@ def test_lower_activation_widths_really_use_fewer_levels(monkeypatch):
     def spy_on(name):  # the torch-ops path calls int8_matmul, the C path int8_gemm
         real = getattr(cpu_int8, name)
 
-        def spy(a, b):
+        def spy(a, b, *rest):
             seen.setdefault("a", a)
-            return real(a, b)
+            return real(a, b, *rest)
 
         monkeypatch.setattr(cpu_int8, name, spy)
 
@@ -126,6 +126,48 @@ def test_onednn_prepacked_gemm_is_exact_and_follows_weight_writes(monkeypatch):
     with torch.inference_mode():  # inference tensors keep no version counter
         w_inf = w.clone()
     assert torch.equal(cpu_int8.int8_gemm(q, w_inf), exact())
+
+
+@pytest.mark.skipif(not hasattr(torch.ops.onednn, "qlinear_prepack"), reason="no oneDNN int8 linear")
+def test_u8_gemm_of_7_bit_activations_is_exact_with_full_range_weights(monkeypatch):
+    """The AVX2 path of ``w8a7``: activations of 7 bits shifted to unsigned bytes, weights
+    over the whole int8 range, every product at full scale. Exact on CPUs whose u8 x s8
+    pairs saturate int16 (CI's AVX2 machine), where 8-bit activations are not."""
+    monkeypatch.setattr(cpu_int8, "ONEDNN_PREPACK", False)
+    monkeypatch.setattr(cpu_int8, "U8_GEMM", True)
+    gen = torch.Generator().manual_seed(5)
+    sign = lambda *shape: torch.randint(0, 2, shape, generator=gen, dtype=torch.int32) * 2 - 1
+    q = (sign(24, 1024) * 63).to(torch.int8)
+    w = (sign(40, 1024) * 127).to(torch.int8)
+    w[1] = -128  # the most negative weight too
+    q[0], w[0] = 63, 127  # one all-positive sum
+    q[1] = torch.randint(-63, 64, (1024,), generator=gen, dtype=torch.int8)
+    exact = (q.to(torch.int64) @ w.to(torch.int64).t()).float()
+    assert torch.equal(cpu_int8.int8_gemm(q, w, 7), exact)
+    assert torch.equal(cpu_int8.int8_gemm(q[:3], w, 7), exact[:3])  # other M, same pack
+    assert torch.equal(cpu_int8.int8_gemm(q, w, 8), exact)  # 8 bits: the fp32 GEMM
+
+
+def test_w8a7_runs_the_u8_gemm_where_it_applies(monkeypatch):
+    """``w8a7`` through cpu_int8's C path reaches the GEMM with 7-bit activations (and
+    through the u8 kernel where ``U8_GEMM`` holds); ``w8a8`` does not take it."""
+    if not cpu_native.available():
+        pytest.skip("the C kernels did not build")
+    seen = []
+    real = cpu_int8.int8_gemm
+
+    def spy(q, w, bits=8):
+        seen.append((int(q.abs().max()), bits))
+        return real(q, w, bits)
+
+    monkeypatch.setattr(cpu_int8, "int8_gemm", spy)
+    x, _, bias, s, block, q, scale = _case(33, 1152, 96, 8, True)
+    fast = get_backend("cpu_int8")
+    for act_bits in (7, 8):
+        act = ActQuant(bits=act_bits, rotation_block=block, smooth_divisor=s, clip_ratio=1.0)
+        fast.linear(x, fast.pack(q, scale, 8), act, bias)
+    assert seen == [(63, 7), (127, 8)]
+    assert fast.supports(QuantConfig.preset("w8a7"))[0]
 
 
 def test_cpu_int8_matches_reference_on_either_gemm_path(monkeypatch):

@@ -13,9 +13,12 @@ plain loop, 30-60x slower than an fp32 GEMM
 product is computed as an fp32 GEMM of the same integers, exact while partial sums stay
 below 2^24 (K <= 1040 at full scale; beyond, within fp32 rounding) and as fast as fp32:
 the weights stay int8 in memory. oneDNN's AVX2 int8 linear is 2.1-2.7x faster than fp32
-there but saturates its u8 x s8 int16 pair sums (exact only for weights within +-63), so
-an exact 8-bit product would take two of them per GEMM, about 1.2x fp32 for a second
-packed weight copy: not done. ``TRDQ_CPU_INT_MM=1`` / ``0`` forces either path.
+there but saturates its u8 x s8 int16 pair sums: with 8-bit activations (shifted to u8 in
+[1, 255]) it is exact only for weights within +-63, so an exact 8-bit product would take
+two of them per GEMM, about 1.2x fp32 for a second packed weight copy: not done. 7-bit
+activations (``w8a7``) are exact with any int8 weight: shifted by 64 to u8 in [1, 127],
+two products sum to at most 2 x 127 x 128 < 2^15 (``U8_GEMM``). ``TRDQ_CPU_INT_MM=1`` /
+``0`` forces either path.
 
 4-bit weights stay packed two per byte in memory and are unpacked to int8 per call
 (the GEMM itself is int8 x int8). Every integer width of ``trdq.config.INT_BITS`` is held
@@ -56,7 +59,7 @@ from trdq.machine import INT8_DOT_ISAS, cpu_isa
 from trdq.rotation import hadamard_transform, hadamard_transform_factored
 
 __all__ = [
-    "FAST_INT_MM", "ONEDNN_PREPACK", "CpuInt8Backend", "gemm_path", "int8_gemm",
+    "FAST_INT_MM", "ONEDNN_PREPACK", "U8_GEMM", "CpuInt8Backend", "gemm_path", "int8_gemm",
     "int8_linear_math", "int8_matmul", "native_int8_linear",
 ]
 
@@ -153,6 +156,24 @@ def _onednn_prepack_enabled() -> bool:
 #: 8-bit weights run oneDNN's prepacked int8 linear (VNNI/AMX CPUs; ``TRDQ_CPU_PREPACK=0``: off)
 ONEDNN_PREPACK = _onednn_prepack_enabled()
 
+
+def _u8_gemm_enabled() -> bool:
+    """Whether activations of <= 7 bits go through oneDNN's u8 int8 linear on CPUs without
+    int8 dot products (see ``int8_gemm``)."""
+    if os.environ.get("TRDQ_CPU_PREPACK", "").strip() == "0" or FAST_INT_MM:
+        return False
+    onednn = getattr(torch.ops, "onednn", None)
+    return hasattr(onednn, "qlinear_prepack") and hasattr(onednn, "qlinear_pointwise")
+
+
+#: On CPUs without VNNI/AMX, 8-bit weights times activations of at most 7 bits run oneDNN's
+#: u8 int8 linear (exact there; 2-2.5x faster than the fp32 GEMM of the integers on the
+#: AVX2 EPYC, 2 threads); ``TRDQ_CPU_PREPACK=0``: off
+U8_GEMM = _u8_gemm_enabled()
+#: the shift that makes 7-bit activations ([-63, 63]) unsigned ([1, 127]); oneDNN takes it
+#: as the activations' zero point
+U8_SHIFT = 64
+
 #: (weight's data_ptr, version, shape) -> (oneDNN's blocked copy of it, ones, zeros)
 _PREPACKED: dict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
@@ -179,15 +200,18 @@ def _prepacked(weight: torch.Tensor, rows: int) -> tuple[torch.Tensor, torch.Ten
     return hit
 
 
-def int8_gemm(q: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """``q [M, K] int8 @ weight [N, K] int8 ^T``, exact, as int32 or float32 ``[M, N]``.
+def int8_gemm(q: torch.Tensor, weight: torch.Tensor, act_bits: int = 8) -> torch.Tensor:
+    """``q [M, K] int8 @ weight [N, K] int8 ^T``, exact, as int32 or float32 ``[M, N]``;
+    ``q`` holds ``act_bits``-bit integers.
 
     On VNNI/AMX CPUs, 8-bit weights (``ONEDNN_PREPACK``) go through oneDNN's int8 linear
     on a copy of the weight prepacked once in its blocked layout: ``torch._int_mm`` takes
     the plain ``[K, N]`` matrix and reorders it on every call (2.3x slower at 512x768x3072,
     Xeon with AMX, 2 threads; docs/KERNELS.md). The copy costs one more byte per weight.
     Its float32 output (scales of 1, no zero points) is the int32 sum, rounded to float32
-    only beyond 2^24. 4-bit weights are unpacked per call and use ``torch._int_mm``.
+    only beyond 2^24. Elsewhere (``U8_GEMM``), activations of at most 7 bits go through the
+    same op as unsigned bytes ``q + 64`` with zero point 64, which AVX2 multiplies without
+    saturating. 4-bit weights are unpacked per call and use ``torch._int_mm``.
     """
     if weight.dtype == torch.uint8:
         weight = P.unpack_int4(weight)
@@ -195,6 +219,11 @@ def int8_gemm(q: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         packed, ones, zeros = _prepacked(weight, q.shape[0])
         return torch.ops.onednn.qlinear_pointwise(
             q, 1.0, 0, packed, ones, zeros, None, 1.0, 0, torch.float32, "none", [], "")
+    elif U8_GEMM and act_bits <= 7:
+        packed, ones, zeros = _prepacked(weight, q.shape[0])
+        u8 = q.add(U8_SHIFT).view(torch.uint8)  # [-63, 63] -> [1, 127]: fits int8 too
+        return torch.ops.onednn.qlinear_pointwise(
+            u8, 1.0, U8_SHIFT, packed, ones, zeros, None, 1.0, 0, torch.float32, "none", [], "")
     # the int32 accumulators go straight to the epilogue (int8_matmul would convert them)
     return torch._int_mm(q, weight.t()) if FAST_INT_MM else int8_matmul(q, weight)
 
@@ -203,7 +232,12 @@ def gemm_path() -> str:
     """How ``cpu_int8`` multiplies 8-bit weights on this CPU, for reports."""
     if ONEDNN_PREPACK:
         return "oneDNN int8 linear on prepacked weights"
-    return "torch._int_mm" if FAST_INT_MM else "fp32 GEMM of the integers (no VNNI/AMX)"
+    if FAST_INT_MM:
+        return "torch._int_mm"
+    if U8_GEMM:
+        return ("fp32 GEMM of the integers (no VNNI/AMX); with activations of <= 7 bits "
+                "(w8a7) oneDNN's u8 int8 linear on prepacked weights")
+    return "fp32 GEMM of the integers (no VNNI/AMX)"
 
 
 def native_int8_linear(
@@ -228,8 +262,8 @@ def native_int8_linear(
         x, smooth_divisor, row_scale, clip_ratio, rotation_block, bits,
         weight_sum is not None, delta_half,
     )
-    return cpu_native.int8_epilogue(int8_gemm(q, weight), a_scale, weight_scale, bias, mean,
-                                    weight_sum, x.dtype, delta_half)
+    return cpu_native.int8_epilogue(int8_gemm(q, weight, bits), a_scale, weight_scale, bias,
+                                    mean, weight_sum, x.dtype, delta_half)
 
 
 #: ``native_int8_linear`` as one op: what a compiled model calls (eager calls the function).
@@ -260,9 +294,9 @@ class CpuInt8Backend(KernelBackend):
         if getattr(config, "fp8", False):
             return False, "fp8 (e4m3) configs need cuda_fp8 or reference"
         if config.act_bits not in INT_BITS:
-            return False, f"activations must be 4-, 6- or 8-bit, got {config.act_bits}"
+            return False, f"activations must be 4-, 6-, 7- or 8-bit, got {config.act_bits}"
         if config.weight_bits not in INT_BITS:
-            return False, f"weights must be 4-, 6- or 8-bit, got {config.weight_bits}"
+            return False, f"weights must be 4-, 6-, 7- or 8-bit, got {config.weight_bits}"
         if config.rotation == "duquant":
             return False, "duquant rotation (faithful preset) runs on reference only"
         return True, ""
@@ -289,7 +323,7 @@ class CpuInt8Backend(KernelBackend):
         bias: torch.Tensor | None,
     ) -> torch.Tensor:
         if act.bits not in INT_BITS or act.fp8:
-            raise ValueError(f"cpu_int8 quantizes activations to 4, 6 or 8 integer bits, "
+            raise ValueError(f"cpu_int8 quantizes activations to 4, 6, 7 or 8 integer bits, "
                              f"not {'e4m3' if act.fp8 else act.bits}")
         # the C kernels when built (compiled: behind their op, opaque to dynamo; eager: called
         # directly, the op's dispatch costing ~40 us a linear); else, compiled: plain ops
