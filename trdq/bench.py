@@ -440,7 +440,8 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         notes.append(f"settings: {settings}")
     if device.type == "cpu":
         prepack = (" (plus a prepacked copy of each 8-bit weight while it runs, 1 byte per "
-                   "weight, not in the weights column)" if cpu_int8.ONEDNN_PREPACK else "")
+                   "weight, not in the weights column)"
+                   if cpu_int8.ONEDNN_PREPACK or cpu_int8.U8_GEMM else "")
         notes.append(f"cpu_int8 GEMM (8-bit weights): {cpu_int8.gemm_path()}{prepack}")
         notes.append(
             "peak GB on CPU is the process's max RSS so far (it never falls: a row shows the "
