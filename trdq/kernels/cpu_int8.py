@@ -146,31 +146,21 @@ def int8_linear_math(
 cpu_int8_linear = define_op("trdq::cpu_int8_linear", int8_linear_math, linear_fake)
 
 
-def _onednn_prepack_enabled() -> bool:
-    """Whether 8-bit weights go through oneDNN's prepacked int8 linear (see ``int8_gemm``)."""
-    if os.environ.get("TRDQ_CPU_PREPACK", "").strip() == "0" or not FAST_INT_MM:
+def _onednn_linear_allowed() -> bool:
+    """Whether oneDNN's int8 linear ops exist here and ``TRDQ_CPU_PREPACK=0`` does not turn
+    them off."""
+    if os.environ.get("TRDQ_CPU_PREPACK", "").strip() == "0":
         return False
     onednn = getattr(torch.ops, "onednn", None)
     return hasattr(onednn, "qlinear_prepack") and hasattr(onednn, "qlinear_pointwise")
 
 
 #: 8-bit weights run oneDNN's prepacked int8 linear (VNNI/AMX CPUs; ``TRDQ_CPU_PREPACK=0``: off)
-ONEDNN_PREPACK = _onednn_prepack_enabled()
-
-
-def _u8_gemm_enabled() -> bool:
-    """Whether activations of <= 7 bits go through oneDNN's u8 int8 linear on CPUs without
-    int8 dot products (see ``int8_gemm``)."""
-    if os.environ.get("TRDQ_CPU_PREPACK", "").strip() == "0" or FAST_INT_MM:
-        return False
-    onednn = getattr(torch.ops, "onednn", None)
-    return hasattr(onednn, "qlinear_prepack") and hasattr(onednn, "qlinear_pointwise")
-
-
+ONEDNN_PREPACK = FAST_INT_MM and _onednn_linear_allowed()
 #: On CPUs without VNNI/AMX, 8-bit weights times activations of at most 7 bits run oneDNN's
 #: u8 int8 linear (exact there; 2-2.5x faster than the fp32 GEMM of the integers on the
 #: AVX2 EPYC, 2 threads); ``TRDQ_CPU_PREPACK=0``: off
-U8_GEMM = _u8_gemm_enabled()
+U8_GEMM = not FAST_INT_MM and _onednn_linear_allowed()
 #: the shift that makes 7-bit activations ([-63, 63]) unsigned ([1, 127]); oneDNN takes it
 #: as the activations' zero point
 U8_SHIFT = 64
@@ -217,16 +207,20 @@ def int8_gemm(q: torch.Tensor, weight: torch.Tensor, act_bits: int = 8) -> torch
     if weight.dtype == torch.uint8:
         weight = P.unpack_int4(weight)
     elif ONEDNN_PREPACK:
-        packed, ones, zeros = _prepacked(weight, q.shape[0])
-        return torch.ops.onednn.qlinear_pointwise(
-            q, 1.0, 0, packed, ones, zeros, None, 1.0, 0, torch.float32, "none", [], "")
+        return _onednn_linear(q, weight, 0)
     elif U8_GEMM and act_bits <= 7:
-        packed, ones, zeros = _prepacked(weight, q.shape[0])
-        u8 = q.add(U8_SHIFT).view(torch.uint8)  # [-63, 63] -> [1, 127]: fits int8 too
-        return torch.ops.onednn.qlinear_pointwise(
-            u8, 1.0, U8_SHIFT, packed, ones, zeros, None, 1.0, 0, torch.float32, "none", [], "")
+        # [-63, 63] -> [1, 127]: still fits int8, so the bytes are reinterpreted as they are
+        return _onednn_linear(q.add(U8_SHIFT).view(torch.uint8), weight, U8_SHIFT)
     # the int32 accumulators go straight to the epilogue (int8_matmul would convert them)
     return torch._int_mm(q, weight.t()) if FAST_INT_MM else int8_matmul(q, weight)
+
+
+def _onednn_linear(q: torch.Tensor, weight: torch.Tensor, zero_point: int) -> torch.Tensor:
+    """oneDNN's int8 linear on the prepacked ``weight``: scales of 1 and the activations'
+    ``zero_point``, so its float32 output is the exact integer product."""
+    packed, ones, zeros = _prepacked(weight, q.shape[0])
+    return torch.ops.onednn.qlinear_pointwise(
+        q, 1.0, zero_point, packed, ones, zeros, None, 1.0, 0, torch.float32, "none", [], "")
 
 
 def gemm_path() -> str:
