@@ -86,6 +86,11 @@ class Settings(BaseSettings):
             return value
         raise ValueError("must be auto, cpu, cuda or cuda:N")
 
+    @field_validator("cuda_graphs", mode="before")
+    @classmethod
+    def _normalise_cuda_graphs(cls, value):
+        return value.strip().lower() if isinstance(value, str) else value
+
     @field_validator("cuda_graphs")
     @classmethod
     def _check_cuda_graphs(cls, value: str | bool, info: ValidationInfo) -> str | bool:
