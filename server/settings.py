@@ -88,8 +88,17 @@ class Settings(BaseSettings):
 
     @field_validator("cuda_graphs", mode="before")
     @classmethod
-    def _normalise_cuda_graphs(cls, value):
-        return value.strip().lower() if isinstance(value, str) else value
+    def _parse_cuda_graphs(cls, value):
+        if not isinstance(value, str):
+            return value
+        word = value.strip().lower()
+        if word == "auto":
+            return word
+        if word in ("1", "true", "yes", "on"):
+            return True
+        if word in ("0", "false", "no", "off"):
+            return False
+        raise ValueError("must be auto, true (1) or false (0)")
 
     @field_validator("cuda_graphs")
     @classmethod
