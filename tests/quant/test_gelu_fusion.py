@@ -28,10 +28,11 @@ def test_quantize_moves_each_tanh_gelu_into_its_linear():
     x = torch.randn(2, 7, module.proj.in_features)
     fused = module(x)
     assert (fused < 0).any() and fused.min() > -0.2  # GELU's range: it was applied once
-    # undone: the module's own GELU on the linear's plain output gives the same numbers
+    # undone: the module's own GELU on the linear's plain output gives the same numbers (to
+    # float rounding: on CPU, cpu_int8's C epilogue computes GELU with its own exp)
     module.proj.output_activation = ""
     del module.gelu
-    torch.testing.assert_close(fused, module(x), rtol=0, atol=0)
+    torch.testing.assert_close(fused, module(x), rtol=1e-5, atol=1e-6)
     assert run_image(pipe, TINY_PROMPTS[:1], steps=2).isfinite().all()
 
 

@@ -255,6 +255,55 @@ def test_native_rotate_quant_matches_the_oracle_for_every_block(dtype, k, block)
     assert int(differ.max()) <= 1 and float((differ > 0).float().mean()) < 2e-3
 
 
+def _check_gelu_epilogue():
+    """The C epilogue's GELU against torch's, over the whole range (tails clamped), with
+    CFG-delta (the cond rows get the uncond rows added before GELU) and a row length that
+    leaves a scalar tail after the 8-wide loop."""
+    import torch.nn.functional as F
+
+    gen = torch.Generator().manual_seed(9)
+    m, n = 24, 37
+    acc = torch.randint(-3000, 3000, (m, n), dtype=torch.int32, generator=gen)
+    a_s, w_s, bias = torch.rand(m) * 0.01, torch.rand(n), torch.randn(n)
+    acc[0, :5] = torch.tensor([10**6, -10**6, 0, 1, -1])  # far tails: x and 0
+    for delta_half in (0, m // 2):
+        plain = cpu_native.cpu_int8_epilogue(acc, a_s, w_s, bias, None, None, torch.float32,
+                                             delta_half)
+        got = cpu_native.cpu_int8_epilogue(acc, a_s, w_s, bias, None, None, torch.float32,
+                                           delta_half, "gelu_tanh")
+        torch.testing.assert_close(got, F.gelu(plain, approximate="tanh"), rtol=1e-5, atol=1e-6)
+
+
+def test_native_epilogue_applies_gelu():
+    if not cpu_native.available():
+        pytest.skip("no C compiler here: cpu_int8 runs its torch ops")
+    _check_gelu_epilogue()
+    with pytest.raises(ValueError, match="epilogue activation"):
+        cpu_native.int8_epilogue(torch.zeros(2, 2, dtype=torch.int32), torch.ones(2),
+                                 torch.ones(2), None, None, None, torch.float32, 0, "relu")
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_cpu_int8_serves_gelu_from_its_epilogue(monkeypatch, native):
+    """QuantLinear hands GELU to cpu_int8 (``fused_activations``): the C epilogue applies it,
+    and the torch path when the C kernels are off, both as torch's GELU of the plain output."""
+    import torch.nn.functional as F
+
+    if native and not cpu_native.available():
+        pytest.skip("no C compiler here")
+    if not native:
+        monkeypatch.setattr(cpu_native, "available", lambda: False)
+    x, _, bias, s, block, q, scale = _case(34, 1152, 96, 8, True)
+    fast = get_backend("cpu_int8")
+    assert "gelu_tanh" in fast.fused_activations
+    act = ActQuant(rotation_block=block, smooth_divisor=s, clip_ratio=0.9,
+                   weight_sum=torch.randn(96), cfg_delta_half=17)
+    packed = fast.pack(q, scale, 8)
+    plain = fast.linear(x, packed, act, bias)
+    fused = fast.linear(x, packed, act, bias, activation="gelu_tanh")
+    torch.testing.assert_close(fused, F.gelu(plain, approximate="tanh"), rtol=1e-5, atol=1e-5)
+
+
 def test_native_portable_build_matches_the_oracle(monkeypatch, tmp_path):
     """The plain-C branches (CPUs without AVX2): the source built for baseline x86-64 gives
     the oracle's codes, with and without a rotation, and the same epilogue."""
@@ -283,6 +332,7 @@ def test_native_portable_build_matches_the_oracle(monkeypatch, tmp_path):
         a_s, w_s, bias = torch.rand(24), torch.rand(16), torch.randn(16)
         got = cpu_native.cpu_int8_epilogue(acc, a_s, w_s, bias, None, None, torch.float32)
         torch.testing.assert_close(got, acc.float() * a_s[:, None] * w_s + bias)
+        _check_gelu_epilogue()  # the scalar GELU (libm's expf)
     finally:
         monkeypatch.undo()
         cpu_native._library.cache_clear()

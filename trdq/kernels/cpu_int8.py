@@ -52,7 +52,12 @@ import torch
 from trdq import primitives as P
 from trdq.config import INT_BITS
 from trdq.kernels import cpu_native
-from trdq.kernels.base import ActQuant, KernelBackend, restore_cfg_delta
+from trdq.kernels.base import (
+    ActQuant,
+    KernelBackend,
+    apply_output_activation,
+    restore_cfg_delta,
+)
 from trdq.kernels.oplib import define_op, linear_fake
 from trdq.kernels.registry import register
 from trdq.machine import INT8_DOT_ISAS, cpu_isa
@@ -105,13 +110,14 @@ def int8_linear_math(
     bits: int,
     weight_sum: torch.Tensor | None = None,
     delta_half: int = 0,
+    activation: str = "",
 ) -> torch.Tensor:
     """``[M, K]`` x (``[N, K]`` int8 or ``[N, K/2]`` packed uint8) -> ``[M, N]`` x.dtype.
 
     ``rotation_block`` <= 0 means no rotation; ``row_scale`` None means dynamic per-token;
     ``weight_sum`` set: centre the rows and add ``mean x weight_sum`` back; ``delta_half``
     > 0: quantize rows ``r >= delta_half`` as ``x[r] - x[r - delta_half]`` (CFG-delta) and
-    return them as served, ``y_u + W d``.
+    return them as served, ``y_u + W d``; ``activation``: applied to the served output.
     """
     xf = x.float()
     if delta_half:
@@ -139,7 +145,7 @@ def int8_linear_math(
         out.add_(mean * weight_sum.float()[None, :])
     if delta_half:  # the served cond rows: y_u + W d (restores_cfg_delta)
         out = restore_cfg_delta(out, delta_half, bias)
-    return out.to(x.dtype)
+    return apply_output_activation(out, activation).to(x.dtype)
 
 
 #: The eager entry point: ``int8_linear_math`` as one dispatcher call.
@@ -247,10 +253,11 @@ def native_int8_linear(
     bits: int,
     weight_sum: torch.Tensor | None = None,
     delta_half: int = 0,
+    activation: str = "",
 ) -> torch.Tensor:
     """``int8_linear_math`` through the C kernels: one pass over x (every step before the
-    GEMM), the int8 GEMM, one pass over the output (rescale, bias, centring, and the uncond
-    rows added back to the cond rows under CFG-delta). Compiled graphs call it as one op
+    GEMM), the int8 GEMM, one pass over the output (rescale, bias, centring, the uncond
+    rows added back to the cond rows under CFG-delta, and the output activation). Compiled graphs call it as one op
     (``trdq::cpu_int8_native_linear``), not three: each dispatcher round trip costs tens of
     microseconds, against ~0.5 ms for the whole linear; eager code calls it directly."""
     q, a_scale, mean = cpu_native.rotate_quant(
@@ -258,7 +265,7 @@ def native_int8_linear(
         weight_sum is not None, delta_half,
     )
     return cpu_native.int8_epilogue(int8_gemm(q, weight, bits), a_scale, weight_scale, bias,
-                                    mean, weight_sum, x.dtype, delta_half)
+                                    mean, weight_sum, x.dtype, delta_half, activation)
 
 
 #: ``native_int8_linear`` as one op: what a compiled model calls (eager calls the function).
@@ -275,6 +282,8 @@ class CpuInt8Backend(KernelBackend):
     fuses_centering = True
     fuses_cfg_delta = True
     restores_cfg_delta = True
+    # in the C epilogue (one pass over the output fewer); in torch on the fallback paths
+    fused_activations = ("gelu_tanh",)
 
     def is_available(self, device: torch.device | str) -> tuple[bool, str]:
         if torch.device(device).type != "cpu":
@@ -316,6 +325,7 @@ class CpuInt8Backend(KernelBackend):
         packed: dict[str, torch.Tensor],
         act: ActQuant,
         bias: torch.Tensor | None,
+        activation: str = "",
     ) -> torch.Tensor:
         if act.bits not in INT_BITS or act.fp8:
             raise ValueError(f"cpu_int8 quantizes activations to 4, 6, 7 or 8 integer bits, "
@@ -342,6 +352,7 @@ class CpuInt8Backend(KernelBackend):
             act.bits,
             act.weight_sum,
             act.cfg_delta_half,
+            activation,
         )
 
 

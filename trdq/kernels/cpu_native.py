@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from trdq.kernels.base import check_output_activation
 from trdq.kernels.oplib import define_op
 from trdq.machine import cpu_model, cpuinfo_field
 
@@ -83,7 +84,7 @@ def _build() -> ctypes.CDLL:
     p, i64, i32, f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
     dll.trdq_rotate_quant.argtypes = [p, i32, i64, i64, i64, p, i32, p, p, f32, p, p, p, i32]
     dll.trdq_rotate_quant.restype = i32
-    dll.trdq_int8_epilogue.argtypes = [p, i32, i64, i64, p, p, p, p, p, p, i32, i64, i32]
+    dll.trdq_int8_epilogue.argtypes = [p, i32, i64, i64, p, p, p, p, p, p, i32, i64, i32, i32]
     dll.trdq_int8_epilogue.restype = i32
     return dll
 
@@ -169,11 +170,14 @@ def int8_epilogue(
     weight_sum: torch.Tensor | None,
     out_dtype: torch.dtype,
     delta_half: int = 0,
+    activation: str = "",
 ) -> torch.Tensor:
     """``acc [M, N]`` (int32 or float32) * a_scale[m] * weight_scale[n] + bias[n]
     + mean[m] * weight_sum[n], written once in ``out_dtype`` (float32 or bfloat16).
     ``delta_half`` > 0: rows ``>= delta_half`` hold ``W d`` of CFG-delta and are written
-    as served, ``y_u + W d`` (no second bias)."""
+    as served, ``y_u + W d`` (no second bias). ``activation`` ("" or "gelu_tanh", as
+    ``kernels.base.OUTPUT_ACTIVATIONS``) is applied to the served rows before the write."""
+    check_output_activation(activation)
     if out_dtype not in (torch.float32, torch.bfloat16):
         raise TypeError(f"cpu_int8_epilogue writes float32 or bfloat16, not {out_dtype}")
     if acc.dtype not in (torch.int32, torch.float32):
@@ -189,7 +193,8 @@ def int8_epilogue(
     failed = _library().trdq_int8_epilogue(
         acc.data_ptr(), int(acc.dtype == torch.int32), m, n, a_scale.data_ptr(),
         weight_scale.data_ptr(), _ptr(bias), _ptr(mean), _ptr(weight_sum), out.data_ptr(),
-        int(out_dtype == torch.bfloat16), delta_half, torch.get_num_threads(),
+        int(out_dtype == torch.bfloat16), delta_half, int(activation == "gelu_tanh"),
+        torch.get_num_threads(),
     )
     if failed:
         raise MemoryError("cpu_int8_epilogue could not allocate its row buffers")
@@ -203,7 +208,7 @@ def _rotate_quant_fake(x, smooth, row_scale, clip, rotation_block, bits, center,
 
 
 def _int8_epilogue_fake(acc, a_scale, weight_scale, bias, mean, weight_sum, out_dtype,
-                        delta_half=0):
+                        delta_half=0, activation=""):
     return acc.new_empty(acc.shape, dtype=out_dtype)
 
 

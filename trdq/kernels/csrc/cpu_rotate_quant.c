@@ -13,7 +13,9 @@
  *
  * epilogue: out[m, n] = acc[m, n] * a_scale[m] * w_scale[n] (+ bias[n])
  *           (+ mean[m] * weight_sum[n]), acc int32 or float32, out float32 or bfloat16;
- *           with CFG-delta the cond rows come out as served, y_u + W d.
+ *           with CFG-delta the cond rows come out as served, y_u + W d; then, if asked,
+ *           GELU (tanh approximation): the feed-forward's activation, on the row in L1
+ *           instead of another pass over [M, N].
  *
  * Steps 1 and 2's sum share one pass, 2-4 (and the transform's first three stages) another.
  * With AVX2 (every x86 CPU this targets) the transform, the rounding and the butterflies
@@ -314,10 +316,58 @@ static inline void store_row(const float *restrict y, int64_t N, void *out, int 
 
 /* With delta_half > 0 the rows are [uncond; cond - uncond] and the served cond row is
  * y_u + W d: each pair is finished together, in float32, and rounded once. */
+/* GELU, tanh approximation (F.gelu(approximate="tanh")), in place on a row of the epilogue:
+ * 0.5 x (1 + tanh(u)), u = sqrt(2/pi) (x + 0.044715 x^3), tanh(u) = 1 - 2 / (exp(2u) + 1)
+ * with 2u clamped to +-20 (tanh is +-1 to float precision beyond). exp(z) = 2^n p(r),
+ * r = z - n ln2 (ln2 in two parts), p Cephes' degree-6 polynomial: ~1e-7 relative error. */
+static inline float gelu_tanh1(float x) {
+    float z = 1.5957691216f * (x + 0.044715f * x * x * x);
+    z = z > 20.0f ? 20.0f : (z < -20.0f ? -20.0f : z);
+    return 0.5f * x * (1.0f + (1.0f - 2.0f / (expf(z) + 1.0f)));
+}
+
+#if defined(__AVX2__) && defined(__FMA__)
+static inline __m256 exp_clamped8(__m256 z) {
+    const __m256 n = _mm256_round_ps(_mm256_mul_ps(z, _mm256_set1_ps(1.44269504089f)),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), z);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+    const __m256i e = _mm256_slli_epi32(
+        _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+#endif
+
+static void gelu_tanh_row(float *restrict y, int64_t N) {
+    int64_t n = 0;
+#if defined(__AVX2__) && defined(__FMA__)
+    const __m256 one = _mm256_set1_ps(1.0f), half = _mm256_set1_ps(0.5f);
+    const __m256 lim = _mm256_set1_ps(20.0f), nlim = _mm256_set1_ps(-20.0f);
+    for (; n + 8 <= N; n += 8) {
+        const __m256 x = _mm256_loadu_ps(y + n);
+        const __m256 x3 = _mm256_mul_ps(_mm256_mul_ps(x, x), x);
+        __m256 z = _mm256_mul_ps(_mm256_set1_ps(1.5957691216f),
+                                 _mm256_fmadd_ps(_mm256_set1_ps(0.044715f), x3, x));
+        z = _mm256_max_ps(_mm256_min_ps(z, lim), nlim);
+        const __m256 t = _mm256_sub_ps(
+            one, _mm256_div_ps(_mm256_set1_ps(2.0f), _mm256_add_ps(exp_clamped8(z), one)));
+        _mm256_storeu_ps(y + n, _mm256_mul_ps(_mm256_mul_ps(half, x), _mm256_add_ps(one, t)));
+    }
+#endif
+    for (; n < N; ++n) y[n] = gelu_tanh1(y[n]);
+}
+
 int trdq_int8_epilogue(const void *acc, int acc_is_int32, int64_t M, int64_t N,
                        const float *a_scale, const float *w_scale, const float *bias,
                        const float *mean, const float *weight_sum, void *out, int out_is_bf16,
-                       int64_t delta_half, int threads) {
+                       int64_t delta_half, int gelu, int threads) {
     const int64_t rows = delta_half > 0 ? delta_half : M;
     int failed = 0;
 #pragma omp parallel num_threads(threads)
@@ -328,15 +378,17 @@ int trdq_int8_epilogue(const void *acc, int acc_is_int32, int64_t M, int64_t N,
             if (!y) continue;
             epilogue_row(acc, acc_is_int32, m, N, a_scale[m], w_scale, bias,
                          mean ? mean[m] : 0.0f, mean ? weight_sum : NULL, y);
-            store_row(y, N, out, out_is_bf16, m);
-            if (delta_half > 0) {
+            if (delta_half > 0) { /* the cond row first: it adds the uncond row before GELU */
                 const int64_t c = m + delta_half;
                 float *d = y + N; /* W d, no bias: y_c = y_u + W d */
                 epilogue_row(acc, acc_is_int32, c, N, a_scale[c], w_scale, NULL,
                              mean ? mean[c] : 0.0f, mean ? weight_sum : NULL, d);
                 for (int64_t n = 0; n < N; ++n) d[n] += y[n];
+                if (gelu) gelu_tanh_row(d, N);
                 store_row(d, N, out, out_is_bf16, c);
             }
+            if (gelu) gelu_tanh_row(y, N);
+            store_row(y, N, out, out_is_bf16, m);
         }
         free(y);
     }
