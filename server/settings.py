@@ -96,7 +96,7 @@ class Settings(BaseSettings):
             return word
         if word in ("1", "true", "yes", "on"):
             return True
-        if word in ("0", "false", "no", "off"):
+        if word in DISABLED or word == "no":
             return False
         raise ValueError("must be auto, true (1) or false (0)")
 

@@ -91,6 +91,10 @@ def _warn_no_fast_int_mm() -> None:
                 "int8 kernel exactly here, about 2x faster" if U8_GEMM else "")
 
 
+#: the integer widths this backend serves, for messages ("4, 6, 7 or 8")
+_WIDTHS = ", ".join(map(str, INT_BITS[:-1])) + f" or {INT_BITS[-1]}"
+
+
 def int8_matmul(xq: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """Exact ``xq [M, K] int8 @ weight [N, K] int8 ^T`` as float32 ``[M, N]``."""
     if FAST_INT_MM:
@@ -235,10 +239,9 @@ def gemm_path() -> str:
         return "oneDNN int8 linear on prepacked weights"
     if FAST_INT_MM:
         return "torch._int_mm"
-    if U8_GEMM:
-        return ("fp32 GEMM of the integers (no VNNI/AMX); with activations of <= 7 bits "
-                "(w8a7) oneDNN's u8 int8 linear on prepacked weights")
-    return "fp32 GEMM of the integers (no VNNI/AMX)"
+    u8 = ("; with activations of <= 7 bits (w8a7) oneDNN's u8 int8 linear on prepacked "
+          "weights" if U8_GEMM else "")
+    return f"fp32 GEMM of the integers (no VNNI/AMX){u8}"
 
 
 def native_int8_linear(
@@ -257,9 +260,10 @@ def native_int8_linear(
 ) -> torch.Tensor:
     """``int8_linear_math`` through the C kernels: one pass over x (every step before the
     GEMM), the int8 GEMM, one pass over the output (rescale, bias, centring, the uncond
-    rows added back to the cond rows under CFG-delta, and the output activation). Compiled graphs call it as one op
-    (``trdq::cpu_int8_native_linear``), not three: each dispatcher round trip costs tens of
-    microseconds, against ~0.5 ms for the whole linear; eager code calls it directly."""
+    rows added back to the cond rows under CFG-delta, and the output activation).
+    Compiled graphs call it as one op (``trdq::cpu_int8_native_linear``), not three: each
+    dispatcher round trip costs tens of microseconds, against ~0.5 ms for the whole
+    linear; eager code calls it directly."""
     q, a_scale, mean = cpu_native.rotate_quant(
         x, smooth_divisor, row_scale, clip_ratio, rotation_block, bits,
         weight_sum is not None, delta_half,
@@ -298,9 +302,9 @@ class CpuInt8Backend(KernelBackend):
         if getattr(config, "fp8", False):
             return False, "fp8 (e4m3) configs need cuda_fp8 or reference"
         if config.act_bits not in INT_BITS:
-            return False, f"activations must be 4-, 6-, 7- or 8-bit, got {config.act_bits}"
+            return False, f"activations must have {_WIDTHS} bits, got {config.act_bits}"
         if config.weight_bits not in INT_BITS:
-            return False, f"weights must be 4-, 6-, 7- or 8-bit, got {config.weight_bits}"
+            return False, f"weights must have {_WIDTHS} bits, got {config.weight_bits}"
         if config.rotation == "duquant":
             return False, "duquant rotation (faithful preset) runs on reference only"
         return True, ""
@@ -328,7 +332,7 @@ class CpuInt8Backend(KernelBackend):
         activation: str = "",
     ) -> torch.Tensor:
         if act.bits not in INT_BITS or act.fp8:
-            raise ValueError(f"cpu_int8 quantizes activations to 4, 6, 7 or 8 integer bits, "
+            raise ValueError(f"cpu_int8 quantizes activations to {_WIDTHS} integer bits, "
                              f"not {'e4m3' if act.fp8 else act.bits}")
         # the C kernels when built (compiled: behind their op, opaque to dynamo; eager: called
         # directly, the op's dispatch costing ~40 us a linear); else, compiled: plain ops

@@ -350,7 +350,7 @@ def w4a8_matmul_triton(
     ``paired``: the CFG-delta halves restored in the epilogue, as the oracle's ``paired``
     (a tile's rows hold whole pairs: every tile height is even). ``activation``: as the
     oracle's, applied in the epilogue. ``tma``: load the tiles of unpacked weights through
-    TMA descriptors (None: with int8 activations on Hopper and newer GPUs)."""
+    TMA descriptors (None: as ``TRDQ_GEMM_TMA`` says, see ``_tma_applies``)."""
     if not TRITON_AVAILABLE:
         raise RuntimeError("triton is not installed; use w4a8_matmul_reference")
     _check_rank1(center, weight_sum)

@@ -317,13 +317,14 @@ static inline void store_row(const float *restrict y, int64_t N, void *out, int 
 /* With delta_half > 0 the rows are [uncond; cond - uncond] and the served cond row is
  * y_u + W d: each pair is finished together, in float32, and rounded once. */
 /* GELU, tanh approximation (F.gelu(approximate="tanh")), in place on a row of the epilogue:
- * 0.5 x (1 + tanh(u)), u = sqrt(2/pi) (x + 0.044715 x^3), tanh(u) = 1 - 2 / (exp(2u) + 1)
- * with 2u clamped to +-20 (tanh is +-1 to float precision beyond). exp(z) = 2^n p(r),
- * r = z - n ln2 (ln2 in two parts), p Cephes' degree-6 polynomial: ~1e-7 relative error. */
+ * 0.5 x (1 + tanh(u)) with u = sqrt(2/pi) (x + 0.044715 x^3) is x sigmoid(2u), computed as
+ * x - x / (exp(z) + 1), z = 2u clamped to +-20 (the sigmoid is 0 or 1 to float precision
+ * beyond). exp(z) = 2^n p(r), r = z - n ln2 (ln2 in two parts), p Cephes' degree-6
+ * polynomial: ~1e-7 relative error. */
 static inline float gelu_tanh1(float x) {
     float z = 1.5957691216f * (x + 0.044715f * x * x * x);
     z = z > 20.0f ? 20.0f : (z < -20.0f ? -20.0f : z);
-    return 0.5f * x * (1.0f + (1.0f - 2.0f / (expf(z) + 1.0f)));
+    return x - x / (expf(z) + 1.0f);
 }
 
 #if defined(__AVX2__) && defined(__FMA__)
@@ -348,7 +349,7 @@ static inline __m256 exp_clamped8(__m256 z) {
 static void gelu_tanh_row(float *restrict y, int64_t N) {
     int64_t n = 0;
 #if defined(__AVX2__) && defined(__FMA__)
-    const __m256 one = _mm256_set1_ps(1.0f), half = _mm256_set1_ps(0.5f);
+    const __m256 one = _mm256_set1_ps(1.0f);
     const __m256 lim = _mm256_set1_ps(20.0f), nlim = _mm256_set1_ps(-20.0f);
     for (; n + 8 <= N; n += 8) {
         const __m256 x = _mm256_loadu_ps(y + n);
@@ -356,9 +357,8 @@ static void gelu_tanh_row(float *restrict y, int64_t N) {
         __m256 z = _mm256_mul_ps(_mm256_set1_ps(1.5957691216f),
                                  _mm256_fmadd_ps(_mm256_set1_ps(0.044715f), x3, x));
         z = _mm256_max_ps(_mm256_min_ps(z, lim), nlim);
-        const __m256 t = _mm256_sub_ps(
-            one, _mm256_div_ps(_mm256_set1_ps(2.0f), _mm256_add_ps(exp_clamped8(z), one)));
-        _mm256_storeu_ps(y + n, _mm256_mul_ps(_mm256_mul_ps(half, x), _mm256_add_ps(one, t)));
+        const __m256 e1 = _mm256_add_ps(exp_clamped8(z), one);
+        _mm256_storeu_ps(y + n, _mm256_sub_ps(x, _mm256_div_ps(x, e1)));
     }
 #endif
     for (; n < N; ++n) y[n] = gelu_tanh1(y[n]);
