@@ -1,22 +1,26 @@
 #!/usr/bin/env bash
 # On a GPU machine (the device tool): the multi-GPU serving test, then the GPU load figures
 # (one worker per GPU against one GPU; batching on one GPU), written by `trdq loadsuite` into
-# docs/RELIABILITY.md. Wheels missing there (diffusers, fastapi, ...) are expected in .whl/.
+# docs/RELIABILITY.md. Wheels missing there (diffusers, fastapi, ...) are expected under .whl/.
+# CUDA_GRAPHS=0 measures without graph replay (default: the server's own default, auto).
 # Results land in $OUT (logs, JSON, the updated docs/RELIABILITY.md).
 set -u
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/trdq-out}
 mkdir -p "$OUT"
-if ls .whl/*.whl >/dev/null 2>&1; then
+wheels=$(find .whl -type f -name '*.whl' 2>/dev/null)
+if [ -n "$wheels" ]; then
+  # shellcheck disable=SC2086  # one argument per wheel
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site .whl/*.whl || exit 1
+    --target /tmp/site $wheels || exit 1
   export PYTHONPATH=/tmp/site:$PWD
 fi
 nvidia-smi --query-gpu=name,memory.total --format=csv > "$OUT/gpus.txt"
 python3 -m pytest -q -p no:cacheprovider -m gpu ${GPU_TESTS:-tests/serving/test_devices.py} \
   -o addopts="" 2>&1 | tee "$OUT/gpu_tests.log" | tail -3
 suite() {
-  python3 -m trdq.cli loadsuite "$@" --env TRDQ_QUANT=w8a8 --log "$OUT/servers.log" \
+  python3 -m trdq.cli loadsuite "$@" --env TRDQ_QUANT=w8a8 \
+    --env "TRDQ_CUDA_GRAPHS=${CUDA_GRAPHS:-auto}" --log "$OUT/servers.log" \
     --out-md docs/RELIABILITY.md 2>&1 | grep -v "^{" | tail -4
   cp docs/RELIABILITY.md "$OUT/RELIABILITY.md"
 }

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from trdq.kernels.base import recording_launches
+from trdq.kernels.base import capture_graph, recording_launches
 
 logger = logging.getLogger(__name__)
 
@@ -216,14 +216,14 @@ class CudaGraphForward:
                 return self.forward(*args, **kwargs)
             static = [t.clone() for t in flat]
             a, kw = self._unflatten(spec, static)
-            torch.cuda.synchronize()
+            device = next((t.device for t in flat if t.is_cuda),
+                          torch.device("cuda", torch.cuda.current_device()))
+            torch.cuda.synchronize(device)
             graph = torch.cuda.CUDAGraph()
             try:
-                # thread_local: a capture forbids unsafe CUDA calls (allocations, syncs) in
-                # this thread only. The default, global, would fail other threads' calls,
-                # i.e. the other GPUs' engine workers (TRDQ_DEVICES) mid-request.
-                with (recording_launches(),
-                      torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local")):
+                # on a stream of the inputs' GPU, one capture at a time in the process, and
+                # other threads (the other GPUs' engine workers) free to call CUDA meanwhile
+                with recording_launches(), capture_graph(graph, device, pool=self.pool):
                     out = self.forward(*a, **kw)
             except Exception:
                 if not self.eager_on_failure:

@@ -48,3 +48,12 @@ def test_gemm_tma_follows_mode_and_recording(monkeypatch, mode, recorded, wanted
             assert triton_w4a8._tma_wanted() is wanted
     else:
         assert triton_w4a8._tma_wanted() is wanted
+
+
+def test_the_launch_lock_is_reentrant():
+    """A CUDA graph capture holds it and launches kernels, whose launches take it again (and
+    a kernel's first launch tunes, i.e. captures): a plain lock would deadlock there."""
+    from trdq.kernels.base import TRITON_LAUNCH_LOCK
+
+    with TRITON_LAUNCH_LOCK, TRITON_LAUNCH_LOCK:
+        pass

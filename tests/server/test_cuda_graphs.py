@@ -60,6 +60,8 @@ class _FakeGraph:
 
     captured: ClassVar[list[_FakeGraph]] = []
     modes: ClassVar[list[str]] = []  # each capture's capture_error_mode
+    streams: ClassVar[list] = []  # each capture's stream
+    restored: ClassVar[list] = []  # what torch.cuda.set_stream / set_device were given
 
     def __init__(self):
         self.fn = None
@@ -82,14 +84,23 @@ class _FakeCapture:
 
 def _fake_cuda(monkeypatch, fail_capture=False):
     from trdq import bench_variants
+    from trdq.kernels import base
 
-    _FakeGraph.captured, _FakeGraph.modes = [], []
+    _FakeGraph.captured, _FakeGraph.modes, _FakeGraph.streams = [], [], []
+    _FakeGraph.restored = []
     monkeypatch.setattr(torch.cuda, "graph_pool_handle", lambda: None)
-    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
     monkeypatch.setattr(torch.cuda, "CUDAGraph", _FakeGraph)
+    monkeypatch.setattr(torch.cuda, "Stream", lambda device: ("stream", device))
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: ("current", device))
+    monkeypatch.setattr(torch.cuda, "set_stream", _FakeGraph.restored.append)
+    monkeypatch.setattr(torch.cuda, "set_device", _FakeGraph.restored.append)
+    monkeypatch.setattr(base, "_CAPTURE_STREAMS", {})
 
-    def graph(g, pool=None, capture_error_mode="global"):
+    def graph(g, pool=None, stream=None, capture_error_mode="global"):
         _FakeGraph.modes.append(capture_error_mode)
+        _FakeGraph.streams.append(stream)
         if fail_capture:
             raise RuntimeError("operation not permitted when stream is capturing")
         return _FakeCapture(g, pool)
@@ -116,8 +127,11 @@ def test_replay_captures_on_the_second_call_and_bounds_the_graphs(monkeypatch):
     assert torch.equal(net(x), x * 2) and not _FakeGraph.captured  # first call: eager
     out = net(x)  # second: captured
     assert torch.equal(out, x * 2) and len(_FakeGraph.captured) == 1 and len(forward.graphs) == 1
-    # a capture must not fail other threads' CUDA calls (one engine worker per GPU)
+    # a capture must not fail other threads' CUDA calls (one engine worker per GPU), and
+    # runs on a stream of its own GPU (not torch.cuda.graph's one stream for all GPUs)
     assert _FakeGraph.modes == ["thread_local"]
+    assert _FakeGraph.streams == [("stream", torch.device("cuda", 0))]
+    assert not _FakeGraph.restored  # a capture that succeeded leaves the thread's state
     graph, static, static_out = forward.graphs[next(iter(forward.graphs))]
     graph.fn = lambda: static_out.copy_(forward.forward(*static))  # what replay recomputes
     assert torch.equal(net(torch.full((3,), 5.0)), torch.full((3,), 10.0))
@@ -136,6 +150,8 @@ def test_a_failed_capture_leaves_those_shapes_eager_in_the_server_only(monkeypat
     for _ in range(4):
         assert torch.equal(net(x), x * 2)
     assert not forward.graphs and len(forward.eager) == 1
+    # the failed capture gave the thread back its stream and device before going eager
+    assert _FakeGraph.restored == [("current", torch.device("cuda", 0)), 0]
     # the bench's: a +cg row fails rather than timing eager calls under its name
     strict = _Net()
     CudaGraphForward(strict)

@@ -82,7 +82,9 @@ def test_a_failure_on_one_worker_leaves_the_other_serving(tmp_path):
 
 @pytest.mark.gpu
 def test_two_gpus_serve_the_quantized_model_at_once(tmp_path):
-    """On a 2-GPU machine: each worker runs TR-DQ's kernels on its own GPU."""
+    """On a 2-GPU machine: each worker runs TR-DQ's kernels on its own GPU, and (the default
+    TRDQ_CUDA_GRAPHS=auto) captures and replays its own CUDA graphs while the other works:
+    the first round runs eagerly, the second captures, the third replays."""
     import torch
 
     if torch.cuda.device_count() < 2:
@@ -93,8 +95,14 @@ def test_two_gpus_serve_the_quantized_model_at_once(tmp_path):
     with TestClient(app) as client:
         app.state.engine.fault_hook = lambda specs: barrier.wait()
         bodies = [{"prompt": "a red circle", "seed": seed, **FAST} for seed in (1, 2)]
-        replies = post_concurrently(client, "/generate/image", bodies)
+        for _ in range(3):
+            replies = post_concurrently(client, "/generate/image", bodies)
+            assert [reply.status_code for reply in replies] == [200, 200], [
+                r.text for r in replies]
+            assert sorted(reply.headers["X-TRDQ-Device"] for reply in replies) == [
+                "cuda:0", "cuda:1"]
         info = client.get("/info").json()
-    assert [reply.status_code for reply in replies] == [200, 200], [r.text for r in replies]
-    assert sorted(reply.headers["X-TRDQ-Device"] for reply in replies) == ["cuda:0", "cuda:1"]
+        for worker in app.state.engine.workers:
+            forward = worker.models.get("image", "w8a8").pipe.transformer.forward
+            assert forward.graphs and not forward.eager, worker.device
     assert info["models"][0]["backend"] != "reference"

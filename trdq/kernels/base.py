@@ -53,6 +53,7 @@ __all__ = [
     "KernelBackend",
     "apply_output_activation",
     "autotune_gpu_time",
+    "capture_graph",
     "check_output_activation",
     "launches_recorded",
     "next_pow2",
@@ -87,22 +88,83 @@ def launches_recorded() -> bool:
     return _RECORDING_LAUNCHES.get()
 
 
+#: Held by every launch of an autotuned Triton kernel and by every CUDA graph capture.
 #: Triton's autotuner keeps per-call state on the kernel object, so two threads launching
-#: the same autotuned kernel at once (one engine worker per GPU) corrupt it. Every launch
-#: of an autotuned kernel holds this lock; a launch is asynchronous and takes microseconds,
-#: and the tuning itself runs once per key.
-TRITON_LAUNCH_LOCK = threading.Lock()
+#: the same autotuned kernel at once (one engine worker per GPU) corrupt it; and PyTorch
+#: supports one graph capture at a time per process, while both the autotuners' timer and
+#: the replayed denoiser (``CudaGraphForward``) capture. Re-entrant: a capture launches
+#: kernels, and a kernel's first launch may tune, i.e. capture. A launch is asynchronous
+#: and takes microseconds; tuning and capturing happen once per key.
+TRITON_LAUNCH_LOCK = threading.RLock()
+
+#: one side stream per GPU that captures run on (under TRITON_LAUNCH_LOCK, one at a time)
+_CAPTURE_STREAMS: dict[torch.device, torch.cuda.Stream] = {}
 
 
-def autotune_gpu_time(kernel_call, quantiles):
+@contextlib.contextmanager
+def capture_graph(graph: torch.cuda.CUDAGraph, device: torch.device, pool=None):
+    """Records the CUDA work of the block into ``graph``, on a side stream of ``device``.
+
+    ``torch.cuda.graph`` on its own captures on one stream for the whole process, made on
+    whichever GPU captured first; work for another GPU then runs outside the capture, which
+    fails it (seen on two H100s: every capture on the second GPU failed). Here: one stream
+    per device, one capture at a time (``TRITON_LAUNCH_LOCK``), and ``thread_local`` capture
+    mode, so the other GPUs' workers keep calling CUDA meanwhile. A capture that fails
+    leaves ``torch.cuda.graph`` inside its stream context (its exit raises before leaving
+    it): this thread's current device and stream are restored, so the caller can go on
+    eagerly."""
+    device = torch.device(device)
+    with TRITON_LAUNCH_LOCK:
+        stream = _CAPTURE_STREAMS.get(device)
+        if stream is None:
+            stream = _CAPTURE_STREAMS[device] = torch.cuda.Stream(device)
+        prior_device, prior_stream = torch.cuda.current_device(), torch.cuda.current_stream(device)
+        try:
+            with torch.cuda.graph(graph, pool=pool, stream=stream,
+                                  capture_error_mode="thread_local"):
+                yield
+        except BaseException:
+            torch.cuda.set_stream(prior_stream)
+            torch.cuda.set_device(prior_device)
+            raise
+
+
+def autotune_gpu_time(kernel_call, quantiles, rep_ms: float = 20.0, replays: int = 10):
     """The timer every Triton autotuner here uses (``triton.autotune(do_bench=...)``): GPU
     time of the call replayed from a CUDA graph. Triton's default times back-to-back
     launches, which the host side of a call bounds for kernels of 10-100 us, so it ranked
     tiles by host noise (H100, the rotate+quantize kernel at 8192 x 1152: it timed ~100 us
-    for every tile of a 36 us kernel; docs/KERNELS.md)."""
-    import triton.testing
+    for every tile of a 36 us kernel; docs/KERNELS.md). Triton's own graph timer
+    (``do_bench_cudagraph``) captures through ``torch.cuda.graph``'s one process-wide
+    stream, which fails on any GPU but the first that captured: this one captures through
+    ``capture_graph`` on the current GPU (the launch's). Milliseconds per call: the
+    ``quantiles`` of ``replays`` replays of a graph holding about ``rep_ms`` of calls."""
+    device = torch.device("cuda", torch.cuda.current_device())
+    kernel_call()  # compiles the variant outside the capture
+    torch.cuda.synchronize(device)
+    one = torch.cuda.CUDAGraph()
+    with capture_graph(one, device):
+        kernel_call()
+    repeats = max(1, int(rep_ms / max(_replay_ms(one), 1e-3)))
+    many = torch.cuda.CUDAGraph()
+    with capture_graph(many, device):
+        for _ in range(repeats):
+            kernel_call()
+    times = torch.tensor([_replay_ms(many) / repeats for _ in range(replays)])
+    if quantiles is None:
+        return times.mean().item()
+    picked = torch.quantile(times, torch.tensor(quantiles, dtype=times.dtype)).tolist()
+    return picked[0] if len(picked) == 1 else picked
 
-    return triton.testing.do_bench_cudagraph(kernel_call, rep=20, quantiles=quantiles)
+
+def _replay_ms(graph: torch.cuda.CUDAGraph) -> float:
+    """Milliseconds of one replay of ``graph`` on the current stream, by CUDA events."""
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    graph.replay()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end)
 
 
 #: (autotuner, its tuning key) -> (the config it chose, its launch keywords); see

@@ -1,0 +1,98 @@
+"""CUDA graph captures off the first GPU and from worker threads (skipped without GPUs).
+
+The server runs one engine worker thread per GPU (``TRDQ_DEVICES``). ``torch.cuda.graph``
+alone captures on one stream made on whichever GPU captured first, so on two H100s every
+capture on the second GPU failed, and so did Triton's own autotuning timer (which captures
+the same way). ``capture_graph`` captures on a stream of the GPU asked for.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import torch
+
+from trdq.kernels.base import capture_graph
+
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not (torch.cuda.is_available() and HAS_TRITON),
+                       reason="needs a CUDA device and triton"),
+]
+
+
+def _in_threads(*fns) -> None:
+    """Runs each of ``fns`` in its own thread at once (as the engine's per-GPU workers do);
+    the first error is raised here."""
+    with ThreadPoolExecutor(max_workers=len(fns)) as pool:
+        for future in [pool.submit(fn) for fn in fns]:
+            future.result(timeout=300)
+
+
+def _capture_and_replay(device: torch.device) -> None:
+    with torch.cuda.device(device):
+        x = torch.arange(8, device=device, dtype=torch.float32)
+        y = torch.empty_like(x)
+        graph = torch.cuda.CUDAGraph()
+        with capture_graph(graph, device):
+            y.copy_(x * 2)
+        x.fill_(3.0)
+        graph.replay()
+        torch.cuda.synchronize(device)
+        assert torch.equal(y.cpu(), torch.full((8,), 6.0))
+
+
+def _rotate_quant_matches_reference(device: torch.device, m: int) -> None:
+    """An autotuned kernel's first launch on ``device``: it tunes, i.e. captures there."""
+    from trdq.kernels.triton_rotate_quant import rotate_quant_reference, rotate_quant_triton
+
+    with torch.cuda.device(device):
+        g = torch.Generator(device=device).manual_seed(m)
+        x = torch.randn(m, 1152, device=device, generator=g).to(torch.bfloat16)
+        kw = {"block": 128, "clip_ratio": 0.9, "out_dtype": torch.int8}
+        q, s = rotate_quant_triton(x, **kw)
+        q_ref, s_ref = rotate_quant_reference(x, **kw)
+        torch.testing.assert_close(s, s_ref, rtol=1e-5, atol=0)
+        assert (q.int() - q_ref.int()).abs().max() <= 1
+
+
+def test_a_capture_replays_from_a_worker_thread():
+    _in_threads(lambda: _capture_and_replay(torch.device("cuda", 0)))
+
+
+def test_a_failed_capture_gives_the_thread_its_stream_back():
+    device = torch.device("cuda", 0)
+    with torch.cuda.device(device):
+        before = torch.cuda.current_stream()
+        with pytest.raises(RuntimeError), capture_graph(torch.cuda.CUDAGraph(), device):
+            torch.cuda.synchronize()  # not permitted while capturing
+        assert torch.cuda.current_stream() == before
+        assert torch.cuda.current_device() == 0
+        _capture_and_replay(device)  # the thread captures and runs normally afterwards
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_captures_and_tuning_on_the_second_gpu_from_worker_threads():
+    # torch.cuda.graph's process-wide stream, made on the first GPU, as a plain capture (or
+    # Triton's do_bench_cudagraph) leaves it
+    x0 = torch.ones(4, device="cuda:0")
+    with torch.cuda.device(0), torch.cuda.graph(torch.cuda.CUDAGraph()):
+        x0.mul_(2)
+    first, second = torch.device("cuda", 0), torch.device("cuda", 1)
+    _in_threads(lambda: _capture_and_replay(second))
+    _in_threads(lambda: _rotate_quant_matches_reference(second, m=331))  # a new shape: tunes
+    # both GPUs' workers at once, each capturing and tuning
+    barrier = threading.Barrier(2, timeout=120)
+
+    def worker(device, m):
+        def run():
+            barrier.wait()
+            _capture_and_replay(device)
+            _rotate_quant_matches_reference(device, m)
+        return run
+
+    _in_threads(worker(first, 401), worker(second, 402))
