@@ -46,14 +46,13 @@ from trdq.bench_memory import StagePeaks, graph_pool_idle_bytes
 from trdq.bench_presets import PRESET_NAMES, BenchPreset, get_preset, resolve_zoo_geometry
 from trdq.bench_report import render_markdown, write_outputs
 from trdq.bench_variants import (
-    CudaGraphForward,
     apply_fp8_swap,
     apply_torchao,
     compile_denoiser,
     fuse_qkv,
     profile_step,
-    quant_context,
 )
+from trdq.cuda_graphs import CudaGraphForward, quant_context
 from trdq.kernels import cpu_int8, cpu_native
 
 logger = logging.getLogger(__name__)

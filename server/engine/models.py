@@ -233,7 +233,7 @@ def _replay_from_cuda_graphs(model: ServedModel, max_graphs: int) -> None:
     call per timestep group and shape runs eagerly (and autotunes), the second captures;
     the warm-up pays for the default shape before /readyz turns 200.
     """
-    from trdq.bench_variants import CudaGraphForward, quant_context
+    from trdq.cuda_graphs import CudaGraphForward, quant_context
 
     transformer = model.pipe.transformer
     CudaGraphForward(

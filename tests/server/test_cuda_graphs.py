@@ -83,7 +83,7 @@ class _FakeCapture:
 
 
 def _fake_cuda(monkeypatch, fail_capture=False):
-    from trdq import bench_variants
+    from trdq import cuda_graphs
     from trdq.kernels import base
 
     _FakeGraph.captured, _FakeGraph.modes, _FakeGraph.streams = [], [], []
@@ -106,7 +106,7 @@ def _fake_cuda(monkeypatch, fail_capture=False):
         return _FakeCapture(g, pool)
 
     monkeypatch.setattr(torch.cuda, "graph", graph)
-    return bench_variants.CudaGraphForward
+    return cuda_graphs.CudaGraphForward
 
 
 class _Net(torch.nn.Module):

@@ -1,0 +1,129 @@
+"""Replaying the denoiser's forward from CUDA graphs (``trdq bench``'s ``+cg`` rows and the
+server's ``TRDQ_CUDA_GRAPHS``).
+
+A quantized step launches ~300 small kernels (Python custom ops, Triton launchers) whose
+host cost exceeds their GPU time; replayed from a graph they cost one launch. The capture
+itself (a stream of the inputs' GPU, one capture at a time) is ``trdq.kernels.base
+.capture_graph``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+
+from trdq.kernels.base import capture_graph, recording_launches
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["CudaGraphForward", "quant_context"]
+
+
+class CudaGraphForward:
+    """Replays the denoiser's forward from CUDA graphs, one per (timestep group, shapes).
+
+    The CPU cost of launching ~300 small kernels per step (Python custom ops, Triton
+    launchers) otherwise exceeds their GPU time. Forward pre-hooks (the TR-DQ timestep
+    hook) still run eagerly before each call, so the key sees the current group; the
+    first call per key runs eagerly (compiles, autotunes), the second captures, later
+    ones copy inputs into the static buffers and replay. Outputs are cloned.
+
+    The server uses it too (``TRDQ_CUDA_GRAPHS``), where request shapes vary: at most
+    ``max_graphs`` keys are captured (each holds its static inputs and outputs), later
+    keys run eagerly, and with ``eager_on_failure`` a key whose capture fails runs
+    eagerly from then on. The bench leaves both off: a ``+cg`` row must time graphs or
+    fail, never time eager calls under its name.
+    """
+
+    def __init__(
+        self,
+        module: torch.nn.Module,
+        context=None,
+        max_graphs: int | None = None,
+        eager_on_failure: bool = False,
+    ):
+        self.module, self.context = module, context
+        self.forward = module.forward
+        self.max_graphs, self.eager_on_failure = max_graphs, eager_on_failure
+        self.graphs: dict[Any, tuple] = {}
+        self.seen: set[Any] = set()
+        self.eager: set[Any] = set()  # keys past max_graphs, or whose capture failed
+        self.pool = torch.cuda.graph_pool_handle()
+        module.forward = self  # instance attribute: hooks in __call__ still run
+
+    def _key(self, flat: list[torch.Tensor], kwargs: dict[str, Any]):
+        group = getattr(self.context, "group", None) if self.context is not None else None
+        cfg = getattr(self.context, "cfg_active", None) if self.context is not None else None
+        return (group, cfg, tuple((t.shape, t.dtype) for t in flat), tuple(sorted(kwargs)))
+
+    @staticmethod
+    def _flatten(obj, out: list[torch.Tensor]):
+        if torch.is_tensor(obj):
+            out.append(obj)
+            return ("T", len(out) - 1)
+        if isinstance(obj, dict):
+            return ("D", {k: CudaGraphForward._flatten(v, out) for k, v in obj.items()})
+        if isinstance(obj, (list, tuple)):
+            return ("L", [CudaGraphForward._flatten(v, out) for v in obj])
+        return ("C", obj)
+
+    @staticmethod
+    def _unflatten(spec, tensors):
+        kind, val = spec
+        if kind == "T":
+            return tensors[val]
+        if kind == "D":
+            return {k: CudaGraphForward._unflatten(v, tensors) for k, v in val.items()}
+        if kind == "L":
+            return [CudaGraphForward._unflatten(v, tensors) for v in val]
+        return val
+
+    def __call__(self, *args, **kwargs):
+        flat: list[torch.Tensor] = []
+        spec = self._flatten((list(args), kwargs), flat)
+        key = self._key(flat, kwargs)
+        if key not in self.graphs:
+            if key in self.eager:
+                return self.forward(*args, **kwargs)
+            if key not in self.seen:
+                self.seen.add(key)
+                with recording_launches():  # tunes what the capture will launch
+                    return self.forward(*args, **kwargs)
+            if self.max_graphs is not None and len(self.graphs) >= self.max_graphs:
+                logger.warning("CUDA graphs: %d captured, the limit; new shapes run eagerly",
+                               len(self.graphs))
+                self.eager.add(key)
+                return self.forward(*args, **kwargs)
+            static = [t.clone() for t in flat]
+            a, kw = self._unflatten(spec, static)
+            device = next((t.device for t in flat if t.is_cuda),
+                          torch.device("cuda", torch.cuda.current_device()))
+            torch.cuda.synchronize(device)
+            graph = torch.cuda.CUDAGraph()
+            try:
+                # on a stream of the inputs' GPU, one capture at a time in the process, and
+                # other threads (the other GPUs' engine workers) free to call CUDA meanwhile
+                with recording_launches(), capture_graph(graph, device, pool=self.pool):
+                    out = self.forward(*a, **kw)
+            except Exception:
+                if not self.eager_on_failure:
+                    raise
+                logger.warning("CUDA graph capture failed; these shapes run eagerly",
+                               exc_info=True)
+                self.eager.add(key)
+                return self.forward(*args, **kwargs)
+            self.graphs[key] = (graph, static, out)
+        graph, static, out = self.graphs[key]
+        for dst, src in zip(static, flat):
+            dst.copy_(src)
+        graph.replay()
+        return tuple(o.clone() for o in out) if isinstance(out, tuple) else out.clone()
+
+
+def quant_context(transformer: torch.nn.Module):
+    """The TR-DQ context of a quantized denoiser (its timestep group, CFG state), which
+    ``CudaGraphForward`` keys its graphs on; None for an unquantized one."""
+    state = getattr(transformer, "_trdq_state", None)
+    return state.context if state is not None else None
