@@ -1,10 +1,6 @@
-"""Replaying the denoiser's forward from CUDA graphs (``trdq bench``'s ``+cg`` rows and the
-server's ``TRDQ_CUDA_GRAPHS``).
-
-A quantized step launches ~300 small kernels (Python custom ops, Triton launchers) whose
-host cost exceeds their GPU time; replayed from a graph they cost one launch. The capture
-itself (a stream of the inputs' GPU, one capture at a time) is ``trdq.kernels.base
-.capture_graph``.
+"""Replaying the denoiser's forward from CUDA graphs: ``trdq bench``'s ``+cg`` rows and the
+server's ``TRDQ_CUDA_GRAPHS``. The capture itself (on a stream of the inputs' GPU, one at a
+time in the process) is ``trdq.kernels.base.capture_graph``.
 """
 
 from __future__ import annotations

@@ -113,7 +113,6 @@ def capture_graph(graph: torch.cuda.CUDAGraph, device: torch.device, pool=None):
     leaves ``torch.cuda.graph`` inside its stream context (its exit raises before leaving
     it): this thread's current device and stream are restored, so the caller can go on
     eagerly."""
-    device = torch.device(device)
     with TRITON_LAUNCH_LOCK:
         stream = _CAPTURE_STREAMS.get(device)
         if stream is None:
