@@ -139,6 +139,12 @@ ATTENTION_SHAPES = [
     ("pixart1024.attn1", 2, 16, 4096, 72),
     ("latte512.spatial", 32, 16, 1024, 72),
 ]
+#: the FA3 comparison adds the temporal attention and Wan2.1's (one CFG branch per call)
+FA3_ATTENTION_SHAPES = ATTENTION_SHAPES + [
+    ("latte512.temporal", 2048, 16, 16, 72),
+    ("wan21-1.3b-480p.self", 1, 12, 32760, 128),
+    ("wan21-14b-480p.self", 1, 40, 32760, 128),
+]
 
 
 def attention_rows(b: int, h: int, s: int, d: int) -> dict[str, float]:
@@ -166,6 +172,45 @@ def attention_rows(b: int, h: int, s: int, d: int) -> dict[str, float]:
     return r
 
 
+def fa3_attention_rows(b: int, h: int, s: int, d: int) -> dict[str, float]:
+    """bf16 SDPA against FA3 bf16 and FA3 e4m3 (``trdq.kernels.fa3_attention``): the FP8
+    kernel alone on pre-quantized inputs, and with its quantization pass (eager torch ops,
+    and compiled as the served blocks run it); errors to fp32 attention and to the oracle."""
+    from trdq.kernels import fa3_attention as fa3
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v = (torch.randn(b, s, h, d, device="cuda", generator=g, dtype=torch.bfloat16)
+               for _ in range(3))
+    (q8, k8, v8), (qs, ks, vs), _ = fa3.quantize_attention_inputs(q, k, v)
+    fp8_kernel = fa3._fa3_forward()
+    compiled = torch.compile(fa3.fa3_fp8_attention)
+    r = {
+        "sdpa_bf16": _bench(lambda: fa3.sdpa_attention(q, k, v)),
+        "fa3_bf16": _bench(lambda: fa3.fa3_attention(q, k, v)),
+        "fa3_fp8_kernel_only": _bench(lambda: fp8_kernel(
+            q8, k8, v8, q_descale=qs, k_descale=ks, v_descale=vs, softmax_scale=d**-0.5)),
+        "fa3_fp8_eager": _bench(lambda: fa3.fa3_fp8_attention(q, k, v)),
+        "fa3_fp8_compiled": _bench(lambda: compiled(q, k, v)),
+    }
+    one = (q[:1], k[:1], v[:1])
+    if s > 8192:  # the fp32 references hold S x S scores: a slice of the heads
+        one = tuple(x[:, :, :2] for x in one)
+    exact = fa3.sdpa_attention(*(x.float() for x in one))
+    bf16 = fa3.sdpa_attention(*one)
+    r["sdpa_bf16_sqnr_dB"] = _sqnr_db(bf16, exact)
+    r["fa3_bf16_sqnr_dB"] = _sqnr_db(fa3.fa3_attention(*one), exact)
+    fp8 = fa3.fa3_fp8_attention(*one)
+    r["fa3_fp8_sqnr_dB"] = _sqnr_db(fp8, exact)
+    r["fa3_fp8_vs_bf16_sdpa_dB"] = _sqnr_db(fp8, bf16)
+    if s <= 8192:  # the oracle holds every head's S x S scores in fp32
+        r["fa3_fp8_vs_reference_dB"] = _sqnr_db(fp8, fa3.fp8_attention_reference(*one))
+    flops = 4 * b * h * s * s * d
+    for key in ("sdpa_bf16", "fa3_bf16", "fa3_fp8_kernel_only", "fa3_fp8_compiled"):
+        r[f"{key}_TFLOPs"] = flops / r[key] / 1e9
+    r["speedup_fp8_compiled_vs_sdpa"] = r["sdpa_bf16"] / r["fa3_fp8_compiled"]
+    return r
+
+
 def _sqnr_db(x: torch.Tensor, ref: torch.Tensor) -> float:
     err = (x.float() - ref.float()).pow(2).mean() / ref.float().pow(2).mean()
     return float(-10 * torch.log10(err + 1e-30))
@@ -176,13 +221,17 @@ def _report(section: dict, title: str, rows: dict[str, float]) -> None:
     section[title] = rows
     print(f"\n{title}", flush=True)
     for key, val in rows.items():
-        unit = "" if any(tag in key for tag in ("TFLOP", "GBps", "dB")) else " ms"
+        unit = "" if any(tag in key for tag in ("TFLOP", "GBps", "dB", "speedup")) else " ms"
         print(f"  {key:24s} {val:10.4f}{unit}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", help="write all numbers here")
+    parser.add_argument(
+        "--attention-only", action="store_true",
+        help="only the self-attention shapes, SDPA against FA3 bf16 / FP8 (needs fa3-fwd)",
+    )
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("microbench needs CUDA", file=sys.stderr)
@@ -197,6 +246,15 @@ def main(argv: list[str] | None = None) -> int:
         "shapes": {},
     }
     print(json.dumps(result["ceilings"]), flush=True)
+    if args.attention_only:
+        result["fa3_attention"] = {}
+        for name, b, h, s, d in FA3_ATTENTION_SHAPES:
+            title = f"{name} B={b} H={h} S={s} D={d}"
+            _report(result["fa3_attention"], title, fa3_attention_rows(b, h, s, d))
+            if args.json:  # partial results survive a time limit
+                with open(args.json, "w") as fh:
+                    json.dump(result, fh, indent=1)
+        return 0
     for name, m, k, n in PIXART_SHAPES:
         _report(result["shapes"], f"{name} M={m} K={k} N={n}", shape_rows(name, m, k, n))
     result["attention"] = {}

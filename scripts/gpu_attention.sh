@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# On a Hopper GPU (the device tool): FA3 attention's GPU tests, the attention microbench
+# (SDPA against FA3 bf16 / FP8 at the DiTs' shapes) and `trdq bench` step rows with each
+# attention backend. Wheels missing there (diffusers; fa3-fwd unpacked as fa3.tar.xz) are
+# expected under .whl/.
+# STAGES picks what runs (default: tests,micro,step); results land in $OUT.
+set -u
+export PYTHONUNBUFFERED=1
+OUT=${OUT:-/tmp/trdq-out}
+mkdir -p "$OUT"
+wheels=$(find .whl -type f -name '*.whl' 2>/dev/null)
+if [ -n "$wheels" ]; then
+  # shellcheck disable=SC2086  # one argument per wheel
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site $wheels || exit 1
+  export PYTHONPATH=/tmp/site:$PWD
+fi
+# the fa3-fwd wheel (27 MB) travels unpacked as xz (10 MB): .whl/*.tar.xz into the same site
+for tarball in .whl/*.tar.xz; do
+  [ -f "$tarball" ] && { mkdir -p /tmp/site; tar xJf "$tarball" -C /tmp/site || exit 1; }
+done
+STAGES=${STAGES:-tests,micro,step}
+PRESET=${PRESET:-pixart-alpha-1024}
+ROWS=${ROWS:-bf16-compile+cg,bf16-compile+cg+fa3attn,w8a8-compile+cg,w8a8-compile+cg+fp8attn}
+nvidia-smi --query-gpu=name,memory.total --format=csv > "$OUT/gpus.txt"
+case ",$STAGES," in *,tests,*)
+  python3 -m pytest -q -p no:cacheprovider -m gpu -o addopts="" \
+    ${GPU_TESTS:-tests/kernels/test_fa3_attention_gpu.py} 2>&1 | tee "$OUT/gpu_tests.log" | tail -15
+esac
+case ",$STAGES," in *,micro,*)
+  python3 -m trdq.kernels.microbench --attention-only --json "$OUT/attention-micro.json" \
+    2>&1 | tee "$OUT/micro.log" | grep -v "^  variant" | tail -80
+esac
+case ",$STAGES," in *,step,*)
+  python3 -m trdq.cli bench --preset "$PRESET" --rows "$ROWS" --scopes "${SCOPES:-denoiser_step}" \
+    ${PROFILE:+--profile} --json "$OUT/$PRESET${TAG:-}.json" --markdown docs/BENCHMARKS.md \
+    2>&1 | grep -E "^\[bench\]|Error|error" | tail -40
+  cp docs/BENCHMARKS.md "$OUT/BENCHMARKS.md"
+esac

@@ -1,0 +1,67 @@
+"""The FP8 attention oracle (``fp8_attention_reference``) on the CPU: how close e4m3
+attention gets to exact attention, and that its smoothing of K and V is exact. The FA3
+kernels are checked against this oracle on a GPU (test_fa3_attention_gpu.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from trdq import primitives as P
+from trdq.kernels import fa3_attention as fa3
+
+
+def _qkv(b, s, h, d, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return tuple(torch.randn(b, s, h, d, generator=g) for _ in range(3))
+
+
+def _exact(q, k, v):
+    return fa3.sdpa_attention(q.double(), k.double(), v.double()).float()
+
+
+@pytest.mark.parametrize("shape", [(1, 256, 2, 72), (2, 130, 3, 64), (1, 96, 2, 128)])
+def test_reference_is_as_close_to_exact_attention_as_e4m3_allows(shape):
+    """Each e4m3 operand (Q and K together, V, P) costs ~28-32 dB on Gaussian data (3
+    mantissa bits); all of them together land at ~25 dB. A bound, not a measurement."""
+    q, k, v = _qkv(*shape)
+    assert 22 < P.sqnr_db(_exact(q, k, v), fa3.fp8_attention_reference(q, k, v)) < 40
+
+
+def test_smoothing_makes_shared_key_and_value_offsets_free():
+    """A vector added to every key shifts each query's logits by a constant (softmax ignores
+    it) and one added to every value shifts every output row by that vector: after the
+    smoothing both inputs quantize identically, so the outputs differ by the offset alone."""
+    q, k, v = _qkv(1, 200, 2, 72)
+    k_offset, v_offset = 20.0 * torch.randn(72), 20.0 * torch.randn(72)
+    plain = fa3.fp8_attention_reference(q, k, v)
+    shifted = fa3.fp8_attention_reference(q, k + k_offset, v + v_offset)
+    assert P.sqnr_db(plain + v_offset, shifted) > 60
+    # without smoothing the same offsets would cost e4m3 most of its precision
+    exact = _exact(q, k + k_offset, v + v_offset)
+    assert P.sqnr_db(exact, shifted) > 30
+
+
+def test_quantized_inputs_are_padded_to_the_fp8_alignment_with_per_head_scales():
+    q, k, v = _qkv(2, 64, 3, 72)
+    (q8, k8, v8), scales, v_mean = fa3.quantize_attention_inputs(q, k, v)
+    for codes in (q8, k8, v8):
+        assert codes.dtype == torch.float8_e4m3fn and codes.shape == (2, 64, 3, 80)
+        assert torch.all(codes[..., 72:].float() == 0)
+    for scale in scales:
+        assert scale.shape == (2, 3) and scale.dtype == torch.float32
+    assert v_mean.shape == (2, 1, 3, 72)
+    # the largest magnitude of each (batch, head) maps to e4m3's largest finite value
+    assert torch.allclose(q8.float().abs().amax(dim=(1, 3)), torch.full((2, 3), fa3.E4M3_MAX))
+
+
+def test_sdpa_attention_keeps_the_token_major_layout():
+    q, k, v = _qkv(2, 33, 3, 16)
+    ref = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+    assert torch.allclose(fa3.sdpa_attention(q, k, v), ref.transpose(1, 2))
+
+
+def test_fa3_is_reported_missing_on_the_cpu():
+    runs, why = fa3.fa3_status("cpu")
+    assert not runs and "CUDA" in why

@@ -1,0 +1,153 @@
+"""Self-attention through FlashAttention-3 on Hopper: bf16, or e4m3 (FP8) with smoothing.
+
+Why: attention is ~40% of a PixArt-1024 step on an H100 and cuDNN's bf16 kernel already
+runs it near the bf16 tensor-core rate, so only 8-bit tensor-core attention moves it.
+FA3's FP8 forward (the ``fa3-fwd`` wheel: sm_90a kernels for head dims 64/96/128/192/256,
+torch stable ABI) is the warp-specialized kernel this project cannot write in Triton 3.6.
+
+Layout: every function here takes and returns ``[B, S, H, D]`` (batch, tokens, heads,
+head dim), the layout diffusers' projections produce before their transpose for SDPA.
+
+FP8 quantization (``quantize_attention_inputs``; all scales float32, ``x ~= x8 * scale``):
+- K is smoothed first: its mean over tokens (per batch, head and channel) is subtracted.
+  That adds the same ``q . mean`` to every logit of a query row, which softmax ignores,
+  so it is exact, and it removes the shared offset that would otherwise eat e4m3's range.
+- V is smoothed the same way and its mean added back to the output: each output row is a
+  convex combination of V's rows (the probabilities sum to 1), so ``P (V - m) + m = P V``.
+- Q, K and V are zero-padded from D to a multiple of 16 (FA3's FP8 alignment; 72 -> 80).
+  Zero columns change neither Q K^T nor the first D output columns; the softmax scale
+  stays ``D ** -0.5`` of the real head dim.
+- one e4m3 scale per (batch, head) and tensor: the ``q/k/v_descale`` FA3 takes.
+- P (the softmax numerator) is cast to e4m3 inside FA3, after a shift of 2^8 so that
+  small probabilities stay normal numbers (FA3's ``Max_offset`` for FP8); the row sums
+  use the unquantized P.
+
+``fp8_attention_reference`` is the pure-torch oracle of exactly that quantization; the
+FA3 kernels are tested against it on a GPU, and it against exact attention on the CPU.
+Importing this module never needs the wheel or a GPU.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import math
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "E4M3_MAX",
+    "FP8_HEAD_DIM_MULTIPLE",
+    "fa3_attention",
+    "fa3_fp8_attention",
+    "fa3_status",
+    "fp8_attention_reference",
+    "quantize_attention_inputs",
+    "sdpa_attention",
+]
+
+E4M3_MAX = 448.0
+FP8_HEAD_DIM_MULTIPLE = 16
+#: FA3 multiplies the FP8 softmax numerator by 2^P_SHIFT_LOG2 before the e4m3 cast
+P_SHIFT_LOG2 = 8.0
+_FA3_MODULE = "fa3_fwd_interface"
+
+
+@functools.cache
+def _fa3_importable() -> bool:
+    return importlib.util.find_spec(_FA3_MODULE) is not None
+
+
+def fa3_status(device: torch.device | str) -> tuple[bool, str]:
+    """Whether the FA3 kernels run on ``device``, and if not, what is missing."""
+    device = torch.device(device)
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return False, f"FA3 attention needs a CUDA device (this one is {device})"
+    major, minor = torch.cuda.get_device_capability(device)
+    if (major, minor) != (9, 0):
+        return False, f"FA3 attention needs a Hopper GPU (sm_90); this one is sm_{major}{minor}"
+    if not _fa3_importable():
+        return False, "FA3 attention needs the fa3-fwd package (pip install 'trdq-server[fa3]')"
+    return True, "ok"
+
+
+@functools.cache
+def _fa3_forward():
+    """FA3's forward custom op (registered with a fake implementation: compile-safe)."""
+    module = importlib.import_module(_FA3_MODULE)
+    return module._flash_attn_forward
+
+
+# ---- shared by the kernel path and the oracle ---------------------------------------------
+def _pad_head_dim(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    pad = (-x.shape[-1]) % multiple
+    return F.pad(x, (0, pad)) if pad else x
+
+
+def _to_e4m3(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """e4m3 codes of ``x`` [B, S, H, D] and its scales [B, H] (one per batch and head)."""
+    amax = x.abs().amax(dim=(1, 3)).float().clamp_min(1e-12)
+    scale = amax / E4M3_MAX
+    codes = (x.float() / scale[:, None, :, None]).to(torch.float8_e4m3fn)
+    return codes, scale
+
+
+def quantize_attention_inputs(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...], torch.Tensor]:
+    """e4m3 ``(q8, k8, v8)``, their ``(q_scale, k_scale, v_scale)`` [B, H] and V's mean
+    [B, 1, H, D] (to add back to the output); K and V smoothed, D padded (module doc)."""
+    k = k.float() - k.float().mean(dim=1, keepdim=True)
+    v_mean = v.float().mean(dim=1, keepdim=True)
+    v = v.float() - v_mean
+    codes, scales = zip(
+        *(_to_e4m3(_pad_head_dim(x, FP8_HEAD_DIM_MULTIPLE)) for x in (q, k, v)), strict=True
+    )
+    return tuple(codes), tuple(scales), v_mean
+
+
+# ---- the kernels ------------------------------------------------------------------------------
+def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """PyTorch's SDPA (cuDNN / flash on a GPU) in the [B, S, H, D] layout: the baseline."""
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+    return out.transpose(1, 2)
+
+
+def fa3_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """FA3 in bf16 (head dims up to 256, multiples of 8; 72 runs the 96-wide kernel)."""
+    out = _fa3_forward()(q, k, v, softmax_scale=q.shape[-1] ** -0.5)[0]
+    return out
+
+
+def fa3_fp8_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """FA3's e4m3 kernel on smoothed, padded, per-head-scaled inputs; bf16 [B, S, H, D] out.
+
+    The quantization is torch ops: under ``torch.compile`` (the served blocks) Inductor
+    fuses the means, the absmax reductions, the casts and the padding into a few kernels,
+    and the slice and mean-add after the call into one.
+    """
+    head_dim = q.shape[-1]
+    (q8, k8, v8), (qs, ks, vs), v_mean = quantize_attention_inputs(q, k, v)
+    out = _fa3_forward()(
+        q8, k8, v8, q_descale=qs, k_descale=ks, v_descale=vs, softmax_scale=head_dim**-0.5
+    )[0]
+    return (out[..., :head_dim].float() + v_mean).to(q.dtype)
+
+
+def fp8_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """The oracle of ``fa3_fp8_attention`` in float32 (the whole score matrix at once)."""
+    head_dim = q.shape[-1]
+    (q8, k8, v8), (qs, ks, vs), v_mean = quantize_attention_inputs(q, k, v)
+
+    def dequant(codes, scale):  # [B, S, H, D] -> [B, H, S, D]
+        return (codes.float() * scale[:, None, :, None]).transpose(1, 2)
+
+    qf, kf, vf = dequant(q8, qs), dequant(k8, ks), dequant(v8, vs)
+    logits = qf @ kf.transpose(-1, -2) * (head_dim**-0.5)
+    shifted = (logits - logits.amax(dim=-1, keepdim=True)) * (1 / math.log(2)) + P_SHIFT_LOG2
+    numer = torch.exp2(shifted)
+    row_sum = numer.sum(dim=-1, keepdim=True)
+    numer8 = numer.to(torch.float8_e4m3fn).float()
+    out = (numer8 @ vf / row_sum).transpose(1, 2)[..., :head_dim]
+    return (out + v_mean).to(q.dtype)

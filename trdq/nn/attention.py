@@ -1,0 +1,161 @@
+"""The denoiser's self-attention kernel as a choice: ``sdpa``, ``fa3`` (bf16) or ``fp8``.
+
+``set_attention_backend(transformer, name)`` swaps the processor of every eligible
+diffusers ``Attention`` module for ``KernelAttnProcessor``, which computes the
+projections as diffusers does and calls the chosen kernel in the ``[B, S, H, D]`` layout
+(no transposes). Cross-attention and masked calls (short text sequences, <5% of a step)
+keep diffusers' own SDPA processor, which the new one holds as its fallback.
+
+``auto`` picks by measurement (docs/KERNELS.md): see ``resolve_attention_backend``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable
+
+import torch
+
+from trdq.kernels import fa3_attention as fa3
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "ATTENTION_BACKENDS",
+    "AttentionReport",
+    "KernelAttnProcessor",
+    "install_attention_kernel",
+    "resolve_attention_backend",
+    "set_attention_backend",
+]
+
+AttentionKernel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+#: backend name -> kernel ([B, S, H, D] in and out); ``sdpa`` leaves diffusers' processors
+ATTENTION_BACKENDS: dict[str, AttentionKernel | None] = {
+    "sdpa": None,
+    "fa3": fa3.fa3_attention,
+    "fp8": fa3.fa3_fp8_attention,
+}
+#: what ``auto`` picks where the FA3 kernels run (``sdpa`` elsewhere)
+AUTO_ON_HOPPER = "sdpa"
+
+
+@dataclasses.dataclass
+class AttentionReport:
+    """What ``set_attention_backend`` did: the backend, and which modules it swapped."""
+
+    backend: str
+    replaced: list[str] = dataclasses.field(default_factory=list)
+    skipped: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+def resolve_attention_backend(name: str, device: torch.device | str) -> str:
+    """``name`` checked against ``device``; ``auto`` resolved. An explicit FA3 backend the
+    device cannot run is an error that says what is missing."""
+    if name not in ("auto", *ATTENTION_BACKENDS):
+        raise ValueError(
+            f"unknown attention backend {name!r}; choose auto, {', '.join(ATTENTION_BACKENDS)}"
+        )
+    runs, why = fa3.fa3_status(device)
+    if name == "auto":
+        return AUTO_ON_HOPPER if runs else "sdpa"
+    if name != "sdpa" and not runs:
+        raise RuntimeError(f"attention backend {name!r} is not available: {why}")
+    return name
+
+
+class KernelAttnProcessor:
+    """diffusers attention processor: self-attention through ``kernel``, the rest through
+    ``fallback`` (the module's previous processor)."""
+
+    def __init__(self, kernel: AttentionKernel, fallback, label: str):
+        self.kernel, self.fallback, self.label = kernel, fallback, label
+
+    def __call__(
+        self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
+        *args, **kwargs,
+    ):
+        if encoder_hidden_states is not None or attention_mask is not None or hidden_states.ndim != 3:
+            return self.fallback(
+                attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs
+            )
+        batch, tokens, _ = hidden_states.shape
+        if getattr(attn, "fused_projections", False) and getattr(attn, "to_qkv", None) is not None:
+            query, key, value = attn.to_qkv(hidden_states).chunk(3, dim=-1)
+        else:
+            query = attn.to_q(hidden_states)
+            key, value = attn.to_k(hidden_states), attn.to_v(hidden_states)
+        head_dim = query.shape[-1] // attn.heads
+        shape = (batch, tokens, attn.heads, head_dim)
+        out = self.kernel(query.view(shape), key.view(shape), value.view(shape))
+        out = out.reshape(batch, tokens, attn.heads * head_dim).to(query.dtype)
+        out = attn.to_out[0](out)
+        return attn.to_out[1](out)
+
+
+def _ineligible(attn) -> str | None:
+    """Why ``attn`` keeps its processor (None: it can take a kernel)."""
+    if getattr(attn, "is_cross_attention", False):
+        return "cross-attention"
+    for part in ("spatial_norm", "group_norm", "norm_q", "norm_k", "norm_cross"):
+        if getattr(attn, part, None):
+            return f"has {part}"
+    if getattr(attn, "residual_connection", False) or getattr(attn, "rescale_output_factor", 1.0) != 1.0:
+        return "residual connection or output rescale inside the module"
+    processor = type(attn.processor).__name__
+    if processor not in ("AttnProcessor2_0", "FusedAttnProcessor2_0", "KernelAttnProcessor"):
+        return f"processor {processor}"
+    return None
+
+
+def install_attention_kernel(
+    transformer: torch.nn.Module, kernel: AttentionKernel, label: str
+) -> AttentionReport:
+    """Put ``kernel`` behind every eligible self-attention module of ``transformer``."""
+    from diffusers.models.attention_processor import Attention
+
+    report = AttentionReport(backend=label)
+    for name, module in transformer.named_modules():
+        if not isinstance(module, Attention):
+            continue
+        reason = _ineligible(module)
+        if reason is not None:
+            report.skipped[name] = reason
+            continue
+        fallback = module.processor
+        if isinstance(fallback, KernelAttnProcessor):
+            fallback = fallback.fallback
+        module.set_processor(KernelAttnProcessor(kernel, fallback, label))
+        report.replaced.append(name)
+    return report
+
+
+def set_attention_backend(
+    transformer: torch.nn.Module, name: str, device: torch.device | str | None = None
+) -> AttentionReport:
+    """Self-attention of ``transformer`` through backend ``name`` (``auto`` resolved on
+    ``device``, by default the transformer's). ``sdpa`` restores diffusers' processors."""
+    if device is None:
+        device = next(transformer.parameters()).device
+    backend = resolve_attention_backend(name, device)
+    kernel = ATTENTION_BACKENDS[backend]
+    if kernel is None:
+        return _restore_sdpa(transformer)
+    report = install_attention_kernel(transformer, kernel, backend)
+    logger.info(
+        "attention backend %s on %d modules (%d kept: %s)", backend, len(report.replaced),
+        len(report.skipped), ", ".join(sorted(set(report.skipped.values()))) or "-",
+    )
+    return report
+
+
+def _restore_sdpa(transformer: torch.nn.Module) -> AttentionReport:
+    report = AttentionReport(backend="sdpa")
+    for name, module in transformer.named_modules():
+        processor = getattr(module, "processor", None)
+        if isinstance(processor, KernelAttnProcessor):
+            module.set_processor(processor.fallback)
+            report.replaced.append(name)
+    return report
