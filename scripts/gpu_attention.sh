@@ -3,7 +3,7 @@
 # (SDPA against FA3 bf16 / FP8 at the DiTs' shapes) and `trdq bench` step rows with each
 # attention backend. Wheels missing there (diffusers; fa3-fwd unpacked as fa3.tar.xz) are
 # expected under .whl/.
-# STAGES picks what runs (default: tests,micro,step); results land in $OUT.
+# STAGES picks what runs (default: tests,micro,step; also eval); results land in $OUT.
 set -u
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/trdq-out}
@@ -36,4 +36,11 @@ case ",$STAGES," in *,step,*)
     ${PROFILE:+--profile} --json "$OUT/$PRESET${TAG:-}.json" --markdown docs/BENCHMARKS.md \
     2>&1 | grep -E "^\[bench\]|Error|error" | tail -40
   cp docs/BENCHMARKS.md "$OUT/BENCHMARKS.md"
+esac
+case ",$STAGES," in *,eval,*)  # the zoo models' quality with FP8 attention, to FP
+  for model in tiny-shapes-t2i tiny-shapes-t2v; do
+    python3 -m trdq.cli eval --model "$model" --quant w8a8,w8a8+fp8attn --device cuda \
+      --prompts "${PROMPTS:-64}" --batch 16 --quiet --cache-dir /tmp/trdq-eval \
+      --json "$OUT/eval-fp8attn-$model.json" --out-md "$OUT/quality-fp8attn.md" 2>&1 | tail -3
+  done
 esac

@@ -47,6 +47,10 @@ class Settings(BaseSettings):
     # by the host launching its small kernels); true: CUDA only, refused on CPU.
     cuda_graphs: Literal["auto"] | bool = "auto"
     cuda_graphs_max: int = Field(default=64, ge=1)
+    # Self-attention kernel of the quantized denoisers (the fp precision keeps SDPA): sdpa
+    # (PyTorch's, cuDNN on Hopper), fa3 (FlashAttention-3 bf16), fp8 (FA3 e4m3 with K/V
+    # smoothing); fa3/fp8 need a Hopper GPU and the fa3-fwd package. auto: docs/KERNELS.md.
+    attention: Literal["auto", "sdpa", "fa3", "fp8"] = "auto"
     threads: int = Field(default=0, ge=0)  # torch intra-op threads on CPU; 0 = torch default
     warmup: bool = True
 

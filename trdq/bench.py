@@ -54,6 +54,7 @@ from trdq.bench_variants import (
 )
 from trdq.cuda_graphs import CudaGraphForward, quant_context
 from trdq.kernels import cpu_int8, cpu_native
+from trdq.nn.attention import set_attention_backend, split_attention_suffix
 
 logger = logging.getLogger(__name__)
 
@@ -63,8 +64,6 @@ __all__ = ["BenchResult", "main", "run_bench"]
 VAE_TILING = "+vaetile"
 #: row suffix (CPU): cpu_int8 quantizes activations with its torch ops, not its C pass
 TORCH_OPS = "+torchops"
-#: row suffixes: the denoiser's self-attention through that backend (trdq.nn.attention)
-ATTENTION_SUFFIXES = {"+fp8attn": "fp8", "+fa3attn": "fa3"}
 DEFAULT_MD = Path(__file__).resolve().parent.parent / "docs" / "BENCHMARKS.md"
 
 
@@ -229,9 +228,8 @@ class _Runner:
             row = row.removesuffix(VAE_TILING)
             self.pipe.vae.enable_tiling()
             info["vae_tiling"] = True
-        attention = next((b for s, b in ATTENTION_SUFFIXES.items() if row.endswith(s)), None)
-        if attention is not None:
-            row = row[: row.rindex("+")]
+        # "+fp8attn" / "+fa3attn": the denoiser's self-attention through that backend
+        row, attention = split_attention_suffix(row)
         if row.endswith(TORCH_OPS):
             row = row.removesuffix(TORCH_OPS)
             cpu_native.set_enabled(False)  # _release turns it back on
@@ -261,8 +259,6 @@ class _Runner:
         elif kind not in ("bf16", "fp32"):
             info["quantize"] = self._quantize(kind)
         if attention is not None:
-            from trdq.nn.attention import set_attention_backend
-
             report = set_attention_backend(transformer, attention, self.device)
             info["attention"] = {"backend": report.backend, "modules": len(report.replaced)}
         info["prepare_s"] = time.perf_counter() - t0

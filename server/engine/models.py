@@ -88,6 +88,7 @@ def load_models(settings: Settings, metrics: Metrics, device: torch.device) -> M
             model.info["text_encoder_quant"] = settings.text_encoder_quant
             if quant != "fp":
                 _quantize(model, settings, metrics)
+                _set_attention(model, settings.attention, device)
             if settings.compile:
                 _compile(model)
             if cuda_graphs:  # (checked above: the device is CUDA)
@@ -194,6 +195,18 @@ def _quantize(model: ServedModel, settings: Settings, metrics: Metrics) -> None:
         "quantized %s to %s with backend %s in %.1f s (cache: %s)",
         model.name, model.quant, report.backend, report.total_seconds, ",".join(report.cache),
     )
+
+
+def _set_attention(model: ServedModel, setting: str, device: torch.device) -> None:
+    """The quantized denoiser's self-attention kernel (TRDQ_ATTENTION); an explicit FA3
+    backend this worker cannot run refuses the start, naming the setting."""
+    from trdq.nn.attention import set_attention_backend
+
+    try:
+        report = set_attention_backend(model.pipe.transformer, setting, device)
+    except RuntimeError as exc:
+        raise ValueError(f"TRDQ_ATTENTION={setting}: {exc}") from exc
+    model.info["attention"] = report.backend
 
 
 def _compile(model: ServedModel) -> None:

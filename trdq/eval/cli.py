@@ -39,6 +39,7 @@ import numpy as np
 
 from trdq.data.split import SPLITS
 from trdq.eval.report import QualityReport, quality_markdown, run_quality, similarity_to
+from trdq.nn.attention import set_attention_backend, split_attention_suffix
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +87,7 @@ def expand_settings(quant: str | None, ablations: Sequence[str]) -> list[str]:
         for base in (b.strip() for b in entry.split(",") if b.strip()):
             names += ablation_chain(base)
     known = set(preset_names())
-    unknown = [n for n in names if n not in known]
+    unknown = [n for n in names if split_attention_suffix(n)[0] not in known]
     if unknown:
         raise ValueError(f"unknown quant preset(s) {unknown}; known: {sorted(known)}")
     return list(dict.fromkeys(names))
@@ -110,7 +111,8 @@ def _prepare(args: argparse.Namespace, name: str):
     from trdq.pipeline import load_pipeline
 
     pipe = load_pipeline(args.model, device=args.device)
-    config = QuantConfig.preset(name)
+    preset, attention = split_attention_suffix(name)
+    config = QuantConfig.preset(preset)
     if args.calib_prompts and config.enabled:
         config = config.replace(calib_num_prompts=args.calib_prompts)
     backend = "reference" if config.faithful else args.backend
@@ -118,9 +120,11 @@ def _prepare(args: argparse.Namespace, name: str):
     qreport = quantize(
         pipe, config, cache_dir=args.cache_dir, backend=backend, progress=not args.quiet
     )
+    if attention is not None:  # "+fp8attn" / "+fa3attn": self-attention through that kernel
+        set_attention_backend(pipe.transformer, attention, args.device)
     info = SettingInfo(
         name,
-        qreport.backend,
+        qreport.backend if attention is None else f"{qreport.backend}, {attention} attention",
         list(qreport.cache),
         qreport.calibration_seconds,
         time.perf_counter() - started,
@@ -353,7 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--quant",
         default=None,
         help="comma list of presets (fp is always run first); default w8a8,w4a8 "
-        "unless --ablation is given",
+        "unless --ablation is given; a '+fp8attn' or '+fa3attn' suffix (w8a8+fp8attn) also "
+        "runs the self-attention through that FA3 kernel (Hopper GPUs)",
     )
     p.add_argument(
         "--ablation",

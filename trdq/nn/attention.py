@@ -28,6 +28,7 @@ __all__ = [
     "install_attention_kernel",
     "resolve_attention_backend",
     "set_attention_backend",
+    "split_attention_suffix",
 ]
 
 AttentionKernel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -38,6 +39,8 @@ ATTENTION_BACKENDS: dict[str, AttentionKernel | None] = {
     "fa3": fa3.fa3_attention,
     "fp8": fa3.fa3_fp8_attention,
 }
+#: suffix of a bench row or eval setting name -> the attention backend it runs
+SETTING_SUFFIXES = {"+fp8attn": "fp8", "+fa3attn": "fa3"}
 #: what ``auto`` picks where the FA3 kernels run (``sdpa`` elsewhere)
 AUTO_ON_HOPPER = "sdpa"
 
@@ -49,6 +52,14 @@ class AttentionReport:
     backend: str
     replaced: list[str] = dataclasses.field(default_factory=list)
     skipped: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+def split_attention_suffix(name: str) -> tuple[str, str | None]:
+    """``"w8a8+fp8attn"`` -> ``("w8a8", "fp8")``; a name without a suffix -> ``(name, None)``."""
+    for suffix, backend in SETTING_SUFFIXES.items():
+        if name.endswith(suffix):
+            return name.removesuffix(suffix), backend
+    return name, None
 
 
 def resolve_attention_backend(name: str, device: torch.device | str) -> str:
