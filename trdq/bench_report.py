@@ -1,15 +1,28 @@
-"""Output of ``trdq bench``: the stable JSON, its details sidecar, the BENCHMARKS.md table."""
+"""Output of ``trdq bench``: the stable JSON, its details sidecar, the markdown tables, and
+docs/BENCHMARKS.md generated from every results file under docs/bench (``render_all``)."""
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import json
+import os
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["device_name", "markdown_table", "render_markdown", "write_outputs"]
+__all__ = [
+    "device_name",
+    "is_bench_result",
+    "markdown_table",
+    "render_all",
+    "render_markdown",
+    "write_outputs",
+]
 
 
 def _versions() -> dict[str, str]:
@@ -68,9 +81,8 @@ def write_outputs(
     return doc
 
 
-MD_HEADER = """# Benchmarks
-
-Appended by `trdq bench` (one section per run; never edited by hand). Every ratio compares
+#: What the rows and columns of every table mean (heads BENCHMARKS.md, appended or generated).
+ROW_LEGEND = """Every ratio compares
 rows of the same run on the same device. Rows: `bf16-eager`, `bf16-compile` (torch.compile
 default mode), `+cg` (denoiser forward replayed from CUDA graphs), TR-DQ presets through
 `trdq.quantize` (`fp8`, `w8a8`, `w4a8`), `fp8swap` (block linears swapped straight for the
@@ -82,6 +94,11 @@ components (pipeline). `peak GB` is `torch.cuda.max_memory_allocated` (process m
 CPU); from 2026-11-27 on, `+cg` rows add the idle bytes of their CUDA graphs' private pool
 (replayed intermediates, which that counter never sees), so earlier `+cg` peaks read low.
 """
+
+MD_HEADER = (
+    "# Benchmarks\n\nAppended by `trdq bench` (one section per run; never edited by hand). "
+    + ROW_LEGEND
+)
 
 
 def _ensure_header(md_path: Path) -> None:
@@ -96,15 +113,18 @@ def markdown_table(
     when: dt.datetime | None = None,
     errors: dict[str, str] | None = None,
     profiles: dict[str, dict[str, Any]] | None = None,
+    level: int = 2,
+    source: str | None = None,
 ) -> str:
     v = versions or _versions()
     when = when or dt.datetime.now(dt.timezone.utc)
     lines = [
-        f"\n## {when:%Y-%m-%d %H:%M} UTC - `{doc['preset']}` on {doc['device']}\n",
-        (
-            f"torch {v['torch']}, triton {v['triton']}, diffusers {v['diffusers']}, "
-            f"torchao {v['torchao']}. "
+        f"\n{'#' * level} {when:%Y-%m-%d %H:%M} UTC - `{doc['preset']}` on {doc['device']}\n",
+        (f"From {source}. " if source else "")
+        + ", ".join(
+            f"{mod} {v.get(mod, '?')}" for mod in ("torch", "triton", "diffusers", "torchao")
         )
+        + ". "
         + "; ".join(notes)
         + ".\n",
     ]
@@ -215,3 +235,161 @@ def render_markdown(json_path: str, md_path: Path) -> None:
                 step_profiles(side.get("rows", {})),
             )
         )
+
+
+# --- docs/BENCHMARKS.md, generated from every results file under docs/bench ---
+
+RENDER_ALL_COMMAND = "python -m trdq.bench_report --all docs/bench --out docs/BENCHMARKS.md"
+_RESULT_KEYS = frozenset({"preset", "device", "torch", "results"})
+_SIDECAR = ".details.json"
+
+
+def is_bench_result(doc: Any) -> bool:
+    """A ``trdq bench --json`` file; probe records under docs/bench have other shapes."""
+    return isinstance(doc, dict) and _RESULT_KEYS <= doc.keys()
+
+
+def _sidecar_path(path: Path) -> Path | None:
+    # FILE.json.details.json as write_outputs names it; FILE.details.json in older runs
+    for candidate in (path.with_name(path.name + _SIDECAR), path.with_name(path.stem + _SIDECAR)):
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def _git_date(path: Path) -> dt.datetime | None:
+    try:
+        out = subprocess.run(
+            ["git", "log", "-1", "--format=%cI", "--", path.name],
+            cwd=path.parent, capture_output=True, text=True, check=False,
+        ).stdout.strip()
+    except OSError:  # no git on this machine
+        return None
+    return dt.datetime.fromisoformat(out).astimezone(dt.timezone.utc) if out else None
+
+
+def _run_time(path: Path, side: dict[str, Any]) -> tuple[dt.datetime, str]:
+    """When the run ended: the sidecar's ``utc``; for files written before that was
+    recorded, the file's last commit (then its mtime), which is later than the run."""
+    if "utc" in side:
+        return dt.datetime.fromisoformat(side["utc"]).astimezone(dt.timezone.utc), "sidecar utc"
+    committed = _git_date(path)
+    if committed is not None:
+        return committed, "date of the file's last commit"
+    return dt.datetime.fromtimestamp(path.stat().st_mtime, dt.timezone.utc), "file mtime"
+
+
+def _one_line(text: str, limit: int = 200) -> str:
+    text = " ".join(str(text).split()).replace("|", "/")
+    return text if len(text) <= limit else text[:limit].rsplit(" ", 1)[0] + " ..."
+
+
+def _link(path: Path, relative_to: Path) -> str:
+    return f"[`{path.name}`]({Path(os.path.relpath(path, relative_to)).as_posix()})"
+
+
+def render_all(directory: Path, out_dir: Path | None = None) -> str:
+    """One markdown page of every ``trdq bench`` result under ``directory``: grouped by
+    preset (sorted by name), each preset's latest run first, then its older runs; every
+    other file listed at the end. Nothing in it depends on the machine or the hour it is
+    generated on, so regenerating without new files gives the same bytes."""
+    out_dir = out_dir or Path.cwd()
+    runs: dict[str, list[tuple[dt.datetime, str, Path, dict, dict, str]]] = {}
+    sidecars_used: set[Path] = set()
+    others: list[tuple[Path, str]] = []
+    for path in sorted(directory.iterdir()):
+        if not path.is_file() or path.name.endswith(_SIDECAR):
+            continue
+        try:
+            doc = json.loads(path.read_text()) if path.suffix == ".json" else None
+        except ValueError:
+            doc = None
+        if not is_bench_result(doc):
+            if isinstance(doc, dict) and "what" in doc:
+                others.append((path, _one_line(doc["what"])))
+            elif isinstance(doc, dict):
+                others.append((path, "keys: " + ", ".join(f"`{k}`" for k in list(doc)[:6])))
+            else:
+                others.append((path, "not a JSON object (text or another format)"))
+            continue
+        side_path = _sidecar_path(path)
+        side = json.loads(side_path.read_text()) if side_path else {}
+        if side_path:
+            sidecars_used.add(side_path)
+        when, dated_by = _run_time(path, side)
+        runs.setdefault(doc["preset"], []).append((when, path.name, path, doc, side, dated_by))
+    for path in sorted(directory.glob("*" + _SIDECAR)):
+        if path not in sidecars_used:
+            others.append((path, "details sidecar whose results file was not kept"))
+
+    intro = (
+        f"Generated by `{RENDER_ALL_COMMAND}` from every `trdq bench --json` result under"
+        " `docs/bench/` and its `FILE.details.json` sidecar; never edited by hand. To add a run,"
+        " commit its JSON and sidecar under `docs/bench/` and re-run that command. Runs"
+        " recorded before this page was generated whose JSON was not kept are in"
+        " `docs/journal/benchmarks-2026-11.md`."
+    )
+    order = (
+        "Presets in name order; within a preset the latest run first. A run's time is its"
+        " sidecar's `utc` (when the run ended), else the date of the file's last commit. "
+        + " ".join(ROW_LEGEND.split())
+    )
+    lines = [
+        "# Benchmarks",
+        "",
+        textwrap.fill(intro, 92, break_on_hyphens=False, break_long_words=False),
+        "",
+        textwrap.fill(order, 92, break_on_hyphens=False, break_long_words=False),
+        "",
+        "| preset | device | latest run (UTC) | runs |",
+        "|---|---|---|---|",
+    ]
+    for preset in sorted(runs):
+        runs[preset].sort(key=lambda run: (run[0], run[1]), reverse=True)
+        latest: dict[str, tuple[dt.datetime, int]] = {}
+        for when, _, _, doc, _, _ in runs[preset]:
+            first, count = latest.get(doc["device"], (when, 0))
+            latest[doc["device"]] = (first, count + 1)
+        for device, (when, count) in latest.items():
+            lines.append(f"| `{preset}` | {device} | {when:%Y-%m-%d %H:%M} | {count} |")
+    for preset in sorted(runs):
+        lines += ["", f"## `{preset}`"]
+        for index, (when, _, path, doc, side, dated_by) in enumerate(runs[preset]):
+            source = _link(path, out_dir) + ("" if index else ", the latest run")
+            if dated_by != "sidecar utc":
+                source += f"; time: {dated_by}"
+            lines.append(
+                markdown_table(
+                    doc,
+                    side.get("notes", []),
+                    side.get("versions") or {"torch": doc["torch"]},
+                    when,
+                    side.get("errors"),
+                    step_profiles(side.get("rows", {})),
+                    level=3,
+                    source=source,
+                ).rstrip("\n")
+            )
+    lines += ["", "## Other records", "", "Probes and files of other shapes under `docs/bench/`:", ""]
+    lines += [f"- {_link(path, out_dir)}: {what}" for path, what in sorted(others)]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m trdq.bench_report", description="Render docs/BENCHMARKS.md."
+    )
+    parser.add_argument("--all", required=True, metavar="DIR", help="directory of results")
+    parser.add_argument("--out", metavar="FILE", help="write here (default: stdout)")
+    args = parser.parse_args(argv)
+    out = Path(args.out) if args.out else None
+    text = render_all(Path(args.all), out.parent if out else None)
+    if out:
+        out.write_text(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -64,3 +64,64 @@ def test_profiled_rows_get_a_gpu_time_table_from_the_details():
     assert "| w8a8-compile b1 | - | 14.52 | 5.72 | 20.24 |" in table
     # no profile: no table
     assert "GPU kernel time" not in markdown_table(doc, ["n"], VERSIONS, dt.datetime(2026, 11, 27))
+
+
+def _write_run(directory, name, preset, latency_s, utc=None, what_device="GPU"):
+    import json
+
+    doc = {"preset": preset, "device": what_device, "torch": "t",
+           "results": [_row("bf16-eager", "denoiser_step", 2 * latency_s, 2, 2),
+                       _row("w8a8-compile", "denoiser_step", latency_s, 1, 1)]}
+    (directory / name).write_text(json.dumps(doc))
+    if utc is not None:
+        side = {"utc": utc, "notes": [f"run {name}"], "versions": VERSIONS}
+        (directory / (name + ".details.json")).write_text(json.dumps(side))
+
+
+def test_generated_page_puts_each_presets_latest_run_first_and_indexes_probes(tmp_path):
+    import json
+    import os
+
+    from trdq.bench_report import RENDER_ALL_COMMAND, main, render_all
+
+    bench = tmp_path / "bench"
+    bench.mkdir()
+    # the older run sorts first by name, so the order below comes from the times
+    _write_run(bench, "a-old.json", "p", 0.5, utc="2026-11-26T10:00:00+00:00")
+    _write_run(bench, "b-new.json", "p", 0.25, utc="2026-11-27T09:30:00+00:00")
+    _write_run(bench, "c-other.json", "q", 0.1, utc="2026-11-25T08:00:00+00:00")
+    # no sidecar, outside git: dated by its mtime
+    _write_run(bench, "d-nosidecar.json", "q", 0.1)
+    stamp = dt.datetime(2026, 11, 28, 1, 2, tzinfo=dt.timezone.utc).timestamp()
+    os.utime(bench / "d-nosidecar.json", (stamp, stamp))
+    (bench / "probe.json").write_text(json.dumps({"what": "a kernel probe\n  in us", "x": 1}))
+    (bench / "notes.txt").write_text("qkv 74.5\n")
+
+    page = render_all(bench, tmp_path)
+    assert RENDER_ALL_COMMAND in page and "never edited by hand" in page
+    headings = [line for line in page.splitlines() if line.startswith("#")]
+    assert headings == [
+        "# Benchmarks",
+        "## `p`",
+        "### 2026-11-27 09:30 UTC - `p` on GPU",
+        "### 2026-11-26 10:00 UTC - `p` on GPU",
+        "## `q`",
+        "### 2026-11-28 01:02 UTC - `q` on GPU",
+        "### 2026-11-25 08:00 UTC - `q` on GPU",
+        "## Other records",
+    ]
+    assert "| `p` | GPU | 2026-11-27 09:30 | 2 |" in page
+    assert "From [`b-new.json`](bench/b-new.json), the latest run. torch t" in page
+    assert "run b-new.json." in page  # the sidecar's notes
+    assert "time: file mtime" in page
+    # the ratio columns of the table renderer: w8a8 is twice as fast as bf16 eager
+    assert "| w8a8-compile | denoiser_step | 250.0 | 2.00x |" in page
+    index = page.split("## Other records", 1)[1]
+    assert "- [`probe.json`](bench/probe.json): a kernel probe in us" in index
+    assert "- [`notes.txt`](bench/notes.txt): not a JSON object" in index
+    assert "b-new.json" not in index and ".details.json" not in index
+    # stable: the same files give the same bytes, through the command too
+    assert render_all(bench, tmp_path) == page
+    out = tmp_path / "BENCHMARKS.md"
+    assert main(["--all", str(bench), "--out", str(out)]) == 0
+    assert out.read_text() == page
