@@ -122,11 +122,11 @@ def markdown_table(
         f"\n{'#' * level} {when:%Y-%m-%d %H:%M} UTC - `{doc['preset']}` on {doc['device']}\n",
         (f"From {source}. " if source else "")
         + ", ".join(
-            f"{mod} {v.get(mod, '?')}" for mod in ("torch", "triton", "diffusers", "torchao")
+            f"{mod} {v[mod]}" for mod in ("torch", "triton", "diffusers", "torchao") if mod in v
         )
-        + ". "
-        + "; ".join(notes)
-        + ".\n",
+        + "."
+        + (" " + "; ".join(notes) + "." if notes else "")
+        + "\n",
     ]
     by_key = {(r["name"], r["scope"]): r for r in doc["results"]}
     base = {key: r["latency_s"] for key, r in by_key.items()}
