@@ -74,8 +74,8 @@ def recording_launches():
     the eager call before the capture (so anything tuned for the recorded variant is tuned
     outside the capture). A kernel may then pick a variant that costs more host time per
     launch for less GPU time: the W8A8 GEMM's TMA loads, whose two descriptors are built
-    and encoded on the host at every launch (on an H100 host, PixArt-1024 W8A8 + compile
-    without graphs: 79.3 ms a step with them, 62.0 without; docs/KERNELS.md)."""
+    and encoded on the host at every launch, which makes a step bound by the host (no
+    graphs) slower (docs/KERNELS.md)."""
     token = _RECORDING_LAUNCHES.set(True)
     try:
         yield
@@ -131,9 +131,8 @@ def capture_graph(graph: torch.cuda.CUDAGraph, device: torch.device, pool=None):
 def autotune_gpu_time(kernel_call, quantiles, rep_ms: float = 20.0, replays: int = 10):
     """The timer every Triton autotuner here uses (``triton.autotune(do_bench=...)``): GPU
     time of the call replayed from a CUDA graph. Triton's default times back-to-back
-    launches, which the host side of a call bounds for kernels of 10-100 us, so it ranked
-    tiles by host noise (H100, the rotate+quantize kernel at 8192 x 1152: it timed ~100 us
-    for every tile of a 36 us kernel; docs/KERNELS.md). Triton's own graph timer
+    launches, which the host side of a call bounds for kernels this short, so it ranks
+    tiles by host noise rather than by kernel time (docs/KERNELS.md). Triton's own graph timer
     (``do_bench_cudagraph``) captures through ``torch.cuda.graph``'s one process-wide
     stream, which fails on any GPU but the first that captured: this one captures through
     ``capture_graph`` on the current GPU (the launch's). Milliseconds per call: the
@@ -180,9 +179,9 @@ def launch_triton(autotuner, grid, args: tuple, constexprs: dict, tile: dict | N
     Otherwise the autotuner tunes on the first launch of each tuning key and launches its
     pick; later launches of that key run the pick straight on the kernel, pre-hook
     included. Triton's ``Autotuner.run`` rebuilds dictionaries of all arguments and
-    formats every tensor's dtype on each launch: ~27 us of host time per launch on this
-    project's CPU machine, two launches per quantized linear, in a step that is bound by
-    the host without CUDA graphs (docs/KERNELS.md). The key is the autotuner's own (the
+    formats every tensor's dtype on each launch: host time paid twice per quantized linear,
+    in a step that is bound by the host without CUDA graphs (docs/KERNELS.md). The key is
+    the autotuner's own (the
     values of its ``key`` arguments and every tensor argument's dtype), so a pick is
     reused exactly where the autotuner would reuse it."""
     kernel = autotuner.fn
@@ -218,8 +217,7 @@ def _key_layout(autotuner, positional: int) -> tuple[tuple[int, ...], tuple[str,
 #: activations a layer may apply to its served output ("" = none): a backend lists those
 #: it applies in its GEMM epilogue (``fused_activations``). GELU (tanh) is the
 #: feed-forward activation of PixArt and Latte; fused, the [M, 4K] bf16 output is written
-#: once instead of written, read by Inductor's GELU kernel and written again (1.4 ms of a
-#: PixArt-1024 step on an H100, docs/KERNELS.md).
+#: once instead of written, read by Inductor's GELU kernel and written again.
 OUTPUT_ACTIVATIONS = ("", "gelu_tanh")
 
 
@@ -246,7 +244,7 @@ def restore_cfg_delta(
 ) -> torch.Tensor:
     """CFG-delta outputs ``[y_u; W d + b]`` -> the served ``[y_u; y_u + W d]``. Out of
     place on purpose: Inductor fuses it into the epilogue before it, where an in-place
-    slice addition cost a compiled CPU step ~117 ms (docs/KERNELS.md, eighth session)."""
+    slice addition is a separate, much slower pass (docs/journal/kernels-2026-11.md)."""
     y_d = out[half:] - bias.to(out.dtype) if bias is not None else out[half:]
     return torch.cat((out[:half], out[:half] + y_d))
 

@@ -7,10 +7,9 @@ tracing, so ``torch.compile`` sees one opaque node and no graph break, as with
 
 Why not ``torch.library.custom_op``: every call of such an op goes through Python
 wrappers (an autograd function even under ``no_grad``, Dynamo disabled and re-enabled,
-an output-aliasing check). On this project's CPU machine a trivial op cost ~45 us a
-call under ``no_grad`` (how diffusers pipelines run) and ~20 us under
-``inference_mode``, against ~11 us registered through ``Library.impl`` (``docs/KERNELS.md``,
-thirteenth session). A W8A8 PixArt step calls these ops ~200 times, and without CUDA
+an output-aliasing check), several times the host cost of an op registered through
+``Library.impl``, most under ``no_grad`` (how diffusers pipelines run;
+``docs/journal/numbers-from-comments.md``). A W8A8 PixArt step calls these ops ~200 times, and without CUDA
 graphs a quantized step is bound by the host launching its kernels.
 
 What the wrappers did and these ops do not: autograd (our ops are inference-only; the

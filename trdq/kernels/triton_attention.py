@@ -1,11 +1,12 @@
 """Quantized self-attention for Hopper: Q K^T in int8, P V in e4m3 (or bf16).
 
-Why: attention is ~40% of a PixArt-1024 step on an H100 (docs/KERNELS.md) and the linear
-layers' low-bit GEMMs cannot move the end-to-end time while it stays in bf16.
+Why: attention is the largest single item of a PixArt-1024 step on an H100
+(docs/KERNELS.md) and the linear layers' low-bit GEMMs cannot move the end-to-end time
+while it stays in bf16.
 
-Status (measured, docs/KERNELS.md): correct, but on an H100 it is slower than PyTorch's
-bf16 cuDNN attention (PixArt-1024 shape 543 us against 418 us), so no preset uses it; it
-is kept with its tests and microbenchmark rows as the starting point of that lever.
+Status: correct, but on an H100 slower than PyTorch's bf16 cuDNN attention
+(docs/KERNELS.md, "Tried and not adopted"), so no preset uses it; it is kept with its
+tests and microbenchmark rows as the starting point of that lever.
 
 Quantization (all scales float32, ``x ~= x_q * scale``):
 - Q: int8, one scale per query row (token), taken inside the attention kernel from the
@@ -236,7 +237,7 @@ if TRITON_AVAILABLE:
     _quant_attention_autotuned = triton.autotune(
         configs=[
             triton.Config({"BLOCK_M": bm}, num_warps=w, num_stages=st)
-            # the fastest of 8 tiles tried on an H100 at PixArt/Latte shapes (docs/KERNELS.md)
+            # the fastest of 8 tiles tried on an H100 at PixArt/Latte shapes (docs/journal/)
             for bm, w, st in ((64, 4, 3), (64, 4, 4), (128, 8, 3))
         ],
         key=["S", "D_LO", "D_HI", "V_FP8"],

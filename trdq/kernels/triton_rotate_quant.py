@@ -474,8 +474,8 @@ if TRITON_AVAILABLE:
         ``rows`` index x and the clip ratios, ``out_rows`` the codes, scales and means.
         ``inv_smooth_a`` / ``_b``: the smoothing vector's reciprocals for the two tiles.
         Reciprocals once per column and program (and once per row for the scale) instead
-        of two divisions per value, which run on the special-function units: 110 -> 104 us
-        at 8192 x 4608 on H100s (two calls; docs/bench/quantizer-reciprocal-gemm-tma-h100.json)."""
+        of two divisions per value, which run on the special-function units at a fraction
+        of the FP32 rate (docs/bench/quantizer-reciprocal-gemm-tma-h100.json)."""
         cols_a = tl.arange(0, KA)
         cmask_a = cols_a < K
         mean = tl.zeros((BLOCK_M,), dtype=tl.float32)
@@ -607,8 +607,7 @@ if TRITON_AVAILABLE:
     # the first call. Re-running is harmless: static mode only reads its scales, dynamic
     # mode rewrites the same values. The small tiles (2-8 rows) are for the dynamic
     # passes: each re-reads its rows, which stay in cache only when a program's tile is
-    # small (H100, the default w8a8 recipe at M = 8192: 36 us at 2 rows against 53 us at
-    # 16, K = 1152; 143 against 209 us, K = 4608; docs/KERNELS.md).
+    # small (docs/bench/rotate-quant-tiles-h100.json).
     _rotate_quant_autotuned = triton.autotune(
         configs=[
             triton.Config({"BLOCK_M": bm}, num_warps=w)
@@ -623,8 +622,7 @@ if TRITON_AVAILABLE:
 
     def _fits_in_registers(configs, named_args, **kwargs):
         """Drop the whole-row tiles that would hold more than 128 values a thread: they
-        spill (H100, K = 4608 padded to 8192 columns: 568 us at one warp a row against
-        122 us at two)."""
+        spill registers, which costs several times the kernel's time."""
         kp = kwargs["KA"] + kwargs["KB"]
         kept = [c for c in configs if c.kwargs["BLOCK_M"] * kp <= 128 * 32 * c.num_warps]
         return kept or configs[-1:]

@@ -34,8 +34,8 @@ into one channel per block (an outlier it creates), and what makes post-GELU inp
 one-sided; removing it gives symmetric int8/e4m3 the whole range. Backends with
 ``fuses_centering`` (the CUDA ones) do it inside their kernels: the rotate+quantize kernel
 computes the mean, the GEMM epilogue adds it back. That is also faster under
-torch.compile than leaving the three elementwise ops to Inductor (Latte-512 step on an
-H100: 247 ms fused against 261 ms, docs/KERNELS.md). Elsewhere it is one mean, one
+torch.compile than leaving the three elementwise ops to Inductor (docs/KERNELS.md, "Tried
+and not adopted"). Elsewhere it is one mean, one
 subtraction and one outer-product add around the backend call.
 """
 
