@@ -33,9 +33,8 @@ case ",$STAGES," in *,micro,*)
 esac
 case ",$STAGES," in *,step,*)
   python3 -m trdq.cli bench --preset "$PRESET" --rows "$ROWS" --scopes "${SCOPES:-denoiser_step}" \
-    ${PROFILE:+--profile} --json "$OUT/$PRESET${TAG:-}.json" --markdown docs/BENCHMARKS.md \
+    ${PROFILE:+--profile} --json "$OUT/$PRESET${TAG:-}.json" \
     2>&1 | grep -E "^\[bench\]|Error|error" | tail -40
-  cp docs/BENCHMARKS.md "$OUT/BENCHMARKS.md"
 esac
 case ",$STAGES," in *,eval,*)  # the zoo models' quality with FP8 attention, to FP
   for model in tiny-shapes-t2i tiny-shapes-t2v; do

@@ -21,7 +21,14 @@ whole denoiser with ``--compile full``.
 Output: ``--json FILE`` with exactly ``{"preset", "device", "torch", "results": [{"name",
 "scope", "latency_s", "peak_memory_bytes", "weight_bytes"}]}`` (names get ``@b4`` for
 batch 4), a sidecar ``FILE.details.json`` (batch, per-component bytes, compile seconds,
-quantize reports, errors), and a dated table appended to ``docs/BENCHMARKS.md``.
+quantize reports, errors), and, with ``--markdown FILE``, a dated table appended there.
+Nothing under docs/ is written unless asked: a run kept for the record goes to
+``docs/bench/NAME.json`` (with its sidecar), and ``python -m trdq.bench_report --all
+docs/bench --out docs/BENCHMARKS.md`` regenerates the tables from every such record.
+
+Row suffixes: ``+cg`` (CUDA graphs), ``+fp8attn`` / ``+fa3attn`` (self-attention through
+FA3 in e4m3 / bf16, ``trdq.nn.attention``), ``+t5int8`` / ``+t5int4``, ``+vaetile``,
+``+torchops`` (CPU).
 """
 
 from __future__ import annotations
@@ -64,7 +71,6 @@ __all__ = ["BenchResult", "main", "run_bench"]
 VAE_TILING = "+vaetile"
 #: row suffix (CPU): cpu_int8 quantizes activations with its torch ops, not its C pass
 TORCH_OPS = "+torchops"
-DEFAULT_MD = Path(__file__).resolve().parent.parent / "docs" / "BENCHMARKS.md"
 
 
 @dataclasses.dataclass
@@ -468,7 +474,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     stage_note = _stage_peaks_note(runner.details["rows"])
     if stage_note:
         notes.append(stage_note)
-    md = None if args.no_markdown else Path(args.markdown)
+    md = None if args.no_markdown or not args.markdown else Path(args.markdown)
     return write_outputs(preset.name, device, runner.results, runner.details, args.json, md, notes)
 
 
@@ -542,8 +548,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--calib-prompts", type=int, default=1)
     p.add_argument("--cache-dir", default=str(Path.home() / ".cache" / "trdq-bench"))
-    p.add_argument("--markdown", default=str(DEFAULT_MD))
-    p.add_argument("--no-markdown", action="store_true")
+    p.add_argument("--markdown", help="also append the run's table to this Markdown file")
+    p.add_argument("--no-markdown", action="store_true", help="(the default) no Markdown")
     p.add_argument(
         "--render",
         metavar="JSON",
@@ -555,6 +561,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.render:
+        if not args.markdown:
+            print("--render needs --markdown FILE", file=sys.stderr)
+            return 2
         render_markdown(args.render, Path(args.markdown))
         return 0
     args.scopes = [s for s in args.scopes.split(",") if s]
