@@ -30,6 +30,17 @@ METRICS_PATHS = frozenset({"/metrics"})
 CLIENT_CLOSED_STATUS = 499
 
 
+def bearer_token(authorization: bytes) -> bytes:
+    """The credentials of an `Authorization: Bearer <token>` header, b"" for any other.
+
+    The scheme is case-insensitive (RFC 7235 2.1: `bearer`, `BEARER`), and one or more
+    spaces may separate it from the token."""
+    scheme, _, token = authorization.partition(b" ")
+    if scheme.lower() != b"bearer":
+        return b""
+    return token.strip(b" ")
+
+
 def open_paths(settings: Settings) -> frozenset[str]:
     """Paths that do not need the API key."""
     paths: set[str] = set()
@@ -45,9 +56,8 @@ class RequestGuard:
         self.app = app
         self.max_body = settings.max_body_bytes
         self.open_paths = open_paths(settings)
-        self.expected_auth = (
-            None if settings.api_key is None
-            else f"Bearer {settings.api_key.get_secret_value()}".encode()
+        self.expected_key = (
+            None if settings.api_key is None else settings.api_key.get_secret_value().encode()
         )
         self.metrics = metrics
 
@@ -61,9 +71,9 @@ class RequestGuard:
         if length.isdigit() and int(length) > self.max_body:
             await self._refuse(send, 413, "payload_too_large", self._too_large(), started)
             return
-        if self.expected_auth is not None and scope["path"] not in self.open_paths:
-            given = headers.get(b"authorization", b"")
-            if not hmac.compare_digest(given, self.expected_auth):
+        if self.expected_key is not None and scope["path"] not in self.open_paths:
+            given = bearer_token(headers.get(b"authorization", b""))
+            if not hmac.compare_digest(given, self.expected_key):
                 await self._refuse(
                     send, 401, "unauthorized",
                     "missing or wrong API key (Authorization: Bearer ...)", started,
