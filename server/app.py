@@ -17,7 +17,7 @@ from server.engine import GenerationEngine
 from server.errors import MethodsByPath, install_error_handlers
 from server.guard import RequestGuard
 from server.metrics import Metrics
-from server.routes import generate, health, info, jobs, openai_images
+from server.routes import generate, health, info, jobs, openai_images, playground
 from server.routes import metrics as metrics_route
 from server.schemas import Limits, request_models
 from server.settings import Settings
@@ -66,10 +66,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         generate.make_router(image_model, video_model),
         jobs.make_router(image_model, video_model),
         openai_images.make_router(limits, settings.image_model),
-        health.router, info.router, metrics_route.router,
+        health.router, info.router, metrics_route.router, playground.router,
     ]
     for router in routers:
         app.include_router(router)
+    app.mount(playground.ASSETS_PATH, playground.assets(), name="playground")
     app.state.methods_by_path = MethodsByPath(
         [*app.routes, *(route for router in routers for route in router.routes)]
     )

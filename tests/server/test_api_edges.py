@@ -200,3 +200,19 @@ def test_wrong_methods_are_405_with_allow(bare):
     assert bare.get("/jobs/not-an-id").status_code == 422  # a malformed id, not a method
     assert bare.get(f"/jobs/{JOB_ID}").status_code == 404
 
+
+# 5. The playground is served without the key (it asks for it)
+
+def test_the_playground_page_and_assets_need_no_key(tmp_path):
+    app = TestClient(create_app(make_settings(tmp_path, api_key=KEY)))
+    page = app.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert 'id="api-key"' in page.text and "http" not in page.text.split("<body>")[1]  # no CDN
+    for asset, media_type in (("playground.js", "javascript"), ("playground.css", "text/css")):
+        reply = app.get(f"/playground/{asset}")
+        assert reply.status_code == 200 and media_type in reply.headers["content-type"]
+    assert app.get("/playground/missing.js").status_code == 404
+    assert app.get("/playground/..%2F..%2Fsettings.py").status_code == 404
+    assert app.get("/info").status_code == 401  # the API itself still needs the key
+    assert "/" not in app.get("/openapi.json", headers={
+        "authorization": f"Bearer {KEY}"}).json()["paths"]
