@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import io
 
+import openai
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
@@ -43,6 +44,23 @@ def test_openai_parameters_are_accepted_and_the_ignored_ones_named(client):
     info = client.get("/info").json()["openai_images"]
     assert set(ignored) <= set(info["ignored_params"])
     assert info["output_compression_formats"] == ["jpeg", "webp"]
+
+
+def test_the_official_openai_client_sends_its_parameters_unrefused(client):
+    """The openai package's own request for the parameters it types, TestClient as transport."""
+    openai_client = openai.OpenAI(base_url="http://testserver/v1", api_key="unused",
+                                  http_client=client, max_retries=0)
+    raw = openai_client.images.with_raw_response.generate(
+        prompt="a red circle", size="32x32", n=1, response_format="b64_json",
+        quality="high", style="natural", background="auto", moderation="auto", user="u-2",
+        output_format="webp", output_compression=60,
+        extra_body={"num_inference_steps": 2, "seed": 3},
+    )
+    assert raw.headers["x-trdq-ignored-params"] == "quality, style, background, moderation, user"
+    result = raw.parse()
+    assert len(result.data) == 1 and result.output_format == "webp"
+    with pytest.raises(openai.UnprocessableEntityError):
+        openai_client.images.generate(prompt="x", extra_body={"not_an_openai_field": 1})
 
 
 def test_output_compression_sets_the_jpeg_and_webp_quality(client):
