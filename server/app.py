@@ -14,10 +14,10 @@ from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 
 from server.engine import GenerationEngine
-from server.errors import install_error_handlers
+from server.errors import MethodsByPath, install_error_handlers
 from server.guard import RequestGuard
 from server.metrics import Metrics
-from server.routes import generate, health, info, jobs, openai_images
+from server.routes import generate, health, info, jobs, openai_images, playground
 from server.routes import metrics as metrics_route
 from server.schemas import Limits, request_models
 from server.settings import Settings
@@ -62,12 +62,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         quant_names=tuple(settings.quant_names),
     )
     image_model, video_model = request_models(limits)
-    app.include_router(generate.make_router(image_model, video_model))
-    app.include_router(jobs.make_router(image_model, video_model))
-    app.include_router(openai_images.make_router(limits, settings.image_model))
-    app.include_router(health.router)
-    app.include_router(info.router)
-    app.include_router(metrics_route.router)
+    routers = [
+        generate.make_router(image_model, video_model),
+        jobs.make_router(image_model, video_model),
+        openai_images.make_router(limits, settings.image_model),
+        health.router, info.router, metrics_route.router, playground.router,
+    ]
+    for router in routers:
+        app.include_router(router)
+    app.mount(playground.ASSETS_PATH, playground.assets(), name="playground")
+    app.state.methods_by_path = MethodsByPath(
+        [*app.routes, *(route for router in routers for route in router.routes)]
+    )
 
     @app.middleware("http")
     async def measure(request: Request, call_next):
@@ -88,6 +94,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_methods=["GET", "POST", "DELETE"],
             allow_headers=["Authorization", "Content-Type", "Accept"],
             expose_headers=["Location", "Retry-After", "X-TRDQ-Model", "X-TRDQ-Quant",
-                            "X-TRDQ-Seed", "X-TRDQ-Device"],
+                            "X-TRDQ-Seed", "X-TRDQ-Device", "X-TRDQ-Ignored-Params"],
         )
     return app

@@ -9,7 +9,7 @@ import logging
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 logger = logging.getLogger(__name__)
@@ -91,14 +91,49 @@ def error_body(error_type: str, message: str, **extra) -> dict:
     return {"error": {"type": error_type, "message": message, **extra}}
 
 
+#: pydantic's wording for a few error types, said the way a client reads it.
+VALIDATION_MESSAGES = {
+    "finite_number": "must be a finite number",
+    "float_type": "must be a number",
+    "int_type": "must be an integer",
+    "string_type": "must be a string",
+}
+
+
 def _describe_validation_error(exc: RequestValidationError) -> tuple[str, list[dict]]:
-    fields = []
+    fields, sentences = [], []
     for err in exc.errors():
+        if err.get("type") == "json_invalid":
+            # FastAPI reports an undecodable body at ("body", <character offset>).
+            reason = (err.get("ctx") or {}).get("error")
+            fields.append({"field": "body", "message": "not valid JSON"})
+            sentences.append("body is not valid JSON" + (f" ({reason})" if reason else ""))
+            continue
         location = [str(part) for part in err.get("loc", ()) if part != "body"]
         field = ".".join(location) or "body"
-        fields.append({"field": field, "message": err.get("msg", "invalid")})
-    message = "; ".join(f"{f['field']}: {f['message']}" for f in fields) or "invalid request"
-    return message, fields
+        message = VALIDATION_MESSAGES.get(err.get("type", ""), err.get("msg", "invalid"))
+        fields.append({"field": field, "message": message})
+        sentences.append(f"{field}: {message}")
+    return "; ".join(sentences) or "invalid request", fields
+
+
+class MethodsByPath:
+    """Every method some route serves at a path, for Allow headers.
+
+    Starlette's 405 names only the first route that matched the path (GET for
+    /jobs/{id}, not its DELETE). Built from the routers' own routes, after they are
+    included (app.state.methods_by_path)."""
+
+    def __init__(self, routes) -> None:
+        self.routes = [route for route in routes
+                       if hasattr(route, "path_regex") and getattr(route, "methods", None)]
+
+    def allowed(self, path: str) -> list[str]:
+        methods = {"OPTIONS"}
+        for route in self.routes:
+            if route.path_regex.match(path):
+                methods |= set(route.methods)
+        return sorted(methods)
 
 
 def install_error_handlers(app: FastAPI, on_error=None) -> None:
@@ -130,12 +165,21 @@ def install_error_handlers(app: FastAPI, on_error=None) -> None:
             return JSONResponse(
                 error_body("invalid_request", f"body: {exc.detail}"), 422, headers=exc.headers
             )
+        headers = exc.headers
+        methods_by_path = getattr(request.app.state, "methods_by_path", None)
+        if exc.status_code == 405 and methods_by_path is not None:
+            allow = ", ".join(methods_by_path.allowed(request.url.path))
+            if request.method == "OPTIONS":
+                # No CORS preflight here (CORS is off or the origin is not allowed):
+                # OPTIONS is a plain question about the methods (RFC 9110 9.3.7).
+                return Response(status_code=204, headers={"Allow": allow})
+            headers = {**(headers or {}), "Allow": allow}
         error_type = {404: "not_found", 405: "method_not_allowed", 400: "bad_request"}.get(
             exc.status_code, "http_error"
         )
         count(error_type)
         return JSONResponse(
-            error_body(error_type, str(exc.detail)), exc.status_code, headers=exc.headers
+            error_body(error_type, str(exc.detail)), exc.status_code, headers=headers
         )
 
     @app.exception_handler(Exception)

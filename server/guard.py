@@ -4,7 +4,8 @@ It does what must happen before (or around) route code, for every request:
 - body size: a declared Content-Length over the limit is refused at once (413); a body
   without one (chunked) is read up to the limit and refused as soon as it passes it;
 - auth: the optional bearer key, compared in constant time; probes and /metrics are
-  open unless the settings close them. The key is never logged or echoed;
+  open unless the settings close them, the playground page always (it asks for the key).
+  The key is never logged or echoed;
 - client disconnect: Starlette does not cancel a handler whose client went away, so the
   guard watches the connection and cancels the handler task; the engine then drops the
   queued job or stops the running one at its next denoising step.
@@ -30,9 +31,26 @@ METRICS_PATHS = frozenset({"/metrics"})
 CLIENT_CLOSED_STATUS = 499
 
 
+#: The playground page and its assets hold no data and no secret; the page asks for the
+#: key and sends it with every API call it makes.
+PLAYGROUND_PATHS = frozenset({"/"})
+PLAYGROUND_ASSETS_PREFIX = "/playground/"
+
+
+def bearer_token(authorization: bytes) -> bytes:
+    """The credentials of an `Authorization: Bearer <token>` header, b"" for any other.
+
+    The scheme is case-insensitive (RFC 7235 2.1: `bearer`, `BEARER`), and one or more
+    spaces may separate it from the token."""
+    scheme, _, token = authorization.partition(b" ")
+    if scheme.lower() != b"bearer":
+        return b""
+    return token.strip(b" ")
+
+
 def open_paths(settings: Settings) -> frozenset[str]:
     """Paths that do not need the API key."""
-    paths: set[str] = set()
+    paths: set[str] = set(PLAYGROUND_PATHS)
     if not settings.auth_probes:
         paths |= PROBE_PATHS
     if not settings.auth_metrics:
@@ -45,9 +63,8 @@ class RequestGuard:
         self.app = app
         self.max_body = settings.max_body_bytes
         self.open_paths = open_paths(settings)
-        self.expected_auth = (
-            None if settings.api_key is None
-            else f"Bearer {settings.api_key.get_secret_value()}".encode()
+        self.expected_key = (
+            None if settings.api_key is None else settings.api_key.get_secret_value().encode()
         )
         self.metrics = metrics
 
@@ -61,9 +78,9 @@ class RequestGuard:
         if length.isdigit() and int(length) > self.max_body:
             await self._refuse(send, 413, "payload_too_large", self._too_large(), started)
             return
-        if self.expected_auth is not None and scope["path"] not in self.open_paths:
-            given = headers.get(b"authorization", b"")
-            if not hmac.compare_digest(given, self.expected_auth):
+        if self.expected_key is not None and not self._is_open(scope["path"]):
+            given = bearer_token(headers.get(b"authorization", b""))
+            if not hmac.compare_digest(given, self.expected_key):
                 await self._refuse(
                     send, 401, "unauthorized",
                     "missing or wrong API key (Authorization: Bearer ...)", started,
@@ -77,6 +94,9 @@ class RequestGuard:
             await self._refuse(send, 413, "payload_too_large", self._too_large(), started)
             return
         await self._run(scope, receive, send, body, started)
+
+    def _is_open(self, path: str) -> bool:
+        return path in self.open_paths or path.startswith(PLAYGROUND_ASSETS_PREFIX)
 
     def _too_large(self) -> str:
         return f"request body over {self.max_body} bytes"

@@ -11,16 +11,26 @@ IMAGE_FORMATS = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 VIDEO_FORMATS = {"mp4": "video/mp4", "gif": "image/gif", "webp": "image/webp"}
 
 
-def encode_image(pixels: np.ndarray, fmt: str) -> bytes:
-    """[H, W, 3] uint8 -> PNG/JPEG/WebP bytes (lossless WebP so seeds reproduce bytes)."""
+DEFAULT_JPEG_QUALITY = 95
+
+
+def encode_image(pixels: np.ndarray, fmt: str, quality: int | None = None) -> bytes:
+    """[H, W, 3] uint8 -> PNG/JPEG/WebP bytes.
+
+    `quality` (0-100) sets JPEG quality and makes WebP lossy at that quality; PNG is
+    lossless and ignores it. Without it WebP is lossless, so seeds reproduce bytes."""
     buffer = io.BytesIO()
     image = Image.fromarray(pixels, mode="RGB") if pixels.ndim == 3 else Image.fromarray(pixels)
     if fmt == "png":
         image.save(buffer, format="PNG")
     elif fmt == "jpeg":
-        image.save(buffer, format="JPEG", quality=95)
+        image.save(buffer, format="JPEG",
+                   quality=DEFAULT_JPEG_QUALITY if quality is None else quality)
     elif fmt == "webp":
-        image.save(buffer, format="WEBP", lossless=True)
+        if quality is None:
+            image.save(buffer, format="WEBP", lossless=True)
+        else:
+            image.save(buffer, format="WEBP", quality=quality)
     else:
         raise ValueError(f"unsupported image format {fmt!r}")
     return buffer.getvalue()

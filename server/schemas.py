@@ -26,14 +26,17 @@ class Limits:
     quant_names: tuple[str, ...]
 
 
+#: Strict JSON types: `"128"`, `128.0` and `true` are not integers and `false` is not a
+#: number (lax pydantic would coerce them, hiding client bugs); an integer is still a
+#: valid number for float fields. NaN and infinities are refused by `allow_inf_nan`.
+STRICT_REQUEST = ConfigDict(extra="forbid", strict=True)
+
+
 class GenerationRequestBase(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT_REQUEST
 
     def check_size(self, max_pixels: int) -> None:
-        for name in ("width", "height"):
-            value = getattr(self, name)
-            if value is not None and value % 8:
-                raise ValueError(f"{name} must be a multiple of 8, got {value}")
+        """The pixel budget; each side's multiple of 8 is a field constraint (`multipleOf`)."""
         if (self.width is not None and self.height is not None
                 and self.width * self.height > max_pixels):
             raise ValueError(
@@ -49,12 +52,16 @@ def request_models(limits: Limits) -> tuple[type[BaseModel], type[BaseModel]]:
     class ImageRequest(GenerationRequestBase):
         prompt: str = Field(min_length=1, max_length=limits.max_prompt_chars)
         negative_prompt: str = Field(default="", max_length=limits.max_prompt_chars)
-        width: int | None = Field(default=None, ge=8, le=limits.max_pixels // 8)
-        height: int | None = Field(default=None, ge=8, le=limits.max_pixels // 8)
+        width: int | None = Field(
+            default=None, ge=8, le=limits.max_pixels // 8, multiple_of=8
+        )
+        height: int | None = Field(
+            default=None, ge=8, le=limits.max_pixels // 8, multiple_of=8
+        )
         num_inference_steps: int = Field(
             default=min(DEFAULT_STEPS, limits.max_steps), ge=1, le=limits.max_steps
         )
-        guidance_scale: float = Field(default=4.5, ge=0.0, le=MAX_GUIDANCE)
+        guidance_scale: float = Field(default=4.5, ge=0.0, le=MAX_GUIDANCE, allow_inf_nan=False)
         seed: int | None = Field(default=None, ge=0, le=2**63 - 1 - MAX_IMAGES_PER_REQUEST)
         num_images: int = Field(default=1, ge=1, le=MAX_IMAGES_PER_REQUEST)
         output_format: Literal["png", "jpeg", "webp"] = "png"
@@ -68,14 +75,18 @@ def request_models(limits: Limits) -> tuple[type[BaseModel], type[BaseModel]]:
     class VideoRequest(GenerationRequestBase):
         prompt: str = Field(min_length=1, max_length=limits.max_prompt_chars)
         negative_prompt: str = Field(default="", max_length=limits.max_prompt_chars)
-        width: int | None = Field(default=None, ge=8, le=limits.max_pixels // 8)
-        height: int | None = Field(default=None, ge=8, le=limits.max_pixels // 8)
+        width: int | None = Field(
+            default=None, ge=8, le=limits.max_pixels // 8, multiple_of=8
+        )
+        height: int | None = Field(
+            default=None, ge=8, le=limits.max_pixels // 8, multiple_of=8
+        )
         num_frames: int | None = Field(default=None, ge=1, le=limits.max_frames)
         fps: int = Field(default=8, ge=1, le=60)
         num_inference_steps: int = Field(
             default=min(DEFAULT_STEPS, limits.max_steps), ge=1, le=limits.max_steps
         )
-        guidance_scale: float = Field(default=4.5, ge=0.0, le=MAX_GUIDANCE)
+        guidance_scale: float = Field(default=4.5, ge=0.0, le=MAX_GUIDANCE, allow_inf_nan=False)
         seed: int | None = Field(default=None, ge=0, le=2**63 - 1 - MAX_IMAGES_PER_REQUEST)
         num_videos: int = Field(default=1, ge=1, le=MAX_IMAGES_PER_REQUEST)
         output_format: Literal["mp4", "gif", "webp"] = "mp4"

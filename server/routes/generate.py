@@ -2,7 +2,7 @@
 
 Routes validate (pydantic, from the limits), hand a JobSpec to the engine, and shape
 the reply: JSON with base64 media by default, raw bytes when the client asks for a
-media type in Accept.
+media type in Accept (server.negotiation; 406 for a type not served).
 """
 
 
@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse, Response
 from server import media
 from server.engine.jobs import JobSpec
 from server.errors import InvalidRequestError, NotAcceptableError
+from server.negotiation import negotiate
 from server.schemas import ErrorResponse, ImageResponse, VideoResponse
 
 ERROR_RESPONSES = {
@@ -28,16 +29,6 @@ ERROR_RESPONSES = {
 def make_seeds(seed: int | None, count: int) -> tuple[int, ...]:
     base = secrets.randbelow(2**31) if seed is None else seed
     return tuple(base + i for i in range(count))
-
-
-def raw_format(accept: str, formats: dict[str, str]) -> str | None:
-    """The output format named by an Accept header (first match), or None for JSON."""
-    for part in accept.split(","):
-        media_type = part.split(";")[0].strip().lower()
-        for fmt, fmt_type in formats.items():
-            if media_type == fmt_type:
-                return fmt
-    return None
 
 
 def timings_of(output, encode_s: float, started: float) -> dict:
@@ -104,12 +95,15 @@ def video_spec(engine, body) -> JobSpec:
     )
 
 
-async def encode_output(engine, output, fmt: str, fps: int | None = None) -> tuple[list, float]:
-    """Encode every image or video of an output off the event loop; (blobs, seconds)."""
+async def encode_output(engine, output, fmt: str, fps: int | None = None,
+                        quality: int | None = None) -> tuple[list, float]:
+    """Encode every image or video of an output off the event loop; (blobs, seconds).
+
+    `quality` applies to images only (see media.encode_image)."""
     started = time.perf_counter()
     if fps is None:
         encoded = await asyncio.to_thread(
-            lambda: [media.encode_image(pixels, fmt) for pixels in output.pixels]
+            lambda: [media.encode_image(pixels, fmt, quality) for pixels in output.pixels]
         )
     else:
         encoded = await asyncio.to_thread(
@@ -161,7 +155,7 @@ def make_router(image_model, video_model) -> APIRouter:
     async def generate_image(body: image_model, request: Request):  # type: ignore[valid-type]
         started = time.perf_counter()
         engine = request.app.state.engine
-        raw = raw_format(request.headers.get("accept", ""), media.IMAGE_FORMATS)
+        raw = negotiate(request.headers.get("accept"), media.IMAGE_FORMATS, body.output_format)
         if raw is not None and body.num_images != 1:
             raise NotAcceptableError("raw image bytes need num_images=1; ask for JSON instead")
         spec = image_spec(engine, body)
@@ -183,7 +177,7 @@ def make_router(image_model, video_model) -> APIRouter:
     async def generate_video(body: video_model, request: Request):  # type: ignore[valid-type]
         started = time.perf_counter()
         engine = request.app.state.engine
-        raw = raw_format(request.headers.get("accept", ""), media.VIDEO_FORMATS)
+        raw = negotiate(request.headers.get("accept"), media.VIDEO_FORMATS, body.output_format)
         if raw is not None and body.num_videos != 1:
             raise NotAcceptableError("raw video bytes need num_videos=1; ask for JSON instead")
         spec = video_spec(engine, body)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
+from server.routes.openai_images import COMPRESSIBLE_FORMATS, IGNORED_OPENAI_PARAMS
+
 router = APIRouter(tags=["info"])
 
 
@@ -17,7 +19,7 @@ async def info(request: Request) -> dict:
             models.append({
                 "name": model.name, "task": model.task, "quant": model.quant,
                 "default_width": model.default_width, "default_height": model.default_height,
-                "max_frames": model.max_frames, **model.info,
+                "max_frames": model.max_frames, "min_steps": model.min_steps, **model.info,
             })
     return {
         "ready": engine.ready,
@@ -32,4 +34,8 @@ async def info(request: Request) -> dict:
             "max_queue": settings.max_queue, "max_batch": settings.max_batch,
         },
         "models": models,
+        "openai_images": {
+            "ignored_params": list(IGNORED_OPENAI_PARAMS),
+            "output_compression_formats": list(COMPRESSIBLE_FORMATS),
+        },
     }

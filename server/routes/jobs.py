@@ -19,6 +19,7 @@ from typing import Any, Literal
 from fastapi import APIRouter, Path, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel
+from starlette.convertors import StringConvertor, register_url_convertor
 
 from server import media
 from server.engine.jobs import Job, JobSpec
@@ -32,13 +33,13 @@ from server.errors import (
     TooManyJobsError,
     error_body,
 )
+from server.negotiation import negotiate
 from server.routes.generate import (
     ERROR_RESPONSES,
     encode_output,
     image_payload,
     image_spec,
     media_headers,
-    raw_format,
     timings_of,
     video_payload,
     video_spec,
@@ -48,6 +49,19 @@ from server.schemas import ErrorDetail, ErrorResponse, ImageResponse, VideoRespo
 logger = logging.getLogger(__name__)
 
 JOB_ID = Path(pattern=r"^[0-9a-f]{24}$", description="The id POST /jobs/* returned")
+
+
+class JobIdConvertor(StringConvertor):
+    """A path segment that is not one of the POST-only names /jobs/image and /jobs/video.
+
+    Without it `GET /jobs/image` matches `GET /jobs/{job_id}` and fails the id pattern
+    (422), where the client only used the wrong method on a real resource (405, with
+    Allow: POST). Other malformed ids still reach the route and get its 422."""
+
+    regex = r"(?!(?:image|video)(?:/|$))[^/]+"
+
+
+register_url_convertor("job_id", JobIdConvertor())  # Starlette's registry is global
 #: SSE: progress is sampled this often; a comment line keeps idle proxies from closing.
 EVENT_POLL_S = 0.1
 KEEPALIVE_S = 15.0
@@ -250,12 +264,12 @@ def make_router(image_model, video_model) -> APIRouter:
         )
         return accepted_reply(record)
 
-    @router.get("/{job_id}", response_model=JobStatus, responses=ERROR_RESPONSES,
+    @router.get("/{job_id:job_id}", response_model=JobStatus, responses=ERROR_RESPONSES,
                 summary="State and progress (step i of N) of a job")
     async def job_status(request: Request, job_id: str = JOB_ID):
         return request.app.state.jobs.get(job_id).status()
 
-    @router.get("/{job_id}/events", responses={
+    @router.get("/{job_id:job_id}/events", responses={
         200: {"content": {"text/event-stream": {}},
               "description": "Server-sent events: `progress` while queued or running, "
                              "then one `end` event; each `data` is the job status JSON"},
@@ -284,7 +298,7 @@ def make_router(image_model, video_model) -> APIRouter:
         return StreamingResponse(stream(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
-    @router.get("/{job_id}/result", response_model=ImageResponse | VideoResponse,
+    @router.get("/{job_id:job_id}/result", response_model=ImageResponse | VideoResponse,
                 responses={409: {"model": ErrorResponse}, **ERROR_RESPONSES},
                 summary="The finished job's media (JSON, or raw bytes via Accept)")
     async def job_result(request: Request, job_id: str = JOB_ID):
@@ -299,7 +313,7 @@ def make_router(image_model, video_model) -> APIRouter:
             status = error.status_code if 400 <= error.status_code < 600 else 500
             return JSONResponse(error_body(error.error_type, error.message), status)
         formats = media.IMAGE_FORMATS if record.spec.task == "image" else media.VIDEO_FORMATS
-        raw = raw_format(request.headers.get("accept", ""), formats)
+        raw = negotiate(request.headers.get("accept"), formats, record.output_format)
         if raw is not None:
             if raw != record.output_format or len(record.blobs) != 1:
                 raise NotAcceptableError(
@@ -309,7 +323,7 @@ def make_router(image_model, video_model) -> APIRouter:
             return Response(record.blobs[0], media_type=formats[raw], headers=record.headers)
         return JSONResponse(record.payload, headers=record.headers)
 
-    @router.delete("/{job_id}", response_model=JobStatus, responses=ERROR_RESPONSES,
+    @router.delete("/{job_id:job_id}", response_model=JobStatus, responses=ERROR_RESPONSES,
                    summary="Cancel an unfinished job, or discard a finished job's result")
     async def job_delete(request: Request, job_id: str = JOB_ID):
         return request.app.state.jobs.cancel_or_delete(job_id)
