@@ -82,8 +82,13 @@ def load_models(settings: Settings, metrics: Metrics, device: torch.device) -> M
         base = load_pipeline(model_name, device=device, dtype=dtype)
         task = pipeline_task(base)
         _quantize_text_encoder(base, settings.text_encoder_quant)
-        for quant in settings.quant_names:
-            pipe = base if quant == "fp" else _pipeline_copy_with_own_denoiser(base)
+        # every variant's denoiser is copied before any is quantized or profiled: the hooks
+        # those attach (and their handles) are not copyable
+        pipes = {
+            quant: base if quant == "fp" else _pipeline_copy_with_own_denoiser(base)
+            for quant in settings.quant_names
+        }
+        for quant, pipe in pipes.items():
             model = _make_served(model_name, task, quant, pipe, metrics)
             model.info["text_encoder_quant"] = settings.text_encoder_quant
             if quant != "fp":
