@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from server.engine.models import load_models
@@ -9,6 +10,7 @@ from server.metrics import Metrics
 from tests.server.conftest import make_settings
 
 
+@pytest.mark.slow  # calibrates w8a7 (no shipped artifact): ~1-2 min on 2 cores
 def test_three_precisions_load_each_with_its_own_denoiser(tmp_path):
     """Copying the denoiser after another variant was quantized and profiled copied that
     variant's hook handles too, which cannot be copied (a TypeError at start-up)."""
