@@ -39,6 +39,7 @@ import torch.nn.functional as F
 __all__ = [
     "E4M3_MAX",
     "FP8_HEAD_DIM_MULTIPLE",
+    "FP8_OPERANDS",
     "fa3_attention",
     "fa3_fp8_attention",
     "fa3_status",
@@ -135,19 +136,38 @@ def fa3_fp8_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torc
     return (out[..., :head_dim].float() + v_mean).to(q.dtype)
 
 
-def fp8_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """The oracle of ``fa3_fp8_attention`` in float32 (the whole score matrix at once)."""
+#: the operands FA3 rounds to e4m3: Q and K (together: the logits), V, and P
+FP8_OPERANDS = ("qk", "v", "p")
+
+
+def fp8_attention_reference(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, operands: tuple[str, ...] = FP8_OPERANDS
+) -> torch.Tensor:
+    """The oracle of ``fa3_fp8_attention`` in float32 (the whole score matrix at once).
+
+    ``operands`` leaves the ones not named in float32 (smoothing and padding stay): the
+    error budget of each rounding on its own (``trdq.kernels.microbench --error-budget``).
+    """
     head_dim = q.shape[-1]
     (q8, k8, v8), (qs, ks, vs), v_mean = quantize_attention_inputs(q, k, v)
 
     def dequant(codes, scale):  # [B, S, H, D] -> [B, H, S, D]
         return (codes.float() * scale[:, None, :, None]).transpose(1, 2)
 
-    qf, kf, vf = dequant(q8, qs), dequant(k8, ks), dequant(v8, vs)
+    def smoothed(x, mean=None):  # the same inputs, not rounded
+        x = x.float() if mean is None else x.float() - mean
+        return _pad_head_dim(x, FP8_HEAD_DIM_MULTIPLE).transpose(1, 2)
+
+    if "qk" in operands:
+        qf, kf = dequant(q8, qs), dequant(k8, ks)
+    else:
+        qf, kf = smoothed(q), smoothed(k, k.float().mean(dim=1, keepdim=True))
+    vf = dequant(v8, vs) if "v" in operands else smoothed(v, v_mean)
     logits = qf @ kf.transpose(-1, -2) * (head_dim**-0.5)
     shifted = (logits - logits.amax(dim=-1, keepdim=True)) * (1 / math.log(2)) + P_SHIFT_LOG2
     numer = torch.exp2(shifted)
     row_sum = numer.sum(dim=-1, keepdim=True)
-    numer8 = numer.to(torch.float8_e4m3fn).float()
-    out = (numer8 @ vf / row_sum).transpose(1, 2)[..., :head_dim]
+    if "p" in operands:
+        numer = numer.to(torch.float8_e4m3fn).float()
+    out = (numer @ vf / row_sum).transpose(1, 2)[..., :head_dim]
     return (out + v_mean).to(q.dtype)

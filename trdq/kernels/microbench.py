@@ -211,6 +211,31 @@ def fa3_attention_rows(b: int, h: int, s: int, d: int) -> dict[str, float]:
     return r
 
 
+def fp8_error_budget(shapes=FA3_ATTENTION_SHAPES, tokens_cap: int = 4096) -> dict[str, dict]:
+    """SQNR (dB) of the FP8 attention oracle to exact (float64) attention with each e4m3
+    rounding alone and all together, on Gaussian Q, K, V at the DiTs' head dims. Runs on
+    the CPU: it measures the number format, not a kernel. One batch row and two heads per
+    shape; tokens capped at ``tokens_cap`` (the fp32 score matrix)."""
+    from trdq.kernels import fa3_attention as fa3
+
+    out = {}
+    for name, _, _, s, d in shapes:
+        s = min(s, tokens_cap)
+        g = torch.Generator().manual_seed(0)
+        q, k, v = (torch.randn(1, s, 2, d, generator=g) for _ in range(3))
+        exact = fa3.sdpa_attention(q.double(), k.double(), v.double()).float()
+        row = {"tokens": s, "head_dim": d}
+        for label, operands in (("qk_only", ("qk",)), ("v_only", ("v",)), ("p_only", ("p",)),
+                                ("all", fa3.FP8_OPERANDS)):
+            got = fa3.fp8_attention_reference(q, k, v, operands=operands)
+            row[f"{label}_sqnr_dB"] = _sqnr_db(got, exact)
+        row["bf16_inputs_sqnr_dB"] = _sqnr_db(
+            fa3.sdpa_attention(q.bfloat16(), k.bfloat16(), v.bfloat16()), exact
+        )
+        out[name] = row
+    return out
+
+
 def _sqnr_db(x: torch.Tensor, ref: torch.Tensor) -> float:
     err = (x.float() - ref.float()).pow(2).mean() / ref.float().pow(2).mean()
     return float(-10 * torch.log10(err + 1e-30))
@@ -221,7 +246,8 @@ def _report(section: dict, title: str, rows: dict[str, float]) -> None:
     section[title] = rows
     print(f"\n{title}", flush=True)
     for key, val in rows.items():
-        unit = "" if any(tag in key for tag in ("TFLOP", "GBps", "dB", "speedup")) else " ms"
+        unitless = ("TFLOP", "GBps", "dB", "speedup", "tokens", "head_dim")
+        unit = "" if any(tag in key for tag in unitless) else " ms"
         print(f"  {key:24s} {val:10.4f}{unit}", flush=True)
 
 
@@ -232,7 +258,22 @@ def main(argv: list[str] | None = None) -> int:
         "--attention-only", action="store_true",
         help="only the self-attention shapes, SDPA against FA3 bf16 / FP8 (needs fa3-fwd)",
     )
+    parser.add_argument(
+        "--error-budget", action="store_true",
+        help="(CPU) the FP8 attention oracle's error per e4m3 operand at the DiTs' head dims",
+    )
     args = parser.parse_args(argv)
+    if args.error_budget:
+        from trdq.machine import cpu_model
+
+        result = {"device": f"CPU {cpu_model()}", "torch": torch.__version__,
+                  "fp8_attention_error_budget": {}}
+        for title, row in fp8_error_budget().items():
+            _report(result["fp8_attention_error_budget"], title, row)
+        if args.json:
+            with open(args.json, "w") as fh:
+                json.dump(result, fh, indent=1)
+        return 0
     if not torch.cuda.is_available():
         print("microbench needs CUDA", file=sys.stderr)
         return 2
