@@ -44,6 +44,7 @@ __all__ = [
     "fa3_fp8_attention",
     "fa3_status",
     "fp8_attention_reference",
+    "load_fa3",
     "quantize_attention_inputs",
     "sdpa_attention",
 ]
@@ -60,8 +61,21 @@ def _fa3_importable() -> bool:
     return importlib.util.find_spec(_FA3_MODULE) is not None
 
 
+_fa3_loaded = False
+
+
+def load_fa3() -> None:
+    """Import the wheel's interface, which registers ``torch.ops.fa3_fwd`` (its forward is
+    a custom op with a fake implementation, so compiled graphs hold it as one node)."""
+    global _fa3_loaded
+    if not _fa3_loaded:
+        importlib.import_module(_FA3_MODULE)
+        _fa3_loaded = True
+
+
 def fa3_status(device: torch.device | str) -> tuple[bool, str]:
-    """Whether the FA3 kernels run on ``device``, and if not, what is missing."""
+    """Whether the FA3 kernels run on ``device`` (loading them if so), and if not, what
+    is missing."""
     device = torch.device(device)
     if device.type != "cuda" or not torch.cuda.is_available():
         return False, f"FA3 attention needs a CUDA device (this one is {device})"
@@ -70,14 +84,15 @@ def fa3_status(device: torch.device | str) -> tuple[bool, str]:
         return False, f"FA3 attention needs a Hopper GPU (sm_90); this one is sm_{major}{minor}"
     if not _fa3_importable():
         return False, "FA3 attention needs the fa3-fwd package (pip install 'trdq-server[fa3]')"
+    load_fa3()
     return True, "ok"
 
 
-@functools.cache
 def _fa3_forward():
-    """FA3's forward custom op (registered with a fake implementation: compile-safe)."""
-    module = importlib.import_module(_FA3_MODULE)
-    return module._flash_attn_forward
+    """FA3's forward op; a plain global check, so ``torch.compile`` traces straight to it."""
+    if not _fa3_loaded:
+        load_fa3()
+    return torch.ops.fa3_fwd._flash_attn_forward
 
 
 # ---- shared by the kernel path and the oracle ---------------------------------------------
@@ -102,10 +117,10 @@ def quantize_attention_inputs(
     k = k.float() - k.float().mean(dim=1, keepdim=True)
     v_mean = v.float().mean(dim=1, keepdim=True)
     v = v.float() - v_mean
-    codes, scales = zip(
-        *(_to_e4m3(_pad_head_dim(x, FP8_HEAD_DIM_MULTIPLE)) for x in (q, k, v)), strict=True
-    )
-    return tuple(codes), tuple(scales), v_mean
+    q8, q_scale = _to_e4m3(_pad_head_dim(q, FP8_HEAD_DIM_MULTIPLE))
+    k8, k_scale = _to_e4m3(_pad_head_dim(k, FP8_HEAD_DIM_MULTIPLE))
+    v8, v_scale = _to_e4m3(_pad_head_dim(v, FP8_HEAD_DIM_MULTIPLE))
+    return (q8, k8, v8), (q_scale, k_scale, v_scale), v_mean
 
 
 # ---- the kernels ------------------------------------------------------------------------------
