@@ -27,14 +27,14 @@ case ",$STAGES," in *,tests,*)
   python3 -m pytest -q -p no:cacheprovider -m gpu -o addopts="" \
     ${GPU_TESTS:-tests/kernels/test_fa3_attention_gpu.py} 2>&1 | tee "$OUT/gpu_tests.log" | tail -15
 esac
-case ",$STAGES," in *,micro,*)
-  python3 -m trdq.kernels.microbench --attention-only --json "$OUT/attention-micro.json" \
-    2>&1 | tee "$OUT/micro.log" | grep -v "^  variant" | tail -80
-esac
 case ",$STAGES," in *,step,*)
   python3 -m trdq.cli bench --preset "$PRESET" --rows "$ROWS" --scopes "${SCOPES:-denoiser_step}" \
     ${PROFILE:+--profile} --json "$OUT/$PRESET${TAG:-}.json" \
     2>&1 | grep -E "^\[bench\]|Error|error" | tail -40
+esac
+case ",$STAGES," in *,micro,*)
+  python3 -m trdq.kernels.microbench --attention-only --json "$OUT/attention-micro.json" \
+    2>&1 | tee "$OUT/micro.log" | grep -v "^  variant" | tail -80
 esac
 case ",$STAGES," in *,eval,*)  # the zoo models' quality with FP8 attention, to FP
   for model in tiny-shapes-t2i tiny-shapes-t2v; do
