@@ -123,6 +123,17 @@ def default_size(pipe) -> tuple[int, int]:
     return native_size(pipe)
 
 
+def size_multiple(pipe) -> int:
+    """Width and height must be multiples of this: VAE downscale x the denoiser's spatial
+    patch (x Flux's 2 x 2 latent packing). Wan's VAE factor is ``vae_scale_factor_spatial``
+    and its patch a (t, h, w) triple."""
+    factor = getattr(pipe, "vae_scale_factor_spatial", None) or pipe.vae_scale_factor
+    patch = getattr(pipe.transformer.config, "patch_size", 1) or 1
+    if isinstance(patch, (list, tuple)):
+        patch = patch[-1]
+    return int(factor) * int(patch) * family_of_pipeline(pipe).latent_packing
+
+
 def min_inference_steps(pipe) -> int:
     """Fewest sampler steps the pipeline supports.
 

@@ -21,6 +21,7 @@ from server.settings import Settings
 from trdq.machine import cpu_has_native_bf16
 from trdq.pipeline import (
     default_dtype,
+    default_size,
     load_pipeline,
     max_frames,
     min_inference_steps,
@@ -126,11 +127,16 @@ def _quantize_text_encoder(pipe, quant: str) -> None:
         return
     from trdq.text_encoder import quantize_text_encoder
 
-    report = quantize_text_encoder(pipe.text_encoder, quant)
-    logger.info(
-        "text encoder weights %s: %d linears, %.1f -> %.1f MB", quant, len(report.replaced),
-        report.bytes_before / 1e6, report.bytes_after / 1e6,
-    )
+    # Flux and SD3 keep their T5 beside one or two CLIP encoders (text_encoder_2/_3)
+    for name in ("text_encoder", "text_encoder_2", "text_encoder_3"):
+        encoder = getattr(pipe, name, None)
+        if encoder is None:
+            continue
+        report = quantize_text_encoder(encoder, quant)
+        logger.info(
+            "%s weights %s: %d linears, %.1f -> %.1f MB", name, quant, len(report.replaced),
+            report.bytes_before / 1e6, report.bytes_after / 1e6,
+        )
 
 
 def _pipeline_copy_with_own_denoiser(base):
@@ -145,11 +151,10 @@ def _pipeline_copy_with_own_denoiser(base):
 
 
 def _make_served(name: str, task: str, quant: str, pipe, metrics: Metrics) -> ServedModel:
-    scale = pipe.vae_scale_factor
-    size = int(pipe.transformer.config.sample_size) * scale
+    height, width = default_size(pipe)
     model = ServedModel(
         name=name, task=task, quant=quant, pipe=pipe, profiler=PipelineProfiler(pipe),
-        default_width=size, default_height=size,
+        default_width=width, default_height=height,
         max_frames=max_frames(pipe) if task == "video" else 1,
         min_steps=min_inference_steps(pipe),
         info={"quant": quant, "dtype": str(pipe.transformer.dtype).removeprefix("torch.")},
@@ -182,8 +187,10 @@ def _quantize(model: ServedModel, settings: Settings, metrics: Metrics) -> None:
             metrics.calibration_cache.labels(result=result).inc()
     switches = metrics.group_switches.labels(model=model.name)
     add_step_listener(model.pipe, lambda event: switches.inc() if event.switched else None)
-    group_map = get_state(model.pipe).hook.group_map
-    model.group_of = lambda timestep: "0" if timestep is None else str(group_map.group_of(timestep))
+    hook = get_state(model.pipe).hook
+    # the profiler sees the timestep the pipeline passes (Flux: t / 1000)
+    model.group_of = lambda timestep: "0" if timestep is None else str(
+        hook.group_map.group_of(timestep * hook.timestep_multiplier))
     model.info.update(
         quant_config=report.config, calibration_id=report.calibration_id,
         backend=report.backend, calibration_cache=report.cache,

@@ -25,6 +25,8 @@ name. It says:
   fingerprints) do not change.
 - ``min_steps``: the fewest sampler steps (PixArt's multistep DPM-Solver needs 2).
 - ``default_frames``: the frame count a video family generates by default (Wan: 81).
+- ``latent_packing``: latent pixels per token side the pipeline packs before the
+  denoiser's own patching (Flux packs 2 x 2 latents into one 64-channel token).
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ class Family:
     min_steps: int = 1
     #: frames of a default video (None: the denoiser's ``video_length``)
     default_frames: int | None = None
+    latent_packing: int = 1
     #: name of the T5-style tokenizer attribute whose length bounds ``max_sequence_length``
     t5_tokenizer: str | None = None
 
@@ -63,7 +66,7 @@ FAMILIES: tuple[Family, ...] = (
            ("PixArtTransformer2DModel",), min_steps=2),
     Family("latte", "video", ("LattePipeline",), ("LatteTransformer3DModel",)),
     Family("flux", "image", ("FluxPipeline",), ("FluxTransformer2DModel",),
-           timestep_multiplier=1000.0, cfg_batched=False,
+           timestep_multiplier=1000.0, cfg_batched=False, latent_packing=2,
            fp_layer_patterns=_ADALN_AND_TEXT, t5_tokenizer="tokenizer_2"),
     Family("sd3", "image", ("StableDiffusion3Pipeline",), ("SD3Transformer2DModel",),
            fp_layer_patterns=_ADALN_AND_TEXT, t5_tokenizer="tokenizer_3"),
