@@ -85,15 +85,19 @@ def select_layers(
     denoiser: nn.Module, config: QuantConfig
 ) -> tuple[dict[str, nn.Linear], dict[str, str]]:
     """(layers to quantize by name, skipped layer name -> reason)."""
-    family_patterns = family_of_denoiser(denoiser).fp_layer_patterns
-    patterns = [re.compile(p) for p in (*config.fp_layer_patterns, *family_patterns)]
+    family = family_of_denoiser(denoiser)
+    patterns = [re.compile(p) for p in (*config.fp_layer_patterns, *family.fp_layer_patterns)]
+    untouched = [(re.compile(p), reason) for p, reason in family.full_precision]
     targets: dict[str, nn.Linear] = {}
     skipped: dict[str, str] = {}
     for name, module in denoiser.named_modules():
         if not isinstance(module, nn.Linear):
             continue
         hit = next((p.pattern for p in patterns if p.search(name)), None)
-        if hit is not None:
+        keep = next((reason for p, reason in untouched if p.search(name)), None)
+        if keep is not None:
+            skipped[name] = keep
+        elif hit is not None:
             skipped[name] = f"{PATTERN_SKIP_REASON} {hit!r}"
         elif module.in_features < config.min_in_features:
             skipped[name] = f"in_features {module.in_features} < {config.min_in_features}"

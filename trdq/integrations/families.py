@@ -23,6 +23,10 @@ name. It says:
   blocks' ``norm.linear``), which see one row per sample per step. They are added here,
   not to the config's defaults, so existing configs (and their calibration
   fingerprints) do not change.
+- ``full_precision``: (pattern, reason) of linears left exactly as they are, not even
+  weight-only: Wan's ``condition_embedder.time_embedder`` is read for its parameters'
+  dtype (``next(time_embedder.parameters())``), which an integer-weight layer without
+  float parameters breaks; it is 2 small linears (freq_dim -> dim -> dim).
 - ``min_steps``: the fewest sampler steps (PixArt's multistep DPM-Solver needs 2).
 - ``default_frames``: the frame count a video family generates by default (Wan: 81).
 - ``latent_packing``: latent pixels per token side the pipeline packs before the
@@ -44,6 +48,9 @@ _ADALN_AND_TEXT = (
 )
 
 
+_WAN_TIME_REASON = "full precision: WanTransformer3DModel reads this module's parameter dtype"
+
+
 @dataclass(frozen=True)
 class Family:
     name: str
@@ -53,6 +60,7 @@ class Family:
     timestep_multiplier: float = 1.0
     cfg_batched: bool = True
     fp_layer_patterns: tuple[str, ...] = ()
+    full_precision: tuple[tuple[str, str], ...] = ()
     min_steps: int = 1
     #: frames of a default video (None: the denoiser's ``video_length``)
     default_frames: int | None = None
@@ -71,7 +79,9 @@ FAMILIES: tuple[Family, ...] = (
     Family("sd3", "image", ("StableDiffusion3Pipeline",), ("SD3Transformer2DModel",),
            fp_layer_patterns=_ADALN_AND_TEXT, t5_tokenizer="tokenizer_3"),
     Family("wan", "video", ("WanPipeline",), ("WanTransformer3DModel",), cfg_batched=False,
-           fp_layer_patterns=(r"(^|\.)condition_embedder(\.|$)",), default_frames=81,
+           fp_layer_patterns=(r"(^|\.)condition_embedder(\.|$)",),
+           full_precision=((r"(^|\.)condition_embedder\.time_embedder\.", _WAN_TIME_REASON),),
+           default_frames=81,
            t5_tokenizer="tokenizer"),
 )
 
