@@ -118,6 +118,15 @@ def max_frames(pipe) -> int:
     return int(family_of_pipeline(pipe).default_frames or 1)
 
 
+def frame_step(pipe) -> int:
+    """Frame counts a video pipeline takes are ``1 + k * frame_step``: Wan's VAE
+    compresses time 4x after the first frame (WanPipeline silently rounds other counts);
+    Latte takes any count (1)."""
+    if family_of_pipeline(pipe).name == "wan":
+        return int(getattr(pipe, "vae_scale_factor_temporal", 4))
+    return 1
+
+
 def default_size(pipe) -> tuple[int, int]:
     """(height, width) the pipeline generates when a request names none."""
     return native_size(pipe)

@@ -153,7 +153,8 @@ class GenerationEngine:
             request = GenerationRequest(
                 prompts=["warm-up"], seeds=[0], width=model.default_width,
                 height=model.default_height, num_inference_steps=2, guidance_scale=4.5,
-                num_frames=min(2, model.max_frames) if model.task == "video" else None,
+                num_frames=(min(2, model.max_frames) if model.frame_step == 1 else 1)
+                if model.task == "video" else None,
             )
             with worker.on_device():
                 generate(model.pipe, request)

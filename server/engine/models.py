@@ -22,6 +22,7 @@ from trdq.machine import cpu_has_native_bf16
 from trdq.pipeline import (
     default_dtype,
     default_size,
+    frame_step,
     load_pipeline,
     max_frames,
     min_inference_steps,
@@ -46,6 +47,8 @@ class ServedModel:
     default_height: int
     max_frames: int
     min_steps: int
+    #: frame counts are 1 + k * frame_step (Wan: 4)
+    frame_step: int = 1
     group_of: Callable[[float | None], str] = lambda timestep: "0"
     info: dict = field(default_factory=dict)
 
@@ -157,6 +160,7 @@ def _make_served(name: str, task: str, quant: str, pipe, metrics: Metrics) -> Se
         default_width=width, default_height=height,
         max_frames=max_frames(pipe) if task == "video" else 1,
         min_steps=min_inference_steps(pipe),
+        frame_step=frame_step(pipe) if task == "video" else 1,
         info={"quant": quant, "dtype": str(pipe.transformer.dtype).removeprefix("torch.")},
     )
 

@@ -47,3 +47,18 @@ def test_wan_folder_serves_4k_plus_1_frame_videos(families_client):
     assert video["num_frames"] == 5
     frames = iio.imread(base64.b64decode(video["b64"]), extension=".gif", index=None)
     assert frames.shape[0] == 5 and frames.shape[1:3] == (32, 32)
+
+
+def test_wan_frame_counts_are_4k_plus_1(families_client):
+    reply = families_client.post("/generate/video", json={
+        "prompt": "a red circle", "width": 32, "height": 32, "num_frames": 6,
+        "num_inference_steps": 1,
+    })
+    assert reply.status_code == 422
+    assert "1 + 4k frames" in reply.json()["error"]["message"]
+    # no num_frames: the longest 4k + 1 under TRDQ_MAX_FRAMES (16 in these settings)
+    reply = families_client.post("/generate/video", json={
+        "prompt": "a red circle", "width": 32, "height": 32, "num_inference_steps": 1,
+    })
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["videos"][0]["num_frames"] == 13
