@@ -14,7 +14,11 @@ name. It says:
   runs cond and uncond as two calls per step. Where the branches are separate calls the
   quantized layers see one branch per call, so CFG-wise parameters (a column per half)
   and CFG-delta do not apply: both branches use the same per-group parameters, which
-  the calibration collects over the rows of both calls.
+  the calibration collects over the rows of both calls. (Per-branch parameters there
+  would need the calibration to file each call's rows under its branch, which Wan's
+  ``cache_context("cond"/"uncond")`` names, and the layers to read the branch.) SD3's
+  optional skip-layer guidance adds cond-only calls inside a CFG call; the server does
+  not use it, and the layers would read such a call's batch as halves.
 - ``fp_layer_patterns``: conditioning linears kept out of activation quantization on top
   of ``QuantConfig.fp_layer_patterns`` (they get weight-only integer weights, like
   PixArt's adaLN and caption projection): the timestep/guidance/pooled-text embedders,
