@@ -1,8 +1,10 @@
 """Load a supported diffusers pipeline from the embedded zoo or a local folder, and run it.
 
 This module is the one place that knows diffusers' call conventions for the pipeline
-classes we serve (PixArt-alpha/Sigma for images, Latte for videos), so the server, the
-CLI, the benchmark and the evaluator all generate the same way.
+classes we serve (PixArt-alpha/Sigma, FLUX.1 and SD3/SD3.5 for images, Latte and Wan2.1
+for videos), so the server, the CLI, the benchmark and the evaluator all generate the
+same way. What differs between the families is declared once, in
+``trdq.integrations.families``.
 """
 
 from __future__ import annotations
@@ -17,12 +19,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from trdq.integrations.families import FAMILIES, family_of_pipeline
+from trdq.integrations.pipeline_args import native_size, text_length_kwargs
 from trdq.zoo.registry import ZOO_MODELS, zoo_path
 
 logger = logging.getLogger(__name__)
 
-IMAGE_PIPELINES = ("PixArtAlphaPipeline", "PixArtSigmaPipeline")
-VIDEO_PIPELINES = ("LattePipeline",)
+IMAGE_PIPELINES = tuple(p for f in FAMILIES if f.task == "image" for p in f.pipelines)
+VIDEO_PIPELINES = tuple(p for f in FAMILIES if f.task == "video" for p in f.pipelines)
 SUPPORTED_PIPELINES = IMAGE_PIPELINES + VIDEO_PIPELINES
 
 
@@ -89,7 +93,7 @@ def load_pipeline(
     pipe = pipeline_cls.from_pretrained(path, dtype=dtype, local_files_only=True)
     pipe.set_progress_bar_config(disable=True)
     pipe.to(device)
-    if class_name in VIDEO_PIPELINES:
+    if class_name == "LattePipeline":
         _allow_shorter_videos(pipe.transformer)
     logger.info("loaded %s (%s) on %s in %s", name_or_path, class_name, device, dtype)
     return pipe
@@ -106,8 +110,37 @@ def pipeline_task(pipe) -> str:
 
 
 def max_frames(pipe) -> int:
-    """Longest video the denoiser's temporal position embedding covers (1 for images)."""
-    return int(getattr(pipe.transformer.config, "video_length", 1) or 1)
+    """Longest video the denoiser's temporal position embedding covers (1 for images);
+    for a denoiser without one (Wan's rotary positions) the family's default length."""
+    length = getattr(pipe.transformer.config, "video_length", None)
+    if length:
+        return int(length)
+    return int(family_of_pipeline(pipe).default_frames or 1)
+
+
+def frame_step(pipe) -> int:
+    """Frame counts a video pipeline takes are ``1 + k * frame_step``: Wan's VAE
+    compresses time 4x after the first frame (WanPipeline silently rounds other counts);
+    Latte takes any count (1)."""
+    if family_of_pipeline(pipe).name == "wan":
+        return int(getattr(pipe, "vae_scale_factor_temporal", 4))
+    return 1
+
+
+def default_size(pipe) -> tuple[int, int]:
+    """(height, width) the pipeline generates when a request names none."""
+    return native_size(pipe)
+
+
+def size_multiple(pipe) -> int:
+    """Width and height must be multiples of this: VAE downscale x the denoiser's spatial
+    patch (x Flux's 2 x 2 latent packing). Wan's VAE factor is ``vae_scale_factor_spatial``
+    and its patch a (t, h, w) triple."""
+    factor = getattr(pipe, "vae_scale_factor_spatial", None) or pipe.vae_scale_factor
+    patch = getattr(pipe.transformer.config, "patch_size", 1) or 1
+    if isinstance(patch, (list, tuple)):
+        patch = patch[-1]
+    return int(factor) * int(patch) * family_of_pipeline(pipe).latent_packing
 
 
 def min_inference_steps(pipe) -> int:
@@ -115,9 +148,9 @@ def min_inference_steps(pipe) -> int:
 
     diffusers' PixArt pipelines treat a single step as a one-step distilled model and
     index the scheduler output as (prev, denoised); multistep solvers return only prev,
-    so one step fails there. Latte has no such branch.
+    so one step fails there. Latte, Flux, SD3 and Wan have no such branch.
     """
-    return 2 if pipeline_task(pipe) == "image" else 1
+    return family_of_pipeline(pipe).min_steps
 
 
 def _allow_shorter_videos(transformer: torch.nn.Module) -> None:
@@ -166,7 +199,8 @@ def generate(pipe, request: GenerationRequest, on_step: StepCallback | None = No
     if request.num_inference_steps < min_inference_steps(pipe):
         raise ValueError(f"this pipeline needs at least {min_inference_steps(pipe)} steps")
     generators = [torch.Generator("cpu").manual_seed(int(seed)) for seed in request.seeds]
-    kwargs = {
+    params = inspect.signature(type(pipe).__call__).parameters
+    kwargs: dict = {
         "prompt": request.prompts,
         "negative_prompt": request.negative_prompts or [""] * len(request.prompts),
         "width": request.width,
@@ -176,10 +210,12 @@ def generate(pipe, request: GenerationRequest, on_step: StepCallback | None = No
         "generator": generators,
         "output_type": "np",
         "clean_caption": False,
+        "use_resolution_binning": False,
+        **text_length_kwargs(pipe),
     }
     if on_step is not None:
         steps = request.num_inference_steps
-        if "callback_on_step_end" in inspect.signature(type(pipe).__call__).parameters:
+        if "callback_on_step_end" in params:
 
             def step_end(_pipe, step_index, _timestep, callback_kwargs):
                 on_step(step_index, steps)
@@ -192,12 +228,14 @@ def generate(pipe, request: GenerationRequest, on_step: StepCallback | None = No
             kwargs["callback"] = lambda step_index, _timestep, _latents: on_step(step_index, steps)
             kwargs["callback_steps"] = 1
     task = pipeline_task(pipe)
-    if task == "image":
-        kwargs["use_resolution_binning"] = False
-        output = pipe(**kwargs).images
-    else:
-        kwargs["video_length"] = request.num_frames or max_frames(pipe)
-        output = pipe(**kwargs).frames
+    if task == "video":
+        # Latte names it video_length, Wan num_frames (Wan wants 4k + 1 frames)
+        frames = request.num_frames or max_frames(pipe)
+        kwargs["video_length" if "video_length" in params else "num_frames"] = frames
+    # only what this class names: Flux/SD3/Wan have no clean_caption or resolution
+    # binning, and a **kwargs (PixArt's) would swallow an unknown argument silently
+    output = pipe(**{k: v for k, v in kwargs.items() if k in params})
+    output = output.images if task == "image" else output.frames
     return _to_uint8(np.asarray(output))
 
 

@@ -67,7 +67,11 @@ class PipelineProfiler:
         self._profile: CallProfile | None = None
         self._step_listeners: list[StepListener] = []
         self._handles = []
-        self._attach(pipe.text_encoder, self._text_start, self._text_end)
+        # Flux and SD3 run one or two CLIP encoders beside their T5: all count as text_encode
+        for name in ("text_encoder", "text_encoder_2", "text_encoder_3"):
+            encoder = getattr(pipe, name, None)
+            if encoder is not None:
+                self._attach(encoder, self._text_start, self._text_end)
         self._attach(pipe.transformer, self._step_start, self._step_end)
         self._t_text = self._t_step = 0.0
         self._timestep: float | None = None

@@ -44,7 +44,7 @@ from server.errors import (
 )
 from server.metrics import Metrics
 from server.settings import Settings
-from trdq.pipeline import GenerationRequest, generate, resolve_device
+from trdq.pipeline import GenerationRequest, generate, resolve_device, size_multiple
 
 logger = logging.getLogger(__name__)
 
@@ -153,7 +153,8 @@ class GenerationEngine:
             request = GenerationRequest(
                 prompts=["warm-up"], seeds=[0], width=model.default_width,
                 height=model.default_height, num_inference_steps=2, guidance_scale=4.5,
-                num_frames=min(2, model.max_frames) if model.task == "video" else None,
+                num_frames=(min(2, model.max_frames) if model.frame_step == 1 else 1)
+                if model.task == "video" else None,
             )
             with worker.on_device():
                 generate(model.pipe, request)
@@ -172,8 +173,7 @@ class GenerationEngine:
     @staticmethod
     def size_multiple(model: ServedModel) -> int:
         """Width and height must be multiples of this: VAE downscale x transformer patch."""
-        patch = int(getattr(model.pipe.transformer.config, "patch_size", 1) or 1)
-        return int(model.pipe.vae_scale_factor) * patch
+        return size_multiple(model.pipe)
 
     def queue_depth(self) -> int:
         return 0 if self._queue is None else len(self._queue)

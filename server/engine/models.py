@@ -21,6 +21,8 @@ from server.settings import Settings
 from trdq.machine import cpu_has_native_bf16
 from trdq.pipeline import (
     default_dtype,
+    default_size,
+    frame_step,
     load_pipeline,
     max_frames,
     min_inference_steps,
@@ -45,6 +47,8 @@ class ServedModel:
     default_height: int
     max_frames: int
     min_steps: int
+    #: frame counts are 1 + k * frame_step (Wan: 4)
+    frame_step: int = 1
     group_of: Callable[[float | None], str] = lambda timestep: "0"
     info: dict = field(default_factory=dict)
 
@@ -131,11 +135,16 @@ def _quantize_text_encoder(pipe, quant: str) -> None:
         return
     from trdq.text_encoder import quantize_text_encoder
 
-    report = quantize_text_encoder(pipe.text_encoder, quant)
-    logger.info(
-        "text encoder weights %s: %d linears, %.1f -> %.1f MB", quant, len(report.replaced),
-        report.bytes_before / 1e6, report.bytes_after / 1e6,
-    )
+    # Flux and SD3 keep their T5 beside one or two CLIP encoders (text_encoder_2/_3)
+    for name in ("text_encoder", "text_encoder_2", "text_encoder_3"):
+        encoder = getattr(pipe, name, None)
+        if encoder is None:
+            continue
+        report = quantize_text_encoder(encoder, quant)
+        logger.info(
+            "%s weights %s: %d linears, %.1f -> %.1f MB", name, quant, len(report.replaced),
+            report.bytes_before / 1e6, report.bytes_after / 1e6,
+        )
 
 
 def _pipeline_copy_with_own_denoiser(base):
@@ -150,13 +159,13 @@ def _pipeline_copy_with_own_denoiser(base):
 
 
 def _make_served(name: str, task: str, quant: str, pipe, metrics: Metrics) -> ServedModel:
-    scale = pipe.vae_scale_factor
-    size = int(pipe.transformer.config.sample_size) * scale
+    height, width = default_size(pipe)
     model = ServedModel(
         name=name, task=task, quant=quant, pipe=pipe, profiler=PipelineProfiler(pipe),
-        default_width=size, default_height=size,
+        default_width=width, default_height=height,
         max_frames=max_frames(pipe) if task == "video" else 1,
         min_steps=min_inference_steps(pipe),
+        frame_step=frame_step(pipe) if task == "video" else 1,
         info={"quant": quant, "dtype": str(pipe.transformer.dtype).removeprefix("torch.")},
     )
 
@@ -187,8 +196,10 @@ def _quantize(model: ServedModel, settings: Settings, metrics: Metrics) -> None:
             metrics.calibration_cache.labels(result=result).inc()
     switches = metrics.group_switches.labels(model=model.name)
     add_step_listener(model.pipe, lambda event: switches.inc() if event.switched else None)
-    group_map = get_state(model.pipe).hook.group_map
-    model.group_of = lambda timestep: "0" if timestep is None else str(group_map.group_of(timestep))
+    hook = get_state(model.pipe).hook
+    # the profiler sees the timestep the pipeline passes (Flux: t / 1000)
+    model.group_of = lambda timestep: "0" if timestep is None else str(
+        hook.group_map.group_of(timestep * hook.timestep_multiplier))
     model.info.update(
         quant_config=report.config, calibration_id=report.calibration_id,
         backend=report.backend, calibration_cache=report.cache,

@@ -80,10 +80,19 @@ def video_spec(engine, body) -> JobSpec:
     """A video request body -> the engine's JobSpec (model defaults filled in)."""
     served = engine.served_model("video", body.quant)
     check_steps(served, body.num_inference_steps)
-    num_frames = body.num_frames or min(served.max_frames, engine.settings.max_frames)
+    step = served.frame_step
+    num_frames = body.num_frames
+    if num_frames is None:  # the longest the model and the limit allow, 1 + k * step
+        longest = min(served.max_frames, engine.settings.max_frames)
+        num_frames = longest - (longest - 1) % step
     if num_frames > served.max_frames:
         raise InvalidRequestError(
             f"num_frames: {served.name} generates at most {served.max_frames} frames"
+        )
+    if (num_frames - 1) % step:
+        raise InvalidRequestError(
+            f"num_frames: {served.name} generates 1 + {step}k frames (1, {1 + step}, "
+            f"{1 + 2 * step}, ...), got {num_frames}"
         )
     width, height = body.width or served.default_width, body.height or served.default_height
     check_size(engine, served, width, height)

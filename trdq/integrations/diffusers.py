@@ -2,11 +2,14 @@
 
 - ``find_denoiser``: DiT pipelines keep the denoiser in ``pipe.transformer``.
 - ``select_layers``: every ``nn.Linear`` of the denoiser except full-precision name
-  patterns (embedders, adaLN projection) and shapes the kernels cannot take; skipped
-  layers come back with a reason.
-- ``wrap_pipeline_call``: CFG detection. diffusers DiT pipelines duplicate the batch as
-  [uncond, cond] exactly when ``guidance_scale > 1``; we read that argument from each
-  pipeline call. Special methods are looked up on the type, so the instance gets a
+  patterns (embedders, adaLN projection; the config's plus the family's,
+  ``trdq.integrations.families``) and shapes the kernels cannot take; skipped layers
+  come back with a reason.
+- ``wrap_pipeline_call``: CFG detection. diffusers DiT pipelines of a ``cfg_batched``
+  family (PixArt, Latte, SD3) duplicate the batch as [uncond, cond] exactly when
+  ``guidance_scale > 1``; we read that argument from each pipeline call (Flux and Wan
+  never announce a CFG batch: see ``families``). It also gives the hook the family's
+  timestep scale (Flux passes t / 1000). Special methods are looked up on the type, so the instance gets a
   per-instance subclass (same class name) whose ``__call__`` announces the call to the
   attached hooks and then runs the original ``__call__`` untouched.
 - ``fuse_gelu_into_linears``: a feed-forward's GELU (tanh) moves into the quantized
@@ -27,6 +30,7 @@ import torch
 from torch import nn
 
 from trdq.config import QuantConfig
+from trdq.integrations.families import family_of_denoiser, family_of_pipeline
 from trdq.rotation import hadamard_block_size
 from trdq.timestep import QuantContext, TimestepHook
 
@@ -81,14 +85,19 @@ def select_layers(
     denoiser: nn.Module, config: QuantConfig
 ) -> tuple[dict[str, nn.Linear], dict[str, str]]:
     """(layers to quantize by name, skipped layer name -> reason)."""
-    patterns = [re.compile(p) for p in config.fp_layer_patterns]
+    family = family_of_denoiser(denoiser)
+    patterns = [re.compile(p) for p in (*config.fp_layer_patterns, *family.fp_layer_patterns)]
+    untouched = [(re.compile(p), reason) for p, reason in family.full_precision]
     targets: dict[str, nn.Linear] = {}
     skipped: dict[str, str] = {}
     for name, module in denoiser.named_modules():
         if not isinstance(module, nn.Linear):
             continue
         hit = next((p.pattern for p in patterns if p.search(name)), None)
-        if hit is not None:
+        keep = next((reason for p, reason in untouched if p.search(name)), None)
+        if keep is not None:
+            skipped[name] = keep
+        elif hit is not None:
             skipped[name] = f"{PATTERN_SKIP_REASON} {hit!r}"
         elif module.in_features < config.min_in_features:
             skipped[name] = f"in_features {module.in_features} < {config.min_in_features}"
@@ -129,7 +138,9 @@ def fuse_gelu_into_linears(denoiser: nn.Module, linear_type: type[nn.Module]) ->
 
 
 def wrap_pipeline_call(pipe: Any, hook: TimestepHook) -> None:
-    """Make ``pipe(...)`` announce each call (and its CFG state) to ``hook``."""
+    """Make ``pipe(...)`` announce each call (and its CFG state) to ``hook``, and set the
+    hook's timestep scale for the pipeline's family."""
+    hook.timestep_multiplier = family_of_denoiser(find_denoiser(pipe)).timestep_multiplier
     hooks: list[TimestepHook] = pipe.__dict__.setdefault("_trdq_hooks", [])
     hooks.append(hook)
     cls = type(pipe)
@@ -139,6 +150,7 @@ def wrap_pipeline_call(pipe: Any, hook: TimestepHook) -> None:
     signature = inspect.signature(original_call)
     param = signature.parameters.get("guidance_scale")
     default_guidance = param.default if param is not None else None
+    cfg_batched = family_of_pipeline(pipe).cfg_batched
 
     @functools.wraps(original_call)  # keeps the original signature for introspection
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -146,7 +158,7 @@ def wrap_pipeline_call(pipe: Any, hook: TimestepHook) -> None:
         if "guidance_scale" not in kwargs and param is not None:
             bound = signature.bind_partial(self, *args, **kwargs)
             guidance = bound.arguments.get("guidance_scale", default_guidance)
-        cfg = guidance is not None and float(guidance) > 1.0
+        cfg = cfg_batched and guidance is not None and float(guidance) > 1.0
         active = list(self.__dict__.get("_trdq_hooks", []))
         for h in active:
             h.begin_call(cfg_active=cfg)
