@@ -8,7 +8,7 @@ with a 422 that names the field.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -28,6 +28,10 @@ class Limits:
 
 class GenerationRequestBase(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    if TYPE_CHECKING:  # fields of every request model (``request_models``); not fields here
+        width: int | None
+        height: int | None
 
     def check_size(self, max_pixels: int) -> None:
         for name in ("width", "height"):
