@@ -1,4 +1,12 @@
-"""Shared test set-up: quiet third-party progress bars, few CPU threads."""
+"""Shared test set-up: quiet third-party progress bars, few CPU threads.
+
+Layout, mirroring the packages: tests/<name>/ holds the tests of trdq/<name>/ (kernels, nn,
+data, eval, zoo); tests/quant those of trdq's top-level modules (api, cache, config,
+primitives, rotation, timestep, gptq, text_encoder, calibration) and its shared helpers;
+tests/server and tests/serving the server (settings, routes / engine, batching, jobs,
+faults, a live uvicorn); tests/deploy deploy/. Markers: slow (``make test-slow``), gpu,
+integration.
+"""
 
 import os
 
