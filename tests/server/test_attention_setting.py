@@ -24,8 +24,10 @@ def test_attention_setting_takes_the_backend_names_only():
 def test_fp8_attention_on_a_cpu_worker_fails_start_up_naming_the_setting(tmp_path):
     settings = make_settings(tmp_path, device="cpu", quant="w8a8", attention="fp8",
                              video_model="none", warmup=False)
-    with (pytest.raises(ValueError, match="TRDQ_ATTENTION=fp8: .*needs a CUDA device"),
-          TestClient(create_app(settings))):
+    with (
+        pytest.raises(ValueError, match="TRDQ_ATTENTION=fp8: .*needs a CUDA device"),
+        TestClient(create_app(settings)),
+    ):
         pass
 
 
