@@ -17,6 +17,12 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import torch
 
+# Under pytest-xdist (`make test` runs -n auto) every worker gets its share of the cores:
+# torch's default, a thread per core in each worker, oversubscribes them.
+_XDIST_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _XDIST_WORKERS > 1:
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // _XDIST_WORKERS))
+
 # Without a GPU, Triton kernels run in Triton's numpy interpreter (when triton is
 # installed): tests/kernels/test_triton_interpreter.py checks their arithmetic on CPU.
 # It must be set before triton or any trdq kernel module is imported (both read it).
