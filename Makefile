@@ -33,9 +33,10 @@ PYTEST_N ?= auto
 test: setup
 	$(BIN)/python -m pytest -q -n $(PYTEST_N); rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
 
-# The slow tier alone (what the default tier leaves out, GPU tests excepted).
+# The slow tier alone (what the default tier leaves out, GPU tests excepted); loadscope keeps
+# a module on one worker, so a module fixture (the quality guard's) runs once.
 test-slow: setup
-	$(BIN)/python -m pytest -q -n $(PYTEST_N) -m "slow and not gpu"; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
+	$(BIN)/python -m pytest -q -n $(PYTEST_N) --dist loadscope -m "slow and not gpu"; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
 
 test-all: setup
 	$(BIN)/python -m pytest -q -n $(PYTEST_N) -m "not gpu"
