@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup serve test test-all lint calibrations clean
+.PHONY: setup serve test test-slow test-all lint typecheck calibrations clean
 
 setup: $(STAMP)
 
@@ -27,14 +27,26 @@ $(STAMP): pyproject.toml Makefile
 serve: setup
 	$(BIN)/trdq serve
 
+# The default tier (pyproject's addopts: not slow, not gpu) on every core (pytest-xdist).
+# Exit 5 (nothing collected, e.g. a filtered run) is not a failure.
+PYTEST_N ?= auto
 test: setup
-	$(BIN)/python -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
+	$(BIN)/python -m pytest -q -n $(PYTEST_N); rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
+
+# The slow tier alone (what the default tier leaves out, GPU tests excepted); loadscope keeps
+# a module on one worker, so a module fixture (the quality guard's) runs once.
+test-slow: setup
+	$(BIN)/python -m pytest -q -n $(PYTEST_N) --dist loadscope -m "slow and not gpu"; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
 
 test-all: setup
-	$(BIN)/python -m pytest -q -m "not gpu"
+	$(BIN)/python -m pytest -q -n $(PYTEST_N) -m "not gpu"
 
 lint: setup
 	$(BIN)/ruff check trdq server tests
+
+# mypy on server/ and trdq/api.py (pyproject's [tool.mypy])
+typecheck: setup
+	$(BIN)/python -m mypy
 
 # Re-ship the zoo's W8A8 calibration artifacts (after a change to the zoo weights or to
 # the w8a8 preset): servers then start without calibrating.

@@ -8,7 +8,7 @@ with a 422 that names the field.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -34,6 +34,10 @@ STRICT_REQUEST = ConfigDict(extra="forbid", strict=True)
 
 class GenerationRequestBase(BaseModel):
     model_config = STRICT_REQUEST
+
+    if TYPE_CHECKING:  # fields of every request model (``request_models``); not fields here
+        width: int | None
+        height: int | None
 
     def check_size(self, max_pixels: int) -> None:
         """The pixel budget; each side's multiple of 8 is a field constraint (`multipleOf`)."""

@@ -82,6 +82,50 @@ class Settings(BaseSettings):
     max_steps: int = Field(default=100, ge=1)
     max_prompt_chars: int = Field(default=1000, ge=1)
 
+    # ---- kernel switches ---------------------------------------------------------------
+    # Process-wide choices between kernels that compute the same result, applied once at
+    # start-up before any model is built (trdq.kernels.switches.configure; shown in /info
+    # under "kernels"). Without the server, the library reads the same variables itself.
+    # cpu_int8's activation pass in C (built with gcc on first use; none: torch ops).
+    cpu_native: bool = True
+    # cpu_int8's integer GEMM: auto (torch._int_mm only on AVX-512 VNNI / AMX CPUs, where
+    # oneDNN runs it; elsewhere an fp32 GEMM of the same integers), true, false.
+    cpu_int_mm: bool | None = None
+    # oneDNN's int8 linear on a prepacked weight copy (VNNI / AMX CPUs), elsewhere its u8
+    # kernel for 7-bit activations; false: torch._int_mm / the fp32 GEMM of the integers.
+    cpu_prepack: bool = True
+    # cuda_w4a8's W8A8 GEMM loads tiles through TMA descriptors: graphs (only in launches
+    # recorded into CUDA graphs), 1 (always), 0 (never).
+    gemm_tma: Literal["graphs", "1", "0"] = "graphs"
+    # Where the C pass is built; unset: $TRDQ_CACHE_DIR/native, else ~/.cache/trdq/native.
+    native_cache: Path | None = None
+
+    @field_validator("cpu_int_mm", mode="before")
+    @classmethod
+    def _parse_cpu_int_mm(cls, value):
+        if not isinstance(value, str):
+            return value
+        word = value.strip().lower()
+        if word in ("", "auto"):
+            return None
+        if word in ("1", "true", "yes", "on"):
+            return True
+        if word in ("0", "false", "no", "off"):
+            return False
+        raise ValueError("must be auto (by CPU), true (1) or false (0)")
+
+    @field_validator("gemm_tma", mode="before")
+    @classmethod
+    def _parse_gemm_tma(cls, value):
+        if not isinstance(value, str):
+            return value
+        word = value.strip().lower() or "graphs"
+        word = {"true": "1", "on": "1", "false": "0", "off": "0"}.get(word, word)
+        if word not in ("graphs", "1", "0"):
+            raise ValueError("must be graphs, 1 (always) or 0 (never)")
+        return word
+    # ---- end of kernel switches --------------------------------------------------------
+
     @field_validator("device")
     @classmethod
     def _check_device(cls, value: str) -> str:

@@ -1,4 +1,12 @@
-"""Shared test set-up: quiet third-party progress bars, few CPU threads."""
+"""Shared test set-up: quiet third-party progress bars, few CPU threads.
+
+Layout, mirroring the packages: tests/<name>/ holds the tests of trdq/<name>/ (kernels, nn,
+data, eval, zoo); tests/quant those of trdq's top-level modules (api, cache, config,
+primitives, rotation, timestep, gptq, text_encoder, calibration) and its shared helpers;
+tests/server and tests/serving the server (settings, routes / engine, batching, jobs,
+faults, a live uvicorn); tests/deploy deploy/. Markers: slow (``make test-slow``), gpu,
+integration.
+"""
 
 import os
 
@@ -8,6 +16,12 @@ os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import torch
+
+# Under pytest-xdist (`make test` runs -n auto) every worker gets its share of the cores:
+# torch's default, a thread per core in each worker, oversubscribes them.
+_XDIST_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _XDIST_WORKERS > 1:
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // _XDIST_WORKERS))
 
 # Without a GPU, Triton kernels run in Triton's numpy interpreter (when triton is
 # installed): tests/kernels/test_triton_interpreter.py checks their arithmetic on CPU.

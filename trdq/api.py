@@ -360,6 +360,7 @@ def quantize(
                 calib = run()
                 cache.save(fingerprint, calib.to_tensors(),
                            _manifest_extra(config, calib, prompts, seed, layer_names))
+    assert calib is not None  # every branch above loads it, calibrates or raises
     _apply(pipe, config, calib, kernel, report)
     report.bytes_after = weight_bytes_by_dtype(denoiser)
     report.total_seconds = time.perf_counter() - start

@@ -264,9 +264,9 @@ def _chain(
     """Ablation stage 0..4: minmax, +rot, +groups, +search, +cfg-wise (full).
 
     The CFG-wise stage searches the activation clip per CFG half against the guided
-    output's error, calibrates the integer weights on the guided rows (trdq/calibration.py
-    ``_weight_rows``) and, with per-token activations, quantizes cond rows as deltas from
-    their uncond rows (``cfg_delta``).
+    output's error, calibrates the integer weights on the guided rows
+    (trdq/calibration/search.py ``_weight_rows``) and, with per-token activations, quantizes
+    cond rows as deltas from their uncond rows (``cfg_delta``).
 
     The search stage also calibrates the integer weights: a clip per output channel
     (``weight_clip_search``) and GPTQ rounding (``weight_rounding``), both from the

@@ -26,12 +26,13 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
 from server.engine.jobs import Job, JobOutput, JobQueue, JobSpec, QueueFull, StageTimings
-from server.engine.models import ModelSet, ServedModel, load_models
+from server.engine.models import ModelSet, ServedModel, configure_kernels, load_models
 from server.errors import (
     DeviceOutOfMemoryError,
     GenerationCancelledError,
@@ -66,6 +67,12 @@ class DeviceWorker:
         with self.on_device():
             return load_models(settings, metrics, self.device)
 
+    def loaded_models(self) -> ModelSet:
+        """The models, which exist once ``load`` returned (work is dispatched after)."""
+        if self.models is None:
+            raise RuntimeError(f"the models of {self.device} are not loaded")
+        return self.models
+
 
 class GenerationEngine:
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
@@ -82,11 +89,20 @@ class GenerationEngine:
         self._queue: JobQueue | None = None
         self.device = self.workers[0].device
         self.startup_seconds: float | None = None
+        #: the kernel switches in force once started (/info)
+        self.kernels: dict[str, Any] | None = None
         self.accepting = True  # False once a graceful shutdown began
         self._active: set[Job] = set()  # accepted and not final
         #: Test hook, called on the worker thread before each pipeline call with the
         #: batch's specs; raising there simulates a failure inside generation.
         self.fault_hook: Callable[[list[JobSpec]], None] | None = None
+
+    @property
+    def queue(self) -> JobQueue:
+        """The job queue; it exists from ``start`` on (requests are refused before)."""
+        if self._queue is None:
+            raise RuntimeError("the engine has not started")
+        return self._queue
 
     @property
     def models(self) -> ModelSet | None:
@@ -98,6 +114,7 @@ class GenerationEngine:
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
         self._queue = JobQueue(self.settings.max_queue)
+        self.kernels = configure_kernels(self.settings)
         # One device after the other: the first fills the calibration cache, the rest hit it.
         for worker in self.workers:
             worker.models = await loop.run_in_executor(
@@ -149,7 +166,7 @@ class GenerationEngine:
     @staticmethod
     def _warm_up(worker: DeviceWorker) -> None:
         """One short generation per variant, so the first request pays no lazy set-up."""
-        for model in worker.models.all():
+        for model in worker.loaded_models().all():
             request = GenerationRequest(
                 prompts=["warm-up"], seeds=[0], width=model.default_width,
                 height=model.default_height, num_inference_steps=2, guidance_scale=4.5,
@@ -187,11 +204,11 @@ class GenerationEngine:
         self.served_model(spec.task, spec.quant)  # fail fast: unknown precision, draining
         job = Job(spec=spec, future=asyncio.get_running_loop().create_future())
         try:
-            self._queue.put(job)
+            self.queue.put(job)
         except QueueFull:
             retry_after = max(1, round(self.settings.request_timeout_s / 10))
             raise QueueFullError(
-                f"the queue is full ({self._queue.max_size} waiting); retry later",
+                f"the queue is full ({self.queue.max_size} waiting); retry later",
                 headers={"Retry-After": str(retry_after)},
             ) from None
         # A failure nobody awaits any more (client gone) must not be logged as unretrieved.
@@ -204,7 +221,7 @@ class GenerationEngine:
             self.metrics.inflight.dec()
 
         job.future.add_done_callback(finished)
-        self.metrics.queue_depth.set(len(self._queue))
+        self.metrics.queue_depth.set(len(self.queue))
         return job
 
     async def wait(self, job: Job, timeout_s: float) -> JobOutput:
@@ -238,10 +255,10 @@ class GenerationEngine:
     async def _dispatch_forever(self, worker: DeviceWorker) -> None:
         """One per worker: take the next batch whenever this worker is free."""
         while True:
-            batch = await self._queue.take_batch(
+            batch = await self.queue.take_batch(
                 self.settings.max_batch, self.settings.batch_window_ms / 1000
             )
-            self.metrics.queue_depth.set(len(self._queue))
+            self.metrics.queue_depth.set(len(self.queue))
             for job in batch:
                 if job.cancelled.is_set():
                     _resolve(job, error=_cancel_error(job))
@@ -297,7 +314,7 @@ class GenerationEngine:
     ) -> list[JobOutput]:
         """Worker thread: one pipeline call for the whole batch."""
         first = batch[0].spec
-        model = worker.models.get(first.task, first.quant)
+        model = worker.loaded_models().get(first.task, first.quant)
         prompts, negatives, seeds = [], [], []
         for job in batch:
             count = len(job.spec.seeds)

@@ -8,10 +8,12 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 
 #: Job life cycle. `queued` -> `running` -> one of the final states.
+JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 FINAL_STATES = ("succeeded", "failed", "cancelled")
 
 
@@ -19,7 +21,7 @@ FINAL_STATES = ("succeeded", "failed", "cancelled")
 class JobSpec:
     """A validated generation request, independent of HTTP."""
 
-    task: str  # "image" | "video"
+    task: Literal["image", "video"]
     quant: str
     prompt: str
     negative_prompt: str
@@ -71,7 +73,7 @@ class Job:
     started_unix: float | None = None
 
     @property
-    def state(self) -> str:
+    def state(self) -> JobState:
         if self.future.done():
             if self.future.cancelled():
                 return "cancelled"

@@ -18,6 +18,7 @@ import torch
 from server.errors import ModelUnavailableError
 from server.metrics import Metrics
 from server.settings import Settings
+from trdq.kernels import switches as kernel_switches
 from trdq.machine import cpu_has_native_bf16
 from trdq.pipeline import (
     default_dtype,
@@ -71,6 +72,20 @@ class ModelSet:
 
     def all(self) -> list[ServedModel]:
         return list(self.by_task_and_quant.values())
+
+
+def configure_kernels(settings: Settings) -> dict[str, Any]:
+    """Apply the kernel switches (TRDQ_CPU_NATIVE, TRDQ_CPU_INT_MM, TRDQ_CPU_PREPACK,
+    TRDQ_GEMM_TMA, TRDQ_NATIVE_CACHE) to the process, before any model is built; returns
+    what they resolve to here, for /info."""
+    changes: dict[str, Any] = {
+        "cpu_native": settings.cpu_native, "cpu_int_mm": settings.cpu_int_mm,
+        "cpu_prepack": settings.cpu_prepack, "gemm_tma": settings.gemm_tma,
+    }
+    if settings.native_cache is not None:  # else the library's: $TRDQ_CACHE_DIR/native
+        changes["native_cache_dir"] = settings.native_cache.expanduser()
+    kernel_switches.configure(**changes)
+    return kernel_switches.describe()
 
 
 def load_models(settings: Settings, metrics: Metrics, device: torch.device) -> ModelSet:
@@ -196,7 +211,10 @@ def _quantize(model: ServedModel, settings: Settings, metrics: Metrics) -> None:
             metrics.calibration_cache.labels(result=result).inc()
     switches = metrics.group_switches.labels(model=model.name)
     add_step_listener(model.pipe, lambda event: switches.inc() if event.switched else None)
-    hook = get_state(model.pipe).hook
+    state = get_state(model.pipe)
+    if state is None:  # quantize() returned without leaving its state on the pipeline
+        raise RuntimeError(f"{model.name} at {model.quant}: no quantization state after quantize")
+    hook = state.hook
     # the profiler sees the timestep the pipeline passes (Flux: t / 1000)
     model.group_of = lambda timestep: "0" if timestep is None else str(
         hook.group_map.group_of(timestep * hook.timestep_multiplier))

@@ -10,6 +10,7 @@ import asyncio
 import base64
 import secrets
 import time
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
@@ -20,7 +21,7 @@ from server.errors import InvalidRequestError, NotAcceptableError
 from server.negotiation import negotiate
 from server.schemas import ErrorResponse, ImageResponse, VideoResponse
 
-ERROR_RESPONSES = {
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse}
     for code in (401, 404, 406, 413, 422, 429, 500, 503, 504)
 }
@@ -141,7 +142,7 @@ def image_payload(output, spec: JobSpec, encoded: list, fmt: str, timings: dict)
     }
 
 
-def video_payload(output, spec: JobSpec, encoded: list, fmt: str, fps: int,
+def video_payload(output, spec: JobSpec, encoded: list, fmt: str, fps: int | None,
                   timings: dict) -> dict:
     return {
         "videos": [

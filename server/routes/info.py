@@ -28,6 +28,7 @@ async def info(request: Request) -> dict:
         "device": str(engine.device),
         "devices": [str(worker.device) for worker in engine.workers],
         "startup_seconds": engine.startup_seconds,
+        "kernels": engine.kernels,
         "limits": {
             "max_pixels": settings.max_pixels, "max_frames": settings.max_frames,
             "max_steps": settings.max_steps, "max_prompt_chars": settings.max_prompt_chars,

@@ -22,7 +22,7 @@ from pydantic import BaseModel
 from starlette.convertors import StringConvertor, register_url_convertor
 
 from server import media
-from server.engine.jobs import Job, JobSpec
+from server.engine.jobs import Job, JobSpec, JobState
 from server.errors import (
     GenerationCancelledError,
     GenerationFailedError,
@@ -75,7 +75,7 @@ class JobProgress(BaseModel):
 class JobStatus(BaseModel):
     id: str
     task: Literal["image", "video"]
-    state: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    state: JobState
     progress: JobProgress
     created_at: float
     started_at: float | None
@@ -99,7 +99,7 @@ class JobRecord:
     finisher: asyncio.Task | None = None
 
     @property
-    def state(self) -> str:
+    def state(self) -> JobState:
         if self.payload is not None:
             return "succeeded"
         if self.error is not None:
@@ -193,7 +193,7 @@ class JobStore:
         finished = [r for r in self._records.values() if r.finished_monotonic is not None]
         if not finished:
             return False
-        oldest = min(finished, key=lambda r: r.finished_monotonic)
+        oldest = min(finished, key=lambda r: r.finished_monotonic or 0.0)  # all set here
         del self._records[oldest.job.id]
         return True
 

@@ -17,7 +17,7 @@ a 422 that says why: the server keeps no files to link to. Any other field is a 
 
 import base64
 import time
-from typing import Literal
+from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
@@ -125,7 +125,7 @@ def request_model(limits: Limits, model_name: str | None) -> type[BaseModel]:
 
 def make_router(limits: Limits, model_name: str | None) -> APIRouter:
     router = APIRouter(prefix="/v1", tags=["openai"])
-    body_model = request_model(limits, model_name)
+    body_model: Any = request_model(limits, model_name)  # built from the limits at run time
 
     @router.post("/images/generations", response_model=OpenAIImagesResponse,
                  responses=ERROR_RESPONSES, summary="OpenAI-compatible image generation")

@@ -105,6 +105,7 @@ def _fast_preset_builder(name: str):
     )
 
 
+@pytest.mark.slow  # ~45 s; the CLI end to end stays in the default tier with video
 def test_image_end_to_end(tmp_path, monkeypatch):
     monkeypatch.setitem(PRESETS, "w8a8", _fast_preset_builder("w8a8"))
     out_json, out_md = tmp_path / "q.json", tmp_path / "QUALITY.md"

@@ -28,6 +28,11 @@ from trdq.api import quantize
 from trdq.config import QuantConfig
 from trdq.data.split import heldout_prompts
 from trdq.eval.report import run_quality
+
+# Its fixture calibrates and evaluates the zoo model at three precisions: over 10 minutes on
+# CI's 2 cores, so in the slow tier. The default tier keeps quality checks on the tiny
+# models (tests/quant/test_api.py: PSNR to FP, full static method closer than min-max).
+pytestmark = pytest.mark.slow
 from trdq.pipeline import GenerationRequest, generate, load_pipeline
 
 MODEL = "tiny-shapes-t2i"

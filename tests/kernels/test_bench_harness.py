@@ -172,7 +172,7 @@ def test_bench_torchops_row_runs_cpu_int8_without_its_c_pass(tmp_path, monkeypat
     assert cpu_native._enabled  # the next row gets the C pass back
 
 
-@pytest.mark.parametrize("act_dtype", ["fp32", "auto"])
+@pytest.mark.parametrize("act_dtype", ["fp32", pytest.param("auto", marks=pytest.mark.slow)])
 def test_bench_act_dtype_sets_the_quantized_rows_activations(tmp_path, monkeypatch, act_dtype):
     """TR-DQ rows run fp32 activations on CPU as the server does (the default, auto, or
     --act-dtype fp32); bf16/fp32 rows keep theirs."""

@@ -88,8 +88,10 @@ SLOW = pytest.mark.slow
 
 @pytest.mark.parametrize("preset", ["w8a8-minmax", pytest.param("w8a8-rot", marks=SLOW),
                                     pytest.param("w8a8-rot-groups", marks=SLOW),
-                                    "w8a8-rot-groups-search", pytest.param("w4a8-minmax", marks=SLOW),
-                                    "w4a8-rot-groups", "w8a8-static", "fp8", "faithful"])
+                                    pytest.param("w8a8-rot-groups-search", marks=SLOW),
+                                    pytest.param("w4a8-minmax", marks=SLOW),
+                                    "w4a8-rot-groups", "w8a8-static", pytest.param("fp8", marks=SLOW),
+                                    "faithful"])
 def test_ablation_and_other_presets_run(preset):
     pipe = tiny_pixart_pipeline()
     report = api.quantize(pipe, fast(preset), progress=False, calibration_prompts=TINY_PROMPTS)

@@ -79,7 +79,9 @@ def test_miss_then_hit_skips_calibration(tmp_path):
     assert set(manifest["fingerprints"]) == {"model", "config", "calibration", "format_version"}
 
 
-@pytest.mark.parametrize("damage", ["truncate", "corrupt", "mismatch", "manifest", "contents"])
+@pytest.mark.parametrize("damage", [pytest.param("truncate", marks=pytest.mark.slow),
+                                    pytest.param("corrupt", marks=pytest.mark.slow),
+                                    "mismatch", "manifest", "contents"])
 def test_invalid_artifacts_are_rebuilt(tmp_path, damage):
     _quantize(tmp_path)
     art = _artifact(tmp_path)

@@ -17,7 +17,7 @@ from trdq.testing.tiny import TINY_PROMPTS, tiny_pixart_pipeline
 from .helpers import fast, run_image
 
 
-@pytest.mark.parametrize("preset", ["w8a8", "w8a8-static"])
+@pytest.mark.parametrize("preset", [pytest.param("w8a8", marks=pytest.mark.slow), "w8a8-static"])
 def test_group_switches_do_not_recompile(preset):
     torch._dynamo.reset()
     pipe = tiny_pixart_pipeline()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from trdq import api
@@ -35,6 +36,7 @@ def test_hook_reads_positional_and_tensor_timesteps():
     assert ctx.group == 0 and hook.trace == [3, 0] and hook.switches_total == 1
 
 
+@pytest.mark.slow  # ~1 minute; the hook's trace and switches: the tests above
 def test_twenty_step_trace_with_four_groups():
     pipe = tiny_pixart_pipeline()
     api.quantize(pipe, fast("w8a8", num_groups=4), progress=False,

@@ -26,6 +26,10 @@ def test_health_ready_info(client):
     assert tasks == {("image", "fp"), ("video", "fp")}
     for model in info["models"]:
         assert model["weight_bytes"]["transformer"]["float32"] > 0
+    kernels = info["kernels"]  # the kernel switches in force (TRDQ_CPU_NATIVE, ...)
+    assert {"cpu_native", "cpu_int_mm", "cpu_prepack", "gemm_tma", "native_cache_dir",
+            "cpu_gemm"} <= set(kernels)
+    assert isinstance(kernels["cpu_int_mm"], bool)  # resolved for this CPU, not "auto"
 
 
 def test_readyz_is_503_until_the_models_are_loaded(tmp_path):

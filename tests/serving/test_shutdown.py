@@ -20,6 +20,7 @@ KEY = "sk-never-in-logs-5f2c9a"
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # ~90 s; draining in-process: tests/serving/test_faults.py
 def test_sigterm_drains_in_flight_work_then_exits(tmp_path):
     port = free_port()
     env = dict(os.environ, TRDQ_PORT=str(port), TRDQ_QUANT="fp", TRDQ_VIDEO_MODEL="none",

@@ -4,6 +4,7 @@ the shape's pixels more than the background's."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from trdq.data import render_image, render_video
@@ -24,6 +25,7 @@ def test_foreground_weights_mark_the_shape_and_its_edge():
     assert shape_pixels.sum() < (weights > 1).sum() < shape_pixels.sum() + 4 * 64
 
 
+@pytest.mark.slow  # ~25 s of decoder training
 def test_finetune_changes_the_decoder_only():
     torch.manual_seed(0)
     vae = build_components(seed=0)["vae"]

@@ -24,6 +24,7 @@ def smoke_run(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow  # the smoke_run fixture trains for ~1 minute
 def test_smoke_writes_loadable_pipelines(smoke_run):
     image_pipe = load_pipeline(smoke_run / "tiny-shapes-t2i")
     video_pipe = load_pipeline(smoke_run / "tiny-shapes-t2v")
@@ -50,6 +51,7 @@ def test_smoke_writes_loadable_pipelines(smoke_run):
     )
 
 
+@pytest.mark.slow  # the smoke_run fixture trains for ~1 minute
 def test_smoke_writes_cards_and_fp16_checkpoints(smoke_run):
     for name in ("tiny-shapes-t2i", "tiny-shapes-t2v"):
         card = (smoke_run / name / "README.md").read_text()
@@ -58,6 +60,7 @@ def test_smoke_writes_cards_and_fp16_checkpoints(smoke_run):
         assert (smoke_run / "checkpoints" / filename).stat().st_size > 0
 
 
+@pytest.mark.slow  # the smoke_run fixture trains for ~1 minute
 def test_from_weights_reassembles_identically(smoke_run, tmp_path):
     assert main(["--from-weights", str(smoke_run / "checkpoints"), "--out", str(tmp_path)]) == 0
     from safetensors.torch import load_file

@@ -2,7 +2,7 @@
 
 On CPUs with int8 dot-product instructions (AVX-512 VNNI, AMX), 8-bit weights run
 oneDNN's int8 linear on a copy prepacked once in its blocked layout (``int8_gemm``,
-``ONEDNN_PREPACK``; ``TRDQ_CPU_PREPACK=0`` turns it off), and other widths
+``ONEDNN_PREPACK``; the ``cpu_prepack`` switch, ``TRDQ_CPU_PREPACK=0``, turns it off), and other widths
 ``torch._int_mm``, which reorders the plain weight on every call. Both give the exact
 int32 product for any M (no M > 16 restriction on CPU, unlike CUDA), so no padding is needed.
 
@@ -17,8 +17,8 @@ there but saturates its u8 x s8 int16 pair sums: with 8-bit activations (shifted
 [1, 255]) it is exact only for weights within +-63, so an exact 8-bit product would take
 two of them per GEMM, about 1.2x fp32 for a second packed weight copy: not done. 7-bit
 activations (``w8a7``) are exact with any int8 weight: shifted by 64 to u8 in [1, 127],
-two products sum to at most 2 x 127 x 128 < 2^15 (``U8_GEMM``). ``TRDQ_CPU_INT_MM=1`` /
-``0`` forces either path.
+two products sum to at most 2 x 127 x 128 < 2^15 (``U8_GEMM``). The ``cpu_int_mm`` switch
+(``TRDQ_CPU_INT_MM=1`` / ``0``, ``trdq.kernels.switches``) forces either path.
 
 4-bit weights stay packed two per byte in memory and are unpacked to int8 per call
 (the GEMM itself is int8 x int8). Every integer width of ``trdq.config.INT_BITS`` is held
@@ -44,14 +44,13 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import weakref
 
 import torch
 
 from trdq import primitives as P
 from trdq.config import INT_BITS
-from trdq.kernels import cpu_native
+from trdq.kernels import cpu_native, switches
 from trdq.kernels.base import (
     ActQuant,
     KernelBackend,
@@ -71,16 +70,17 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-def _fast_int_mm() -> bool:
-    """Whether ``torch._int_mm`` runs oneDNN's int8 kernel on this CPU (see above)."""
-    forced = os.environ.get("TRDQ_CPU_INT_MM", "").strip()
-    if forced in ("0", "1"):
-        return forced == "1"
+def _fast_int_mm(forced: bool | None) -> bool:
+    """Whether ``torch._int_mm`` runs oneDNN's int8 kernel on this CPU (see above), unless
+    the ``cpu_int_mm`` switch forces an answer."""
+    if forced is not None:
+        return forced
     return cpu_isa() in INT8_DOT_ISAS
 
 
-#: torch._int_mm is fast here (int8 dot-product instructions); else an fp32 GEMM of the integers
-FAST_INT_MM = _fast_int_mm()
+#: torch._int_mm is fast here (int8 dot-product instructions); else an fp32 GEMM of the
+#: integers. Set from the kernel switches (``_apply_switches``, below), as are the next two.
+FAST_INT_MM = False
 
 
 @functools.cache
@@ -156,21 +156,30 @@ def int8_linear_math(
 cpu_int8_linear = define_op("trdq::cpu_int8_linear", int8_linear_math, linear_fake)
 
 
-def _onednn_linear_allowed() -> bool:
-    """Whether oneDNN's int8 linear ops exist here and ``TRDQ_CPU_PREPACK=0`` does not turn
-    them off."""
-    if os.environ.get("TRDQ_CPU_PREPACK", "").strip() == "0":
-        return False
+def _onednn_linear_ops() -> bool:
+    """Whether oneDNN's int8 linear ops exist in this torch build."""
     onednn = getattr(torch.ops, "onednn", None)
     return hasattr(onednn, "qlinear_prepack") and hasattr(onednn, "qlinear_pointwise")
 
 
-#: 8-bit weights run oneDNN's prepacked int8 linear (VNNI/AMX CPUs; ``TRDQ_CPU_PREPACK=0``: off)
-ONEDNN_PREPACK = FAST_INT_MM and _onednn_linear_allowed()
+#: 8-bit weights run oneDNN's prepacked int8 linear (VNNI/AMX CPUs; ``cpu_prepack`` off: not)
+ONEDNN_PREPACK = False
 #: On CPUs without VNNI/AMX, 8-bit weights times activations of at most 7 bits run oneDNN's
 #: u8 int8 linear (exact there; 2-2.5x faster than the fp32 GEMM of the integers on the
-#: AVX2 EPYC, 2 threads); ``TRDQ_CPU_PREPACK=0``: off
-U8_GEMM = not FAST_INT_MM and _onednn_linear_allowed()
+#: AVX2 EPYC, 2 threads); ``cpu_prepack`` off: not
+U8_GEMM = False
+
+
+def _apply_switches(kernel_switches: switches.KernelSwitches) -> None:
+    """Recompute the three GEMM choices above from the kernel switches."""
+    global FAST_INT_MM, ONEDNN_PREPACK, U8_GEMM
+    FAST_INT_MM = _fast_int_mm(kernel_switches.cpu_int_mm)
+    onednn_allowed = kernel_switches.cpu_prepack and _onednn_linear_ops()
+    ONEDNN_PREPACK = FAST_INT_MM and onednn_allowed
+    U8_GEMM = not FAST_INT_MM and onednn_allowed
+
+
+switches.on_change(_apply_switches)  # now, and whenever the server (or a test) configures them
 #: the shift that makes 7-bit activations ([-63, 63]) unsigned ([1, 127]); oneDNN takes it
 #: as the activations' zero point
 U8_SHIFT = 64

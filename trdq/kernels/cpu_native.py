@@ -7,10 +7,12 @@ Inductor fused it (docs/KERNELS.md, the profile of the compiled ``cpu-small`` st
 pass does all of it per row while the row sits in L1, and the epilogue in one pass.
 
 Built on first use with the system C compiler (``gcc -O3 -march=native -fopenmp``, about
-a second) into ``TRDQ_NATIVE_CACHE``, else ``$TRDQ_CACHE_DIR/native``, else
-``~/.cache/trdq/native``, keyed by the source, the compiler and the CPU's flags; loaded
-with ctypes (which releases the GIL during a call).
-Without a compiler, or with ``TRDQ_CPU_NATIVE=0``, ``available()`` is False and
+a second) into the ``native_cache_dir`` kernel switch (``trdq.kernels.switches``:
+``TRDQ_NATIVE_CACHE``, else ``$TRDQ_CACHE_DIR/native``, else ``~/.cache/trdq/native``),
+keyed by the source, the compiler and the CPU's flags; loaded with ctypes (which releases
+the GIL during a call).
+Without a compiler, or with the ``cpu_native`` switch off (``TRDQ_CPU_NATIVE=0``),
+``available()`` is False and
 ``cpu_int8`` keeps its torch-ops path, which is also the oracle the tests compare against.
 
 ``rotate_quant`` and ``int8_epilogue`` are plain functions; ``cpu_int8`` wraps them with
@@ -32,6 +34,7 @@ from pathlib import Path
 
 import torch
 
+from trdq.kernels import switches
 from trdq.kernels.base import check_output_activation
 from trdq.kernels.oplib import define_op
 from trdq.machine import cpu_model, cpuinfo_field
@@ -59,11 +62,7 @@ def library_path(compiler: str) -> Path:
 
 
 def _cache_dir() -> Path:
-    if os.environ.get("TRDQ_NATIVE_CACHE"):
-        return Path(os.environ["TRDQ_NATIVE_CACHE"])
-    if os.environ.get("TRDQ_CACHE_DIR"):  # the server's (writable) cache, e.g. in containers
-        return Path(os.environ["TRDQ_CACHE_DIR"]) / "native"
-    return Path.home() / ".cache" / "trdq" / "native"
+    return switches.current().native_cache_dir
 
 
 def _build() -> ctypes.CDLL:
@@ -91,13 +90,28 @@ def _build() -> ctypes.CDLL:
 
 @functools.cache
 def _library() -> ctypes.CDLL | None:
-    if os.environ.get("TRDQ_CPU_NATIVE", "1").strip() == "0":
+    if not switches.current().cpu_native:
         return None
     try:
         return _build()
     except (OSError, RuntimeError, subprocess.SubprocessError) as exc:  # the torch path still works
         log.warning("cpu_int8: C activation quantizer unavailable (%s); using torch ops", exc)
         return None
+
+
+_library_switches = (switches.current().cpu_native, switches.current().native_cache_dir)
+
+
+def _apply_switches(kernel_switches: switches.KernelSwitches) -> None:
+    """Look the library up again (build, load or none) when its switches changed."""
+    global _library_switches
+    mine = (kernel_switches.cpu_native, kernel_switches.native_cache_dir)
+    if mine != _library_switches:
+        _library_switches = mine
+        _library.cache_clear()
+
+
+switches.on_change(_apply_switches)
 
 
 #: False: report the C kernels unavailable (``set_enabled``; the bench's ``+torchops`` rows)

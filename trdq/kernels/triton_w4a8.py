@@ -26,7 +26,7 @@ K/2 bytes per output channel, a quarter of bf16.
 The same kernel also takes unpacked int8 weights (``B [N, K]`` int8, ``PACKED=False``),
 which gives an exact W8A8 int8 GEMM on tensor cores for comparison with ``_int_mm``. On
 Hopper, with int8 activations, its tiles are loaded through TMA descriptors when the
-launches are recorded into a CUDA graph (``tma``, ``TRDQ_GEMM_TMA``): less GPU time, more
+launches are recorded into a CUDA graph (``tma``, the ``gemm_tma`` switch, ``TRDQ_GEMM_TMA``): less GPU time, more
 host time per launch; packed weights keep per-thread loads.
 ``w4a8_matmul_reference`` is the pure-torch oracle.
 """
@@ -39,6 +39,7 @@ import os
 
 import torch
 
+from trdq.kernels import switches
 from trdq.kernels.base import (
     apply_output_activation,
     autotune_gpu_time,
@@ -420,13 +421,20 @@ def w4a8_matmul_triton(
     return c
 
 
-#: ``TRDQ_GEMM_TMA``: when the W8A8 GEMM loads its tiles through TMA descriptors. ``graphs``
-#: (default): only for launches recorded into a CUDA graph (``kernels.base.recording_launches``),
-#: where the descriptors' host cost (built and encoded at every launch) is paid once;
-#: ``1``: always; ``0``: never (per-thread loads, as packed weights).
-TMA_MODE = os.environ.get("TRDQ_GEMM_TMA", "graphs").strip().lower() or "graphs"
-if TMA_MODE not in ("graphs", "0", "1"):
-    raise ValueError(f"TRDQ_GEMM_TMA must be graphs, 0 or 1, got {TMA_MODE!r}")
+#: The ``gemm_tma`` kernel switch (``TRDQ_GEMM_TMA``): when the W8A8 GEMM loads its tiles
+#: through TMA descriptors. ``graphs`` (default): only for launches recorded into a CUDA
+#: graph (``kernels.base.recording_launches``), where the descriptors' host cost (built and
+#: encoded at every launch) is paid once; ``1``: always; ``0``: never (per-thread loads, as
+#: packed weights). A module global, set by ``_apply_switches``: read at every launch.
+TMA_MODE = "graphs"
+
+
+def _apply_switches(kernel_switches: switches.KernelSwitches) -> None:
+    global TMA_MODE
+    TMA_MODE = kernel_switches.gemm_tma
+
+
+switches.on_change(_apply_switches)
 
 
 def _tma_applies(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -449,7 +457,7 @@ def _tma_applies(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 
 def _tma_wanted() -> bool:
-    """``TRDQ_GEMM_TMA``'s answer for this launch, before the operands' own conditions."""
+    """The ``gemm_tma`` switch's answer for this launch, before the operands' own conditions."""
     return TMA_MODE == "1" or (TMA_MODE == "graphs" and launches_recorded())
 
 

@@ -14,6 +14,7 @@ from trdq.kernels import (
     cpu_native,
     get_backend,
     select_backend,
+    switches,
 )
 from trdq.rotation import hadamard_block_size, rotate_weight
 
@@ -311,28 +312,28 @@ def test_native_portable_build_matches_the_oracle(monkeypatch, tmp_path):
 
     if not cpu_native.available():
         pytest.skip("no C compiler here: cpu_int8 runs its torch ops")
-    monkeypatch.setenv("TRDQ_NATIVE_CACHE", str(tmp_path))
     flags = tuple("-march=x86-64" if f == "-march=native" else f for f in cpu_native.FLAGS)
     monkeypatch.setattr(cpu_native, "FLAGS", flags)
     cpu_native._library.cache_clear()
     try:
-        assert cpu_native._library() is not None
-        gen = torch.Generator().manual_seed(5)
-        for k, block in ((96, 32), (40, None), (100, 4)):
-            x = torch.randn(24, k, generator=gen) * 2
-            clip = torch.full((24,), 0.9)
-            mean_ref = torch.empty(24)
-            q_ref, s_ref = rotate_quant_reference(x, block=block, clip_ratio=clip,
-                                                  out_dtype=torch.int8, center_out=mean_ref,
-                                                  delta_half=12)
-            q, s, _ = cpu_native.cpu_rotate_quant(x, None, None, clip, block or 0, 8, True, 12)
-            torch.testing.assert_close(s, s_ref, rtol=1e-5, atol=0)
-            assert int((q.int() - q_ref.int()).abs().max()) <= 1
-        acc = torch.randint(-999, 999, (24, 16), dtype=torch.int32, generator=gen)
-        a_s, w_s, bias = torch.rand(24), torch.rand(16), torch.randn(16)
-        got = cpu_native.cpu_int8_epilogue(acc, a_s, w_s, bias, None, None, torch.float32)
-        torch.testing.assert_close(got, acc.float() * a_s[:, None] * w_s + bias)
-        _check_gelu_epilogue()  # the scalar GELU (libm's expf)
+        with switches.using(native_cache_dir=tmp_path):
+            assert cpu_native._library() is not None
+            gen = torch.Generator().manual_seed(5)
+            for k, block in ((96, 32), (40, None), (100, 4)):
+                x = torch.randn(24, k, generator=gen) * 2
+                clip = torch.full((24,), 0.9)
+                mean_ref = torch.empty(24)
+                q_ref, s_ref = rotate_quant_reference(x, block=block, clip_ratio=clip,
+                                                      out_dtype=torch.int8, center_out=mean_ref,
+                                                      delta_half=12)
+                q, s, _ = cpu_native.cpu_rotate_quant(x, None, None, clip, block or 0, 8, True, 12)
+                torch.testing.assert_close(s, s_ref, rtol=1e-5, atol=0)
+                assert int((q.int() - q_ref.int()).abs().max()) <= 1
+            acc = torch.randint(-999, 999, (24, 16), dtype=torch.int32, generator=gen)
+            a_s, w_s, bias = torch.rand(24), torch.rand(16), torch.randn(16)
+            got = cpu_native.cpu_int8_epilogue(acc, a_s, w_s, bias, None, None, torch.float32)
+            torch.testing.assert_close(got, acc.float() * a_s[:, None] * w_s + bias)
+            _check_gelu_epilogue()  # the scalar GELU (libm's expf)
     finally:
         monkeypatch.undo()
         cpu_native._library.cache_clear()
@@ -341,7 +342,7 @@ def test_native_portable_build_matches_the_oracle(monkeypatch, tmp_path):
 
 def test_cpu_int8_falls_back_to_torch_ops_without_a_compiler(monkeypatch, tmp_path):
     monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
-    monkeypatch.setenv("TRDQ_NATIVE_CACHE", str(tmp_path))
+    monkeypatch.setattr(cpu_native, "_cache_dir", lambda: tmp_path)
     with pytest.raises(OSError):
         cpu_native._build()
     monkeypatch.setattr(cpu_native, "available", lambda: False)

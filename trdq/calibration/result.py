@@ -1,0 +1,90 @@
+"""What calibration produces, and its flat ``{name/key: tensor}`` form for the cache's
+safetensors artifacts (trdq/cache.py)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from trdq import primitives as P
+from trdq.nn.quant_linear import LayerQuantParams
+from trdq.rotation import DuQuantRotation
+
+__all__ = ["CalibrationResult", "FaithfulParams"]
+
+
+@dataclass
+class FaithfulParams:
+    smooth_by_range: torch.Tensor  # [R, K]
+    rotations: list[DuQuantRotation] | None
+
+
+@dataclass
+class CalibrationResult:
+    params: dict[str, LayerQuantParams] = field(default_factory=dict)
+    faithful: dict[str, FaithfulParams] = field(default_factory=dict)
+    seconds: float = 0.0
+    timesteps: list[float] = field(default_factory=list)
+    groups_seen: list[int] = field(default_factory=list)
+
+    # ---- (de)serialisation to flat safetensors dicts -----------------------------------
+    def to_tensors(self) -> dict[str, torch.Tensor]:
+        out: dict[str, torch.Tensor] = {}
+        for name, p in self.params.items():
+            out[f"{name}/rotation_block"] = torch.tensor(p.rotation_block or 0, dtype=torch.int64)
+            out[f"{name}/act_scale_by_group"] = p.act_scale_by_group.float().cpu().contiguous()
+            out[f"{name}/clip_ratio_by_group"] = p.clip_ratio_by_group.float().cpu().contiguous()
+            if p.smooth_divisor is not None:
+                out[f"{name}/smooth_divisor"] = p.smooth_divisor.float().cpu().contiguous()
+            if p.weight_clip is not None:
+                out[f"{name}/weight_clip"] = p.weight_clip.float().cpu().contiguous()
+            if p.weight_q is not None:
+                out[f"{name}/weight_q"] = _store_int(p.weight_q)
+        for name, f in self.faithful.items():
+            out[f"{name}/smooth_by_range"] = f.smooth_by_range.float().cpu().contiguous()
+            if f.rotations is not None:
+                out[f"{name}/r0"] = torch.stack([r.r0 for r in f.rotations]).contiguous()
+                out[f"{name}/perm"] = torch.stack([r.perm for r in f.rotations]).contiguous()
+                out[f"{name}/r1"] = torch.stack([r.r1 for r in f.rotations]).contiguous()
+        return out
+
+    @classmethod
+    def from_tensors(
+        cls, tensors: dict[str, torch.Tensor], layer_names: list[str], faithful: bool,
+        weight_clip: bool = False, weight_q: bool = False,
+    ) -> CalibrationResult:
+        """Rebuild from ``to_tensors`` output; raises KeyError naming a missing tensor
+        (``weight_clip`` / ``weight_q``: the config calibrated them, so every layer must
+        have one)."""
+        result = cls()
+        for name in layer_names:
+            if faithful:
+                rots = None
+                if f"{name}/r0" in tensors:
+                    r0, perm, r1 = (tensors[f"{name}/{k}"] for k in ("r0", "perm", "r1"))
+                    rots = [DuQuantRotation(r0[i], perm[i], r1[i]) for i in range(r0.shape[0])]
+                result.faithful[name] = FaithfulParams(tensors[f"{name}/smooth_by_range"], rots)
+            else:
+                block = int(tensors[f"{name}/rotation_block"])
+                result.params[name] = LayerQuantParams(
+                    rotation_block=block or None,
+                    smooth_divisor=tensors.get(f"{name}/smooth_divisor"),
+                    act_scale_by_group=tensors[f"{name}/act_scale_by_group"],
+                    clip_ratio_by_group=tensors[f"{name}/clip_ratio_by_group"],
+                    weight_clip=tensors[f"{name}/weight_clip"] if weight_clip else None,
+                    weight_q=_load_int(tensors[f"{name}/weight_q"]) if weight_q else None,
+                )
+        return result
+
+
+def _store_int(q: torch.Tensor) -> torch.Tensor:
+    """Integer weights for the artifact: packed two per byte (uint8) when they fit 4 bits."""
+    q = q.cpu().to(torch.int8)
+    if q.shape[-1] % 2 == 0 and (q.numel() == 0 or (q.min() >= -8 and q.max() <= 7)):
+        return P.pack_int4(q).contiguous()
+    return q.contiguous()
+
+
+def _load_int(stored: torch.Tensor) -> torch.Tensor:
+    return P.unpack_int4(stored) if stored.dtype == torch.uint8 else stored.to(torch.int8)
