@@ -5,24 +5,11 @@
 # expected under .whl/.
 # STAGES picks what runs (default: tests,micro,step; also eval); results land in $OUT.
 set -u
-export PYTHONUNBUFFERED=1
-OUT=${OUT:-/tmp/trdq-out}
-mkdir -p "$OUT"
-wheels=$(find .whl -type f -name '*.whl' 2>/dev/null)
-if [ -n "$wheels" ]; then
-  # shellcheck disable=SC2086  # one argument per wheel
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site $wheels || exit 1
-  export PYTHONPATH=/tmp/site:$PWD
-fi
-# the fa3-fwd wheel (27 MB) travels unpacked as xz (10 MB): .whl/*.tar.xz into the same site
-for tarball in .whl/*.tar.xz; do
-  [ -f "$tarball" ] && { mkdir -p /tmp/site; tar xJf "$tarball" -C /tmp/site || exit 1; }
-done
+# shellcheck source=scripts/device_env.sh
+. "$(dirname "$0")/device_env.sh"
 STAGES=${STAGES:-tests,micro,step}
 PRESET=${PRESET:-pixart-alpha-1024}
 ROWS=${ROWS:-bf16-compile+cg,bf16-compile+cg+fa3attn,w8a8-compile+cg,w8a8-compile+cg+fp8attn}
-nvidia-smi --query-gpu=name,memory.total --format=csv > "$OUT/gpus.txt"
 case ",$STAGES," in *,tests,*)
   python3 -m pytest -q -p no:cacheprovider -m gpu -o addopts="" \
     ${GPU_TESTS:-tests/kernels/test_fa3_attention_gpu.py} 2>&1 | tee "$OUT/gpu_tests.log" | tail -15

@@ -5,17 +5,8 @@
 # CUDA_GRAPHS=0 measures without graph replay (default: the server's own default, auto).
 # Results land in $OUT (logs, JSON, the updated docs/RELIABILITY.md).
 set -u
-export PYTHONUNBUFFERED=1
-OUT=${OUT:-/tmp/trdq-out}
-mkdir -p "$OUT"
-wheels=$(find .whl -type f -name '*.whl' 2>/dev/null)
-if [ -n "$wheels" ]; then
-  # shellcheck disable=SC2086  # one argument per wheel
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site $wheels || exit 1
-  export PYTHONPATH=/tmp/site:$PWD
-fi
-nvidia-smi --query-gpu=name,memory.total --format=csv > "$OUT/gpus.txt"
+# shellcheck source=scripts/device_env.sh
+. "$(dirname "$0")/device_env.sh"
 python3 -m pytest -q -p no:cacheprovider -m gpu ${GPU_TESTS:-tests/serving/test_devices.py} \
   -o addopts="" 2>&1 | tee "$OUT/gpu_tests.log" | tail -3
 suite() {
