@@ -27,11 +27,12 @@ $(STAMP): pyproject.toml Makefile
 serve: setup
 	$(BIN)/trdq serve
 
-# The default tier (pyproject's addopts: not slow, not gpu) on every core (pytest-xdist).
-# Exit 5 (nothing collected, e.g. a filtered run) is not a failure.
+# The default tier (pyproject's addopts: not slow, not gpu) on every core (pytest-xdist),
+# a test module's tests on one worker (--dist loadscope): some modules' tests build on the
+# state of the ones before them (the playground's browser session). Exit 5 (nothing collected, e.g. a filtered run) is not a failure.
 PYTEST_N ?= auto
 test: setup
-	$(BIN)/python -m pytest -q -n $(PYTEST_N); rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
+	$(BIN)/python -m pytest -q -n $(PYTEST_N) --dist loadscope; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
 
 # The slow tier alone (what the default tier leaves out, GPU tests excepted); loadscope keeps
 # a module on one worker, so a module fixture (the quality guard's) runs once.
@@ -39,7 +40,7 @@ test-slow: setup
 	$(BIN)/python -m pytest -q -n $(PYTEST_N) --dist loadscope -m "slow and not gpu"; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
 
 test-all: setup
-	$(BIN)/python -m pytest -q -n $(PYTEST_N) -m "not gpu"
+	$(BIN)/python -m pytest -q -n $(PYTEST_N) --dist loadscope -m "not gpu"
 
 lint: setup
 	$(BIN)/ruff check trdq server tests
