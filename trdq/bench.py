@@ -55,13 +55,13 @@ from trdq.bench_report import render_markdown, write_outputs
 from trdq.bench_variants import (
     apply_fp8_swap,
     apply_torchao,
-    compile_denoiser,
     fuse_qkv,
     profile_step,
 )
-from trdq.cuda_graphs import CudaGraphForward, quant_context
 from trdq.kernels import cpu_int8, cpu_native
 from trdq.nn.attention import set_attention_backend, split_attention_suffix
+from trdq.runtime.compile import compile_denoiser
+from trdq.runtime.cuda_graphs import CudaGraphForward, quant_context
 
 logger = logging.getLogger(__name__)
 
