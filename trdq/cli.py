@@ -161,8 +161,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 #: Sub-commands with their own argument parsers: everything after the name is theirs.
-FORWARDED = {"bench": "trdq.bench", "eval": "trdq.eval.cli", "zoo": "trdq.zoo.cli",
-             "loadtest": "trdq.loadtest", "loadsuite": "trdq.loadsuite"}
+#: They live in trdq.tools, outside the served path.
+FORWARDED = {"bench": "trdq.tools.bench", "eval": "trdq.tools.eval_cli",
+             "zoo": "trdq.tools.zoo_cli", "loadtest": "trdq.tools.loadtest",
+             "loadsuite": "trdq.tools.loadsuite"}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -314,7 +314,7 @@ _SECTION = re.compile(
     r"<!-- trdq-eval (?P<model>\S+) -->\n.*?<!-- /trdq-eval (?P=model) -->\n", re.DOTALL
 )
 _PREAMBLE = (
-    "# Quality of quantized generation\n\nWritten by `trdq eval` (trdq/eval/cli.py): "
+    "# Quality of quantized generation\n\nWritten by `trdq eval` (trdq/tools/eval_cli.py): "
     "one section per model, replaced when that model is evaluated again.\n"
 )
 

@@ -7,8 +7,8 @@ import json
 import pytest
 
 from trdq.config import PRESETS, QuantConfig
-from trdq.eval import cli
 from trdq.eval.report import QualityReport, QualityResult
+from trdq.tools import eval_cli as cli
 
 KEYS = {"quant", "accuracy", "per_attribute", "psnr_to_fp", "ssim_to_fp", "seconds"}
 

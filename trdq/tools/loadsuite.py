@@ -34,8 +34,8 @@ from pathlib import Path
 
 import httpx
 
-from trdq import loadtest
 from trdq.machine import cpu_isa, cpu_model
+from trdq.tools import loadtest
 
 logger = logging.getLogger(__name__)
 
