@@ -154,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("eval", "quality benchmark on the shapes world (see `trdq eval --help`)"),
         ("zoo", "build or train the embedded pipelines"),
         ("loadtest", "load test a running server (loopback only)"),
-        ("loadsuite", "start servers, load them, write docs/RELIABILITY.md figures"),
+        ("loadsuite", "start servers, load them, report figures (--out-md to record them)"),
     ):
         sub.add_parser(name, help=text, add_help=False)
     return parser
