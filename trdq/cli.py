@@ -154,15 +154,17 @@ def build_parser() -> argparse.ArgumentParser:
         ("eval", "quality benchmark on the shapes world (see `trdq eval --help`)"),
         ("zoo", "build or train the embedded pipelines"),
         ("loadtest", "load test a running server (loopback only)"),
-        ("loadsuite", "start servers, load them, write docs/RELIABILITY.md figures"),
+        ("loadsuite", "start servers, load them, report figures (--out-md to record them)"),
     ):
         sub.add_parser(name, help=text, add_help=False)
     return parser
 
 
 #: Sub-commands with their own argument parsers: everything after the name is theirs.
-FORWARDED = {"bench": "trdq.bench", "eval": "trdq.eval.cli", "zoo": "trdq.zoo.cli",
-             "loadtest": "trdq.loadtest", "loadsuite": "trdq.loadsuite"}
+#: They live in trdq.tools, outside the served path.
+FORWARDED = {"bench": "trdq.tools.bench", "eval": "trdq.tools.eval_cli",
+             "zoo": "trdq.tools.zoo_cli", "loadtest": "trdq.tools.loadtest",
+             "loadsuite": "trdq.tools.loadsuite"}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,7 +30,7 @@ from trdq.pipeline import (
     pipeline_task,
     pipeline_weight_bytes,
 )
-from trdq.profiling import PipelineProfiler
+from trdq.runtime.profiling import PipelineProfiler
 
 logger = logging.getLogger(__name__)
 
@@ -251,7 +251,7 @@ def _compile(model: ServedModel) -> None:
     custom ops, so the blocks compile without graph breaks. The warm-up pays the
     compile time before /readyz turns 200.
     """
-    from trdq.bench_variants import compile_denoiser
+    from trdq.runtime.compile import compile_denoiser
 
     compile_denoiser(model.pipe.transformer, "regional")
     model.pipe.vae.decoder.compile()
@@ -280,7 +280,7 @@ def _replay_from_cuda_graphs(model: ServedModel, max_graphs: int) -> None:
     call per timestep group and shape runs eagerly (and autotunes), the second captures;
     the warm-up pays for the default shape before /readyz turns 200.
     """
-    from trdq.cuda_graphs import CudaGraphForward, quant_context
+    from trdq.runtime.cuda_graphs import CudaGraphForward, quant_context
 
     transformer = model.pipe.transformer
     CudaGraphForward(

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from trdq import api
-from trdq.bench_variants import compile_denoiser
+from trdq.runtime.compile import compile_denoiser
 from trdq.testing.tiny import TINY_PROMPTS, tiny_pixart_pipeline
 
 from .helpers import fast, run_image

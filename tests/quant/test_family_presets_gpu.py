@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from trdq import api
-from trdq.bench_presets import get_preset
 from trdq.config import QuantConfig
 from trdq.primitives import sqnr_db
+from trdq.tools.bench_presets import get_preset
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
                                                   reason="needs a CUDA device")]

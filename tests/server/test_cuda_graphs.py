@@ -83,8 +83,8 @@ class _FakeCapture:
 
 
 def _fake_cuda(monkeypatch, fail_capture=False):
-    from trdq import cuda_graphs
     from trdq.kernels import base
+    from trdq.runtime import cuda_graphs
 
     _FakeGraph.captured, _FakeGraph.modes, _FakeGraph.streams = [], [], []
     _FakeGraph.restored = []

@@ -66,7 +66,7 @@ def t2i_transformer(patch_size: int) -> dict:
 
     Position embeddings keep the coordinates of the patch-2 token grid whatever the patch
     size (``interpolation_scale = 2 / patch_size``: patch 1 tokens sit at 0, 0.5, 1, ...), so
-    blocks trained at patch 2 carry over to patch 1 (`trdq.zoo.training.repatch`).
+    blocks trained at patch 2 carry over to patch 1 (`trdq.tools.zoo_training.repatch`).
     """
     return dict(
         _DIT_BLOCK,
@@ -90,7 +90,7 @@ def t2v_transformer(patch_size: int) -> dict:
 
 
 #: Patch 2 (8x8 tokens per image, 4x4 per video frame). Patch 1 (`--t2i-patch-size 1`,
-#: warm-started by `trdq.zoo.training.repatch`) fits the CPU budgets (0.9 s image, 4 s video)
+#: warm-started by `trdq.tools.zoo_training.repatch`) fits the CPU budgets (0.9 s image, 4 s video)
 #: but trained ~3x slower per step and was behind patch 2 at equal GPU time (NOTES.md, run 5).
 T2I_PATCH_SIZE = 2
 T2V_PATCH_SIZE = 2

@@ -16,7 +16,7 @@
   short (e.g. rows keeping two copies of the denoiser).
 
 ``guidance_scale`` of these presets says whether a denoiser step is a CFG batch (what
-``trdq.bench`` reads to set ``cfg_override``): 1.0 for Flux and Wan, whose pipelines
+``trdq.tools.bench`` reads to set ``cfg_override``): 1.0 for Flux and Wan, whose pipelines
 never batch the branches; the value the pipeline is called with is ``pipeline_guidance``.
 ``step_inputs`` builds exactly what each pipeline passes its denoiser (Flux: packed
 latents, ``timestep / 1000``, ``guidance``, image/text position ids), sized from the
@@ -113,8 +113,8 @@ def _t5(cfg: dict[str, Any], umt5: bool = False):
 def build_family_pipeline(spec: FamilySpec, device: torch.device, dtype: torch.dtype):
     import diffusers
 
-    from trdq.bench_presets import _build_on
     from trdq.testing.tiny_families import word_tokenizer
+    from trdq.tools.bench_presets import _build_on
 
     tcfg = TRANSFORMER_CONFIGS[spec.transformer]
     t5_tok = word_tokenizer(spec.max_sequence_length)
@@ -237,7 +237,7 @@ _FAMILY_PRESETS: dict[str, tuple[FamilySpec, dict[str, Any]]] = {
 
 
 def _make(name: str):
-    from trdq.bench_presets import BenchPreset
+    from trdq.tools.bench_presets import BenchPreset
 
     spec, fields = _FAMILY_PRESETS[name]
 

@@ -1,15 +1,15 @@
-"""Warm-starting a DiT at a finer patch size (`trdq.zoo.training.repatch`) and the DiT
-loss weighting (`trdq.zoo.training.dit.loss_weight`)."""
+"""Warm-starting a DiT at a finer patch size (`trdq.tools.zoo_training.repatch`) and the DiT
+loss weighting (`trdq.tools.zoo_training.dit.loss_weight`)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from trdq.tools.zoo_training.dit import DiTConfig, loss_weight
+from trdq.tools.zoo_training.loop import NoiseSchedule
+from trdq.tools.zoo_training.repatch import repatch_state, saved_patch_size
 from trdq.zoo import architectures as arch
-from trdq.zoo.training.dit import DiTConfig, loss_weight
-from trdq.zoo.training.loop import NoiseSchedule
-from trdq.zoo.training.repatch import repatch_state, saved_patch_size
 
 
 def _pixart(patch_size: int, seed: int = 0):

@@ -9,7 +9,7 @@ Random-weight presets reproduce the published architectures (nothing is download
 - ``cpu-small``: a PixArt-style DiT large enough for INT8 to matter on 2 CPU cores
   (12 blocks, hidden 768, 256 image tokens), tiny T5 and VAE.
 - ``flux-dev-1024``, ``sd35-large-1024``, ``wan21-1.3b-480p``, ``wan21-14b-480p``: FLUX.1-dev,
-  SD3.5-large and Wan2.1 T2V, in ``trdq.bench_family_presets``.
+  SD3.5-large and Wan2.1 T2V, in ``trdq.tools.bench_family_presets``.
 Any other name is loaded with ``trdq.pipeline.load_pipeline`` (zoo name or local folder).
 Models are built directly on the target device in the target dtype (no fp32 detour).
 """
@@ -364,7 +364,7 @@ PRESETS["tiny-test"] = lambda: BenchPreset(
 
 def _register_families() -> None:
     # imported here: the family module subclasses BenchPreset lazily, inside its builders
-    from trdq.bench_family_presets import FAMILY_PRESETS
+    from trdq.tools.bench_family_presets import FAMILY_PRESETS
 
     PRESETS.update(FAMILY_PRESETS)
 

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from trdq.data import render_image, render_video
+from trdq.tools.zoo_training.data import to_unit_range
+from trdq.tools.zoo_training.vae import DecoderConfig, finetune_decoder, foreground_weights
 from trdq.zoo import architectures as arch
 from trdq.zoo.build import build_components
-from trdq.zoo.training.data import to_unit_range
-from trdq.zoo.training.vae import DecoderConfig, finetune_decoder, foreground_weights
 
 
 def test_foreground_weights_mark_the_shape_and_its_edge():

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from trdq.tools.zoo_training import STAGES
 from trdq.zoo import architectures as arch
-from trdq.zoo.training import STAGES
 
 _DESCRIPTION = {
     "tiny-shapes-t2i": (
@@ -88,7 +88,7 @@ def _status(meta: dict) -> str:
     if not missed:
         return ""
     return (f"\n> **Status: partly trained.** Held-out full-prompt accuracy: {', '.join(missed)}; "
-            "see the Evaluation section and `trdq/zoo/training/NOTES.md` for the next run.\n")
+            "see the Evaluation section and `trdq/tools/zoo_training/NOTES.md` for the next run.\n")
 
 
 def write_card(folder: Path, name: str, meta: dict, weight_bytes: int) -> None:
@@ -146,7 +146,7 @@ each render has its full caption and {meta.get("data", {}).get("variants", 4) - 
 {_decoder_line(meta.get("decoder"))}- Text encoder + PixArt DiT: {t2i_meta.get("steps", "?")} steps of batch {t2i_meta.get("batch", "?")}, final loss {t2i_meta.get("final_loss", "?")}.
 {"- Latte DiT: " + str(stage_meta.get("steps", "?")) + " steps of batch " + str(stage_meta.get("batch", "?")) + ", final loss " + str(stage_meta.get("final_loss", "?")) + "." if stage == "t2v" else ""}
 - DiT loss (last run of this DiT): epsilon MSE weighted by (1 / alpha_bar_t) ** {stage_meta.get("loss_weight_power", 1.0)}
-  (see `loss_weight` in `trdq/zoo/training/dit.py`). AdamW, cosine LR, EMA of weights (decay 0.999);
+  (see `loss_weight` in `trdq/tools/zoo_training/dit.py`). AdamW, cosine LR, EMA of weights (decay 0.999);
   VAE in bf16 autocast, this DiT {"in bf16 autocast (fp32 master weights)" if stage_meta.get("bf16") else "in fp32 with TF32 matmuls"}; seed {meta.get("seed", 0)}, on
   {meta.get("device_name", "?")}, {meta.get("total_seconds", "?")} s for the last run.
 

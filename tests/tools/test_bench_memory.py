@@ -1,4 +1,4 @@
-"""trdq.bench_memory: graph-pool bytes and per-stage peaks, with the CUDA counters faked
+"""trdq.tools.bench_memory: graph-pool bytes and per-stage peaks, with the CUDA counters faked
 (the accounting logic is plain Python; CI has no GPU)."""
 
 from __future__ import annotations
@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from trdq import bench_memory
-from trdq.bench_memory import StagePeaks, graph_pool_idle_bytes
+from trdq.tools import bench_memory
+from trdq.tools.bench_memory import StagePeaks, graph_pool_idle_bytes
 
 
 def test_graph_pool_idle_bytes_counts_private_pools_only():

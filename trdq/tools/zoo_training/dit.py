@@ -37,9 +37,9 @@ from dataclasses import dataclass
 
 import torch
 
+from trdq.tools.zoo_training.data import TokenTable
+from trdq.tools.zoo_training.loop import EMA, Budget, Meter, NoiseSchedule, autocast, set_lr
 from trdq.zoo.architectures import MAX_SEQUENCE_LENGTH
-from trdq.zoo.training.data import TokenTable
-from trdq.zoo.training.loop import EMA, Budget, Meter, NoiseSchedule, autocast, set_lr
 
 logger = logging.getLogger(__name__)
 

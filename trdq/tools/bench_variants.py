@@ -1,10 +1,11 @@
-"""How ``trdq bench`` builds the denoiser of each row: compile, peers, profiling.
+"""How ``trdq bench`` builds the denoiser of each row: peers, fused projections, profiling.
 
 Kept apart from the harness (``bench.py``) so each file holds one concept: here the model
-transforms (regional/full ``torch.compile``, fused q/k/v projections, torchao peers, the
-direct FP8 swap) and the kernel-time profile of one step. The server applies
-``compile_denoiser`` as well (TRDQ_COMPILE); CUDA-graph replay (``+cg`` rows,
-TRDQ_CUDA_GRAPHS) is ``trdq.cuda_graphs``.
+transforms (fused q/k/v projections, torchao peers, the direct FP8 swap) and the
+kernel-time profile of one step. What the server shares with the bench lives in
+``trdq.runtime``: ``torch.compile`` (``+compile`` rows, TRDQ_COMPILE) is
+``trdq.runtime.compile``, CUDA-graph replay (``+cg`` rows, TRDQ_CUDA_GRAPHS) is
+``trdq.runtime.cuda_graphs``.
 """
 
 from __future__ import annotations
@@ -16,30 +17,9 @@ import torch
 __all__ = [
     "apply_fp8_swap",
     "apply_torchao",
-    "compile_denoiser",
     "fuse_qkv",
     "profile_step",
 ]
-
-
-def _raise_recompile_limits() -> None:
-    # one compiled block per timestep group (QuantLinear reads the current group)
-    for key in ("recompile_limit", "cache_size_limit"):
-        if hasattr(torch._dynamo.config, key):
-            setattr(torch._dynamo.config, key, 64)
-    if hasattr(torch._dynamo.config, "accumulated_recompile_limit"):
-        torch._dynamo.config.accumulated_recompile_limit = 4096
-
-
-def compile_denoiser(transformer: torch.nn.Module, mode: str) -> None:
-    """In-place torch.compile (default mode; max-autotune is never used in timed runs)."""
-    _raise_recompile_limits()
-    if mode == "full":
-        transformer.compile()
-        return
-    for attr in ("transformer_blocks", "temporal_transformer_blocks"):
-        for block in getattr(transformer, attr, []) or []:
-            block.compile()
 
 
 def _block_linear_filter(module: torch.nn.Module, fqn: str) -> bool:

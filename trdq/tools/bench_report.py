@@ -239,7 +239,7 @@ def render_markdown(json_path: str, md_path: Path) -> None:
 
 # --- docs/BENCHMARKS.md, generated from every results file under docs/bench ---
 
-RENDER_ALL_COMMAND = "python -m trdq.bench_report --all docs/bench --out docs/BENCHMARKS.md"
+RENDER_ALL_COMMAND = "python -m trdq.tools.bench_report --all docs/bench --out docs/BENCHMARKS.md"
 _RESULT_KEYS = frozenset({"preset", "device", "torch", "results"})
 _SIDECAR = ".details.json"
 
@@ -377,7 +377,7 @@ def render_all(directory: Path, out_dir: Path | None = None) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m trdq.bench_report", description="Render docs/BENCHMARKS.md."
+        prog="python -m trdq.tools.bench_report", description="Render docs/BENCHMARKS.md."
     )
     parser.add_argument("--all", required=True, metavar="DIR", help="directory of results")
     parser.add_argument("--out", metavar="FILE", help="write here (default: stdout)")

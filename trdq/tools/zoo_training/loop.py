@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from trdq.tools.zoo_training.repatch import PATCH_WEIGHT, repatch_state
 from trdq.zoo import architectures as arch
-from trdq.zoo.training.repatch import PATCH_WEIGHT, repatch_state
 
 logger = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ def save_component(module: torch.nn.Module, path: Path) -> None:
 
 def load_component(module: torch.nn.Module, path: Path) -> None:
     """Load a saved component; a DiT saved at a coarser patch size is repatched to the
-    module's own (`trdq.zoo.training.repatch`)."""
+    module's own (`trdq.tools.zoo_training.repatch`)."""
     state = load_file(str(path))
     if PATCH_WEIGHT in state:
         state = repatch_state(state, module.config.patch_size)

@@ -8,8 +8,8 @@ import dataclasses
 import pytest
 import torch
 
-from trdq.bench_family_presets import TRANSFORMER_CONFIGS, scaled_down
-from trdq.bench_presets import PRESET_NAMES, get_preset
+from trdq.tools.bench_family_presets import TRANSFORMER_CONFIGS, scaled_down
+from trdq.tools.bench_presets import PRESET_NAMES, get_preset
 
 NEW = ("flux-dev-1024", "sd35-large-1024", "wan21-1.3b-480p", "wan21-14b-480p")
 #: published parameter counts of the denoisers, in billions (within 3%)
@@ -64,7 +64,7 @@ def test_step_inputs_fit_the_transformer(name):
     kwargs = preset.call_kwargs(1)
     assert kwargs["guidance_scale"] == spec.pipeline_guidance
     assert kwargs["max_sequence_length"] == {"flux": 512, "sd3": 256, "wan": 512}[spec.family]
-    # a denoiser step is a CFG batch only for SD3 (what trdq.bench sets cfg_override from)
+    # a denoiser step is a CFG batch only for SD3 (what trdq.tools.bench sets cfg_override from)
     assert (preset.guidance_scale > 1) == (spec.family == "sd3")
 
 

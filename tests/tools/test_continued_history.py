@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from trdq.zoo.train import load_checkpoint
+from trdq.tools.zoo_train import load_checkpoint
 
 
 def test_history_entry_keeps_only_the_stages_the_earlier_run_trained(tmp_path):

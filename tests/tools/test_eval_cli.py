@@ -7,8 +7,8 @@ import json
 import pytest
 
 from trdq.config import PRESETS, QuantConfig
-from trdq.eval import cli
 from trdq.eval.report import QualityReport, QualityResult
+from trdq.tools import eval_cli as cli
 
 KEYS = {"quant", "accuracy", "per_attribute", "psnr_to_fp", "ssim_to_fp", "seconds"}
 
@@ -139,7 +139,8 @@ def test_image_end_to_end(tmp_path, monkeypatch):
     assert "Calibration on 1 prompts" in text and "Not run yet" not in text
 
 
-def test_video_end_to_end(tmp_path):
+def test_video_end_to_end(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # without --out-md no Markdown is written, docs/ included
     out_json = tmp_path / "v.json"
     argv = [
         "--model",
@@ -154,15 +155,16 @@ def test_video_end_to_end(tmp_path):
         "4",
         "--quiet",
     ]
-    argv += ["--json", str(out_json), "--out-md", "none"]
+    argv += ["--json", str(out_json)]
     assert cli.main(argv) == 0
     payload = json.loads(out_json.read_text())
     assert [r["quant"] for r in payload["results"]] == ["fp"]
     assert "direction" in payload["results"][0]["per_attribute"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["v.json"]
 
 
 def test_train_split_writes_json_but_no_markdown(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # the default Markdown path is relative: nothing may appear
+    monkeypatch.chdir(tmp_path)  # a relative docs/ would appear here: nothing may
     out_json = tmp_path / "nested" / "dir" / "t.json"
     argv = ["--model", "tiny-shapes-t2i", "--quant", "fp", "--split", "train", "--prompts", "2"]
     argv += ["--steps", "2", "--quiet", "--json", str(out_json)]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from trdq.bench_report import markdown_table
+from trdq.tools.bench_report import markdown_table
 
 VERSIONS = {"torch": "t", "triton": "-", "diffusers": "d", "torchao": "-"}
 
@@ -41,7 +41,7 @@ def test_memory_ratios_against_bf16_eager_of_the_same_scope_and_batch():
 
 
 def test_profiled_rows_get_a_gpu_time_table_from_the_details():
-    from trdq.bench_report import step_profiles
+    from trdq.tools.bench_report import step_profiles
 
     doc = {"preset": "p", "device": "GPU", "results": [
         _row("bf16-compile", "denoiser_step", 0.0337, 1, 1),
@@ -82,7 +82,7 @@ def test_generated_page_puts_each_presets_latest_run_first_and_indexes_probes(tm
     import json
     import os
 
-    from trdq.bench_report import RENDER_ALL_COMMAND, main, render_all
+    from trdq.tools.bench_report import RENDER_ALL_COMMAND, main, render_all
 
     bench = tmp_path / "bench"
     bench.mkdir()

@@ -34,8 +34,8 @@ from pathlib import Path
 
 import httpx
 
-from trdq import loadtest
 from trdq.machine import cpu_isa, cpu_model
+from trdq.tools import loadtest
 
 logger = logging.getLogger(__name__)
 
@@ -307,7 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ready-timeout", type=float, default=1800.0)
     parser.add_argument("--log", type=Path, default=None, help="append the servers' logs here")
     parser.add_argument("--json", type=Path, default=None)
-    parser.add_argument("--out-md", type=Path, default=None)
+    parser.add_argument("--out-md", type=Path, default=None,
+                        help="Markdown to update, e.g. docs/RELIABILITY.md (default: none)")
     return parser
 
 

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from tests.serving.conftest import live_server, make_settings
-from trdq.loadtest import NotLoopbackError, check_loopback, main, percentile
+from trdq.tools.loadtest import NotLoopbackError, check_loopback, main, percentile
 
 KEYS = {"concurrency", "requests", "ok", "rejected_429", "errors", "throughput_rps",
         "p50_s", "p95_s", "p99_s"}

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from trdq import bench
+from trdq.tools import bench
 
 
 def _bench_cpu(out, rows: str, *extra: str) -> int:

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from trdq.zoo.training.data import to_unit_range
-from trdq.zoo.training.loop import Budget, Meter, autocast, set_lr
+from trdq.tools.zoo_training.data import to_unit_range
+from trdq.tools.zoo_training.loop import Budget, Meter, autocast, set_lr
 
 logger = logging.getLogger(__name__)
 
@@ -213,8 +213,8 @@ def reconstruction_accuracy(
     """Evaluator accuracy on VAE reconstructions of held-out renders: the ceiling that the
     diffusion models can reach through this VAE."""
     from trdq.data import heldout_prompts, render_image, render_video
+    from trdq.tools.zoo_training.evaluate import score_samples
     from trdq.zoo import architectures as arch
-    from trdq.zoo.training.evaluate import score_samples
 
     result = {}
     for kind, count in (("image", images), ("video", videos)):

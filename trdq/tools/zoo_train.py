@@ -34,14 +34,12 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from trdq.zoo import architectures as arch
-from trdq.zoo.build import build_components, save_pipeline
-from trdq.zoo.training import STAGES
-from trdq.zoo.training.card import write_card, write_meta
-from trdq.zoo.training.data import CAPTION_VARIANTS, build_set, tokenize_table
-from trdq.zoo.training.dit import DiTConfig, train_t2i, train_t2v
-from trdq.zoo.training.loop import load_component, save_component
-from trdq.zoo.training.vae import (
+from trdq.tools.zoo_training import STAGES
+from trdq.tools.zoo_training.card import write_card, write_meta
+from trdq.tools.zoo_training.data import CAPTION_VARIANTS, build_set, tokenize_table
+from trdq.tools.zoo_training.dit import DiTConfig, train_t2i, train_t2v
+from trdq.tools.zoo_training.loop import load_component, save_component
+from trdq.tools.zoo_training.vae import (
     DecoderConfig,
     VAEConfig,
     encode_latents,
@@ -50,6 +48,8 @@ from trdq.zoo.training.vae import (
     reconstruction_accuracy,
     train_vae,
 )
+from trdq.zoo import architectures as arch
+from trdq.zoo.build import build_components, save_pipeline
 
 logger = logging.getLogger(__name__)
 
@@ -405,7 +405,7 @@ def _train(
 
 
 def _evaluate(args, folders: dict[str, Path], meta: dict, device: torch.device) -> None:
-    from trdq.zoo.training.evaluate import evaluate_pipeline
+    from trdq.tools.zoo_training.evaluate import evaluate_pipeline
 
     jobs = [
         (T2I_NAME, "image", args.eval_images, 100),

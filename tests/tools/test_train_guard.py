@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from trdq.zoo.training.dit import DiTConfig, _Trainer
+from trdq.tools.zoo_training.dit import DiTConfig, _Trainer
 
 
 def _run(spike_from: int | None, divergence_factor: float = 1.5):

@@ -11,10 +11,10 @@ import torch
 
 from trdq.data import Caption
 from trdq.pipeline import GenerationRequest, generate, load_pipeline
+from trdq.tools.zoo_train import COMPONENT_FILES, main
+from trdq.tools.zoo_training.data import caption_variants
+from trdq.tools.zoo_training.loop import Budget, NoiseSchedule
 from trdq.zoo import architectures as arch
-from trdq.zoo.train import COMPONENT_FILES, main
-from trdq.zoo.training.data import caption_variants
-from trdq.zoo.training.loop import Budget, NoiseSchedule
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,10 @@ same held-out prompts with the same seeds; ``trdq.eval.report.run_quality`` scor
 (analytic prompt accuracy, per attribute, PSNR/SSIM to the ``fp`` sample of the same seed,
 generation seconds). ``fp`` is always run first: its samples are the reference. Loading and
 quantization (calibration) are outside the timed part, and only one pipeline is held at a
-time. The JSON (``--json``) is ``QualityReport.to_dict``; docs/QUALITY.md (``--out-md``)
-gets one section per model, replaced when that model is evaluated again.
+time. The JSON (``--json``) is ``QualityReport.to_dict``; the Markdown file named by
+``--out-md`` (docs/QUALITY.md for the record: ``--out-md docs/QUALITY.md``) gets one section
+per model, replaced when that model is evaluated again. Without ``--out-md`` no Markdown is
+written, so a run never dirties the checkout unless asked.
 
 ``--ablation w8a8`` expands to the ablation chain ``w8a8-minmax -> w8a8-rot ->
 w8a8-rot-groups -> w8a8-rot-groups-search -> w8a8`` (full TR-DQ) plus ``faithful`` (the
@@ -314,7 +316,7 @@ _SECTION = re.compile(
     r"<!-- trdq-eval (?P<model>\S+) -->\n.*?<!-- /trdq-eval (?P=model) -->\n", re.DOTALL
 )
 _PREAMBLE = (
-    "# Quality of quantized generation\n\nWritten by `trdq eval` (trdq/eval/cli.py): "
+    "# Quality of quantized generation\n\nWritten by `trdq eval` (trdq/tools/eval_cli.py): "
     "one section per model, replaced when that model is evaluated again.\n"
 )
 
@@ -374,8 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=SPLITS,
         default="heldout",
         help="prompt combinations: heldout (the report; default) or train (a development "
-        "set for tuning a quantizer without looking at the held-out prompts; writes no "
-        "Markdown unless --out-md is given)",
+        "set for tuning a quantizer without looking at the held-out prompts)",
     )
     p.add_argument(
         "--seed",
@@ -401,8 +402,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--out-md",
         default=None,
-        help="Markdown to update ('' or 'none' to skip; default docs/QUALITY.md for the "
-        "heldout split, none for train)",
+        help="Markdown to update, e.g. docs/QUALITY.md (default: none, no Markdown "
+        "is written)",
     )
     p.add_argument("--note", action="append", default=[], help="extra note for the Markdown")
     p.add_argument(
@@ -427,8 +428,6 @@ def main(argv: list[str] | None = None) -> int:
         print("trdq eval: --prompts, --batch, --steps and --workers must be >= 1",
               file=sys.stderr)
         return 2
-    if args.out_md is None:
-        args.out_md = "docs/QUALITY.md" if args.split == "heldout" else "none"
     quant = args.quant if args.quant is not None or args.ablation else "w8a8,w4a8"
     try:
         settings = expand_settings(quant, args.ablation)

@@ -15,7 +15,7 @@ def main(argv: list[str]) -> int:
 
         return build_main(rest)
     if command == "train":
-        from trdq.zoo.train import main as train_main
+        from trdq.tools.zoo_train import main as train_main
 
         return train_main(rest)
     print(f"unknown zoo command {command!r}", file=sys.stderr)

@@ -13,7 +13,7 @@ Scopes: ``pipeline`` (text encode + sampler loop + VAE decode, wall time around 
 call) and ``denoiser_step`` (one CFG forward of the denoiser, CUDA events). Median of
 ``--runs`` after ``--warmup`` runs; peak memory via ``torch.cuda.max_memory_allocated``
 (process max RSS on CPU); ``+cg`` rows add the bytes their CUDA graphs' private pool holds
-for replayed intermediates, which that counter never sees (``trdq.bench_memory``). Only the
+for replayed intermediates, which that counter never sees (``trdq.tools.bench_memory``). Only the
 denoiser differs between rows; the other components stay resident. "compile" is ``torch.compile`` (default mode, never max-autotune) of each
 transformer block (regional: the 28 identical blocks share one compiled graph), or of the
 whole denoiser with ``--compile full``.
@@ -23,7 +23,7 @@ Output: ``--json FILE`` with exactly ``{"preset", "device", "torch", "results": 
 batch 4), a sidecar ``FILE.details.json`` (batch, per-component bytes, compile seconds,
 quantize reports, errors), and, with ``--markdown FILE``, a dated table appended there.
 Nothing under docs/ is written unless asked: a run kept for the record goes to
-``docs/bench/NAME.json`` (with its sidecar), and ``python -m trdq.bench_report --all
+``docs/bench/NAME.json`` (with its sidecar), and ``python -m trdq.tools.bench_report --all
 docs/bench --out docs/BENCHMARKS.md`` regenerates the tables from every such record.
 
 Row suffixes: ``+cg`` (CUDA graphs), ``+fp8attn`` / ``+fa3attn`` (self-attention through
@@ -49,19 +49,19 @@ from typing import Any
 
 import torch
 
-from trdq.bench_memory import StagePeaks, graph_pool_idle_bytes
-from trdq.bench_presets import PRESET_NAMES, BenchPreset, get_preset, resolve_zoo_geometry
-from trdq.bench_report import render_markdown, write_outputs
-from trdq.bench_variants import (
+from trdq.kernels import cpu_int8, cpu_native
+from trdq.nn.attention import set_attention_backend, split_attention_suffix
+from trdq.runtime.compile import compile_denoiser
+from trdq.runtime.cuda_graphs import CudaGraphForward, quant_context
+from trdq.tools.bench_memory import StagePeaks, graph_pool_idle_bytes
+from trdq.tools.bench_presets import PRESET_NAMES, BenchPreset, get_preset, resolve_zoo_geometry
+from trdq.tools.bench_report import render_markdown, write_outputs
+from trdq.tools.bench_variants import (
     apply_fp8_swap,
     apply_torchao,
-    compile_denoiser,
     fuse_qkv,
     profile_step,
 )
-from trdq.cuda_graphs import CudaGraphForward, quant_context
-from trdq.kernels import cpu_int8, cpu_native
-from trdq.nn.attention import set_attention_backend, split_attention_suffix
 
 logger = logging.getLogger(__name__)
 
@@ -382,7 +382,7 @@ class _Runner:
         self._release()
 
     def _graph_pool_bytes(self, row: str) -> int:
-        """What a +cg row's graphs hold for their intermediates (see trdq.bench_memory)."""
+        """What a +cg row's graphs hold for their intermediates (see trdq.tools.bench_memory)."""
         if self.device.type != "cuda" or "+cg" not in row:
             return 0
         return graph_pool_idle_bytes()
