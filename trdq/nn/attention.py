@@ -3,7 +3,7 @@
 ``set_attention_backend(transformer, name)`` swaps the processor of every eligible
 diffusers ``Attention`` module for ``KernelAttnProcessor``, which computes the
 projections as diffusers does and calls the chosen kernel in the ``[B, S, H, D]`` layout
-(no transposes). Cross-attention and masked calls (short text sequences, <5% of a step)
+(no transposes). Cross-attention and masked calls (over the short text sequence)
 keep diffusers' own SDPA processor, which the new one holds as its fallback.
 
 ``auto`` picks by measurement (docs/KERNELS.md): see ``resolve_attention_backend``.
