@@ -82,3 +82,18 @@ def test_stage_peaks_attributes_each_stage_and_cleans_up(monkeypatch):
     counters.peak = 0
     pipe()
     assert stages.peaks["decode"] == 300_000_000 and "decode" not in vars(pipe.vae)
+
+
+def test_component_bytes_counts_every_text_encoder_a_pipeline_has():
+    """FLUX and SD3 keep T5 in text_encoder_2 / text_encoder_3: its bytes count too."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from trdq.tools.bench import component_bytes
+
+    linear = torch.nn.Linear(4, 4)  # 20 float32 parameters = 80 bytes
+    pipe = SimpleNamespace(text_encoder=linear, text_encoder_2=linear, transformer=linear,
+                           vae=None)
+    assert component_bytes(pipe) == {"text_encoder": 80, "transformer": 80, "vae": 0,
+                                     "text_encoder_2": 80}

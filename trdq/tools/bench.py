@@ -125,11 +125,16 @@ def module_bytes(module: torch.nn.Module | None) -> int:
     return sum(tensor_bytes(t) for t in list(module.parameters()) + list(module.buffers()))
 
 
+#: components whose weights every row counts, and the extra text encoders FLUX and SD3
+#: have (T5 sits in ``text_encoder_2`` / ``text_encoder_3`` there, beside CLIP)
+COMPONENTS = ("text_encoder", "transformer", "vae")
+EXTRA_TEXT_ENCODERS = ("text_encoder_2", "text_encoder_3")
+
+
 def component_bytes(pipe) -> dict[str, int]:
-    return {
-        name: module_bytes(getattr(pipe, name, None))
-        for name in ("text_encoder", "transformer", "vae")
-    }
+    """Weight bytes per component (an extra text encoder only where the pipeline has one)."""
+    present = [n for n in EXTRA_TEXT_ENCODERS if getattr(pipe, n, None) is not None]
+    return {name: module_bytes(getattr(pipe, name, None)) for name in (*COMPONENTS, *present)}
 
 
 def time_calls(fn, device: torch.device, warmup: int, runs: int) -> tuple[float, int]:
