@@ -75,3 +75,26 @@ class ContextSpy:
 
     def remove(self) -> None:
         self.handle.remove()
+
+
+def assert_groups_follow_timesteps(results, scale: float = 1.0, bound_db: float = 30.0) -> None:
+    """Each replayed call (``denoiser_sqnrs``) ran the group of its timestep on the [0, 1000]
+    training scale (the passed timestep x ``scale``) and stayed within ``bound_db`` of FP."""
+    for t, group, sqnr in results:
+        assert group == min(int(t * scale // 250), 3), results
+        assert sqnr > bound_db, results
+
+
+def spied_runs(pipe, layer_name: str, guidances, **call):
+    """One 4-step latent run per guidance with a ``ContextSpy`` on ``layer_name``: each run's
+    step trace, and every (group, cfg_active, batch) the spy saw."""
+    spy = ContextSpy(pipe, layer_name)
+    traces = []
+    try:
+        for guidance in guidances:
+            pipe(PROMPTS, num_inference_steps=4, guidance_scale=guidance, output_type="latent",
+                 **call)
+            traces.append(api.step_trace(pipe))
+    finally:
+        spy.remove()
+    return traces, spy.seen

@@ -17,10 +17,11 @@ from trdq.testing.tiny_families import tiny_flux_pipeline
 from .family_helpers import (
     IMAGE_CALL,
     PROMPTS,
-    ContextSpy,
+    assert_groups_follow_timesteps,
     capture_denoiser_calls,
     denoiser_sqnrs,
     fast_family,
+    spied_runs,
 )
 
 GUIDANCE = 3.5  # FLUX.1-dev's distilled guidance: an embedding input, not a CFG batch
@@ -65,25 +66,18 @@ def test_denoiser_output_close_to_fp_at_each_step(flux):
     fp, pipe, _, calls = flux
     results = denoiser_sqnrs(fp, pipe, calls, cfg_batch=False)
     assert len(results) == 4
-    for t, group, sqnr in results:
-        assert 0 < t <= 1  # Flux passes t / 1000 ...
-        assert group == min(int(t * 1000 // 250), 3)  # ... the groups live on [0, 1000]
-        assert sqnr > 30, results
+    assert all(0 < t <= 1 for t, _, _ in results)  # Flux passes t / 1000 ...
+    assert_groups_follow_timesteps(results, scale=1000)  # ... the groups live on [0, 1000]
 
 
 def test_groups_switch_and_no_cfg_split_during_a_call(flux):
     _, pipe, _, _ = flux
-    spy = ContextSpy(pipe, "transformer_blocks.0.attn.to_q")
-    try:
-        pipe(PROMPTS, num_inference_steps=4, guidance_scale=GUIDANCE, output_type="latent",
-             **IMAGE_CALL)
-    finally:
-        spy.remove()
-    trace = api.step_trace(pipe)
+    (trace,), seen = spied_runs(pipe, "transformer_blocks.0.attn.to_q", (GUIDANCE,),
+                                **IMAGE_CALL)
     assert len(trace) == 4 and len(set(trace)) > 1
     assert max(api.get_state(pipe).hook.timesteps) > 500
     # guidance 3.5 > 1 yet one call per step on the 2 prompts' rows, cond parameters
-    assert [(g, cfg, b) for g, cfg, b in spy.seen] == [(g, False, 2) for g in trace]
+    assert seen == [(g, False, 2) for g in trace]
 
 
 def test_local_folder_round_trip_and_generation(flux, tmp_path):

@@ -16,10 +16,11 @@ from trdq.testing.tiny_families import tiny_sd3_pipeline
 from .family_helpers import (
     IMAGE_CALL,
     PROMPTS,
-    ContextSpy,
+    assert_groups_follow_timesteps,
     capture_denoiser_calls,
     denoiser_sqnrs,
     fast_family,
+    spied_runs,
 )
 
 GUIDANCE = 4.5
@@ -54,26 +55,16 @@ def test_report_lists_quantized_and_kept_layers(sd3):
 def test_denoiser_output_close_to_fp_at_each_step(sd3):
     fp, pipe, _, calls = sd3
     assert all(c["hidden_states"].shape[0] == 2 * len(PROMPTS) for c in calls)  # [u, u, c, c]
-    results = denoiser_sqnrs(fp, pipe, calls, cfg_batch=True)
-    for t, group, sqnr in results:
-        assert group == min(int(t // 250), 3)
-        assert sqnr > 30, results
+    assert_groups_follow_timesteps(denoiser_sqnrs(fp, pipe, calls, cfg_batch=True))
 
 
 def test_groups_switch_and_cfg_batch_is_split(sd3):
     _, pipe, _, _ = sd3
-    spy = ContextSpy(pipe, "transformer_blocks.0.attn.to_q")
-    try:
-        pipe(PROMPTS, num_inference_steps=4, guidance_scale=GUIDANCE, output_type="latent",
-             **IMAGE_CALL)
-        trace = api.step_trace(pipe)
-        pipe(PROMPTS, num_inference_steps=4, guidance_scale=1.0, output_type="latent",
-             **IMAGE_CALL)
-    finally:
-        spy.remove()
+    (trace, unguided), seen = spied_runs(
+        pipe, "transformer_blocks.0.attn.to_q", (GUIDANCE, 1.0), **IMAGE_CALL)
     assert len(trace) == 4 and len(set(trace)) > 1
-    assert spy.seen[:4] == [(g, True, 4) for g in trace]
-    assert spy.seen[4:] == [(g, False, 2) for g in api.step_trace(pipe)]
+    assert seen[:4] == [(g, True, 4) for g in trace]
+    assert seen[4:] == [(g, False, 2) for g in unguided]
 
 
 def test_halves_use_their_own_calibrated_parameters():

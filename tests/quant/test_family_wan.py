@@ -19,10 +19,11 @@ from trdq.testing.tiny_families import tiny_wan_pipeline
 from .family_helpers import (
     PROMPTS,
     VIDEO_CALL,
-    ContextSpy,
+    assert_groups_follow_timesteps,
     capture_denoiser_calls,
     denoiser_sqnrs,
     fast_family,
+    spied_runs,
 )
 
 GUIDANCE = 5.0
@@ -59,27 +60,17 @@ def test_denoiser_output_close_to_fp_for_both_branches(wan):
     fp, pipe, _, calls = wan
     assert len(calls) == 8  # 4 steps x (cond, uncond)
     assert all(c["hidden_states"].shape[0] == len(PROMPTS) for c in calls)
-    results = denoiser_sqnrs(fp, pipe, calls, cfg_batch=False)
-    for t, group, sqnr in results:
-        assert group == min(int(t // 250), 3)
-        assert sqnr > 30, results
+    assert_groups_follow_timesteps(denoiser_sqnrs(fp, pipe, calls, cfg_batch=False))
 
 
 def test_groups_switch_and_branches_are_separate_calls(wan):
     _, pipe, _, _ = wan
-    spy = ContextSpy(pipe, "blocks.0.attn1.to_q")
-    try:
-        pipe(PROMPTS, num_inference_steps=4, guidance_scale=GUIDANCE, output_type="latent",
-             **VIDEO_CALL)
-        trace = api.step_trace(pipe)
-        pipe(PROMPTS, num_inference_steps=4, guidance_scale=1.0, output_type="latent",
-             **VIDEO_CALL)
-    finally:
-        spy.remove()
+    (trace, unguided), seen = spied_runs(pipe, "blocks.0.attn1.to_q", (GUIDANCE, 1.0),
+                                         **VIDEO_CALL)
     assert len(trace) == 8 and trace[0::2] == trace[1::2] and len(set(trace)) > 1
     # guidance > 1 announces no CFG batch: each call holds one branch of B rows
-    assert spy.seen[:8] == [(g, False, 2) for g in trace]
-    assert len(spy.seen) == 12 and len(api.step_trace(pipe)) == 4
+    assert seen[:8] == [(g, False, 2) for g in trace]
+    assert len(seen) == 12 and len(unguided) == 4
 
 
 def test_local_folder_round_trip_and_generation(wan, tmp_path):
