@@ -12,6 +12,9 @@ from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DISABLED = {"", "none", "off", "false", "0", "disabled"}
+#: the words a yes/no switch accepts (any case, surrounding spaces ignored)
+TRUE_WORDS = {"1", "true", "yes", "on"}
+FALSE_WORDS = {"0", "false", "no", "off"}
 # TRDQ_DTYPE: accepted spellings -> the name stored (a torch dtype name, or auto).
 DTYPE_ALIASES = {
     "auto": "auto", "float32": "float32", "fp32": "float32",
@@ -108,10 +111,8 @@ class Settings(BaseSettings):
         word = value.strip().lower()
         if word in ("", "auto"):
             return None
-        if word in ("1", "true", "yes", "on"):
-            return True
-        if word in ("0", "false", "no", "off"):
-            return False
+        if word in TRUE_WORDS | FALSE_WORDS:
+            return word in TRUE_WORDS
         raise ValueError("must be auto (by CPU), true (1) or false (0)")
 
     @field_validator("gemm_tma", mode="before")
@@ -142,9 +143,9 @@ class Settings(BaseSettings):
         word = value.strip().lower()
         if word == "auto":
             return word
-        if word in ("1", "true", "yes", "on"):
+        if word in TRUE_WORDS:
             return True
-        if word in DISABLED or word == "no":
+        if word in DISABLED | FALSE_WORDS:
             return False
         raise ValueError("must be auto, true (1) or false (0)")
 

@@ -13,12 +13,8 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 from selenium import webdriver
 from selenium.common.exceptions import TimeoutException
@@ -28,6 +24,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
 from tests.serving.conftest import free_port
+from trdq.tools.loadsuite import local_server
 
 CHROMIUM = shutil.which("chromium")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -54,34 +51,17 @@ pytestmark = [
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """`python -m server` as a user starts it: both zoo models, two precisions, a key."""
-    port = free_port()
-    env = dict(
-        os.environ, TRDQ_HOST="127.0.0.1", TRDQ_PORT=str(port), TRDQ_QUANT=",".join(PRECISIONS),
-        TRDQ_API_KEY=KEY, TRDQ_LOG_LEVEL="warning",
-        TRDQ_CACHE_DIR=str(tmp_path_factory.mktemp("playground-cache")),
+    env = {
+        "TRDQ_QUANT": ",".join(PRECISIONS), "TRDQ_API_KEY": KEY, "TRDQ_LOG_LEVEL": "warning",
+        "TRDQ_CACHE_DIR": str(tmp_path_factory.mktemp("playground-cache")),
         # oneDNN's int8 kernels run the tiny zoo model's small GEMMs 10-20x slower than fp32
         # on the AVX-512 VNNI EPYCs CI runs on; the fp32 GEMM of the same integers gives the
         # same images, and this test is about the page, not the kernel.
-        TRDQ_CPU_INT_MM="0", TRDQ_CPU_PREPACK="0",
-    )
-    process = subprocess.Popen([sys.executable, "-m", "server"], env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert process.poll() is None, process.stdout.read().decode()[-4000:]
-            try:
-                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "server did not become ready"
-            time.sleep(0.3)
+        "TRDQ_CPU_INT_MM": "0", "TRDQ_CPU_PREPACK": "0",
+    }
+    log = tmp_path_factory.mktemp("playground-log") / "server.log"
+    with local_server(env, free_port(), log, ready_timeout_s=120) as (base, _):
         yield base
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")
