@@ -1,5 +1,9 @@
 """Boot the real server with uvicorn in a subprocess and talk to it over HTTP."""
 
+import os
+import subprocess
+import sys
+
 import httpx
 import pytest
 
@@ -21,3 +25,11 @@ def test_real_server_over_http(tmp_path):
                                  "num_frames": 2})
         assert video.status_code == 200 and video.json()["videos"][0]["num_frames"] == 2
         assert "trdq_request_duration_seconds" in httpx.get(f"{base}/metrics").text
+
+
+def test_bad_setting_is_refused_with_its_name():
+    env = dict(os.environ, TRDQ_PORT="not-a-port")
+    result = subprocess.run([sys.executable, "-m", "server"], env=env, capture_output=True,
+                            text=True, timeout=60, check=False)
+    assert result.returncode == 2
+    assert "TRDQ_PORT" in result.stderr
