@@ -86,3 +86,55 @@ def test_auto_is_sdpa_without_fa3_and_explicit_fa3_backends_say_what_is_missing(
             resolve_attention_backend(name, "cpu")
     with pytest.raises(ValueError, match="unknown attention backend"):
         resolve_attention_backend("fp4", "cpu")
+
+
+def _family_latents(pipe, video: bool):
+    call = {"height": 32, "width": 32, "max_sequence_length": 16}
+    if video:
+        call["num_frames"] = 5
+    with torch.inference_mode():
+        return pipe(["a red circle top left"], num_inference_steps=2, guidance_scale=3.0,
+                    output_type="latent", generator=torch.Generator().manual_seed(5), **call)[0]
+
+
+@pytest.mark.parametrize("family", ["flux", "wan"])
+def test_family_self_attention_runs_the_kernel_inside_diffusers_processor(family):
+    """FLUX's joint and single-stream attention and Wan's self-attention take the kernel
+    through diffusers' own processor code; Wan's cross-attention stays with diffusers."""
+    from trdq.testing.tiny_families import tiny_flux_pipeline, tiny_wan_pipeline
+
+    pipe = (tiny_flux_pipeline if family == "flux" else tiny_wan_pipeline)()
+    video = family == "wan"
+    expected = _family_latents(pipe, video)
+    calls = []
+
+    def counting_sdpa(q, k, v):
+        calls.append(q.shape)
+        return fa3.sdpa_attention(q, k, v)
+
+    report = install_attention_kernel(pipe.transformer, counting_sdpa, "counting")
+    if family == "flux":
+        assert len(report.replaced) == 4 and not report.skipped
+    else:
+        assert report.replaced == ["blocks.0.attn1", "blocks.1.attn1"]
+        assert set(report.skipped.values()) == {"cross-attention"}
+    got = _family_latents(pipe, video)
+    # two steps, CFG on Wan as two calls: every replaced module ran the kernel each call
+    denoiser_calls = 2 * (2 if video else 1)
+    assert len(calls) == denoiser_calls * len(report.replaced)
+    assert torch.allclose(got, expected, atol=1e-4)
+
+    install_attention_kernel(pipe.transformer, fa3.fp8_attention_reference, "fp8-oracle")
+    assert 15 < P.sqnr_db(expected, _family_latents(pipe, video)) < 80
+    set_attention_backend(pipe.transformer, "sdpa")
+    assert torch.equal(_family_latents(pipe, video), expected)
+    assert all(type(m.processor).__name__ in ("FluxAttnProcessor", "WanAttnProcessor")
+               for m in pipe.transformer.modules() if hasattr(m, "processor"))
+
+
+def test_sd3_joint_attention_keeps_its_processor():
+    from trdq.testing.tiny_families import tiny_sd3_pipeline
+
+    report = install_attention_kernel(tiny_sd3_pipeline().transformer, fa3.sdpa_attention, "x")
+    assert not report.replaced
+    assert set(report.skipped.values()) == {"processor JointAttnProcessor2_0"}

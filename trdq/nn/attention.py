@@ -1,18 +1,31 @@
 """The denoiser's self-attention kernel as a choice: ``sdpa``, ``fa3`` (bf16) or ``fp8``.
 
 ``set_attention_backend(transformer, name)`` swaps the processor of every eligible
-diffusers ``Attention`` module for ``KernelAttnProcessor``, which computes the
-projections as diffusers does and calls the chosen kernel in the ``[B, S, H, D]`` layout
-(no transposes). Cross-attention and masked calls (over the short text sequence)
-keep diffusers' own SDPA processor, which the new one holds as its fallback.
+diffusers attention module, in one of two ways:
+
+- ``KernelAttnProcessor`` (PixArt, Latte: diffusers' ``AttnProcessor2_0``) computes the
+  projections as diffusers does and calls the chosen kernel in the ``[B, S, H, D]``
+  layout (no transposes). Cross-attention and masked calls (over the short text
+  sequence) go to diffusers' own processor, which the new one holds as its fallback.
+- The modern families' processors (FLUX's ``FluxAttnProcessor``, Wan's
+  ``WanAttnProcessor``: rotary embeddings, joint text+image attention, q/k norms) end in
+  ``dispatch_attention_fn(q, k, v, ..., backend=self._attention_backend)`` on
+  ``[B, S, H, D]`` tensors. Rather than copy their code, ``dispatching_processor`` runs
+  diffusers' own ``__call__`` with that one name bound to ``kernel_dispatch``, and sets the
+  processor's ``_attention_backend`` (the field diffusers keeps for this choice) to the
+  kernel's name: self-attention calls (same token count, no mask) take the kernel, the
+  rest go on to diffusers' dispatcher.
 
 ``auto`` picks by measurement (docs/KERNELS.md): see ``resolve_attention_backend``.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import functools
 import logging
+import types
 from collections.abc import Callable
 
 import torch
@@ -25,7 +38,9 @@ __all__ = [
     "ATTENTION_BACKENDS",
     "AttentionReport",
     "KernelAttnProcessor",
+    "dispatching_processor",
     "install_attention_kernel",
+    "kernel_dispatch",
     "resolve_attention_backend",
     "set_attention_backend",
     "split_attention_suffix",
@@ -111,39 +126,103 @@ class KernelAttnProcessor:
         return attn.to_out[1](out)
 
 
+#: the processors whose ``__call__`` ends in diffusers' ``dispatch_attention_fn``
+DISPATCHING_PROCESSORS = ("FluxAttnProcessor", "WanAttnProcessor")
+#: ``_attention_backend`` value -> kernel, for the dispatching processors
+_DISPATCH_KERNELS: dict[str, AttentionKernel] = {}
+
+
+def kernel_dispatch(
+    query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+    enable_gqa=False, attention_kwargs=None, *, backend=None, parallel_config=None,
+):
+    """``dispatch_attention_fn`` as the dispatching processors see it: a self-attention call
+    whose ``backend`` names one of our kernels runs that kernel, anything else (masks,
+    cross-attention over the text tokens, diffusers' own backends) goes to diffusers."""
+    from diffusers.models.attention_dispatch import dispatch_attention_fn
+
+    kernel = _DISPATCH_KERNELS.get(backend) if isinstance(backend, str) else None
+    plain = (attn_mask is None and not is_causal and dropout_p == 0.0 and scale is None
+             and not attention_kwargs and parallel_config is None)
+    if kernel is not None and plain and key.shape == query.shape == value.shape:
+        return kernel(query, key, value).to(query.dtype)
+    return dispatch_attention_fn(
+        query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, attention_kwargs,
+        backend=None if kernel is not None else backend, parallel_config=parallel_config,
+    )
+
+
+@functools.cache
+def _dispatching_class(cls: type) -> type:
+    """A subclass of diffusers' processor ``cls`` whose ``__call__`` is the same code with
+    ``dispatch_attention_fn`` bound to ``kernel_dispatch`` (same signature, so the
+    attention module's keyword filtering sees what it saw before)."""
+    call = cls.__call__
+    scope = {**call.__globals__, "dispatch_attention_fn": kernel_dispatch}
+    rebound = types.FunctionType(call.__code__, scope, call.__name__, call.__defaults__,
+                                 call.__closure__)
+    rebound.__kwdefaults__ = call.__kwdefaults__
+    functools.update_wrapper(rebound, call)
+    return type(f"Kernel{cls.__name__}", (cls,), {"__call__": rebound})
+
+
+def dispatching_processor(processor, kernel: AttentionKernel, label: str):
+    """A copy of diffusers' dispatching ``processor`` that sends self-attention to
+    ``kernel``; the original is kept as ``.fallback`` (what ``sdpa`` restores)."""
+    key = f"trdq-{label}"
+    _DISPATCH_KERNELS[key] = kernel
+    original = getattr(processor, "fallback", processor)
+    swapped = copy.copy(original)
+    swapped.__class__ = _dispatching_class(type(original))
+    swapped._attention_backend = key
+    swapped.fallback = original
+    return swapped
+
+
 def _ineligible(attn) -> str | None:
     """Why ``attn`` keeps its processor (None: it can take a kernel)."""
     if getattr(attn, "is_cross_attention", False):
         return "cross-attention"
+    processor = _base_processor_name(attn.processor)
+    if processor in DISPATCHING_PROCESSORS:  # diffusers' own code around the kernel
+        if getattr(attn.processor, "_attention_backend", None) not in (None, *_DISPATCH_KERNELS):
+            return "a diffusers attention backend is set on it"
+        return None
+    if processor not in ("AttnProcessor2_0", "FusedAttnProcessor2_0"):
+        return f"processor {processor}"
     for part in ("spatial_norm", "group_norm", "norm_q", "norm_k", "norm_cross"):
         if getattr(attn, part, None):
             return f"has {part}"
     if getattr(attn, "residual_connection", False) or getattr(attn, "rescale_output_factor", 1.0) != 1.0:
         return "residual connection or output rescale inside the module"
-    processor = type(attn.processor).__name__
-    if processor not in ("AttnProcessor2_0", "FusedAttnProcessor2_0", "KernelAttnProcessor"):
-        return f"processor {processor}"
     return None
+
+
+def _base_processor_name(processor) -> str:
+    """The diffusers processor behind ours (``fallback``), by class name."""
+    return type(getattr(processor, "fallback", processor)).__name__
 
 
 def install_attention_kernel(
     transformer: torch.nn.Module, kernel: AttentionKernel, label: str
 ) -> AttentionReport:
     """Put ``kernel`` behind every eligible self-attention module of ``transformer``."""
+    from diffusers.models.attention import AttentionModuleMixin
     from diffusers.models.attention_processor import Attention
 
     report = AttentionReport(backend=label)
     for name, module in transformer.named_modules():
-        if not isinstance(module, Attention):
+        if not isinstance(module, (Attention, AttentionModuleMixin)):
             continue
         reason = _ineligible(module)
         if reason is not None:
             report.skipped[name] = reason
             continue
-        fallback = module.processor
-        if isinstance(fallback, KernelAttnProcessor):
-            fallback = fallback.fallback
-        module.set_processor(KernelAttnProcessor(kernel, fallback, label))
+        fallback = getattr(module.processor, "fallback", module.processor)
+        if type(fallback).__name__ in DISPATCHING_PROCESSORS:
+            module.set_processor(dispatching_processor(fallback, kernel, label))
+        else:
+            module.set_processor(KernelAttnProcessor(kernel, fallback, label))
         report.replaced.append(name)
     return report
 
@@ -171,7 +250,8 @@ def _restore_sdpa(transformer: torch.nn.Module) -> AttentionReport:
     report = AttentionReport(backend="sdpa")
     for name, module in transformer.named_modules():
         processor = getattr(module, "processor", None)
-        if isinstance(processor, KernelAttnProcessor):
-            module.set_processor(processor.fallback)
+        fallback = getattr(processor, "fallback", None)
+        if fallback is not None:
+            module.set_processor(fallback)
             report.replaced.append(name)
     return report
