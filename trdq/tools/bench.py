@@ -290,6 +290,10 @@ class _Runner:
             "calib_num_prompts": self.args.calib_prompts,
             "calib_batch_size": self.args.calib_prompts,
             "calib_steps": self.preset.steps,
+            # the guidance the pipeline runs at (FLUX's distilled embedding, Wan's two
+            # branches: the preset's guidance_scale is 1.0 there, meaning "no CFG batch")
+            "calib_guidance_scale": getattr(getattr(self.preset, "spec", None),
+                                            "pipeline_guidance", self.preset.guidance_scale),
         }
         if self.preset.calib_hw is not None:
             changes["calib_height"], changes["calib_width"] = self.preset.calib_hw
