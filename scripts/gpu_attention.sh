@@ -4,6 +4,7 @@
 # attention backend. Wheels missing there (diffusers; fa3-fwd unpacked as fa3.tar.xz) are
 # expected under .whl/.
 # STAGES picks what runs (default: tests,micro,step; also eval); results land in $OUT.
+# BENCH_ARGS goes to `trdq bench` as it is (e.g. "--batches 1 --runs 2").
 set -u
 # shellcheck source=scripts/device_env.sh
 . "$(dirname "$0")/device_env.sh"
@@ -16,7 +17,7 @@ case ",$STAGES," in *,tests,*)
 esac
 case ",$STAGES," in *,step,*)
   python3 -m trdq.cli bench --preset "$PRESET" --rows "$ROWS" --scopes "${SCOPES:-denoiser_step}" \
-    ${PROFILE:+--profile} --json "$OUT/$PRESET${TAG:-}.json" \
+    ${PROFILE:+--profile} ${BENCH_ARGS:-} --json "$OUT/$PRESET${TAG:-}.json" \
     2>&1 | grep -E "^\[bench\]|Error|error" | tail -40
 esac
 case ",$STAGES," in *,micro,*)
