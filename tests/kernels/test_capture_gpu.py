@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import torch
 
-from trdq.kernels.base import capture_graph
+from trdq.kernels.launch import capture_graph
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 pytestmark = [

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from trdq import primitives as P
-from trdq.kernels.base import ActQuant, recording_launches
+from trdq.kernels.base import ActQuant
+from trdq.kernels.launch import recording_launches
 from trdq.kernels.reference import ReferenceBackend
 from trdq.rotation import fwht
 

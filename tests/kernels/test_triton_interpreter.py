@@ -280,7 +280,7 @@ def _first_pick_then_direct(monkeypatch, tuner, launch):
     """Launch twice through ``launch_triton``: the first launch tunes (a stand-in timer:
     the interpreter has no GPU clock; every tile ties, the first is picked), the second
     must not enter the autotuner. Returns both results."""
-    from trdq.kernels import base
+    from trdq.kernels import launch as base
 
     monkeypatch.setattr(base, "_CHOSEN_CONFIGS", {})
     monkeypatch.setattr(tuner, "cache", {})

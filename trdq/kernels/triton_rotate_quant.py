@@ -49,7 +49,7 @@ import math
 
 import torch
 
-from trdq.kernels.base import autotune_gpu_time, launch_triton, next_pow2
+from trdq.kernels.launch import autotune_gpu_time, launch_triton, next_pow2
 from trdq.primitives import FP8_E4M3_MAX, MIN_SCALE
 from trdq.rotation import fwht, hadamard_block_size, hadamard_matrix
 
