@@ -8,13 +8,14 @@ import torch
 from trdq import primitives as P
 from trdq.kernels import ops
 from trdq.kernels.base import ActQuant, restore_cfg_delta
-from trdq.kernels.reference import fake_quant_activation, prepare_activation
+from trdq.kernels.reference import fake_quant_activation
 from trdq.kernels.triton_rotate_quant import (
     block_hadamard_reference,
     rotate_quant_reference,
     sylvester_hadamard,
 )
 from trdq.kernels.triton_w4a8 import pack_int4_tiled, unpack_int4_tiled
+from trdq.quant_transforms import prepare_activation
 from trdq.rotation import block_hadamard_matrix, fwht, hadamard_block_size
 
 

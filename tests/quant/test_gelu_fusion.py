@@ -11,7 +11,8 @@ from torch.nn import functional as F
 from trdq import api
 from trdq import primitives as P
 from trdq.kernels import get_backend, ops
-from trdq.nn import LayerQuantParams, QuantLinear
+from trdq.nn import QuantLinear
+from trdq.quant_transforms import LayerQuantParams
 from trdq.testing.tiny import TINY_PROMPTS, tiny_pixart_pipeline
 from trdq.timestep import QuantContext
 

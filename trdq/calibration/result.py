@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import torch
 
 from trdq import primitives as P
-from trdq.nn.quant_linear import LayerQuantParams
+from trdq.quant_transforms import LayerQuantParams
 from trdq.rotation import DuQuantRotation
 
 __all__ = ["CalibrationResult", "FaithfulParams"]

@@ -13,19 +13,9 @@ import torch
 from trdq import primitives as P
 from trdq.kernels.base import ActQuant, KernelBackend
 from trdq.kernels.registry import register
-from trdq.rotation import hadamard_transform
+from trdq.quant_transforms import prepare_activation
 
-__all__ = ["ReferenceBackend", "fake_quant_activation", "prepare_activation"]
-
-
-def prepare_activation(x: torch.Tensor, act: ActQuant) -> torch.Tensor:
-    """Smooth and rotate ``[M, K]`` activations in float32 (shared by all backends)."""
-    xf = x.float()
-    if act.smooth_divisor is not None:
-        xf = xf / act.smooth_divisor.float()
-    if act.rotation_block is not None:
-        xf = hadamard_transform(xf, act.rotation_block)
-    return xf
+__all__ = ["ReferenceBackend", "activation_scale", "fake_quant_activation"]
 
 
 def activation_scale(x_rot: torch.Tensor, act: ActQuant) -> torch.Tensor:

@@ -41,83 +41,24 @@ subtraction and one outer-product add around the backend call.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
-from trdq import primitives as P
 from trdq.kernels.base import (
     ActQuant,
     KernelBackend,
     apply_output_activation,
     restore_cfg_delta,
 )
-from trdq.kernels.reference import prepare_activation
-from trdq.rotation import rotate_weight
+from trdq.quant_transforms import (
+    LayerQuantParams,
+    centering_weight_sum,
+    quantize_transformed_weight,
+    transform_weight,
+)
 from trdq.timestep import QuantContext
 
-__all__ = ["LayerQuantParams", "QuantLinear", "quantize_transformed_weight", "transform_weight"]
-
-
-def transform_weight(weight: torch.Tensor, smooth_divisor: torch.Tensor | None,
-                     rotation_block: int | None) -> torch.Tensor:
-    """The weight as the kernels multiply it, float32: smoothed (``W * s``), then rotated
-    (``W R``). Calibration searches on exactly this, QuantLinear quantizes it."""
-    w = weight.detach().float()
-    if smooth_divisor is not None:
-        w = w * smooth_divisor.to(w.device)[None, :]
-    if rotation_block is not None:
-        w = rotate_weight(w, rotation_block)
-    return w
-
-
-def quantize_transformed_weight(
-    weight: torch.Tensor, bits: int, fp8: bool = False,
-    clip: torch.Tensor | None = None, weight_q: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(integers or e4m3 ``[N, K]``, scale ``[N]``) for a ``transform_weight`` output:
-    per-channel scales from the absmax (times the calibrated ``clip``), values rounded to
-    nearest or, when calibration rounded them (``weight_q``), those integers."""
-    n = weight.shape[0]
-    if clip is not None and tuple(clip.shape) != (n,):
-        raise ValueError(f"weight clip shaped {tuple(clip.shape)} for {n} output channels")
-    q, scale = P.quantize_weight_per_channel(weight, bits, fp8=fp8, clip=clip)
-    if weight_q is not None:
-        if tuple(weight_q.shape) != tuple(q.shape):
-            raise ValueError(f"calibrated weights shaped {tuple(weight_q.shape)} "
-                             f"for a {tuple(q.shape)} layer")
-        q = weight_q.to(device=q.device, dtype=torch.int8)
-    return q, scale
-
-
-@dataclass
-class LayerQuantParams:
-    """Calibrated parameters of one layer (what the cache stores per layer)."""
-
-    #: block size of the Hadamard rotation, or None
-    rotation_block: int | None
-    #: SmoothQuant divisor [K] (float32) or None
-    smooth_divisor: torch.Tensor | None
-    #: [G, 2] static activation scales (uncond, cond)
-    act_scale_by_group: torch.Tensor
-    #: [G, 2] clip ratios (uncond, cond)
-    clip_ratio_by_group: torch.Tensor
-    #: [N] per-output-channel weight clip ratios (``weight_clip_search``) or None = min-max
-    weight_clip: torch.Tensor | None = None
-    #: [N, K] int8 integer weights rounded by calibration (``weight_rounding="gptq"``),
-    #: on the smoothed, rotated weight's per-channel scales; None = round to nearest
-    weight_q: torch.Tensor | None = None
-
-    @classmethod
-    def minmax_default(cls, num_groups: int, rotation_block: int | None) -> LayerQuantParams:
-        """Uncalibrated placeholder: dynamic-safe clip 1, unit static scales."""
-        return cls(
-            rotation_block=rotation_block,
-            smooth_divisor=None,
-            act_scale_by_group=torch.ones(num_groups, 2),
-            clip_ratio_by_group=torch.ones(num_groups, 2),
-        )
+__all__ = ["QuantLinear"]
 
 
 class QuantLinear(nn.Module):
@@ -197,14 +138,8 @@ class QuantLinear(nn.Module):
         if act_center:
             if act_mode != "dynamic":
                 raise ValueError("act_center needs dynamic (per-token) activations")
-            # what the backend multiplies an all-ones row by, so the mean comes back exactly
-            smooth = params.smooth_divisor
-            ones = prepare_activation(
-                torch.ones(1, linear.in_features, device=weight.device),
-                ActQuant(rotation_block=params.rotation_block,
-                         smooth_divisor=None if smooth is None else smooth.to(weight.device)),
-            )
-            weight_sum = (qweight.float() * weight_scale.float()[:, None]) @ ones[0]
+            weight_sum = centering_weight_sum(qweight, weight_scale, params.smooth_divisor,
+                                              params.rotation_block)
         bias = linear.bias.detach() if linear.bias is not None else None
         params = LayerQuantParams(
             rotation_block=params.rotation_block,
