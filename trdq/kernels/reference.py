@@ -3,7 +3,8 @@
 It performs exactly the arithmetic a real kernel is meant to perform (same rotation,
 same rounding, same clamping, same scales), but dequantizes and multiplies in float32.
 Every fast backend is tested against it. It works for every config and device, and is
-the last resort of ``backend="auto"``.
+the last resort of ``backend="auto"``: the registry registers it itself (this module
+imports nothing of the registry's).
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import torch
 
 from trdq import primitives as P
 from trdq.kernels.base import ActQuant, KernelBackend
-from trdq.kernels.registry import register
 from trdq.quant_transforms import prepare_activation
 
 __all__ = ["ReferenceBackend", "activation_scale", "fake_quant_activation"]
@@ -74,5 +74,3 @@ class ReferenceBackend(KernelBackend):
             out = out + bias.float()
         return out.to(x.dtype)
 
-
-register(ReferenceBackend())
