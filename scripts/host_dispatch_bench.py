@@ -53,14 +53,16 @@ x = torch.randn(m, k, dtype=torch.bfloat16)
 w = torch.randint(-127, 128, (n, k), dtype=torch.int8)
 ws, bias = torch.rand(n), torch.randn(n, dtype=torch.bfloat16)
 sm, clip, wsum = torch.rand(k) + 0.5, torch.full((m,), 0.9), torch.randn(n)
-args = (x, w, ws, bias, sm, None, 128, clip, False, wsum, m // 2, "gelu_tanh")
+args = (x, w, ws, bias)
+kwargs = {"rotation_block": 128, "smooth": sm, "clip_ratio": clip, "weight_sum": wsum,
+          "delta_half": m // 2, "activation": "gelu_tanh"}
 picks = launch._CHOSEN_CONFIGS
 variants = {
-    "define_op + launch_triton (now)": (lambda: torch.ops.trdq.lowbit_linear(*args), picks),
-    "define_op + Autotuner.run": (lambda: torch.ops.trdq.lowbit_linear(*args), _Forgetful()),
-    "custom_op + Autotuner.run (before)": (lambda: torch.ops.probe.lowbit_linear(*args),
+    "define_op + launch_triton (now)": (lambda: torch.ops.trdq.lowbit_linear(*args, **kwargs), picks),
+    "define_op + Autotuner.run": (lambda: torch.ops.trdq.lowbit_linear(*args, **kwargs), _Forgetful()),
+    "custom_op + Autotuner.run (before)": (lambda: torch.ops.probe.lowbit_linear(*args, **kwargs),
                                            _Forgetful()),
-    "the Python function + launch_triton": (lambda: ops._lowbit_linear(*args), picks),
+    "the Python function + launch_triton": (lambda: ops._lowbit_linear(*args, **kwargs), picks),
 }
 out = {"cpu": cpu_model() or platform.machine(), "torch": torch.__version__,
        "shape": f"M={m} K={k} N={n}, centring, CFG-delta, GELU epilogue",

@@ -118,6 +118,21 @@ class ActQuant:
     def static(self) -> bool:
         return self.row_scale is not None
 
+    def op_kwargs(self, x: torch.Tensor) -> dict:
+        """This quantization as the keywords every kernel op takes for ``[M, K]`` rows ``x``
+        (``trdq.kernels.ops``, ``cpu_int8``, ``cpu_native``): ``rotation_block`` (0 = none),
+        ``smooth``, ``row_scale``, ``clip_ratio`` (float32 ``[M]``), ``weight_sum``,
+        ``delta_half``. The activation format (``bits`` or ``fp8``) and the epilogue's
+        ``activation`` are the backend's to add: each op names its format its own way."""
+        return {
+            "rotation_block": self.rotation_block or 0,
+            "smooth": self.smooth_divisor,
+            "row_scale": self.row_scale,
+            "clip_ratio": self.row_clip(x.shape[0], x.device),
+            "weight_sum": self.weight_sum,
+            "delta_half": self.cfg_delta_half,
+        }
+
     def row_clip(self, rows: int, device: torch.device) -> torch.Tensor:
         """The clip ratio as a float32 ``[M]`` tensor (what the kernels' ops take)."""
         clip = self.clip_ratio

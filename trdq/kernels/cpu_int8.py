@@ -107,18 +107,20 @@ def int8_linear_math(
     weight: torch.Tensor,
     weight_scale: torch.Tensor,
     bias: torch.Tensor | None,
-    smooth_divisor: torch.Tensor | None,
-    row_scale: torch.Tensor | None,
+    *,
     rotation_block: int,
+    smooth: torch.Tensor | None = None,
+    row_scale: torch.Tensor | None = None,
     clip_ratio: torch.Tensor,
-    bits: int,
+    bits: int = 8,
     weight_sum: torch.Tensor | None = None,
     delta_half: int = 0,
     activation: str = "",
 ) -> torch.Tensor:
     """``[M, K]`` x (``[N, K]`` int8 or ``[N, K/2]`` packed uint8) -> ``[M, N]`` x.dtype.
 
-    ``rotation_block`` <= 0 means no rotation; ``row_scale`` None means dynamic per-token;
+    The keywords are those of ``trdq::lowbit_linear`` (``trdq.kernels.ops``), with
+    ``bits`` for the integer width. ``rotation_block`` <= 0 means no rotation; ``row_scale`` None means dynamic per-token;
     ``weight_sum`` set: centre the rows and add ``mean x weight_sum`` back; ``delta_half``
     > 0: quantize rows ``r >= delta_half`` as ``x[r] - x[r - delta_half]`` (CFG-delta) and
     return them as served, ``y_u + W d``; ``activation``: applied to the served output.
@@ -130,8 +132,8 @@ def int8_linear_math(
     if weight_sum is not None:
         mean = xf.mean(dim=-1, keepdim=True)
         xf = xf - mean
-    if smooth_divisor is not None:
-        xf = xf / smooth_divisor
+    if smooth is not None:
+        xf = xf / smooth
     if rotation_block > 0:
         # compiled: the factored form fuses into two cheap loops; eager: one BLAS GEMM
         rotate = hadamard_transform_factored if torch.compiler.is_compiling() else hadamard_transform
@@ -258,11 +260,12 @@ def native_int8_linear(
     weight: torch.Tensor,
     weight_scale: torch.Tensor,
     bias: torch.Tensor | None,
-    smooth_divisor: torch.Tensor | None,
-    row_scale: torch.Tensor | None,
+    *,
     rotation_block: int,
+    smooth: torch.Tensor | None = None,
+    row_scale: torch.Tensor | None = None,
     clip_ratio: torch.Tensor,
-    bits: int,
+    bits: int = 8,
     weight_sum: torch.Tensor | None = None,
     delta_half: int = 0,
     activation: str = "",
@@ -274,8 +277,8 @@ def native_int8_linear(
     dispatcher round trip costs tens of microseconds, against ~0.5 ms for the whole
     linear; eager code calls it directly."""
     q, a_scale, mean = cpu_native.rotate_quant(
-        x, smooth_divisor, row_scale, clip_ratio, rotation_block, bits,
-        weight_sum is not None, delta_half,
+        x, rotation_block=rotation_block, smooth=smooth, row_scale=row_scale,
+        clip_ratio=clip_ratio, bits=bits, center=weight_sum is not None, delta_half=delta_half,
     )
     return cpu_native.int8_epilogue(int8_gemm(q, weight, bits), a_scale, weight_scale, bias,
                                     mean, weight_sum, x.dtype, delta_half, activation)
@@ -353,20 +356,8 @@ class CpuInt8Backend(KernelBackend):
             fn = int8_linear_math
         else:
             fn = cpu_int8_linear
-        return fn(
-            x,
-            packed["weight"],
-            packed["weight_scale"],
-            bias,
-            act.smooth_divisor,
-            act.row_scale,
-            act.rotation_block or 0,
-            act.row_clip(x.shape[0], x.device),
-            act.bits,
-            act.weight_sum,
-            act.cfg_delta_half,
-            activation,
-        )
+        return fn(x, packed["weight"], packed["weight_scale"], bias, **act.op_kwargs(x),
+                  bits=act.bits, activation=activation)
 
 
 register(CpuInt8Backend())

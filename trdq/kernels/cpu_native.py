@@ -145,16 +145,19 @@ def _f32(t: torch.Tensor | None) -> torch.Tensor | None:
 
 def rotate_quant(
     x: torch.Tensor,
-    smooth: torch.Tensor | None,
-    row_scale: torch.Tensor | None,
-    clip: torch.Tensor,
+    *,
     rotation_block: int,
-    bits: int,
-    center: bool,
-    delta_half: int,
+    smooth: torch.Tensor | None = None,
+    row_scale: torch.Tensor | None = None,
+    clip_ratio: torch.Tensor,
+    bits: int = 8,
+    center: bool = False,
+    delta_half: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``x [M, K]`` float32/bf16 -> (``q [M, K]`` int8, ``scale [M]``, ``mean [M]``
-    (zeros unless ``center``)); the steps are listed in the C source. Also the op
+    (zeros unless ``center``)); the steps are listed in the C source. The keywords are
+    those of ``trdq::rotate_quant`` (``rotation_block`` <= 0: no rotation), with ``bits``
+    for the format and ``center`` for whether to centre the rows. Also the op
     ``cpu_rotate_quant``; ``trdq::cpu_int8_native_linear`` calls it directly."""
     if x.dtype not in (torch.float32, torch.bfloat16):
         raise TypeError(f"cpu_rotate_quant takes float32 or bfloat16, got {x.dtype}")
@@ -163,7 +166,7 @@ def rotate_quant(
     q = torch.empty((m, k), dtype=torch.int8)
     scale = torch.empty(m, dtype=torch.float32)
     mean = torch.empty(m, dtype=torch.float32) if center else torch.zeros(m)
-    smooth, row_scale, clip = _f32(smooth), _f32(row_scale), _f32(clip)
+    smooth, row_scale, clip = _f32(smooth), _f32(row_scale), _f32(clip_ratio)
     failed = _library().trdq_rotate_quant(
         x.data_ptr(), int(x.dtype == torch.bfloat16), m, k, delta_half, _ptr(smooth),
         max(rotation_block, 0), _ptr(row_scale), clip.data_ptr(), float(2 ** (bits - 1) - 1),
@@ -215,7 +218,8 @@ def int8_epilogue(
     return out
 
 
-def _rotate_quant_fake(x, smooth, row_scale, clip, rotation_block, bits, center, delta_half):
+def _rotate_quant_fake(x, *, rotation_block, smooth=None, row_scale=None, clip_ratio, bits=8,
+                       center=False, delta_half=0):
     m = x.shape[0]
     return (x.new_empty(x.shape, dtype=torch.int8), x.new_empty(m, dtype=torch.float32),
             x.new_empty(m, dtype=torch.float32))
