@@ -20,15 +20,18 @@ Conventions every backend follows (see trdq/rotation.py and trdq/primitives.py):
   ``absmax(row) * act.clip_ratio / qmax`` per row (per token).
 - Centring (dynamic mode, ``act.weight_sum`` set): only on backends with
   ``fuses_centering``; they subtract each row's mean before smoothing and add
-  ``mean x act.weight_sum`` to the output. Elsewhere ``QuantLinear`` does it around the call.
+  ``mean x act.weight_sum`` to the output. Elsewhere ``serve_linear`` does it around the call.
 - CFG-delta (dynamic mode, ``act.cfg_delta_half`` > 0): only on backends with
   ``fuses_cfg_delta``; they quantize each row ``r >= cfg_delta_half`` as
   ``x[r] - x[r - cfg_delta_half]`` before anything else (centring included) and return
   those rows as ``W d + b``, or, with ``restores_cfg_delta``, as served, ``y_u + W d``.
-  Elsewhere ``QuantLinear`` subtracts before the call and adds the uncond output back after.
+  Elsewhere ``serve_linear`` subtracts before the call and adds the uncond output back after.
 
-``linear`` does: smooth -> rotate -> quantize -> low-bit GEMM -> rescale (+ bias), and
-returns ``[M, N]`` in the dtype of ``x``.
+``KernelBackend.linear`` does: smooth -> rotate -> quantize -> low-bit GEMM -> rescale
+(+ bias), and returns ``[M, N]`` in the dtype of ``x``; it receives only what the backend
+declares it fuses. ``serve_linear(backend, ...)`` is the whole layer: it takes an
+``ActQuant`` with everything the layer asks for (centring, CFG-delta, an output
+activation) and does around ``backend.linear`` what that backend does not fuse.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ __all__ = [
     "apply_output_activation",
     "check_output_activation",
     "restore_cfg_delta",
+    "serve_linear",
 ]
 
 
@@ -67,7 +71,7 @@ def check_output_activation(name: str) -> None:
 
 def apply_output_activation(out: torch.Tensor, name: str) -> torch.Tensor:
     """``name`` applied to a served output: what a GEMM epilogue computes, done in torch
-    (the oracle, the ops' reference paths, QuantLinear around a backend that cannot)."""
+    (the oracle, the ops' reference paths, serve_linear around a backend that cannot)."""
     check_output_activation(name)
     return torch.nn.functional.gelu(out, approximate="tanh") if name == "gelu_tanh" else out
 
@@ -162,7 +166,7 @@ class KernelBackend(abc.ABC):
     #: the served cond rows ``y_u + W d`` rather than ``W d + b``)
     restores_cfg_delta: bool = False
     #: output activations ``linear`` applies in its epilogue when given
-    #: ``activation=<name>`` (the served output, after any CFG restore); ``QuantLinear``
+    #: ``activation=<name>`` (the served output, after any CFG restore); ``serve_linear``
     #: applies the others itself
     fused_activations: tuple[str, ...] = ()
 
@@ -196,3 +200,66 @@ class KernelBackend(abc.ABC):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} name={self.name!r}>"
+
+
+def serve_linear(
+    backend: KernelBackend,
+    x: torch.Tensor,
+    packed: dict[str, torch.Tensor],
+    act: ActQuant,
+    bias: torch.Tensor | None,
+    activation: str = "",
+) -> torch.Tensor:
+    """The whole quantized linear on ``backend``: ``[M, K]`` -> the served ``[M, N]``.
+
+    ``act`` carries everything the layer asks for; what ``backend`` fuses
+    (``fuses_centering``, ``fuses_cfg_delta``, ``restores_cfg_delta``,
+    ``fused_activations``) reaches its ``linear``, the rest is done here around the call:
+
+    - CFG-delta: the cond rows become ``x_c - x_u`` before the call and the uncond output is
+      added back after (``restore_cfg_delta``). The kernels difference the rows before
+      centring them, so the subtraction is fused only where no centring is left to do here.
+    - centring: the row mean is subtracted before the call and ``mean x weight_sum`` added
+      after.
+    - ``activation``: in the backend's epilogue when it fuses it and its output is the
+      served one (no centring or restore follows), else applied here last.
+
+    The backend's capabilities are read only when ``act`` needs them.
+    """
+    weight_sum, half = act.weight_sum, act.cfg_delta_half
+    if weight_sum is None and not half:
+        epilogue = _epilogue(backend, activation, served=True)
+        out = backend.linear(x, packed, act, bias, **epilogue)
+        return out if epilogue else apply_output_activation(out, activation)
+    fuse_sum = weight_sum is not None and backend.fuses_centering
+    fuse_delta = bool(half) and backend.fuses_cfg_delta and (weight_sum is None or fuse_sum)
+    if half and not fuse_delta:  # [uncond; cond - uncond]: one GEMM serves both halves
+        x = torch.cat((x[:half], x[half:] - x[:half]))
+    center = None
+    if weight_sum is not None and not fuse_sum:
+        center = x.mean(dim=-1, keepdim=True)
+        x = x - center
+    if center is not None or (half and not fuse_delta):
+        act = ActQuant(
+            bits=act.bits, rotation_block=act.rotation_block,
+            smooth_divisor=act.smooth_divisor, row_scale=act.row_scale,
+            clip_ratio=act.clip_ratio, fp8=act.fp8,
+            weight_sum=weight_sum if fuse_sum else None,
+            cfg_delta_half=half if fuse_delta else 0,
+        )
+    restore_here = bool(half) and not (fuse_delta and backend.restores_cfg_delta)
+    epilogue = _epilogue(backend, activation, served=center is None and not restore_here)
+    out = backend.linear(x, packed, act, bias, **epilogue)
+    if center is not None:
+        out = out + center.to(out.dtype) * weight_sum.to(out.dtype)
+    if restore_here:
+        out = restore_cfg_delta(out, half, bias)
+    return out if epilogue else apply_output_activation(out, activation)
+
+
+def _epilogue(backend: KernelBackend, activation: str, served: bool) -> dict[str, str]:
+    """``linear``'s extra keywords: the output activation, when the backend applies it and
+    what it returns is the served output."""
+    if activation and served and activation in backend.fused_activations:
+        return {"activation": activation}
+    return {}

@@ -26,12 +26,12 @@ Ops (notation M rows, K input channels, N output channels):
 
 ``weight_sum`` given (dynamic mode): the activation kernel centres each row and the GEMM
 adds ``row mean x weight_sum`` back (in the Triton GEMM's epilogue; one rank-1 update
-after ``_scaled_mm``), the fused form of ``QuantLinear``'s centring.
+after ``_scaled_mm``), the fused form of ``serve_linear``'s centring.
 
 ``delta_half > 0`` (dynamic mode, M = 2 x delta_half): the activation kernel quantizes
 each row of the second (cond) half as its difference from the paired first-half row, the
-fused form of ``QuantLinear``'s CFG-delta subtraction. ``fp8_linear`` returns that half as
-``W d + b`` and ``QuantLinear`` adds the uncond output back; ``lowbit_linear`` returns it
+fused form of ``serve_linear``'s CFG-delta subtraction. ``fp8_linear`` returns that half as
+``W d + b`` and ``serve_linear`` (``kernels.base``) adds the uncond output back; ``lowbit_linear`` returns it
 as served, ``y_u + W d``: on the GPU its activation kernel writes each pair as adjacent
 rows and the GEMM epilogue adds them (no pass over the output), elsewhere the addition
 follows the GEMM. 0 means off.

@@ -30,7 +30,7 @@ outside; the single-pass kernel sums the rows it holds.
 
 CFG-delta (``delta_half`` > 0, dynamic mode only): the rows are [uncond; cond] halves of
 ``delta_half`` rows each, and every cond row ``r`` is replaced by ``x[r] - x[r - delta_half]``
-(in float32) before anything else, as ``QuantLinear``'s cfg_delta does outside. The tiled
+(in float32) before anything else, as ``serve_linear``'s cfg_delta does outside. The tiled
 kernel subtracts at each load of x (one more read of the paired uncond tile, usually from
 L2); the single-pass kernel holds each pair in one program. Either way no elementwise pass
 writes and re-reads all of ``[M, K]``. ``interleave_pairs`` (single-pass only) writes the

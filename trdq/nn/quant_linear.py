@@ -25,7 +25,8 @@ one subtraction before it and one addition after (t2v zoo, W8A8, 16 training pro
 the CPU: 45.8 -> 51.1 dB to FP; docs/QUALITY.md). Backends with ``fuses_cfg_delta`` (the
 CUDA ones) subtract inside their rotate+quantize kernel as they load the rows (in float32),
 which saves a pass over the activations; ``cpu_int8`` also adds the uncond output back
-in its epilogue (``restores_cfg_delta``); for the others the addition stays here.
+in its epilogue (``restores_cfg_delta``); for the others ``kernels.base.serve_linear`` adds
+it after the backend's call.
 
 Centered activations (``act_center``, dynamic mode): each token's mean is subtracted
 before rotation and quantization and added back exactly through the weights' row sums,
@@ -35,8 +36,9 @@ one-sided; removing it gives symmetric int8/e4m3 the whole range. Backends with
 ``fuses_centering`` (the CUDA ones) do it inside their kernels: the rotate+quantize kernel
 computes the mean, the GEMM epilogue adds it back. That is also faster under
 torch.compile than leaving the three elementwise ops to Inductor (docs/KERNELS.md, "Tried
-and not adopted"). Elsewhere it is one mean, one
-subtraction and one outer-product add around the backend call.
+and not adopted"). Elsewhere ``serve_linear`` does one mean, one subtraction and one
+outer-product add around the backend call. This layer builds the ``ActQuant`` with all of
+it asked for; ``serve_linear`` decides, from what the backend declares, where each part runs.
 """
 
 from __future__ import annotations
@@ -44,12 +46,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from trdq.kernels.base import (
-    ActQuant,
-    KernelBackend,
-    apply_output_activation,
-    restore_cfg_delta,
-)
+from trdq.kernels.base import ActQuant, KernelBackend, serve_linear
 from trdq.quant_transforms import (
     LayerQuantParams,
     centering_weight_sum,
@@ -208,55 +205,21 @@ class QuantLinear(nn.Module):
             pair = by_group[min(ctx.group, by_group.shape[0] - 1)]
         return pair.repeat_interleave(rows // 2) if split else pair[1:].expand(rows)
 
-    def _epilogue(self, backend_output_is_served: bool) -> dict[str, str]:
-        """``linear``'s extra arguments: the output activation, when the backend applies it
-        and what it returns is the served output (no centring or CFG restore follows)."""
-        name = self.output_activation
-        if name and backend_output_is_served and name in self.backend.fused_activations:
-            return {"activation": name}
-        return {}
-
-    def _activate(self, out: torch.Tensor, epilogue: dict[str, str]) -> torch.Tensor:
-        """The output activation, unless the backend applied it (``epilogue``)."""
-        return out if epilogue else apply_output_activation(out, self.output_activation)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)
         m = x2.shape[0]
         split = self.context.cfg_active and self.cfg_wise and m % 2 == 0
         if self.act_mode == "static":
-            row_scale = self._per_row(self.act_scale_by_group, m, split)
-            epilogue = self._epilogue(True)
-            out = self.backend.linear(
-                x2, self.packed, self._act(row_scale, 1.0), self.bias, **epilogue
-            )
-            return self._activate(out, epilogue).reshape(*lead, self.out_features)
-        row_clip = self._per_row(self.clip_ratio_by_group, m, split)
-        delta = self.cfg_delta and self.context.cfg_active and m % 2 == 0
-        half = m // 2
-        # centring and CFG-delta: inside the backend's kernels when it can, else around the
-        # call; the kernels difference the rows before centring them, so the subtraction
-        # is fused only where no centring is left to do here
-        fused_sum = self.weight_sum if self.backend.fuses_centering else None
-        fuse_delta = delta and self.backend.fuses_cfg_delta and (
-            self.weight_sum is None or fused_sum is not None
-        )
-        if delta and not fuse_delta:  # [uncond; cond - uncond]: one GEMM serves both halves
-            x2 = torch.cat((x2[:half], x2[half:] - x2[:half]))
-        center = None
-        if self.weight_sum is not None and fused_sum is None:
-            center = x2.mean(dim=-1, keepdim=True)
-            x2 = x2 - center
-        act = self._act(None, row_clip, fused_sum, half if fuse_delta else 0)
-        restore_here = delta and not (fuse_delta and self.backend.restores_cfg_delta)
-        epilogue = self._epilogue(center is None and not restore_here)
-        out = self.backend.linear(x2, self.packed, act, self.bias, **epilogue)
-        if center is not None:
-            out = out + center.to(out.dtype) * self.weight_sum.to(out.dtype)
-        if restore_here:
-            out = restore_cfg_delta(out, half, self.bias)
-        return self._activate(out, epilogue).reshape(*lead, self.out_features)
+            act = self._act(self._per_row(self.act_scale_by_group, m, split), 1.0)
+        else:
+            row_clip = self._per_row(self.clip_ratio_by_group, m, split)
+            delta = self.cfg_delta and self.context.cfg_active and m % 2 == 0
+            act = self._act(None, row_clip, self.weight_sum, m // 2 if delta else 0)
+        # centring, CFG-delta and the output activation: in the backend's kernels where it
+        # fuses them, else around its call (serve_linear)
+        out = serve_linear(self.backend, x2, self.packed, act, self.bias, self.output_activation)
+        return out.reshape(*lead, self.out_features)
 
     def extra_repr(self) -> str:
         return (
