@@ -129,28 +129,59 @@ class QuantLinear(nn.Module):
         qweight, weight_scale = quantize_transformed_weight(
             weight, weight_bits, fp8, params.weight_clip, params.weight_q
         )
-        packed = backend.pack(qweight, weight_scale, weight_bits)
-        device = linear.weight.device
         weight_sum = None
         if act_center:
             if act_mode != "dynamic":
                 raise ValueError("act_center needs dynamic (per-token) activations")
             weight_sum = centering_weight_sum(qweight, weight_scale, params.smooth_divisor,
                                               params.rotation_block)
-        bias = linear.bias.detach() if linear.bias is not None else None
+        return cls.from_quantized(
+            qweight, weight_scale, linear.bias, params, backend, context,
+            weight_bits=weight_bits, act_bits=act_bits, fp8=fp8, act_mode=act_mode,
+            cfg_wise=cfg_wise, weight_sum=weight_sum, cfg_delta=cfg_delta,
+        )
+
+    @classmethod
+    def from_quantized(
+        cls,
+        qweight: torch.Tensor,
+        weight_scale: torch.Tensor,
+        bias: torch.Tensor | None,
+        params: LayerQuantParams,
+        backend: KernelBackend,
+        context: QuantContext,
+        *,
+        weight_bits: int = 8,
+        act_bits: int = 8,
+        fp8: bool = False,
+        act_mode: str = "static",
+        cfg_wise: bool = True,
+        weight_sum: torch.Tensor | None = None,
+        cfg_delta: bool = False,
+    ) -> QuantLinear:
+        """A layer from its canonical quantized weights: ``qweight [N, K]`` (int8 holding
+        ``weight_bits``-bit integers, or e4m3) and ``weight_scale [N]`` fp32 of the
+        smoothed, rotated weight, ``weight_sum [N]`` when activations are centred.
+        ``backend.pack`` turns them into that backend's storage (its preparation step: the
+        same canonical weights serve any backend). The layer lives on ``qweight``'s device;
+        ``params``' weight clip and rounding are already in ``qweight``."""
+        if weight_sum is not None and act_mode != "dynamic":
+            raise ValueError("centred activations (weight_sum) need dynamic activations")
+        device = qweight.device
+        packed = backend.pack(qweight, weight_scale, weight_bits)
+        smooth = params.smooth_divisor
         params = LayerQuantParams(
             rotation_block=params.rotation_block,
-            smooth_divisor=None if params.smooth_divisor is None else params.smooth_divisor.to(device),
+            smooth_divisor=None if smooth is None else smooth.to(device),
             act_scale_by_group=params.act_scale_by_group.to(device),
             clip_ratio_by_group=params.clip_ratio_by_group.to(device),
-            weight_clip=None,  # baked into the packed weights, like weight_q
         )
         return cls(
-            linear.in_features,
-            linear.out_features,
+            qweight.shape[1],
+            qweight.shape[0],
             backend=backend,
             packed={k: v.to(device) for k, v in packed.items()},
-            bias=bias,
+            bias=None if bias is None else bias.detach(),
             params=params,
             context=context,
             weight_bits=weight_bits,
@@ -160,6 +191,21 @@ class QuantLinear(nn.Module):
             cfg_wise=cfg_wise,
             weight_sum=weight_sum,
             cfg_delta=cfg_delta,
+        )
+
+    def canonical_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(qweight [N, K], weight_scale [N])`` as ``from_quantized`` takes them (the
+        backend's ``unpack``)."""
+        return self.backend.unpack(self.packed)
+
+    def quant_params(self) -> LayerQuantParams:
+        """The activation parameters this layer serves with (weight clip and rounding are
+        in its weights)."""
+        return LayerQuantParams(
+            rotation_block=self.rotation_block,
+            smooth_divisor=self.smooth_divisor,
+            act_scale_by_group=self.act_scale_by_group,
+            clip_ratio_by_group=self.clip_ratio_by_group,
         )
 
     # ---- helpers ---------------------------------------------------------------------------
