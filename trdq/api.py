@@ -4,7 +4,8 @@ Orchestration only: layer selection lives in integrations, numerics in nn/ and k
 statistics in calibration, artifacts in cache. ``quantize`` returns a ``QuantReport``
 saying what was replaced, what was skipped and why, bytes before and after by dtype, the
 backend, the calibration id and what the cache did (e.g. ``["hit"]`` or
-``["invalid", "miss"]``).
+``["invalid", "miss"]``). ``save`` / ``load`` write and read a quantized denoiser
+(``trdq.checkpoint``: its canonical weights in the cache's artifact format).
 """
 
 from __future__ import annotations
