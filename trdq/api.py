@@ -233,13 +233,13 @@ def _apply(pipe: Any, config: QuantConfig, calib: CalibrationResult,
                                             config.weight_bits, config.act_bits)
         elif weights is not None:
             device = linear.weight.device
-            qweight, weight_scale, weight_sum = (
-                None if t is None else t.to(device) for t in weights[name]
-            )
+            qweight, weight_scale, weight_sum = weights[name]
             new = QuantLinear.from_quantized(
-                qweight, weight_scale, linear.bias, calib.params[name], backend, context,
+                qweight.to(device), weight_scale.to(device), linear.bias, calib.params[name],
+                backend, context,
                 weight_bits=config.weight_bits, act_bits=config.act_bits, fp8=config.fp8,
-                act_mode=config.act_mode, cfg_wise=config.cfg_wise, weight_sum=weight_sum,
+                act_mode=config.act_mode, cfg_wise=config.cfg_wise,
+                weight_sum=None if weight_sum is None else weight_sum.to(device),
                 cfg_delta=config.cfg_delta,
             )
         else:
