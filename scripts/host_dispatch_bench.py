@@ -37,6 +37,8 @@ def _gemm(q, sa, w, ws, b, dt, center=None, weight_sum=None, paired=False, activ
 
 
 ops.lowbit_gemm = _gemm
+
+
 wrapped = torch.library.custom_op("probe::lowbit_linear", ops._lowbit_linear, mutates_args=())
 wrapped.register_fake(linear_fake)
 
@@ -53,16 +55,15 @@ x = torch.randn(m, k, dtype=torch.bfloat16)
 w = torch.randint(-127, 128, (n, k), dtype=torch.int8)
 ws, bias = torch.rand(n), torch.randn(n, dtype=torch.bfloat16)
 sm, clip, wsum = torch.rand(k) + 0.5, torch.full((m,), 0.9), torch.randn(n)
-args = (x, w, ws, bias)
-kwargs = {"rotation_block": 128, "smooth": sm, "clip_ratio": clip, "weight_sum": wsum,
-          "delta_half": m // 2, "activation": "gelu_tanh"}
+# the operator's positional order (what ops.lowbit_linear passes it)
+args = (x, w, ws, bias, 128, sm, None, clip, False, wsum, m // 2, "gelu_tanh")
 picks = launch._CHOSEN_CONFIGS
 variants = {
-    "define_op + launch_triton (now)": (lambda: torch.ops.trdq.lowbit_linear(*args, **kwargs), picks),
-    "define_op + Autotuner.run": (lambda: torch.ops.trdq.lowbit_linear(*args, **kwargs), _Forgetful()),
-    "custom_op + Autotuner.run (before)": (lambda: torch.ops.probe.lowbit_linear(*args, **kwargs),
+    "define_op + launch_triton (now)": (lambda: torch.ops.trdq.lowbit_linear(*args), picks),
+    "define_op + Autotuner.run": (lambda: torch.ops.trdq.lowbit_linear(*args), _Forgetful()),
+    "custom_op + Autotuner.run (before)": (lambda: torch.ops.probe.lowbit_linear(*args),
                                            _Forgetful()),
-    "the Python function + launch_triton": (lambda: ops._lowbit_linear(*args, **kwargs), picks),
+    "the Python function + launch_triton": (lambda: ops._lowbit_linear(*args), picks),
 }
 out = {"cpu": cpu_model() or platform.machine(), "torch": torch.__version__,
        "shape": f"M={m} K={k} N={n}, centring, CFG-delta, GELU epilogue",

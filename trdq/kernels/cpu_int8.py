@@ -154,8 +154,47 @@ def int8_linear_math(
     return apply_output_activation(out, activation).to(x.dtype)
 
 
+def _positional(fn):
+    """``fn`` (``int8_linear_math``'s signature) with every argument positional: the kernel
+    of an operator, whose schema takes them in that order. Callers still pass keywords
+    (``_keyword``); the dispatcher would parse them on every call, several microseconds."""
+
+    def kernel(
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        weight_scale: torch.Tensor,
+        bias: torch.Tensor | None,
+        rotation_block: int,
+        smooth: torch.Tensor | None,
+        row_scale: torch.Tensor | None,
+        clip_ratio: torch.Tensor,
+        bits: int,
+        weight_sum: torch.Tensor | None,
+        delta_half: int,
+        activation: str,
+    ) -> torch.Tensor:
+        return fn(x, weight, weight_scale, bias, rotation_block=rotation_block, smooth=smooth,
+                  row_scale=row_scale, clip_ratio=clip_ratio, bits=bits, weight_sum=weight_sum,
+                  delta_half=delta_half, activation=activation)
+
+    return kernel
+
+
+def _keyword(op):
+    """The operator ``op`` (made from ``_positional``) called as ``int8_linear_math`` is."""
+
+    def call(x, weight, weight_scale, bias, *, rotation_block, smooth=None, row_scale=None,
+             clip_ratio, bits=8, weight_sum=None, delta_half=0, activation=""):
+        return op(x, weight, weight_scale, bias, rotation_block, smooth, row_scale, clip_ratio,
+                  bits, weight_sum, delta_half, activation)
+
+    return call
+
+
 #: The eager entry point: ``int8_linear_math`` as one dispatcher call.
-cpu_int8_linear = define_op("trdq::cpu_int8_linear", int8_linear_math, linear_fake)
+cpu_int8_linear = _keyword(
+    define_op("trdq::cpu_int8_linear", _positional(int8_linear_math), linear_fake)
+)
 
 
 def _onednn_linear_ops() -> bool:
@@ -285,8 +324,8 @@ def native_int8_linear(
 
 
 #: ``native_int8_linear`` as one op: what a compiled model calls (eager calls the function).
-cpu_int8_native_linear = define_op(
-    "trdq::cpu_int8_native_linear", native_int8_linear, linear_fake
+cpu_int8_native_linear = _keyword(
+    define_op("trdq::cpu_int8_native_linear", _positional(native_int8_linear), linear_fake)
 )
 
 

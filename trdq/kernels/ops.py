@@ -6,10 +6,14 @@ functions. Each op runs its Triton / cuBLASLt path on CUDA when Triton is instal
 the pure-torch reference of the same math elsewhere, so the ops themselves are testable
 on a CPU machine.
 
-Every op takes the tensors it multiplies positionally and the activation quantization
-by keyword, with the same names and order everywhere (``ActQuant.op_kwargs`` builds them;
-``cpu_native`` and ``triton_rotate_quant`` spell them alike): ``rotation_block, smooth,
-row_scale, clip_ratio``, the activation format, ``weight_sum``, ``delta_half``.
+The Python entry points (``rotate_quant``, ``fp8_linear``, ``lowbit_linear``) take the
+tensors they multiply positionally and the activation quantization by keyword, with the
+same names and order everywhere (``ActQuant.op_kwargs`` builds them; ``cpu_native``,
+``cpu_int8`` and ``triton_rotate_quant`` spell them alike): ``rotation_block, smooth,
+row_scale, clip_ratio``, the activation format, ``weight_sum``, ``delta_half``. Each calls
+its operator with every argument positional, in that order: the dispatcher parses keyword
+arguments on every call, ~5 us more a call (``scripts/host_dispatch_bench.py``, CPU), and a
+step calls these ops about 200 times.
 
 Ops (notation M rows, K input channels, N output channels):
 - ``trdq::rotate_quant(x [M,K], *, rotation_block, smooth?[K], row_scale?[M], clip_ratio [M],
@@ -87,13 +91,12 @@ def _center_buffer(x: torch.Tensor, weight_sum: torch.Tensor | None) -> torch.Te
 
 def _rotate_quant(
     x: torch.Tensor,
-    *,
     rotation_block: int,
-    smooth: torch.Tensor | None = None,
-    row_scale: torch.Tensor | None = None,
+    smooth: torch.Tensor | None,
+    row_scale: torch.Tensor | None,
     clip_ratio: torch.Tensor,
-    fp8: bool = False,
-    delta_half: int = 0,
+    fp8: bool,
+    delta_half: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     q, scale = _rotate_quant_impl(
         x, rotation_block=rotation_block, smooth=smooth, row_scale=row_scale,
@@ -103,13 +106,26 @@ def _rotate_quant(
     return q, scale.clone() if row_scale is not None else scale
 
 
-def _rotate_quant_fake(x, *, rotation_block, smooth=None, row_scale=None, clip_ratio, fp8=False,
-                       delta_half=0):
+def _rotate_quant_fake(x, rotation_block, smooth, row_scale, clip_ratio, fp8, delta_half):
     dtype = torch.float8_e4m3fn if fp8 else torch.int8
     return x.new_empty(x.shape, dtype=dtype), x.new_empty((x.shape[0],), dtype=torch.float32)
 
 
-rotate_quant = define_op("trdq::rotate_quant", _rotate_quant, _rotate_quant_fake)
+_rotate_quant_op = define_op("trdq::rotate_quant", _rotate_quant, _rotate_quant_fake)
+
+
+def rotate_quant(
+    x: torch.Tensor,
+    *,
+    rotation_block: int,
+    smooth: torch.Tensor | None = None,
+    row_scale: torch.Tensor | None = None,
+    clip_ratio: torch.Tensor,
+    fp8: bool = False,
+    delta_half: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``trdq::rotate_quant``: ``(q [M, K] e4m3 or int8, scale [M] fp32)``."""
+    return _rotate_quant_op(x, rotation_block, smooth, row_scale, clip_ratio, fp8, delta_half)
 
 
 def scaled_mm_rowwise(
@@ -151,13 +167,12 @@ def _fp8_linear(
     weight: torch.Tensor,
     weight_scale: torch.Tensor,
     bias: torch.Tensor | None,
-    *,
     rotation_block: int,
-    smooth: torch.Tensor | None = None,
-    row_scale: torch.Tensor | None = None,
+    smooth: torch.Tensor | None,
+    row_scale: torch.Tensor | None,
     clip_ratio: torch.Tensor,
-    weight_sum: torch.Tensor | None = None,
-    delta_half: int = 0,
+    weight_sum: torch.Tensor | None,
+    delta_half: int,
 ) -> torch.Tensor:
     center = _center_buffer(x, weight_sum)
     q, a_scale = _rotate_quant_impl(
@@ -167,7 +182,25 @@ def _fp8_linear(
     return scaled_mm_rowwise(q, a_scale, weight, weight_scale, bias, x.dtype, center, weight_sum)
 
 
-fp8_linear = define_op("trdq::fp8_linear", _fp8_linear, linear_fake)
+_fp8_linear_op = define_op("trdq::fp8_linear", _fp8_linear, linear_fake)
+
+
+def fp8_linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    weight_scale: torch.Tensor,
+    bias: torch.Tensor | None,
+    *,
+    rotation_block: int,
+    smooth: torch.Tensor | None = None,
+    row_scale: torch.Tensor | None = None,
+    clip_ratio: torch.Tensor,
+    weight_sum: torch.Tensor | None = None,
+    delta_half: int = 0,
+) -> torch.Tensor:
+    """``trdq::fp8_linear``: ``[M, N]`` in x's dtype."""
+    return _fp8_linear_op(x, weight, weight_scale, bias, rotation_block, smooth, row_scale,
+                          clip_ratio, weight_sum, delta_half)
 
 
 def lowbit_gemm(
@@ -186,15 +219,14 @@ def _lowbit_linear(
     weight: torch.Tensor,
     weight_scale: torch.Tensor,
     bias: torch.Tensor | None,
-    *,
     rotation_block: int,
-    smooth: torch.Tensor | None = None,
-    row_scale: torch.Tensor | None = None,
+    smooth: torch.Tensor | None,
+    row_scale: torch.Tensor | None,
     clip_ratio: torch.Tensor,
-    fp8: bool = False,
-    weight_sum: torch.Tensor | None = None,
-    delta_half: int = 0,
-    activation: str = "",
+    fp8: bool,
+    weight_sum: torch.Tensor | None,
+    delta_half: int,
+    activation: str,
 ) -> torch.Tensor:
     center = _center_buffer(x, weight_sum)
     # on the GPU the CFG pairs travel as adjacent rows and the GEMM epilogue restores the
@@ -221,4 +253,24 @@ def _lowbit_linear(
     return apply_output_activation(out, activation)
 
 
-lowbit_linear = define_op("trdq::lowbit_linear", _lowbit_linear, linear_fake)
+_lowbit_linear_op = define_op("trdq::lowbit_linear", _lowbit_linear, linear_fake)
+
+
+def lowbit_linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    weight_scale: torch.Tensor,
+    bias: torch.Tensor | None,
+    *,
+    rotation_block: int,
+    smooth: torch.Tensor | None = None,
+    row_scale: torch.Tensor | None = None,
+    clip_ratio: torch.Tensor,
+    fp8: bool = False,
+    weight_sum: torch.Tensor | None = None,
+    delta_half: int = 0,
+    activation: str = "",
+) -> torch.Tensor:
+    """``trdq::lowbit_linear``: ``[M, N]`` in x's dtype."""
+    return _lowbit_linear_op(x, weight, weight_scale, bias, rotation_block, smooth, row_scale,
+                             clip_ratio, fp8, weight_sum, delta_half, activation)
