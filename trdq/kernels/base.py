@@ -196,7 +196,10 @@ class KernelBackend(abc.ABC):
         act: ActQuant,
         bias: torch.Tensor | None,
     ) -> torch.Tensor:
-        """``[M, K]`` activations -> ``[M, N]`` outputs in x's dtype."""
+        """``[M, K]`` activations -> ``[M, N]`` outputs in x's dtype. ``act`` carries centring
+        and CFG-delta only where this backend declares them fused; backends listing
+        ``fused_activations`` also take ``activation=<name>``. Layers call
+        ``serve_linear``, which does the rest around this call."""
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} name={self.name!r}>"
