@@ -471,10 +471,11 @@ def load(pipe: Any, directory: str | Path, backend: str = "auto", *,
     names = sorted(targets)
     saved_names = manifest.get("layers")
     if isinstance(saved_names, list) and saved_names != names:
-        missing, extra = sorted(set(names) - set(saved_names)), sorted(set(saved_names) - set(names))
+        missing = sorted(set(names) - set(saved_names))
+        unknown = sorted(set(saved_names) - set(names))
         raise CalibrationCacheError(
             f"cannot load {directory}: its layers do not match the model's (not saved: "
-            f"{missing[:3]}, not in the model: {extra[:3]})")
+            f"{missing[:3]}, not in the model: {unknown[:3]})")
     try:
         weights_saved = manifest.get("contents") == CONTENTS_WEIGHTS
         calib = _from_artifact(loaded.tensors, names, config, weights_saved)

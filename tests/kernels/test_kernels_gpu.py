@@ -179,7 +179,8 @@ def test_rotate_quant_cfg_delta_matches_reference(fp8, center, smooth, m, k, ker
     x = torch.cat([x_u, x_c]).to(torch.bfloat16)
     sm = torch.rand(k, device="cuda") + 0.5 if smooth else None
     dtype = torch.float8_e4m3fn if fp8 else torch.int8
-    kw = {"rotation_block": 32 if k == 96 else 128, "smooth": sm, "clip_ratio": 0.9, "out_dtype": dtype}
+    kw = {"rotation_block": 32 if k == 96 else 128, "smooth": sm, "clip_ratio": 0.9,
+          "out_dtype": dtype}
     mean_ref = torch.empty(m, device="cuda") if center else None
     mean = torch.full((m,), 7.0, device="cuda") if center else None
     q_ref, s_ref = rotate_quant_reference(x, center_out=mean_ref, delta_half=half, **kw)

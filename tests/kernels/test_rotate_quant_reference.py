@@ -98,7 +98,8 @@ def test_ops_cpu_path_matches_reference_backend():
         x, {"weight": P.pack_int4(qw4), "weight_scale": ws4}, act8, bias
     )
     clip = act8.row_clip(x.shape[0], x.device)
-    out4 = ops.lowbit_linear(x, pack_int4_tiled(qw4), ws4, bias, rotation_block=128, clip_ratio=clip)
+    out4 = ops.lowbit_linear(x, pack_int4_tiled(qw4), ws4, bias, rotation_block=128,
+                             clip_ratio=clip)
     assert P.sqnr_db(ref4.float(), out4.float()) > 40
 
 
