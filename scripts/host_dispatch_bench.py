@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from trdq.kernels import base, ops
+from trdq.kernels import launch, ops
 from trdq.kernels import triton_rotate_quant as rq
 from trdq.kernels import triton_w4a8 as w4
 from trdq.kernels.oplib import linear_fake
@@ -37,6 +37,8 @@ def _gemm(q, sa, w, ws, b, dt, center=None, weight_sum=None, paired=False, activ
 
 
 ops.lowbit_gemm = _gemm
+
+
 wrapped = torch.library.custom_op("probe::lowbit_linear", ops._lowbit_linear, mutates_args=())
 wrapped.register_fake(linear_fake)
 
@@ -53,8 +55,9 @@ x = torch.randn(m, k, dtype=torch.bfloat16)
 w = torch.randint(-127, 128, (n, k), dtype=torch.int8)
 ws, bias = torch.rand(n), torch.randn(n, dtype=torch.bfloat16)
 sm, clip, wsum = torch.rand(k) + 0.5, torch.full((m,), 0.9), torch.randn(n)
-args = (x, w, ws, bias, sm, None, 128, clip, False, wsum, m // 2, "gelu_tanh")
-picks = base._CHOSEN_CONFIGS
+# the operator's positional order (what ops.lowbit_linear passes it)
+args = (x, w, ws, bias, 128, sm, None, clip, False, wsum, m // 2, "gelu_tanh")
+picks = launch._CHOSEN_CONFIGS
 variants = {
     "define_op + launch_triton (now)": (lambda: torch.ops.trdq.lowbit_linear(*args), picks),
     "define_op + Autotuner.run": (lambda: torch.ops.trdq.lowbit_linear(*args), _Forgetful()),
@@ -71,14 +74,14 @@ for mode in (torch.no_grad, torch.inference_mode):
     with mode():
         for _ in range(15):
             for name, (call, cache) in variants.items():
-                base._CHOSEN_CONFIGS = cache
+                launch._CHOSEN_CONFIGS = cache
                 call()
                 t = time.perf_counter()
                 for _ in range(500):
                     call()
                 best[name] = min(best[name], (time.perf_counter() - t) / 500 * 1e6)
     out["us_per_call"][mode.__name__] = {name: round(v, 1) for name, v in best.items()}
-base._CHOSEN_CONFIGS = picks
+launch._CHOSEN_CONFIGS = picks
 print(json.dumps(out, indent=1))
 if len(sys.argv) > 1:
     with open(sys.argv[1], "w") as fh:

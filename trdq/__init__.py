@@ -2,6 +2,8 @@
 
     pipe = trdq.load_pipeline("tiny-shapes-t2i")
     report = trdq.quantize(pipe, "w8a8", cache_dir="~/.cache/trdq")
+    trdq.save(pipe, "w8a8-tiny")      # canonical quantized weights + calibration + config
+    trdq.load(trdq.load_pipeline("tiny-shapes-t2i"), "w8a8-tiny", backend="reference")
 """
 
 from trdq.api import QuantReport, calibrate, load, quantize, save

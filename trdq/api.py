@@ -4,7 +4,8 @@ Orchestration only: layer selection lives in integrations, numerics in nn/ and k
 statistics in calibration, artifacts in cache. ``quantize`` returns a ``QuantReport``
 saying what was replaced, what was skipped and why, bytes before and after by dtype, the
 backend, the calibration id and what the cache did (e.g. ``["hit"]`` or
-``["invalid", "miss"]``).
+``["invalid", "miss"]``). ``save`` / ``load`` write and read a quantized denoiser
+(``trdq.checkpoint``: its canonical weights in the cache's artifact format).
 """
 
 from __future__ import annotations
@@ -29,6 +30,12 @@ from trdq.cache import (
     write_artifact,
 )
 from trdq.calibration import CalibrationResult, calibrate_pipeline, load_prompts
+from trdq.checkpoint import (
+    CONTENTS_CALIBRATION,
+    CONTENTS_WEIGHTS,
+    layer_weight_tensors,
+    read_layer_weights,
+)
 from trdq.config import QuantConfig
 from trdq.integrations.diffusers import (
     PATTERN_SKIP_REASON,
@@ -141,6 +148,8 @@ class QuantState:
     calibration: CalibrationResult
     report: QuantReport
     cfg_split: CfgSplitForward | None = None
+    #: ``trdq.cache.model_fingerprint`` of the float denoiser it was quantized from
+    model_fingerprint: str = ""
 
 
 def weight_bytes_by_dtype(module: nn.Module) -> dict[str, int]:
@@ -207,7 +216,11 @@ def calibrate(
 
 
 def _apply(pipe: Any, config: QuantConfig, calib: CalibrationResult,
-           backend: KernelBackend, report: QuantReport) -> QuantState:
+           backend: KernelBackend, report: QuantReport, model_fp: str,
+           weights: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] | None = None,
+           ) -> QuantState:
+    """Swap the selected layers for quantized ones: quantized here from the float weights
+    and ``calib``, or, given ``weights`` (``trdq.load``), from those canonical weights."""
     denoiser = find_denoiser(pipe)
     targets, skipped = select_layers(denoiser, config)
     report.skipped.update(skipped)
@@ -218,6 +231,17 @@ def _apply(pipe: Any, config: QuantConfig, calib: CalibrationResult,
             fp = calib.faithful[name]
             new: nn.Module = FaithfulLinear(linear, fp.smooth_by_range, fp.rotations, context,
                                             config.weight_bits, config.act_bits)
+        elif weights is not None:
+            device = linear.weight.device
+            qweight, weight_scale, weight_sum = weights[name]
+            new = QuantLinear.from_quantized(
+                qweight.to(device), weight_scale.to(device), linear.bias, calib.params[name],
+                backend, context,
+                weight_bits=config.weight_bits, act_bits=config.act_bits, fp8=config.fp8,
+                act_mode=config.act_mode, cfg_wise=config.cfg_wise,
+                weight_sum=None if weight_sum is None else weight_sum.to(device),
+                cfg_delta=config.cfg_delta,
+            )
         else:
             new = QuantLinear.from_linear(
                 linear, calib.params[name], backend, context,
@@ -233,7 +257,7 @@ def _apply(pipe: Any, config: QuantConfig, calib: CalibrationResult,
     hook = TimestepHook(GroupMap(tuple(config.boundaries())), context).attach(denoiser)
     wrap_pipeline_call(pipe, hook)
     split = CfgSplitForward(denoiser, context) if config.cfg_split else None
-    state = QuantState(config, context, hook, backend, layers, calib, report, split)
+    state = QuantState(config, context, hook, backend, layers, calib, report, split, model_fp)
     setattr(denoiser, STATE_ATTR, state)
     return state
 
@@ -270,16 +294,19 @@ def _manifest_extra(config: QuantConfig, calib: CalibrationResult, prompts: list
         "seed": seed,
         "layers": layer_names,
         "groups_seen": calib.groups_seen,
+        "contents": CONTENTS_CALIBRATION,
     }
 
 
 def _from_artifact(tensors: dict[str, torch.Tensor], layer_names: list[str],
-                   config: QuantConfig) -> CalibrationResult:
-    """Rebuild and shape-check; raises ValueError/KeyError for a mismatched artifact."""
+                   config: QuantConfig, weights_saved: bool = False) -> CalibrationResult:
+    """Rebuild and shape-check; raises ValueError/KeyError for a mismatched artifact.
+    ``weights_saved``: the layers' weights are in it (``save``), so the calibrated weight
+    clip and rounding, which made them, are not."""
     calib = CalibrationResult.from_tensors(
         tensors, layer_names, config.faithful,
-        weight_clip=config.weight_clip_search,
-        weight_q=config.weight_rounding == "gptq",
+        weight_clip=config.weight_clip_search and not weights_saved,
+        weight_q=config.weight_rounding == "gptq" and not weights_saved,
     )
     for name, p in calib.params.items():
         if tuple(p.act_scale_by_group.shape) != (config.num_groups, 2):
@@ -361,7 +388,7 @@ def quantize(
                 cache.save(fingerprint, calib.to_tensors(),
                            _manifest_extra(config, calib, prompts, seed, layer_names))
     assert calib is not None  # every branch above loads it, calibrates or raises
-    _apply(pipe, config, calib, kernel, report)
+    _apply(pipe, config, calib, kernel, report, fingerprint.model)
     report.bytes_after = weight_bytes_by_dtype(denoiser)
     report.total_seconds = time.perf_counter() - start
     logger.info(
@@ -373,31 +400,96 @@ def quantize(
 
 
 def save(pipe: Any, directory: str | Path) -> Path:
-    """Write the quantized pipeline's calibration as a self-describing artifact."""
+    """Write the quantized denoiser of ``pipe`` (a pipeline or the denoiser itself) to
+    ``directory``: its config, calibration and every quantized layer's canonical weights
+    (``trdq.checkpoint``), in the cache's artifact format. ``load`` rebuilds it on any
+    backend without calibrating."""
     state = get_state(pipe)
     if state is None:
-        raise ValueError("pipeline is not quantized")
-    fp = Fingerprint(model="(saved)", config=state.config.config_hash(),
+        raise ValueError("pipeline is not quantized (call trdq.quantize first)")
+    config, calibrated = state.config, state.calibration
+    names = sorted(state.layers)
+    calib = CalibrationResult(faithful=calibrated.faithful, seconds=calibrated.seconds,
+                              timesteps=calibrated.timesteps, groups_seen=calibrated.groups_seen)
+    weights: dict[str, torch.Tensor] = {}
+    if not config.faithful:
+        for name in names:
+            layer = state.layers[name]
+            assert isinstance(layer, QuantLinear)  # non-faithful configs make only these
+            # the activation parameters it serves with; the weight clip and rounding are
+            # in its saved weights
+            calib.params[name] = layer.quant_params()
+            weights.update(layer_weight_tensors(name, layer, config))
+    fp = Fingerprint(model=state.model_fingerprint or "(unknown)", config=config.config_hash(),
                      calibration=state.report.calibration_id or "")
-    extra = _manifest_extra(state.config, state.calibration, [], -1, sorted(state.layers))
-    return write_artifact(Path(directory), fp, state.calibration.to_tensors(), extra)
+    extra = _manifest_extra(config, calib, [], -1, names)
+    extra["contents"] = CONTENTS_WEIGHTS if weights else CONTENTS_CALIBRATION
+    extra["denoiser"] = type(find_denoiser(pipe)).__name__
+    path = write_artifact(Path(directory), fp, {**calib.to_tensors(), **weights}, extra)
+    logger.info("saved %d quantized layers (%s) to %s", len(names), extra["contents"], path)
+    return path
 
 
-def load(pipe: Any, directory: str | Path, backend: str = "auto") -> QuantReport:
-    """Quantize ``pipe`` from an artifact written by ``save`` (no calibration run)."""
+def load(pipe: Any, directory: str | Path, backend: str = "auto", *,
+         check_model: bool = True) -> QuantReport:
+    """Quantize ``pipe`` (a pipeline or its denoiser, built from the same weights as the
+    one saved) from ``directory``, written by ``save`` or by the calibration cache, with
+    no calibration run: the saved canonical weights are packed for ``backend``; a
+    calibration-only artifact quantizes the model's float weights with it.
+
+    Raises ``CalibrationCacheError`` naming what is wrong for a missing, truncated or
+    corrupted artifact, for one saved from a different model (its fingerprint; pass
+    ``check_model=False`` to load one anyway, e.g. into the same weights in another
+    dtype) and for contents that do not fit the model or the config.
+    """
+    start = time.perf_counter()
     loaded = read_artifact(Path(directory))
     if loaded.status != "hit":
         raise CalibrationCacheError(f"cannot load {directory}: {loaded.status} {loaded.reason}")
-    config = QuantConfig.from_dict(loaded.manifest["config"])
+    manifest = loaded.manifest
+    try:
+        config = QuantConfig.from_dict(manifest["config"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CalibrationCacheError(f"cannot load {directory}: bad config ({exc})") from exc
     denoiser = find_denoiser(pipe)
+    if getattr(denoiser, STATE_ATTR, None) is not None:
+        raise RuntimeError("this pipeline is already quantized")
+    model_fp = model_fingerprint(denoiser)
+    saved_fp = (manifest.get("fingerprints") or {}).get("model")
+    if check_model and saved_fp not in (None, "(saved)", "(unknown)") and saved_fp != model_fp:
+        raise CalibrationCacheError(
+            f"cannot load {directory}: it was saved from a different model (weights "
+            f"fingerprint {str(saved_fp)[:12]}..., this {type(denoiser).__name__} has "
+            f"{model_fp[:12]}...); load it into a pipeline built from the same folder and "
+            "dtype, or pass check_model=False")
     report = QuantReport(config_name=config.name, backend=None, config=config.to_dict(),
-                         bytes_before=weight_bytes_by_dtype(denoiser), cache=["hit"])
+                         bytes_before=weight_bytes_by_dtype(denoiser), cache=["hit"],
+                         calibration_id=(manifest.get("fingerprints") or {}).get("calibration"))
     kernel = _pick_backend(backend, next(denoiser.parameters()).device, config)
     report.backend = kernel.name
     targets, _ = select_layers(denoiser, config)
-    calib = _from_artifact(loaded.tensors, sorted(targets), config)
-    _apply(pipe, config, calib, kernel, report)
+    names = sorted(targets)
+    saved_names = manifest.get("layers")
+    if isinstance(saved_names, list) and saved_names != names:
+        missing = sorted(set(names) - set(saved_names))
+        unknown = sorted(set(saved_names) - set(names))
+        raise CalibrationCacheError(
+            f"cannot load {directory}: its layers do not match the model's (not saved: "
+            f"{missing[:3]}, not in the model: {unknown[:3]})")
+    try:
+        weights_saved = manifest.get("contents") == CONTENTS_WEIGHTS
+        calib = _from_artifact(loaded.tensors, names, config, weights_saved)
+        weights = None
+        if weights_saved:
+            weights = {name: read_layer_weights(loaded.tensors, name, targets[name], config)
+                       for name in names}
+    except (KeyError, ValueError) as exc:
+        raise CalibrationCacheError(f"cannot load {directory}: contents mismatch: {exc}") from exc
+    _apply(pipe, config, calib, kernel, report, model_fp, weights)
     report.bytes_after = weight_bytes_by_dtype(denoiser)
+    report.total_seconds = time.perf_counter() - start
+    logger.info("loaded %s from %s onto %s: %d layers (%s)", config.name, directory,
+                kernel.name, len(report.replaced), manifest.get("contents", CONTENTS_CALIBRATION))
     return report
 
 

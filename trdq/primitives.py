@@ -16,6 +16,7 @@ __all__ = [
     "dynamic_row_scale",
     "fake_quant_fp8",
     "fake_quant_symmetric",
+    "load_int_weights",
     "pack_int4",
     "psnr_db",
     "qmax_for",
@@ -24,6 +25,7 @@ __all__ = [
     "quantize_weight_per_channel",
     "scale_from_absmax",
     "sqnr_db",
+    "store_int_weights",
     "unpack_int4",
 ]
 
@@ -144,6 +146,20 @@ def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
     low = low - ((low >= 8).to(torch.int8) << 4)
     high = high - ((high >= 8).to(torch.int8) << 4)
     return torch.stack((low, high), dim=-1).flatten(-2)
+
+
+def store_int_weights(q: torch.Tensor) -> torch.Tensor:
+    """Integer weights ``[N, K]`` for a file: packed two per byte (``pack_int4``, uint8
+    ``[N, K/2]``) when every value fits 4 bits and K is even, else int8 as they are."""
+    q = q.cpu().to(torch.int8)
+    if q.shape[-1] % 2 == 0 and (q.numel() == 0 or (q.min() >= -8 and q.max() <= 7)):
+        return pack_int4(q).contiguous()
+    return q.contiguous()
+
+
+def load_int_weights(stored: torch.Tensor) -> torch.Tensor:
+    """Inverse of ``store_int_weights``: int8 ``[N, K]``."""
+    return unpack_int4(stored) if stored.dtype == torch.uint8 else stored.to(torch.int8)
 
 
 def sqnr_db(reference: torch.Tensor, approx: torch.Tensor) -> float:

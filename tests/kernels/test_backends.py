@@ -195,12 +195,14 @@ def test_native_cpu_kernels_match_the_torch_math(dtype, mode, bits):
     x = x.to(dtype)
     w = P.pack_int4(q) if bits == 4 else q
     centred = mode.startswith("centred")
-    args = (x, w, scale, bias, s,
-            torch.linspace(0.05, 0.2, 40) if mode == "static" else None, block,
-            torch.full((40,), 0.9), 8, torch.randn(96) if centred else None,
-            20 if mode == "centred-delta" else 0)
-    want = cpu_int8.int8_linear_math(*args)
-    got = cpu_int8.native_int8_linear(*args)
+    args = (x, w, scale, bias)
+    kw = {"rotation_block": block, "smooth": s,
+          "row_scale": torch.linspace(0.05, 0.2, 40) if mode == "static" else None,
+          "clip_ratio": torch.full((40,), 0.9), "bits": 8,
+          "weight_sum": torch.randn(96) if centred else None,
+          "delta_half": 20 if mode == "centred-delta" else 0}
+    want = cpu_int8.int8_linear_math(*args, **kw)
+    got = cpu_int8.native_int8_linear(*args, **kw)
     assert got.dtype == dtype and got.shape == want.shape
     assert P.sqnr_db(want.float(), got.float()) > 60
 
@@ -217,10 +219,12 @@ def test_native_activation_codes_match_the_rotate_quant_oracle():
     smooth = torch.rand(768, generator=gen) + 0.5
     clip = torch.full((64,), 0.95)
     mean_ref = torch.empty(64)
-    q_ref, s_ref = rotate_quant_reference(x, block=128, smooth=smooth, clip_ratio=clip,
+    q_ref, s_ref = rotate_quant_reference(x, rotation_block=128, smooth=smooth, clip_ratio=clip,
                                           out_dtype=torch.int8, center_out=mean_ref,
                                           delta_half=32)
-    q, s, mean = cpu_native.cpu_rotate_quant(x, smooth, None, clip, 128, 8, True, 32)
+    q, s, mean = cpu_native.cpu_rotate_quant(x, rotation_block=128, smooth=smooth,
+                                                 clip_ratio=clip, bits=8, center=True,
+                                                 delta_half=32)
     torch.testing.assert_close(mean, mean_ref, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(s, s_ref, rtol=1e-5, atol=0)
     differ = (q.int() - q_ref.int()).abs()
@@ -246,10 +250,12 @@ def test_native_rotate_quant_matches_the_oracle_for_every_block(dtype, k, block)
     smooth = torch.rand(k, generator=gen) + 0.5
     clip = torch.full((24,), 0.9)
     mean_ref = torch.empty(24)
-    q_ref, s_ref = rotate_quant_reference(x, block=block, smooth=smooth, clip_ratio=clip,
+    q_ref, s_ref = rotate_quant_reference(x, rotation_block=block, smooth=smooth, clip_ratio=clip,
                                           out_dtype=torch.int8, center_out=mean_ref,
                                           delta_half=12)
-    q, s, mean = cpu_native.cpu_rotate_quant(x, smooth, None, clip, block or 0, 8, True, 12)
+    q, s, mean = cpu_native.cpu_rotate_quant(x, rotation_block=block or 0, smooth=smooth,
+                                                 clip_ratio=clip, bits=8, center=True,
+                                                 delta_half=12)
     torch.testing.assert_close(mean, mean_ref, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(s, s_ref, rtol=1e-5, atol=0)
     differ = (q.int() - q_ref.int()).abs()
@@ -323,10 +329,12 @@ def test_native_portable_build_matches_the_oracle(monkeypatch, tmp_path):
                 x = torch.randn(24, k, generator=gen) * 2
                 clip = torch.full((24,), 0.9)
                 mean_ref = torch.empty(24)
-                q_ref, s_ref = rotate_quant_reference(x, block=block, clip_ratio=clip,
+                q_ref, s_ref = rotate_quant_reference(x, rotation_block=block, clip_ratio=clip,
                                                       out_dtype=torch.int8, center_out=mean_ref,
                                                       delta_half=12)
-                q, s, _ = cpu_native.cpu_rotate_quant(x, None, None, clip, block or 0, 8, True, 12)
+                q, s, _ = cpu_native.cpu_rotate_quant(
+                    x, rotation_block=block or 0, clip_ratio=clip, bits=8, center=True,
+                    delta_half=12)
                 torch.testing.assert_close(s, s_ref, rtol=1e-5, atol=0)
                 assert int((q.int() - q_ref.int()).abs().max()) <= 1
             acc = torch.randint(-999, 999, (24, 16), dtype=torch.int32, generator=gen)

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import torch
 
-from trdq.kernels.base import capture_graph
+from trdq.kernels.launch import capture_graph
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 pytestmark = [
@@ -53,7 +53,7 @@ def _rotate_quant_matches_reference(device: torch.device, m: int) -> None:
     with torch.cuda.device(device):
         g = torch.Generator(device=device).manual_seed(m)
         x = torch.randn(m, 1152, device=device, generator=g).to(torch.bfloat16)
-        kw = {"block": 128, "clip_ratio": 0.9, "out_dtype": torch.int8}
+        kw = {"rotation_block": 128, "clip_ratio": 0.9, "out_dtype": torch.int8}
         q, s = rotate_quant_triton(x, **kw)
         q_ref, s_ref = rotate_quant_reference(x, **kw)
         torch.testing.assert_close(s, s_ref, rtol=1e-5, atol=0)

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from trdq import primitives as P
-from trdq.kernels.base import ActQuant, recording_launches
+from trdq.kernels.base import ActQuant
+from trdq.kernels.launch import recording_launches
 from trdq.kernels.reference import ReferenceBackend
 from trdq.rotation import fwht
 
@@ -49,7 +50,8 @@ def test_rotate_quant_int8_matches_reference(m, k, static, smooth, use_dot):
     b = hadamard_block_size(k)
     sm = torch.rand(k, device="cuda") + 0.5 if smooth else None
     rs = torch.rand(m, device="cuda") * 0.05 + 0.01 if static else None
-    kw = {"block": b, "smooth": sm, "row_scale": rs, "clip_ratio": 0.9, "out_dtype": torch.int8}
+    kw = {"rotation_block": b, "smooth": sm, "row_scale": rs, "clip_ratio": 0.9,
+          "out_dtype": torch.int8}
     q_ref, s_ref = rotate_quant_reference(x, **kw)
     q, s = rotate_quant_triton(x, use_dot=use_dot, **kw)
     torch.testing.assert_close(s, s_ref, rtol=1e-5, atol=0)
@@ -69,7 +71,7 @@ def test_rotate_quant_fp8_matches_reference(m, k, static, use_dot):
 
     x = _x(m, k, seed=2 * m + k)
     rs = torch.rand(m, device="cuda") * 0.02 + 0.005 if static else None
-    kw = {"block": hadamard_block_size(k), "row_scale": rs, "clip_ratio": 1.0}
+    kw = {"rotation_block": hadamard_block_size(k), "row_scale": rs, "clip_ratio": 1.0}
     q_ref, s_ref = rotate_quant_reference(x, **kw)
     q, s = rotate_quant_triton(x, use_dot=use_dot, **kw)
     assert not torch.isnan(q.float()).any()
@@ -147,9 +149,9 @@ def test_rotate_quant_centring_matches_reference(fp8, smooth, m, k, kernel):
     x = (_x(m, k, seed=m + 3).float() + torch.rand(m, 1, device="cuda") * 6).to(torch.bfloat16)
     sm = torch.rand(k, device="cuda") + 0.5 if smooth else None
     dtype = torch.float8_e4m3fn if fp8 else torch.int8
-    kw = {"block": min(128, k), "smooth": sm, "clip_ratio": 0.9, "out_dtype": dtype}
+    kw = {"rotation_block": min(128, k), "smooth": sm, "clip_ratio": 0.9, "out_dtype": dtype}
     if k == 96:
-        kw["block"] = 32
+        kw["rotation_block"] = 32
     mean_ref, mean = torch.empty(m, device="cuda"), torch.full((m,), 7.0, device="cuda")
     q_ref, s_ref = rotate_quant_reference(x, center_out=mean_ref, **kw)
     q, s = rotate_quant_triton(x, center_out=mean, **kw, **KERNELS[kernel])
@@ -177,7 +179,8 @@ def test_rotate_quant_cfg_delta_matches_reference(fp8, center, smooth, m, k, ker
     x = torch.cat([x_u, x_c]).to(torch.bfloat16)
     sm = torch.rand(k, device="cuda") + 0.5 if smooth else None
     dtype = torch.float8_e4m3fn if fp8 else torch.int8
-    kw = {"block": 32 if k == 96 else 128, "smooth": sm, "clip_ratio": 0.9, "out_dtype": dtype}
+    kw = {"rotation_block": 32 if k == 96 else 128, "smooth": sm, "clip_ratio": 0.9,
+          "out_dtype": dtype}
     mean_ref = torch.empty(m, device="cuda") if center else None
     mean = torch.full((m,), 7.0, device="cuda") if center else None
     q_ref, s_ref = rotate_quant_reference(x, center_out=mean_ref, delta_half=half, **kw)
@@ -200,7 +203,7 @@ def test_rotate_quant_autotuned_single_pass_matches_tiled(m, k):
     x_u = _x(half, k, seed=k).float()
     x = torch.cat([x_u, x_u + 0.2 * torch.randn_like(x_u)]).to(torch.bfloat16)
     clip = torch.cat([torch.full((half,), 0.9), torch.full((m - half,), 0.8)]).cuda()
-    kw = {"block": 128, "clip_ratio": clip, "out_dtype": torch.int8, "delta_half": half}
+    kw = {"rotation_block": 128, "clip_ratio": clip, "out_dtype": torch.int8, "delta_half": half}
     mean, mean_tiled = torch.empty(m, device="cuda"), torch.empty(m, device="cuda")
     q, s = rotate_quant_triton(x, center_out=mean, **kw)
     q_t, s_t = rotate_quant_triton(x, center_out=mean_tiled, single_pass=False, **kw)
@@ -306,10 +309,12 @@ def test_lowbit_linear_cfg_delta_fast_path_matches_the_cpu_reference(k, bits, ac
     qw, ws = P.quantize_weight_per_channel(fwht(w, 128), bits)
     weight = pack_int4_tiled(qw) if bits == 4 else qw
     clip = torch.cat([torch.full((half,), 0.9), torch.full((half,), 0.8)]).cuda()
-    args = (ws, bias, None, None, 128, clip, False, w.sum(dim=1), half, activation)
-    out = ops.lowbit_linear(x, weight, *args)
-    ref = ops.lowbit_linear(x.cpu(), weight.cpu(), *(a.cpu() if isinstance(a, torch.Tensor)
-                                                      else a for a in args))
+    kw = {"rotation_block": 128, "clip_ratio": clip, "weight_sum": w.sum(dim=1),
+          "delta_half": half, "activation": activation}
+    out = ops.lowbit_linear(x, weight, ws, bias, **kw)
+    ref = ops.lowbit_linear(x.cpu(), weight.cpu(), ws.cpu(), bias.cpu(),
+                            **{key: a.cpu() if isinstance(a, torch.Tensor) else a
+                               for key, a in kw.items()})
     for rows in (slice(0, half), slice(half, 2 * half)):
         assert P.sqnr_db(ref[rows].float(), out[rows].float().cpu()) > 40
 
@@ -341,7 +346,8 @@ def test_fp8_linear_compiles_without_graph_break():
 
     def f(x):
         clip = torch.ones(x.shape[0], device=x.device)
-        return torch.nn.functional.gelu(ops.fp8_linear(x, qw, ws, None, None, None, 128, clip))
+        out = ops.fp8_linear(x, qw, ws, None, rotation_block=128, clip_ratio=clip)
+        return torch.nn.functional.gelu(out)
 
     x = _x(64, 1152, seed=3)
     explanation = torch._dynamo.explain(f)(x)

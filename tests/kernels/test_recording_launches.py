@@ -1,4 +1,4 @@
-"""``recording_launches`` (kernels.base): which launches are recorded into a CUDA graph, and
+"""``recording_launches`` (kernels.launch): which launches are recorded into a CUDA graph, and
 the W8A8 GEMM's TMA choice that depends on it (``TRDQ_GEMM_TMA``)."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from trdq.kernels import triton_w4a8
-from trdq.kernels.base import launches_recorded, recording_launches
+from trdq.kernels.launch import launches_recorded, recording_launches
 
 
 def test_recording_is_scoped_and_nests():
@@ -53,7 +53,7 @@ def test_gemm_tma_follows_mode_and_recording(monkeypatch, mode, recorded, wanted
 def test_the_launch_lock_is_reentrant():
     """A CUDA graph capture holds it and launches kernels, whose launches take it again (and
     a kernel's first launch tunes, i.e. captures): a plain lock would deadlock there."""
-    from trdq.kernels.base import TRITON_LAUNCH_LOCK
+    from trdq.kernels.launch import TRITON_LAUNCH_LOCK
 
     with TRITON_LAUNCH_LOCK, TRITON_LAUNCH_LOCK:
         pass

@@ -8,13 +8,14 @@ import torch
 from trdq import primitives as P
 from trdq.kernels import ops
 from trdq.kernels.base import ActQuant, restore_cfg_delta
-from trdq.kernels.reference import fake_quant_activation, prepare_activation
+from trdq.kernels.reference import fake_quant_activation
 from trdq.kernels.triton_rotate_quant import (
     block_hadamard_reference,
     rotate_quant_reference,
     sylvester_hadamard,
 )
 from trdq.kernels.triton_w4a8 import pack_int4_tiled, unpack_int4_tiled
+from trdq.quant_transforms import prepare_activation
 from trdq.rotation import block_hadamard_matrix, fwht, hadamard_block_size
 
 
@@ -52,7 +53,7 @@ def test_reference_equals_backend_fake_quant(fp8, static, smooth):
     dtype = torch.float8_e4m3fn if fp8 else torch.int8
     q, scale = rotate_quant_reference(
         x,
-        block=128,
+        rotation_block=128,
         smooth=act.smooth_divisor,
         row_scale=act.row_scale,
         clip_ratio=act.clip_ratio,
@@ -71,7 +72,7 @@ def test_reference_equals_backend_fake_quant(fp8, static, smooth):
 
 def test_dynamic_zero_row_does_not_divide_by_zero():
     x = torch.zeros(2, 256, dtype=torch.bfloat16)
-    q, scale = rotate_quant_reference(x, block=128, out_dtype=torch.int8)
+    q, scale = rotate_quant_reference(x, rotation_block=128, out_dtype=torch.int8)
     assert torch.all(q == 0) and torch.all(scale > 0)
 
 
@@ -87,7 +88,8 @@ def test_ops_cpu_path_matches_reference_backend():
     qw, ws = P.quantize_weight_per_channel(fwht(w, 128), 8, fp8=True)
     act = ActQuant(rotation_block=128, fp8=True, clip_ratio=1.0)
     ref = ReferenceBackend().linear(x, {"weight": qw, "weight_scale": ws}, act, bias)
-    out = ops.fp8_linear(x, qw, ws, bias, None, None, 128, act.row_clip(x.shape[0], x.device))
+    out = ops.fp8_linear(x, qw, ws, bias, rotation_block=128,
+                         clip_ratio=act.row_clip(x.shape[0], x.device))
     assert P.sqnr_db(ref.float(), out.float()) > 40
 
     qw4, ws4 = P.quantize_weight_per_channel(fwht(w, 128), 4)
@@ -96,7 +98,8 @@ def test_ops_cpu_path_matches_reference_backend():
         x, {"weight": P.pack_int4(qw4), "weight_scale": ws4}, act8, bias
     )
     clip = act8.row_clip(x.shape[0], x.device)
-    out4 = ops.lowbit_linear(x, pack_int4_tiled(qw4), ws4, bias, None, None, 128, clip, False)
+    out4 = ops.lowbit_linear(x, pack_int4_tiled(qw4), ws4, bias, rotation_block=128,
+                             clip_ratio=clip)
     assert P.sqnr_db(ref4.float(), out4.float()) > 40
 
 
@@ -106,13 +109,14 @@ def test_reference_centring_writes_the_row_means(fp8):
     x = (torch.randn(9, 256) + torch.rand(9, 1) * 5).to(torch.bfloat16)
     dtype = torch.float8_e4m3fn if fp8 else torch.int8
     mean = torch.empty(9)
-    q, scale = rotate_quant_reference(x, block=128, out_dtype=dtype, center_out=mean)
+    q, scale = rotate_quant_reference(x, rotation_block=128, out_dtype=dtype, center_out=mean)
     torch.testing.assert_close(mean, x.float().mean(dim=-1))
-    q0, scale0 = rotate_quant_reference(x.float() - mean[:, None], block=128, out_dtype=dtype)
+    q0, scale0 = rotate_quant_reference(x.float() - mean[:, None], rotation_block=128,
+                                        out_dtype=dtype)
     torch.testing.assert_close(scale, scale0)
     assert torch.equal(q.float(), q0.float())
     with pytest.raises(ValueError, match="dynamic"):
-        rotate_quant_reference(x, block=128, row_scale=scale, center_out=mean)
+        rotate_quant_reference(x, rotation_block=128, row_scale=scale, center_out=mean)
 
 
 def test_ops_add_the_mean_back_through_the_weight_sums():
@@ -127,11 +131,13 @@ def test_ops_add_the_mean_back_through_the_weight_sums():
     expected = (x.float() @ w.t() + bias).float()
     weight_sum = w.sum(dim=1)
     qw, ws = P.quantize_weight_per_channel(fwht(w, 128), 8, fp8=True)
-    out = ops.fp8_linear(x, qw, ws, bias, None, None, 128, clip, weight_sum)
+    out = ops.fp8_linear(x, qw, ws, bias, rotation_block=128, clip_ratio=clip,
+                         weight_sum=weight_sum)
     assert P.sqnr_db(expected, out.float()) > 40
     qw4, ws4 = P.quantize_weight_per_channel(fwht(w, 128), 4)
     out4 = ops.lowbit_linear(
-        x, pack_int4_tiled(qw4), ws4, bias, None, None, 128, clip, False, weight_sum
+        x, pack_int4_tiled(qw4), ws4, bias, rotation_block=128, clip_ratio=clip,
+        weight_sum=weight_sum,
     )
     assert P.sqnr_db(expected, out4.float()) > 40
 
@@ -152,7 +158,7 @@ def test_reference_cfg_delta_equals_the_differenced_input(fp8, center):
     x, differenced = _cfg_pair(5, 256)
     dtype = torch.float8_e4m3fn if fp8 else torch.int8
     smooth = torch.rand(256) + 0.5
-    kw = {"block": 128, "smooth": smooth, "clip_ratio": 0.9, "out_dtype": dtype}
+    kw = {"rotation_block": 128, "smooth": smooth, "clip_ratio": 0.9, "out_dtype": dtype}
     mean, mean0 = (torch.empty(10), torch.empty(10)) if center else (None, None)
     q, scale = rotate_quant_reference(x, center_out=mean, delta_half=5, **kw)
     q0, scale0 = rotate_quant_reference(differenced, center_out=mean0, **kw)
@@ -168,9 +174,9 @@ def test_reference_cfg_delta_equals_the_differenced_input(fp8, center):
 def test_cfg_delta_needs_dynamic_scales_and_two_halves():
     x = torch.randn(6, 256)
     with pytest.raises(ValueError, match="dynamic"):
-        rotate_quant_reference(x, block=128, row_scale=torch.ones(6), delta_half=3)
+        rotate_quant_reference(x, rotation_block=128, row_scale=torch.ones(6), delta_half=3)
     with pytest.raises(ValueError, match="half"):
-        rotate_quant_reference(x, block=128, delta_half=2)
+        rotate_quant_reference(x, rotation_block=128, delta_half=2)
 
 
 def test_ops_cfg_delta_match_the_explicit_difference():
@@ -182,20 +188,23 @@ def test_ops_cfg_delta_match_the_explicit_difference():
     w, bias = torch.randn(n, k), torch.randn(n)
     clip = torch.full((8,), 0.9)
     for fp8 in (False, True):
-        q, scale = ops.rotate_quant(x, None, None, 128, clip, fp8, 4)
-        q0, scale0 = ops.rotate_quant(differenced, None, None, 128, clip, fp8)
+        q, scale = ops.rotate_quant(x, rotation_block=128, clip_ratio=clip, fp8=fp8,
+                                    delta_half=4)
+        q0, scale0 = ops.rotate_quant(differenced, rotation_block=128, clip_ratio=clip,
+                                      fp8=fp8)
         assert torch.equal(scale, scale0) and torch.equal(q.float(), q0.float())
     # with centring on too: the ops difference first, then centre (as QuantLinear does)
     weight_sum = w.sum(dim=1)
     qw, ws = P.quantize_weight_per_channel(fwht(w, 128), 8, fp8=True)
-    out = ops.fp8_linear(x, qw, ws, bias, None, None, 128, clip, weight_sum, 4)
-    out0 = ops.fp8_linear(differenced, qw, ws, bias, None, None, 128, clip, weight_sum)
+    kw = {"rotation_block": 128, "clip_ratio": clip, "weight_sum": weight_sum}
+    out = ops.fp8_linear(x, qw, ws, bias, delta_half=4, **kw)
+    out0 = ops.fp8_linear(differenced, qw, ws, bias, **kw)
     assert torch.equal(out, out0.to(out.dtype))
     qw4, ws4 = P.quantize_weight_per_channel(fwht(w, 128), 4)
-    args = (pack_int4_tiled(qw4), ws4, bias, None, None, 128, clip, False, weight_sum)
+    args = (pack_int4_tiled(qw4), ws4, bias)
     # lowbit_linear returns the cond rows as served: y_u + W d (the bias once)
-    out4 = ops.lowbit_linear(x, *args, 4)
-    y = ops.lowbit_linear(differenced, *args).to(out4.dtype)
+    out4 = ops.lowbit_linear(x, *args, delta_half=4, **kw)
+    y = ops.lowbit_linear(differenced, *args, **kw).to(out4.dtype)
     assert torch.equal(out4, restore_cfg_delta(y, 4, bias))
 
 
@@ -207,20 +216,22 @@ def test_fake_impls_trace_under_fake_tensors():
         w = torch.empty(64, 256, dtype=torch.float8_e4m3fn)
         ws = torch.empty(64)
         clip = torch.empty(5)
-        out = ops.fp8_linear(x, w, ws, None, None, None, 128, clip)
+        out = ops.fp8_linear(x, w, ws, None, rotation_block=128, clip_ratio=clip)
         assert out.shape == (5, 64) and out.dtype == torch.bfloat16
-        q, s = ops.rotate_quant(x, None, None, 128, clip, False)
+        q, s = ops.rotate_quant(x, rotation_block=128, clip_ratio=clip)
         assert q.dtype == torch.int8 and s.shape == (5,)
         wp = torch.empty(64, 128, dtype=torch.uint8)
-        assert ops.lowbit_linear(x, wp, ws, None, None, None, 128, clip, False).shape == (5, 64)
-        out = ops.lowbit_linear(x, wp, ws, None, None, None, 128, clip, False, ws)
+        kw = {"rotation_block": 128, "clip_ratio": clip}
+        assert ops.lowbit_linear(x, wp, ws, None, **kw).shape == (5, 64)
+        out = ops.lowbit_linear(x, wp, ws, None, weight_sum=ws, **kw)
         assert out.shape == (5, 64)
-        assert ops.fp8_linear(x, w, ws, None, None, None, 128, clip, ws).shape == (5, 64)
+        assert ops.fp8_linear(x, w, ws, None, weight_sum=ws, **kw).shape == (5, 64)
         x2 = torch.empty(6, 256, dtype=torch.bfloat16)  # CFG-delta: two halves of 3 rows
         clip2 = torch.empty(6)
-        assert ops.rotate_quant(x2, None, None, 128, clip2, True, 3)[0].shape == (6, 256)
-        assert ops.fp8_linear(x2, w, ws, None, None, None, 128, clip2, None, 3).shape == (6, 64)
-        out = ops.lowbit_linear(x2, wp, ws, None, None, None, 128, clip2, False, ws, 3)
+        kw2 = {"rotation_block": 128, "clip_ratio": clip2, "delta_half": 3}
+        assert ops.rotate_quant(x2, fp8=True, **kw2)[0].shape == (6, 256)
+        assert ops.fp8_linear(x2, w, ws, None, **kw2).shape == (6, 64)
+        out = ops.lowbit_linear(x2, wp, ws, None, weight_sum=ws, **kw2)
         assert out.shape == (6, 64)
 
 
@@ -231,7 +242,8 @@ def test_custom_ops_compile_without_graph_break():
 
     def f(x):
         clip = torch.ones(x.shape[0])
-        return torch.nn.functional.gelu(ops.fp8_linear(x, qw, ws, None, None, None, 128, clip))
+        out = ops.fp8_linear(x, qw, ws, None, rotation_block=128, clip_ratio=clip)
+        return torch.nn.functional.gelu(out)
 
     explanation = torch._dynamo.explain(f)(torch.randn(4, 256, dtype=torch.bfloat16))
     assert explanation.graph_break_count == 0

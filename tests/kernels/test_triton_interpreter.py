@@ -68,7 +68,7 @@ def test_single_pass_kernel_matches_reference(m, k, block, smooth, delta, center
     half = m // 2 if delta else 0
     clip = torch.cat([torch.full((m // 2,), 0.9), torch.full((m - m // 2,), 0.8)])
     kw = {
-        "block": block,
+        "rotation_block": block,
         "smooth": torch.rand(k) + 0.5 if smooth else None,
         "clip_ratio": clip,
         "out_dtype": torch.int8,
@@ -99,7 +99,7 @@ def test_single_pass_kernel_takes_several_tiles_per_program(m, block_m, tiles, d
         m += 1
     k = 1152
     x = _x(m, k, seed=m * tiles)
-    kw = {"block": 128, "smooth": torch.rand(k) + 0.5, "clip_ratio": 0.9,
+    kw = {"rotation_block": 128, "smooth": torch.rand(k) + 0.5, "clip_ratio": 0.9,
           "out_dtype": torch.int8, "delta_half": m // 2 if delta else 0}
     mean_ref, mean = torch.empty(m), torch.full((m,), 7.0)
     q_ref, s_ref = rotate_quant_reference(x, center_out=mean_ref, **kw)
@@ -116,9 +116,9 @@ def test_single_pass_kernel_refuses_what_it_cannot_hold():
 
     x = _x(2, 1152, seed=0)
     with pytest.raises(ValueError, match="single-pass"):
-        rotate_quant_triton(x, block=128, row_scale=torch.ones(2), single_pass=True)
+        rotate_quant_triton(x, rotation_block=128, row_scale=torch.ones(2), single_pass=True)
     with pytest.raises(ValueError, match="single-pass"):
-        rotate_quant_triton(_x(2, 16384, seed=1), block=128, single_pass=True)
+        rotate_quant_triton(_x(2, 16384, seed=1), rotation_block=128, single_pass=True)
 
 
 def test_row_tiles_split_k_into_powers_of_two():
@@ -139,7 +139,7 @@ def test_single_pass_kernel_interleaves_cfg_pairs(m, k, block, center):
     from trdq.kernels.triton_rotate_quant import rotate_quant_reference, rotate_quant_triton
 
     x = _x(m, k, seed=m + k)
-    kw = {"block": block, "clip_ratio": 0.9, "out_dtype": torch.int8, "delta_half": m // 2}
+    kw = {"rotation_block": block, "clip_ratio": 0.9, "out_dtype": torch.int8, "delta_half": m // 2}
     mean_ref = torch.empty(m) if center else None
     mean = torch.empty(m) if center else None
     q_ref, s_ref = rotate_quant_reference(x, center_out=mean_ref, **kw)
@@ -170,7 +170,7 @@ def test_tiled_kernel_matches_reference(static, center, delta):
     m, k = 6, 256
     x = _x(m, k, seed=11)
     kw = {
-        "block": 128,
+        "rotation_block": 128,
         "smooth": torch.rand(k) + 0.5,
         "row_scale": torch.rand(m) * 0.05 + 0.01 if static else None,
         "clip_ratio": 0.9,
@@ -280,7 +280,7 @@ def _first_pick_then_direct(monkeypatch, tuner, launch):
     """Launch twice through ``launch_triton``: the first launch tunes (a stand-in timer:
     the interpreter has no GPU clock; every tile ties, the first is picked), the second
     must not enter the autotuner. Returns both results."""
-    from trdq.kernels import base
+    from trdq.kernels import launch as base
 
     monkeypatch.setattr(base, "_CHOSEN_CONFIGS", {})
     monkeypatch.setattr(tuner, "cache", {})
@@ -299,7 +299,7 @@ def test_autotuned_quantizer_runs_its_pick_directly_after_tuning(monkeypatch):
     from trdq.kernels import triton_rotate_quant as rq
 
     x = _x(6, 1152, seed=3)
-    kw = {"block": 128, "clip_ratio": 0.9, "out_dtype": torch.int8, "delta_half": 3,
+    kw = {"rotation_block": 128, "clip_ratio": 0.9, "out_dtype": torch.int8, "delta_half": 3,
           "smooth": torch.rand(1152) + 0.5}
     q_ref, s_ref = rq.rotate_quant_reference(x, **kw)
     first, again = _first_pick_then_direct(

@@ -35,7 +35,8 @@ def run_video(pipe, prompts, steps: int = 6, guidance: float = 4.5, seed: int = 
 def cfg_delta_layer(backend, *, seed: int, center: bool = True):
     """A small dynamic, CFG-delta ``QuantLinear`` (128 -> 48) on ``backend`` and a CFG batch
     for it: [uncond x 2; cond x 2], each cond row close to its uncond partner."""
-    from trdq.nn import LayerQuantParams, QuantLinear
+    from trdq.nn import QuantLinear
+    from trdq.quant_transforms import LayerQuantParams
     from trdq.timestep import QuantContext
 
     torch.manual_seed(seed)

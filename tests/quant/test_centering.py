@@ -8,7 +8,8 @@ import torch
 from trdq import primitives as P
 from trdq.config import QuantConfig
 from trdq.kernels import get_backend
-from trdq.nn import LayerQuantParams, QuantLinear
+from trdq.nn import QuantLinear
+from trdq.quant_transforms import LayerQuantParams
 from trdq.timestep import QuantContext
 
 

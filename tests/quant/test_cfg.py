@@ -9,7 +9,8 @@ from trdq import api
 from trdq import primitives as P
 from trdq.config import QuantConfig
 from trdq.kernels import ActQuant, get_backend
-from trdq.nn import LayerQuantParams, QuantLinear
+from trdq.nn import QuantLinear
+from trdq.quant_transforms import LayerQuantParams
 from trdq.testing.tiny import TINY_PROMPTS, tiny_pixart_pipeline
 from trdq.timestep import QuantContext
 

@@ -11,7 +11,8 @@ from torch.nn import functional as F
 from trdq import api
 from trdq import primitives as P
 from trdq.kernels import get_backend, ops
-from trdq.nn import LayerQuantParams, QuantLinear
+from trdq.nn import QuantLinear
+from trdq.quant_transforms import LayerQuantParams
 from trdq.testing.tiny import TINY_PROMPTS, tiny_pixart_pipeline
 from trdq.timestep import QuantContext
 
@@ -44,9 +45,10 @@ def test_lowbit_linear_applies_the_activation_to_the_served_output(delta_half):
     x = torch.randn(12, 128) * 2
     weight = torch.randint(-127, 128, (40, 128), dtype=torch.int8)
     w_scale, bias = torch.rand(40) * 1e-3, torch.randn(40)
-    args = (x, weight, w_scale, bias, None, None, 128, torch.ones(12), False, None, delta_half)
-    plain = ops.lowbit_linear(*args)
-    activated = ops.lowbit_linear(*args, "gelu_tanh")
+    args = (x, weight, w_scale, bias)
+    kw = {"rotation_block": 128, "clip_ratio": torch.ones(12), "delta_half": delta_half}
+    plain = ops.lowbit_linear(*args, **kw)
+    activated = ops.lowbit_linear(*args, **kw, activation="gelu_tanh")
     torch.testing.assert_close(activated, F.gelu(plain, approximate="tanh"), rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="epilogue activation"):
         from trdq.kernels.triton_w4a8 import w4a8_matmul_reference

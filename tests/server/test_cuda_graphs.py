@@ -83,7 +83,7 @@ class _FakeCapture:
 
 
 def _fake_cuda(monkeypatch, fail_capture=False):
-    from trdq.kernels import base
+    from trdq.kernels import launch as base
     from trdq.runtime import cuda_graphs
 
     _FakeGraph.captured, _FakeGraph.modes, _FakeGraph.streams = [], [], []

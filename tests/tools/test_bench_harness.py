@@ -154,9 +154,9 @@ def test_bench_torchops_row_runs_cpu_int8_without_its_c_pass(tmp_path, monkeypat
     native, torch_ops = cpu_int8.native_int8_linear, cpu_int8.cpu_int8_linear
 
     def count(key, fn):
-        def wrapped(*args):
+        def wrapped(*args, **kwargs):
             calls[key] += 1
-            return fn(*args)
+            return fn(*args, **kwargs)
         return wrapped
 
     monkeypatch.setattr(cpu_int8, "native_int8_linear", count("native", native))

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import torch
 
 from trdq import primitives as P
-from trdq.nn.quant_linear import LayerQuantParams
+from trdq.quant_transforms import LayerQuantParams
 from trdq.rotation import DuQuantRotation
 
 __all__ = ["CalibrationResult", "FaithfulParams"]
@@ -40,7 +40,7 @@ class CalibrationResult:
             if p.weight_clip is not None:
                 out[f"{name}/weight_clip"] = p.weight_clip.float().cpu().contiguous()
             if p.weight_q is not None:
-                out[f"{name}/weight_q"] = _store_int(p.weight_q)
+                out[f"{name}/weight_q"] = P.store_int_weights(p.weight_q)
         for name, f in self.faithful.items():
             out[f"{name}/smooth_by_range"] = f.smooth_by_range.float().cpu().contiguous()
             if f.rotations is not None:
@@ -73,18 +73,6 @@ class CalibrationResult:
                     act_scale_by_group=tensors[f"{name}/act_scale_by_group"],
                     clip_ratio_by_group=tensors[f"{name}/clip_ratio_by_group"],
                     weight_clip=tensors[f"{name}/weight_clip"] if weight_clip else None,
-                    weight_q=_load_int(tensors[f"{name}/weight_q"]) if weight_q else None,
+                    weight_q=P.load_int_weights(tensors[f"{name}/weight_q"]) if weight_q else None,
                 )
         return result
-
-
-def _store_int(q: torch.Tensor) -> torch.Tensor:
-    """Integer weights for the artifact: packed two per byte (uint8) when they fit 4 bits."""
-    q = q.cpu().to(torch.int8)
-    if q.shape[-1] % 2 == 0 and (q.numel() == 0 or (q.min() >= -8 and q.max() <= 7)):
-        return P.pack_int4(q).contiguous()
-    return q.contiguous()
-
-
-def _load_int(stored: torch.Tensor) -> torch.Tensor:
-    return P.unpack_int4(stored) if stored.dtype == torch.uint8 else stored.to(torch.int8)

@@ -18,9 +18,12 @@ from trdq import primitives as P
 from trdq.calibration.collect import LayerStats
 from trdq.config import QuantConfig
 from trdq.gptq import gptq_round
-from trdq.kernels.base import ActQuant
-from trdq.kernels.reference import prepare_activation
-from trdq.nn.quant_linear import LayerQuantParams, quantize_transformed_weight, transform_weight
+from trdq.quant_transforms import (
+    LayerQuantParams,
+    quantize_transformed_weight,
+    smooth_and_rotate,
+    transform_weight,
+)
 
 __all__ = ["SEARCH_MAX_OUTPUTS", "solve_layer"]
 
@@ -75,7 +78,7 @@ def center_rows(rows: torch.Tensor, config: QuantConfig) -> torch.Tensor:
 
 def rotate_rows(rows: torch.Tensor, block: int | None, smooth: torch.Tensor | None) -> torch.Tensor:
     """Rows as the layer's kernel quantizes them: smoothed, then block-rotated."""
-    return prepare_activation(rows, ActQuant(rotation_block=block, smooth_divisor=smooth))
+    return smooth_and_rotate(rows, smooth, block)
 
 
 def _group_rows(st: LayerStats, g: int, half: int | None, config: QuantConfig) -> torch.Tensor | None:

@@ -20,24 +20,23 @@ Conventions every backend follows (see trdq/rotation.py and trdq/primitives.py):
   ``absmax(row) * act.clip_ratio / qmax`` per row (per token).
 - Centring (dynamic mode, ``act.weight_sum`` set): only on backends with
   ``fuses_centering``; they subtract each row's mean before smoothing and add
-  ``mean x act.weight_sum`` to the output. Elsewhere ``QuantLinear`` does it around the call.
+  ``mean x act.weight_sum`` to the output. Elsewhere ``serve_linear`` does it around the call.
 - CFG-delta (dynamic mode, ``act.cfg_delta_half`` > 0): only on backends with
   ``fuses_cfg_delta``; they quantize each row ``r >= cfg_delta_half`` as
   ``x[r] - x[r - cfg_delta_half]`` before anything else (centring included) and return
   those rows as ``W d + b``, or, with ``restores_cfg_delta``, as served, ``y_u + W d``.
-  Elsewhere ``QuantLinear`` subtracts before the call and adds the uncond output back after.
+  Elsewhere ``serve_linear`` subtracts before the call and adds the uncond output back after.
 
-``linear`` does: smooth -> rotate -> quantize -> low-bit GEMM -> rescale (+ bias), and
-returns ``[M, N]`` in the dtype of ``x``.
+``KernelBackend.linear`` does: smooth -> rotate -> quantize -> low-bit GEMM -> rescale
+(+ bias), and returns ``[M, N]`` in the dtype of ``x``; it receives only what the backend
+declares it fuses. ``serve_linear(backend, ...)`` is the whole layer: it takes an
+``ActQuant`` with everything the layer asks for (centring, CFG-delta, an output
+activation) and does around ``backend.linear`` what that backend does not fuse.
 """
 
 from __future__ import annotations
 
 import abc
-import contextlib
-import contextvars
-import functools
-import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -52,166 +51,10 @@ __all__ = [
     "BackendUnavailableError",
     "KernelBackend",
     "apply_output_activation",
-    "autotune_gpu_time",
-    "capture_graph",
     "check_output_activation",
-    "launches_recorded",
-    "next_pow2",
-    "recording_launches",
     "restore_cfg_delta",
+    "serve_linear",
 ]
-
-
-#: True while the kernels launched in this thread are being recorded into a CUDA graph (or
-#: run the eager call that warms one up). A ContextVar: the server's per-GPU workers are
-#: threads, each replaying its own graphs.
-_RECORDING_LAUNCHES = contextvars.ContextVar("trdq_recording_launches", default=False)
-
-
-@contextlib.contextmanager
-def recording_launches():
-    """Marks launches whose host cost is paid once: those recorded into a CUDA graph, and
-    the eager call before the capture (so anything tuned for the recorded variant is tuned
-    outside the capture). A kernel may then pick a variant that costs more host time per
-    launch for less GPU time: the W8A8 GEMM's TMA loads, whose two descriptors are built
-    and encoded on the host at every launch, which makes a step bound by the host (no
-    graphs) slower (docs/KERNELS.md)."""
-    token = _RECORDING_LAUNCHES.set(True)
-    try:
-        yield
-    finally:
-        _RECORDING_LAUNCHES.reset(token)
-
-
-def launches_recorded() -> bool:
-    """Whether this thread is inside ``recording_launches``."""
-    return _RECORDING_LAUNCHES.get()
-
-
-#: Held by every launch of an autotuned Triton kernel and by every CUDA graph capture.
-#: Triton's autotuner keeps per-call state on the kernel object, so two threads launching
-#: the same autotuned kernel at once (one engine worker per GPU) corrupt it; and PyTorch
-#: supports one graph capture at a time per process, while both the autotuners' timer and
-#: the replayed denoiser (``CudaGraphForward``) capture. Re-entrant: a capture launches
-#: kernels, and a kernel's first launch may tune, i.e. capture. A launch is asynchronous
-#: and takes microseconds; tuning and capturing happen once per key.
-TRITON_LAUNCH_LOCK = threading.RLock()
-
-#: one side stream per GPU that captures run on (under TRITON_LAUNCH_LOCK, one at a time)
-_CAPTURE_STREAMS: dict[torch.device, torch.cuda.Stream] = {}
-
-
-@contextlib.contextmanager
-def capture_graph(graph: torch.cuda.CUDAGraph, device: torch.device, pool=None):
-    """Records the CUDA work of the block into ``graph``, on a side stream of ``device``.
-
-    ``torch.cuda.graph`` on its own captures on one stream for the whole process, made on
-    whichever GPU captured first; work for another GPU then runs outside the capture, which
-    fails it (seen on two H100s: every capture on the second GPU failed). Here: one stream
-    per device, one capture at a time (``TRITON_LAUNCH_LOCK``), and ``thread_local`` capture
-    mode, so the other GPUs' workers keep calling CUDA meanwhile. A capture that fails
-    leaves ``torch.cuda.graph`` inside its stream context (its exit raises before leaving
-    it): this thread's current device and stream are restored, so the caller can go on
-    eagerly."""
-    with TRITON_LAUNCH_LOCK:
-        stream = _CAPTURE_STREAMS.get(device)
-        if stream is None:
-            stream = _CAPTURE_STREAMS[device] = torch.cuda.Stream(device)
-        prior_device, prior_stream = torch.cuda.current_device(), torch.cuda.current_stream(device)
-        try:
-            with torch.cuda.graph(graph, pool=pool, stream=stream,
-                                  capture_error_mode="thread_local"):
-                yield
-        except BaseException:
-            torch.cuda.set_stream(prior_stream)
-            torch.cuda.set_device(prior_device)
-            raise
-
-
-def autotune_gpu_time(kernel_call, quantiles, rep_ms: float = 20.0, replays: int = 10):
-    """The timer every Triton autotuner here uses (``triton.autotune(do_bench=...)``): GPU
-    time of the call replayed from a CUDA graph. Triton's default times back-to-back
-    launches, which the host side of a call bounds for kernels this short, so it ranks
-    tiles by host noise rather than by kernel time (docs/KERNELS.md). Triton's own graph timer
-    (``do_bench_cudagraph``) captures through ``torch.cuda.graph``'s one process-wide
-    stream, which fails on any GPU but the first that captured: this one captures through
-    ``capture_graph`` on the current GPU (the launch's). Milliseconds per call: the
-    ``quantiles`` of ``replays`` replays of a graph holding about ``rep_ms`` of calls."""
-    device = torch.device("cuda", torch.cuda.current_device())
-    kernel_call()  # compiles the variant outside the capture
-    torch.cuda.synchronize(device)
-    one = torch.cuda.CUDAGraph()
-    with capture_graph(one, device):
-        kernel_call()
-    repeats = max(1, int(rep_ms / max(_replay_ms(one), 1e-3)))
-    many = torch.cuda.CUDAGraph()
-    with capture_graph(many, device):
-        for _ in range(repeats):
-            kernel_call()
-    times = torch.tensor([_replay_ms(many) / repeats for _ in range(replays)])
-    if quantiles is None:
-        return times.mean().item()
-    picked = torch.quantile(times, torch.tensor(quantiles, dtype=times.dtype)).tolist()
-    return picked[0] if len(picked) == 1 else picked
-
-
-def _replay_ms(graph: torch.cuda.CUDAGraph) -> float:
-    """Milliseconds of one replay of ``graph`` on the current stream, by CUDA events."""
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    graph.replay()
-    end.record()
-    end.synchronize()
-    return start.elapsed_time(end)
-
-
-#: (autotuner, its tuning key) -> (the config it chose, its launch keywords); see
-#: ``launch_triton``
-_CHOSEN_CONFIGS: dict[tuple, object] = {}
-
-
-def launch_triton(autotuner, grid, args: tuple, constexprs: dict, tile: dict | None = None):
-    """Launch the kernel of a Triton ``autotuner`` (``triton.autotune(...)(kernel)``),
-    holding ``TRITON_LAUNCH_LOCK``.
-
-    ``tile`` (tests, the interpreter, microbenchmarks): those meta-parameters (e.g.
-    ``{"BLOCK_M": 4, "num_warps": 2}``) on the kernel itself, no tuning, no pre-hook.
-    Otherwise the autotuner tunes on the first launch of each tuning key and launches its
-    pick; later launches of that key run the pick straight on the kernel, pre-hook
-    included. Triton's ``Autotuner.run`` rebuilds dictionaries of all arguments and
-    formats every tensor's dtype on each launch: host time paid twice per quantized linear,
-    in a step that is bound by the host without CUDA graphs (docs/KERNELS.md). The key is
-    the autotuner's own (the
-    values of its ``key`` arguments and every tensor argument's dtype), so a pick is
-    reused exactly where the autotuner would reuse it."""
-    kernel = autotuner.fn
-    with TRITON_LAUNCH_LOCK:
-        if tile is not None:
-            kernel[grid](*args, **constexprs, **tile)
-            return
-        positions, names = _key_layout(autotuner, len(args))
-        key = (id(autotuner), *[args[i] for i in positions], *[constexprs.get(k) for k in names],
-               *[a.dtype for a in args if isinstance(a, torch.Tensor)])
-        chosen = _CHOSEN_CONFIGS.get(key)
-        if chosen is None:
-            autotuner[grid](*args, **constexprs)
-            config = autotuner.best_config
-            _CHOSEN_CONFIGS[key] = (config, config.all_kwargs())
-            return
-        config, meta = chosen
-        if config.pre_hook is not None:
-            config.pre_hook({**dict(zip(autotuner.arg_names, args)), **constexprs, **meta})
-        kernel[grid](*args, **constexprs, **meta)
-
-
-@functools.cache
-def _key_layout(autotuner, positional: int) -> tuple[tuple[int, ...], tuple[str, ...]]:
-    """Where an autotuner's key arguments sit in a launch: indices among the ``positional``
-    arguments, and the names of those passed by keyword (the constexprs)."""
-    index = {name: i for i, name in enumerate(autotuner.arg_names)}
-    keys = [name for name in autotuner.keys if name in index]
-    return (tuple(index[k] for k in keys if index[k] < positional),
-            tuple(k for k in keys if index[k] >= positional))
 
 
 #: activations a layer may apply to its served output ("" = none): a backend lists those
@@ -228,15 +71,9 @@ def check_output_activation(name: str) -> None:
 
 def apply_output_activation(out: torch.Tensor, name: str) -> torch.Tensor:
     """``name`` applied to a served output: what a GEMM epilogue computes, done in torch
-    (the oracle, the ops' reference paths, QuantLinear around a backend that cannot)."""
+    (the oracle, the ops' reference paths, serve_linear around a backend that cannot)."""
     check_output_activation(name)
     return torch.nn.functional.gelu(out, approximate="tanh") if name == "gelu_tanh" else out
-
-
-def next_pow2(n: int) -> int:
-    """The smallest power of two >= n (1 for n <= 1): the autotuners key on this bucket of
-    M rather than the exact row count, which varies with the request."""
-    return 1 << max(0, (n - 1).bit_length())
 
 
 def restore_cfg_delta(
@@ -285,6 +122,21 @@ class ActQuant:
     def static(self) -> bool:
         return self.row_scale is not None
 
+    def op_kwargs(self, x: torch.Tensor) -> dict:
+        """This quantization as the keywords every kernel op takes for ``[M, K]`` rows ``x``
+        (``trdq.kernels.ops``, ``cpu_int8``, ``cpu_native``): ``rotation_block`` (0 = none),
+        ``smooth``, ``row_scale``, ``clip_ratio`` (float32 ``[M]``), ``weight_sum``,
+        ``delta_half``. The activation format (``bits`` or ``fp8``) and the epilogue's
+        ``activation`` are the backend's to add: each op names its format its own way."""
+        return {
+            "rotation_block": self.rotation_block or 0,
+            "smooth": self.smooth_divisor,
+            "row_scale": self.row_scale,
+            "clip_ratio": self.row_clip(x.shape[0], x.device),
+            "weight_sum": self.weight_sum,
+            "delta_half": self.cfg_delta_half,
+        }
+
     def row_clip(self, rows: int, device: torch.device) -> torch.Tensor:
         """The clip ratio as a float32 ``[M]`` tensor (what the kernels' ops take)."""
         clip = self.clip_ratio
@@ -314,7 +166,7 @@ class KernelBackend(abc.ABC):
     #: the served cond rows ``y_u + W d`` rather than ``W d + b``)
     restores_cfg_delta: bool = False
     #: output activations ``linear`` applies in its epilogue when given
-    #: ``activation=<name>`` (the served output, after any CFG restore); ``QuantLinear``
+    #: ``activation=<name>`` (the served output, after any CFG restore); ``serve_linear``
     #: applies the others itself
     fused_activations: tuple[str, ...] = ()
 
@@ -344,7 +196,73 @@ class KernelBackend(abc.ABC):
         act: ActQuant,
         bias: torch.Tensor | None,
     ) -> torch.Tensor:
-        """``[M, K]`` activations -> ``[M, N]`` outputs in x's dtype."""
+        """``[M, K]`` activations -> ``[M, N]`` outputs in x's dtype. ``act`` carries centring
+        and CFG-delta only where this backend declares them fused; backends listing
+        ``fused_activations`` also take ``activation=<name>``. Layers call
+        ``serve_linear``, which does the rest around this call."""
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} name={self.name!r}>"
+
+
+def serve_linear(
+    backend: KernelBackend,
+    x: torch.Tensor,
+    packed: dict[str, torch.Tensor],
+    act: ActQuant,
+    bias: torch.Tensor | None,
+    activation: str = "",
+) -> torch.Tensor:
+    """The whole quantized linear on ``backend``: ``[M, K]`` -> the served ``[M, N]``.
+
+    ``act`` carries everything the layer asks for; what ``backend`` fuses
+    (``fuses_centering``, ``fuses_cfg_delta``, ``restores_cfg_delta``,
+    ``fused_activations``) reaches its ``linear``, the rest is done here around the call:
+
+    - CFG-delta: the cond rows become ``x_c - x_u`` before the call and the uncond output is
+      added back after (``restore_cfg_delta``). The kernels difference the rows before
+      centring them, so the subtraction is fused only where no centring is left to do here.
+    - centring: the row mean is subtracted before the call and ``mean x weight_sum`` added
+      after.
+    - ``activation``: in the backend's epilogue when it fuses it and its output is the
+      served one (no centring or restore follows), else applied here last.
+
+    The backend's capabilities are read only when ``act`` needs them.
+    """
+    weight_sum, half = act.weight_sum, act.cfg_delta_half
+    if weight_sum is None and not half:
+        epilogue = _epilogue(backend, activation, served=True)
+        out = backend.linear(x, packed, act, bias, **epilogue)
+        return out if epilogue else apply_output_activation(out, activation)
+    fuse_sum = weight_sum is not None and backend.fuses_centering
+    fuse_delta = bool(half) and backend.fuses_cfg_delta and (weight_sum is None or fuse_sum)
+    if half and not fuse_delta:  # [uncond; cond - uncond]: one GEMM serves both halves
+        x = torch.cat((x[:half], x[half:] - x[:half]))
+    center = None
+    if weight_sum is not None and not fuse_sum:
+        center = x.mean(dim=-1, keepdim=True)
+        x = x - center
+    if center is not None or (half and not fuse_delta):
+        act = ActQuant(
+            bits=act.bits, rotation_block=act.rotation_block,
+            smooth_divisor=act.smooth_divisor, row_scale=act.row_scale,
+            clip_ratio=act.clip_ratio, fp8=act.fp8,
+            weight_sum=weight_sum if fuse_sum else None,
+            cfg_delta_half=half if fuse_delta else 0,
+        )
+    restore_here = bool(half) and not (fuse_delta and backend.restores_cfg_delta)
+    epilogue = _epilogue(backend, activation, served=center is None and not restore_here)
+    out = backend.linear(x, packed, act, bias, **epilogue)
+    if center is not None:
+        out = out + center.to(out.dtype) * weight_sum.to(out.dtype)
+    if restore_here:
+        out = restore_cfg_delta(out, half, bias)
+    return out if epilogue else apply_output_activation(out, activation)
+
+
+def _epilogue(backend: KernelBackend, activation: str, served: bool) -> dict[str, str]:
+    """``linear``'s extra keywords: the output activation, when the backend applies it and
+    what it returns is the served output."""
+    if activation and served and activation in backend.fused_activations:
+        return {"activation": activation}
+    return {}

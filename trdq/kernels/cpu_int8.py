@@ -107,18 +107,20 @@ def int8_linear_math(
     weight: torch.Tensor,
     weight_scale: torch.Tensor,
     bias: torch.Tensor | None,
-    smooth_divisor: torch.Tensor | None,
-    row_scale: torch.Tensor | None,
+    *,
     rotation_block: int,
+    smooth: torch.Tensor | None = None,
+    row_scale: torch.Tensor | None = None,
     clip_ratio: torch.Tensor,
-    bits: int,
+    bits: int = 8,
     weight_sum: torch.Tensor | None = None,
     delta_half: int = 0,
     activation: str = "",
 ) -> torch.Tensor:
     """``[M, K]`` x (``[N, K]`` int8 or ``[N, K/2]`` packed uint8) -> ``[M, N]`` x.dtype.
 
-    ``rotation_block`` <= 0 means no rotation; ``row_scale`` None means dynamic per-token;
+    The keywords are those of ``trdq::lowbit_linear`` (``trdq.kernels.ops``), with
+    ``bits`` for the integer width. ``rotation_block`` <= 0 means no rotation; ``row_scale`` None means dynamic per-token;
     ``weight_sum`` set: centre the rows and add ``mean x weight_sum`` back; ``delta_half``
     > 0: quantize rows ``r >= delta_half`` as ``x[r] - x[r - delta_half]`` (CFG-delta) and
     return them as served, ``y_u + W d``; ``activation``: applied to the served output.
@@ -130,8 +132,8 @@ def int8_linear_math(
     if weight_sum is not None:
         mean = xf.mean(dim=-1, keepdim=True)
         xf = xf - mean
-    if smooth_divisor is not None:
-        xf = xf / smooth_divisor
+    if smooth is not None:
+        xf = xf / smooth
     if rotation_block > 0:
         # compiled: the factored form fuses into two cheap loops; eager: one BLAS GEMM
         rotate = hadamard_transform_factored if torch.compiler.is_compiling() else hadamard_transform
@@ -152,8 +154,47 @@ def int8_linear_math(
     return apply_output_activation(out, activation).to(x.dtype)
 
 
+def _positional(fn):
+    """``fn`` (``int8_linear_math``'s signature) with every argument positional: the kernel
+    of an operator, whose schema takes them in that order. Callers still pass keywords
+    (``_keyword``); the dispatcher would parse them on every call, several microseconds."""
+
+    def kernel(
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        weight_scale: torch.Tensor,
+        bias: torch.Tensor | None,
+        rotation_block: int,
+        smooth: torch.Tensor | None,
+        row_scale: torch.Tensor | None,
+        clip_ratio: torch.Tensor,
+        bits: int,
+        weight_sum: torch.Tensor | None,
+        delta_half: int,
+        activation: str,
+    ) -> torch.Tensor:
+        return fn(x, weight, weight_scale, bias, rotation_block=rotation_block, smooth=smooth,
+                  row_scale=row_scale, clip_ratio=clip_ratio, bits=bits, weight_sum=weight_sum,
+                  delta_half=delta_half, activation=activation)
+
+    return kernel
+
+
+def _keyword(op):
+    """The operator ``op`` (made from ``_positional``) called as ``int8_linear_math`` is."""
+
+    def call(x, weight, weight_scale, bias, *, rotation_block, smooth=None, row_scale=None,
+             clip_ratio, bits=8, weight_sum=None, delta_half=0, activation=""):
+        return op(x, weight, weight_scale, bias, rotation_block, smooth, row_scale, clip_ratio,
+                  bits, weight_sum, delta_half, activation)
+
+    return call
+
+
 #: The eager entry point: ``int8_linear_math`` as one dispatcher call.
-cpu_int8_linear = define_op("trdq::cpu_int8_linear", int8_linear_math, linear_fake)
+cpu_int8_linear = _keyword(
+    define_op("trdq::cpu_int8_linear", _positional(int8_linear_math), linear_fake)
+)
 
 
 def _onednn_linear_ops() -> bool:
@@ -258,11 +299,12 @@ def native_int8_linear(
     weight: torch.Tensor,
     weight_scale: torch.Tensor,
     bias: torch.Tensor | None,
-    smooth_divisor: torch.Tensor | None,
-    row_scale: torch.Tensor | None,
+    *,
     rotation_block: int,
+    smooth: torch.Tensor | None = None,
+    row_scale: torch.Tensor | None = None,
     clip_ratio: torch.Tensor,
-    bits: int,
+    bits: int = 8,
     weight_sum: torch.Tensor | None = None,
     delta_half: int = 0,
     activation: str = "",
@@ -274,16 +316,16 @@ def native_int8_linear(
     dispatcher round trip costs tens of microseconds, against ~0.5 ms for the whole
     linear; eager code calls it directly."""
     q, a_scale, mean = cpu_native.rotate_quant(
-        x, smooth_divisor, row_scale, clip_ratio, rotation_block, bits,
-        weight_sum is not None, delta_half,
+        x, rotation_block=rotation_block, smooth=smooth, row_scale=row_scale,
+        clip_ratio=clip_ratio, bits=bits, center=weight_sum is not None, delta_half=delta_half,
     )
     return cpu_native.int8_epilogue(int8_gemm(q, weight, bits), a_scale, weight_scale, bias,
                                     mean, weight_sum, x.dtype, delta_half, activation)
 
 
 #: ``native_int8_linear`` as one op: what a compiled model calls (eager calls the function).
-cpu_int8_native_linear = define_op(
-    "trdq::cpu_int8_native_linear", native_int8_linear, linear_fake
+cpu_int8_native_linear = _keyword(
+    define_op("trdq::cpu_int8_native_linear", _positional(native_int8_linear), linear_fake)
 )
 
 
@@ -353,20 +395,8 @@ class CpuInt8Backend(KernelBackend):
             fn = int8_linear_math
         else:
             fn = cpu_int8_linear
-        return fn(
-            x,
-            packed["weight"],
-            packed["weight_scale"],
-            bias,
-            act.smooth_divisor,
-            act.row_scale,
-            act.rotation_block or 0,
-            act.row_clip(x.shape[0], x.device),
-            act.bits,
-            act.weight_sum,
-            act.cfg_delta_half,
-            activation,
-        )
+        return fn(x, packed["weight"], packed["weight_scale"], bias, **act.op_kwargs(x),
+                  bits=act.bits, activation=activation)
 
 
 register(CpuInt8Backend())

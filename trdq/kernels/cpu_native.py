@@ -145,17 +145,36 @@ def _f32(t: torch.Tensor | None) -> torch.Tensor | None:
 
 def rotate_quant(
     x: torch.Tensor,
+    *,
+    rotation_block: int,
+    smooth: torch.Tensor | None = None,
+    row_scale: torch.Tensor | None = None,
+    clip_ratio: torch.Tensor,
+    bits: int = 8,
+    center: bool = False,
+    delta_half: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``x [M, K]`` float32/bf16 -> (``q [M, K]`` int8, ``scale [M]``, ``mean [M]``
+    (zeros unless ``center``)); the steps are listed in the C source. The keywords are
+    those of ``trdq.kernels.ops.rotate_quant`` (``rotation_block`` <= 0: no rotation),
+    with ``bits`` for the format and ``center`` for whether to centre the rows. Also the
+    op ``cpu_rotate_quant``; ``cpu_int8.native_int8_linear`` calls it directly."""
+    return _rotate_quant(x, rotation_block, smooth, row_scale, clip_ratio, bits, center,
+                         delta_half)
+
+
+def _rotate_quant(
+    x: torch.Tensor,
+    rotation_block: int,
     smooth: torch.Tensor | None,
     row_scale: torch.Tensor | None,
-    clip: torch.Tensor,
-    rotation_block: int,
+    clip_ratio: torch.Tensor,
     bits: int,
     center: bool,
     delta_half: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``x [M, K]`` float32/bf16 -> (``q [M, K]`` int8, ``scale [M]``, ``mean [M]``
-    (zeros unless ``center``)); the steps are listed in the C source. Also the op
-    ``cpu_rotate_quant``; ``trdq::cpu_int8_native_linear`` calls it directly."""
+    """``rotate_quant`` with every argument positional: the op's schema (the dispatcher
+    parses keywords on every call)."""
     if x.dtype not in (torch.float32, torch.bfloat16):
         raise TypeError(f"cpu_rotate_quant takes float32 or bfloat16, got {x.dtype}")
     x = x.contiguous()
@@ -163,7 +182,7 @@ def rotate_quant(
     q = torch.empty((m, k), dtype=torch.int8)
     scale = torch.empty(m, dtype=torch.float32)
     mean = torch.empty(m, dtype=torch.float32) if center else torch.zeros(m)
-    smooth, row_scale, clip = _f32(smooth), _f32(row_scale), _f32(clip)
+    smooth, row_scale, clip = _f32(smooth), _f32(row_scale), _f32(clip_ratio)
     failed = _library().trdq_rotate_quant(
         x.data_ptr(), int(x.dtype == torch.bfloat16), m, k, delta_half, _ptr(smooth),
         max(rotation_block, 0), _ptr(row_scale), clip.data_ptr(), float(2 ** (bits - 1) - 1),
@@ -215,7 +234,8 @@ def int8_epilogue(
     return out
 
 
-def _rotate_quant_fake(x, smooth, row_scale, clip, rotation_block, bits, center, delta_half):
+def _rotate_quant_fake(x, rotation_block, smooth, row_scale, clip_ratio, bits, center,
+                       delta_half):
     m = x.shape[0]
     return (x.new_empty(x.shape, dtype=torch.int8), x.new_empty(m, dtype=torch.float32),
             x.new_empty(m, dtype=torch.float32))
@@ -226,5 +246,21 @@ def _int8_epilogue_fake(acc, a_scale, weight_scale, bias, mean, weight_sum, out_
     return acc.new_empty(acc.shape, dtype=out_dtype)
 
 
-cpu_rotate_quant = define_op("trdq::cpu_rotate_quant", rotate_quant, _rotate_quant_fake)
+_cpu_rotate_quant_op = define_op("trdq::cpu_rotate_quant", _rotate_quant, _rotate_quant_fake)
 cpu_int8_epilogue = define_op("trdq::cpu_int8_epilogue", int8_epilogue, _int8_epilogue_fake)
+
+
+def cpu_rotate_quant(
+    x: torch.Tensor,
+    *,
+    rotation_block: int,
+    smooth: torch.Tensor | None = None,
+    row_scale: torch.Tensor | None = None,
+    clip_ratio: torch.Tensor,
+    bits: int = 8,
+    center: bool = False,
+    delta_half: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``rotate_quant`` through its operator ``trdq::cpu_rotate_quant``."""
+    return _cpu_rotate_quant_op(x, rotation_block, smooth, row_scale, clip_ratio, bits, center,
+                                delta_half)

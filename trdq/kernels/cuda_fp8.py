@@ -91,21 +91,10 @@ class CudaFp8Backend(KernelBackend):
     ) -> torch.Tensor:
         if act.bits != 8:
             raise ValueError(f"cuda_fp8 quantizes activations to 8 bits, got {act.bits}")
-        row_scale = act.row_scale
-        if row_scale is not None and not act.fp8:
-            row_scale = row_scale.float() * INT8_TO_E4M3_SCALE
-        return ops.fp8_linear(
-            x,
-            packed["weight"],
-            packed["weight_scale"],
-            bias,
-            act.smooth_divisor,
-            row_scale,
-            act.rotation_block or 0,
-            act.row_clip(x.shape[0], x.device),
-            act.weight_sum,
-            act.cfg_delta_half,
-        )
+        kwargs = act.op_kwargs(x)
+        if act.row_scale is not None and not act.fp8:
+            kwargs["row_scale"] = act.row_scale.float() * INT8_TO_E4M3_SCALE
+        return ops.fp8_linear(x, packed["weight"], packed["weight_scale"], bias, **kwargs)
 
 
 register(CudaFp8Backend())

@@ -89,20 +89,8 @@ class CudaW4A8Backend(KernelBackend):
     ) -> torch.Tensor:
         if act.bits != 8 or act.fp8:
             raise ValueError("cuda_w4a8 quantizes activations to int8")
-        return ops.lowbit_linear(
-            x,
-            packed["weight"],
-            packed["weight_scale"],
-            bias,
-            act.smooth_divisor,
-            act.row_scale,
-            act.rotation_block or 0,
-            act.row_clip(x.shape[0], x.device),
-            False,
-            act.weight_sum,
-            act.cfg_delta_half,
-            activation,
-        )
+        return ops.lowbit_linear(x, packed["weight"], packed["weight_scale"], bias,
+                                 **act.op_kwargs(x), fp8=False, activation=activation)
 
 
 register(CudaW4A8Backend())

@@ -80,8 +80,8 @@ def shape_rows(name: str, m: int, k: int, n: int) -> dict[str, float]:
     wi8, si8 = P.quantize_weight_per_channel(wr, 8)
     wi4, si4 = P.quantize_weight_per_channel(wr, 4)
     wp4 = pack_int4_tiled(wi4)
-    xq, xs = rotate_quant_triton(x, block=blk)
-    xq8, xs8 = rotate_quant_triton(x, block=blk, out_dtype=torch.int8)
+    xq, xs = rotate_quant_triton(x, rotation_block=blk)
+    xq8, xs8 = rotate_quant_triton(x, rotation_block=blk, out_dtype=torch.int8)
     row_scale = xs.clone()
     h = sylvester_hadamard(blk, "cuda", torch.bfloat16) / math.sqrt(blk)
 
@@ -105,16 +105,19 @@ def shape_rows(name: str, m: int, k: int, n: int) -> dict[str, float]:
             out_dtype=torch.bfloat16,
         )
     )
-    r["rq_fwht_dyn"] = _bench(lambda: rotate_quant_triton(x, block=blk))
+    r["rq_fwht_dyn"] = _bench(lambda: rotate_quant_triton(x, rotation_block=blk))
     mean = torch.empty(m, device=x.device)
-    r["rq_center_dyn"] = _bench(lambda: rotate_quant_triton(x, block=blk, center_out=mean))
-    r["rq_fwht_static"] = _bench(lambda: rotate_quant_triton(x, block=blk, row_scale=row_scale))
-    r["rq_dot_dyn"] = _bench(lambda: rotate_quant_triton(x, block=blk, use_dot=True))
-    r["rq_noro_dyn"] = _bench(lambda: rotate_quant_triton(x, block=None))
+    r["rq_center_dyn"] = _bench(
+        lambda: rotate_quant_triton(x, rotation_block=blk, center_out=mean))
+    r["rq_fwht_static"] = _bench(
+        lambda: rotate_quant_triton(x, rotation_block=blk, row_scale=row_scale))
+    r["rq_dot_dyn"] = _bench(lambda: rotate_quant_triton(x, rotation_block=blk, use_dot=True))
+    r["rq_noro_dyn"] = _bench(lambda: rotate_quant_triton(x, rotation_block=None))
     clip = torch.ones(m, device=x.device)
-    r["fp8_linear_op"] = _bench(lambda: ops.fp8_linear(x, w8, s8, bias, None, None, blk, clip))
+    kw = {"rotation_block": blk, "clip_ratio": clip}
+    r["fp8_linear_op"] = _bench(lambda: ops.fp8_linear(x, w8, s8, bias, **kw))
     r["fp8_linear_op_static"] = _bench(
-        lambda: ops.fp8_linear(x, w8, s8, bias, None, row_scale, blk, clip)
+        lambda: ops.fp8_linear(x, w8, s8, bias, row_scale=row_scale, **kw)
     )
     r["fp8_unfused_torch"] = _bench(unfused_fp8)
     if k % 128 == 0:
@@ -122,7 +125,7 @@ def shape_rows(name: str, m: int, k: int, n: int) -> dict[str, float]:
         r["w4a8_gemm_fp8act"] = _bench(lambda: w4a8_matmul_triton(xq, xs, wp4, si4, bias))
         r["w8a8_triton_int8"] = _bench(lambda: w4a8_matmul_triton(xq8, xs8, wi8, si8, bias))
         r["w4a8_linear_op"] = _bench(
-            lambda: ops.lowbit_linear(x, wp4, si4, bias, None, None, blk, clip, False)
+            lambda: ops.lowbit_linear(x, wp4, si4, bias, **kw)
         )
     if m > 16:
         r["int_mm"] = _bench(lambda: torch._int_mm(xq8, wi8.t()))

@@ -6,27 +6,36 @@ functions. Each op runs its Triton / cuBLASLt path on CUDA when Triton is instal
 the pure-torch reference of the same math elsewhere, so the ops themselves are testable
 on a CPU machine.
 
+The Python entry points (``rotate_quant``, ``fp8_linear``, ``lowbit_linear``) take the
+tensors they multiply positionally and the activation quantization by keyword, with the
+same names and order everywhere (``ActQuant.op_kwargs`` builds them; ``cpu_native``,
+``cpu_int8`` and ``triton_rotate_quant`` spell them alike): ``rotation_block, smooth,
+row_scale, clip_ratio``, the activation format, ``weight_sum``, ``delta_half``. Each calls
+its operator with every argument positional, in that order: the dispatcher parses keyword
+arguments on every call, ~5 us more a call (``scripts/host_dispatch_bench.py``, CPU), and a
+step calls these ops about 200 times.
+
 Ops (notation M rows, K input channels, N output channels):
-- ``trdq::rotate_quant(x [M,K], smooth?[K], row_scale?[M], rotation_block, clip_ratio,
+- ``trdq::rotate_quant(x [M,K], *, rotation_block, smooth?[K], row_scale?[M], clip_ratio [M],
   fp8, delta_half) -> (q [M,K] e4m3|int8, scale [M] fp32)``: the fused activation kernel.
-- ``trdq::fp8_linear(x [M,K], weight [N,K] e4m3, weight_scale [N], bias?[N], smooth?,
-  row_scale?, rotation_block, clip_ratio, weight_sum?[N], delta_half) -> [M,N] x.dtype``:
-  rotate+quantize to e4m3, then ``torch._scaled_mm`` with row-wise scales and the bias in
-  its epilogue.
+- ``trdq::fp8_linear(x [M,K], weight [N,K] e4m3, weight_scale [N], bias?[N], *,
+  rotation_block, smooth?, row_scale?, clip_ratio, weight_sum?[N], delta_half) -> [M,N]
+  x.dtype``: rotate+quantize to e4m3, then ``torch._scaled_mm`` with row-wise scales and
+  the bias in its epilogue.
 - ``trdq::lowbit_linear(x, weight [N,K/2] uint8 packed int4 | [N,K] int8, weight_scale,
-  bias?, smooth?, row_scale?, rotation_block, clip_ratio, act_fp8, weight_sum?[N],
+  bias?, *, rotation_block, smooth?, row_scale?, clip_ratio, fp8, weight_sum?[N],
   delta_half, activation) -> [M,N]``: rotate+quantize to int8 (or e4m3), then the Triton
   GEMM that unpacks 4-bit weights in registers; ``activation`` ("" or "gelu_tanh") is
   applied to the served output, in the GEMM's epilogue where the output is final there.
 
 ``weight_sum`` given (dynamic mode): the activation kernel centres each row and the GEMM
 adds ``row mean x weight_sum`` back (in the Triton GEMM's epilogue; one rank-1 update
-after ``_scaled_mm``), the fused form of ``QuantLinear``'s centring.
+after ``_scaled_mm``), the fused form of ``serve_linear``'s centring.
 
 ``delta_half > 0`` (dynamic mode, M = 2 x delta_half): the activation kernel quantizes
 each row of the second (cond) half as its difference from the paired first-half row, the
-fused form of ``QuantLinear``'s CFG-delta subtraction. ``fp8_linear`` returns that half as
-``W d + b`` and ``QuantLinear`` adds the uncond output back; ``lowbit_linear`` returns it
+fused form of ``serve_linear``'s CFG-delta subtraction. ``fp8_linear`` returns that half as
+``W d + b`` and ``serve_linear`` (``kernels.base``) adds the uncond output back; ``lowbit_linear`` returns it
 as served, ``y_u + W d``: on the GPU its activation kernel writes each pair as adjacent
 rows and the GEMM epilogue adds them (no pass over the output), elsewhere the addition
 follows the GEMM. 0 means off.
@@ -55,17 +64,15 @@ def fast_path_available(x: torch.Tensor) -> bool:
 
 
 def _rotate_quant_impl(
-    x, smooth, row_scale, rotation_block, clip_ratio, fp8, center_out=None, delta_half=0,
+    x, *, rotation_block, smooth, row_scale, clip_ratio, fp8, center_out=None, delta_half=0,
     interleave_pairs=False,
 ):
-    block = rotation_block if rotation_block > 0 else None
-    out_dtype = torch.float8_e4m3fn if fp8 else torch.int8
     kwargs = {
-        "block": block,
+        "rotation_block": rotation_block if rotation_block > 0 else None,
         "smooth": smooth,
         "row_scale": row_scale,
         "clip_ratio": clip_ratio,
-        "out_dtype": out_dtype,
+        "out_dtype": torch.float8_e4m3fn if fp8 else torch.int8,
         "center_out": center_out,
         "delta_half": delta_half,
         "interleave_pairs": interleave_pairs,
@@ -84,26 +91,41 @@ def _center_buffer(x: torch.Tensor, weight_sum: torch.Tensor | None) -> torch.Te
 
 def _rotate_quant(
     x: torch.Tensor,
+    rotation_block: int,
     smooth: torch.Tensor | None,
     row_scale: torch.Tensor | None,
-    rotation_block: int,
     clip_ratio: torch.Tensor,
     fp8: bool,
-    delta_half: int = 0,
+    delta_half: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     q, scale = _rotate_quant_impl(
-        x, smooth, row_scale, rotation_block, clip_ratio, fp8, None, delta_half
+        x, rotation_block=rotation_block, smooth=smooth, row_scale=row_scale,
+        clip_ratio=clip_ratio, fp8=fp8, delta_half=delta_half,
     )
     # an op must not return an alias of an input (static scales are passed through)
     return q, scale.clone() if row_scale is not None else scale
 
 
-def _rotate_quant_fake(x, smooth, row_scale, rotation_block, clip_ratio, fp8, delta_half=0):
+def _rotate_quant_fake(x, rotation_block, smooth, row_scale, clip_ratio, fp8, delta_half):
     dtype = torch.float8_e4m3fn if fp8 else torch.int8
     return x.new_empty(x.shape, dtype=dtype), x.new_empty((x.shape[0],), dtype=torch.float32)
 
 
-rotate_quant = define_op("trdq::rotate_quant", _rotate_quant, _rotate_quant_fake)
+_rotate_quant_op = define_op("trdq::rotate_quant", _rotate_quant, _rotate_quant_fake)
+
+
+def rotate_quant(
+    x: torch.Tensor,
+    *,
+    rotation_block: int,
+    smooth: torch.Tensor | None = None,
+    row_scale: torch.Tensor | None = None,
+    clip_ratio: torch.Tensor,
+    fp8: bool = False,
+    delta_half: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``trdq::rotate_quant``: ``(q [M, K] e4m3 or int8, scale [M] fp32)``."""
+    return _rotate_quant_op(x, rotation_block, smooth, row_scale, clip_ratio, fp8, delta_half)
 
 
 def scaled_mm_rowwise(
@@ -145,21 +167,40 @@ def _fp8_linear(
     weight: torch.Tensor,
     weight_scale: torch.Tensor,
     bias: torch.Tensor | None,
+    rotation_block: int,
     smooth: torch.Tensor | None,
     row_scale: torch.Tensor | None,
-    rotation_block: int,
     clip_ratio: torch.Tensor,
-    weight_sum: torch.Tensor | None = None,
-    delta_half: int = 0,
+    weight_sum: torch.Tensor | None,
+    delta_half: int,
 ) -> torch.Tensor:
     center = _center_buffer(x, weight_sum)
     q, a_scale = _rotate_quant_impl(
-        x, smooth, row_scale, rotation_block, clip_ratio, True, center, delta_half
+        x, rotation_block=rotation_block, smooth=smooth, row_scale=row_scale,
+        clip_ratio=clip_ratio, fp8=True, center_out=center, delta_half=delta_half,
     )
     return scaled_mm_rowwise(q, a_scale, weight, weight_scale, bias, x.dtype, center, weight_sum)
 
 
-fp8_linear = define_op("trdq::fp8_linear", _fp8_linear, linear_fake)
+_fp8_linear_op = define_op("trdq::fp8_linear", _fp8_linear, linear_fake)
+
+
+def fp8_linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    weight_scale: torch.Tensor,
+    bias: torch.Tensor | None,
+    *,
+    rotation_block: int,
+    smooth: torch.Tensor | None = None,
+    row_scale: torch.Tensor | None = None,
+    clip_ratio: torch.Tensor,
+    weight_sum: torch.Tensor | None = None,
+    delta_half: int = 0,
+) -> torch.Tensor:
+    """``trdq::fp8_linear``: ``[M, N]`` in x's dtype."""
+    return _fp8_linear_op(x, weight, weight_scale, bias, rotation_block, smooth, row_scale,
+                          clip_ratio, weight_sum, delta_half)
 
 
 def lowbit_gemm(
@@ -178,14 +219,14 @@ def _lowbit_linear(
     weight: torch.Tensor,
     weight_scale: torch.Tensor,
     bias: torch.Tensor | None,
+    rotation_block: int,
     smooth: torch.Tensor | None,
     row_scale: torch.Tensor | None,
-    rotation_block: int,
     clip_ratio: torch.Tensor,
-    act_fp8: bool,
-    weight_sum: torch.Tensor | None = None,
-    delta_half: int = 0,
-    activation: str = "",
+    fp8: bool,
+    weight_sum: torch.Tensor | None,
+    delta_half: int,
+    activation: str,
 ) -> torch.Tensor:
     center = _center_buffer(x, weight_sum)
     # on the GPU the CFG pairs travel as adjacent rows and the GEMM epilogue restores the
@@ -196,7 +237,9 @@ def _lowbit_linear(
         x.shape[1], block, row_scale is not None
     )
     q, a_scale = _rotate_quant_impl(
-        x, smooth, row_scale, rotation_block, clip_ratio, act_fp8, center, delta_half, paired
+        x, rotation_block=rotation_block, smooth=smooth, row_scale=row_scale,
+        clip_ratio=clip_ratio, fp8=fp8, center_out=center, delta_half=delta_half,
+        interleave_pairs=paired,
     )
     # the activation needs the served output: in the epilogue unless a restore follows
     restore_after = bool(delta_half) and not paired
@@ -210,4 +253,24 @@ def _lowbit_linear(
     return apply_output_activation(out, activation)
 
 
-lowbit_linear = define_op("trdq::lowbit_linear", _lowbit_linear, linear_fake)
+_lowbit_linear_op = define_op("trdq::lowbit_linear", _lowbit_linear, linear_fake)
+
+
+def lowbit_linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    weight_scale: torch.Tensor,
+    bias: torch.Tensor | None,
+    *,
+    rotation_block: int,
+    smooth: torch.Tensor | None = None,
+    row_scale: torch.Tensor | None = None,
+    clip_ratio: torch.Tensor,
+    fp8: bool = False,
+    weight_sum: torch.Tensor | None = None,
+    delta_half: int = 0,
+    activation: str = "",
+) -> torch.Tensor:
+    """``trdq::lowbit_linear``: ``[M, N]`` in x's dtype."""
+    return _lowbit_linear_op(x, weight, weight_scale, bias, rotation_block, smooth, row_scale,
+                             clip_ratio, fp8, weight_sum, delta_half, activation)

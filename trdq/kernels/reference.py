@@ -3,7 +3,8 @@
 It performs exactly the arithmetic a real kernel is meant to perform (same rotation,
 same rounding, same clamping, same scales), but dequantizes and multiplies in float32.
 Every fast backend is tested against it. It works for every config and device, and is
-the last resort of ``backend="auto"``.
+the last resort of ``backend="auto"``: the registry registers it itself (this module
+imports nothing of the registry's).
 """
 
 from __future__ import annotations
@@ -12,20 +13,9 @@ import torch
 
 from trdq import primitives as P
 from trdq.kernels.base import ActQuant, KernelBackend
-from trdq.kernels.registry import register
-from trdq.rotation import hadamard_transform
+from trdq.quant_transforms import prepare_activation
 
-__all__ = ["ReferenceBackend", "fake_quant_activation", "prepare_activation"]
-
-
-def prepare_activation(x: torch.Tensor, act: ActQuant) -> torch.Tensor:
-    """Smooth and rotate ``[M, K]`` activations in float32 (shared by all backends)."""
-    xf = x.float()
-    if act.smooth_divisor is not None:
-        xf = xf / act.smooth_divisor.float()
-    if act.rotation_block is not None:
-        xf = hadamard_transform(xf, act.rotation_block)
-    return xf
+__all__ = ["ReferenceBackend", "activation_scale", "fake_quant_activation"]
 
 
 def activation_scale(x_rot: torch.Tensor, act: ActQuant) -> torch.Tensor:
@@ -84,5 +74,3 @@ class ReferenceBackend(KernelBackend):
             out = out + bias.float()
         return out.to(x.dtype)
 
-
-register(ReferenceBackend())

@@ -1,9 +1,10 @@
 """The one place that picks a kernel backend.
 
-Backends register themselves with ``register(backend)`` at import time of their module.
-Modules are imported lazily and only where they can matter: ``trdq.kernels.cpu_int8``
-for CPU devices and every ``trdq.kernels.cuda_*`` module for CUDA devices, so a CPU
-machine never imports Triton. A module that exists but fails to import raises: a broken
+The reference backend (the oracle, usable everywhere) is registered here, at import.
+Every other backend registers itself with ``register(backend)`` at import time of its
+module. Those modules are imported lazily and only where they can matter:
+``trdq.kernels.cpu_int8`` for CPU devices and every ``trdq.kernels.cuda_*`` module for
+CUDA devices, so a CPU machine never imports Triton. A module that exists but fails to import raises: a broken
 backend must not be hidden behind a silent fallback.
 
 ``select_backend("auto", device, config)`` returns the highest-priority backend that is
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from trdq.kernels.base import BackendUnavailableError, KernelBackend
+from trdq.kernels.reference import ReferenceBackend
 
 if TYPE_CHECKING:  # pragma: no cover
     from trdq.config import QuantConfig
@@ -30,7 +32,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["get_backend", "list_backends", "load_backends_for", "register", "select_backend"]
 
-_BACKENDS: dict[str, KernelBackend] = {}
+_BACKENDS: dict[str, KernelBackend] = {ReferenceBackend.name: ReferenceBackend()}
 _LOADED_DEVICE_TYPES: set[str] = set()
 
 
@@ -59,8 +61,6 @@ def load_backends_for(device: torch.device | str) -> None:
     device_type = torch.device(device).type
     if device_type in _LOADED_DEVICE_TYPES:
         return
-    import trdq.kernels.reference  # noqa: F401  (always available: the oracle)
-
     for module in _kernel_modules_for(device_type):
         importlib.import_module(module)  # errors propagate on purpose
     _LOADED_DEVICE_TYPES.add(device_type)

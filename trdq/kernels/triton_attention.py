@@ -41,7 +41,7 @@ import math
 import torch
 
 from trdq import primitives as P
-from trdq.kernels.base import TRITON_LAUNCH_LOCK, autotune_gpu_time, launch_triton
+from trdq.kernels.launch import TRITON_LAUNCH_LOCK, autotune_gpu_time, launch_triton
 
 __all__ = [
     "KV_BLOCK",

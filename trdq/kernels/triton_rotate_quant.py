@@ -30,7 +30,7 @@ outside; the single-pass kernel sums the rows it holds.
 
 CFG-delta (``delta_half`` > 0, dynamic mode only): the rows are [uncond; cond] halves of
 ``delta_half`` rows each, and every cond row ``r`` is replaced by ``x[r] - x[r - delta_half]``
-(in float32) before anything else, as ``QuantLinear``'s cfg_delta does outside. The tiled
+(in float32) before anything else, as ``serve_linear``'s cfg_delta does outside. The tiled
 kernel subtracts at each load of x (one more read of the paired uncond tile, usually from
 L2); the single-pass kernel holds each pair in one program. Either way no elementwise pass
 writes and re-reads all of ``[M, K]``. ``interleave_pairs`` (single-pass only) writes the
@@ -49,7 +49,7 @@ import math
 
 import torch
 
-from trdq.kernels.base import autotune_gpu_time, launch_triton, next_pow2
+from trdq.kernels.launch import autotune_gpu_time, launch_triton, next_pow2
 from trdq.primitives import FP8_E4M3_MAX, MIN_SCALE
 from trdq.rotation import fwht, hadamard_block_size, hadamard_matrix
 
@@ -116,7 +116,7 @@ def _qmax(out_dtype: torch.dtype) -> float:
 def rotate_quant_reference(
     x: torch.Tensor,
     *,
-    block: int | None,
+    rotation_block: int | None,
     smooth: torch.Tensor | None = None,
     row_scale: torch.Tensor | None = None,
     clip_ratio: float | torch.Tensor = 1.0,
@@ -126,6 +126,11 @@ def rotate_quant_reference(
     interleave_pairs: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Pure-torch oracle: ``[M, K]`` -> (``q [M, K]`` out_dtype, ``scale [M]`` float32).
+
+    The keywords are the activation quantization as every op spells it (``trdq.kernels.ops``,
+    ``cpu_native.rotate_quant``): ``rotation_block`` (None: no rotation), ``smooth``,
+    ``row_scale`` (None: dynamic), ``clip_ratio``, the output format, ``center_out``,
+    ``delta_half``.
 
     Same arithmetic as ``trdq.kernels.reference`` (``rotation.fwht``, ``primitives``),
     but returns the low-bit tensor instead of dequantizing it. ``center_out`` ([M]
@@ -147,8 +152,8 @@ def rotate_quant_reference(
         xf = xf - mean[:, None]
     if smooth is not None:
         xf = xf / smooth.float()
-    if block is not None:
-        xf = fwht(xf, block)
+    if rotation_block is not None:
+        xf = fwht(xf, rotation_block)
     if row_scale is not None:
         scale = row_scale.float().reshape(-1).expand(xf.shape[0]).clamp_min(MIN_SCALE)
     else:
@@ -665,18 +670,18 @@ def _row_tiles(k: int, hb: int) -> tuple[int, int]:
 def rotate_quant_triton(
     x: torch.Tensor,
     *,
-    block: int | None,
+    rotation_block: int | None,
     smooth: torch.Tensor | None = None,
     row_scale: torch.Tensor | None = None,
     clip_ratio: float | torch.Tensor = 1.0,
     out_dtype: torch.dtype = torch.float8_e4m3fn,
-    use_dot: bool = False,
-    block_m: int | None = None,
-    num_warps: int = 4,
     center_out: torch.Tensor | None = None,
     delta_half: int = 0,
-    single_pass: bool | None = None,
     interleave_pairs: bool = False,
+    use_dot: bool = False,
+    single_pass: bool | None = None,
+    block_m: int | None = None,
+    num_warps: int = 4,
     tiles_per_program: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The fused kernel; same contract as ``rotate_quant_reference`` (x 2-D, rows contiguous).
@@ -694,7 +699,7 @@ def rotate_quant_triton(
         raise ValueError("x must be a 2-D tensor with contiguous rows")
     m, k = x.shape
     qmax = _qmax(out_dtype)
-    hb = block if block is not None else hadamard_block_size(k)
+    hb = rotation_block if rotation_block is not None else hadamard_block_size(k)
     if k % hb or hb & (hb - 1) or hb > 128:
         raise ValueError(f"rotation block {hb} must be a power of two <= 128 dividing K={k}")
     q = torch.empty((m, k), device=x.device, dtype=out_dtype)
@@ -717,7 +722,7 @@ def rotate_quant_triton(
         else:
             clip = torch.full((m,), float(clip_ratio), device=x.device, dtype=torch.float32)
     smooth_f32 = None if smooth is None else smooth.to(torch.float32).contiguous()
-    use_dot = bool(use_dot and block is not None and hb >= 16)
+    use_dot = bool(use_dot and rotation_block is not None and hb >= 16)
     rows_ok = single_pass_applies(k, hb, static, use_dot)
     if interleave_pairs and not (delta_half and rows_ok and single_pass is not False):
         raise ValueError("interleaved CFG pairs need delta_half and the single-pass kernel")
@@ -726,7 +731,7 @@ def rotate_quant_triton(
                          f"rotation and K <= {SINGLE_PASS_MAX_K}")
     if rows_ok and single_pass is not False:
         _launch_rows_kernel(x, q, smooth_f32, clip, scale,
-                            center_out, hb, block is not None, qmax, delta_half, block_m,
+                            center_out, hb, rotation_block is not None, qmax, delta_half, block_m,
                             num_warps, interleave_pairs, tiles_per_program)
         return q, scale
     h = _kernel_hadamard(hb, x.device, torch.bfloat16) if use_dot else scale
@@ -760,7 +765,7 @@ def rotate_quant_triton(
         "HB": hb,
         "LOG_HB": int(math.log2(hb)),
         "HAS_SMOOTH": smooth is not None,
-        "ROTATE": block is not None,
+        "ROTATE": rotation_block is not None,
         "STATIC": static,
         "OUT_INT8": out_dtype == torch.int8,
         "USE_DOT": use_dot,

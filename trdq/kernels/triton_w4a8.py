@@ -40,14 +40,8 @@ import os
 import torch
 
 from trdq.kernels import switches
-from trdq.kernels.base import (
-    apply_output_activation,
-    autotune_gpu_time,
-    check_output_activation,
-    launch_triton,
-    launches_recorded,
-    next_pow2,
-)
+from trdq.kernels.base import apply_output_activation, check_output_activation
+from trdq.kernels.launch import autotune_gpu_time, launch_triton, launches_recorded, next_pow2
 from trdq.primitives import pack_int4, unpack_int4
 
 __all__ = [
@@ -423,7 +417,7 @@ def w4a8_matmul_triton(
 
 #: The ``gemm_tma`` kernel switch (``TRDQ_GEMM_TMA``): when the W8A8 GEMM loads its tiles
 #: through TMA descriptors. ``graphs`` (default): only for launches recorded into a CUDA
-#: graph (``kernels.base.recording_launches``), where the descriptors' host cost (built and
+#: graph (``kernels.launch.recording_launches``), where the descriptors' host cost (built and
 #: encoded at every launch) is paid once; ``1``: always; ``0``: never (per-thread loads, as
 #: packed weights). A module global, set by ``_apply_switches``: read at every launch.
 TMA_MODE = "graphs"

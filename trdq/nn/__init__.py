@@ -2,7 +2,7 @@
 WeightOnlyLinear (conditioning layers, text encoder)."""
 
 from trdq.nn.faithful import FaithfulLinear
-from trdq.nn.quant_linear import LayerQuantParams, QuantLinear
+from trdq.nn.quant_linear import QuantLinear
 from trdq.nn.weight_only import WeightOnlyLinear
 
-__all__ = ["FaithfulLinear", "LayerQuantParams", "QuantLinear", "WeightOnlyLinear"]
+__all__ = ["FaithfulLinear", "QuantLinear", "WeightOnlyLinear"]

@@ -25,7 +25,8 @@ one subtraction before it and one addition after (t2v zoo, W8A8, 16 training pro
 the CPU: 45.8 -> 51.1 dB to FP; docs/QUALITY.md). Backends with ``fuses_cfg_delta`` (the
 CUDA ones) subtract inside their rotate+quantize kernel as they load the rows (in float32),
 which saves a pass over the activations; ``cpu_int8`` also adds the uncond output back
-in its epilogue (``restores_cfg_delta``); for the others the addition stays here.
+in its epilogue (``restores_cfg_delta``); for the others ``kernels.base.serve_linear`` adds
+it after the backend's call.
 
 Centered activations (``act_center``, dynamic mode): each token's mean is subtracted
 before rotation and quantization and added back exactly through the weights' row sums,
@@ -35,89 +36,26 @@ one-sided; removing it gives symmetric int8/e4m3 the whole range. Backends with
 ``fuses_centering`` (the CUDA ones) do it inside their kernels: the rotate+quantize kernel
 computes the mean, the GEMM epilogue adds it back. That is also faster under
 torch.compile than leaving the three elementwise ops to Inductor (docs/KERNELS.md, "Tried
-and not adopted"). Elsewhere it is one mean, one
-subtraction and one outer-product add around the backend call.
+and not adopted"). Elsewhere ``serve_linear`` does one mean, one subtraction and one
+outer-product add around the backend call. This layer builds the ``ActQuant`` with all of
+it asked for; ``serve_linear`` decides, from what the backend declares, where each part runs.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
-from trdq import primitives as P
-from trdq.kernels.base import (
-    ActQuant,
-    KernelBackend,
-    apply_output_activation,
-    restore_cfg_delta,
+from trdq.kernels.base import ActQuant, KernelBackend, serve_linear
+from trdq.quant_transforms import (
+    LayerQuantParams,
+    centering_weight_sum,
+    quantize_transformed_weight,
+    transform_weight,
 )
-from trdq.kernels.reference import prepare_activation
-from trdq.rotation import rotate_weight
 from trdq.timestep import QuantContext
 
-__all__ = ["LayerQuantParams", "QuantLinear", "quantize_transformed_weight", "transform_weight"]
-
-
-def transform_weight(weight: torch.Tensor, smooth_divisor: torch.Tensor | None,
-                     rotation_block: int | None) -> torch.Tensor:
-    """The weight as the kernels multiply it, float32: smoothed (``W * s``), then rotated
-    (``W R``). Calibration searches on exactly this, QuantLinear quantizes it."""
-    w = weight.detach().float()
-    if smooth_divisor is not None:
-        w = w * smooth_divisor.to(w.device)[None, :]
-    if rotation_block is not None:
-        w = rotate_weight(w, rotation_block)
-    return w
-
-
-def quantize_transformed_weight(
-    weight: torch.Tensor, bits: int, fp8: bool = False,
-    clip: torch.Tensor | None = None, weight_q: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(integers or e4m3 ``[N, K]``, scale ``[N]``) for a ``transform_weight`` output:
-    per-channel scales from the absmax (times the calibrated ``clip``), values rounded to
-    nearest or, when calibration rounded them (``weight_q``), those integers."""
-    n = weight.shape[0]
-    if clip is not None and tuple(clip.shape) != (n,):
-        raise ValueError(f"weight clip shaped {tuple(clip.shape)} for {n} output channels")
-    q, scale = P.quantize_weight_per_channel(weight, bits, fp8=fp8, clip=clip)
-    if weight_q is not None:
-        if tuple(weight_q.shape) != tuple(q.shape):
-            raise ValueError(f"calibrated weights shaped {tuple(weight_q.shape)} "
-                             f"for a {tuple(q.shape)} layer")
-        q = weight_q.to(device=q.device, dtype=torch.int8)
-    return q, scale
-
-
-@dataclass
-class LayerQuantParams:
-    """Calibrated parameters of one layer (what the cache stores per layer)."""
-
-    #: block size of the Hadamard rotation, or None
-    rotation_block: int | None
-    #: SmoothQuant divisor [K] (float32) or None
-    smooth_divisor: torch.Tensor | None
-    #: [G, 2] static activation scales (uncond, cond)
-    act_scale_by_group: torch.Tensor
-    #: [G, 2] clip ratios (uncond, cond)
-    clip_ratio_by_group: torch.Tensor
-    #: [N] per-output-channel weight clip ratios (``weight_clip_search``) or None = min-max
-    weight_clip: torch.Tensor | None = None
-    #: [N, K] int8 integer weights rounded by calibration (``weight_rounding="gptq"``),
-    #: on the smoothed, rotated weight's per-channel scales; None = round to nearest
-    weight_q: torch.Tensor | None = None
-
-    @classmethod
-    def minmax_default(cls, num_groups: int, rotation_block: int | None) -> LayerQuantParams:
-        """Uncalibrated placeholder: dynamic-safe clip 1, unit static scales."""
-        return cls(
-            rotation_block=rotation_block,
-            smooth_divisor=None,
-            act_scale_by_group=torch.ones(num_groups, 2),
-            clip_ratio_by_group=torch.ones(num_groups, 2),
-        )
+__all__ = ["QuantLinear"]
 
 
 class QuantLinear(nn.Module):
@@ -191,34 +129,59 @@ class QuantLinear(nn.Module):
         qweight, weight_scale = quantize_transformed_weight(
             weight, weight_bits, fp8, params.weight_clip, params.weight_q
         )
-        packed = backend.pack(qweight, weight_scale, weight_bits)
-        device = linear.weight.device
         weight_sum = None
         if act_center:
             if act_mode != "dynamic":
                 raise ValueError("act_center needs dynamic (per-token) activations")
-            # what the backend multiplies an all-ones row by, so the mean comes back exactly
-            smooth = params.smooth_divisor
-            ones = prepare_activation(
-                torch.ones(1, linear.in_features, device=weight.device),
-                ActQuant(rotation_block=params.rotation_block,
-                         smooth_divisor=None if smooth is None else smooth.to(weight.device)),
-            )
-            weight_sum = (qweight.float() * weight_scale.float()[:, None]) @ ones[0]
-        bias = linear.bias.detach() if linear.bias is not None else None
+            weight_sum = centering_weight_sum(qweight, weight_scale, params.smooth_divisor,
+                                              params.rotation_block)
+        return cls.from_quantized(
+            qweight, weight_scale, linear.bias, params, backend, context,
+            weight_bits=weight_bits, act_bits=act_bits, fp8=fp8, act_mode=act_mode,
+            cfg_wise=cfg_wise, weight_sum=weight_sum, cfg_delta=cfg_delta,
+        )
+
+    @classmethod
+    def from_quantized(
+        cls,
+        qweight: torch.Tensor,
+        weight_scale: torch.Tensor,
+        bias: torch.Tensor | None,
+        params: LayerQuantParams,
+        backend: KernelBackend,
+        context: QuantContext,
+        *,
+        weight_bits: int = 8,
+        act_bits: int = 8,
+        fp8: bool = False,
+        act_mode: str = "static",
+        cfg_wise: bool = True,
+        weight_sum: torch.Tensor | None = None,
+        cfg_delta: bool = False,
+    ) -> QuantLinear:
+        """A layer from its canonical quantized weights: ``qweight [N, K]`` (int8 holding
+        ``weight_bits``-bit integers, or e4m3) and ``weight_scale [N]`` fp32 of the
+        smoothed, rotated weight, ``weight_sum [N]`` when activations are centred.
+        ``backend.pack`` turns them into that backend's storage (its preparation step: the
+        same canonical weights serve any backend). The layer lives on ``qweight``'s device;
+        ``params``' weight clip and rounding are already in ``qweight``."""
+        if weight_sum is not None and act_mode != "dynamic":
+            raise ValueError("centred activations (weight_sum) need dynamic activations")
+        device = qweight.device
+        packed = backend.pack(qweight, weight_scale, weight_bits)
+        smooth = params.smooth_divisor
         params = LayerQuantParams(
             rotation_block=params.rotation_block,
-            smooth_divisor=None if params.smooth_divisor is None else params.smooth_divisor.to(device),
+            smooth_divisor=None if smooth is None else smooth.to(device),
             act_scale_by_group=params.act_scale_by_group.to(device),
             clip_ratio_by_group=params.clip_ratio_by_group.to(device),
-            weight_clip=None,  # baked into the packed weights, like weight_q
         )
         return cls(
-            linear.in_features,
-            linear.out_features,
+            qweight.shape[1],
+            qweight.shape[0],
             backend=backend,
             packed={k: v.to(device) for k, v in packed.items()},
-            bias=bias,
+            bias=None if bias is None else bias.detach(),
             params=params,
             context=context,
             weight_bits=weight_bits,
@@ -228,6 +191,21 @@ class QuantLinear(nn.Module):
             cfg_wise=cfg_wise,
             weight_sum=weight_sum,
             cfg_delta=cfg_delta,
+        )
+
+    def canonical_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(qweight [N, K], weight_scale [N])`` as ``from_quantized`` takes them (the
+        backend's ``unpack``)."""
+        return self.backend.unpack(self.packed)
+
+    def quant_params(self) -> LayerQuantParams:
+        """The activation parameters this layer serves with (weight clip and rounding are
+        in its weights)."""
+        return LayerQuantParams(
+            rotation_block=self.rotation_block,
+            smooth_divisor=self.smooth_divisor,
+            act_scale_by_group=self.act_scale_by_group,
+            clip_ratio_by_group=self.clip_ratio_by_group,
         )
 
     # ---- helpers ---------------------------------------------------------------------------
@@ -273,55 +251,21 @@ class QuantLinear(nn.Module):
             pair = by_group[min(ctx.group, by_group.shape[0] - 1)]
         return pair.repeat_interleave(rows // 2) if split else pair[1:].expand(rows)
 
-    def _epilogue(self, backend_output_is_served: bool) -> dict[str, str]:
-        """``linear``'s extra arguments: the output activation, when the backend applies it
-        and what it returns is the served output (no centring or CFG restore follows)."""
-        name = self.output_activation
-        if name and backend_output_is_served and name in self.backend.fused_activations:
-            return {"activation": name}
-        return {}
-
-    def _activate(self, out: torch.Tensor, epilogue: dict[str, str]) -> torch.Tensor:
-        """The output activation, unless the backend applied it (``epilogue``)."""
-        return out if epilogue else apply_output_activation(out, self.output_activation)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)
         m = x2.shape[0]
         split = self.context.cfg_active and self.cfg_wise and m % 2 == 0
         if self.act_mode == "static":
-            row_scale = self._per_row(self.act_scale_by_group, m, split)
-            epilogue = self._epilogue(True)
-            out = self.backend.linear(
-                x2, self.packed, self._act(row_scale, 1.0), self.bias, **epilogue
-            )
-            return self._activate(out, epilogue).reshape(*lead, self.out_features)
-        row_clip = self._per_row(self.clip_ratio_by_group, m, split)
-        delta = self.cfg_delta and self.context.cfg_active and m % 2 == 0
-        half = m // 2
-        # centring and CFG-delta: inside the backend's kernels when it can, else around the
-        # call; the kernels difference the rows before centring them, so the subtraction
-        # is fused only where no centring is left to do here
-        fused_sum = self.weight_sum if self.backend.fuses_centering else None
-        fuse_delta = delta and self.backend.fuses_cfg_delta and (
-            self.weight_sum is None or fused_sum is not None
-        )
-        if delta and not fuse_delta:  # [uncond; cond - uncond]: one GEMM serves both halves
-            x2 = torch.cat((x2[:half], x2[half:] - x2[:half]))
-        center = None
-        if self.weight_sum is not None and fused_sum is None:
-            center = x2.mean(dim=-1, keepdim=True)
-            x2 = x2 - center
-        act = self._act(None, row_clip, fused_sum, half if fuse_delta else 0)
-        restore_here = delta and not (fuse_delta and self.backend.restores_cfg_delta)
-        epilogue = self._epilogue(center is None and not restore_here)
-        out = self.backend.linear(x2, self.packed, act, self.bias, **epilogue)
-        if center is not None:
-            out = out + center.to(out.dtype) * self.weight_sum.to(out.dtype)
-        if restore_here:
-            out = restore_cfg_delta(out, half, self.bias)
-        return self._activate(out, epilogue).reshape(*lead, self.out_features)
+            act = self._act(self._per_row(self.act_scale_by_group, m, split), 1.0)
+        else:
+            row_clip = self._per_row(self.clip_ratio_by_group, m, split)
+            delta = self.cfg_delta and self.context.cfg_active and m % 2 == 0
+            act = self._act(None, row_clip, self.weight_sum, m // 2 if delta else 0)
+        # centring, CFG-delta and the output activation: in the backend's kernels where it
+        # fuses them, else around its call (serve_linear)
+        out = serve_linear(self.backend, x2, self.packed, act, self.bias, self.output_activation)
+        return out.reshape(*lead, self.out_features)
 
     def extra_repr(self) -> str:
         return (

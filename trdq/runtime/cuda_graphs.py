@@ -1,6 +1,6 @@
 """Replaying the denoiser's forward from CUDA graphs: ``trdq bench``'s ``+cg`` rows and the
 server's ``TRDQ_CUDA_GRAPHS``. The capture itself (on a stream of the inputs' GPU, one at a
-time in the process) is ``trdq.kernels.base.capture_graph``.
+time in the process) is ``trdq.kernels.launch.capture_graph``.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from trdq.kernels.base import capture_graph, recording_launches
+from trdq.kernels.launch import capture_graph, recording_launches
 
 logger = logging.getLogger(__name__)
 

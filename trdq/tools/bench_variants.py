@@ -73,10 +73,8 @@ def apply_fp8_swap(transformer: torch.nn.Module) -> int:
                 self.weight,
                 self.weight_scale,
                 self.bias,
-                None,
-                None,
-                self.block,
-                x2.new_ones(x2.shape[0], dtype=torch.float32),  # clip 1 per row
+                rotation_block=self.block,
+                clip_ratio=x2.new_ones(x2.shape[0], dtype=torch.float32),  # clip 1 per row
             )
             return out.reshape(*x.shape[:-1], self.out_features)
 
