@@ -37,6 +37,12 @@ class Settings(BaseSettings):
     # Several devices (comma list, e.g. cuda:0,cuda:1): one engine worker per device, each
     # with its own copy of the models, all taking work from one shared queue. Empty: `device`.
     devices: str = ""
+    # Where each device's worker runs: thread (a thread of the server process), process (its
+    # own spawned process: own interpreter lock, CUDA context and graphs; the server process
+    # keeps the queue, batching, jobs and metrics), or auto: process when TRDQ_DEVICES names
+    # more than one device, else thread (one device gains nothing from a process of its own
+    # and would pay a second interpreter's start-up and memory).
+    worker_mode: Literal["auto", "thread", "process"] = "auto"
     backend: str = "auto"
     # Weight-only quantization of the text encoder (T5): none | int8 | int4.
     text_encoder_quant: str = "none"
@@ -175,6 +181,11 @@ class Settings(BaseSettings):
             raise ValueError("must be auto, float32 (fp32) or bfloat16 (bf16)")
         return name
 
+    @field_validator("worker_mode", mode="before")
+    @classmethod
+    def _parse_worker_mode(cls, value):
+        return value.strip().lower() if isinstance(value, str) else value
+
     @field_validator("devices")
     @classmethod
     def _check_devices(cls, value: str) -> str:
@@ -201,6 +212,12 @@ class Settings(BaseSettings):
     def device_names(self) -> list[str]:
         """One entry per engine worker (TRDQ_DEVICES, else TRDQ_DEVICE)."""
         return self.devices.split(",") if self.devices else [self.device]
+
+    @property
+    def resolved_worker_mode(self) -> Literal["thread", "process"]:
+        if self.worker_mode == "auto":
+            return "process" if len(self.device_names) > 1 else "thread"
+        return self.worker_mode
 
     @property
     def quant_names(self) -> list[str]:

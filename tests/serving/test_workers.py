@@ -1,0 +1,212 @@
+"""Worker processes (TRDQ_WORKER_MODE=process): one spawned process per device.
+
+Two CPU "devices" stand in for two GPUs (the same code spawns one process per GPU). The
+fault hooks here run inside the worker processes, so they are module-level functions
+(pickled by reference) bound with functools.partial.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from server.app import create_app
+from server.engine.remote_metrics import MetricsRecorder, replay
+from server.metrics import Metrics
+from server.settings import Settings
+from tests.serving.conftest import FAST, make_settings, metric_value, wait_until
+
+pytestmark = pytest.mark.timeout(300) if hasattr(pytest.mark, "timeout") else []
+
+
+def note_pid_and_sleep(directory: str, seconds: float, specs) -> None:
+    """Worker-side hook: leave this process's pid in ``directory``, then hold the batch."""
+    Path(directory, str(os.getpid())).touch()
+    time.sleep(seconds)
+
+
+def raise_error(kind: str, specs) -> None:
+    import torch
+
+    if kind == "oom":
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")
+    raise RuntimeError("boom: secret internals")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie (exited, not yet reaped) is gone for our purposes
+    status = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    return status != "Z"
+
+
+def _worker_pids(client) -> list[int]:
+    return [worker["pid"] for worker in client.get("/info").json()["workers"]]
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory):
+    settings = make_settings(tmp_path_factory.mktemp("workers"), devices="cpu,cpu",
+                             max_batch=1, threads=1)
+    assert settings.resolved_worker_mode == "process"  # auto: several devices
+    with TestClient(create_app(settings)) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def engine(client):
+    engine = client.app.state.engine
+    yield engine
+    engine.fault_hook = None
+
+
+def _generate(client, **extra):
+    return client.post("/generate/image", json={"prompt": "a red circle", **FAST, **extra})
+
+
+def test_settings_choose_processes_for_several_devices():
+    assert Settings(devices="cuda:0,cuda:1").resolved_worker_mode == "process"
+    assert Settings(device="cuda").resolved_worker_mode == "thread"
+    assert Settings(devices="cpu,cpu", worker_mode="Thread").resolved_worker_mode == "thread"
+    assert Settings(device="cpu", worker_mode="process").resolved_worker_mode == "process"
+    with pytest.raises(ValueError, match="worker_mode"):
+        Settings(worker_mode="fibers")
+
+
+def test_metric_events_recorded_in_a_worker_replay_on_the_app_registry():
+    recorder, metrics = MetricsRecorder(), Metrics()
+    recorder.stage_duration.labels(model="m", quant="fp", stage="denoise").observe(0.5)
+    recorder.generated_images.inc(3)
+    recorder.device_memory.labels(device="cuda:1", kind="peak").set(7)
+    replay(metrics, recorder.drain())
+    assert recorder.drain() == []
+    registry = metrics.registry
+    assert registry.get_sample_value("trdq_stage_duration_seconds_sum",
+                                     {"model": "m", "quant": "fp", "stage": "denoise"}) == 0.5
+    assert registry.get_sample_value("trdq_generated_images_total") == 3
+    assert registry.get_sample_value("trdq_device_memory_bytes",
+                                     {"device": "cuda:1", "kind": "peak"}) == 7
+
+
+def test_each_device_is_served_by_its_own_process(client):
+    info = client.get("/info").json()
+    assert info["worker_mode"] == "process" and info["devices"] == ["cpu", "cpu"]
+    pids = _worker_pids(client)
+    assert len(set(pids)) == 2 and os.getpid() not in pids
+    assert all(worker["state"] == "ready" for worker in info["workers"])
+    assert info["models"][0]["size_multiple"] == 16
+    reply = _generate(client, seed=3)
+    assert reply.status_code == 200, reply.text
+    assert reply.headers["X-TRDQ-Device"] == "cpu"
+    # the worker's observations reach this process's /metrics
+    metrics = client.get("/metrics").text
+    assert metric_value(metrics, "trdq_stage_duration_seconds_count", stage="denoise") >= 1
+    assert metric_value(metrics, "trdq_denoise_step_seconds_count") >= 2
+    assert metric_value(metrics, "trdq_generated_images_total") >= 1
+    assert metric_value(metrics, "trdq_device_memory_bytes", device="cpu", kind="allocated") > 0
+    assert metric_value(metrics, "trdq_model_weight_bytes") > 0
+
+
+def test_two_processes_run_batches_at_the_same_time(client, engine, tmp_path):
+    engine.fault_hook = functools.partial(note_pid_and_sleep, str(tmp_path), 1.5)
+    replies: list = []
+    threads = [threading.Thread(target=lambda seed=seed: replies.append(_generate(client, seed=seed)))
+               for seed in (1, 2)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    wait_until(lambda: len(list(tmp_path.iterdir())) == 2, timeout_s=30)  # both held at once
+    for thread in threads:
+        thread.join()
+    assert time.perf_counter() - started < 30
+    assert [reply.status_code for reply in replies] == [200, 200]
+    assert sorted(int(path.name) for path in tmp_path.iterdir()) == sorted(_worker_pids(client))
+
+
+def test_failures_inside_a_worker_map_to_the_same_replies(client, engine):
+    engine.fault_hook = functools.partial(raise_error, "crash")
+    reply = _generate(client)
+    assert reply.status_code == 500
+    assert reply.json()["error"]["type"] == "generation_failed"
+    assert "secret internals" not in reply.text
+    engine.fault_hook = functools.partial(raise_error, "oom")
+    reply = _generate(client)
+    assert reply.status_code == 503 and reply.json()["error"]["type"] == "device_out_of_memory"
+    engine.fault_hook = None
+    assert _generate(client).status_code == 200
+
+
+def test_a_timeout_stops_the_batch_inside_the_worker(client, engine):
+    engine.settings.request_timeout_s = 0.5
+    try:
+        reply = _generate(client, width=128, height=128, num_inference_steps=100)
+    finally:
+        engine.settings.request_timeout_s = 300.0
+    assert reply.status_code == 504
+    wait_until(lambda: engine.idle, timeout_s=10)  # the worker stopped at its next step
+    started = time.perf_counter()
+    assert _generate(client).status_code == 200
+    assert time.perf_counter() - started < 30
+
+
+def test_a_killed_worker_fails_its_batch_alone_and_is_restarted(client, engine, tmp_path):
+    engine.fault_hook = functools.partial(note_pid_and_sleep, str(tmp_path), 30)
+    replies: list = []
+    sender = threading.Thread(target=lambda: replies.append(_generate(client)))
+    sender.start()
+    wait_until(lambda: any(tmp_path.iterdir()), timeout_s=30)
+    victim = int(next(tmp_path.iterdir()).name)
+    engine.fault_hook = None
+    os.kill(victim, signal.SIGKILL)  # mid-batch
+    sender.join(timeout=60)
+    assert replies[0].status_code == 500, replies[0].text
+    error = replies[0].json()["error"]
+    assert error["type"] == "worker_crashed" and "restarted" in error["message"]
+    # the other worker keeps serving while the dead one restarts
+    assert client.get("/readyz").status_code == 200
+    assert _generate(client).status_code == 200
+    wait_until(lambda: all(w["state"] == "ready" for w in client.get("/info").json()["workers"]),
+               timeout_s=120, interval_s=0.5)
+    workers = client.get("/info").json()["workers"]
+    assert victim not in [worker["pid"] for worker in workers]
+    assert sum(worker["restarts"] for worker in workers) == 1
+    assert not _alive(victim)
+    metrics = client.get("/metrics").text
+    assert metric_value(metrics, "trdq_worker_restarts_total", device="cpu") == 1
+    assert metric_value(metrics, "trdq_errors_total", type="worker_crashed") == 1
+    for seed in (1, 2):  # both serve again
+        assert _generate(client, seed=seed).status_code == 200
+
+
+def test_one_worker_process_restarts_behind_readyz_and_stops_with_the_app(tmp_path):
+    settings = make_settings(tmp_path, device="cpu", worker_mode="process", threads=1)
+    with TestClient(create_app(settings)) as client:
+        (pid,) = _worker_pids(client)
+        os.kill(pid, signal.SIGKILL)  # idle: nothing fails, but nothing serves until restarted
+        wait_until(lambda: client.get("/readyz").status_code == 503, timeout_s=10)
+        assert "restarting" in client.get("/readyz").json()["error"]["message"]
+        wait_until(lambda: client.get("/readyz").status_code == 200, timeout_s=120,
+                   interval_s=0.5)
+        assert _generate(client).status_code == 200
+        (restarted,) = _worker_pids(client)
+    assert restarted != pid
+    wait_until(lambda: not _alive(restarted), timeout_s=5)  # no orphan after shutdown
+
+
+def test_a_worker_that_cannot_start_refuses_the_start_and_leaves_no_process(tmp_path):
+    settings = make_settings(tmp_path, devices="cpu,cpu", model=str(tmp_path / "missing"))
+    app = create_app(settings)
+    with pytest.raises(RuntimeError, match="failed to start"), TestClient(app):
+        pass
+    for worker in app.state.engine.workers:
+        assert worker.pid is not None and not _alive(worker.pid)
