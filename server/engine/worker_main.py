@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import signal
 import threading
 import traceback
 from multiprocessing.connection import Connection
@@ -44,6 +45,9 @@ logger = logging.getLogger(__name__)
 def worker_main(conn: Connection, settings: Settings, device_name: str, index: int,
                 cpu_threads: int) -> None:
     """Entry point of the worker process (the target of ``multiprocessing.Process``)."""
+    # Ctrl-C in a terminal reaches the whole process group: the server process drains and
+    # then stops its workers; a worker interrupted by it would look like a crash.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(
         level=settings.log_level.upper(),
         format=f"%(asctime)s %(levelname)s [worker {index} {device_name}] %(name)s: %(message)s",

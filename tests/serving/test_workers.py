@@ -210,3 +210,46 @@ def test_a_worker_that_cannot_start_refuses_the_start_and_leaves_no_process(tmp_
         pass
     for worker in app.state.engine.workers:
         assert worker.pid is not None and not _alive(worker.pid)
+
+
+@pytest.mark.integration
+@pytest.mark.slow  # a real server and two worker processes start: ~30-60 s on 2 cores
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
+def test_no_worker_process_outlives_the_server(tmp_path, sig):
+    """SIGTERM: the server drains, stops its workers and exits 0. SIGKILL (nothing runs
+    in the server any more): each worker sees its pipe close and exits by itself."""
+    import subprocess
+    import sys
+
+    import httpx
+
+    from tests.serving.conftest import free_port
+
+    port = free_port()
+    env = dict(os.environ, TRDQ_PORT=str(port), TRDQ_QUANT="fp", TRDQ_VIDEO_MODEL="none",
+               TRDQ_WARMUP="false", TRDQ_CACHE_DIR=str(tmp_path), TRDQ_DEVICES="cpu,cpu",
+               TRDQ_THREADS="1", TRDQ_LOG_LEVEL="info")
+    process = subprocess.Popen([sys.executable, "-m", "server"], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        def ready() -> bool:
+            assert process.poll() is None, "the server exited during start-up"
+            try:
+                return httpx.get(f"{base}/readyz", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_until(ready, timeout_s=240, interval_s=0.3)
+        reply = httpx.post(f"{base}/generate/image", json={"prompt": "a", **FAST}, timeout=120)
+        assert reply.status_code == 200
+        pids = [w["pid"] for w in httpx.get(f"{base}/info").json()["workers"]]
+        assert all(_alive(pid) for pid in pids)
+        process.send_signal(sig)
+        code = process.wait(timeout=120)
+        assert code == (0 if sig == signal.SIGTERM else -signal.SIGKILL)
+        wait_until(lambda: not any(_alive(pid) for pid in pids), timeout_s=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
