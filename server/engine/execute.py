@@ -98,17 +98,33 @@ def run_batch(
     )
 
 
-def warm_up(models: ModelSet[ServedModel], device: torch.device) -> None:
-    """One short generation per variant, so the first request pays no lazy set-up."""
+def warm_up(models: ModelSet[ServedModel], device: torch.device,
+            batch_sizes: list[int] | None = None, size: tuple[int, int] | None = None,
+            steps: int = 2) -> None:
+    """Short generations per variant (TRDQ_WARMUP_*), so the first requests pay no lazy
+    set-up: every batch size at ``size`` (None: the model's default), each shape twice
+    where the denoiser replays CUDA graphs (the first call per shape runs eagerly, the
+    second captures)."""
     for model in models.all():
-        request = GenerationRequest(
-            prompts=["warm-up"], seeds=[0], width=model.default_width,
-            height=model.default_height, num_inference_steps=2, guidance_scale=4.5,
-            num_frames=(min(2, model.max_frames) if model.frame_step == 1 else 1)
-            if model.task == "video" else None,
-        )
-        with on_device(device):
-            generate(model.pipe, request)
+        width, height = size or (model.default_width, model.default_height)
+        if width % model.size_multiple or height % model.size_multiple:
+            raise ValueError(
+                f"TRDQ_WARMUP_SIZE={width}x{height}: {model.name} needs multiples of "
+                f"{model.size_multiple}"
+            )
+        num_frames = ((min(2, model.max_frames) if model.frame_step == 1 else 1)
+                      if model.task == "video" else None)
+        for batch_size in batch_sizes or [1]:
+            request = GenerationRequest(
+                prompts=["warm-up"] * batch_size, seeds=list(range(batch_size)), width=width,
+                height=height, num_inference_steps=max(steps, model.min_steps),
+                guidance_scale=4.5, num_frames=num_frames,
+            )
+            for _ in range(2 if model.info.get("cuda_graphs") else 1):
+                with on_device(device):
+                    generate(model.pipe, request)
+        logger.info("warmed up %s at %s: %dx%d, batch sizes %s, %d steps", model.name,
+                    model.quant, width, height, batch_sizes or [1], steps)
 
 
 def _observe_generation(metrics: MetricSink, model: ServedModel, profile,

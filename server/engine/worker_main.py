@@ -63,7 +63,8 @@ def worker_main(conn: Connection, settings: Settings, device_name: str, index: i
         with on_device(device):
             models = load_models(settings, recorder, device)
         if settings.warmup:
-            warm_up(models, device)
+            warm_up(models, device, settings.warmup_batch_size_list,
+                    settings.warmup_width_height, settings.warmup_steps)
         record_memory(recorder, device)
         cards = models.cards()
     except Exception as error:  # the server process reports it and refuses to start

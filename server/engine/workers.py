@@ -85,7 +85,8 @@ class ThreadWorker:
         with on_device(self.device):
             models = load_models(self.settings, self.metrics, self.device)
         if self.settings.warmup:
-            warm_up_models(models, self.device)
+            warm_up_models(models, self.device, self.settings.warmup_batch_size_list,
+                           self.settings.warmup_width_height, self.settings.warmup_steps)
         record_memory(self.metrics, self.device)
         return models
 
