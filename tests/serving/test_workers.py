@@ -21,7 +21,13 @@ from server.app import create_app
 from server.engine.remote_metrics import MetricsRecorder, replay
 from server.metrics import Metrics
 from server.settings import Settings
-from tests.serving.conftest import FAST, make_settings, metric_value, wait_until
+from tests.serving.conftest import (
+    FAST,
+    make_settings,
+    metric_value,
+    post_concurrently,
+    wait_until,
+)
 
 pytestmark = pytest.mark.timeout(300) if hasattr(pytest.mark, "timeout") else []
 
@@ -30,6 +36,17 @@ def note_pid_and_sleep(directory: str, seconds: float, specs) -> None:
     """Worker-side hook: leave this process's pid in ``directory``, then hold the batch."""
     Path(directory, str(os.getpid())).touch()
     time.sleep(seconds)
+
+
+def meet_the_other_worker(directory: str, specs) -> None:
+    """Worker-side barrier: leave this pid, then wait until a second process left its own;
+    one worker running both batches in turn would never see two and fail here."""
+    Path(directory, str(os.getpid())).touch()
+    deadline = time.monotonic() + 60
+    while len(list(Path(directory).iterdir())) < 2:
+        if time.monotonic() > deadline:
+            raise TimeoutError("the other worker never ran at the same time")
+        time.sleep(0.02)
 
 
 def raise_error(kind: str, specs) -> None:
@@ -72,6 +89,12 @@ def engine(client):
 
 def _generate(client, **extra):
     return client.post("/generate/image", json={"prompt": "a red circle", **FAST, **extra})
+
+
+def _generate_together(client, seeds) -> list:
+    """One request per seed, all sent at once; the replies in the seeds' order."""
+    return post_concurrently(client, "/generate/image",
+                             [{"prompt": "a red circle", "seed": seed, **FAST} for seed in seeds])
 
 
 def test_settings_choose_processes_for_several_devices():
@@ -118,18 +141,9 @@ def test_each_device_is_served_by_its_own_process(client):
 
 
 def test_two_processes_run_batches_at_the_same_time(client, engine, tmp_path):
-    engine.fault_hook = functools.partial(note_pid_and_sleep, str(tmp_path), 1.5)
-    replies: list = []
-    threads = [threading.Thread(target=lambda seed=seed: replies.append(_generate(client, seed=seed)))
-               for seed in (1, 2)]
-    started = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    wait_until(lambda: len(list(tmp_path.iterdir())) == 2, timeout_s=30)  # both held at once
-    for thread in threads:
-        thread.join()
-    assert time.perf_counter() - started < 30
-    assert [reply.status_code for reply in replies] == [200, 200]
+    engine.fault_hook = functools.partial(meet_the_other_worker, str(tmp_path))
+    replies = _generate_together(client, (1, 2))
+    assert [reply.status_code for reply in replies] == [200, 200], [r.text for r in replies]
     assert sorted(int(path.name) for path in tmp_path.iterdir()) == sorted(_worker_pids(client))
 
 
@@ -210,6 +224,37 @@ def test_a_worker_that_cannot_start_refuses_the_start_and_leaves_no_process(tmp_
         pass
     for worker in app.state.engine.workers:
         assert worker.pid is not None and not _alive(worker.pid)
+
+
+@pytest.mark.gpu
+def test_two_gpus_each_served_by_their_own_process(tmp_path):
+    """On a 2-GPU machine: one process per GPU runs TR-DQ's kernels and (the default
+    TRDQ_CUDA_GRAPHS=auto) its own CUDA graphs; the warm-up captured the request shape,
+    so all three rounds replay; both GPUs work at once in every round."""
+    import torch
+
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs two CUDA devices")
+    settings = make_settings(tmp_path, devices="cuda:0,cuda:1", quant="w8a8", max_batch=1,
+                             warmup=True, warmup_size="32x32", warmup_steps=2)
+    with TestClient(create_app(settings)) as client:
+        info = client.get("/info").json()
+        assert info["worker_mode"] == "process"
+        assert info["models"][0]["backend"] != "reference"
+        for round_index in range(3):
+            held = tmp_path / f"round{round_index}"
+            held.mkdir()
+            client.app.state.engine.fault_hook = functools.partial(
+                meet_the_other_worker, str(held))
+            replies = _generate_together(client, (1, 2))
+            assert [reply.status_code for reply in replies] == [200, 200], [
+                r.text for r in replies]
+            assert sorted(r.headers["X-TRDQ-Device"] for r in replies) == ["cuda:0", "cuda:1"]
+            assert len(list(held.iterdir())) == 2
+        metrics = client.get("/metrics").text
+    for device in ("cuda:0", "cuda:1"):
+        assert metric_value(metrics, "trdq_device_memory_bytes", device=device,
+                            kind="allocated") > 0
 
 
 @pytest.mark.integration
