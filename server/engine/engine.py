@@ -95,7 +95,13 @@ class GenerationEngine:
             if self.worker_mode == "process":
                 # Each process applies the switches itself; they start together (the
                 # calibration cache's file lock makes them calibrate once).
-                cards = await asyncio.gather(*(worker.start() for worker in self.workers))
+                started_all = await asyncio.gather(
+                    *(worker.start() for worker in self.workers), return_exceptions=True)
+                cards = []
+                for outcome in started_all:
+                    if isinstance(outcome, BaseException):
+                        raise outcome
+                    cards.append(outcome)
                 self._cards = cards[0]
                 self.kernels = self.workers[0].kernels
             else:

@@ -213,6 +213,10 @@ class ProcessWorker:
                     self._send(("cancel", batch_id))
                     cancel_sent = True
             return done.result()
+        except asyncio.CancelledError:  # the engine is stopping: stop the batch in the worker
+            if not done.done():
+                self._send(("cancel", batch_id))
+            raise
         finally:
             self._running = None
 

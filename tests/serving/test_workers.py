@@ -226,6 +226,24 @@ def test_a_worker_that_cannot_start_refuses_the_start_and_leaves_no_process(tmp_
         assert worker.pid is not None and not _alive(worker.pid)
 
 
+@pytest.mark.slow  # two processes start together and one calibrates the zoo model
+def test_worker_processes_starting_together_calibrate_once(tmp_path):
+    """Both workers quantize at start-up from one empty cache (prompts of our own, so no
+    shipped artifact matches): the artifact's file lock makes one calibrate and save,
+    and the other load what it saved."""
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle\na blue square top left\n")
+    settings = make_settings(tmp_path, devices="cpu,cpu", quant="w8a8", threads=1,
+                             calibration_prompts=prompts)
+    with TestClient(create_app(settings)) as client:
+        metrics = client.get("/metrics").text
+        assert _generate(client).status_code == 200
+        ids = {model["calibration_id"] for model in client.get("/info").json()["models"]}
+    assert metric_value(metrics, "trdq_calibration_cache_total", result="miss") == 1
+    assert metric_value(metrics, "trdq_calibration_cache_total", result="hit") == 1
+    assert len(ids) == 1 and (tmp_path / "cache" / ids.pop()).is_dir()
+
+
 @pytest.mark.gpu
 def test_two_gpus_each_served_by_their_own_process(tmp_path):
     """On a 2-GPU machine: one process per GPU runs TR-DQ's kernels and (the default
