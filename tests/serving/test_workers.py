@@ -173,6 +173,23 @@ def test_a_timeout_stops_the_batch_inside_the_worker(client, engine):
     assert time.perf_counter() - started < 30
 
 
+def test_async_job_progress_comes_from_the_worker_and_delete_stops_it(client, engine):
+    job = client.post("/jobs/image", json={"prompt": "a red circle", **FAST, "width": 128,
+                                           "height": 128, "num_inference_steps": 100})
+    assert job.status_code == 202
+    url = f"/jobs/{job.json()['id']}"
+
+    def stepping() -> bool:
+        status = client.get(url).json()
+        assert status["state"] in ("queued", "running"), status
+        return status["progress"]["step"] >= 1
+
+    wait_until(stepping, timeout_s=60, interval_s=0.05)
+    assert client.delete(url).json()["state"] == "cancelled"
+    wait_until(lambda: engine.idle, timeout_s=10)  # the worker stopped at its next step
+    assert client.get(url).json()["progress"]["step"] < 100
+
+
 def test_a_killed_worker_fails_its_batch_alone_and_is_restarted(client, engine, tmp_path):
     engine.fault_hook = functools.partial(note_pid_and_sleep, str(tmp_path), 30)
     replies: list = []
