@@ -25,7 +25,12 @@ from typing import Any
 from server.engine.execute import BatchResult, FaultHook
 from server.engine.jobs import Job, JobOutput, JobQueue, JobSpec, QueueFull, StageTimings
 from server.engine.models import ModelCard, ModelSet, configure_kernels
-from server.engine.workers import ProcessWorker, ThreadWorker, cpu_threads_per_worker
+from server.engine.workers import (
+    DeviceWorker,
+    ProcessWorker,
+    ThreadWorker,
+    cpu_threads_per_worker,
+)
 from server.errors import (
     DeviceOutOfMemoryError,
     GenerationCancelledError,
@@ -49,7 +54,7 @@ class GenerationEngine:
         self.ready = False
         self.worker_mode = settings.resolved_worker_mode
         names = settings.device_names
-        self.workers: list[Any] = (
+        self.workers: list[DeviceWorker] = (
             [ProcessWorker(index, name, settings, metrics, cpu_threads_per_worker(names))
              for index, name in enumerate(names)]
             if self.worker_mode == "process"
@@ -233,7 +238,7 @@ class GenerationEngine:
         self.metrics.cancellations.labels(reason=reason).inc()
 
     # -- dispatch -----------------------------------------------------------------
-    async def _dispatch_forever(self, worker: Any) -> None:
+    async def _dispatch_forever(self, worker: DeviceWorker) -> None:
         """One per worker: take the next batch whenever this worker is free (and up: a
         restarting worker process takes nothing, the others carry the queue)."""
         while True:
@@ -252,7 +257,7 @@ class GenerationEngine:
             if batch:
                 await self._run_and_resolve(batch, worker)
 
-    async def _run_and_resolve(self, batch: list[Job], worker: Any) -> None:
+    async def _run_and_resolve(self, batch: list[Job], worker: DeviceWorker) -> None:
         now = time.perf_counter()
         for job in batch:
             job.started_unix = time.time()

@@ -25,7 +25,9 @@ import signal
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, Protocol
+
+import torch
 
 from server import errors
 from server.engine.execute import BatchResult, FaultHook, on_device, record_memory, run_batch
@@ -46,6 +48,33 @@ CANCEL_POLL_S = 0.05
 STOP_TIMEOUT_S = 10.0
 
 
+class DeviceWorker(Protocol):
+    """What the engine needs of a worker, whichever kind."""
+
+    index: int
+    device: torch.device
+    name: str
+    state: str
+    restarts: int
+    dispatcher: asyncio.Task | None
+    #: the kernel switches in force in the worker (a process applies its own), once started
+    kernels: dict[str, Any] | None
+
+    @property
+    def pid(self) -> int | None: ...
+
+    @property
+    def serving(self) -> bool: ...
+
+    async def start(self) -> ModelSet[ModelCard]: ...
+
+    async def until_ready(self) -> None: ...
+
+    async def run(self, batch: list[Job], fault_hook: FaultHook | None) -> BatchResult: ...
+
+    async def stop(self) -> None: ...
+
+
 class ThreadWorker:
     """One device served by one thread of the server process."""
 
@@ -62,8 +91,12 @@ class ThreadWorker:
         self.models: ModelSet[ServedModel] | None = None
         self.state = "starting"
         self.restarts = 0
-        self.pid: int | None = os.getpid()
+        self.kernels: dict[str, Any] | None = None  # the engine applies them in this process
         self.dispatcher: asyncio.Task | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return os.getpid()  # the server process itself
 
     @property
     def serving(self) -> bool:
