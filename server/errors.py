@@ -83,6 +83,12 @@ class GenerationFailedError(ServiceError):
     status_code, error_type = 500, "generation_failed"
 
 
+class WorkerCrashedError(ServiceError):
+    """A worker process died while running the request's batch (it is restarted)."""
+
+    status_code, error_type = 500, "worker_crashed"
+
+
 class GenerationCancelledError(ServiceError):
     status_code, error_type = 499, "cancelled"
 

@@ -81,6 +81,11 @@ class Metrics:
             "(client gone, timeout, user DELETE, shutdown).",
             ["reason"], registry=r,
         )
+        self.worker_restarts = Counter(
+            "trdq_worker_restarts",
+            "Worker processes started again after one exited unexpectedly (TRDQ_WORKER_MODE=process).",
+            ["device"], registry=r,
+        )
         self.jobs_stored = Gauge(
             "trdq_jobs_stored", "Async jobs held (queued, running or finished, not expired).",
             registry=r,

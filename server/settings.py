@@ -37,6 +37,12 @@ class Settings(BaseSettings):
     # Several devices (comma list, e.g. cuda:0,cuda:1): one engine worker per device, each
     # with its own copy of the models, all taking work from one shared queue. Empty: `device`.
     devices: str = ""
+    # Where each device's worker runs: thread (a thread of the server process), process (its
+    # own spawned process: own interpreter lock, CUDA context and graphs; the server process
+    # keeps the queue, batching, jobs and metrics), or auto: process when TRDQ_DEVICES names
+    # more than one device, else thread (one device gains nothing from a process of its own
+    # and would pay a second interpreter's start-up and memory).
+    worker_mode: Literal["auto", "thread", "process"] = "auto"
     backend: str = "auto"
     # Weight-only quantization of the text encoder (T5): none | int8 | int4.
     text_encoder_quant: str = "none"
@@ -56,6 +62,15 @@ class Settings(BaseSettings):
     attention: Literal["auto", "sdpa", "fa3", "fp8"] = "auto"
     threads: int = Field(default=0, ge=0)  # torch intra-op threads on CPU; 0 = torch default
     warmup: bool = True
+    # What the warm-up runs before /readyz turns 200, per served variant and worker: every
+    # batch size listed (comma list: the pipeline batches that load will bring, e.g.
+    # 1,2,3,4 with TRDQ_MAX_BATCH=4), at WxH (empty: the model's default size), with this
+    # many sampler steps (the requests' step count reaches every timestep group). Under
+    # CUDA graphs each shape runs twice (eager, then capture), so the first requests
+    # replay instead of capturing while other work waits.
+    warmup_batch_sizes: str = "1"
+    warmup_size: str = ""
+    warmup_steps: int = Field(default=2, ge=1)
 
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
@@ -175,6 +190,28 @@ class Settings(BaseSettings):
             raise ValueError("must be auto, float32 (fp32) or bfloat16 (bf16)")
         return name
 
+    @field_validator("warmup_batch_sizes")
+    @classmethod
+    def _check_warmup_batch_sizes(cls, value: str) -> str:
+        words = [word.strip() for word in value.split(",") if word.strip()]
+        if not words or not all(word.isdigit() and int(word) >= 1 for word in words):
+            raise ValueError("must be a comma list of batch sizes >= 1, e.g. 1,2,4")
+        return ",".join(words)
+
+    @field_validator("warmup_size")
+    @classmethod
+    def _check_warmup_size(cls, value: str) -> str:
+        value = value.strip().lower()
+        width, _, height = value.partition("x")
+        if value and not (width.isdigit() and height.isdigit() and int(width) and int(height)):
+            raise ValueError("must be WIDTHxHEIGHT, e.g. 1024x1024, or empty (model default)")
+        return value
+
+    @field_validator("worker_mode", mode="before")
+    @classmethod
+    def _parse_worker_mode(cls, value):
+        return value.strip().lower() if isinstance(value, str) else value
+
     @field_validator("devices")
     @classmethod
     def _check_devices(cls, value: str) -> str:
@@ -201,6 +238,23 @@ class Settings(BaseSettings):
     def device_names(self) -> list[str]:
         """One entry per engine worker (TRDQ_DEVICES, else TRDQ_DEVICE)."""
         return self.devices.split(",") if self.devices else [self.device]
+
+    @property
+    def resolved_worker_mode(self) -> Literal["thread", "process"]:
+        if self.worker_mode == "auto":
+            return "process" if len(self.device_names) > 1 else "thread"
+        return self.worker_mode
+
+    @property
+    def warmup_batch_size_list(self) -> list[int]:
+        return [int(word) for word in self.warmup_batch_sizes.split(",")]
+
+    @property
+    def warmup_width_height(self) -> tuple[int, int] | None:
+        if not self.warmup_size:
+            return None
+        width, _, height = self.warmup_size.partition("x")
+        return int(width), int(height)
 
     @property
     def quant_names(self) -> list[str]:

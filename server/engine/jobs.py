@@ -121,6 +121,13 @@ class JobQueue:
             return False
         return True
 
+    def requeue(self, jobs: list[Job]) -> None:
+        """Put taken jobs back at the front, in order (their worker went away before
+        running them); they were admitted, so the size bound does not apply."""
+        self._jobs.extendleft(reversed(jobs))
+        if self._jobs:
+            self._not_empty.set()
+
     def drain(self) -> list[Job]:
         jobs = list(self._jobs)
         self._jobs.clear()

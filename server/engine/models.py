@@ -8,13 +8,15 @@ copy otherwise) while the text encoder, VAE and scheduler config are shared.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import torch
 
+from server.engine.remote_metrics import MetricsRecorder
 from server.errors import ModelUnavailableError
 from server.metrics import Metrics
 from server.settings import Settings
@@ -29,37 +31,53 @@ from trdq.pipeline import (
     min_inference_steps,
     pipeline_task,
     pipeline_weight_bytes,
+    size_multiple,
 )
 from trdq.runtime.profiling import PipelineProfiler
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass
-class ServedModel:
-    """One pipeline variant the engine can run."""
+@dataclass(kw_only=True)
+class ModelCard:
+    """What the HTTP side needs to know of a served variant (validation, /info): plain,
+    picklable values, so a worker process can send it to the server process."""
 
     name: str
     task: str
     quant: str
-    pipe: Any
-    profiler: PipelineProfiler
     default_width: int
     default_height: int
     max_frames: int
     min_steps: int
+    #: width and height must be multiples of this (VAE factor x patch size)
+    size_multiple: int
     #: frame counts are 1 + k * frame_step (Wan: 4)
     frame_step: int = 1
-    group_of: Callable[[float | None], str] = lambda timestep: "0"
     info: dict = field(default_factory=dict)
 
 
+@dataclass(kw_only=True)
+class ServedModel(ModelCard):
+    """One pipeline variant the engine can run."""
+
+    pipe: Any
+    profiler: PipelineProfiler
+    group_of: Callable[[float | None], str] = lambda timestep: "0"
+
+    def card(self) -> ModelCard:
+        return ModelCard(**{f.name: getattr(self, f.name) for f in dataclasses.fields(ModelCard)})
+
+
+M = TypeVar("M", bound=ModelCard)
+
+
 @dataclass
-class ModelSet:
-    by_task_and_quant: dict[tuple[str, str], ServedModel]
+class ModelSet(Generic[M]):
+    by_task_and_quant: dict[tuple[str, str], M]
     default_quant: str
 
-    def get(self, task: str, quant: str | None) -> ServedModel:
+    def get(self, task: str, quant: str | None) -> M:
         key = (task, quant or self.default_quant)
         if key not in self.by_task_and_quant:
             available = sorted(q for t, q in self.by_task_and_quant if t == task)
@@ -70,8 +88,15 @@ class ModelSet:
             )
         return self.by_task_and_quant[key]
 
-    def all(self) -> list[ServedModel]:
+    def all(self) -> list[M]:
         return list(self.by_task_and_quant.values())
+
+    def cards(self) -> ModelSet[ModelCard]:
+        return ModelSet(
+            {key: model.card() if isinstance(model, ServedModel) else model
+             for key, model in self.by_task_and_quant.items()},
+            self.default_quant,
+        )
 
 
 def configure_kernels(settings: Settings) -> dict[str, Any]:
@@ -88,7 +113,14 @@ def configure_kernels(settings: Settings) -> dict[str, Any]:
     return kernel_switches.describe()
 
 
-def load_models(settings: Settings, metrics: Metrics, device: torch.device) -> ModelSet:
+#: Where load-time and generation metrics go: the app's Metrics (thread workers), or a
+#: recorder whose events a worker process sends to the server process.
+MetricSink = Metrics | MetricsRecorder
+
+
+def load_models(
+    settings: Settings, metrics: MetricSink, device: torch.device
+) -> ModelSet[ServedModel]:
     """Every enabled model at every precision in TRDQ_QUANT, on ``device``."""
     if device.type == "cpu" and settings.threads:
         torch.set_num_threads(settings.threads)
@@ -173,13 +205,13 @@ def _pipeline_copy_with_own_denoiser(base):
     return pipe
 
 
-def _make_served(name: str, task: str, quant: str, pipe, metrics: Metrics) -> ServedModel:
+def _make_served(name: str, task: str, quant: str, pipe, metrics: MetricSink) -> ServedModel:
     height, width = default_size(pipe)
     model = ServedModel(
         name=name, task=task, quant=quant, pipe=pipe, profiler=PipelineProfiler(pipe),
         default_width=width, default_height=height,
         max_frames=max_frames(pipe) if task == "video" else 1,
-        min_steps=min_inference_steps(pipe),
+        min_steps=min_inference_steps(pipe), size_multiple=size_multiple(pipe),
         frame_step=frame_step(pipe) if task == "video" else 1,
         info={"quant": quant, "dtype": str(pipe.transformer.dtype).removeprefix("torch.")},
     )
@@ -193,7 +225,7 @@ def _make_served(name: str, task: str, quant: str, pipe, metrics: Metrics) -> Se
     return model
 
 
-def _quantize(model: ServedModel, settings: Settings, metrics: Metrics) -> None:
+def _quantize(model: ServedModel, settings: Settings, metrics: MetricSink) -> None:
     """Quantize the model's denoiser with TR-DQ from the calibration cache."""
     from trdq.api import add_step_listener, get_state, quantize
 
@@ -289,7 +321,7 @@ def _replay_from_cuda_graphs(model: ServedModel, max_graphs: int) -> None:
     model.info["cuda_graphs"] = True
 
 
-def _publish_weight_bytes(model: ServedModel, metrics: Metrics) -> None:
+def _publish_weight_bytes(model: ServedModel, metrics: MetricSink) -> None:
     by_component = pipeline_weight_bytes(model.pipe)
     model.info["weight_bytes"] = by_component
     for component, by_dtype in by_component.items():

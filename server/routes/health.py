@@ -25,4 +25,10 @@ async def readyz(request: Request):
         return JSONResponse(
             {"error": {"type": "not_ready", "message": "models are loading"}}, status_code=503
         )
+    if not engine.serving:  # every worker process is restarting
+        states = ", ".join(f"{worker.name}: {worker.state}" for worker in engine.workers)
+        return JSONResponse(
+            {"error": {"type": "not_ready", "message": f"no worker is serving ({states})"}},
+            status_code=503,
+        )
     return {"status": "ready"}

@@ -19,7 +19,8 @@ async def info(request: Request) -> dict:
             models.append({
                 "name": model.name, "task": model.task, "quant": model.quant,
                 "default_width": model.default_width, "default_height": model.default_height,
-                "max_frames": model.max_frames, "min_steps": model.min_steps, **model.info,
+                "max_frames": model.max_frames, "min_steps": model.min_steps,
+                "size_multiple": model.size_multiple, **model.info,
             })
     return {
         "ready": engine.ready,
@@ -27,6 +28,12 @@ async def info(request: Request) -> dict:
         "default_quant": settings.quant_names[0],
         "device": str(engine.device),
         "devices": [str(worker.device) for worker in engine.workers],
+        "worker_mode": engine.worker_mode,
+        "workers": [
+            {"device": worker.name, "state": worker.state, "pid": worker.pid,
+             "restarts": worker.restarts}
+            for worker in engine.workers
+        ],
         "startup_seconds": engine.startup_seconds,
         "kernels": engine.kernels,
         "limits": {

@@ -37,7 +37,8 @@ def test_a_missing_gpu_is_refused_at_start_up(tmp_path):
 
 
 def test_two_workers_run_batches_at_the_same_time(tmp_path):
-    settings = make_settings(tmp_path, devices="cpu,cpu", max_batch=1, threads=1)
+    settings = make_settings(tmp_path, devices="cpu,cpu", worker_mode="thread", max_batch=1,
+                             threads=1)
     app = create_app(settings)
     engine = app.state.engine
     # Both jobs must be inside generation at once to pass the barrier; one worker
@@ -63,7 +64,8 @@ def test_two_workers_run_batches_at_the_same_time(tmp_path):
 
 
 def test_a_failure_on_one_worker_leaves_the_other_serving(tmp_path):
-    settings = make_settings(tmp_path, devices="cpu,cpu", max_batch=1, threads=1)
+    settings = make_settings(tmp_path, devices="cpu,cpu", worker_mode="thread", max_batch=1,
+                             threads=1)
     app = create_app(settings)
     engine = app.state.engine
 
@@ -89,7 +91,8 @@ def test_two_gpus_serve_the_quantized_model_at_once(tmp_path):
 
     if torch.cuda.device_count() < 2:
         pytest.skip("needs two CUDA devices")
-    settings = make_settings(tmp_path, devices="cuda:0,cuda:1", quant="w8a8", max_batch=1)
+    settings = make_settings(tmp_path, devices="cuda:0,cuda:1", worker_mode="thread",
+                             quant="w8a8", max_batch=1)
     app = create_app(settings)
     barrier = threading.Barrier(2, timeout=120)
     with TestClient(app) as client:

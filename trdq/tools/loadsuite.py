@@ -10,7 +10,11 @@ markers), with the date, the machine, its load average and the command:
 - ``batching``: TRDQ_MAX_BATCH=1 against TRDQ_MAX_BATCH=N at concurrency 16, the two
   servers' runs interleaved so background load hits both alike;
 - ``devices``: TRDQ_DEVICES=first device against all of ``--devices`` (one engine worker
-  per device) at concurrency 16.
+  per device; ``--worker-mode``, default process: one process per device), at the same
+  load per device (``--concurrency`` clients per device), both servers warmed up on the
+  shapes the load brings (TRDQ_WARMUP_*: the request size and steps, batch sizes 1 to
+  TRDQ_MAX_BATCH); the section says whether issue 28's target is met (speed-up >= 1.8x
+  with two devices, p95 not above one device's).
 
     trdq loadsuite concurrency --env TRDQ_QUANT=w8a8 --out-md docs/RELIABILITY.md
     trdq loadsuite devices --devices cuda:0,cuda:1 --json devices.json
@@ -123,16 +127,23 @@ def run_concurrency(args: argparse.Namespace) -> dict:
     return {"runs": runs, "memory": memory}
 
 
-def _measure(args: argparse.Namespace, variants: dict[str, dict[str, str]]) -> dict[str, dict]:
-    """Concurrency-16 runs of each variant, interleaved in rounds (servers stay up)."""
+def _measure(args: argparse.Namespace, variants: dict[str, dict[str, str]],
+             scale: int = 1) -> dict[str, dict]:
+    """Runs of each variant at ``--concurrency`` x ``scale`` clients, interleaved in rounds
+    (servers stay up)."""
     names = list(variants)
     results: dict[str, list[dict]] = {name: [] for name in names}
+    concurrency = args.concurrency * scale
     with _servers(args, variants) as urls:
         for url in urls.values():
-            drive(url, args, 4, 4)  # warm-up
+            drive(url, args, 4 * scale, 4 * scale)  # warm-up
         for _ in range(args.rounds):
             for name in names:
-                results[name].append(drive(urls[name], args, 16, args.requests * 4))
+                results[name].append(drive(urls[name], args, concurrency,
+                                           args.requests * 4 * scale))
+    for runs in results.values():
+        for run in runs:
+            run["concurrency"] = concurrency
     return {name: _merge(runs) for name, runs in results.items()}
 
 
@@ -169,6 +180,7 @@ def _merge(runs: list[dict]) -> dict:
         "errors": sum(run["errors"] for run in runs),
         "throughput_rps": round(sum(run["throughput_rps"] for run in runs) / len(runs), 4),
         "p50_s": median("p50_s"), "p95_s": median("p95_s"), "p99_s": median("p99_s"),
+        "concurrency": runs[0].get("concurrency"),
     }
 
 
@@ -179,16 +191,41 @@ def run_batching(args: argparse.Namespace) -> dict:
     return {"variants": variants, "results": _with_speedups(_measure(args, variants))}
 
 
+#: issue 28: two devices serve at least this many times one device's throughput
+DEVICES_TARGET_SPEEDUP = 1.8
+
+
+def devices_env(args: argparse.Namespace) -> dict[str, str]:
+    """What both servers of the devices suite run with, beyond --env: the worker mode, and
+    a warm-up of the shapes the load brings (unless --env sets them)."""
+    max_batch = base_env(args).get("TRDQ_MAX_BATCH", "4")
+    env = {"TRDQ_WORKER_MODE": args.worker_mode, "TRDQ_WARMUP_STEPS": str(args.steps),
+           "TRDQ_WARMUP_BATCH_SIZES": ",".join(str(b) for b in range(1, int(max_batch) + 1))}
+    if args.width:
+        env["TRDQ_WARMUP_SIZE"] = f"{args.width}x{args.height}"
+    return {key: value for key, value in env.items() if key not in base_env(args)}
+
+
 def run_devices(args: argparse.Namespace) -> dict:
     devices = [d.strip() for d in args.devices.split(",") if d.strip()]
     if len(devices) < 2:
         raise SystemExit("--devices must name at least two devices")
     # The servers run one after the other: both would otherwise share the first device.
+    # Each gets --concurrency clients per device: the same load per device.
     results = {}
     for name, device_list in ((f"1 device ({devices[0]})", devices[:1]),
                               (f"{len(devices)} devices", devices)):
-        results.update(_measure(args, {name: {"TRDQ_DEVICES": ",".join(device_list)}}))
-    return {"devices": devices, "results": _with_speedups(results)}
+        env = {**devices_env(args), "TRDQ_DEVICES": ",".join(device_list)}
+        results.update(_measure(args, {name: env}, scale=len(device_list)))
+    results = _with_speedups(results)
+    one, many = results.values()
+    target = {
+        "speedup_min": DEVICES_TARGET_SPEEDUP if len(devices) == 2 else None,
+        "speedup_met": len(devices) == 2 and (many["speedup"] or 0) >= DEVICES_TARGET_SPEEDUP,
+        "p95_met": many["p95_s"] <= one["p95_s"],
+    }
+    return {"devices": devices, "worker_mode": args.worker_mode, "results": results,
+            "target": target}
 
 
 def processor_kind() -> str:
@@ -211,13 +248,15 @@ def machine_description() -> str:
 def render(suite: str, data: dict, args: argparse.Namespace, command: str,
            load_before: tuple[float, float, float]) -> str:
     now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    settings = " ".join(f"{key}={value}" for key, value in base_env(args).items())
+    env = {**base_env(args), **(devices_env(args) if suite == "devices" else {})}
+    settings = " ".join(f"{key}={value}" for key, value in env.items())
     conditions = (f"Measured {now} on {machine_description()}; load average before "
                   f"{load_before[0]:.2f} (1 min); {args.steps} steps per request, "
                   f"{size_label(args)}, model defaults otherwise; server settings {settings}. Written by:")
     lines = [
         f"<!-- loadsuite {suite} -->",
-        f"### `{suite}` ({args.endpoint}, {size_label(args)}, {processor_kind()})",
+        f"### `{suite}` ({args.endpoint}, {size_label(args)}, {processor_kind()}"
+        + (f", {args.worker_mode} workers)" if suite == "devices" else ")"),
         "",
         conditions,
         "",
@@ -246,8 +285,18 @@ def render(suite: str, data: dict, args: argparse.Namespace, command: str,
             lines.append(_row(name, result) + f" {result['speedup']:.2f}x |")
         rounds = next(iter(data["results"].values()))["rounds"]
         order = "interleaved" if suite == "batching" else "one server after the other"
-        lines += ["", (f"Concurrency 16; {rounds} round(s) per server, {order}; throughput is "
+        load = (f"Concurrency {args.concurrency} per device"
+                if suite == "devices" else f"Concurrency {args.concurrency}")
+        lines += ["", (f"{load}; {rounds} round(s) per server, {order}; throughput is "
                        "the mean over rounds, percentiles the median.")]
+        target = data.get("target")
+        if target and target["speedup_min"] is not None:
+            met = target["speedup_met"] and target["p95_met"]
+            lines += ["", (f"Target (issue 28: >= {target['speedup_min']}x with two devices, "
+                           f"p95 not above one device's at the same load per device): "
+                           f"{'met' if met else 'not met'} (speed-up "
+                           f"{'met' if target['speedup_met'] else 'not met'}, p95 "
+                           f"{'met' if target['p95_met'] else 'not met'}).")]
     lines += [f"<!-- /loadsuite {suite} -->"]
     return "\n".join(lines)
 
@@ -301,6 +350,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--height", type=int, default=None)
     parser.add_argument("--max-batch", type=int, default=4)
     parser.add_argument("--devices", default="cuda:0,cuda:1")
+    parser.add_argument("--worker-mode", choices=("process", "thread"), default="process",
+                        help="devices suite: TRDQ_WORKER_MODE of both servers")
+    parser.add_argument("--concurrency", type=int, default=16,
+                        help="clients of the batching suite; per device in the devices suite")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--port", type=int, default=8310)
     parser.add_argument("--max-seconds", type=float, default=600.0, help="bound per run")
