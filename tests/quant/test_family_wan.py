@@ -85,3 +85,17 @@ def test_local_folder_round_trip_and_generation(wan, tmp_path):
     video = generate(loaded, request)
     assert video.shape == (1, 5, 32, 32, 3) and video.dtype.name == "uint8"
     torch.testing.assert_close(torch.from_numpy(generate(pipe, request)), torch.from_numpy(video))
+
+
+def test_fused_projections_leave_no_idle_layer_and_idle_layers_are_named():
+    """The bench's fused Q/K/V on Wan drops the unfused copies (calibration then runs); a
+    linear that never runs during calibration is refused by name, not with an empty search."""
+    from trdq.tools.bench_variants import fuse_qkv
+
+    pipe = tiny_wan_pipeline()
+    assert fuse_qkv(pipe.transformer) == 4
+    api.quantize(pipe, fast_family(video=True), progress=False)
+    idle = tiny_wan_pipeline()
+    idle.transformer.fuse_qkv_projections()  # unfused to_q/to_k/to_v stay, unused
+    with pytest.raises(ValueError, match="never ran during calibration.*blocks.0.attn1.to_k"):
+        api.quantize(idle, fast_family(video=True), progress=False)

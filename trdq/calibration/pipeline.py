@@ -63,6 +63,13 @@ def calibrate_pipeline(
         unwrap_pipeline_call(pipe, hook)
     result = CalibrationResult(timesteps=timesteps)
     result.groups_seen = sorted({hook.group_map.group_of(t) for t in timesteps})
+    idle = sorted(name for name, st in collector.stats.items() if not st.rows)
+    if idle:  # nothing to calibrate them on: an error that names them, not an empty search
+        raise ValueError(
+            f"{len(idle)} linear layer(s) of the denoiser never ran during calibration "
+            f"({', '.join(idle[:4])}{', ...' if len(idle) > 4 else ''}); remove unused "
+            "modules (e.g. the unfused copies left by fuse_qkv_projections) or exclude them "
+            "with the config's fp_layer_patterns")
     gen = torch.Generator().manual_seed(seed)
     for name in tqdm(sorted(targets), desc="trdq search", disable=not progress):
         st = collector.stats[name]
