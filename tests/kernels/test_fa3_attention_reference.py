@@ -56,6 +56,25 @@ def test_quantized_inputs_are_padded_to_the_fp8_alignment_with_per_head_scales()
     assert torch.allclose(q8.float().abs().amax(dim=(1, 3)), torch.full((2, 3), fa3.E4M3_MAX))
 
 
+@pytest.mark.parametrize("shape", [(2, 777, 3, 72), (1, 64, 2, 128)])
+def test_token_axis_statistics_equal_the_centred_tensors_own(shape):
+    """The scales come from per-channel min/max/mean over tokens; they and the codes equal
+    what the centred tensor itself gives (monotonic rounding), bit for bit."""
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(*shape, generator=g).bfloat16() for _ in range(3))
+    k, v = k * 3 + 5, v - 2
+    (q8, k8, v8), (qs, ks, vs), v_mean = fa3.quantize_attention_inputs(q, k, v)
+    for x, codes, scale in ((q, q8, qs), (k, k8, ks), (v, v8, vs)):
+        xf = x.float()
+        centred = xf if x is q else xf - xf.mean(dim=1, keepdim=True)
+        direct = centred.abs().amax(dim=(1, 3)) / fa3.E4M3_MAX
+        assert torch.equal(scale, direct)
+        pad = (-shape[-1]) % fa3.FP8_HEAD_DIM_MULTIPLE
+        expected = F.pad(centred / direct[:, None, :, None], (0, pad)).to(torch.float8_e4m3fn)
+        assert torch.equal(codes.view(torch.uint8), expected.view(torch.uint8))
+    assert torch.equal(v_mean, v.float().mean(dim=1, keepdim=True))
+
+
 def test_sdpa_attention_keeps_the_token_major_layout():
     q, k, v = _qkv(2, 33, 3, 16)
     ref = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))

@@ -101,25 +101,45 @@ def _pad_head_dim(x: torch.Tensor, multiple: int) -> torch.Tensor:
     return F.pad(x, (0, pad)) if pad else x
 
 
-def _to_e4m3(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """e4m3 codes of ``x`` [B, S, H, D] and its scales [B, H] (one per batch and head)."""
-    amax = x.abs().amax(dim=(1, 3)).float().clamp_min(1e-12)
-    scale = amax / E4M3_MAX
-    codes = (x.float() / scale[:, None, :, None]).to(torch.float8_e4m3fn)
-    return codes, scale
+def _to_e4m3(x: torch.Tensor, amax: torch.Tensor,
+             mean: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """e4m3 codes of ``x - mean`` ([B, S, H, D], D padded) and its scales [B, H]."""
+    scale = amax.clamp_min(1e-12) / E4M3_MAX
+    centred = x.float() if mean is None else x.float() - mean
+    scaled = _pad_head_dim(centred / scale[:, None, :, None], FP8_HEAD_DIM_MULTIPLE)
+    return scaled.to(torch.float8_e4m3fn), scale
+
+
+def _token_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x``'s mean over tokens [B, 1, H, D] and the absmax of ``x - mean`` per (batch,
+    head) [B, H], from reductions over the token axis only (the three fuse into one read).
+
+    Per channel, ``max_s |x_s - m| = max(max_s x_s - m, m - min_s x_s)``, and float
+    rounding is monotonic, so this equals the absmax of the centred tensor exactly without
+    materialising it or reducing over tokens and channels at once.
+    """
+    xf = x.float()
+    mean = xf.mean(dim=1, keepdim=True)
+    lo, hi = xf.amin(dim=1, keepdim=True), xf.amax(dim=1, keepdim=True)
+    amax = torch.maximum(hi - mean, mean - lo).amax(dim=-1)[:, 0]
+    return mean, amax
 
 
 def quantize_attention_inputs(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
 ) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...], torch.Tensor]:
     """e4m3 ``(q8, k8, v8)``, their ``(q_scale, k_scale, v_scale)`` [B, H] and V's mean
-    [B, 1, H, D] (to add back to the output); K and V smoothed, D padded (module doc)."""
-    k = k.float() - k.float().mean(dim=1, keepdim=True)
-    v_mean = v.float().mean(dim=1, keepdim=True)
-    v = v.float() - v_mean
-    q8, q_scale = _to_e4m3(_pad_head_dim(q, FP8_HEAD_DIM_MULTIPLE))
-    k8, k_scale = _to_e4m3(_pad_head_dim(k, FP8_HEAD_DIM_MULTIPLE))
-    v8, v_scale = _to_e4m3(_pad_head_dim(v, FP8_HEAD_DIM_MULTIPLE))
+    [B, 1, H, D] (to add back to the output); K and V smoothed, D padded (module doc).
+
+    One read of each input for its statistics and one for its codes: every reduction is
+    over the token axis (``_token_stats``), which ``torch.compile`` fuses per tensor.
+    """
+    k_mean, k_amax = _token_stats(k)
+    v_mean, v_amax = _token_stats(v)
+    q_amax = q.float().abs().amax(dim=1).amax(dim=-1)
+    q8, q_scale = _to_e4m3(q, q_amax)
+    k8, k_scale = _to_e4m3(k, k_amax, k_mean)
+    v8, v_scale = _to_e4m3(v, v_amax, v_mean)
     return (q8, k8, v8), (q_scale, k_scale, v_scale), v_mean
 
 
