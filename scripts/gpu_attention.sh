@@ -18,7 +18,7 @@ esac
 case ",$STAGES," in *,step,*)
   python3 -m trdq.cli bench --preset "$PRESET" --rows "$ROWS" --scopes "${SCOPES:-denoiser_step}" \
     ${PROFILE:+--profile} ${BENCH_ARGS:-} --json "$OUT/$PRESET${TAG:-}.json" \
-    2>&1 | grep -E "^\[bench\]|Error|error" | tail -40
+    2>&1 | tee "$OUT/bench-$PRESET${TAG:-}.log" | grep -E "^\[bench\]|Error|error" | tail -40
 esac
 case ",$STAGES," in *,micro,*)
   python3 -m trdq.kernels.microbench --attention-only --json "$OUT/attention-micro.json" \

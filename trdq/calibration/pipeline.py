@@ -70,8 +70,15 @@ def calibrate_pipeline(
             f"({', '.join(idle[:4])}{', ...' if len(idle) > 4 else ''}); remove unused "
             "modules (e.g. the unfused copies left by fuse_qkv_projections) or exclude them "
             "with the config's fp_layer_patterns")
+    logger.info("collected the inputs of %d layers over %d denoiser calls in %.1f s",
+                len(targets), len(timesteps), time.perf_counter() - start)
     gen = torch.Generator().manual_seed(seed)
-    for name in tqdm(sorted(targets), desc="trdq search", disable=not progress):
+    names = sorted(targets)
+    tenth = max(1, len(names) // 10)
+    for i, name in enumerate(tqdm(names, desc="trdq search", disable=not progress)):
+        if i % tenth == 0:  # where a long calibration is, in logs that outlive a time limit
+            logger.info("searching layer %d/%d (%s) at %.1f s", i + 1, len(names), name,
+                        time.perf_counter() - start)
         st = collector.stats[name]
         if config.faithful:
             result.faithful[name] = solve_faithful(targets[name], st, config, gen)
