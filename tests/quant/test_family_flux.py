@@ -93,3 +93,20 @@ def test_local_folder_round_trip_and_generation(flux, tmp_path):
     image = generate(loaded, request)
     assert image.shape == (1, 48, 32, 3) and image.dtype.name == "uint8"
     torch.testing.assert_close(torch.from_numpy(generate(pipe, request)), torch.from_numpy(image))
+
+
+def test_fused_projections_drop_every_unfused_copy():
+    """The bench's fused Q/K/V on FLUX (``to_qkv`` and the text stream's ``to_added_qkv``)
+    keeps the output and leaves no idle linear for calibration."""
+    from trdq.tools.bench_variants import fuse_qkv
+
+    pipe = tiny_flux_pipeline()
+    before = capture_denoiser_calls(pipe, steps=1, guidance=GUIDANCE, **IMAGE_CALL)[0]
+    with torch.inference_mode():
+        expected = pipe.transformer(**before)[0]
+        assert fuse_qkv(pipe.transformer) == 4
+        assert torch.allclose(pipe.transformer(**before)[0], expected, atol=1e-5)
+    names = [n for n, m in pipe.transformer.named_modules() if isinstance(m, torch.nn.Linear)]
+    assert not [n for n in names if n.endswith(("to_q", "to_k", "to_v", "add_q_proj"))]
+    report = api.quantize(pipe, fast_family(), progress=False)
+    assert any(n.endswith("to_added_qkv") for n in report.replaced)
