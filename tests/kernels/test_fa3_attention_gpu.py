@@ -76,3 +76,29 @@ def test_pixart_denoiser_through_each_backend_stays_close_to_sdpa(backend):
         assert len(report.replaced) == 2
         got = model(**inputs).sample.float()
     assert P.sqnr_db(expected, got) > (35 if backend == "fa3" else 25)
+
+
+@pytest.mark.parametrize("family", ["flux", "wan"])
+def test_family_denoisers_through_fp8_attention_stay_close_to_sdpa(family):
+    """FLUX's joint and Wan's self-attention take FA3 e4m3 inside diffusers' processors
+    (head dim 64 here), compiled, and stay close to diffusers' SDPA."""
+    from trdq.nn.attention import set_attention_backend
+    from trdq.testing.tiny_families import tiny_flux_pipeline, tiny_wan_pipeline
+
+    pipe = (tiny_flux_pipeline if family == "flux" else tiny_wan_pipeline)(hidden=128)
+    pipe.to("cuda", torch.bfloat16)
+    call = {"height": 64, "width": 64, "max_sequence_length": 16, "output_type": "latent",
+            "num_inference_steps": 2, "guidance_scale": 3.5}
+    if family == "wan":
+        call["num_frames"] = 5
+
+    def run():
+        with torch.inference_mode():
+            return pipe(["a red circle"], generator=torch.Generator().manual_seed(0),
+                        **call)[0].float()
+
+    expected = run()
+    report = set_attention_backend(pipe.transformer, "fp8")
+    assert report.replaced
+    pipe.transformer.compile()
+    assert P.sqnr_db(expected, run()) > 20
