@@ -1,4 +1,5 @@
-"""The library surface: quantize / calibrate / save / load, plus step-trace helpers.
+"""The library surface: quantize / calibrate / save / load (the report and state types and
+the step-trace helpers live in ``trdq.state``, re-exported here).
 
 Orchestration only: layer selection lives in integrations, numerics in nn/ and kernels/,
 statistics in calibration, artifacts in cache. ``quantize`` returns a ``QuantReport``
@@ -12,8 +13,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,8 +51,16 @@ from trdq.kernels.registry import select_backend
 from trdq.nn.faithful import FaithfulLinear
 from trdq.nn.quant_linear import QuantLinear
 from trdq.nn.weight_only import WEIGHT_ONLY_INT4_GROUP, WeightOnlyLinear
-from trdq.pipeline import weight_bytes
-from trdq.timestep import GroupMap, QuantContext, StepEvent, TimestepHook
+from trdq.state import (
+    STATE_ATTR,
+    QuantReport,
+    QuantState,
+    add_step_listener,
+    get_state,
+    step_trace,
+    weight_bytes_by_dtype,
+)
+from trdq.timestep import GroupMap, QuantContext, TimestepHook
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +78,6 @@ __all__ = [
     "weight_bytes_by_dtype",
 ]
 
-STATE_ATTR = "_trdq_state"
 ZOO_PROMPTS_DIR = Path(__file__).resolve().parent / "zoo" / "calibration"
 #: Artifacts calibrated ahead for the zoo pipelines (CPU, fp32, default presets), so a
 #: first start of the default server needs no calibration; copied into the cache on use.
@@ -86,95 +92,6 @@ DEFAULT_CALIBRATION_PROMPTS = [
     "a photo of a cat sitting on a sofa",
     "a mountain landscape at sunset, highly detailed",
 ]
-
-
-@dataclass
-class QuantReport:
-    config_name: str
-    backend: str | None
-    replaced: list[str] = field(default_factory=list)
-    skipped: dict[str, str] = field(default_factory=dict)
-    #: conditioning layers given weight-only integer weights (``embedder_weight_bits``)
-    weight_only: list[str] = field(default_factory=list)
-    bytes_before: dict[str, int] = field(default_factory=dict)
-    bytes_after: dict[str, int] = field(default_factory=dict)
-    calibration_id: str | None = None
-    cache: list[str] = field(default_factory=list)
-    cache_reason: str = ""
-    calibration_seconds: float = 0.0
-    total_seconds: float = 0.0
-    config: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def weight_bytes_before(self) -> int:
-        return sum(self.bytes_before.values())
-
-    @property
-    def weight_bytes_after(self) -> int:
-        return sum(self.bytes_after.values())
-
-    def describe(self) -> str:
-        """A short human-readable summary (for the CLI and logs)."""
-        before, after = self.weight_bytes_before, self.weight_bytes_after
-        ratio = before / after if after else float("nan")
-        lines = [
-            (f"quant {self.config_name} on backend {self.backend}: "
-             f"{len(self.replaced)} layers replaced, {len(self.weight_only)} weight-only, "
-             f"{len(self.skipped)} kept in full precision"),
-            f"denoiser weights {before:,} -> {after:,} bytes ({ratio:.2f}x smaller)",
-            (f"calibration {self.calibration_id} cache {','.join(self.cache) or '-'} "
-             f"({self.calibration_seconds:.1f} s calibrating, {self.total_seconds:.1f} s total)"),
-        ]
-        if self.cache_reason:
-            lines.append(f"cache: {self.cache_reason}")
-        return "\n".join(lines)
-
-    def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["weight_bytes_before"] = self.weight_bytes_before
-        out["weight_bytes_after"] = self.weight_bytes_after
-        return out
-
-
-@dataclass
-class QuantState:
-    """Everything the library attached to one quantized denoiser."""
-
-    config: QuantConfig
-    context: QuantContext
-    hook: TimestepHook
-    backend: KernelBackend
-    layers: dict[str, nn.Module]
-    calibration: CalibrationResult
-    report: QuantReport
-    cfg_split: CfgSplitForward | None = None
-    #: ``trdq.cache.model_fingerprint`` of the float denoiser it was quantized from
-    model_fingerprint: str = ""
-
-
-def weight_bytes_by_dtype(module: nn.Module) -> dict[str, int]:
-    """Bytes of parameters + persistent buffers by dtype name (one definition: the
-    server's weight-bytes metric uses the same function)."""
-    return weight_bytes(module)
-
-
-def get_state(pipe: Any) -> QuantState | None:
-    return getattr(find_denoiser(pipe), STATE_ATTR, None)
-
-
-def add_step_listener(pipe: Any, fn: Callable[[StepEvent], None]) -> TimestepHook:
-    """Attach ``fn(StepEvent)`` to a quantized pipeline's timestep hook."""
-    state = get_state(pipe)
-    if state is None:
-        raise ValueError("pipeline is not quantized (call trdq.quantize first)")
-    state.hook.add_listener(fn)
-    return state.hook
-
-
-def step_trace(pipe: Any) -> list[int]:
-    """Group used by each denoiser step of the last pipeline call (debug API)."""
-    state = get_state(pipe)
-    return list(state.hook.trace) if state is not None else []
 
 
 def _default_prompts(pipe: Any) -> list[str]:
