@@ -285,9 +285,10 @@ def _compile(model: ServedModel) -> None:
     """
     from trdq.runtime.compile import compile_denoiser
 
-    compile_denoiser(model.pipe.transformer, "regional")
+    blocks = compile_denoiser(model.pipe.transformer, "regional")
     model.pipe.vae.decoder.compile()
     model.info["compiled"] = True
+    model.info["compiled_blocks"] = blocks
 
 
 def check_cuda_graphs(setting: str | bool, device: torch.device) -> bool:

@@ -274,7 +274,7 @@ class _Runner:
             info["attention"] = {"backend": report.backend, "modules": len(report.replaced)}
         info["prepare_s"] = time.perf_counter() - t0
         if mode.startswith("compile"):
-            compile_denoiser(self.pipe.transformer, self.args.compile)
+            info["compiled_modules"] = compile_denoiser(self.pipe.transformer, self.args.compile)
         if mode.endswith("+cg"):
             if self.device.type != "cuda":
                 raise RuntimeError("CUDA graphs (+cg rows) need a CUDA device")
