@@ -4,7 +4,8 @@
 # attention backend. Wheels missing there (diffusers; fa3-fwd unpacked as fa3.tar.xz) are
 # expected under .whl/.
 # STAGES picks what runs (default: tests,micro,step; also eval); results land in $OUT.
-# BENCH_ARGS goes to `trdq bench` as it is (e.g. "--batches 1 --runs 2").
+# BENCH_ARGS goes to `trdq bench` as it is (e.g. "--batches 1 --runs 2"); TESTS_TIMEOUT
+# (seconds, default 600) bounds the GPU tests so the bench after them still runs.
 set -u
 # shellcheck source=scripts/device_env.sh
 . "$(dirname "$0")/device_env.sh"
@@ -12,7 +13,7 @@ STAGES=${STAGES:-tests,micro,step}
 PRESET=${PRESET:-pixart-alpha-1024}
 ROWS=${ROWS:-bf16-compile+cg,bf16-compile+cg+fa3attn,w8a8-compile+cg,w8a8-compile+cg+fp8attn}
 case ",$STAGES," in *,tests,*)
-  python3 -m pytest -q -p no:cacheprovider -m gpu -o addopts="" \
+  timeout "${TESTS_TIMEOUT:-600}" python3 -m pytest -q -p no:cacheprovider -m gpu -o addopts="" \
     ${GPU_TESTS:-tests/kernels/test_fa3_attention_gpu.py} 2>&1 | tee "$OUT/gpu_tests.log" | tail -15
 esac
 case ",$STAGES," in *,step,*)
