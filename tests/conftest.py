@@ -1,11 +1,9 @@
 """Shared test set-up: quiet third-party progress bars, few CPU threads.
 
-Layout, mirroring the packages: tests/<name>/ holds the tests of trdq/<name>/ (kernels, nn,
-data, eval, zoo); tests/quant those of trdq's top-level modules (api, cache, config,
-primitives, rotation, timestep, gptq, text_encoder, calibration) and its shared helpers;
-tests/server and tests/serving the server (settings, routes / engine, batching, jobs,
-faults, a live uvicorn); tests/deploy deploy/. Markers: slow (``make test-slow``), gpu,
-integration.
+Layout: tests/<name>/ holds the tests of trdq/<name>/, server/ or deploy/; tests/README.md
+says which folder each one covers (tests/quant: trdq's top-level modules; tests/server and
+tests/serving: the server in process / over time and in real processes). Markers: slow
+(``make test-slow``), gpu, integration.
 """
 
 import os

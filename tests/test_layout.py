@@ -1,13 +1,18 @@
-"""The served path does not depend on the tools.
+"""The layout: the served path does not depend on the tools, and tests/ mirrors the packages.
 
 ``server/`` and the library's served modules never import ``trdq.tools`` (bench, eval CLI,
 load tools, zoo training); what both need at serving time lives in ``trdq.runtime``. Only
 the ``trdq`` command (``trdq/cli.py``) dispatches to the tools.
+
+Each folder of ``tests/`` tests a package folder of the same name (``trdq/<name>``,
+``server``, ``deploy``) or says in tests/README.md's table which one it tests and why it
+mirrors none.
 """
 
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -65,3 +70,35 @@ def test_importing_the_server_loads_no_tool():
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                          check=True, timeout=300)
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+#: top-level folders that a tests/ folder of the same name mirrors (besides trdq/<name>)
+TOP_LEVEL_PACKAGES = {"server", "deploy"}
+
+
+def _readme_rows() -> dict[str, str]:
+    """tests/README.md's table: folder name -> why it mirrors no package folder ('' if it does)."""
+    rows = {}
+    for line in (ROOT / "tests" / "README.md").read_text().splitlines():
+        match = re.match(r"\|\s*`tests/([\w-]+)/`\s*\|[^|]*\|([^|]*)\|\s*$", line)
+        if match:
+            rows[match.group(1)] = match.group(2).strip()
+    return rows
+
+
+def test_tests_mirror_the_package_folders():
+    # a folder left with only __pycache__ (its tests moved away) is not a tests folder
+    folders = sorted(d.name for d in (ROOT / "tests").iterdir()
+                     if d.is_dir() and not d.name.startswith((".", "__")) and any(d.glob("*.py")))
+    rows = _readme_rows()
+    assert {"quant", "kernels", "server"} <= set(rows), "tests/README.md's table not parsed"
+    assert sorted(rows) == folders, "tests/README.md's table and the folders of tests/ differ"
+    unexplained = [name for name in folders
+                   if not ((ROOT / "trdq" / name).is_dir() or name in TOP_LEVEL_PACKAGES)
+                   and not rows[name]]
+    assert unexplained == [], (
+        f"{', '.join(unexplained)}: no trdq/, server/ or deploy/ folder of that name; move "
+        "the tests, or say why in tests/README.md")
+    untested = [d.name for d in (ROOT / "trdq").iterdir()
+                if (d / "__init__.py").is_file() and d.name not in folders]
+    assert untested == [], f"no tests/ folder for trdq/{', trdq/'.join(untested)}"

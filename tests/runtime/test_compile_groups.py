@@ -10,11 +10,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.quant.helpers import fast, run_image
 from trdq import api
 from trdq.runtime.compile import compile_denoiser
 from trdq.testing.tiny import TINY_PROMPTS, tiny_pixart_pipeline
-
-from .helpers import fast, run_image
 
 
 @pytest.mark.parametrize("preset", [pytest.param("w8a8", marks=pytest.mark.slow), "w8a8-static"])

@@ -6,10 +6,9 @@ from typing import Any
 
 import torch
 
+from tests.quant.helpers import fast
 from trdq import api
 from trdq.primitives import sqnr_db
-
-from .helpers import fast
 
 #: call arguments of the tiny family pipelines (trdq.testing.tiny_families)
 IMAGE_CALL = {"height": 32, "width": 32, "max_sequence_length": 16}
