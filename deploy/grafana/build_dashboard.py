@@ -165,6 +165,19 @@ ROWS: list[tuple[str, list[Panel]]] = [
                     "and trdq_errors_total by error type."
                 ),
             ),
+            Panel(
+                "Worker restarts by device",
+                [
+                    Target(
+                        f"sum by (device) (increase(trdq_worker_restarts_total{{{INST}}}[{RATE}]))",
+                        "{{device}}",
+                    )
+                ],
+                description=(
+                    "Worker processes started again after one exited (TRDQ_WORKER_MODE=process): "
+                    "each restart failed the jobs that worker held with 500 worker_crashed."
+                ),
+            ),
         ],
     ),
     (

@@ -51,7 +51,9 @@ DESIGN_SAMPLES = (
 #: prometheus_client process collector.
 EXTERNAL_SAMPLES = {"up", "process_resident_memory_bytes", "process_cpu_seconds_total"}
 #: Series beyond DESIGN.md section 3 that server/metrics.py defines (async jobs API).
-SERVER_EXTRA_SAMPLES = {"trdq_cancelled_generations_total", "trdq_jobs_stored"}
+SERVER_EXTRA_SAMPLES = {
+    "trdq_cancelled_generations_total", "trdq_jobs_stored", "trdq_worker_restarts_total",
+}
 #: Optional series the alert rules use only through `or` (see alerts.yml), never alone.
 OPTIONAL_SAMPLES = {"trdq_ready"}
 

@@ -129,6 +129,7 @@ def test_issue_topics_have_panels(dashboard):
         "process memory",
         "calibration cache",
         "cancellations",
+        "worker restarts",
     ):
         assert topic in titles, f"no panel for {topic!r}"
 
