@@ -118,7 +118,28 @@ def test_single_pass_kernel_refuses_what_it_cannot_hold():
     with pytest.raises(ValueError, match="single-pass"):
         rotate_quant_triton(x, rotation_block=128, row_scale=torch.ones(2), single_pass=True)
     with pytest.raises(ValueError, match="single-pass"):
-        rotate_quant_triton(_x(2, 16384, seed=1), rotation_block=128, single_pass=True)
+        rotate_quant_triton(_x(2, 16512, seed=1), rotation_block=128, single_pass=True)
+
+
+@pytest.mark.parametrize("k", [8960, 15360])  # Wan-1.3B's and FLUX's widest linear inputs
+def test_single_pass_kernel_holds_rows_wider_than_its_default(k):
+    """Asked for, the single pass takes rows up to SINGLE_PASS_LIMIT_K padded columns
+    (8960 = 8192 + 768 pads its second tile to 1024); by default such rows stay tiled."""
+    from trdq.kernels import triton_rotate_quant as rq
+
+    assert not rq.single_pass_applies(k, 128)
+    assert rq.single_pass_applies(k, 128, limit=rq.SINGLE_PASS_LIMIT_K)
+    x = _x(2, k, seed=k)
+    kw = {"rotation_block": 128, "smooth": torch.rand(k) + 0.5, "clip_ratio": 0.9,
+          "out_dtype": torch.int8}
+    mean_ref, mean = torch.empty(2), torch.full((2,), 7.0)
+    q_ref, s_ref = rq.rotate_quant_reference(x, center_out=mean_ref, **kw)
+    q, s = rq.rotate_quant_triton(x, center_out=mean, single_pass=True, block_m=1,
+                                  num_warps=4, **kw)
+    torch.testing.assert_close(mean, mean_ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(s, s_ref, rtol=1e-5, atol=0)
+    diff = (q.int() - q_ref.int()).abs()
+    assert diff.max() <= 1 and int(diff.sum()) <= max(2, diff.numel() // 1000)
 
 
 def test_row_tiles_split_k_into_powers_of_two():
@@ -274,6 +295,12 @@ def test_autotuner_prunes_keep_only_tiles_that_apply():
     wide = rq._fits_in_registers(configs, {}, KA=4096, KB=512)  # K = 4608
     assert wide and all(c.kwargs["BLOCK_M"] * 4608 <= 128 * 32 * c.num_warps for c in wide)
     assert len(rq._fits_in_registers(configs, {}, KA=1024, KB=128)) == len(configs)
+    # a CFG pair holds two rows: twice the values of a tile without CFG-delta
+    single = rq._fits_in_registers(configs, {}, KA=8192, KB=0, DELTA=False)
+    paired = rq._fits_in_registers(configs, {}, KA=8192, KB=0, DELTA=True)
+    assert paired and all(c.kwargs["BLOCK_M"] * 2 * 8192 <= 128 * 32 * c.num_warps
+                          for c in paired)
+    assert len(paired) < len(single)
 
 
 def _first_pick_then_direct(monkeypatch, tuner, launch):

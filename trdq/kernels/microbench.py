@@ -32,6 +32,17 @@ PIXART_SHAPES = [
 ]
 
 
+#: (name, M, K) of the activations feeding the widest linears: where the single-pass
+#: rotate+quantize kernel (whole rows in registers) may replace the tiled one
+WIDE_ROTATE_QUANT_SHAPES = [
+    ("pixart.ff.down", 8192, 4608),  # the single pass already serves it: the reference
+    ("wan1.3b.ffn.down", 32760, 8960),
+    ("sd35.ff.down", 8858, 9728),
+    ("flux.ff.down", 4096, 12288),
+    ("flux.single.proj_out", 4608, 15360),
+]
+
+
 def _bench(fn, warmup=25, rep=100) -> float:
     """Median ms; NaN (with the error logged) when a variant fails, so one broken
     variant does not hide the others' numbers."""
@@ -244,12 +255,41 @@ def _sqnr_db(x: torch.Tensor, ref: torch.Tensor) -> float:
     return float(-10 * torch.log10(err + 1e-30))
 
 
+def wide_rotate_quant_rows(m: int, k: int) -> dict[str, float]:
+    """The W8A8 activation pass (centred, smoothed, block-128 Hadamard, int8) of one wide
+    linear input through the tiled and the single-pass kernels: GPU time, bandwidth (x read
+    once, codes written once) and how far their codes and scales differ."""
+    from trdq.kernels.triton_rotate_quant import rotate_quant_triton
+
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(m, k, device="cuda", generator=gen).mul_(
+        1 + 4 * torch.rand(k, device="cuda", generator=gen)).to(torch.bfloat16)
+    smooth = 0.5 + torch.rand(k, device="cuda", generator=gen)
+    center = torch.empty(m, device="cuda")
+
+    def run(single: bool):
+        return rotate_quant_triton(x, rotation_block=128, smooth=smooth, out_dtype=torch.int8,
+                                   center_out=center, single_pass=single)
+
+    row = {}
+    outputs = {}
+    for label, single in (("tiled", False), ("single_pass", True)):
+        outputs[label] = run(single)
+        row[label] = _bench(lambda single=single: run(single))
+        row[f"{label}_GBps"] = (m * k * 3) / row[label] / 1e6
+    (q_t, s_t), (q_s, s_s) = outputs["tiled"], outputs["single_pass"]
+    row["code_max_diff"] = float((q_t.int() - q_s.int()).abs().max())
+    row["scale_max_rel_diff"] = float(((s_t - s_s).abs() / s_t).max())
+    row["speedup"] = row["tiled"] / row["single_pass"]
+    return row
+
+
 def _report(section: dict, title: str, rows: dict[str, float]) -> None:
     """Keep ``rows`` under ``title`` and print them (times in ms; rates and dB as they are)."""
     section[title] = rows
     print(f"\n{title}", flush=True)
     for key, val in rows.items():
-        unitless = ("TFLOP", "GBps", "dB", "speedup", "tokens", "head_dim")
+        unitless = ("TFLOP", "GBps", "dB", "speedup", "tokens", "head_dim", "diff")
         unit = "" if any(tag in key for tag in unitless) else " ms"
         print(f"  {key:24s} {val:10.4f}{unit}", flush=True)
 
@@ -264,6 +304,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--error-budget", action="store_true",
         help="(CPU) the FP8 attention oracle's error per e4m3 operand at the DiTs' head dims",
+    )
+    parser.add_argument(
+        "--rotate-quant-wide", action="store_true",
+        help="only the widest linears' activation pass, tiled against single-pass kernel",
     )
     args = parser.parse_args(argv)
     if args.error_budget:
@@ -290,6 +334,15 @@ def main(argv: list[str] | None = None) -> int:
         "shapes": {},
     }
     print(json.dumps(result["ceilings"]), flush=True)
+    if args.rotate_quant_wide:
+        result["rotate_quant_wide"] = {}
+        for name, m, k in WIDE_ROTATE_QUANT_SHAPES:
+            _report(result["rotate_quant_wide"], f"{name} M={m} K={k}",
+                    wide_rotate_quant_rows(m, k))
+            if args.json:  # partial results survive a time limit
+                with open(args.json, "w") as fh:
+                    json.dump(result, fh, indent=1)
+        return 0
     if args.attention_only:
         result["fa3_attention"] = {}
         for name, b, h, s, d in FA3_ATTENTION_SHAPES:

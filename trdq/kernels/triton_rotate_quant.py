@@ -627,8 +627,9 @@ if TRITON_AVAILABLE:
 
     def _fits_in_registers(configs, named_args, **kwargs):
         """Drop the whole-row tiles that would hold more than 128 values a thread: they
-        spill registers, which costs several times the kernel's time."""
-        kp = kwargs["KA"] + kwargs["KB"]
+        spill registers, which costs several times the kernel's time. With CFG-delta a
+        program holds each uncond row beside its cond partner: twice the values."""
+        kp = (kwargs["KA"] + kwargs["KB"]) * (2 if kwargs.get("DELTA") else 1)
         kept = [c for c in configs if c.kwargs["BLOCK_M"] * kp <= 128 * 32 * c.num_warps]
         return kept or configs[-1:]
 
@@ -640,7 +641,7 @@ if TRITON_AVAILABLE:
     _rotate_quant_rows_autotuned = triton.autotune(
         configs=[
             triton.Config({"BLOCK_M": bm, "TILES": tiles}, num_warps=w)
-            for bm, w in ((1, 1), (1, 2), (1, 4), (2, 4), (1, 8), (2, 8))
+            for bm, w in ((1, 1), (1, 2), (1, 4), (2, 4), (1, 8), (2, 8), (1, 16))
             for tiles in (1, 4)
         ],
         key=["K", "M_BUCKET", "HAS_SMOOTH", "ROTATE", "OUT_INT8", "CENTER", "DELTA"],
@@ -648,14 +649,20 @@ if TRITON_AVAILABLE:
         do_bench=autotune_gpu_time,
     )(_rotate_quant_rows_kernel)
 
-# The single-pass kernel holds whole rows in registers: up to this many (padded) columns.
+# The single-pass kernel holds whole rows in registers: it is chosen by default up to
+# SINGLE_PASS_MAX_K (padded) columns and can be asked for up to SINGLE_PASS_LIMIT_K (16
+# warps hold 32 values a thread there). Between the two the tiled kernel stays the default
+# until the wide single pass is measured faster on a GPU (microbench --rotate-quant-wide).
 SINGLE_PASS_MAX_K = 8192
+SINGLE_PASS_LIMIT_K = 16384
 
 
-def single_pass_applies(k: int, hb: int, static: bool = False, use_dot: bool = False) -> bool:
+def single_pass_applies(k: int, hb: int, static: bool = False, use_dot: bool = False,
+                        limit: int = SINGLE_PASS_MAX_K) -> bool:
     """Whether the single-pass kernel serves this call: dynamic scales, the butterfly
-    rotation, and rows that fit its register tiles."""
-    return not static and not use_dot and sum(_row_tiles(k, hb)) <= SINGLE_PASS_MAX_K
+    rotation, and rows that fit its register tiles (``limit`` padded columns: the default
+    choice's, or ``SINGLE_PASS_LIMIT_K`` when the caller asks for the single pass)."""
+    return not static and not use_dot and sum(_row_tiles(k, hb)) <= limit
 
 
 @functools.lru_cache(maxsize=64)
@@ -686,8 +693,8 @@ def rotate_quant_triton(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The fused kernel; same contract as ``rotate_quant_reference`` (x 2-D, rows contiguous).
 
-    ``single_pass`` (dynamic mode, butterfly rotation, K <= ``SINGLE_PASS_MAX_K``; None =
-    whenever it applies) picks the whole-row kernel, which reads x once; otherwise the
+    ``single_pass`` (dynamic mode, butterfly rotation; None = whenever K <=
+    ``SINGLE_PASS_MAX_K``, True up to ``SINGLE_PASS_LIMIT_K``) picks the whole-row kernel, which reads x once; otherwise the
     tiled kernel loops over ``HB``-wide column tiles and re-reads them for the mean and the
     absmax. Both compute the same math and are tested against the oracle.
     ``block_m``, ``num_warps`` and (single-pass) ``tiles_per_program``: an explicit tile
@@ -723,12 +730,13 @@ def rotate_quant_triton(
             clip = torch.full((m,), float(clip_ratio), device=x.device, dtype=torch.float32)
     smooth_f32 = None if smooth is None else smooth.to(torch.float32).contiguous()
     use_dot = bool(use_dot and rotation_block is not None and hb >= 16)
-    rows_ok = single_pass_applies(k, hb, static, use_dot)
+    limit = SINGLE_PASS_LIMIT_K if single_pass else SINGLE_PASS_MAX_K
+    rows_ok = single_pass_applies(k, hb, static, use_dot, limit)
     if interleave_pairs and not (delta_half and rows_ok and single_pass is not False):
         raise ValueError("interleaved CFG pairs need delta_half and the single-pass kernel")
     if single_pass and not rows_ok:
         raise ValueError("the single-pass kernel is for dynamic scales with the butterfly "
-                         f"rotation and K <= {SINGLE_PASS_MAX_K}")
+                         f"rotation and K <= {SINGLE_PASS_LIMIT_K} (padded)")
     if rows_ok and single_pass is not False:
         _launch_rows_kernel(x, q, smooth_f32, clip, scale,
                             center_out, hb, rotation_block is not None, qmax, delta_half, block_m,
