@@ -125,3 +125,21 @@ def test_generated_page_puts_each_presets_latest_run_first_and_indexes_probes(tm
     out = tmp_path / "BENCHMARKS.md"
     assert main(["--all", str(bench), "--out", str(out)]) == 0
     assert out.read_text() == page
+
+
+def test_runs_with_compiled_graphs_get_a_column_against_bf16_compile_with_graphs():
+    """The GPU targets are ratios to bf16 + compile + CUDA graphs: a run that has the row
+    shows that column; a run without it keeps the usual columns."""
+    doc = {"preset": "p", "device": "GPU", "results": [
+        _row("bf16-compile+cg", "denoiser_step", 0.5, 1, 1),
+        _row("bf16-compile+cg+fa3attn", "denoiser_step", 0.4, 1, 1),
+        _row("w8a8-compile+cg+fp8attn", "denoiser_step", 0.25, 1, 1),
+    ]}
+    table = markdown_table(doc, [], VERSIONS, dt.datetime(2026, 12, 6))
+    header = next(line for line in table.splitlines() if line.startswith("| name"))
+    assert "| vs bf16-compile+cg | vs fastest bf16 |" in header
+    quant = next(line for line in table.splitlines() if line.startswith("| w8a8"))
+    # vs bf16-eager, vs bf16-compile: absent rows; vs +cg 0.5 / 0.25; fastest bf16 0.4 / 0.25
+    assert "| 250.0 | - | - | 2.00x | 1.60x |" in quant
+    plain = {**doc, "results": doc["results"][1:]}
+    assert "vs bf16-compile+cg" not in markdown_table(plain, [], VERSIONS)

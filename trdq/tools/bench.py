@@ -51,7 +51,7 @@ import torch
 
 from trdq.kernels import cpu_int8, cpu_native
 from trdq.nn.attention import set_attention_backend, split_attention_suffix
-from trdq.runtime.compile import compile_denoiser
+from trdq.runtime.compile import compile_denoiser, repeated_blocks
 from trdq.runtime.cuda_graphs import CudaGraphForward, quant_context
 from trdq.tools.bench_memory import StagePeaks, graph_pool_idle_bytes
 from trdq.tools.bench_presets import PRESET_NAMES, BenchPreset, get_preset, resolve_zoo_geometry
@@ -443,7 +443,10 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     runner = _Runner(preset, device, args)
     notes = list(preset.notes) + [
         (
-            f"compile={args.compile} (torch.compile default mode); '+cg' rows replay the "
+            f"compile={args.compile} (torch.compile default mode"
+            + (f"; each of the {len(repeated_blocks(runner.base))} repeated blocks"
+               if args.compile == "regional" else "")
+            + "); '+cg' rows replay the "
             "denoiser forward from CUDA graphs (one per timestep group; their peak includes "
             "the graphs' private pool)"
         ),

@@ -131,11 +131,12 @@ def markdown_table(
     by_key = {(r["name"], r["scope"]): r for r in doc["results"]}
     base = {key: r["latency_s"] for key, r in by_key.items()}
     # fp32 eager is the diffusers CPU default and the CPU target's baseline: its column
-    # appears when the run has that row
+    # appears when the run has that row; so does bf16 + compile + CUDA graphs, the GPU
+    # targets' baseline (issue #24)
     named = (["fp32-eager"] if any(n == "fp32-eager" for n, _ in base) else []) + [
         "bf16-eager",
         "bf16-compile",
-    ]
+    ] + (["bf16-compile+cg"] if any(n == "bf16-compile+cg" for n, _ in base) else [])
     columns = [f"vs {name}" for name in named] + ["vs fastest bf16"]
     lines += [
         "| name | scope | latency ms | " + " | ".join(columns)
