@@ -213,6 +213,26 @@ def test_rotate_quant_autotuned_single_pass_matches_tiled(m, k):
     assert diff.max() <= 1 and int(diff.sum()) <= diff.numel() // 1000
 
 
+@pytest.mark.parametrize("m,k", [(4096, 8960), (1000, 15360)])  # Wan FFN input, FLUX proj_out
+def test_wide_rows_single_pass_and_the_timed_choice_match_tiled(m, k):
+    """Rows wider than the default crossover: the single pass asked for, and the default
+    call (which times both kernels once and keeps the faster), against the tiled kernel."""
+    from trdq.kernels.triton_rotate_quant import _WIDE_ROWS_CHOICE, rotate_quant_triton
+
+    x = _x(m, k, seed=k)
+    kw = {"rotation_block": 128, "smooth": torch.rand(k, device="cuda") + 0.5,
+          "clip_ratio": 0.9, "out_dtype": torch.int8}
+    means = [torch.empty(m, device="cuda") for _ in range(3)]
+    q_t, s_t = rotate_quant_triton(x, center_out=means[0], single_pass=False, **kw)
+    for mean, single in zip(means[1:], (True, None)):
+        q, s = rotate_quant_triton(x, center_out=mean, single_pass=single, **kw)
+        torch.testing.assert_close(mean, means[0], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(s, s_t, rtol=1e-5, atol=0)
+        diff = (q.int() - q_t.int()).abs()
+        assert diff.max() <= 1 and int(diff.sum()) <= diff.numel() // 1000
+    assert any(key[0] == k for key in _WIDE_ROWS_CHOICE)
+
+
 #: (packed weights, launches recorded as into a CUDA graph: the W8A8 GEMM then loads by TMA)
 GEMM_LOADS = [pytest.param(False, False, id="int8"), pytest.param(False, True, id="int8-tma"),
               pytest.param(True, False, id="int4")]

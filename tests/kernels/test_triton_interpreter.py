@@ -354,3 +354,54 @@ def test_autotuned_gemm_runs_its_pick_and_pre_hook_directly_after_tuning(monkeyp
     )
     torch.testing.assert_close(first, ref, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(again, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("rows_faster", [True, False])
+def test_wide_rows_take_the_kernel_timed_faster_once_per_shape(monkeypatch, rows_faster):
+    """Rows between the default crossover and the single pass's limit: both kernels are
+    timed once per shape (a stand-in timer here; the interpreter has no GPU clock), the
+    faster serves that call and every later one, and either gives the oracle's codes."""
+    from trdq.kernels import launch as base
+    from trdq.kernels import triton_rotate_quant as rq
+
+    monkeypatch.setattr(base, "_CHOSEN_CONFIGS", {})
+    for tuner in (rq._rotate_quant_autotuned, rq._rotate_quant_rows_autotuned):
+        monkeypatch.setattr(tuner, "cache", {})
+        monkeypatch.setattr(tuner, "do_bench", lambda fn, quantiles: [1.0, 1.0, 1.0])
+    monkeypatch.setattr(rq, "_WIDE_ROWS_CHOICE", {})
+    monkeypatch.setattr(rq, "_can_time", lambda x: True)
+    timings = [1.0, 2.0] if rows_faster else [2.0, 1.0]  # rows first, then tiled
+    timed = []
+
+    def fake_time(launch):
+        launch()
+        timed.append(timings[len(timed)])
+        return timed[-1]
+
+    monkeypatch.setattr(rq, "_time_ms", fake_time)
+    served = []
+    for name in ("_launch_rows_kernel", "_launch_tiled_kernel"):
+        real = getattr(rq, name)
+        monkeypatch.setattr(rq, name, lambda *a, _real=real, _name=name, **kw: (
+            served.append(_name), _real(*a, **kw))[1])
+    k = 8960
+    x = _x(2, k, seed=3)
+    kw = {"rotation_block": 128, "smooth": torch.rand(k) + 0.5, "clip_ratio": 0.9,
+          "out_dtype": torch.int8}
+    q_ref, s_ref = rq.rotate_quant_reference(x, **kw)
+    for _ in range(2):
+        served.clear()
+        q, s = rq.rotate_quant_triton(x, **kw)
+        torch.testing.assert_close(s, s_ref, rtol=1e-5, atol=0)
+        assert (q.int() - q_ref.int()).abs().max() <= 1
+    assert len(timed) == 2  # timed on the first call only
+    assert served == ["_launch_rows_kernel" if rows_faster else "_launch_tiled_kernel"]
+
+
+def test_wide_rows_stay_tiled_where_nothing_can_be_timed(monkeypatch):
+    from trdq.kernels import triton_rotate_quant as rq
+
+    monkeypatch.setattr(rq, "_WIDE_ROWS_CHOICE", {})
+    x = _x(2, 8960, seed=4)  # a CPU tensor: no GPU clock
+    assert not rq._wide_rows_single_pass(("key",), x, lambda: None, lambda: None)
+    assert rq._WIDE_ROWS_CHOICE == {}

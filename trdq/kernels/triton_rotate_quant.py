@@ -7,7 +7,8 @@ block of ``HB`` channels, in registers), scales every row and writes the low-bit
 plus the per-row scales. No rotation matmul, no intermediate tensor in memory. Two
 kernels share that math:
 - the single-pass kernel (``_rotate_quant_rows_kernel``, the default for dynamic scales
-  with rows up to ``SINGLE_PASS_MAX_K``): whole rows held in registers, x read once;
+  with rows up to ``SINGLE_PASS_MAX_K``, and for wider rows up to ``SINGLE_PASS_LIMIT_K``
+  where it times faster than the tiled one): whole rows held in registers, x read once;
 - the tiled kernel (``_rotate_quant_kernel``: static scales, the tensor-core rotation,
   wider rows): loops over ``HB``-wide column tiles, re-reading them (mostly from cache)
   for the mean and the absmax in dynamic mode.
@@ -649,10 +650,11 @@ if TRITON_AVAILABLE:
         do_bench=autotune_gpu_time,
     )(_rotate_quant_rows_kernel)
 
-# The single-pass kernel holds whole rows in registers: it is chosen by default up to
-# SINGLE_PASS_MAX_K (padded) columns and can be asked for up to SINGLE_PASS_LIMIT_K (16
-# warps hold 32 values a thread there). Between the two the tiled kernel stays the default
-# until the wide single pass is measured faster on a GPU (microbench --rotate-quant-wide).
+# The single-pass kernel holds whole rows in registers: it serves by default up to
+# SINGLE_PASS_MAX_K (padded) columns and can hold up to SINGLE_PASS_LIMIT_K (16 warps hold
+# 32 values a thread there). Between the two, the first call of each shape times both
+# kernels on the GPU and keeps the faster (``_wide_rows_single_pass``; by hand:
+# ``microbench --rotate-quant-wide``).
 SINGLE_PASS_MAX_K = 8192
 SINGLE_PASS_LIMIT_K = 16384
 
@@ -693,8 +695,9 @@ def rotate_quant_triton(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The fused kernel; same contract as ``rotate_quant_reference`` (x 2-D, rows contiguous).
 
-    ``single_pass`` (dynamic mode, butterfly rotation; None = whenever K <=
-    ``SINGLE_PASS_MAX_K``, True up to ``SINGLE_PASS_LIMIT_K``) picks the whole-row kernel, which reads x once; otherwise the
+    ``single_pass`` (dynamic mode, butterfly rotation; True up to ``SINGLE_PASS_LIMIT_K``;
+    None = up to ``SINGLE_PASS_MAX_K``, and above it the kernel timed faster for the
+    shape) picks the whole-row kernel, which reads x once; otherwise the
     tiled kernel loops over ``HB``-wide column tiles and re-reads them for the mean and the
     absmax. Both compute the same math and are tested against the oracle.
     ``block_m``, ``num_warps`` and (single-pass) ``tiles_per_program``: an explicit tile
@@ -737,11 +740,65 @@ def rotate_quant_triton(
     if single_pass and not rows_ok:
         raise ValueError("the single-pass kernel is for dynamic scales with the butterfly "
                          f"rotation and K <= {SINGLE_PASS_LIMIT_K} (padded)")
-    if rows_ok and single_pass is not False:
+
+    def launch_rows():
         _launch_rows_kernel(x, q, smooth_f32, clip, scale,
                             center_out, hb, rotation_block is not None, qmax, delta_half, block_m,
                             num_warps, interleave_pairs, tiles_per_program)
-        return q, scale
+
+    def launch_tiled():
+        _launch_tiled_kernel(x, q, smooth_f32, clip, scale, center_out, hb, rotation_block,
+                             static, out_dtype, use_dot, delta_half, block_m, num_warps)
+
+    if rows_ok and single_pass is not False:
+        launch_rows()
+    elif (single_pass is None and block_m is None
+          and single_pass_applies(k, hb, static, use_dot, SINGLE_PASS_LIMIT_K)):
+        # rows wider than the default crossover: whichever kernel is faster here
+        key = (k, next_pow2(m), smooth is not None, rotation_block is not None,
+               center_out is not None, delta_half > 0, out_dtype, str(x.device))
+        (launch_rows if _wide_rows_single_pass(key, x, launch_rows, launch_tiled)
+         else launch_tiled)()
+    else:
+        launch_tiled()
+    return q, scale
+
+
+#: (K, M bucket, smoothing, rotation, centring, CFG-delta, output dtype, device) -> whether
+#: the single pass beat the tiled kernel there; see ``_wide_rows_single_pass``
+_WIDE_ROWS_CHOICE: dict[tuple, bool] = {}
+
+
+def _can_time(x: torch.Tensor) -> bool:
+    """Whether the two kernels can be timed on ``x``'s device (a GPU; not the interpreter)."""
+    return x.is_cuda
+
+
+def _time_ms(launch) -> float:
+    return float(autotune_gpu_time(launch, None))
+
+
+def _wide_rows_single_pass(key: tuple, x: torch.Tensor, launch_rows, launch_tiled) -> bool:
+    """For rows between ``SINGLE_PASS_MAX_K`` and ``SINGLE_PASS_LIMIT_K`` padded columns:
+    time both kernels once per key on the GPU (each after its own tile autotuning, GPU time
+    from CUDA graph replays, as the autotuners time tiles) and keep the faster. Either
+    writes the same codes and scales, so the timing runs leave the call's outputs right.
+    Without a GPU clock the tiled kernel serves."""
+    if key not in _WIDE_ROWS_CHOICE:
+        if not _can_time(x):
+            return False
+        _WIDE_ROWS_CHOICE[key] = _time_ms(launch_rows) < _time_ms(launch_tiled)
+    return _WIDE_ROWS_CHOICE[key]
+
+
+def _launch_tiled_kernel(
+    x, q, smooth_f32, clip, scale, center_out, hb, rotation_block, static, out_dtype, use_dot,
+    delta_half, block_m, num_warps,
+):
+    """Launch the tiled kernel: one program per ``BLOCK_M`` rows, looping over ``HB``-wide
+    column tiles (re-read for the mean and the absmax in dynamic mode)."""
+    m, k = x.shape
+    qmax = _qmax(out_dtype)
     h = _kernel_hadamard(hb, x.device, torch.bfloat16) if use_dot else scale
     tile = None
     if block_m is not None:  # explicit tile: tests, the interpreter, microbenchmarks
@@ -772,7 +829,7 @@ def rotate_quant_triton(
     constexprs = {
         "HB": hb,
         "LOG_HB": int(math.log2(hb)),
-        "HAS_SMOOTH": smooth is not None,
+        "HAS_SMOOTH": smooth_f32 is not None,
         "ROTATE": rotation_block is not None,
         "STATIC": static,
         "OUT_INT8": out_dtype == torch.int8,
@@ -781,7 +838,6 @@ def rotate_quant_triton(
         "DELTA": delta_half > 0,
     }
     launch_triton(_rotate_quant_autotuned, grid, args, constexprs, tile)
-    return q, scale
 
 
 def _launch_rows_kernel(
