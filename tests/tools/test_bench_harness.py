@@ -194,3 +194,35 @@ def test_bench_act_dtype_sets_the_quantized_rows_activations(tmp_path, monkeypat
 
     assert seen == {"bf16-eager": torch.bfloat16, "w8a8-eager": torch.float32}
     assert "fp32 activations" in (tmp_path / "B.md").read_text()
+
+
+@pytest.mark.parametrize("calibration", ["full", "timing"])
+def test_timing_calibration_keeps_the_recipe_but_its_search(tmp_path, monkeypatch, calibration):
+    """`--calibration timing` quantizes the same layers with the same flags (the kernels
+    the row times) and skips only the search, GPTQ and the weight clip; the notes say so."""
+    import trdq.api
+
+    configs = []
+    quantize = trdq.api.quantize
+
+    def spy(pipe, cfg, **kwargs):
+        configs.append(cfg)
+        return quantize(pipe, cfg, **kwargs)
+
+    monkeypatch.setattr(trdq.api, "quantize", spy)
+    out = tmp_path / "b.json"
+    rc = _bench_cpu(out, "w8a8-eager", "--no-markdown", "--runs", "1", "--step-runs", "1",
+                    "--warmup", "0", "--scopes", "denoiser_step", "--calibration", calibration,
+                    "--cache-dir", str(tmp_path / "cache"))
+    assert rc == 0
+    (cfg,) = configs
+    full = trdq.api.QuantConfig.preset("w8a8")
+    timing = calibration == "timing"
+    assert (cfg.search, cfg.weight_clip_search, cfg.weight_rounding) == (
+        (False, False, "nearest") if timing
+        else (full.search, full.weight_clip_search, full.weight_rounding))
+    for same in ("weight_bits", "act_bits", "act_mode", "act_center", "rotation", "cfg_delta",
+                 "num_groups", "smoothing"):
+        assert getattr(cfg, same) == getattr(full, same), same
+    notes = json.loads((tmp_path / "b.json.details.json").read_text())["notes"]
+    assert any("calibration=timing" in note for note in notes) == timing

@@ -299,6 +299,10 @@ class _Runner:
             changes["calib_height"], changes["calib_width"] = self.preset.calib_hw
         if self.preset.frames is not None:
             changes["calib_num_frames"] = self.preset.frames
+        if self.args.calibration == "timing":
+            # the same layers, flags and kernels; no clip/alpha search, min-max weight clip,
+            # round-to-nearest integers: what the kernels time does not depend on the values
+            changes.update(search=False, weight_clip_search=False, weight_rounding="nearest")
         cfg = dataclasses.replace(cfg, **{k: v for k, v in changes.items() if hasattr(cfg, k)})
         report = quantize(
             self.pipe, cfg, cache_dir=self.args.cache_dir, backend=self.args.backend, progress=False
@@ -456,6 +460,8 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             f"TR-DQ rows: trdq.quantize backend={args.backend}, calibrated on "
             f"{args.calib_prompts} prompt(s) at {preset.calib_hw}, "
             f"{'fp32' if runner.act_dtype() == torch.float32 else 'bf16'} activations"
+            + ("; calibration=timing (no search, GPTQ or weight clip: same kernels, "
+               "latency only, not the recipe's quality)" if args.calibration == "timing" else "")
         ),
     ]
     settings = _trdq_settings()
@@ -559,6 +565,14 @@ def build_parser() -> argparse.ArgumentParser:
         "CPU, bf16 on GPU; tables before 2026-11-27 14:00 ran bf16 everywhere)",
     )
     p.add_argument("--calib-prompts", type=int, default=1)
+    p.add_argument(
+        "--calibration",
+        choices=("full", "timing"),
+        default="full",
+        help="full: the preset's recipe; timing: the same quantized layers and kernels "
+        "without the parameter search, GPTQ or weight clip (minutes less on large models; "
+        "for latency only, the notes say so)",
+    )
     p.add_argument("--cache-dir", default=str(Path.home() / ".cache" / "trdq-bench"))
     p.add_argument("--markdown", help="also append the run's table to this Markdown file")
     p.add_argument("--no-markdown", action="store_true", help="(the default) no Markdown")
