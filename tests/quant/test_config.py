@@ -10,7 +10,7 @@ from trdq.config import QuantConfig, preset_names
 def test_required_presets_exist():
     names = set(preset_names())
     for base in ("w8a8", "w4a8", "w6a6", "w4a4"):
-        for suffix in ("-minmax", "-rot", "-rot-groups", "-rot-groups-search", ""):
+        for suffix in ("-minmax", "-rot", "-rot-groups", "-rot-search", "-rot-groups-search", ""):
             assert base + suffix in names
     assert {"fp", "fp8", "faithful", "faithful-w4a8", "faithful-w6a6", "faithful-w4a4"} <= names
     for name in ("w6a6", "w6a6-minmax", "faithful-w6a6"):
@@ -30,13 +30,25 @@ def test_round_trip_and_hash(name, tmp_path):
 
 
 def test_ablation_chain_switches_one_component_at_a_time():
-    chain = [QuantConfig.preset(f"w8a8{s}") for s in
-             ("-minmax", "-rot", "-rot-groups", "-rot-groups-search", "")]
+    from trdq.tools.eval_cli import ablation_chain
+
+    chain = [QuantConfig.preset(name) for name in ablation_chain("w8a8")[:-1]]
+    assert [c.name for c in chain] == [
+        "w8a8-minmax", "w8a8-rot", "w8a8-rot-search", "w8a8-rot-groups-search", "w8a8"]
     assert [c.rotation for c in chain] == ["none"] + ["hadamard"] * 4
-    assert [c.num_groups > 1 for c in chain] == [False, False, True, True, True]
-    assert [c.search for c in chain] == [False, False, False, True, True]
+    assert [c.search for c in chain] == [False, False, True, True, True]
+    # the timestep groups come after the search, which gives them something to carry
+    assert [c.num_groups > 1 for c in chain] == [False, False, False, True, True]
     assert [c.cfg_wise for c in chain] == [False] * 4 + [True]
     assert len({c.config_hash() for c in chain}) == 5
+
+
+@pytest.mark.parametrize("mode", ["", "-static"])
+def test_the_one_group_search_differs_from_the_groups_search_only_in_groups(mode):
+    one = QuantConfig.preset(f"w4a8-rot-search{mode}").to_dict()
+    groups = QuantConfig.preset(f"w4a8-rot-groups-search{mode}").to_dict()
+    differ = {key for key in one if one[key] != groups[key]}
+    assert differ == {"name", "num_groups"} and one["num_groups"] == 1
 
 
 def test_boundaries_and_validation():

@@ -17,7 +17,7 @@ def test_ablation_chain_and_settings_order():
     assert cli.ablation_chain("w8a8") == [
         "w8a8-minmax",
         "w8a8-rot",
-        "w8a8-rot-groups",
+        "w8a8-rot-search",
         "w8a8-rot-groups-search",
         "w8a8",
         "faithful",

@@ -12,7 +12,7 @@ per model, replaced when that model is evaluated again. Without ``--out-md`` no 
 written, so a run never dirties the checkout unless asked.
 
 ``--ablation w8a8`` expands to the ablation chain ``w8a8-minmax -> w8a8-rot ->
-w8a8-rot-groups -> w8a8-rot-groups-search -> w8a8`` (full TR-DQ) plus ``faithful`` (the
+w8a8-rot-search -> w8a8-rot-groups-search -> w8a8`` (full TR-DQ) plus ``faithful`` (the
 released algorithm, which runs on the reference backend whatever ``--backend`` says);
 ``--ablation w4a8`` likewise with ``faithful-w4a8``, and the lower widths ``w6a6`` and
 ``w4a4`` (for models where W8A8 is lossless even with min-max, so the components' effects
@@ -46,18 +46,19 @@ from trdq.nn.attention import set_attention_backend, split_attention_suffix
 logger = logging.getLogger(__name__)
 
 REFERENCE = "fp"
-ABLATION_SUFFIXES = ("-minmax", "-rot", "-rot-groups", "-rot-groups-search", "")
+ABLATION_SUFFIXES = ("-minmax", "-rot", "-rot-search", "-rot-groups-search", "")
 FAITHFUL_OF = {"w8a8": "faithful", "w4a8": "faithful-w4a8", "w6a6": "faithful-w6a6",
                "w4a4": "faithful-w4a4"}
 STAGE_TEXT = {
     "-minmax": "dynamic per-token min-max activations, one timestep group, no rotation",
     "-rot": "+ block Hadamard rotation (each token centred first, its mean added back "
             "exactly through the weights' row sums)",
-    "-rot-groups": "+ 8 timestep groups (with per-token scales and no search, the groups "
-                   "carry only a clip ratio of 1: same numbers as -rot)",
-    "-rot-groups-search": "+ per-group clip-ratio search and calibrated integer weights (a "
-                          "clip per output channel by the output error on the calibration "
-                          "rows, then GPTQ rounding)",
+    "-rot-search": "+ clip-ratio search with one timestep group, and calibrated integer "
+                   "weights (a clip per output channel by the output error on the "
+                   "calibration rows, then GPTQ rounding)",
+    "-rot-groups-search": "+ 8 timestep groups, each with its own searched clip ratio (the "
+                          "time dimension; without the search, per-token scales leave "
+                          "groups a clip ratio of 1, the numbers of -rot)",
     "": "+ CFG-aware parameters (full TR-DQ): clip ratios per CFG half and integer "
         "weights calibrated against the guided output's error, cond rows quantized as "
         "their difference from the uncond rows (CFG-delta; not in the -static chain)",
