@@ -64,3 +64,21 @@ def test_gemm_tma_switch_reaches_the_triton_module():
     assert triton_w4a8.TMA_MODE == switches.current().gemm_tma
     with pytest.raises(ValueError, match="gemm_tma"):
         switches.configure(gemm_tma="sometimes")
+
+
+@pytest.mark.parametrize("isa,prepacked", [("AMX", True), ("AVX-512 VNNI", False)])
+def test_onednn_prepacked_linear_only_on_amx(monkeypatch, isa, prepacked):
+    """oneDNN's prepacked linear with signed int8 activations was measured fast on AMX
+    and ~3000x slower than torch._int_mm on an AVX-512 VNNI EPYC (a reference kernel):
+    there 8-bit weights take torch._int_mm."""
+    if not cpu_int8._onednn_linear_ops():
+        pytest.skip("this torch build has no oneDNN int8 linear ops")
+    monkeypatch.setattr(cpu_int8, "cpu_isa", lambda: isa)
+    try:
+        cpu_int8._apply_switches(KernelSwitches(cpu_int_mm=None, cpu_prepack=True))
+        assert cpu_int8.FAST_INT_MM
+        assert cpu_int8.ONEDNN_PREPACK is prepacked
+        assert (cpu_int8.gemm_path() == "torch._int_mm") is not prepacked
+    finally:
+        monkeypatch.undo()
+        cpu_int8._apply_switches(switches.current())

@@ -1,9 +1,9 @@
 """CPU INT8 backend: int8 activations x int8 weights through oneDNN's int8 kernels.
 
-On CPUs with int8 dot-product instructions (AVX-512 VNNI, AMX), 8-bit weights run
-oneDNN's int8 linear on a copy prepacked once in its blocked layout (``int8_gemm``,
-``ONEDNN_PREPACK``; the ``cpu_prepack`` switch, ``TRDQ_CPU_PREPACK=0``, turns it off), and other widths
-``torch._int_mm``, which reorders the plain weight on every call. Both give the exact
+On AMX CPUs, 8-bit weights run oneDNN's int8 linear on a copy prepacked once in its
+blocked layout (``int8_gemm``, ``ONEDNN_PREPACK``; the ``cpu_prepack`` switch,
+``TRDQ_CPU_PREPACK=0``, turns it off); other widths, and every width on AVX-512 VNNI CPUs
+without AMX, ``torch._int_mm``, which reorders the plain weight on every call. Both give the exact
 int32 product for any M (no M > 16 restriction on CPU, unlike CUDA), so no padding is needed.
 
 Only CPUs with those instructions get oneDNN's kernels: elsewhere ``torch._int_mm`` is a
@@ -203,7 +203,10 @@ def _onednn_linear_ops() -> bool:
     return hasattr(onednn, "qlinear_prepack") and hasattr(onednn, "qlinear_pointwise")
 
 
-#: 8-bit weights run oneDNN's prepacked int8 linear (VNNI/AMX CPUs; ``cpu_prepack`` off: not)
+#: 8-bit weights run oneDNN's prepacked int8 linear (AMX CPUs; ``cpu_prepack`` off: not).
+#: Only AMX: with signed int8 activations, oneDNN on an AVX-512 VNNI CPU without AMX (AMD
+#: EPYC, Zen 4) took 3.5 s for a 512 x 768 x 768 product that ``torch._int_mm`` does in
+#: 1.1 ms (VNNI multiplies u8 x s8 only; oneDNN then falls back to a reference kernel)
 ONEDNN_PREPACK = False
 #: On CPUs without VNNI/AMX, 8-bit weights times activations of at most 7 bits run oneDNN's
 #: u8 int8 linear (exact there; 2-2.5x faster than the fp32 GEMM of the integers on the
@@ -216,7 +219,7 @@ def _apply_switches(kernel_switches: switches.KernelSwitches) -> None:
     global FAST_INT_MM, ONEDNN_PREPACK, U8_GEMM
     FAST_INT_MM = _fast_int_mm(kernel_switches.cpu_int_mm)
     onednn_allowed = kernel_switches.cpu_prepack and _onednn_linear_ops()
-    ONEDNN_PREPACK = FAST_INT_MM and onednn_allowed
+    ONEDNN_PREPACK = FAST_INT_MM and onednn_allowed and cpu_isa() == "AMX"
     U8_GEMM = not FAST_INT_MM and onednn_allowed
 
 
@@ -255,7 +258,7 @@ def int8_gemm(q: torch.Tensor, weight: torch.Tensor, act_bits: int = 8) -> torch
     """``q [M, K] int8 @ weight [N, K] int8 ^T``, exact, as int32 or float32 ``[M, N]``;
     ``q`` holds ``act_bits``-bit integers.
 
-    On VNNI/AMX CPUs, 8-bit weights (``ONEDNN_PREPACK``) go through oneDNN's int8 linear
+    On AMX CPUs, 8-bit weights (``ONEDNN_PREPACK``) go through oneDNN's int8 linear
     on a copy of the weight prepacked once in its blocked layout: ``torch._int_mm`` takes
     the plain ``[K, N]`` matrix and reorders it on every call (2.3x slower at 512x768x3072,
     Xeon with AMX, 2 threads; docs/KERNELS.md). The copy costs one more byte per weight.
