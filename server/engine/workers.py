@@ -158,6 +158,8 @@ class ProcessWorker:
         self.cpu_threads = cpu_threads
         self.state = "starting"
         self.restarts = 0
+        # the device's series exists from the start at 0, so a rate over it is 0, not empty
+        metrics.worker_restarts.labels(device=self.name)
         self.kernels: dict[str, Any] | None = None
         self.dispatcher: asyncio.Task | None = None
         self._process: Any = None  # multiprocessing's SpawnProcess

@@ -56,6 +56,14 @@ NO_DATA_ALLOWED: dict[tuple[str, str], tuple[str, Callable[[set[str]], bool]]] =
         ),
         lambda quants: quants <= {"fp"},
     ),
+    ("Worker restarts by device", "A"): (
+        (
+            "trdq_worker_restarts_total{device} exists for worker processes "
+            "(TRDQ_WORKER_MODE=process, from their start at 0); this server runs its one "
+            "device's worker as a thread"
+        ),
+        lambda quants: True,
+    ),
     ("Cancellations and stored async jobs", "A"): (
         (
             "trdq_cancelled_generations_total{reason} gets a series at the first cancellation "

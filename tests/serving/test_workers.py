@@ -191,6 +191,9 @@ def test_async_job_progress_comes_from_the_worker_and_delete_stops_it(client, en
 
 
 def test_a_killed_worker_fails_its_batch_alone_and_is_restarted(client, engine, tmp_path):
+    # the device's restart counter is exported from the start, at 0
+    assert metric_value(client.get("/metrics").text, "trdq_worker_restarts_total",
+                        device="cpu") == 0
     engine.fault_hook = functools.partial(note_pid_and_sleep, str(tmp_path), 30)
     replies: list = []
     sender = threading.Thread(target=lambda: replies.append(_generate(client)))
