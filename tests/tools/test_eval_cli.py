@@ -172,3 +172,10 @@ def test_train_split_writes_json_but_no_markdown(tmp_path, monkeypatch):
     assert json.loads(out_json.read_text())["prompts"] == 2
     assert not (tmp_path / "docs").exists()
 
+
+
+def test_a_cpu_is_described_with_its_instruction_set():
+    from trdq.machine import cpu_isa
+
+    text = cli.device_description("cpu")
+    assert text.startswith("CPU ") and f"({cpu_isa()})" in text and "threads" in text

@@ -243,9 +243,12 @@ def device_description(device: str) -> str:
 
     if device.startswith("cuda"):
         return f"{torch.cuda.get_device_name(torch.device(device))}, torch {torch.__version__}"
-    from trdq.machine import cpu_model
+    from trdq.machine import cpu_isa, cpu_model
 
-    return f"CPU {cpu_model()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    # the ISA too: one model name (e.g. "AMD EPYC") covers CPUs with and without int8
+    # dot-product instructions, which set the int8 GEMM's speed
+    return (f"CPU {cpu_model()} ({cpu_isa()}), {torch.get_num_threads()} threads, "
+            f"torch {torch.__version__}")
 
 
 def target_notes(report: QualityReport, task: str) -> list[str]:
