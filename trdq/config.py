@@ -326,16 +326,6 @@ PRESETS: dict[str, Any] = {
 # the full method at 7-bit activations: the fast exact int8 path of AVX2 CPUs (cpu_int8)
 PRESETS["w8a7"] = lambda: _chain(8, 7, "w8a7", 4)
 _STAGES = ("-minmax", "-rot", "-rot-groups", "-rot-groups-search", "")
-#: the search stage with ONE timestep group: beside ``-rot-groups-search`` it isolates what
-#: the time dimension adds to the search (with per-token scales and no search, groups alone
-#: carry only a clip ratio of 1, so ``-rot-groups`` equals ``-rot`` there)
-_ONE_GROUP = {"-rot-search": ("-rot-groups-search", {"num_groups": 1})}
-
-
-def _variant(base_preset: str, name: str, changes: dict[str, Any]) -> QuantConfig:
-    return dataclasses.replace(PRESETS[base_preset](), name=name, **changes)
-
-
 for _wb, _ab in BIT_PAIRS:
     _base = f"w{_wb}a{_ab}"
     if _base != "w8a8":
@@ -346,11 +336,13 @@ for _wb, _ab in BIT_PAIRS:
         # the same chain with static per-group (per CFG half) activation scales
         _static = _base + _suffix + "-static"
         PRESETS[_static] = lambda w=_wb, a=_ab, n=_static, s=_stage: _chain(w, a, n, s, "static")
-    for _suffix, (_of, _changes) in _ONE_GROUP.items():
-        for _mode in ("", "-static"):
-            PRESETS[_base + _suffix + _mode] = (
-                lambda o=_base + _of + _mode, n=_base + _suffix + _mode, c=_changes:
-                _variant(o, n, c))
+    # the search stage with ONE timestep group: beside -rot-groups-search it isolates what
+    # the time dimension adds to the search (with per-token scales and no search, groups
+    # alone carry only a clip ratio of 1, so -rot-groups equals -rot there)
+    for _mode in ("", "-static"):
+        PRESETS[_base + "-rot-search" + _mode] = (
+            lambda w=_wb, a=_ab, n=_base + "-rot-search" + _mode, m=_mode:
+            _chain(w, a, n, 3, "static" if m else "dynamic").replace(num_groups=1))
 
 
 def preset_names() -> list[str]:
