@@ -371,7 +371,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="w8a8|w4a8|w6a6|w4a4",
-        help="add the ablation chain (minmax -> +rot -> +groups -> +search -> full) "
+        help="add the ablation chain (minmax -> +rot -> +search with one timestep group -> "
+        "+eight groups -> full) "
         "and the faithful preset; repeatable or comma-separated",
     )
     p.add_argument("--prompts", type=int, default=32, help="prompts (default 32)")
