@@ -1,9 +1,7 @@
-"""TRDQ_CUDA_GRAPHS: refused without a CUDA device; the replay cache's rules (bounded,
-eager fallback) checked on CPU with a stand-in for torch.cuda's graph API."""
+"""TRDQ_CUDA_GRAPHS: the setting, refused without a CUDA device, and on a GPU the served
+model replaying its steps (the replay cache itself: tests/runtime/test_cuda_graphs.py)."""
 
 from __future__ import annotations
-
-from typing import ClassVar
 
 import pytest
 import torch
@@ -52,112 +50,6 @@ def test_cuda_graphs_with_auto_on_a_machine_without_gpu_fails_start_up(tmp_path)
                              warmup=False)
     with pytest.raises(ValueError, match="TRDQ_CUDA_GRAPHS"), TestClient(create_app(settings)):
         pass
-
-
-class _FakeGraph:
-    """Stands in for torch.cuda.CUDAGraph: 'capture' records the forward, replay re-runs it
-    on the static inputs into the static outputs (what a real replay computes)."""
-
-    captured: ClassVar[list[_FakeGraph]] = []
-    modes: ClassVar[list[str]] = []  # each capture's capture_error_mode
-    streams: ClassVar[list] = []  # each capture's stream
-    restored: ClassVar[list] = []  # what torch.cuda.set_stream / set_device were given
-
-    def __init__(self):
-        self.fn = None
-
-    def replay(self):
-        if self.fn is not None:  # right after capture the outputs are already computed
-            self.fn()
-
-
-class _FakeCapture:
-    def __init__(self, graph, pool=None):
-        self.graph = graph
-
-    def __enter__(self):
-        _FakeGraph.captured.append(self.graph)
-
-    def __exit__(self, *exc):
-        return False
-
-
-def _fake_cuda(monkeypatch, fail_capture=False):
-    from trdq.kernels import launch as base
-    from trdq.runtime import cuda_graphs
-
-    _FakeGraph.captured, _FakeGraph.modes, _FakeGraph.streams = [], [], []
-    _FakeGraph.restored = []
-    monkeypatch.setattr(torch.cuda, "graph_pool_handle", lambda: None)
-    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
-    monkeypatch.setattr(torch.cuda, "CUDAGraph", _FakeGraph)
-    monkeypatch.setattr(torch.cuda, "Stream", lambda device: ("stream", device))
-    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
-    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: ("current", device))
-    monkeypatch.setattr(torch.cuda, "set_stream", _FakeGraph.restored.append)
-    monkeypatch.setattr(torch.cuda, "set_device", _FakeGraph.restored.append)
-    monkeypatch.setattr(base, "_CAPTURE_STREAMS", {})
-
-    def graph(g, pool=None, stream=None, capture_error_mode="global"):
-        _FakeGraph.modes.append(capture_error_mode)
-        _FakeGraph.streams.append(stream)
-        if fail_capture:
-            raise RuntimeError("operation not permitted when stream is capturing")
-        return _FakeCapture(g, pool)
-
-    monkeypatch.setattr(torch.cuda, "graph", graph)
-    return cuda_graphs.CudaGraphForward
-
-
-class _Net(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.calls = 0
-
-    def forward(self, x):
-        self.calls += 1
-        return x * 2
-
-
-def test_replay_captures_on_the_second_call_and_bounds_the_graphs(monkeypatch):
-    CudaGraphForward = _fake_cuda(monkeypatch)
-    net = _Net()
-    forward = CudaGraphForward(net, max_graphs=1)
-    x = torch.ones(3)
-    assert torch.equal(net(x), x * 2) and not _FakeGraph.captured  # first call: eager
-    out = net(x)  # second: captured
-    assert torch.equal(out, x * 2) and len(_FakeGraph.captured) == 1 and len(forward.graphs) == 1
-    # a capture must not fail other threads' CUDA calls (one engine worker per GPU), and
-    # runs on a stream of its own GPU (not torch.cuda.graph's one stream for all GPUs)
-    assert _FakeGraph.modes == ["thread_local"]
-    assert _FakeGraph.streams == [("stream", torch.device("cuda", 0))]
-    assert not _FakeGraph.restored  # a capture that succeeded leaves the thread's state
-    graph, static, static_out = forward.graphs[next(iter(forward.graphs))]
-    graph.fn = lambda: static_out.copy_(forward.forward(*static))  # what replay recomputes
-    assert torch.equal(net(torch.full((3,), 5.0)), torch.full((3,), 10.0))
-    # a new shape past the limit runs eagerly, never captured
-    y = torch.ones(4)
-    for _ in range(3):
-        assert torch.equal(net(y), y * 2)
-    assert len(forward.graphs) == 1 and len(_FakeGraph.captured) == 1
-
-
-def test_a_failed_capture_leaves_those_shapes_eager_in_the_server_only(monkeypatch):
-    CudaGraphForward = _fake_cuda(monkeypatch, fail_capture=True)
-    net = _Net()
-    forward = CudaGraphForward(net, eager_on_failure=True)  # the server's setting
-    x = torch.ones(2)
-    for _ in range(4):
-        assert torch.equal(net(x), x * 2)
-    assert not forward.graphs and len(forward.eager) == 1
-    # the failed capture gave the thread back its stream and device before going eager
-    assert _FakeGraph.restored == [("current", torch.device("cuda", 0)), 0]
-    # the bench's: a +cg row fails rather than timing eager calls under its name
-    strict = _Net()
-    CudaGraphForward(strict)
-    strict(x)
-    with pytest.raises(RuntimeError, match="capturing"):
-        strict(x)
 
 
 @pytest.mark.gpu
