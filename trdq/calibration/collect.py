@@ -9,15 +9,19 @@ from typing import Any
 import torch
 from torch import nn
 
-from trdq.config import QuantConfig
+from trdq.config import TIMESTEP_SCALE, QuantConfig
 from trdq.integrations.diffusers import rotation_block_for
 from trdq.rotation import hadamard_transform
 from trdq.timestep import QuantContext
 
-__all__ = ["TOP_ROWS_PER_OBSERVATION", "LayerStats", "StatsCollector", "load_prompts"]
+__all__ = ["ROW_BINS", "TOP_ROWS_PER_OBSERVATION", "LayerStats", "StatsCollector", "load_prompts"]
 
 #: the largest rows of every observation always enter the sample (they set the range)
 TOP_ROWS_PER_OBSERVATION = 4
+#: rows are sampled per uniform timestep bin (within each group), whatever the group count:
+#: the integer weights are calibrated on every stored row, so a sample that grew with the
+#: number of groups would make "+ groups" in the ablation a change of the weights' rows
+ROW_BINS = 8
 
 
 def load_prompts(prompts: list[str] | str | Path | None, fallback: list[str] | None = None) -> list[str]:
@@ -45,11 +49,21 @@ class LayerStats:
         self.block = block
         self.chan_absmax = torch.zeros(groups, 2, k)
         self.rot_absmax = torch.zeros(groups, 2)
-        #: (group, width) -> row samples ``[r, width, K]``; width 2 = paired (uncond, cond)
-        #: rows of the same token, width 1 = cond-only rows from calls without CFG
-        self.rows: dict[tuple[int, int], list[torch.Tensor]] = {}
+        #: (group, timestep bin, width) -> row samples ``[r, width, K]``; width 2 = paired
+        #: (uncond, cond) rows of the same token, width 1 = cond-only rows from calls
+        #: without CFG; each bucket holds at most ``2 * calib_rows`` rows
+        self.rows: dict[tuple[int, int, int], list[torch.Tensor]] = {}
         self.ema = torch.zeros(groups, k)
         self.ema_seen = [False] * groups
+
+    def group_rows(self, g: int, width: int) -> list[torch.Tensor]:
+        """Group ``g``'s row samples of one width, every timestep bin."""
+        return [t for (group, _, w), ts in sorted(self.rows.items()) if group == g and w == width
+                for t in ts]
+
+    def all_rows(self) -> list[tuple[int, torch.Tensor]]:
+        """Every row sample with its width, in (group, bin, width) order."""
+        return [(w, t) for (_, _, w), ts in sorted(self.rows.items()) for t in ts]
 
 
 class StatsCollector:
@@ -135,7 +149,9 @@ class StatsCollector:
         top = torch.topk(absmax_rows, min(TOP_ROWS_PER_OBSERVATION, n)).indices.cpu()
         idx = torch.unique(torch.cat((pick, top))).to(halves[0][1].device)
         sample = torch.stack([xh[idx] for _, xh in halves], dim=1).cpu()
-        bucket = st.rows.setdefault((g, len(halves)), [])
+        t = self.context.timestep or 0.0
+        time_bin = min(max(int(t * ROW_BINS / TIMESTEP_SCALE), 0), ROW_BINS - 1)
+        bucket = st.rows.setdefault((g, time_bin, len(halves)), [])
         bucket.append(sample)
         if sum(t.shape[0] for t in bucket) > 2 * self.config.calib_rows:
             bucket[:] = [self._compact(torch.cat(bucket))]

@@ -87,24 +87,32 @@ def rotate_rows(rows: torch.Tensor, block: int | None, smooth: torch.Tensor | No
     return smooth_and_rotate(rows, smooth, block)
 
 
+def _spread(rows: torch.Tensor, cap: int) -> torch.Tensor:
+    """At most ``cap`` rows, evenly strided over all of them (so over every timestep bin
+    they came from; a head slice would keep the first bins only)."""
+    if rows.shape[0] <= cap:
+        return rows
+    return rows[torch.linspace(0, rows.shape[0] - 1, cap).round().long()]
+
+
 def _group_rows(st: LayerStats, g: int, half: int | None, config: QuantConfig) -> torch.Tensor | None:
     """Group ``g``'s stored rows of one CFG half (0 uncond, 1 cond, None both pooled);
     rows from calls without CFG count as cond rows."""
-    paired = st.rows.get((g, 2), [])
-    single = st.rows.get((g, 1), [])
+    paired = st.group_rows(g, 2)
+    single = st.group_rows(g, 1)
     if half is None:
         parts = [t.flatten(0, 1) for t in paired] + [t[:, 0] for t in single]
     elif half == 0:
         parts = [t[:, 0] for t in paired]
     else:
         parts = [t[:, 1] for t in paired] + [t[:, 0] for t in single]
-    return center_rows(torch.cat(parts)[: 2 * config.calib_rows], config) if parts else None
+    return center_rows(_spread(torch.cat(parts), 2 * config.calib_rows), config) if parts else None
 
 
 def _group_pairs(st: LayerStats, g: int, config: QuantConfig) -> torch.Tensor | None:
     """Group ``g``'s paired (uncond, cond) rows ``[r, 2, K]``, if any call had CFG."""
-    paired = st.rows.get((g, 2), [])
-    return center_rows(torch.cat(paired)[: config.calib_rows], config) if paired else None
+    paired = st.group_rows(g, 2)
+    return center_rows(_spread(torch.cat(paired), config.calib_rows), config) if paired else None
 
 
 def _weight_rows(st: LayerStats, config: QuantConfig) -> torch.Tensor:
@@ -119,12 +127,11 @@ def _weight_rows(st: LayerStats, config: QuantConfig) -> torch.Tensor:
     """
     parts = []
     w = float(config.calib_guidance_scale)
-    for (_, width), tensors in st.rows.items():
-        for t in tensors:
-            if width == 2 and config.cfg_wise:
-                parts += [t[:, 0] + w * (t[:, 1] - t[:, 0]), t[:, 1]]
-            else:
-                parts.append(t.flatten(0, 1))
+    for width, t in st.all_rows():
+        if width == 2 and config.cfg_wise:
+            parts += [t[:, 0] + w * (t[:, 1] - t[:, 0]), t[:, 1]]
+        else:
+            parts.append(t.flatten(0, 1))
     return torch.cat(parts)
 
 
@@ -148,8 +155,8 @@ def _search_smoothing(weight: torch.Tensor, st: LayerStats, config: QuantConfig,
     chan = st.chan_absmax.amax(dim=(0, 1)).clamp_min(1e-5)
     w_abs = weight.abs().amax(dim=0).clamp_min(1e-5)
     alphas = config.alpha_grid if config.search else [config.smoothing_alpha]
-    pooled = torch.cat([t.flatten(0, 1) for v in st.rows.values() for t in v])
-    pooled = center_rows(pooled[: 2 * config.calib_rows], config)
+    pooled = torch.cat([t.flatten(0, 1) for _, t in st.all_rows()])
+    pooled = center_rows(_spread(pooled, 2 * config.calib_rows), config)
     y_pool = pooled @ weight[out_idx].t()
     tried = []
     for a in alphas:
