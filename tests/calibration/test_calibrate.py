@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.quant.helpers import fast, run_image
+from tests.helpers.quant import fast, run_image
 from trdq import api
 from trdq.calibration import CalibrationResult
 from trdq.config import QuantConfig

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.quant.helpers import fast
+from tests.helpers.quant import fast
 from trdq import api
 from trdq.calibration.collect import StatsCollector
 from trdq.calibration.search import _pick, _weight_rows

@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from tests.quant.helpers import fast
+from tests.helpers.quant import fast
 from trdq import api
 from trdq.primitives import sqnr_db
 

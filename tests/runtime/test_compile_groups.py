@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.quant.helpers import fast, run_image
+from tests.helpers.quant import fast, run_image
 from trdq import api
 from trdq.runtime.compile import compile_denoiser
 from trdq.testing.tiny import TINY_PROMPTS, tiny_pixart_pipeline

@@ -18,7 +18,7 @@ from server.app import create_app
 from server.errors import NotAcceptableError
 from server.media import IMAGE_FORMATS, VIDEO_FORMATS
 from server.negotiation import negotiate
-from tests.server.conftest import make_settings
+from tests.helpers.serving import make_settings_with_video
 
 KEY = "k3y-for-edges"
 SMALL = {"size": "32x32", "num_inference_steps": 2, "seed": 3}
@@ -28,7 +28,7 @@ JOB_ID = "0123456789abcdef01234567"
 @pytest.fixture(scope="module")
 def bare(tmp_path_factory) -> TestClient:
     """The app without its lifespan: validation and routing only."""
-    return TestClient(create_app(make_settings(tmp_path_factory.mktemp("bare"))))
+    return TestClient(create_app(make_settings_with_video(tmp_path_factory.mktemp("bare"))))
 
 
 # 1. OpenAI parameters that clients send
@@ -139,14 +139,14 @@ def test_routes_answer_406_for_an_unsupported_accept(client, path, accept):
 @pytest.mark.parametrize("authorization", [
     f"Bearer {KEY}", f"bearer {KEY}", f"BEARER {KEY}", f"bEaReR  {KEY}"])
 def test_the_bearer_scheme_is_case_insensitive(tmp_path, authorization):
-    app = TestClient(create_app(make_settings(tmp_path, api_key=KEY)))
+    app = TestClient(create_app(make_settings_with_video(tmp_path, api_key=KEY)))
     reply = app.post("/generate/image", json={"prompt": "x"},
                      headers={"authorization": authorization})
     assert reply.status_code == 503  # past the guard; no model in an app without lifespan
 
 
 def test_wrong_schemes_and_keys_stay_401(tmp_path):
-    app = TestClient(create_app(make_settings(tmp_path, api_key=KEY)))
+    app = TestClient(create_app(make_settings_with_video(tmp_path, api_key=KEY)))
     for authorization in (f"Basic {KEY}", f"bearer {KEY}x", f"bearer{KEY}", "bearer ", KEY):
         reply = app.post("/generate/image", json={"prompt": "x"},
                          headers={"authorization": authorization})
@@ -222,7 +222,7 @@ def test_wrong_methods_are_405_with_allow(bare):
 # 5. The playground is served without the key (it asks for it)
 
 def test_the_playground_page_and_assets_need_no_key(tmp_path):
-    app = TestClient(create_app(make_settings(tmp_path, api_key=KEY)))
+    app = TestClient(create_app(make_settings_with_video(tmp_path, api_key=KEY)))
     page = app.get("/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert 'id="api-key"' in page.text and "http" not in page.text.split("<body>")[1]  # no CDN

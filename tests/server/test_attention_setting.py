@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from server.app import create_app
 from server.settings import Settings
-from tests.server.conftest import make_settings
+from tests.helpers.serving import make_settings_with_video
 
 
 def test_attention_setting_takes_the_backend_names_only():
@@ -22,7 +22,7 @@ def test_attention_setting_takes_the_backend_names_only():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks a worker without a GPU")
 def test_fp8_attention_on_a_cpu_worker_fails_start_up_naming_the_setting(tmp_path):
-    settings = make_settings(tmp_path, device="cpu", quant="w8a8", attention="fp8",
+    settings = make_settings_with_video(tmp_path, device="cpu", quant="w8a8", attention="fp8",
                              video_model="none", warmup=False)
     with (
         pytest.raises(ValueError, match="TRDQ_ATTENTION=fp8: .*needs a CUDA device"),
@@ -33,7 +33,7 @@ def test_fp8_attention_on_a_cpu_worker_fails_start_up_naming_the_setting(tmp_pat
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks a worker without a GPU")
 def test_auto_serves_sdpa_on_the_cpu_and_info_says_so(tmp_path):
-    settings = make_settings(tmp_path, device="cpu", quant="w8a8,fp", video_model="none",
+    settings = make_settings_with_video(tmp_path, device="cpu", quant="w8a8,fp", video_model="none",
                              warmup=False)
     with TestClient(create_app(settings)) as client:
         models = client.get("/info").json()["models"]

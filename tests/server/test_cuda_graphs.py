@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from server.app import create_app
 from server.engine import models as engine_models
 from server.settings import Settings
-from tests.server.conftest import make_settings
+from tests.helpers.serving import make_settings_with_video
 
 
 def test_cuda_graphs_on_a_cpu_device_is_refused_naming_the_setting(monkeypatch, capsys):
@@ -46,7 +46,7 @@ def test_cuda_graphs_with_auto_on_a_machine_without_gpu_fails_start_up(tmp_path)
         pytest.skip("auto resolves to cuda here")
     with pytest.raises(ValueError, match="TRDQ_CUDA_GRAPHS=1 needs a CUDA device"):
         engine_models.check_cuda_graphs(True, torch.device("cpu"))
-    settings = make_settings(tmp_path, device="auto", cuda_graphs=True, video_model="none",
+    settings = make_settings_with_video(tmp_path, device="auto", cuda_graphs=True, video_model="none",
                              warmup=False)
     with pytest.raises(ValueError, match="TRDQ_CUDA_GRAPHS"), TestClient(create_app(settings)):
         pass
@@ -68,7 +68,7 @@ def test_the_served_model_replays_from_cuda_graphs_and_matches_eager(tmp_path):
                "output_format": "png"}
     pixels = {}
     for graphs in (False, True):
-        settings = make_settings(tmp_path / str(graphs), device="cuda", quant="w8a8",
+        settings = make_settings_with_video(tmp_path / str(graphs), device="cuda", quant="w8a8",
                                  cuda_graphs=graphs, video_model="none", warmup=False)
         with TestClient(create_app(settings)) as client:
             for _ in range(2):  # the second request replays every step

@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from server.app import create_app
 from server.engine import models as engine_models
 from server.settings import Settings
-from tests.server.conftest import make_settings
+from tests.helpers.serving import make_settings_with_video
 
 
 def test_dtype_aliases_are_normalised():
@@ -50,7 +50,7 @@ def test_bf16_reaches_load_pipeline_and_info_and_warns_once_without_native_suppo
         return real_load_pipeline(name, device=device, dtype=dtype)
 
     monkeypatch.setattr(engine_models, "load_pipeline", spy)
-    settings = make_settings(tmp_path, dtype="bf16", device="cpu", video_model="none",
+    settings = make_settings_with_video(tmp_path, dtype="bf16", device="cpu", video_model="none",
                              warmup=False)
     with (
         caplog.at_level(logging.WARNING, logger=engine_models.__name__),

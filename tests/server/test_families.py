@@ -9,9 +9,8 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from server.app import create_app
+from tests.helpers.serving import make_settings_with_video
 from trdq.testing.tiny_families import tiny_flux_pipeline, tiny_wan_pipeline
-
-from .conftest import make_settings
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +18,7 @@ def families_client(tmp_path_factory):
     root = tmp_path_factory.mktemp("families")
     tiny_flux_pipeline().save_pretrained(root / "flux")
     tiny_wan_pipeline().save_pretrained(root / "wan")
-    settings = make_settings(root, model=str(root / "flux"), video_model=str(root / "wan"),
+    settings = make_settings_with_video(root, model=str(root / "flux"), video_model=str(root / "wan"),
                              warmup=False)
     with TestClient(create_app(settings)) as client:
         yield client

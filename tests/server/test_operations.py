@@ -6,7 +6,7 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from server.app import create_app
-from tests.server.conftest import make_settings
+from tests.helpers.serving import make_settings_with_video
 
 
 def _samples(text: str) -> dict:
@@ -33,7 +33,7 @@ def test_health_ready_info(client):
 
 
 def test_readyz_is_503_until_the_models_are_loaded(tmp_path):
-    app = create_app(make_settings(tmp_path))
+    app = create_app(make_settings_with_video(tmp_path))
     plain = TestClient(app)  # no context manager: the lifespan (loading) never runs
     reply = plain.get("/readyz")
     assert reply.status_code == 503
@@ -69,7 +69,7 @@ def test_metrics_parse_and_hold_the_named_series_after_a_request(client):
 
 
 def test_a_full_queue_answers_429_with_retry_after(tmp_path):
-    settings = make_settings(tmp_path, max_queue=1, max_batch=1, video_model="none")
+    settings = make_settings_with_video(tmp_path, max_queue=1, max_batch=1, video_model="none")
     replies = []
     with TestClient(create_app(settings)) as test_client:
         def slow_request():
@@ -92,14 +92,14 @@ def test_a_full_queue_answers_429_with_retry_after(tmp_path):
 
 
 def test_disabled_model_endpoint_is_404(tmp_path):
-    with TestClient(create_app(make_settings(tmp_path, video_model="none"))) as test_client:
+    with TestClient(create_app(make_settings_with_video(tmp_path, video_model="none"))) as test_client:
         reply = test_client.post("/generate/video", json={"prompt": "a blue square"})
     assert reply.status_code == 404
     assert "video" in reply.json()["error"]["message"]
 
 
 def test_body_size_limit_and_api_key(tmp_path):
-    settings = make_settings(
+    settings = make_settings_with_video(
         tmp_path, api_key="s3cret", max_body_bytes=2048, video_model="none", warmup=False
     )
     with TestClient(create_app(settings)) as test_client:
@@ -133,7 +133,7 @@ def test_text_encoder_int8_serves_and_shows_in_info_and_metrics(tmp_path):
         info = client.get("/info").json()
         metrics = client.get("/metrics").text
     assert info["models"][0]["text_encoder_quant"] == "int8"
-    from tests.serving.conftest import metric_value
+    from tests.helpers.serving import metric_value
 
     int8_bytes = metric_value(metrics, "trdq_model_weight_bytes", component="text_encoder",
                               dtype="int8")

@@ -7,7 +7,7 @@ from __future__ import annotations
 from fastapi.testclient import TestClient
 
 from server.app import create_app
-from tests.serving.conftest import make_settings
+from tests.helpers.serving import make_settings
 
 KEY = "k3y-that-must-never-be-logged"
 

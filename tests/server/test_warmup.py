@@ -9,7 +9,7 @@ from pydantic import ValidationError
 from server.app import create_app
 from server.engine import execute
 from server.settings import Settings
-from tests.serving.conftest import make_settings
+from tests.helpers.serving import make_settings
 
 
 def test_warmup_settings_are_checked_and_parsed():

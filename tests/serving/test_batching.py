@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from server.app import create_app
-from tests.serving.conftest import FAST, make_settings, metric_value, post_concurrently
+from tests.helpers.serving import FAST, make_settings, metric_value, post_concurrently
 
 # Different prompts and seeds in one batch; same size/steps/guidance so they are compatible.
 REQUESTS = [

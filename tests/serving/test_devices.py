@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from server.app import create_app
 from server.settings import Settings
-from tests.serving.conftest import FAST, make_settings, post_concurrently
+from tests.helpers.serving import FAST, make_settings, post_concurrently
 
 
 def test_devices_setting_lists_one_worker_per_device():

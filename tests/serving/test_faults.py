@@ -11,7 +11,7 @@ import torch
 from fastapi.testclient import TestClient
 
 from server.app import create_app
-from tests.serving.conftest import FAST, make_settings, metric_value, wait_until
+from tests.helpers.serving import FAST, make_settings, metric_value, wait_until
 
 
 @pytest.fixture(scope="module")

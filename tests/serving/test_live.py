@@ -12,7 +12,7 @@ import openai
 import pytest
 from PIL import Image
 
-from tests.serving.conftest import FAST, live_server, make_settings, metric_value, wait_until
+from tests.helpers.serving import FAST, live_server, make_settings, metric_value, wait_until
 
 KEY = "sk-test-0123456789"
 

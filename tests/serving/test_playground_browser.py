@@ -23,7 +23,7 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-from tests.serving.conftest import free_port
+from tests.helpers.serving import free_port
 from trdq.tools.loadsuite import local_server
 
 CHROMIUM = shutil.which("chromium")

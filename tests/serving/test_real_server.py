@@ -7,7 +7,7 @@ import sys
 import httpx
 import pytest
 
-from tests.serving.conftest import free_port
+from tests.helpers.serving import free_port
 from trdq.tools.loadsuite import local_server
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.serving.conftest import live_server, make_settings
+from tests.helpers.serving import live_server, make_settings
 
 CHECKS = (
     "not_a_server_error,status_code_conformance,content_type_conformance,"

@@ -14,7 +14,7 @@ import time
 import httpx
 import pytest
 
-from tests.serving.conftest import FAST, free_port, wait_until
+from tests.helpers.serving import FAST, free_port, wait_until
 
 KEY = "sk-never-in-logs-5f2c9a"
 

@@ -21,7 +21,7 @@ from server.app import create_app
 from server.engine.remote_metrics import MetricsRecorder, replay
 from server.metrics import Metrics
 from server.settings import Settings
-from tests.serving.conftest import (
+from tests.helpers.serving import (
     FAST,
     make_settings,
     metric_value,
@@ -306,7 +306,7 @@ def test_no_worker_process_outlives_the_server(tmp_path, sig):
 
     import httpx
 
-    from tests.serving.conftest import free_port
+    from tests.helpers.serving import free_port
 
     port = free_port()
     env = dict(os.environ, TRDQ_PORT=str(port), TRDQ_QUANT="fp", TRDQ_VIDEO_MODEL="none",

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.serving.conftest import live_server, make_settings
+from tests.helpers.serving import live_server, make_settings
 from trdq.tools.loadtest import NotLoopbackError, check_loopback, main, percentile
 
 KEYS = {"concurrency", "requests", "ok", "rejected_429", "errors", "throughput_rps",
