@@ -32,6 +32,11 @@ PIXART_SHAPES = [
 ]
 
 
+#: the description ``--rotate-quant-wide`` writes into its JSON (docs/BENCHMARKS.md lists it)
+WIDE_ROTATE_QUANT_WHAT = (
+    "the activation quantizer (dynamic int8, centring, smoothing, block-128 Hadamard) on "
+    "the widest linears' inputs: the tiled kernel against the single-pass kernel (whole "
+    "rows in registers), median ms per call, GB/s, the codes' and scales' largest difference")
 #: (name, M, K) of the activations feeding the widest linears: where the single-pass
 #: rotate+quantize kernel (whole rows in registers) may replace the tiled one
 WIDE_ROTATE_QUANT_SHAPES = [
@@ -335,6 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(json.dumps(result["ceilings"]), flush=True)
     if args.rotate_quant_wide:
+        result["what"] = WIDE_ROTATE_QUANT_WHAT
         result["rotate_quant_wide"] = {}
         for name, m, k in WIDE_ROTATE_QUANT_SHAPES:
             _report(result["rotate_quant_wide"], f"{name} M={m} K={k}",
