@@ -3,12 +3,16 @@
 # in SHARDS concurrent pytest processes on the one GPU (its 200-odd kernel tests spend most
 # of their time compiling and autotuning on the host, which one process does serially).
 # Each shard stops at TESTS_TIMEOUT seconds; logs and a summary land in $OUT. The server's
-# GPU tests need fastapi and friends, which the GPU machine lacks: run them where it has them.
+# GPU tests (tests/server, tests/serving) join when fastapi imports there: carry its stack
+# (SERVER=1 scripts/device_wheels.sh). The two real-size family tests (FLUX, Wan) take
+# ~6 minutes each.
 set -u
 # shellcheck source=scripts/device_env.sh
 . "$(dirname "$0")/device_env.sh"
 SHARDS=${SHARDS:-4}
-FOLDERS=${GPU_TESTS:-tests/kernels tests/quant tests/integrations tests/runtime tests/calibration tests/nn}
+FOLDERS="tests/kernels tests/quant tests/integrations tests/runtime tests/calibration tests/nn"
+python3 -c "import fastapi, uvicorn, httpx" 2>/dev/null && FOLDERS="$FOLDERS tests/server tests/serving"
+FOLDERS=${GPU_TESTS:-$FOLDERS}
 # shellcheck disable=SC2086  # one argument per folder
 python3 -m pytest -q -p no:cacheprovider -m gpu -o addopts="" --co $FOLDERS 2>/dev/null \
   | grep "::" > "$OUT/gpu_test_ids.txt"
