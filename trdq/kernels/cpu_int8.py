@@ -7,17 +7,16 @@ without AMX, ``torch._int_mm``, which reorders the plain weight on every call. B
 int32 product for any M (no M > 16 restriction on CPU, unlike CUDA), so no padding is needed.
 
 Only CPUs with those instructions get oneDNN's kernels: elsewhere ``torch._int_mm`` is a
-plain loop, 30-60x slower than an fp32 GEMM
-(AMD EPYC with AVX2 only, 2 cores: 160-1000 ms against 6-18 ms for the same
-``512 x 768 x 768..3072`` product). On such CPUs (``FAST_INT_MM`` False) the integer
-product is computed as an fp32 GEMM of the same integers, exact while partial sums stay
-below 2^24 (K <= 1040 at full scale; beyond, within fp32 rounding) and as fast as fp32:
-the weights stay int8 in memory. oneDNN's AVX2 int8 linear is 2.1-2.7x faster than fp32
-there but saturates its u8 x s8 int16 pair sums: with 8-bit activations (shifted to u8 in
-[1, 255]) it is exact only for weights within +-63, so an exact 8-bit product would take
-two of them per GEMM, about 1.2x fp32 for a second packed weight copy: not done. 7-bit
-activations (``w8a7``) are exact with any int8 weight: shifted by 64 to u8 in [1, 127],
-two products sum to at most 2 x 127 x 128 < 2^15 (``U8_GEMM``). The ``cpu_int_mm`` switch
+plain loop, more than an order of magnitude slower than an fp32 GEMM of the same product.
+On such CPUs (``FAST_INT_MM`` False) the integer product is computed as an fp32 GEMM of
+the same integers, exact while partial sums stay below 2^24 (K <= 1040 at full scale;
+beyond, within fp32 rounding) and as fast as fp32: the weights stay int8 in memory.
+oneDNN's AVX2 int8 linear is faster than fp32 there but saturates its u8 x s8 int16 pair
+sums: with 8-bit activations (shifted to u8 in [1, 255]) it is exact only for weights
+within +-63, so an exact 8-bit product would take two of them per GEMM, which gives back
+most of the gain, for a second packed weight copy: not done. 7-bit activations
+(``w8a7``) are exact with any int8 weight: shifted by 64 to u8 in [1, 127], two products
+sum to at most 2 x 127 x 128 < 2^15 (``U8_GEMM``). The ``cpu_int_mm`` switch
 (``TRDQ_CPU_INT_MM=1`` / ``0``, ``trdq.kernels.switches``) forces either path.
 
 4-bit weights stay packed two per byte in memory and are unpacked to int8 per call
@@ -204,13 +203,13 @@ def _onednn_linear_ops() -> bool:
 
 
 #: 8-bit weights run oneDNN's prepacked int8 linear (AMX CPUs; ``cpu_prepack`` off: not).
-#: Only AMX: with signed int8 activations, oneDNN on an AVX-512 VNNI CPU without AMX (AMD
-#: EPYC, Zen 4) took 3.5 s for a 512 x 768 x 768 product that ``torch._int_mm`` does in
-#: 1.1 ms (VNNI multiplies u8 x s8 only; oneDNN then falls back to a reference kernel)
+#: Only AMX: with signed int8 activations, oneDNN on an AVX-512 VNNI CPU without AMX falls
+#: back to a reference kernel (VNNI multiplies u8 x s8 only), orders of magnitude slower
+#: than ``torch._int_mm``
 ONEDNN_PREPACK = False
 #: On CPUs without VNNI/AMX, 8-bit weights times activations of at most 7 bits run oneDNN's
-#: u8 int8 linear (exact there; 2-2.5x faster than the fp32 GEMM of the integers on the
-#: AVX2 EPYC, 2 threads); ``cpu_prepack`` off: not
+#: u8 int8 linear (exact there, and faster than the fp32 GEMM of the integers);
+#: ``cpu_prepack`` off: not
 U8_GEMM = False
 
 
@@ -260,8 +259,8 @@ def int8_gemm(q: torch.Tensor, weight: torch.Tensor, act_bits: int = 8) -> torch
 
     On AMX CPUs, 8-bit weights (``ONEDNN_PREPACK``) go through oneDNN's int8 linear
     on a copy of the weight prepacked once in its blocked layout: ``torch._int_mm`` takes
-    the plain ``[K, N]`` matrix and reorders it on every call (2.3x slower at 512x768x3072,
-    Xeon with AMX, 2 threads; docs/KERNELS.md). The copy costs one more byte per weight.
+    the plain ``[K, N]`` matrix and reorders it on every call, a cost the prepacked copy
+    pays once (docs/KERNELS.md). The copy costs one more byte per weight.
     Its float32 output (scales of 1, no zero points) is the int32 sum, rounded to float32
     only beyond 2^24. Elsewhere (``U8_GEMM``), activations of at most 7 bits go through the
     same op as unsigned bytes ``q + 64`` with zero point 64, which AVX2 multiplies without
@@ -316,8 +315,8 @@ def native_int8_linear(
     GEMM), the int8 GEMM, one pass over the output (rescale, bias, centring, the uncond
     rows added back to the cond rows under CFG-delta, and the output activation).
     Compiled graphs call it as one op (``trdq::cpu_int8_native_linear``), not three: each
-    dispatcher round trip costs tens of microseconds, against ~0.5 ms for the whole
-    linear; eager code calls it directly."""
+    dispatcher round trip is a fixed host cost, a sizeable share of a linear this small;
+    eager code calls it directly."""
     q, a_scale, mean = cpu_native.rotate_quant(
         x, rotation_block=rotation_block, smooth=smooth, row_scale=row_scale,
         clip_ratio=clip_ratio, bits=bits, center=weight_sum is not None, delta_half=delta_half,
@@ -389,7 +388,7 @@ class CpuInt8Backend(KernelBackend):
             raise ValueError(f"cpu_int8 quantizes activations to {_WIDTHS} integer bits, "
                              f"not {'e4m3' if act.fp8 else act.bits}")
         # the C kernels when built (compiled: behind their op, opaque to dynamo; eager: called
-        # directly, the op's dispatch costing ~40 us a linear); else, compiled: plain ops
+        # directly, sparing every linear the op's dispatch); else, compiled: plain ops
         # that Inductor can fuse, eager: one custom-op call
         compiling = torch.compiler.is_compiling()
         if x.dtype in (torch.float32, torch.bfloat16) and cpu_native.available():

@@ -1,13 +1,13 @@
 """The C activation quantizer and epilogue of ``cpu_int8`` (``csrc/cpu_rotate_quant.c``).
 
-Why C: on 2 cores the int8 GEMM of a ``512 x 768 x 768`` linear takes about 1 ms with
-AMX, while the activation path written as torch ops (delta, centring, smoothing, block
-Hadamard, absmax, rounding, then the int32 rescale) took ~1.3 ms per linear even after
-Inductor fused it (docs/KERNELS.md, the profile of the compiled ``cpu-small`` step). The C
-pass does all of it per row while the row sits in L1, and the epilogue in one pass.
+Why C: with AMX the int8 GEMM is fast enough that the activation path written as torch
+ops (delta, centring, smoothing, block Hadamard, absmax, rounding, then the int32 rescale)
+cost more per linear than the GEMM itself, even after Inductor fused it (docs/KERNELS.md,
+the profile of the compiled ``cpu-small`` step). The C pass does all of it per row while
+the row sits in L1, and the epilogue in one pass.
 
-Built on first use with the system C compiler (``gcc -O3 -march=native -fopenmp``, about
-a second) into the ``native_cache_dir`` kernel switch (``trdq.kernels.switches``:
+Built on first use with the system C compiler (``gcc -O3 -march=native -fopenmp``, a
+one-off cost) into the ``native_cache_dir`` kernel switch (``trdq.kernels.switches``:
 ``TRDQ_NATIVE_CACHE``, else ``$TRDQ_CACHE_DIR/native``, else ``~/.cache/trdq/native``),
 keyed by the source, the compiler and the CPU's flags; loaded with ctypes (which releases
 the GIL during a call).

@@ -8,8 +8,8 @@ holds k = j in its low nibble and k = j + 64 in its high nibble. The GEMM then n
 interleave: the low nibbles multiply A's first 64 columns of the tile and the high nibbles
 the next 64, as two tensor-core dots. (The library's canonical layout,
 ``primitives.pack_int4``, pairs even/odd k; interleaving that in registers made the GEMM
-2x slower than FP8 on an H100. The backend converts at pack time; ``unpack`` returns the
-canonical integers.)
+much slower than FP8. The backend converts at pack time; ``unpack`` returns the canonical
+integers.)
 
 ``out[m, n] = (sum_k A[m, k] * B[n, k]) * a_scale[m] * w_scale[n] + bias[n]
 (+ center[m] * weight_sum[n])``
@@ -145,8 +145,8 @@ if TRITON_AVAILABLE:
             nargs["b_desc"].block_shape = [nargs["BN"], nargs["BK"]]
 
     # The first two were the fastest of 15 tiles at every PixArt-1024 CFG shape on an H100
-    # (GPU time, served epilogue; docs/bench/lowbit-gemm-tiles-h100.json): 8192 x 1152 x
-    # 4608 107 us against 120 us for the best of the earlier list and 139 us for cuBLAS bf16.
+    # (GPU time, served epilogue; docs/bench/lowbit-gemm-tiles-h100.json), ahead of the best
+    # of the earlier list and of cuBLAS bf16.
     _CONFIGS = [
         triton.Config({"BM": bm, "BN": bn, "BK": bk}, num_warps=w, num_stages=st,
                       pre_hook=_set_tma_boxes)
@@ -163,10 +163,9 @@ if TRITON_AVAILABLE:
 
         ``HW_TANH``: the GPU's ``tanh.approx.f32`` (one special-function instruction,
         relative error ~2^-11, below bf16's 2^-8). Written instead as 1 - 2 / (exp(2u) + 1)
-        the epilogue cost an 8192 x 1152 x 4608 GEMM 54 us of its 102 (H100): more than the
-        separate GELU pass it replaces. The exp form stays for Triton's CPU interpreter,
-        which runs no inline PTX; u is clamped to +-10 there (tanh is +-1 to fp32
-        precision) so exp never overflows."""
+        the epilogue cost the GEMM more than the separate GELU pass it replaces. The exp
+        form stays for Triton's CPU interpreter, which runs no inline PTX; u is clamped to
+        +-10 there (tanh is +-1 to fp32 precision) so exp never overflows."""
         u = 0.7978845608028654 * (x + 0.044715 * x * x * x)
         if HW_TANH:
             t = tl.inline_asm_elementwise(
@@ -211,7 +210,7 @@ if TRITON_AVAILABLE:
         """TMA (unpacked weights, Hopper): A and B tiles come through the tensor-memory
         accelerator (``a_desc`` / ``b_desc``, boxes BM x BK and BN x BK, edges zero-filled)
         instead of per-thread loads, which frees the registers the paired epilogue spills
-        otherwise: 7-14% at PixArt's shapes on an H100
+        otherwise, a measurable gain at PixArt's shapes
         (docs/bench/quantizer-reciprocal-gemm-tma-h100.json)."""
         pid = tl.program_id(0)
         num_pid_m = tl.cdiv(M, BM)
@@ -322,7 +321,8 @@ if TRITON_AVAILABLE:
 
 
 #: Whether Triton runs kernels in its CPU interpreter (CI's machines). Read once, at
-#: import, as Triton's ``jit`` decorator reads it (and per call it cost the host ~2 us).
+#: import, as Triton's ``jit`` decorator reads it (read per call, it cost host time at
+#: every launch).
 INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
@@ -436,8 +436,7 @@ def _tma_applies(a: torch.Tensor, b: torch.Tensor) -> bool:
     measured and tested with it on a GPU) on a Hopper-or-newer GPU, 16-byte aligned bases
     (the rows are K bytes, and K is a multiple of 128), in launches recorded into a CUDA
     graph. Without graphs the step is bound by the host, and TMA's per-launch descriptors
-    made it slower (H100: 79.3 against 62.0 ms a PixArt-1024 W8A8 step; with graphs TMA
-    saves GPU time, docs/KERNELS.md)."""
+    made it slower (with graphs TMA saves GPU time, docs/KERNELS.md)."""
     return (
         _tma_wanted()
         and a.dtype == torch.int8
