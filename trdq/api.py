@@ -28,7 +28,7 @@ from trdq.cache import (
     read_artifact,
     write_artifact,
 )
-from trdq.calibration import CalibrationResult, calibrate_pipeline, load_prompts
+from trdq.calibration import METHOD_VERSION, CalibrationResult, calibrate_pipeline, load_prompts
 from trdq.checkpoint import (
     CONTENTS_CALIBRATION,
     CONTENTS_WEIGHTS,
@@ -266,6 +266,7 @@ def quantize(
         model=model_fingerprint(denoiser),
         config=config.config_hash(),
         calibration=calibration_set_fingerprint(prompts, seed),
+        method=METHOD_VERSION,
     )
     report.calibration_id = fingerprint.id
 
@@ -338,7 +339,7 @@ def save(pipe: Any, directory: str | Path) -> Path:
             calib.params[name] = layer.quant_params()
             weights.update(layer_weight_tensors(name, layer, config))
     fp = Fingerprint(model=state.model_fingerprint or "(unknown)", config=config.config_hash(),
-                     calibration=state.report.calibration_id or "")
+                     calibration=state.report.calibration_id or "", method=METHOD_VERSION)
     extra = _manifest_extra(config, calib, [], -1, names)
     extra["contents"] = CONTENTS_WEIGHTS if weights else CONTENTS_CALIBRATION
     extra["denoiser"] = type(find_denoiser(pipe)).__name__

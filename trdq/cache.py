@@ -97,14 +97,20 @@ def calibration_set_fingerprint(prompts: list[str], seed: int) -> str:
 
 @dataclass(frozen=True)
 class Fingerprint:
+    """What a calibration artifact was computed from: the model's weights, the config, the
+    prompts and seed, the calibration method's version (``trdq.calibration.METHOD_VERSION``:
+    a change to how a config calibrates makes earlier artifacts misses, not stale hits) and
+    the file format."""
+
     model: str
     config: str
     calibration: str
+    method: int = 0
     format_version: int = FORMAT_VERSION
 
     @property
     def id(self) -> str:
-        raw = f"{self.model}:{self.config}:{self.calibration}:{self.format_version}"
+        raw = f"{self.model}:{self.config}:{self.calibration}:{self.method}:{self.format_version}"
         return hashlib.sha256(raw.encode()).hexdigest()[:20]
 
 

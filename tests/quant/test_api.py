@@ -5,13 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.helpers.quant import fast, run_image, run_video
 from trdq import api
 from trdq.config import QuantConfig
 from trdq.nn import FaithfulLinear, QuantLinear, WeightOnlyLinear
 from trdq.primitives import psnr_db
 from trdq.testing.tiny import TINY_PROMPTS, tiny_latte_pipeline, tiny_pixart_pipeline
-
-from .helpers import fast, run_image, run_video
 
 
 @pytest.fixture(scope="module")

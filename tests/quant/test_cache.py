@@ -8,6 +8,7 @@ import threading
 import pytest
 import torch
 
+from tests.helpers.quant import fast
 from trdq import api
 from trdq.cache import (
     CalibrationCacheError,
@@ -17,8 +18,6 @@ from trdq.cache import (
     write_artifact,
 )
 from trdq.testing.tiny import TINY_PROMPTS, tiny_pixart_pipeline, tiny_pixart_transformer
-
-from .helpers import fast
 
 CFG = fast("w8a8", num_groups=2, calib_num_prompts=2, calib_steps=4, search=False)
 
@@ -76,7 +75,21 @@ def test_miss_then_hit_skips_calibration(tmp_path):
     assert state.calibration.timesteps == []  # nothing ran
     manifest = json.loads((_artifact(tmp_path) / "manifest.json").read_text())
     assert manifest["config"]["name"] == "w8a8" and manifest["calibration_seconds"] > 0
-    assert set(manifest["fingerprints"]) == {"model", "config", "calibration", "format_version"}
+    assert set(manifest["fingerprints"]) == {"model", "config", "calibration", "method",
+                                             "format_version"}
+
+
+def test_a_new_calibration_method_misses_earlier_artifacts(tmp_path):
+    """An artifact cached by an earlier calibration method is not served: the method's
+    version is part of the fingerprint (``trdq.calibration.METHOD_VERSION``)."""
+    from trdq.calibration import METHOD_VERSION
+
+    fp = Fingerprint("m", "c", "k", method=METHOD_VERSION)
+    earlier = Fingerprint("m", "c", "k", method=METHOD_VERSION - 1)
+    assert fp.id != earlier.id
+    path = write_artifact(tmp_path / earlier.id, earlier, {"x": torch.ones(2)}, {})
+    assert read_artifact(tmp_path / fp.id, fp).status == "miss"
+    assert read_artifact(path, fp).status == "invalid"  # and never mistaken for it
 
 
 @pytest.mark.parametrize("damage", [pytest.param("truncate", marks=pytest.mark.slow),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.helpers.quant import cfg_delta_layer, fast, run_image
 from trdq import api
 from trdq import primitives as P
 from trdq.config import QuantConfig
@@ -13,8 +14,6 @@ from trdq.nn import QuantLinear
 from trdq.quant_transforms import LayerQuantParams
 from trdq.testing.tiny import TINY_PROMPTS, tiny_pixart_pipeline
 from trdq.timestep import QuantContext
-
-from .helpers import cfg_delta_layer, fast, run_image
 
 
 def test_quant_linear_applies_uncond_and_cond_scales_in_one_call():

@@ -9,11 +9,10 @@ import shutil
 import pytest
 import torch
 
+from tests.helpers.quant import fast, run_image
 from trdq import api
 from trdq.cache import CalibrationCacheError, Fingerprint, read_artifact, write_artifact
 from trdq.testing.tiny import TINY_PROMPTS, tiny_pixart_pipeline
-
-from .helpers import fast, run_image
 
 
 def _no_calibration(monkeypatch):

@@ -8,6 +8,7 @@ import torch
 from diffusers.models.activations import GELU
 from torch.nn import functional as F
 
+from tests.helpers.quant import cfg_delta_layer, fast, run_image
 from trdq import api
 from trdq import primitives as P
 from trdq.kernels import get_backend, ops
@@ -15,8 +16,6 @@ from trdq.nn import QuantLinear
 from trdq.quant_transforms import LayerQuantParams
 from trdq.testing.tiny import TINY_PROMPTS, tiny_pixart_pipeline
 from trdq.timestep import QuantContext
-
-from .helpers import cfg_delta_layer, fast, run_image
 
 
 def test_quantize_moves_each_tanh_gelu_into_its_linear():

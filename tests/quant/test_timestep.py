@@ -5,11 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.helpers.quant import fast, run_image
 from trdq import api
 from trdq.testing.tiny import TINY_PROMPTS, tiny_pixart_pipeline
 from trdq.timestep import GroupMap, QuantContext, TimestepHook
-
-from .helpers import fast, run_image
 
 # DPM-Solver++ with 20 steps on a 1000-step schedule, boundaries 250/500/750
 EXPECTED_TIMESTEPS = [999, 949, 899, 849, 799, 749, 699, 649, 599, 549, 500, 450, 400, 350, 300,

@@ -36,7 +36,13 @@ from trdq.calibration.pipeline import calibrate_pipeline
 from trdq.calibration.result import CalibrationResult, FaithfulParams
 from trdq.calibration.search import solve_layer
 
+#: The calibration method's version, part of every cache fingerprint: bump it when a change
+#: to collection or search changes what a given config calibrates to, so artifacts cached
+#: before it are recomputed rather than served. 2: rows sampled per timestep bin.
+METHOD_VERSION = 2
+
 __all__ = [
+    "METHOD_VERSION",
     "CalibrationResult",
     "FaithfulParams",
     "LayerStats",
