@@ -57,8 +57,9 @@ STAGE_TEXT = {
                    "weights (a clip per output channel by the output error on the "
                    "calibration rows, then GPTQ rounding)",
     "-rot-groups-search": "+ 8 timestep groups, each with its own searched clip ratio (the "
-                          "time dimension; without the search, per-token scales leave "
-                          "groups a clip ratio of 1, the numbers of -rot)",
+                          "time dimension; the integer weights are calibrated on the same "
+                          "rows as with one group; without the search, per-token scales "
+                          "leave groups a clip ratio of 1, the numbers of -rot)",
     "": "+ CFG-aware parameters (full TR-DQ): clip ratios per CFG half and integer "
         "weights calibrated against the guided output's error, cond rows quantized as "
         "their difference from the uncond rows (CFG-delta; not in the -static chain)",
