@@ -103,11 +103,6 @@ class QuantConfig:
         default_factory=lambda: [1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.6, 0.5]
     )
     alpha_grid: list[float] = field(default_factory=lambda: [0.25, 0.4, 0.5, 0.6, 0.75])
-    #: with several groups: a group keeps its own searched clip only where it lowers that
-    #: group's output error by more than this fraction against the clip shared by all
-    #: groups (the best over every group's rows); 0 = always its own. Each group is searched
-    #: on a fraction of the rows, so small wins there are as likely noise as signal.
-    group_clip_margin: float = 0.0
 
     #: integer weights: calibration picks one clip ratio per output channel minimising
     #: the layer's OUTPUT error on the calibration rows (``P.output_weight_clip``), stored
@@ -196,8 +191,6 @@ class QuantConfig:
                 raise ValueError(f"group boundaries must be ascending inside (0, 1000): {b}")
         if not self.clip_grid or any(not 0 < c <= 1.5 for c in self.clip_grid):
             raise ValueError(f"clip_grid values must be in (0, 1.5]: {self.clip_grid}")
-        if not 0 <= self.group_clip_margin < 1:
-            raise ValueError(f"group_clip_margin must be in [0, 1), got {self.group_clip_margin}")
 
     def boundaries(self) -> list[float]:
         """Interior cut points (explicit or uniform over [0, 1000])."""

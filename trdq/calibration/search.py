@@ -9,9 +9,7 @@ rows; all clip candidates are evaluated in one batched GEMM.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
@@ -55,15 +53,11 @@ def solve_layer(linear: nn.Linear, st: LayerStats, config: QuantConfig,
     scales = torch.ones(groups, 2)
     clips = torch.ones(groups, 2)
     seen = torch.zeros(groups, 2, dtype=torch.bool)
-    per_group = [search.candidates(g) for g in range(groups)]
-    shared = _shared_choices(per_group)
-    for g, by_key in enumerate(per_group):
-        for key, cands in by_key.items():
-            pick = _pick(cands.errors, shared[key], config.group_clip_margin)
-            for half, (clip, scale) in cands.params(pick).items():
-                clips[g, half] = clip
-                scales[g, half] = scale
-                seen[g, half] = True
+    for g in range(groups):
+        for half, (clip, scale) in search.solve_group(g).items():
+            clips[g, half] = clip
+            scales[g, half] = scale
+            seen[g, half] = True
     return LayerQuantParams(
         rotation_block=st.block,
         smooth_divisor=smooth,
@@ -232,39 +226,6 @@ def _fill_unseen(values: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass
-class _Candidates:
-    """One group's search over one set of activation parameters (a CFG half, both halves
-    pooled, or the CFG pair): the output MSE of each candidate on the group's ``rows``
-    stored rows, and ``params(i)``, candidate ``i`` as ``{half: (clip, scale)}``."""
-
-    errors: torch.Tensor
-    rows: int
-    params: Callable[[int], dict[int, tuple[float, float]]]
-
-
-def _shared_choices(per_group: list[dict[Any, _Candidates]]) -> dict[Any, int]:
-    """For each parameter set, the candidate with the lowest error over every group's rows
-    together (the error sums weighted by row count): what one clip shared by all timestep
-    groups would be."""
-    keys = {key for by_key in per_group for key in by_key}
-    return {key: int(torch.argmin(sum(by_key[key].errors * by_key[key].rows
-                                      for by_key in per_group if key in by_key)))
-            for key in keys}
-
-
-def _pick(errors: torch.Tensor, shared: int, margin: float) -> int:
-    """A group's own best candidate, kept only where it lowers the group's error below the
-    shared candidate's by more than ``margin`` (a fraction): each group is searched on a
-    fraction of the calibration rows, so a small win on them is as likely noise as
-    signal (QuantConfig.group_clip_margin)."""
-    own = int(torch.argmin(errors))
-    if margin <= 0 or float(errors[own]) < (1.0 - margin) * float(errors[shared]):
-        return own
-    return shared
-
-
-
-@dataclass
 class _ActSearch:
     """What one layer's per-group activation search holds fixed: its statistics, the
     chosen smoothing divisor, the sampled output channels of the original weight
@@ -303,41 +264,35 @@ class _ActSearch:
             return torch.full((x_rot.shape[0],), max(absmax / self.qtop, P.MIN_SCALE))
         return P.dynamic_row_scale(x_rot, self.config.act_bits, fp8=self.config.fp8)
 
-    def candidates(self, g: int) -> dict[Any, _Candidates]:
-        """Group ``g``'s candidates for each parameter set it has rows for: the CFG pair
-        (key ``"pair"``) where CFG-wise parameters have paired rows and a grid to search,
-        else each half (0 uncond, 1 cond) or both halves pooled (``None``)."""
+    def solve_group(self, g: int) -> dict[int, tuple[float, float]]:
+        """Group ``g``'s ``{half: (clip, scale)}`` for the halves it has rows of: CFG-wise
+        from paired rows where there are any and a grid to search, else per half."""
         config = self.config
         pairs = _group_pairs(self.st, g, config) if config.cfg_wise and len(self.grid) > 1 else None
         if pairs is not None:
-            return {"pair": self.search_cfg_pair(g, pairs)}
-        found: dict[Any, _Candidates] = {}
+            (clip_u, clip_c), (scale_u, scale_c) = self.search_cfg_pair(g, pairs)
+            return {0: (clip_u, scale_u), 1: (clip_c, scale_c)}
+        solved: dict[int, tuple[float, float]] = {}
         for half in ((0, 1) if config.cfg_wise else (None,)):
             rows = _group_rows(self.st, g, half, config)
-            if rows is not None:
-                found[half] = self.search_half(g, half, rows)
-        return found
+            if rows is None:
+                continue
+            cols = [0, 1] if half is None else [half]
+            x_rot = self.rotate(rows)
+            absmax = self.range_of(g, cols, x_rot)
+            base = self.base_scales(x_rot, absmax)
+            if len(self.grid) > 1:
+                y_ref = rows @ self.weight_sub.t()
+                cand = (self.grid[:, None] * base[None, :]).clamp_min(P.MIN_SCALE)
+                best_i = int(torch.argmin(_grid_errors(x_rot, y_ref, self.w_fake, cand, config)))
+            else:
+                best_i = 0
+            clip = float(self.grid[best_i])
+            for c in cols:
+                solved[c] = (clip, max(clip * absmax / self.qtop, P.MIN_SCALE))
+        return solved
 
-    def search_half(self, g: int, half: int | None, rows: torch.Tensor) -> _Candidates:
-        """The clip candidates of one half's (or the pooled halves') rows."""
-        cols = [0, 1] if half is None else [half]
-        x_rot = self.rotate(rows)
-        absmax = self.range_of(g, cols, x_rot)
-        if len(self.grid) > 1:
-            y_ref = rows @ self.weight_sub.t()
-            cand = (self.grid[:, None] * self.base_scales(x_rot, absmax)[None, :]).clamp_min(P.MIN_SCALE)
-            errors = _grid_errors(x_rot, y_ref, self.w_fake, cand, self.config)
-        else:
-            errors = torch.zeros(1)
-        grid, qtop = self.grid, self.qtop
-
-        def params(i: int) -> dict[int, tuple[float, float]]:
-            clip = float(grid[i])
-            return {c: (clip, max(clip * absmax / qtop, P.MIN_SCALE)) for c in cols}
-
-        return _Candidates(errors, rows.shape[0], params)
-
-    def search_cfg_pair(self, g: int, pairs: torch.Tensor) -> _Candidates:
+    def search_cfg_pair(self, g: int, pairs: torch.Tensor):
         """CFG-aware search of (uncond, cond) parameters for one group.
 
         The sampler combines the halves as ``eps_u + w (eps_c - eps_u)``; with w = 4.5 an
@@ -348,7 +303,7 @@ class _ActSearch:
         form |(1-w) d_u + w d_c|^2 = (1-w)^2 |d_u|^2 + w^2 |d_c|^2 + 2 w (1-w) <d_u, d_c>
         makes the C x C grid cost 2C GEMMs. With ``cfg_delta`` the cond column is the clip of
         the delta rows (``x_c - x_u``), and the errors are those of the served sums.
-        Candidates: the C x C clip pairs (row-major), then in static mode the C shared scales.
+        Returns ((clip_u, clip_c), (scale_u, scale_c)).
         """
         config, grid, w_fake, qtop = self.config, self.grid, self.w_fake, self.qtop
         w = float(config.calib_guidance_scale)
@@ -374,21 +329,20 @@ class _ActSearch:
         cross = du @ d2.t() / du.shape[1]
         total = ((g_u**2 + c_u**2) * nu[:, None] + (g_2**2 + c_2**2) * n2[None, :]
                  + 2 * (g_u * g_2 + c_u * c_2) * cross)
-        n_grid = len(grid)
-        errors = total.flatten()
+        flat = int(torch.argmin(total))
+        i, j = divmod(flat, total.shape[1])
+        best = (float(total[i, j]), (float(grid[i]), float(grid[j])),
+                (max(float(grid[i]) * a_u / qtop, P.MIN_SCALE),
+                 max(float(grid[j]) * a_c / qtop, P.MIN_SCALE)))
         if self.static:  # one scale for both halves: errors stay correlated and cancel
             shared = (grid[:, None] * max(max(a_u, a_c) / qtop, P.MIN_SCALE)).expand(-1, rows)
             su = _residuals(xu_r, yu, w_fake, shared, config)
             sc = _residuals(xc_r, yc, w_fake, shared, config)
-            errors = torch.cat([errors, ((1 - w) * su + w * sc).pow(2).mean(1) + sc.pow(2).mean(1)])
-
-        def params(flat: int) -> dict[int, tuple[float, float]]:
-            if flat >= n_grid * n_grid:  # a shared scale (static mode)
-                scale = max(float(grid[flat - n_grid * n_grid]) * max(a_u, a_c) / qtop, P.MIN_SCALE)
-                return {0: (scale * qtop / a_u if a_u > 0 else 1.0, scale),
-                        1: (scale * qtop / a_c if a_c > 0 else 1.0, scale)}
-            i, j = divmod(flat, n_grid)
-            return {0: (float(grid[i]), max(float(grid[i]) * a_u / qtop, P.MIN_SCALE)),
-                    1: (float(grid[j]), max(float(grid[j]) * a_c / qtop, P.MIN_SCALE))}
-
-        return _Candidates(errors, rows, params)
+            tot_s = ((1 - w) * su + w * sc).pow(2).mean(1) + sc.pow(2).mean(1)
+            k = int(torch.argmin(tot_s))
+            if float(tot_s[k]) < best[0]:
+                scale = max(float(grid[k]) * max(a_u, a_c) / qtop, P.MIN_SCALE)
+                clip_u = scale * qtop / a_u if a_u > 0 else 1.0
+                clip_c = scale * qtop / a_c if a_c > 0 else 1.0
+                best = (float(tot_s[k]), (clip_u, clip_c), (scale, scale))
+        return best[1], best[2]
