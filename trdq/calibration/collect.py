@@ -58,12 +58,16 @@ class LayerStats:
 
     def group_rows(self, g: int, width: int) -> list[torch.Tensor]:
         """Group ``g``'s row samples of one width, every timestep bin."""
-        return [t for (group, _, w), ts in sorted(self.rows.items()) if group == g and w == width
-                for t in ts]
+        return [t for (group, _, w), ts in sorted(self.rows.items(), key=_by_key)
+                if group == g and w == width for t in ts]
 
     def all_rows(self) -> list[tuple[int, torch.Tensor]]:
         """Every row sample with its width, in (group, bin, width) order."""
-        return [(w, t) for (_, _, w), ts in sorted(self.rows.items()) for t in ts]
+        return [(w, t) for (_, _, w), ts in sorted(self.rows.items(), key=_by_key) for t in ts]
+
+
+def _by_key(item: tuple[tuple[int, int, int], list[torch.Tensor]]) -> tuple[int, int, int]:
+    return item[0]
 
 
 class StatsCollector:
@@ -149,8 +153,8 @@ class StatsCollector:
         top = torch.topk(absmax_rows, min(TOP_ROWS_PER_OBSERVATION, n)).indices.cpu()
         idx = torch.unique(torch.cat((pick, top))).to(halves[0][1].device)
         sample = torch.stack([xh[idx] for _, xh in halves], dim=1).cpu()
-        t = self.context.timestep or 0.0
-        time_bin = min(max(int(t * ROW_BINS / TIMESTEP_SCALE), 0), ROW_BINS - 1)
+        timestep = self.context.timestep or 0.0
+        time_bin = min(max(int(timestep * ROW_BINS / TIMESTEP_SCALE), 0), ROW_BINS - 1)
         bucket = st.rows.setdefault((g, time_bin, len(halves)), [])
         bucket.append(sample)
         if sum(t.shape[0] for t in bucket) > 2 * self.config.calib_rows:
