@@ -8,8 +8,10 @@ on every target linear records, per (timestep group, CFG half):
 - the per-channel absmax of the raw input (smoothing statistics; exact min-max range
   without rotation),
 - the absmax of the rotated input (exact static range with rotation),
-- a bounded, seeded sample of input rows (random rows plus the largest ones), used by
-  the search, and for ``faithful`` the EMA of mean_batch(max_tokens |X|) per range.
+- a bounded, seeded sample of input rows (random rows plus the largest ones), bounded per
+  uniform timestep bin as well (``ROW_BINS``), so the rows the weights are calibrated on do
+  not depend on the group count; used by the search, and for ``faithful`` the EMA of
+  mean_batch(max_tokens |X|) per range.
 
 Integer weights can be calibrated first, on ``H = X^T X`` of all stored rows (with
 CFG-wise parameters, of the guided rows the sampler's output sees): with
