@@ -1,7 +1,7 @@
 # Sourced by the scripts run on the GPU machine (the device tool): unbuffered Python, $OUT,
 # and the packages missing there, carried under .whl/: wheels (diffusers, fastapi, ...)
 # installed into /tmp/site, and .tar.xz archives of unpacked wheels (fa3-fwd travels so:
-# 10 MB instead of its 27 MB wheel) extracted there.
+# 10 MB instead of its 27 MB wheel) extracted there. scripts/device_wheels.sh fetches them.
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/trdq-out}
 mkdir -p "$OUT"

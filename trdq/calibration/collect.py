@@ -58,16 +58,12 @@ class LayerStats:
 
     def group_rows(self, g: int, width: int) -> list[torch.Tensor]:
         """Group ``g``'s row samples of one width, every timestep bin."""
-        return [t for (group, _, w), ts in sorted(self.rows.items(), key=_by_key)
-                if group == g and w == width for t in ts]
+        return [t for key in sorted(self.rows) if key[0] == g and key[2] == width
+                for t in self.rows[key]]
 
     def all_rows(self) -> list[tuple[int, torch.Tensor]]:
         """Every row sample with its width, in (group, bin, width) order."""
-        return [(w, t) for (_, _, w), ts in sorted(self.rows.items(), key=_by_key) for t in ts]
-
-
-def _by_key(item: tuple[tuple[int, int, int], list[torch.Tensor]]) -> tuple[int, int, int]:
-    return item[0]
+        return [(key[2], t) for key in sorted(self.rows) for t in self.rows[key]]
 
 
 class StatsCollector:
