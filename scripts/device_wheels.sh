@@ -24,7 +24,7 @@ if [ ! -f .whl/fa3.tar.xz ]; then
 fi
 if [ "${SERVER:-0}" = 1 ]; then
   get fastapi starlette uvicorn pydantic pydantic-core pydantic-settings python-dotenv \
-    annotated-types typing-inspection prometheus-client httpx httpcore h11 anyio sniffio \
-    imageio
+    annotated-types annotated-doc typing-inspection opentelemetry-api click \
+    prometheus-client httpx httpcore h11 anyio sniffio imageio
 fi
 du -sh .whl
