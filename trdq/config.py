@@ -321,6 +321,11 @@ PRESETS: dict[str, Any] = {
     # the GPU speed path: static per-group scales need no per-token reduction, so the
     # fused rotate+quantize kernel and CUDA graphs carry it (docs/BENCHMARKS.md)
     "fp8": lambda: QuantConfig(name="fp8", fp8=True, act_mode="static"),
+    # fp8 without the Hadamard rotation: e4m3's exponent absorbs what the rotation spreads,
+    # and with nothing to rotate the activation quantization is elementwise, fused by
+    # torch.compile into the op before each linear (no quantizer pass; cuda_fp8)
+    "fp8-norot": lambda: QuantConfig(name="fp8-norot", fp8=True, act_mode="static",
+                                     rotation="none"),
     "faithful": lambda: _faithful(8, 8, "faithful"),
 }
 # the full method at 7-bit activations: the fast exact int8 path of AVX2 CPUs (cpu_int8)

@@ -377,6 +377,39 @@ def test_fp8_linear_compiles_without_graph_break():
 
 
 @requires_fp8()
+@pytest.mark.parametrize("static", [False, True])
+def test_unrotated_fp8_linear_compiles_fused_and_matches_the_kernel(static):
+    """The fp8-norot path: the quantization traced into the graph of the LayerNorm +
+    modulate before it (no graph break, no quantizer op), against the rotate+quant kernel
+    with rotation off and the same e4m3 GEMM."""
+    from trdq.kernels import ops
+    from trdq.kernels.cuda_fp8 import CudaFp8Backend
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    m, k, n = 300, 1152, 768
+    w = torch.randn(n, k, device="cuda") * 0.02
+    bias = torch.randn(n, device="cuda").to(torch.bfloat16)
+    qw, ws = P.quantize_weight_per_channel(w, 8, fp8=True)
+    shift, scale = (torch.randn(k, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    x = _x(m, k, seed=5)
+    h = torch.nn.functional.layer_norm(x, (k,)) * (1 + scale) + shift
+    row_scale = P.dynamic_row_scale(h.float(), 8, 0.9, fp8=True) if static else None
+    act = ActQuant(row_scale=row_scale, clip_ratio=0.9, fp8=True)
+    packed = CudaFp8Backend().pack(qw, ws, 8)
+
+    def block(x):
+        h = torch.nn.functional.layer_norm(x, (k,)) * (1 + scale) + shift
+        return CudaFp8Backend().linear(h, packed, act, bias)
+
+    assert torch._dynamo.explain(block)(x).graph_break_count == 0
+    out = torch.compile(block, fullgraph=True)(x).float()
+    kernel = ops.fp8_linear(h, qw, ws, bias, **act.op_kwargs(h)).float()
+    assert P.sqnr_db(kernel, out) > 35
+    assert P.sqnr_db(h.float() @ w.t() + bias.float(), out) > 25
+
+
+@requires_fp8()
 @pytest.mark.parametrize("pv_fp8", [True, False])
 @pytest.mark.parametrize("shape", [(1, 2, 120, 72), (2, 3, 200, 64), (1, 2, 256, 128),
                                    (2, 4, 1024, 72), (1, 4, 333, 96)])

@@ -103,6 +103,35 @@ def test_ops_cpu_path_matches_reference_backend():
     assert P.sqnr_db(ref4.float(), out4.float()) > 40
 
 
+@pytest.mark.parametrize("static", [False, True])
+@pytest.mark.parametrize("smooth", [False, True])
+def test_unrotated_fp8_linear_matches_the_reference_backend(static, smooth):
+    """``fp8_linear_unrotated`` (torch ops for the compiler to fuse) serves what the
+    reference backend does for an fp8 layer without rotation."""
+    from trdq.kernels.reference import ReferenceBackend
+
+    torch.manual_seed(2)
+    m, k, n = 8, 192, 48
+    x = torch.randn(m, k, dtype=torch.bfloat16) * 3
+    x[:, 5] *= 40  # an outlier channel: e4m3's exponent has to hold it
+    w, bias = torch.randn(n, k), torch.randn(n, dtype=torch.bfloat16)
+    divisor = torch.rand(k) + 0.5 if smooth else None
+    w_eff = w * divisor[None, :] if smooth else w
+    qw, ws = P.quantize_weight_per_channel(w_eff, 8, fp8=True)
+    xs = x.float() / divisor if smooth else x.float()
+    row_scale = P.dynamic_row_scale(xs, 8, 0.9, fp8=True) if static else None
+    act = ActQuant(smooth_divisor=divisor, row_scale=row_scale, clip_ratio=0.9, fp8=True)
+    ref = ReferenceBackend().linear(x, {"weight": qw, "weight_scale": ws}, act, bias)
+    out = ops.fp8_linear_unrotated(
+        x, qw, ws, bias, smooth=divisor, row_scale=row_scale,
+        clip_ratio=act.row_clip(m, x.device),
+    )
+    assert out.dtype == x.dtype
+    assert P.sqnr_db(ref.float(), out.float()) > 40
+    exact = x.float() @ w.t() + bias.float()
+    assert P.sqnr_db(exact, out.float()) > 20
+
+
 @pytest.mark.parametrize("fp8", [False, True])
 def test_reference_centring_writes_the_row_means(fp8):
     torch.manual_seed(4)

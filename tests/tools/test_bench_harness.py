@@ -226,3 +226,19 @@ def test_timing_calibration_keeps_the_recipe_but_its_search(tmp_path, monkeypatc
         assert getattr(cfg, same) == getattr(full, same), same
     notes = json.loads((tmp_path / "b.json.details.json").read_text())["notes"]
     assert any("calibration=timing" in note for note in notes) == timing
+
+
+@pytest.mark.parametrize("kernel,category", [
+    ("nvjet_sm90_qqtst_128x128_128x6_1x2_h_bz_ovscale_bias_TNT", "gemm"),
+    ("_lowbit_gemm_kernel", "lowbit_gemm"),
+    ("_rotate_quant_rows_kernel", "rotate_quant"),
+    ("void cutlass::device_kernel<flash::enable_sm90_or_later<flash::FlashAttnFwdSm90", "attention"),
+    # inductor's fused kernels name the ops they feed; they are elementwise work
+    ("triton_poi_fused__scaled_mm__to_copy_clamp_div_gelu_view_5", "elementwise/other"),
+    ("triton_red_fused__fused_rms_norm__scaled_dot_product_cudnn_attention_4",
+     "elementwise/other"),
+])
+def test_profile_categories_by_kernel_name(kernel, category):
+    from trdq.tools.bench_variants import kernel_category
+
+    assert kernel_category(kernel) == category

@@ -6,6 +6,10 @@ Walsh-Hadamard) and writes e4m3 with per-row scales; then ``torch._scaled_mm`` m
 with row-wise scales (activation row x weight channel) and adds the bias in its epilogue,
 writing bf16. Both steps live in the custom op ``trdq::fp8_linear`` (``ops.py``).
 
+Without rotation, centring or CFG-delta (the ``fp8-norot`` preset) the activation
+quantization is plain torch ops (``ops.fp8_linear_unrotated``) that torch.compile fuses into
+the kernel producing the activations, so no quantizer pass runs at all.
+
 Formats:
 - ``fp8`` configs: weights arrive as e4m3 with fp32 row scales and are used as is; the
   result matches the reference backend up to GEMM accumulation order.
@@ -94,7 +98,14 @@ class CudaFp8Backend(KernelBackend):
         kwargs = act.op_kwargs(x)
         if act.row_scale is not None and not act.fp8:
             kwargs["row_scale"] = act.row_scale.float() * INT8_TO_E4M3_SCALE
-        return ops.fp8_linear(x, packed["weight"], packed["weight_scale"], bias, **kwargs)
+        weight, weight_scale = packed["weight"], packed["weight_scale"]
+        if not (kwargs["rotation_block"] or kwargs["delta_half"]) and kwargs["weight_sum"] is None:
+            # nothing only a kernel can do: torch ops the compiler fuses with x's producer
+            return ops.fp8_linear_unrotated(
+                x, weight, weight_scale, bias, smooth=kwargs["smooth"],
+                row_scale=kwargs["row_scale"], clip_ratio=kwargs["clip_ratio"],
+            )
+        return ops.fp8_linear(x, weight, weight_scale, bias, **kwargs)
 
 
 register(CudaFp8Backend())

@@ -54,7 +54,9 @@ from trdq.kernels import triton_w4a8 as w4
 from trdq.kernels.base import apply_output_activation, restore_cfg_delta
 from trdq.kernels.oplib import define_op, linear_fake
 
-__all__ = ["fast_path_available", "fp8_linear", "lowbit_linear", "rotate_quant"]
+__all__ = [
+    "fast_path_available", "fp8_linear", "fp8_linear_unrotated", "lowbit_linear", "rotate_quant",
+]
 
 TRITON_AVAILABLE = rq.TRITON_AVAILABLE
 
@@ -141,7 +143,10 @@ def scaled_mm_rowwise(
     """e4m3 ``[M,K] x [N,K]^T`` with per-row and per-column fp32 scales (+ bias)
     (+ ``center[m] * weight_sum[n]``)."""
     if q.is_cuda:
-        # cuBLASLt/CUTLASS row-wise FP8 wants bf16 output (and a bf16 bias in the epilogue)
+        # cuBLASLt/CUTLASS row-wise FP8 wants bf16 output (and a bf16 bias in the epilogue).
+        # Fast accumulation keeps the partial sums in the tensor cores' accumulator instead
+        # of promoting them to fp32 every few K-steps: the inference default of torchao's
+        # float8 too; its error is bounded by the GPU tests against the reference.
         out = torch._scaled_mm(
             q,
             weight.t(),
@@ -149,6 +154,7 @@ def scaled_mm_rowwise(
             scale_b=weight_scale.view(1, -1),
             bias=bias.to(torch.bfloat16) if bias is not None else None,
             out_dtype=torch.bfloat16,
+            use_fast_accum=True,
         )
         if center is not None:
             out.addr_(center.to(out.dtype), weight_sum.to(out.dtype))
@@ -201,6 +207,30 @@ def fp8_linear(
     """``trdq::fp8_linear``: ``[M, N]`` in x's dtype."""
     return _fp8_linear_op(x, weight, weight_scale, bias, rotation_block, smooth, row_scale,
                           clip_ratio, weight_sum, delta_half)
+
+
+def fp8_linear_unrotated(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    weight_scale: torch.Tensor,
+    bias: torch.Tensor | None,
+    *,
+    smooth: torch.Tensor | None = None,
+    row_scale: torch.Tensor | None = None,
+    clip_ratio: torch.Tensor,
+) -> torch.Tensor:
+    """``fp8_linear`` without rotation, centring or CFG-delta, in plain torch ops rather
+    than one custom op: with no rotation the quantization is a per-channel divide, a
+    per-row scale and a cast to e4m3, which torch.compile fuses into the kernel that made
+    ``x`` (LayerNorm + modulate, GELU), as it does for torchao's float8. ``x`` is then
+    written once at e4m3 width and read once by the GEMM, with no quantizer pass between.
+    The arithmetic is the reference's (``rotate_quant_reference``); only the GEMM is an
+    op (``torch._scaled_mm``, an extern kernel in the compiled graph)."""
+    q, a_scale = rq.rotate_quant_reference(
+        x, rotation_block=None, smooth=smooth, row_scale=row_scale, clip_ratio=clip_ratio,
+        out_dtype=torch.float8_e4m3fn,
+    )
+    return scaled_mm_rowwise(q, a_scale, weight, weight_scale, bias, x.dtype)
 
 
 def lowbit_gemm(

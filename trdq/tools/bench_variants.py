@@ -117,12 +117,27 @@ def fuse_qkv(transformer: torch.nn.Module) -> int:
     return count
 
 
+#: inductor's generated pointwise / reduction / persistent-reduction kernels: named after
+#: every op they fuse, so "triton_poi_fused__scaled_mm_..." is an activation quantizer that
+#: feeds a GEMM, not one; they count as elementwise whatever they name
+INDUCTOR_FUSED_PREFIXES = ("triton_poi_", "triton_red_", "triton_per_")
 KERNEL_CATEGORIES = (
     ("rotate_quant", ("_rotate_quant",)),
     ("lowbit_gemm", ("_lowbit_gemm",)),
     ("attention", ("flash", "fmha", "attention", "attn")),
     ("gemm", ("gemm", "nvjet", "cutlass", "sm90_xmma", "scaled_mm", "f8f8bf16")),
 )
+
+
+def kernel_category(kernel_name: str) -> str:
+    """The profile category of one GPU kernel, by its name."""
+    name = kernel_name.lower()
+    if name.startswith(INDUCTOR_FUSED_PREFIXES):
+        return "elementwise/other"
+    return next(
+        (c for c, keys in KERNEL_CATEGORIES if any(k in name for k in keys)),
+        "elementwise/other",
+    )
 
 
 def profile_step(fn, steps: int = 3) -> dict[str, Any]:
@@ -139,11 +154,7 @@ def profile_step(fn, steps: int = 3) -> dict[str, Any]:
         us = getattr(evt, "device_time_total", None) or getattr(evt, "cuda_time_total", 0.0)
         if not us:
             continue
-        name = evt.key.lower()
-        cat = next(
-            (c for c, keys in KERNEL_CATEGORIES if any(k in name for k in keys)),
-            "elementwise/other",
-        )
+        cat = kernel_category(evt.key)
         by_cat[cat] = by_cat.get(cat, 0.0) + us / 1e3 / steps
         top.append((evt.key[:90], us / 1e3 / steps))
     top.sort(key=lambda kv: -kv[1])
