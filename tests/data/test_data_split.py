@@ -75,6 +75,39 @@ def test_split_prompts_draws_from_one_split():
         split_prompts("test", 3)
 
 
+@pytest.mark.parametrize("kind", ["image", "video"])
+def test_partial_captions_mix_into_the_sample(kind):
+    full = heldout_captions(30, seed=4, kind=kind)
+    mixed = heldout_captions(30, seed=4, kind=kind, partial=1 / 3)
+    partial = [i for i, c in enumerate(mixed) if not c.is_complete]
+    assert partial == list(range(0, 30, 3))  # a third, rounded up, evenly spread
+    for i, (f, m) in enumerate(zip(full, mixed)):
+        if i in partial:  # a sub-caption of the same held-out combination
+            assert m.shape == f.shape and m.specified().items() <= f.specified().items()
+        else:
+            assert m == f
+    assert heldout_captions(12, seed=4, kind=kind, partial=1 / 3) == mixed[:12]
+    assert all(c.is_complete for c in heldout_captions(5, seed=4, kind=kind, partial=0))
+    assert not any(c.is_complete for c in heldout_captions(5, seed=4, kind=kind, partial=1))
+    train = split_prompts("train", 9, seed=4, kind=kind, partial=1 / 3)
+    assert sum(not parse_caption(t).is_complete for t in train) == 3
+    with pytest.raises(ValueError, match="partial"):
+        heldout_captions(3, partial=1.5)
+
+
+def test_dropping_attributes_keeps_the_grammar():
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    video = Caption(shape="circle", color="red", size="small", background="blue",
+                    direction="left", speed="slowly")
+    for _ in range(50):
+        caption = video.drop_attributes(rng)
+        assert parse_caption(caption.text) == caption  # e.g. no speed without a direction
+        assert caption.shape == "circle"
+    assert video.is_complete and not Caption(shape="circle", color="red").is_complete
+
+
 def test_is_heldout_needs_a_full_caption():
     with pytest.raises(ValueError):
         is_heldout(Caption(shape="circle", color="red"))

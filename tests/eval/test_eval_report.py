@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from trdq.data import heldout_prompts, render_image, render_video
+from trdq.data import heldout_prompts, parse_caption, render_image, render_video, split_prompts
 from trdq.eval.perturb import degrade
 from trdq.eval.report import PSNR_CAP_DB, quality_markdown, run_quality, similarity_to
 
@@ -42,7 +42,9 @@ def test_run_quality_layout_and_values():
             "psnr_to_fp",
             "ssim_to_fp",
             "seconds",
+            "accuracy_by_kind",
         }
+        assert set(row["accuracy_by_kind"]) == {"full"}  # full combinations only
     fp, w8a8, broken = report.results
     assert fp.accuracy == 1.0 and fp.psnr_to_fp is None and fp.ssim_to_fp is None
     assert set(fp.per_attribute) == {"color", "shape", "size", "position", "background"}
@@ -52,6 +54,24 @@ def test_run_quality_layout_and_values():
     markdown = quality_markdown([report], "trdq eval --model tiny-shapes-t2i", date="2026-11-26")
     assert "2026-11-26" in markdown and "trdq eval --model tiny-shapes-t2i" in markdown
     assert "| w8a8 |" in markdown and "n/a" in markdown
+
+
+def test_accuracy_by_caption_kind():
+    """A partial caption is scored on what it names; each kind gets its own accuracy."""
+    prompts = split_prompts("heldout", 12, seed=0, kind="image", partial=1 / 3)
+
+    def partial_blank(prompts, seeds):  # right on full captions, blank on partial ones
+        right = _renderer()(prompts, seeds)
+        return [r if parse_caption(p).is_complete else np.zeros_like(r)
+                for p, r in zip(prompts, right)]
+
+    report = run_quality("m", {"fp": _renderer(), "half": partial_blank}, prompts)
+    assert report.result("fp").accuracy_by_kind == {"full": 1.0, "partial": 1.0}
+    half = report.result("half")
+    assert half.accuracy_by_kind == {"full": 1.0, "partial": 0.0}
+    assert half.accuracy == pytest.approx(8 / 12)
+    markdown = quality_markdown([report], "cmd", date="2026-12-06")
+    assert "| full captions | partial captions |" in markdown
 
 
 def test_scoring_in_worker_processes_matches_one_process():

@@ -89,12 +89,28 @@ def test_markdown_sections_are_replaced_per_model(tmp_path):
 
 
 def test_target_notes():
-    report = _report("m", 0.95)
+    report = _report("m", 0.98)
     report.results.append(QualityResult("w4a8", 0.80, {}, 25.0, 0.9, 0.5))
     report.results.append(QualityResult("w4a8-minmax", 0.70, {}, 20.0, 0.8, 0.5))
     notes = cli.target_notes(report, "image")
-    assert "-> met" in notes[0] and "-> met" in notes[1]  # fp >= 90 %, w8a8 equal at 41 dB
-    assert "NOT met" in notes[2] and "-15.0 points" in notes[2]
+    assert "-> met" in notes[0] and "-> met" in notes[1]  # fp >= 97 %, w8a8 equal at 41 dB
+    assert "NOT met" in notes[2] and "-18.0 points" in notes[2]
+    assert "NOT met" in cli.target_notes(_report("m", 0.95), "image")[0]
+
+
+def test_caption_kind_columns_only_when_the_prompts_mix_kinds():
+    mixed = _report("m", 0.75)
+    for row in mixed.results:
+        row.accuracy_by_kind = {"full": 1.0, "partial": 0.25}
+    text = cli.model_section(mixed, "cmd", "CPU x", [])
+    assert "| full captions | partial captions |" in text and "| 1.000 | 0.250 |" in text
+    assert '"accuracy_by_kind": {' in mixed.to_json().replace("\n", "")
+    assert "| partial captions |" not in cli.model_section(_report("m", 0.75), "cmd", "CPU x", [])
+
+
+def test_partial_fraction_is_checked(capsys):
+    assert cli.main(["--partial", "2", "--out-md", "none"]) == 2
+    assert "--partial" in capsys.readouterr().err
 
 
 def _fast_preset_builder(name: str):

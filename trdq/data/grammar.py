@@ -142,6 +142,24 @@ class Caption:
         return {n: getattr(self, n) for n in self.attributes if getattr(self, n) is not None}
 
     @property
+    def is_complete(self) -> bool:
+        """Every attribute of its kind is named (a full combination, not a partial caption)."""
+        return len(self.specified()) == len(self.attributes)
+
+    def drop_attributes(self, rng: np.random.Generator) -> Caption:
+        """This caption with each attribute but the shape kept with probability 1/2, as a
+        user might write "a red circle". A speed goes with its direction, and a video
+        caption without its direction reads as an image caption."""
+        kept = {
+            name: getattr(self, name) if rng.random() < 0.5 else None
+            for name in self.attributes
+            if name != "shape"
+        }
+        if kept.get("direction") is None:
+            kept.pop("speed", None)  # the grammar allows a speed only after a direction
+        return Caption(shape=self.shape, **kept)
+
+    @property
     def text(self) -> str:
         return format_caption(self)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import math
 from functools import lru_cache
 from typing import Literal
 
@@ -75,27 +76,54 @@ def train_captions(kind: Kind = "image") -> list[Caption]:
     return [c for c in all_captions(kind) if not is_heldout(c)]
 
 
-def heldout_captions(n: int | None = None, seed: int = 0, kind: Kind = "image") -> list[Caption]:
+def heldout_captions(
+    n: int | None = None, seed: int = 0, kind: Kind = "image", partial: float = 0.0
+) -> list[Caption]:
     """`n` held-out combinations (all when None), a fixed sample for a given seed.
 
     The sample is a prefix of one seeded permutation of the held-out pool, so a smaller
-    request is the start of a larger one with the same seed (and `kind`).
+    request is the start of a larger one with the same seed (and `kind`, `partial`).
+    `partial`: the fraction of the sample (rounded up) given as partial captions
+    (`with_partial_captions`).
     """
-    return _sample([c for c in all_captions(kind) if is_heldout(c)], n, seed, kind)
+    pool = [c for c in all_captions(kind) if is_heldout(c)]
+    return with_partial_captions(_sample(pool, n, seed, kind), partial, seed)
+
+
+def with_partial_captions(captions: list[Caption], fraction: float, seed: int) -> list[Caption]:
+    """``captions`` with about ``fraction`` of them (rounded up, evenly spread: for 1/3
+    items 0, 3, 6, ...) replaced by a partial caption of the same combination: random
+    attributes dropped, at least one (`Caption.drop_attributes`). Item ``i`` depends on
+    ``seed`` and ``i`` only, so a prefix of the list keeps its captions."""
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"partial must be in [0, 1], got {fraction}")
+    out = []
+    for i, caption in enumerate(captions):
+        if math.ceil((i + 1) * fraction) > math.ceil(i * fraction):
+            rng = np.random.default_rng([seed, i])
+            partial = caption.drop_attributes(rng)
+            while partial.is_complete:
+                partial = caption.drop_attributes(rng)
+            caption = partial
+        out.append(caption)
+    return out
 
 
 def split_prompts(
-    split: Split, n: int | None = None, seed: int = 0, kind: Kind = "image"
+    split: Split, n: int | None = None, seed: int = 0, kind: Kind = "image",
+    partial: float = 0.0,
 ) -> list[str]:
-    """Texts of `n` combinations of one split, sampled as `heldout_captions` samples.
+    """Texts of `n` combinations of one split, sampled as `heldout_captions` samples
+    (``partial`` of them as partial captions).
 
     The ``train`` sample is a development set: tuning a quantizer on it leaves the
     held-out combinations, on which results are reported, untouched.
     """
     if split == "heldout":
-        return heldout_prompts(n, seed, kind)
+        return [c.text for c in heldout_captions(n, seed, kind, partial)]
     if split == "train":
-        return [c.text for c in _sample(train_captions(kind), n, seed, kind)]
+        captions = _sample(train_captions(kind), n, seed, kind)
+        return [c.text for c in with_partial_captions(captions, partial, seed)]
     raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
 
 

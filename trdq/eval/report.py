@@ -9,7 +9,11 @@ time. `QualityReport.to_dict` is the stable `trdq eval --json` layout::
 
     {"model": str, "prompts": int, "results": [{"quant": str, "accuracy": float,
      "per_attribute": {name: float}, "psnr_to_fp": float|null, "ssim_to_fp": float|null,
-     "seconds": float}]}
+     "seconds": float, "accuracy_by_kind": {"full": float, "partial": float}}]}
+
+``accuracy_by_kind`` splits the accuracy by caption kind: full combinations and partial
+captions (some attributes unnamed; only the named ones are scored); a kind absent from
+the prompts is absent there.
 
 PSNR is averaged per sample, each capped at `PSNR_CAP_DB` so that a bit-identical sample
 (infinite PSNR) keeps the mean finite and the JSON valid; the reference's own row has
@@ -49,6 +53,8 @@ class QualityResult:
     psnr_to_fp: float | None
     ssim_to_fp: float | None
     seconds: float
+    #: "full" / "partial" -> accuracy over the prompts of that caption kind
+    accuracy_by_kind: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -90,13 +96,38 @@ def _evaluate(sample: np.ndarray, caption: Caption | str) -> dict[str, bool]:
     return evaluate(np.asarray(sample), caption)
 
 
+def score_samples(
+    samples: Sequence[np.ndarray], captions: Sequence[Caption | str], *, workers: int = 1
+) -> list[dict[str, bool]]:
+    """Per sample, which attributes its caption names were read back right."""
+    if len(samples) != len(captions):
+        raise ValueError(f"{len(samples)} samples for {len(captions)} captions")
+    return _map_pairs(_evaluate, samples, captions, workers)
+
+
 def accuracy_of(
     samples: Sequence[np.ndarray], captions: Sequence[Caption | str], *, workers: int = 1
 ) -> tuple[float, dict[str, float]]:
     """(all-attributes-right fraction, per-attribute accuracy) of samples vs their captions."""
-    if len(samples) != len(captions):
-        raise ValueError(f"{len(samples)} samples for {len(captions)} captions")
-    return summarize(_map_pairs(_evaluate, samples, captions, workers))
+    return summarize(score_samples(samples, captions, workers=workers))
+
+
+def caption_kind(caption: Caption | str) -> str:
+    """"full" for a full combination, "partial" for a caption that leaves attributes out."""
+    caption = parse_caption(caption) if isinstance(caption, str) else caption
+    return "full" if caption.is_complete else "partial"
+
+
+def accuracy_by_kind(
+    scores: Sequence[Mapping[str, bool]], captions: Sequence[Caption | str]
+) -> dict[str, float]:
+    """All-attributes-right fraction per caption kind present ("full", then "partial")."""
+    kinds = [caption_kind(c) for c in captions]
+    return {
+        kind: summarize([s for s, k in zip(scores, kinds) if k == kind])[0]
+        for kind in ("full", "partial")
+        if kind in kinds
+    }
 
 
 def _similarity(reference: np.ndarray, sample: np.ndarray) -> tuple[float, float]:
@@ -147,14 +178,16 @@ def run_quality(
     reference_samples: list[np.ndarray] | None = None
     for name in order:
         samples, seconds = _generate(name, generators[name], prompts, seeds)
-        accuracy, per_attribute = accuracy_of(samples, captions, workers=workers)
+        scores = score_samples(samples, captions, workers=workers)
+        accuracy, per_attribute = summarize(scores)
         psnr_db = ssim_value = None
         if name == reference:
             reference_samples = samples
         elif reference_samples is not None:
             psnr_db, ssim_value = similarity_to(reference_samples, samples, workers=workers)
         report.results.append(
-            QualityResult(name, accuracy, per_attribute, psnr_db, ssim_value, seconds)
+            QualityResult(name, accuracy, per_attribute, psnr_db, ssim_value, seconds,
+                          accuracy_by_kind(scores, captions))
         )
         logger.info(
             "%s %s: accuracy %.3f, psnr %s, %.1f s", model, name, accuracy, psnr_db, seconds
@@ -188,13 +221,19 @@ def quality_markdown(
         (
             "Accuracy: fraction of held-out prompts whose every attribute the analytic "
             "evaluator (`trdq.eval.shapes`) reads back correctly; per-attribute columns "
-            "likewise. PSNR/SSIM: to the full-precision sample of the same prompt and seed. "
+            "likewise. A partial caption (\"a red circle\") is scored on the attributes it "
+            "names; `full captions` / `partial captions`: the accuracy over each kind. "
+            "PSNR/SSIM: to the full-precision sample of the same prompt and seed. "
             "Seconds: wall time to generate all prompts."
         ),
     ]
     for report in reports:
         attributes = list(dict.fromkeys(a for r in report.results for a in r.per_attribute))
-        header = ["quant", "accuracy", *attributes, "PSNR to FP (dB)", "SSIM to FP", "seconds"]
+        # per caption kind only where the prompts mix kinds
+        kinds = list(dict.fromkeys(k for r in report.results for k in r.accuracy_by_kind))
+        kinds = kinds if len(kinds) > 1 else []
+        header = ["quant", "accuracy", *(f"{k} captions" for k in kinds), *attributes,
+                  "PSNR to FP (dB)", "SSIM to FP", "seconds"]
         lines += [
             "",
             f"## {report.model} ({report.prompts} prompts)",
@@ -206,6 +245,7 @@ def quality_markdown(
             cells = [
                 r.quant,
                 f"{r.accuracy:.3f}",
+                *(_cell(r.accuracy_by_kind.get(k), ".3f") for k in kinds),
                 *(_cell(r.per_attribute.get(a), ".3f") for a in attributes),
                 _cell(r.psnr_to_fp, ".2f"),
                 _cell(r.ssim_to_fp, ".4f"),

@@ -40,14 +40,7 @@ class ShapesSet:
 
 def caption_variants(caption: Caption, rng: np.random.Generator, count: int) -> list[str]:
     """The full caption text, then `count - 1` texts that drop random attributes."""
-    optional = [name for name in caption.attributes if name != "shape"]
-    texts = [caption.text]
-    for _ in range(count - 1):
-        kept = {name: getattr(caption, name) if rng.random() < 0.5 else None for name in optional}
-        if kept.get("direction") is None:
-            kept.pop("speed", None)  # the grammar allows a speed only after a direction
-        texts.append(Caption(shape=caption.shape, **kept).text)
-    return texts
+    return [caption.text, *(caption.drop_attributes(rng).text for _ in range(count - 1))]
 
 
 def _render(job: tuple[str, Caption, int, int, int]) -> np.ndarray:
