@@ -89,6 +89,7 @@ SLOW = pytest.mark.slow
                                     pytest.param("w8a8-rot-groups-search", marks=SLOW),
                                     pytest.param("w4a8-minmax", marks=SLOW),
                                     "w4a8-rot-groups", "w8a8-static", pytest.param("fp8", marks=SLOW),
+                                    "fp8-norot",
                                     "faithful"])
 def test_ablation_and_other_presets_run(preset):
     pipe = tiny_pixart_pipeline()
