@@ -10,7 +10,8 @@ from trdq.config import PRESETS, QuantConfig
 from trdq.eval.report import QualityReport, QualityResult
 from trdq.tools import eval_cli as cli
 
-KEYS = {"quant", "accuracy", "per_attribute", "psnr_to_fp", "ssim_to_fp", "seconds"}
+KEYS = {"quant", "accuracy", "per_attribute", "psnr_to_fp", "ssim_to_fp", "seconds",
+        "accuracy_by_kind"}
 
 
 def test_ablation_chain_and_settings_order():
