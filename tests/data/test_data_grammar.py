@@ -112,3 +112,11 @@ def test_complete_defaults_and_sampling():
     assert all(c.background != c.color for c in sampled)
     assert len({c.color for c in sampled}) > 4
     assert all(c.color in COLORS and c.position is not None for c in sampled)
+
+
+def test_complete_never_paints_the_shape_in_a_given_background():
+    on_yellow = parse_caption("a circle on a yellow background")
+    rng = np.random.default_rng(0)
+    colors = {on_yellow.complete(rng, video=True).color for _ in range(200)}
+    assert "yellow" not in colors and len(colors) == len(COLORS) - 1
+    assert parse_caption("a circle on a red background").complete().color != "red"

@@ -179,7 +179,14 @@ class Caption:
                 return DEFAULTS[name]
             return choices[int(rng.integers(len(choices)))]
 
-        color = pick("color", COLORS)
+        # the shape's colour never equals a given background (nor the background a colour)
+        color = self.color
+        if color is None:
+            free = tuple(c for c in COLORS if c != self.background)
+            if rng is None:
+                color = DEFAULTS["color"] if DEFAULTS["color"] in free else free[0]
+            else:
+                color = free[int(rng.integers(len(free)))]
         background = self.background
         if background is None:
             others = tuple(c for c in COLORS if c != color)
