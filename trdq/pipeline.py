@@ -19,9 +19,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from trdq.data.grammar import CaptionError, parse_caption
 from trdq.integrations.families import FAMILIES, family_of_pipeline
 from trdq.integrations.pipeline_args import native_size, text_length_kwargs
-from trdq.zoo.registry import ZOO_MODELS, zoo_path
+from trdq.zoo.registry import ZOO_DIR, ZOO_MODELS, zoo_path
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +93,8 @@ def load_pipeline(
     pipeline_cls = getattr(diffusers, class_name)
     pipe = pipeline_cls.from_pretrained(path, dtype=dtype, local_files_only=True)
     pipe.set_progress_bar_config(disable=True)
+    # the embedded models speak the shapes grammar: their partial captions get completed
+    pipe.trdq_completes_captions = path.resolve().parent == ZOO_DIR.resolve()
     pipe.to(device)
     if class_name == "LattePipeline":
         _allow_shorter_videos(pipe.transformer)
@@ -188,6 +191,35 @@ class GenerationRequest:
 StepCallback = Callable[[int, int], None]  # (step_index, num_steps)
 
 
+def served_prompts(pipe, prompts: list[str], seeds: list[int]) -> list[str]:
+    """The texts the pipeline is given for ``prompts``.
+
+    The embedded (zoo) models were trained on the shapes grammar, where a partial caption
+    ("a red circle") labels a picture whose unnamed attributes were drawn at random. Their
+    pipelines draw those attributes themselves, from the prompt's seed
+    (``Caption.complete(rng)``), and encode the full caption: a sample of the very
+    distribution the partial caption stands for, which the text encoder has seen far more
+    often as full captions. Full captions and texts outside the grammar pass unchanged;
+    other pipelines get their prompts as written.
+    """
+    if not getattr(pipe, "trdq_completes_captions", False):
+        return list(prompts)
+    video = pipeline_task(pipe) == "video"
+    served = []
+    for prompt, seed in zip(prompts, seeds):
+        try:
+            caption = parse_caption(prompt)
+        except CaptionError:  # outside the grammar: as written
+            served.append(prompt)
+            continue
+        # as written where the model cannot draw what is named: motion for an image
+        # model, a position for a moving shape (a full caption completes to itself)
+        if caption.position is None if video else not caption.is_video:
+            prompt = caption.complete(np.random.default_rng(int(seed)), video=video).text
+        served.append(prompt)
+    return served
+
+
 def generate(pipe, request: GenerationRequest, on_step: StepCallback | None = None) -> np.ndarray:
     """Run the pipeline; returns uint8 [B, H, W, 3] (images) or [B, F, H, W, 3] (videos).
 
@@ -201,7 +233,7 @@ def generate(pipe, request: GenerationRequest, on_step: StepCallback | None = No
     generators = [torch.Generator("cpu").manual_seed(int(seed)) for seed in request.seeds]
     params = inspect.signature(type(pipe).__call__).parameters
     kwargs: dict = {
-        "prompt": request.prompts,
+        "prompt": served_prompts(pipe, request.prompts, request.seeds),
         "negative_prompt": request.negative_prompts or [""] * len(request.prompts),
         "width": request.width,
         "height": request.height,

@@ -40,6 +40,7 @@ from server.schemas import (
     STRICT_REQUEST,
     Limits,
 )
+from trdq.pipeline import served_prompts
 
 SIZE_PATTERN = r"^(auto|[1-9][0-9]{0,4}x[1-9][0-9]{0,4})$"
 #: OpenAI parameters accepted and ignored. Their values are not checked against OpenAI's
@@ -162,9 +163,15 @@ def make_router(limits: Limits, model_name: str | None) -> APIRouter:
         ignored = ignored_params(body)
         if ignored:
             headers[IGNORED_HEADER] = ", ".join(ignored)
+        # OpenAI's revised_prompt: the caption an embedded model completed from the seed
+        pipe = getattr(served, "pipe", None)
+        revised = (served_prompts(pipe, [body.prompt] * len(spec.seeds), spec.seeds)
+                   if pipe is not None else [body.prompt] * len(spec.seeds))
         return JSONResponse({
             "created": int(time.time()),
-            "data": [{"b64_json": base64.b64encode(blob).decode()} for blob in encoded],
+            "data": [{"b64_json": base64.b64encode(blob).decode(),
+                      **({"revised_prompt": text} if text != body.prompt else {})}
+                     for blob, text in zip(encoded, revised)],
             "size": f"{width}x{height}",
             "output_format": body.output_format,
         }, headers=headers)

@@ -46,6 +46,22 @@ def test_openai_parameters_are_accepted_and_the_ignored_ones_named(client):
     assert info["output_compression_formats"] == ["jpeg", "webp"]
 
 
+def test_a_completed_caption_comes_back_as_revised_prompt(client):
+    """The embedded model draws the attributes a caption leaves out from each image's seed;
+    OpenAI's `revised_prompt` says which it drew (a full caption comes back without one)."""
+    from trdq.data.grammar import parse_caption
+
+    reply = client.post("/v1/images/generations",
+                        json={"prompt": "a red circle", **SMALL, "n": 2})
+    assert reply.status_code == 200, reply.text
+    revised = [item["revised_prompt"] for item in reply.json()["data"]]
+    assert all(parse_caption(text).is_complete for text in revised)
+    assert all(parse_caption(text).color == "red" for text in revised)
+    full = "a small red circle at the top left on a white background"
+    reply = client.post("/v1/images/generations", json={"prompt": full, **SMALL})
+    assert "revised_prompt" not in reply.json()["data"][0]
+
+
 def test_the_official_openai_client_sends_its_parameters_unrefused(client):
     """The openai package's own request for the parameters it types, TestClient as transport."""
     openai_client = openai.OpenAI(base_url="http://testserver/v1", api_key="unused",
