@@ -12,7 +12,7 @@ from __future__ import annotations
 import inspect
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -191,7 +191,7 @@ class GenerationRequest:
 StepCallback = Callable[[int, int], None]  # (step_index, num_steps)
 
 
-def served_prompts(pipe, prompts: list[str], seeds: list[int]) -> list[str]:
+def served_prompts(pipe, prompts: Sequence[str], seeds: Sequence[int]) -> list[str]:
     """The texts the pipeline is given for ``prompts``.
 
     The embedded (zoo) models were trained on the shapes grammar, where a partial caption
