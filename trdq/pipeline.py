@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from trdq.data.grammar import CaptionError, parse_caption
+from trdq.data.grammar import complete_text
 from trdq.integrations.families import FAMILIES, family_of_pipeline
 from trdq.integrations.pipeline_args import native_size, text_length_kwargs
 from trdq.zoo.registry import ZOO_DIR, ZOO_MODELS, zoo_path
@@ -197,27 +197,14 @@ def served_prompts(pipe, prompts: Sequence[str], seeds: Sequence[int]) -> list[s
     The embedded (zoo) models were trained on the shapes grammar, where a partial caption
     ("a red circle") labels a picture whose unnamed attributes were drawn at random. Their
     pipelines draw those attributes themselves, from the prompt's seed
-    (``Caption.complete(rng)``), and encode the full caption: a sample of the very
+    (``trdq.data.grammar.complete_text``), and encode the full caption: a sample of the very
     distribution the partial caption stands for, which the text encoder has seen far more
-    often as full captions. Full captions and texts outside the grammar pass unchanged;
-    other pipelines get their prompts as written.
+    often as full captions. Other pipelines get their prompts as written.
     """
     if not getattr(pipe, "trdq_completes_captions", False):
         return list(prompts)
     video = pipeline_task(pipe) == "video"
-    served = []
-    for prompt, seed in zip(prompts, seeds):
-        try:
-            caption = parse_caption(prompt)
-        except CaptionError:  # outside the grammar: as written
-            served.append(prompt)
-            continue
-        # as written where the model cannot draw what is named: motion for an image
-        # model, a position for a moving shape (a full caption completes to itself)
-        if caption.position is None if video else not caption.is_video:
-            prompt = caption.complete(np.random.default_rng(int(seed)), video=video).text
-        served.append(prompt)
-    return served
+    return [complete_text(p, s, video=video) for p, s in zip(prompts, seeds)]
 
 
 def generate(pipe, request: GenerationRequest, on_step: StepCallback | None = None) -> np.ndarray:

@@ -54,6 +54,8 @@ class ModelCard:
     size_multiple: int
     #: frame counts are 1 + k * frame_step (Wan: 4)
     frame_step: int = 1
+    #: the pipeline completes partial shapes captions from the seed (the embedded models)
+    completes_captions: bool = False
     info: dict = field(default_factory=dict)
 
 
@@ -213,6 +215,7 @@ def _make_served(name: str, task: str, quant: str, pipe, metrics: MetricSink) ->
         max_frames=max_frames(pipe) if task == "video" else 1,
         min_steps=min_inference_steps(pipe), size_multiple=size_multiple(pipe),
         frame_step=frame_step(pipe) if task == "video" else 1,
+        completes_captions=getattr(pipe, "trdq_completes_captions", False),
         info={"quant": quant, "dtype": str(pipe.transformer.dtype).removeprefix("torch.")},
     )
 

@@ -40,7 +40,7 @@ from server.schemas import (
     STRICT_REQUEST,
     Limits,
 )
-from trdq.pipeline import served_prompts
+from trdq.data.grammar import complete_text
 
 SIZE_PATTERN = r"^(auto|[1-9][0-9]{0,4}x[1-9][0-9]{0,4})$"
 #: OpenAI parameters accepted and ignored. Their values are not checked against OpenAI's
@@ -164,9 +164,8 @@ def make_router(limits: Limits, model_name: str | None) -> APIRouter:
         if ignored:
             headers[IGNORED_HEADER] = ", ".join(ignored)
         # OpenAI's revised_prompt: the caption an embedded model completed from the seed
-        pipe = getattr(served, "pipe", None)
-        revised = (served_prompts(pipe, [body.prompt] * len(spec.seeds), spec.seeds)
-                   if pipe is not None else [body.prompt] * len(spec.seeds))
+        revised = [complete_text(body.prompt, seed, video=False) if served.completes_captions
+                   else body.prompt for seed in spec.seeds]
         return JSONResponse({
             "created": int(time.time()),
             "data": [{"b64_json": base64.b64encode(blob).decode(),

@@ -212,6 +212,21 @@ class Caption:
         return dataclasses.replace(self, **changes)
 
 
+def complete_text(text: str, seed: int, *, video: bool) -> str:
+    """``text`` as a model of the shapes world is best given it: a partial caption with its
+    unnamed attributes drawn from ``seed`` (``Caption.complete(rng)``), for a video model
+    with motion. As written where that cannot apply: outside the grammar, motion asked of
+    an image model, a position asked of a moving shape. A full caption completes to itself.
+    """
+    try:
+        caption = parse_caption(text)
+    except CaptionError:
+        return text
+    if caption.position is None if video else not caption.is_video:
+        return caption.complete(np.random.default_rng(int(seed)), video=video).text
+    return text
+
+
 def format_caption(caption: Caption) -> str:
     """Caption -> text, the inverse of `parse_caption`."""
     noun_phrase = [w for w in (caption.size, caption.color, caption.shape) if w is not None]
