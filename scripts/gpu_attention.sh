@@ -4,6 +4,8 @@
 # attention backend. Wheels missing there (diffusers; fa3-fwd unpacked as fa3.tar.xz) are
 # expected under .whl/.
 # STAGES picks what runs (default: tests,micro,step; also eval); results land in $OUT.
+# PRESET may name several bench presets, comma-separated: one `trdq bench` run each, in order.
+# QUANT: the eval stage's settings (default w8a8,w8a8+fp8attn,fp8-norot+fp8attn).
 # BENCH_ARGS goes to `trdq bench` as it is (e.g. "--batches 1 --runs 2"); TESTS_TIMEOUT
 # (seconds, default 600) bounds the GPU tests so the bench after them still runs.
 set -u
@@ -17,9 +19,11 @@ case ",$STAGES," in *,tests,*)
     ${GPU_TESTS:-tests/kernels/test_fa3_attention_gpu.py} 2>&1 | tee "$OUT/gpu_tests.log" | tail -15
 esac
 case ",$STAGES," in *,step,*)
-  python3 -m trdq.cli bench --preset "$PRESET" --rows "$ROWS" --scopes "${SCOPES:-denoiser_step}" \
-    ${PROFILE:+--profile} ${BENCH_ARGS:-} --json "$OUT/$PRESET${TAG:-}.json" \
-    2>&1 | tee "$OUT/bench-$PRESET${TAG:-}.log" | grep -E "^\[bench\]|Error|error" | tail -40
+  for preset in ${PRESET//,/ }; do
+    python3 -m trdq.cli bench --preset "$preset" --rows "$ROWS" --scopes "${SCOPES:-denoiser_step}" \
+      ${PROFILE:+--profile} ${BENCH_ARGS:-} --json "$OUT/$preset${TAG:-}.json" \
+      2>&1 | tee "$OUT/bench-$preset${TAG:-}.log" | grep -E "^\[bench\]|Error|error" | tail -40
+  done
 esac
 case ",$STAGES," in *,micro,*)
   python3 -m trdq.kernels.microbench --attention-only --json "$OUT/attention-micro.json" \
@@ -27,7 +31,7 @@ case ",$STAGES," in *,micro,*)
 esac
 case ",$STAGES," in *,eval,*)  # the zoo models' quality with FP8 attention, to FP
   for model in tiny-shapes-t2i tiny-shapes-t2v; do
-    python3 -m trdq.cli eval --model "$model" --quant w8a8,w8a8+fp8attn --device cuda \
+    python3 -m trdq.cli eval --model "$model" --quant "${QUANT:-w8a8,w8a8+fp8attn,fp8-norot+fp8attn}" --device cuda \
       --prompts "${PROMPTS:-64}" --batch 16 --quiet --cache-dir /tmp/trdq-eval \
       --json "$OUT/eval-fp8attn-$model.json" --out-md "$OUT/quality-fp8attn.md" 2>&1 | tail -3
   done
