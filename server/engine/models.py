@@ -279,17 +279,17 @@ def _set_attention(model: ServedModel, setting: str, device: torch.device) -> No
 
 
 def _compile(model: ServedModel) -> None:
-    """torch.compile each denoiser block and the VAE decoder (TRDQ_COMPILE).
+    """torch.compile each denoiser block and the image VAE's decoder (TRDQ_COMPILE).
 
     Compiling block by block keeps the timestep hook and the profiler outside the
     graphs and makes the one compile serve every block; the quantized layers are torch
     custom ops, so the blocks compile without graph breaks. The warm-up pays the
     compile time before /readyz turns 200.
     """
-    from trdq.runtime.compile import compile_denoiser
+    from trdq.runtime.compile import compile_denoiser, compile_vae_decoder
 
     blocks = compile_denoiser(model.pipe.transformer, "regional")
-    model.pipe.vae.decoder.compile()
+    model.info["compiled_vae_decoder"] = compile_vae_decoder(model.pipe.vae)
     model.info["compiled"] = True
     model.info["compiled_blocks"] = blocks
 

@@ -1,7 +1,8 @@
 """The runtime: what the server needs at serving time besides ``trdq.quantize``.
 
 - ``trdq.runtime.compile``: ``compile_denoiser``, the in-place ``torch.compile`` of the
-  denoiser (block by block, or the whole module) behind TRDQ_COMPILE;
+  denoiser (block by block, or the whole module), and ``compile_vae_decoder`` (channels-last,
+  compiled), behind TRDQ_COMPILE;
 - ``trdq.runtime.cuda_graphs``: ``CudaGraphForward``, the denoiser's forward replayed from
   CUDA graphs, behind TRDQ_CUDA_GRAPHS;
 - ``trdq.runtime.profiling``: ``PipelineProfiler``, per-stage and per-step wall times (the

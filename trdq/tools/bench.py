@@ -51,7 +51,12 @@ import torch
 
 from trdq.kernels import cpu_int8, cpu_native
 from trdq.nn.attention import set_attention_backend, split_attention_suffix
-from trdq.runtime.compile import compile_denoiser, repeated_blocks
+from trdq.runtime.compile import (
+    compile_denoiser,
+    compile_vae_decoder,
+    repeated_blocks,
+    uncompile_vae_decoder,
+)
 from trdq.runtime.cuda_graphs import CudaGraphForward, quant_context
 from trdq.tools.bench_memory import StagePeaks, graph_pool_idle_bytes
 from trdq.tools.bench_presets import PRESET_NAMES, BenchPreset, get_preset, resolve_zoo_geometry
@@ -275,6 +280,8 @@ class _Runner:
         info["prepare_s"] = time.perf_counter() - t0
         if mode.startswith("compile"):
             info["compiled_modules"] = compile_denoiser(self.pipe.transformer, self.args.compile)
+            # what the server's TRDQ_COMPILE does too; _release puts the eager VAE back
+            info["compiled_vae_decoder"] = compile_vae_decoder(self.pipe.vae)
         if mode.endswith("+cg"):
             if self.device.type != "cuda":
                 raise RuntimeError("CUDA graphs (+cg rows) need a CUDA device")
@@ -322,6 +329,7 @@ class _Runner:
 
         api.dequantize_hooks(self.pipe)
         self.pipe.transformer = None
+        uncompile_vae_decoder(self.pipe.vae)
         cpu_native.set_enabled(True)
         if getattr(self.pipe.vae, "use_tiling", False):
             self.pipe.vae.disable_tiling()
@@ -361,6 +369,7 @@ class _Runner:
                     with StagePeaks(self.pipe, dev) as stages:
                         call()
                     info[f"peak_by_stage_gb@b{batch}"] = stages.report(pool)
+                    info[f"ms_by_stage@b{batch}"] = stages.milliseconds()
             if "denoiser_step" in args.scopes:
                 inputs = preset.step_inputs(transformer, batch, dev, self._dtype_for(row))
                 # the step is called without the pipeline, which is what tells a quantized
@@ -489,17 +498,18 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             write_outputs(
                 preset.name, device, runner.results, runner.details, args.json, None, notes
             )
-    stage_note = _stage_peaks_note(runner.details["rows"])
-    if stage_note:
-        notes.append(stage_note)
+    for prefix, title in (("peak_by_stage_gb", "peak GB by stage"),
+                          ("ms_by_stage", "wall ms by stage (edges synchronized)")):
+        stage_note = _stage_note(runner.details["rows"], prefix, title)
+        if stage_note:
+            notes.append(stage_note)
     md = None if args.no_markdown or not args.markdown else Path(args.markdown)
     return write_outputs(preset.name, device, runner.results, runner.details, args.json, md, notes)
 
 
-def _stage_peaks_note(rows: dict[str, dict[str, Any]]) -> str | None:
-    """One note listing each result's ``peak_by_stage_gb@bN`` (result names as in the table:
-    the row, with ``@bN`` for batches other than 1)."""
-    prefix = "peak_by_stage_gb"
+def _stage_note(rows: dict[str, dict[str, Any]], prefix: str, title: str) -> str | None:
+    """One note listing each result's ``{prefix}@bN`` stage values (result names as in the
+    table: the row, with ``@bN`` for batches other than 1), encode / denoise / decode."""
     entries = []
     for row, info in rows.items():
         for key, stages in info.items():
@@ -507,13 +517,14 @@ def _stage_peaks_note(rows: dict[str, dict[str, Any]]) -> str | None:
                 continue
             batch = key.removeprefix(prefix)
             name = row if batch == "@b1" else row + batch
-            gb = " / ".join(
-                f"{stages.get(s, float('nan')):.2f}" for s in ("encode", "denoise", "decode")
+            values = " / ".join(
+                f"{stages.get(s, float('nan')):.{2 if 'gb' in prefix else 1}f}"
+                for s in ("encode", "denoise", "decode")
             )
-            entries.append(f"{name}: {gb}")
+            entries.append(f"{name}: {values}")
     if not entries:
         return None
-    return "peak GB by stage, encode / denoise / decode: " + "; ".join(entries)
+    return f"{title}, encode / denoise / decode: " + "; ".join(entries)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,4 +1,4 @@
-"""Device-memory accounting for ``trdq bench``: CUDA-graph pools and per-stage peaks.
+"""Device-memory accounting for ``trdq bench``: CUDA-graph pools, per-stage peaks and times.
 
 ``torch.cuda.max_memory_allocated`` counts the caching allocator's live blocks. Two things
 it does not say, and why this module exists:
@@ -9,11 +9,13 @@ it does not say, and why this module exists:
   them (the pool's segments minus its live tensors) so ``+cg`` rows are charged for them.
 - A pipeline's peak is set by one stage (text encode, sampler loop or VAE decode), and
   which one decides what could lower it. ``StagePeaks`` records each stage's peak during
-  one call.
+  one call, and its wall time (synchronized at each stage's edges): how much of a
+  pipeline call the denoiser is, which bounds what quantizing it can gain.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any, Self
 
 import torch
@@ -50,6 +52,9 @@ class StagePeaks:
     def __init__(self, pipe, device: torch.device) -> None:
         self.pipe, self.device = pipe, device
         self.peaks: dict[str, int] = {}
+        #: seconds per stage, summed over its calls (the denoiser runs once a step)
+        self.seconds: dict[str, float] = {}
+        self._began = 0.0
         self.resident = 0
         self._handles: list[Any] = []
         self._patched_decode = False
@@ -57,9 +62,12 @@ class StagePeaks:
     def _start(self, *_args, **_kwargs) -> None:
         torch.cuda.synchronize(self.device)
         torch.cuda.reset_peak_memory_stats(self.device)
+        self._began = time.perf_counter()
 
     def _end(self, stage: str) -> None:
         torch.cuda.synchronize(self.device)
+        elapsed = time.perf_counter() - self._began
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + elapsed
         peak = int(torch.cuda.max_memory_allocated(self.device))
         self.peaks[stage] = max(self.peaks.get(stage, 0), peak)
 
@@ -98,6 +106,11 @@ class StagePeaks:
         if self._patched_decode:
             del self.pipe.vae.decode
             self._patched_decode = False
+
+    def milliseconds(self) -> dict[str, float]:
+        """Wall ms per stage during the block (stage edges synchronized, so the sum is a
+        little above an unobserved call)."""
+        return {stage: round(seconds * 1e3, 1) for stage, seconds in self.seconds.items()}
 
     def report(self, extra_bytes: int = 0) -> dict[str, float]:
         """GB per stage (plus ``extra_bytes``, e.g. idle graph-pool bytes), and resident."""
