@@ -58,8 +58,10 @@ class Settings(BaseSettings):
     cuda_graphs_max: int = Field(default=64, ge=1)
     # Self-attention kernel of the quantized denoisers (the fp precision keeps SDPA): sdpa
     # (PyTorch's, cuDNN on Hopper), fa3 (FlashAttention-3 bf16), fp8 (FA3 e4m3 with K/V
-    # smoothing); fa3/fp8 need a Hopper GPU and the fa3-fwd package. auto: docs/KERNELS.md.
-    attention: Literal["auto", "sdpa", "fa3", "fp8"] = "auto"
+    # smoothing), fp8-long (fp8 on self-attention over >= 2048 tokens, sdpa on shorter ones);
+    # the FA3 ones need a Hopper GPU and the fa3-fwd package. auto: fp8-long where FA3 runs,
+    # sdpa elsewhere (docs/KERNELS.md).
+    attention: Literal["auto", "sdpa", "fa3", "fp8", "fp8-long"] = "auto"
     threads: int = Field(default=0, ge=0)  # torch intra-op threads on CPU; 0 = torch default
     warmup: bool = True
     # What the warm-up runs before /readyz turns 200, per served variant and worker: every

@@ -9,7 +9,9 @@ import torch
 from trdq import primitives as P
 from trdq.kernels import fa3_attention as fa3
 from trdq.nn.attention import (
+    FP8_MIN_TOKENS,
     KernelAttnProcessor,
+    fp8_long_attention,
     install_attention_kernel,
     resolve_attention_backend,
     set_attention_backend,
@@ -86,6 +88,26 @@ def test_auto_is_sdpa_without_fa3_and_explicit_fa3_backends_say_what_is_missing(
             resolve_attention_backend(name, "cpu")
     with pytest.raises(ValueError, match="unknown attention backend"):
         resolve_attention_backend("fp4", "cpu")
+
+
+def test_auto_is_fp8_long_where_fa3_runs(monkeypatch):
+    monkeypatch.setattr(fa3, "fa3_status", lambda device: (True, "ok"))
+    assert resolve_attention_backend("auto", "cuda") == "fp8-long"
+
+
+def test_fp8_long_takes_fp8_from_the_token_threshold_and_sdpa_below(monkeypatch):
+    calls = []
+
+    def fake_fp8(q, k, v):
+        calls.append(q.shape[1])
+        return fa3.sdpa_attention(q, k, v)
+
+    monkeypatch.setattr(fa3, "fa3_fp8_attention", fake_fp8)
+    g = torch.Generator().manual_seed(3)
+    for tokens in (FP8_MIN_TOKENS - 1, FP8_MIN_TOKENS):
+        q, k, v = (torch.randn(1, tokens, 1, 8, generator=g) for _ in range(3))
+        torch.testing.assert_close(fp8_long_attention(q, k, v), fa3.sdpa_attention(q, k, v))
+    assert calls == [FP8_MIN_TOKENS]
 
 
 def _family_latents(pipe, video: bool):

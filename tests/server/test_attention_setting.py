@@ -16,6 +16,7 @@ from tests.helpers.serving import make_settings_with_video
 def test_attention_setting_takes_the_backend_names_only():
     assert Settings().attention == "auto"
     assert Settings(attention="fp8").attention == "fp8"
+    assert Settings(attention="fp8-long").attention == "fp8-long"
     with pytest.raises(ValidationError, match="attention"):
         Settings(attention="fp4")
 

@@ -1,4 +1,5 @@
-"""The denoiser's self-attention kernel as a choice: ``sdpa``, ``fa3`` (bf16) or ``fp8``.
+"""The denoiser's self-attention kernel as a choice: ``sdpa``, ``fa3`` (bf16), ``fp8`` or
+``fp8-long`` (e4m3 on long sequences only).
 
 ``set_attention_backend(transformer, name)`` swaps the processor of every eligible
 diffusers attention module, in one of two ways:
@@ -36,9 +37,11 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "ATTENTION_BACKENDS",
+    "FP8_MIN_TOKENS",
     "AttentionReport",
     "KernelAttnProcessor",
     "dispatching_processor",
+    "fp8_long_attention",
     "install_attention_kernel",
     "kernel_dispatch",
     "resolve_attention_backend",
@@ -48,18 +51,38 @@ __all__ = [
 
 AttentionKernel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
+#: ``fp8-long`` runs FA3 e4m3 on self-attention over at least this many tokens and SDPA on
+#: shorter sequences. The e4m3 operands cost a quantization pass linear in the tokens while
+#: the kernel saves time quadratic in them: at 4096-32760 tokens (PixArt-1024, FLUX, Wan
+#: 480p) FP8 attention wins, at Latte-512's 1024-token frames and 16-frame temporal
+#: sequences its quantization (13.8 ms a step) outweighs the kernel's gain (3 ms; H100,
+#: docs/bench/latte-512-16f-fp8norot-h100.json).
+FP8_MIN_TOKENS = 2048
+
+
+def fp8_long_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """FA3 e4m3 where the sequence is long enough to pay (``FP8_MIN_TOKENS``), SDPA
+    (cuDNN bf16) otherwise. Shapes are static inside a compiled graph, so the branch is
+    settled once per graph, not per call."""
+    if q.shape[1] >= FP8_MIN_TOKENS:
+        return fa3.fa3_fp8_attention(q, k, v)
+    return fa3.sdpa_attention(q, k, v)
+
+
 #: backend name -> kernel ([B, S, H, D] in and out); ``sdpa`` leaves diffusers' processors
 ATTENTION_BACKENDS: dict[str, AttentionKernel | None] = {
     "sdpa": None,
     "fa3": fa3.fa3_attention,
     "fp8": fa3.fa3_fp8_attention,
+    "fp8-long": fp8_long_attention,
 }
 #: suffix of a bench row or eval setting name -> the attention backend it runs
-SETTING_SUFFIXES = {"+fp8attn": "fp8", "+fa3attn": "fa3"}
-#: what ``auto`` picks where the FA3 kernels run (``sdpa`` elsewhere). ``sdpa`` until FP8
-#: attention's quality on the zoo models is measured on a GPU (docs/KERNELS.md); its speed
-#: alone (1.01x a PixArt-1024 step at batch 1, 1.15x at batch 4) does not decide it.
-AUTO_ON_HOPPER = "sdpa"
+SETTING_SUFFIXES = {"+fp8attn": "fp8", "+fa3attn": "fa3", "+fp8longattn": "fp8-long"}
+#: what ``auto`` picks where the FA3 kernels run (``sdpa`` elsewhere). Measured on an H100
+#: (docs/KERNELS.md): the zoo models with W8A8 + FP8 attention stay at FP accuracy and
+#: >= 40 dB to FP; long sequences gain (Wan 480p step 1.48x with ``fp8-norot``), short ones
+#: lose (Latte), hence ``fp8-long``.
+AUTO_ON_HOPPER = "fp8-long"
 
 
 @dataclasses.dataclass
