@@ -6,7 +6,7 @@ the ablation chain ``{w8a8,w4a8}-minmax -> -rot -> -rot-search (one timestep gro
 -rot-groups-search -> {w8a8,w4a8}`` (the full method adds CFG-wise parameters; ``-rot-groups``,
 groups without the search, is a preset too), the same chain with static
 activation scales (``-static`` suffix, e.g. ``w8a8-static``, ``w8a8-minmax-static``) and ``faithful`` / ``faithful-w4a8`` (the released algorithm, reference
-backend only; see TRDQ-RELEASED.md).
+backend only; see TRDQ-RELEASED.md; ``-1range``: the same with one time range).
 
 Timestep groups live on the model's training scale [0, 1000]: ``group_boundaries`` are the
 ascending interior cut points; group g covers ``[edge[g], edge[g+1])``, group 0 being the
@@ -333,8 +333,13 @@ PRESETS["w8a7"] = lambda: _chain(8, 7, "w8a7", 4)
 _STAGES = ("-minmax", "-rot", "-rot-groups", "-rot-groups-search", "")
 for _wb, _ab in BIT_PAIRS:
     _base = f"w{_wb}a{_ab}"
+    _fname = "faithful" if _base == "w8a8" else f"faithful-{_base}"
     if _base != "w8a8":
-        PRESETS[f"faithful-{_base}"] = lambda w=_wb, a=_ab, n=f"faithful-{_base}": _faithful(w, a, n)
+        PRESETS[_fname] = lambda w=_wb, a=_ab, n=_fname: _faithful(w, a, n)
+    # the released algorithm with ONE time range: what its per-range weights (a differently
+    # smoothed, rotated and rounded weight copy per range) add over a single copy
+    PRESETS[_fname + "-1range"] = (
+        lambda w=_wb, a=_ab, n=_fname + "-1range": _faithful(w, a, n).replace(num_groups=1))
     for _stage, _suffix in enumerate(_STAGES):
         PRESETS[_base + _suffix] = (
             lambda w=_wb, a=_ab, n=_base + _suffix, s=_stage: _chain(w, a, n, s))

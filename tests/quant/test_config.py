@@ -17,6 +17,10 @@ def test_required_presets_exist():
         cfg = QuantConfig.preset(name)
         assert (cfg.weight_bits, cfg.act_bits) == (6, 6)
     assert QuantConfig.preset("w4a4-rot").act_bits == 4
+    # the released algorithm with one time range differs from it in that alone
+    for name in ("faithful", "faithful-w4a8"):
+        one = QuantConfig.preset(name + "-1range")
+        assert one == QuantConfig.preset(name).replace(name=name + "-1range", num_groups=1)
 
 
 @pytest.mark.parametrize("name", preset_names())
