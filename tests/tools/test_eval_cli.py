@@ -21,12 +21,13 @@ def test_ablation_chain_and_settings_order():
         "w8a8-rot-search",
         "w8a8-rot-groups-search",
         "w8a8",
+        "faithful-1range",
         "faithful",
     ]
-    assert cli.ablation_chain("w4a8")[-1] == "faithful-w4a8"
+    assert cli.ablation_chain("w4a8")[-2:] == ["faithful-w4a8-1range", "faithful-w4a8"]
     assert cli.expand_settings("w8a8,fp,w8a8", []) == ["fp", "w8a8"]
     settings = cli.expand_settings("fp8", ["w8a8,w4a8"])
-    assert settings[:2] == ["fp", "fp8"] and len(settings) == 2 + 12
+    assert settings[:2] == ["fp", "fp8"] and len(settings) == 2 + 14
     assert settings.index("w8a8-minmax") < settings.index("w8a8") < settings.index("faithful")
     for name in settings:
         QuantConfig.preset(name)  # every expanded name is a real preset

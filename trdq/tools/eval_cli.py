@@ -78,10 +78,12 @@ TARGETS = {
 
 
 def ablation_chain(base: str) -> list[str]:
-    """``w8a8`` -> its ablation presets, least to most complete, then its faithful preset."""
+    """``w8a8`` -> its ablation presets, least to most complete, then its faithful preset
+    with one time range and as released (its time dimension is a weight copy per range)."""
     if base not in FAITHFUL_OF:
         raise ValueError(f"--ablation takes {' or '.join(FAITHFUL_OF)}, got {base!r}")
-    return [base + suffix for suffix in ABLATION_SUFFIXES] + [FAITHFUL_OF[base]]
+    faithful = FAITHFUL_OF[base]
+    return [base + suffix for suffix in ABLATION_SUFFIXES] + [faithful + "-1range", faithful]
 
 
 def expand_settings(quant: str | None, ablations: Sequence[str]) -> list[str]:
@@ -306,7 +308,9 @@ def setting_notes(settings: Sequence[str], infos: Sequence[SettingInfo]) -> list
             notes.append(
                 f"{base.upper()} ablation chain: {steps}. `{faithful}`: the released "
                 "algorithm (DuQuant rotation + smoothing per time range, dynamic "
-                "per-token activations, CFG split), simulated on the reference backend. "
+                "per-token activations, CFG split), simulated on the reference backend; "
+                f"`{faithful}-1range` the same with one time range (the released code keeps "
+                "a differently smoothed, rotated and rounded weight per range). "
                 "A `-static` suffix (e.g. `w8a8-static`) is the same recipe with static "
                 "per-group, per-CFG-half activation scales instead of per-token ones."
             )
