@@ -1,0 +1,101 @@
+"""GPU probe: what the e4m3 quantizer costs when Inductor fuses it into LayerNorm or GELU.
+
+Why: `fp8-norot`'s activation quantizer is torch ops (`ops.fp8_linear_unrotated`) that
+torch.compile fuses into the kernel producing x. On the H100 (2026-12-07 profiles,
+docs/journal/2026-12-07-fp8-norot-families.md) those fused kernels took ~1.6x the time of
+the bf16 kernels they replace although they write fewer bytes: Latte's LayerNorm kernels
+18.4 -> 27.8 ms a step, its GELU kernels 11.9 -> 17.3 ms. This times each candidate
+arithmetic on the served shapes, compiled the way the blocks are, to find the cause:
+
+- ``bf16``: the producer alone (the baseline kernel);
+- ``div``: what ships (per-row scale gathered by timestep group and CFG half, a division);
+- ``mul_pre``: multiplication by precomputed reciprocals (the scale tables inverted once);
+- ``scalar``: one reciprocal for all rows (no per-row gather);
+- ``nocast``: ``mul_pre`` written as bf16 (is the e4m3 store the cost?);
+- ``bf16math``: the scaling in bf16 instead of float32.
+
+Run on the device: ``. scripts/device_env.sh && python3 scripts/fused_quant_probe.py``;
+GPU microseconds go to ``$OUT/fused-quant-probe.json``, Inductor's code for the bf16,
+div and mul_pre variants to ``$OUT/code-*.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import torch
+import torch.nn.functional as F
+
+E4M3_MAX = 448.0
+
+
+def rows_scale(pair: torch.Tensor, group: torch.Tensor, rows: int) -> torch.Tensor:
+    """The served per-row value: this group's (uncond, cond) pair, half the rows each."""
+    return pair.index_select(0, group.reshape(1)).squeeze(0).repeat_interleave(rows // 2)
+
+
+def quantize(y: torch.Tensor, kind: str, scale: torch.Tensor, inverse: torch.Tensor):
+    if kind == "div":  # ops.fp8_linear_unrotated today
+        v = y.float() / scale[:, None]
+    elif kind == "mul_pre":
+        v = y.float() * inverse[:, None]
+    elif kind == "scalar":
+        v = y.float() * inverse[:1, None]
+    elif kind == "bf16math":
+        v = y * inverse.to(y.dtype)[:, None]
+    elif kind == "nocast":
+        return torch.clamp(y.float() * inverse[:, None], -E4M3_MAX, E4M3_MAX).to(y.dtype), scale
+    else:
+        raise ValueError(kind)
+    return torch.clamp(v, -E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn), scale.contiguous()
+
+
+def producer(x, shift, scale, op: str):
+    if op == "ln":  # LayerNorm + adaLN modulate, as before attn1 and the feed-forward
+        return F.layer_norm(x, x.shape[-1:]) * (1 + scale) + shift
+    return F.gelu(x, approximate="tanh")  # the feed-forward's hidden activation
+
+
+def make(op: str, kind: str):
+    def fn(x, shift, mod_scale, pair, group, inverse_pair):
+        y = producer(x, shift, mod_scale, op)
+        if kind == "bf16":
+            return y
+        rows = x.shape[0]
+        return quantize(y, kind, rows_scale(pair, group, rows),
+                        rows_scale(inverse_pair, group, rows))
+    return fn
+
+
+def main() -> None:
+    import triton.testing
+    from torch._inductor.utils import run_and_get_code
+
+    out = os.environ.get("OUT", "/tmp")
+    torch.manual_seed(0)
+    results: dict[str, float] = {"device": torch.cuda.get_device_name()}
+    for tag, op, rows, width in (("pixart", "ln", 8192, 1152), ("pixart-ff", "gelu", 8192, 4608),
+                                 ("latte", "ln", 32768, 1152)):
+        x = torch.randn(rows, width, device="cuda", dtype=torch.bfloat16)
+        shift = torch.randn(width, device="cuda", dtype=torch.bfloat16) * 0.1
+        mod_scale = torch.randn(width, device="cuda", dtype=torch.bfloat16) * 0.1
+        pair = torch.rand(8, 2, device="cuda") * 0.02 + 0.01
+        group = torch.tensor(3, device="cuda")
+        args = (x, shift, mod_scale, pair, group, 1.0 / pair)
+        for kind in ("bf16", "div", "mul_pre", "scalar", "nocast", "bf16math"):
+            torch._dynamo.reset()
+            fn = torch.compile(make(op, kind))
+            _, code = run_and_get_code(fn, *args)
+            us = triton.testing.do_bench(lambda fn=fn, args=args: fn(*args), warmup=25, rep=100) * 1e3
+            results[f"{tag} {op} {kind}"] = round(us, 1)
+            print(f"{tag} {op} {kind}: {us:.1f} us", flush=True)
+            if kind in ("bf16", "div", "mul_pre"):
+                with open(f"{out}/code-{tag}-{kind}.py", "w") as fh:
+                    fh.write("\n\n#####\n\n".join(code))
+            with open(f"{out}/fused-quant-probe.json", "w") as fh:
+                json.dump(results, fh, indent=1)
+
+
+if __name__ == "__main__":
+    main()
