@@ -12,6 +12,7 @@ backend, the calibration id and what the cache did (e.g. ``["hit"]`` or
 from __future__ import annotations
 
 import logging
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ from trdq.checkpoint import (
     read_layer_weights,
 )
 from trdq.config import QuantConfig
+from trdq.integrations import family_of_denoiser
 from trdq.integrations.diffusers import (
     PATTERN_SKIP_REASON,
     CfgSplitForward,
@@ -183,17 +185,20 @@ def _weight_only_conditioning(
     denoiser: nn.Module, config: QuantConfig, skipped: dict[str, str]
 ) -> list[str]:
     """Give the pattern-kept linears (embedders, adaLN, caption projection) weight-only
-    integer weights (``config.embedder_weight_bits``); returns their names and takes
-    them out of ``skipped``."""
-    bits = config.embedder_weight_bits
-    if bits is None:
-        return []
-    group = None if bits == 8 else WEIGHT_ONLY_INT4_GROUP
+    integer weights: ``config.modulation_weight_bits`` for the family's per-block adaLN
+    projections, ``config.embedder_weight_bits`` for the rest (None: full precision);
+    returns their names and takes them out of ``skipped``."""
+    modulation = [re.compile(p) for p in family_of_denoiser(denoiser).block_modulation_patterns]
     done = []
     for name, reason in list(skipped.items()):
         module = denoiser.get_submodule(name)
         if not reason.startswith(PATTERN_SKIP_REASON) or not isinstance(module, nn.Linear):
             continue
+        per_block = any(p.search(name) for p in modulation)
+        bits = config.modulation_weight_bits if per_block else config.embedder_weight_bits
+        if bits is None:
+            continue
+        group = None if bits == 8 else WEIGHT_ONLY_INT4_GROUP
         if group is not None and module.in_features % group:
             continue
         set_submodule(denoiser, name, WeightOnlyLinear(module, bits, group).to(module.weight.device))

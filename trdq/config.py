@@ -130,6 +130,11 @@ class QuantConfig:
     #: caption projections: a few rows per step, ~4% of PixArt's weights) get weight-only
     #: integer weights of this many bits (per output channel), or stay full precision (None)
     embedder_weight_bits: int | None = 8
+    #: the same for the per-block adaLN projections of the families that have them
+    #: (``Family.block_modulation_patterns``: FLUX, SD3). They grow with depth: 3.3B of
+    #: FLUX.1-dev's 11.9B weights, so the W4 presets give them 4 bits (group 64) to keep
+    #: the transformer near 4 bits a weight; the model-level embedders stay at 8.
+    modulation_weight_bits: int | None = 8
     #: layers with fewer input channels than this stay in full precision
     min_in_features: int = 16
 
@@ -162,9 +167,9 @@ class QuantConfig:
             raise ValueError(f"act_bits must be one of {INT_BITS}, got {self.act_bits}")
         if self.fp8 and (self.weight_bits != 8 or self.act_bits != 8):
             raise ValueError("fp8 needs weight_bits=8 and act_bits=8")
-        if self.embedder_weight_bits not in (None, 4, 8):
-            raise ValueError(f"embedder_weight_bits must be None, 4 or 8, got "
-                             f"{self.embedder_weight_bits}")
+        for key in ("embedder_weight_bits", "modulation_weight_bits"):
+            if getattr(self, key) not in (None, 4, 8):
+                raise ValueError(f"{key} must be None, 4 or 8, got {getattr(self, key)}")
         if self.act_center and self.act_mode != "dynamic":
             raise ValueError("act_center needs act_mode='dynamic'")
         if self.cfg_delta and self.act_mode != "dynamic":
@@ -292,6 +297,7 @@ def _chain(
         weight_rounding="gptq" if stage >= 3 else "nearest",
         cfg_wise=stage >= 4,
         cfg_delta=stage >= 4 and act_mode == "dynamic",
+        modulation_weight_bits=4 if bits == 4 else 8,
     )
 
 
@@ -312,6 +318,7 @@ def _faithful(bits: int, act_bits: int, name: str) -> QuantConfig:
         act_symmetric=False,
         ema_momentum=0.5,
         embedder_weight_bits=None,  # the released code keeps them in full precision
+        modulation_weight_bits=None,
     )
 
 

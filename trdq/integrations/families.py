@@ -26,7 +26,9 @@ name. It says:
   per-block adaLN projections (``norm1.linear``, ``norm1_context.linear``, Flux single
   blocks' ``norm.linear``), which see one row per sample per step. They are added here,
   not to the config's defaults, so existing configs (and their calibration
-  fingerprints) do not change.
+  fingerprints) do not change. ``block_modulation_patterns`` names the per-block adaLN
+  ones among them, which take ``QuantConfig.modulation_weight_bits`` instead of
+  ``embedder_weight_bits`` (4 bits in the W4 presets: FLUX.1-dev holds 3.3B weights there).
 - ``full_precision``: (pattern, reason) of linears left exactly as they are, not even
   weight-only: Wan's ``condition_embedder.time_embedder`` is read for its parameters'
   dtype (``next(time_embedder.parameters())``), which an integer-weight layer without
@@ -44,11 +46,16 @@ from typing import Any
 
 __all__ = ["FAMILIES", "Family", "family_of_denoiser", "family_of_pipeline"]
 
+#: the per-block adaLN projections of the MM-DiT families (FLUX double and single
+#: blocks, SD3 blocks): weight-only at ``QuantConfig.modulation_weight_bits``
+_BLOCK_MODULATION = (
+    r"(^|\.)norm1(_context)?\.linear$",
+    r"(^|\.)norm\.linear$",
+)
 _ADALN_AND_TEXT = (
     r"(^|\.)time_text_embed(\.|$)",
     r"(^|\.)context_embedder$",
-    r"(^|\.)norm1(_context)?\.linear$",
-    r"(^|\.)norm\.linear$",
+    *_BLOCK_MODULATION,
 )
 
 
@@ -71,6 +78,8 @@ class Family:
     latent_packing: int = 1
     #: name of the T5-style tokenizer attribute whose length bounds ``max_sequence_length``
     t5_tokenizer: str | None = None
+    #: which of ``fp_layer_patterns`` are per-block adaLN projections (module doc)
+    block_modulation_patterns: tuple[str, ...] = ()
 
 
 FAMILIES: tuple[Family, ...] = (
@@ -79,9 +88,11 @@ FAMILIES: tuple[Family, ...] = (
     Family("latte", "video", ("LattePipeline",), ("LatteTransformer3DModel",)),
     Family("flux", "image", ("FluxPipeline",), ("FluxTransformer2DModel",),
            timestep_multiplier=1000.0, cfg_batched=False, latent_packing=2,
-           fp_layer_patterns=_ADALN_AND_TEXT, t5_tokenizer="tokenizer_2"),
+           fp_layer_patterns=_ADALN_AND_TEXT, t5_tokenizer="tokenizer_2",
+           block_modulation_patterns=_BLOCK_MODULATION),
     Family("sd3", "image", ("StableDiffusion3Pipeline",), ("SD3Transformer2DModel",),
-           fp_layer_patterns=_ADALN_AND_TEXT, t5_tokenizer="tokenizer_3"),
+           fp_layer_patterns=_ADALN_AND_TEXT, t5_tokenizer="tokenizer_3",
+           block_modulation_patterns=_BLOCK_MODULATION),
     Family("wan", "video", ("WanPipeline",), ("WanTransformer3DModel",), cfg_batched=False,
            fp_layer_patterns=(r"(^|\.)condition_embedder(\.|$)",),
            full_precision=((r"(^|\.)condition_embedder\.time_embedder\.", _WAN_TIME_REASON),),
