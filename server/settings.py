@@ -59,8 +59,8 @@ class Settings(BaseSettings):
     # Self-attention kernel of the quantized denoisers (the fp precision keeps SDPA): sdpa
     # (PyTorch's, cuDNN on Hopper), fa3 (FlashAttention-3 bf16), fp8 (FA3 e4m3 with K/V
     # smoothing), fp8-long (fp8 on self-attention over >= 2048 tokens, sdpa on shorter ones);
-    # the FA3 ones need a Hopper GPU and the fa3-fwd package. auto: fp8-long where FA3 runs,
-    # sdpa elsewhere (docs/KERNELS.md).
+    # the FA3 ones need a Hopper GPU and the fa3-fwd package. auto: sdpa until FP8 attention
+    # passes its whole quality gate (trdq/nn/attention.py AUTO_ON_HOPPER, docs/KERNELS.md).
     attention: Literal["auto", "sdpa", "fa3", "fp8", "fp8-long"] = "auto"
     threads: int = Field(default=0, ge=0)  # torch intra-op threads on CPU; 0 = torch default
     warmup: bool = True

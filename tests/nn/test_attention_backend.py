@@ -90,11 +90,6 @@ def test_auto_is_sdpa_without_fa3_and_explicit_fa3_backends_say_what_is_missing(
         resolve_attention_backend("fp4", "cpu")
 
 
-def test_auto_is_fp8_long_where_fa3_runs(monkeypatch):
-    monkeypatch.setattr(fa3, "fa3_status", lambda device: (True, "ok"))
-    assert resolve_attention_backend("auto", "cuda") == "fp8-long"
-
-
 def test_fp8_long_takes_fp8_from_the_token_threshold_and_sdpa_below(monkeypatch):
     calls = []
 
