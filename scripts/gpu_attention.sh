@@ -6,6 +6,7 @@
 # STAGES picks what runs (default: tests,micro,step; also eval); results land in $OUT.
 # PRESET may name several bench presets, comma-separated: one `trdq bench` run each, in order.
 # QUANT: the eval stage's settings (default w8a8,w8a8+fp8attn,fp8-norot+fp8attn).
+# STAGES=probe runs scripts/fused_quant_probe.py (the fused e4m3 quantizer's cost).
 # BENCH_ARGS goes to `trdq bench` as it is (e.g. "--batches 1 --runs 2"); TESTS_TIMEOUT
 # (seconds, default 600) bounds the GPU tests so the bench after them still runs.
 set -u
@@ -28,6 +29,9 @@ esac
 case ",$STAGES," in *,micro,*)
   python3 -m trdq.kernels.microbench --attention-only --json "$OUT/attention-micro.json" \
     2>&1 | tee "$OUT/micro.log" | grep -v "^  variant" | tail -80
+esac
+case ",$STAGES," in *,probe,*)
+  timeout "${PROBE_TIMEOUT:-300}" python3 scripts/fused_quant_probe.py 2>&1 | tee "$OUT/probe.log" | tail -20
 esac
 case ",$STAGES," in *,eval,*)  # the zoo models' quality with FP8 attention, to FP
   for model in tiny-shapes-t2i tiny-shapes-t2v; do
