@@ -14,7 +14,17 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["compile_denoiser", "compile_vae_decoder", "repeated_blocks", "uncompile_vae_decoder"]
+__all__ = [
+    "compile_denoiser",
+    "compile_text_encoders",
+    "compile_vae_decoder",
+    "repeated_blocks",
+    "uncompile_text_encoders",
+    "uncompile_vae_decoder",
+]
+
+#: the pipeline attributes that hold text encoders (T5, CLIP, UMT5)
+TEXT_ENCODERS = ("text_encoder", "text_encoder_2", "text_encoder_3")
 
 #: VAE classes whose decoder compiles as one static graph: 2-D convolutions, no frame loop.
 #: The video VAEs (Wan's causal 3-D VAE decodes frame by frame through a feature cache)
@@ -96,3 +106,44 @@ def uncompile_vae_decoder(vae: torch.nn.Module) -> None:
     """
     vae.decoder._compiled_call_impl = None
     vae.to(memory_format=torch.contiguous_format)
+
+
+def _encoder_layers(encoder: torch.nn.Module) -> list[torch.nn.Module]:
+    """The layers of every ``ModuleList`` in ``encoder`` whose entries share one class
+    (T5's ``encoder.block``, CLIP's ``text_model.encoder.layers``)."""
+    layers: list[torch.nn.Module] = []
+    for module in encoder.modules():
+        same_class = len({type(entry) for entry in module.children()}) == 1
+        if isinstance(module, torch.nn.ModuleList) and len(module) > 1 and same_class:
+            layers.extend(module)
+    return layers
+
+
+def compile_text_encoders(pipe) -> int:
+    """In-place ``torch.compile`` of each text-encoder layer (regional, as the denoiser).
+
+    Why: at batch 1 an eager T5-XXL encode is bound by the host launching its small
+    kernels (PixArt-1024 on an H100: 58.6 ms for two 120-token prompts whose arithmetic
+    takes a few ms; docs/journal/2026-12-07-fp8-norot-families.md). The prompts are padded
+    to a fixed length, so the compiled layers see one shape per batch size. Returns the
+    number of layers compiled. Opt-in (the bench's ``+t5compile`` rows) until measured.
+    """
+    _raise_recompile_limits()
+    count = 0
+    for attr in TEXT_ENCODERS:
+        encoder = getattr(pipe, attr, None)
+        if encoder is None:
+            continue
+        for layer in _encoder_layers(encoder):
+            layer.compile()
+            count += 1
+    return count
+
+
+def uncompile_text_encoders(pipe) -> None:
+    """Undo ``compile_text_encoders`` (see ``uncompile_vae_decoder``)."""
+    for attr in TEXT_ENCODERS:
+        encoder = getattr(pipe, attr, None)
+        if encoder is not None:
+            for layer in _encoder_layers(encoder):
+                layer._compiled_call_impl = None

@@ -28,7 +28,7 @@ docs/bench --out docs/BENCHMARKS.md`` regenerates the tables from every such rec
 
 Row suffixes: ``+cg`` (CUDA graphs), ``+fp8attn`` / ``+fa3attn`` (self-attention through
 FA3 in e4m3 / bf16, ``trdq.nn.attention``), ``+t5int8`` / ``+t5int4``, ``+vaetile``,
-``+torchops`` (CPU).
+``+torchops`` (CPU), ``+t5compile`` (written last: the text encoders' layers compiled too).
 """
 
 from __future__ import annotations
@@ -53,8 +53,10 @@ from trdq.kernels import cpu_int8, cpu_native
 from trdq.nn.attention import set_attention_backend, split_attention_suffix
 from trdq.runtime.compile import (
     compile_denoiser,
+    compile_text_encoders,
     compile_vae_decoder,
     repeated_blocks,
+    uncompile_text_encoders,
     uncompile_vae_decoder,
 )
 from trdq.runtime.cuda_graphs import CudaGraphForward, quant_context
@@ -76,6 +78,8 @@ __all__ = ["BenchResult", "main", "run_bench"]
 VAE_TILING = "+vaetile"
 #: row suffix (CPU): cpu_int8 quantizes activations with its torch ops, not its C pass
 TORCH_OPS = "+torchops"
+#: row suffix: also torch.compile the text encoders' layers (``compile_text_encoders``)
+T5_COMPILE = "+t5compile"
 
 
 @dataclasses.dataclass
@@ -238,6 +242,10 @@ class _Runner:
     def _prepare(self, row: str) -> dict[str, Any]:
         info: dict[str, Any] = {}
         dtype = self._dtype_for(row)
+        # taken off before the other suffixes ("+t5compile" is written last); the layers
+        # are compiled after a "+t5int8"/"+t5int4" row has quantized its copy of the encoder
+        t5_compile = row.endswith(T5_COMPILE)
+        row = row.removesuffix(T5_COMPILE)
         if row.endswith(VAE_TILING):
             # diffusers' tiled VAE decode (overlapping tiles, blended seams): the decode
             # stage's activations no longer grow with the image; _release turns it off
@@ -267,6 +275,8 @@ class _Runner:
             # the full-precision original waits on the host, so the row's peak memory is
             # that of a pipeline holding only the quantized encoder
             self._text_encoder.to("cpu")
+        if t5_compile:
+            info["compiled_text_encoder_layers"] = compile_text_encoders(self.pipe)
         t0 = time.perf_counter()
         if kind.startswith("torchao-"):
             apply_torchao(transformer, kind.split("-", 1)[1])
@@ -330,6 +340,7 @@ class _Runner:
         api.dequantize_hooks(self.pipe)
         self.pipe.transformer = None
         uncompile_vae_decoder(self.pipe.vae)
+        uncompile_text_encoders(self.pipe)
         cpu_native.set_enabled(True)
         if getattr(self.pipe.vae, "use_tiling", False):
             self.pipe.vae.disable_tiling()
