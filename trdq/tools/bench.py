@@ -509,16 +509,18 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             write_outputs(
                 preset.name, device, runner.results, runner.details, args.json, None, notes
             )
-    for prefix, title in (("peak_by_stage_gb", "peak GB by stage"),
-                          ("ms_by_stage", "wall ms by stage (edges synchronized)")):
-        stage_note = _stage_note(runner.details["rows"], prefix, title)
+    for prefix, title, decimals in (("peak_by_stage_gb", "peak GB by stage", 2),
+                                    ("ms_by_stage", "wall ms by stage (edges synchronized)", 1)):
+        stage_note = _stage_note(runner.details["rows"], prefix, title, decimals)
         if stage_note:
             notes.append(stage_note)
     md = None if args.no_markdown or not args.markdown else Path(args.markdown)
     return write_outputs(preset.name, device, runner.results, runner.details, args.json, md, notes)
 
 
-def _stage_note(rows: dict[str, dict[str, Any]], prefix: str, title: str) -> str | None:
+def _stage_note(
+    rows: dict[str, dict[str, Any]], prefix: str, title: str, decimals: int
+) -> str | None:
     """One note listing each result's ``{prefix}@bN`` stage values (result names as in the
     table: the row, with ``@bN`` for batches other than 1), encode / denoise / decode."""
     entries = []
@@ -529,7 +531,7 @@ def _stage_note(rows: dict[str, dict[str, Any]], prefix: str, title: str) -> str
             batch = key.removeprefix(prefix)
             name = row if batch == "@b1" else row + batch
             values = " / ".join(
-                f"{stages.get(s, float('nan')):.{2 if 'gb' in prefix else 1}f}"
+                f"{stages.get(s, float('nan')):.{decimals}f}"
                 for s in ("encode", "denoise", "decode")
             )
             entries.append(f"{name}: {values}")
