@@ -99,24 +99,30 @@ def compile_vae_decoder(vae: torch.nn.Module) -> bool:
     return True
 
 
-def uncompile_vae_decoder(vae: torch.nn.Module) -> None:
-    """Undo ``compile_vae_decoder`` (the bench's next row starts from the eager VAE).
+def _uncompile(module: torch.nn.Module) -> None:
+    """Undo ``module.compile()``: ``nn.Module.compile`` keeps the compiled callable in
+    ``_compiled_call_impl``, and ``None`` there is the module's uncompiled state."""
+    module._compiled_call_impl = None
 
-    ``nn.Module.compile`` keeps the compiled callable in ``_compiled_call_impl``; ``None``
-    there is the module's uncompiled state.
-    """
-    vae.decoder._compiled_call_impl = None
+
+def uncompile_vae_decoder(vae: torch.nn.Module) -> None:
+    """Undo ``compile_vae_decoder`` (the bench's next row starts from the eager VAE)."""
+    _uncompile(vae.decoder)
     vae.to(memory_format=torch.contiguous_format)
 
 
-def _encoder_layers(encoder: torch.nn.Module) -> list[torch.nn.Module]:
-    """The layers of every ``ModuleList`` in ``encoder`` whose entries share one class
-    (T5's ``encoder.block``, CLIP's ``text_model.encoder.layers``)."""
+def _text_encoder_layers(pipe) -> list[torch.nn.Module]:
+    """The layers of every ``ModuleList`` in the pipeline's text encoders whose entries
+    share one class (T5's ``encoder.block``, CLIP's ``text_model.encoder.layers``)."""
     layers: list[torch.nn.Module] = []
-    for module in encoder.modules():
-        same_class = len({type(entry) for entry in module.children()}) == 1
-        if isinstance(module, torch.nn.ModuleList) and len(module) > 1 and same_class:
-            layers.extend(module)
+    for attr in TEXT_ENCODERS:
+        encoder = getattr(pipe, attr, None)
+        if encoder is None:
+            continue
+        for module in encoder.modules():
+            same_class = len({type(entry) for entry in module.children()}) == 1
+            if isinstance(module, torch.nn.ModuleList) and len(module) > 1 and same_class:
+                layers.extend(module)
     return layers
 
 
@@ -130,21 +136,13 @@ def compile_text_encoders(pipe) -> int:
     number of layers compiled. Opt-in (the bench's ``+t5compile`` rows) until measured.
     """
     _raise_recompile_limits()
-    count = 0
-    for attr in TEXT_ENCODERS:
-        encoder = getattr(pipe, attr, None)
-        if encoder is None:
-            continue
-        for layer in _encoder_layers(encoder):
-            layer.compile()
-            count += 1
-    return count
+    layers = _text_encoder_layers(pipe)
+    for layer in layers:
+        layer.compile()
+    return len(layers)
 
 
 def uncompile_text_encoders(pipe) -> None:
-    """Undo ``compile_text_encoders`` (see ``uncompile_vae_decoder``)."""
-    for attr in TEXT_ENCODERS:
-        encoder = getattr(pipe, attr, None)
-        if encoder is not None:
-            for layer in _encoder_layers(encoder):
-                layer._compiled_call_impl = None
+    """Undo ``compile_text_encoders``."""
+    for layer in _text_encoder_layers(pipe):
+        _uncompile(layer)
