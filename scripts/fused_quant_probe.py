@@ -11,8 +11,13 @@ arithmetic on the served shapes, compiled the way the blocks are, to find the ca
 - ``div``: what ships (per-row scale gathered by timestep group and CFG half, a division);
 - ``mul_pre``: multiplication by precomputed reciprocals (the scale tables inverted once);
 - ``scalar``: one reciprocal for all rows (no per-row gather);
+- ``pre_rows``: ``mul_pre`` with the reciprocals already one per row (no gather in the
+  kernel);
 - ``nocast``: ``mul_pre`` written as bf16 (is the e4m3 store the cost?);
-- ``bf16math``: the scaling in bf16 instead of float32.
+- ``cast_only``: the producer's output cast to e4m3 unscaled (the store alone).
+
+The producers: ``ln`` (LayerNorm + adaLN modulate), ``ln-res`` (the residual add before it,
+the new residual written in bf16 as well, as in the blocks) and ``gelu``.
 
 Run on the device: ``. scripts/device_env.sh && python3 scripts/fused_quant_probe.py``;
 GPU microseconds go to ``$OUT/fused-quant-probe.json``, Inductor's code for the bf16,
@@ -42,8 +47,10 @@ def quantize(y: torch.Tensor, kind: str, scale: torch.Tensor, inverse: torch.Ten
         v = y.float() * inverse[:, None]
     elif kind == "scalar":
         v = y.float() * inverse[:1, None]
-    elif kind == "bf16math":
-        v = y * inverse.to(y.dtype)[:, None]
+    elif kind == "pre_rows":
+        v = y.float() * inverse[:, None]
+    elif kind == "cast_only":
+        return y.to(torch.float8_e4m3fn), scale
     elif kind == "nocast":
         return torch.clamp(y.float() * inverse[:, None], -E4M3_MAX, E4M3_MAX).to(y.dtype), scale
     else:
@@ -54,17 +61,25 @@ def quantize(y: torch.Tensor, kind: str, scale: torch.Tensor, inverse: torch.Ten
 def producer(x, shift, scale, op: str):
     if op == "ln":  # LayerNorm + adaLN modulate, as before attn1 and the feed-forward
         return F.layer_norm(x, x.shape[-1:]) * (1 + scale) + shift
+    if op == "ln-res":  # the gated residual add first; the new residual is an output too
+        residual = x + scale * x.flip(0)
+        return F.layer_norm(residual, x.shape[-1:]) * (1 + scale) + shift, residual
     return F.gelu(x, approximate="tanh")  # the feed-forward's hidden activation
 
 
 def make(op: str, kind: str):
     def fn(x, shift, mod_scale, pair, group, inverse_pair):
         y = producer(x, shift, mod_scale, op)
+        extra = ()
+        if isinstance(y, tuple):
+            y, *extra = y
         if kind == "bf16":
-            return y
+            return (y, *extra)
         rows = x.shape[0]
-        return quantize(y, kind, rows_scale(pair, group, rows),
-                        rows_scale(inverse_pair, group, rows))
+        if kind == "pre_rows":  # computed outside: the kernel reads one value per row
+            return (*quantize(y, kind, pair, inverse_pair), *extra)
+        return (*quantize(y, kind, rows_scale(pair, group, rows),
+                          rows_scale(inverse_pair, group, rows)), *extra)
     return fn
 
 
@@ -75,22 +90,25 @@ def main() -> None:
     out = os.environ.get("OUT", "/tmp")
     torch.manual_seed(0)
     results: dict[str, float] = {"device": torch.cuda.get_device_name()}
-    for tag, op, rows, width in (("pixart", "ln", 8192, 1152), ("pixart-ff", "gelu", 8192, 4608),
-                                 ("latte", "ln", 32768, 1152)):
+    for tag, op, rows, width in (("latte", "ln", 32768, 1152), ("latte-res", "ln-res", 32768, 1152),
+                                 ("pixart-ff", "gelu", 8192, 4608)):
         x = torch.randn(rows, width, device="cuda", dtype=torch.bfloat16)
         shift = torch.randn(width, device="cuda", dtype=torch.bfloat16) * 0.1
         mod_scale = torch.randn(width, device="cuda", dtype=torch.bfloat16) * 0.1
         pair = torch.rand(8, 2, device="cuda") * 0.02 + 0.01
         group = torch.tensor(3, device="cuda")
-        args = (x, shift, mod_scale, pair, group, 1.0 / pair)
-        for kind in ("bf16", "div", "mul_pre", "scalar", "nocast", "bf16math"):
+        for kind in ("bf16", "div", "mul_pre", "pre_rows", "scalar", "nocast", "cast_only"):
+            args = (x, shift, mod_scale, pair, group, 1.0 / pair)
+            if kind == "pre_rows":
+                per_row = rows_scale(pair, group, rows)
+                args = (x, shift, mod_scale, per_row, group, 1.0 / per_row)
             torch._dynamo.reset()
             fn = torch.compile(make(op, kind))
             _, code = run_and_get_code(fn, *args)
             us = triton.testing.do_bench(lambda fn=fn, args=args: fn(*args), warmup=25, rep=100) * 1e3
             results[f"{tag} {op} {kind}"] = round(us, 1)
             print(f"{tag} {op} {kind}: {us:.1f} us", flush=True)
-            if kind in ("bf16", "div", "mul_pre"):
+            if kind in ("bf16", "div", "mul_pre", "cast_only"):
                 with open(f"{out}/code-{tag}-{kind}.py", "w") as fh:
                     fh.write("\n\n#####\n\n".join(code))
             with open(f"{out}/fused-quant-probe.json", "w") as fh:
