@@ -26,6 +26,7 @@ div and mul_pre variants to ``$OUT/code-*.py``.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 
@@ -83,36 +84,125 @@ def make(op: str, kind: str):
     return fn
 
 
+def _handwritten_kernel():
+    """A hand-written Triton kernel for ``ln-res`` + the e4m3 quantizer: each program holds
+    ROWS whole rows in registers (read once; mean and variance from the registers), writes
+    the new residual (bf16) and the codes. What Inductor's looped Welford kernels could be."""
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def ln_res_quant(x_ptr, branch_ptr, gate_ptr, shift_ptr, scale_ptr, inv_ptr, res_ptr, q_ptr,
+                     M, N: tl.constexpr, BLOCK: tl.constexpr, ROWS: tl.constexpr,
+                     QUANT: tl.constexpr):
+        rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)[:, None]
+        cols = tl.arange(0, BLOCK)[None, :]
+        cmask = cols < N
+        mask = (rows < M) & cmask
+        offs = rows * N + cols
+        x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        b = tl.load(branch_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        g = tl.load(gate_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
+        h = x + g * b
+        tl.store(res_ptr + offs, h.to(tl.bfloat16), mask=mask)
+        mean = tl.sum(h, axis=1) / N
+        d = tl.where(mask, h - mean[:, None], 0.0)
+        rstd = tl.rsqrt(tl.sum(d * d, axis=1) / N + 1e-5)
+        sc = tl.load(scale_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
+        sh = tl.load(shift_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
+        y = d * rstd[:, None] * (1.0 + sc) + sh
+        if QUANT:
+            inv = tl.load(inv_ptr + rows, mask=rows < M, other=1.0)
+            v = tl.minimum(tl.maximum(y * inv, -448.0), 448.0)
+            tl.store(q_ptr + offs, v.to(tl.float8e4nv), mask=mask)
+        else:
+            tl.store(q_ptr + offs, y.to(tl.bfloat16), mask=mask)
+
+    def run(x, branch, gate, shift, scale, inverse_rows, quant: bool, rows_per_program: int):
+        m, n = x.shape
+        res = torch.empty_like(x)
+        q = torch.empty(m, n, device=x.device, dtype=torch.float8_e4m3fn if quant else x.dtype)
+        grid = (triton.cdiv(m, rows_per_program),)
+        ln_res_quant[grid](x, branch, gate, shift, scale, inverse_rows, res, q, m, n,
+                           BLOCK=triton.next_power_of_2(n), ROWS=rows_per_program, QUANT=quant,
+                           num_warps=8 if rows_per_program > 1 else 4)
+        return res, q
+
+    return run
+
+
 def main() -> None:
+    """PROBE_PARTS (comma list, default inductor,multikernel,handwritten) picks what runs,
+    PROBE_KINDS the quantizer variants of the inductor part; PROBE_CODE=1 also writes
+    Inductor's code (code-*.py)."""
     import triton.testing
     from torch._inductor.utils import run_and_get_code
 
     out = os.environ.get("OUT", "/tmp")
+    parts = os.environ.get("PROBE_PARTS", "inductor,multikernel,handwritten").split(",")
     torch.manual_seed(0)
-    results: dict[str, float] = {"device": torch.cuda.get_device_name()}
-    for tag, op, rows, width in (("latte", "ln", 32768, 1152), ("latte-res", "ln-res", 32768, 1152),
-                                 ("pixart-ff", "gelu", 8192, 4608)):
+    results: dict[str, float | str] = {"device": torch.cuda.get_device_name()}
+
+    def record(name: str, fn) -> None:
+        us = triton.testing.do_bench(fn, warmup=25, rep=100) * 1e3
+        results[name] = round(us, 1)
+        print(f"{name}: {us:.1f} us", flush=True)
+        with open(f"{out}/fused-quant-probe.json", "w") as fh:
+            json.dump(results, fh, indent=1)
+
+    shapes = (("latte", "ln", 32768, 1152), ("latte-res", "ln-res", 32768, 1152),
+              ("pixart-ff", "gelu", 8192, 4608))
+    for tag, op, rows, width in shapes:
         x = torch.randn(rows, width, device="cuda", dtype=torch.bfloat16)
         shift = torch.randn(width, device="cuda", dtype=torch.bfloat16) * 0.1
         mod_scale = torch.randn(width, device="cuda", dtype=torch.bfloat16) * 0.1
         pair = torch.rand(8, 2, device="cuda") * 0.02 + 0.01
         group = torch.tensor(3, device="cuda")
-        for kind in ("bf16", "div", "mul_pre", "pre_rows", "scalar", "nocast", "cast_only"):
+        runs = []
+        if "inductor" in parts:
+            kinds = os.environ.get("PROBE_KINDS", "bf16,div,mul_pre,pre_rows,scalar,nocast,cast_only")
+            runs += [(kind, 0) for kind in kinds.split(",")]
+        if "multikernel" in parts and op != "gelu":  # persistent reductions forced
+            runs += [(kind, 2) for kind in ("bf16", "div", "pre_rows")]
+        for kind, multi_kernel in runs:
             args = (x, shift, mod_scale, pair, group, 1.0 / pair)
             if kind == "pre_rows":
                 per_row = rows_scale(pair, group, rows)
                 args = (x, shift, mod_scale, per_row, group, 1.0 / per_row)
             torch._dynamo.reset()
-            fn = torch.compile(make(op, kind))
-            _, code = run_and_get_code(fn, *args)
-            us = triton.testing.do_bench(lambda fn=fn, args=args: fn(*args), warmup=25, rep=100) * 1e3
-            results[f"{tag} {op} {kind}"] = round(us, 1)
-            print(f"{tag} {op} {kind}: {us:.1f} us", flush=True)
-            if kind in ("bf16", "div", "mul_pre", "cast_only"):
+            with torch._inductor.config.patch({"triton.multi_kernel": multi_kernel}):
+                fn = torch.compile(make(op, kind))
+                _, code = run_and_get_code(fn, *args)
+            record(f"{tag} {op} {kind}" + (f" multi_kernel={multi_kernel}" if multi_kernel else ""),
+                   lambda fn=fn, args=args: fn(*args))
+            if os.environ.get("PROBE_CODE") == "1" and kind in ("bf16", "div") and not multi_kernel:
                 with open(f"{out}/code-{tag}-{kind}.py", "w") as fh:
                     fh.write("\n\n#####\n\n".join(code))
-            with open(f"{out}/fused-quant-probe.json", "w") as fh:
-                json.dump(results, fh, indent=1)
+        if "handwritten" in parts and op == "ln-res":
+            try:
+                handwritten(tag, op, x, shift, mod_scale, pair, group, record, results)
+            except Exception as exc:  # noqa: BLE001 (a probe: report and go on)
+                results[f"{tag} handwritten error"] = repr(exc)[:400]
+                print(f"{tag} handwritten failed: {exc!r}", flush=True)
+
+
+def handwritten(tag, op, x, shift, mod_scale, pair, group, record, results) -> None:
+    """The hand-written kernel against the eager quantizer (codes) and its times."""
+    rows = x.shape[0]
+    run = _handwritten_kernel()
+    branch = x.flip(0).contiguous()  # the bytes Inductor's variant reads (x and x.flip)
+    inverse_rows = 1.0 / rows_scale(pair, group, rows)
+    ref = make(op, "pre_rows")(x, shift, mod_scale, rows_scale(pair, group, rows), group,
+                               inverse_rows)
+    _, q = run(x, branch, mod_scale, shift, mod_scale, inverse_rows, True, 1)
+    differ = q.float() != ref[0].float()  # eager rounds to bf16 between its ops
+    results[f"{tag} handwritten codes differing from eager"] = differ.float().mean().item()
+    results[f"{tag} handwritten max |code diff|"] = (q.float() - ref[0].float()).abs().max().item()
+    for quant in (False, True):
+        for rows_per_program in (1, 2, 4):
+            record(f"{tag} handwritten {'e4m3' if quant else 'bf16'} rows={rows_per_program}",
+                   functools.partial(run, x, branch, mod_scale, shift, mod_scale,
+                                     inverse_rows, quant, rows_per_program))
 
 
 if __name__ == "__main__":
