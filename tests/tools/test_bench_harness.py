@@ -172,6 +172,30 @@ def test_bench_torchops_row_runs_cpu_int8_without_its_c_pass(tmp_path, monkeypat
     assert cpu_native._enabled  # the next row gets the C pass back
 
 
+def test_bench_multikernel_row_sets_inductors_switch_for_that_row_only(tmp_path, monkeypatch):
+    """`+multikernel` compiles its row with triton.multi_kernel = 1 and puts the default
+    back for the next row."""
+    import torch._inductor.config as inductor_config
+
+    seen = []
+    original = bench._Runner._release
+
+    def spy(self):  # the row has run: what it was compiled with, then the reset
+        seen.append(inductor_config.triton.multi_kernel)
+        original(self)
+        seen.append(inductor_config.triton.multi_kernel)
+
+    monkeypatch.setattr(bench._Runner, "_release", spy)
+    out = tmp_path / "b.json"
+    rc = _bench_cpu(out, "bf16-eager+multikernel,bf16-eager", "--no-markdown", "--runs", "1",
+                    "--step-runs", "1", "--warmup", "0", "--scopes", "denoiser_step")
+    assert rc == 0
+    details = json.loads((tmp_path / "b.json.details.json").read_text())
+    assert details["rows"]["bf16-eager+multikernel"]["inductor_multi_kernel"] == 1
+    assert "inductor_multi_kernel" not in details["rows"]["bf16-eager"]
+    assert seen == [1, 0, 0, 0]
+
+
 @pytest.mark.parametrize("act_dtype", ["fp32", pytest.param("auto", marks=pytest.mark.slow)])
 def test_bench_act_dtype_sets_the_quantized_rows_activations(tmp_path, monkeypatch, act_dtype):
     """TR-DQ rows run fp32 activations on CPU as the server does (the default, auto, or
