@@ -20,7 +20,7 @@ The producers: ``ln`` (LayerNorm + adaLN modulate), ``ln-res`` (the residual add
 the new residual written in bf16 as well, as in the blocks) and ``gelu``.
 
 Run on the device: ``. scripts/device_env.sh && python3 scripts/fused_quant_probe.py``;
-GPU microseconds go to ``$OUT/fused-quant-probe.json``, Inductor's code for the bf16,
+GPU microseconds go to ``$OUT/fused-quant-probe.json`` (filed as docs/bench/fused-quant-probe-h100.json), Inductor's code for the bf16,
 div and mul_pre variants to ``$OUT/code-*.py``.
 """
 
