@@ -405,3 +405,30 @@ def test_wide_rows_stay_tiled_where_nothing_can_be_timed(monkeypatch):
     x = _x(2, 8960, seed=4)  # a CPU tensor: no GPU clock
     assert not rq._wide_rows_single_pass(("key",), x, lambda: None, lambda: None)
     assert rq._WIDE_ROWS_CHOICE == {}
+
+
+@pytest.mark.parametrize("with_branch,with_gate", [(True, True), (True, False), (False, False)])
+@pytest.mark.parametrize("dim", [96, 1152])  # 1152 (PixArt/Latte) pads its row to 2048 lanes
+def test_add_norm_modulate_quant_kernel_matches_reference(with_branch, with_gate, dim):
+    """The fused block's kernel (trdq.nn.fused_block), values before the e4m3 cast. The
+    residual may differ by one bf16 step (the interpreter's float cast), so the norm is
+    checked on the kernel's own residual."""
+    from trdq.kernels import triton_norm_quant as nq
+
+    g = torch.Generator().manual_seed(dim)
+    batch, tokens = 2, 3
+    x = (torch.randn(batch, tokens, dim, generator=g) * 3).to(torch.bfloat16)
+    branch = torch.randn(batch, tokens, dim, generator=g).to(torch.bfloat16) if with_branch else None
+    gate = torch.randn(batch, 1, dim, generator=g).to(torch.bfloat16) if with_gate else None
+    shift = torch.randn(batch, 1, dim, generator=g).to(torch.bfloat16) * 0.1
+    scale = torch.randn(batch, 1, dim, generator=g).to(torch.bfloat16) * 0.1
+    inverse = torch.rand(batch * tokens, generator=g) * 40 + 10
+    residual, values = nq.add_norm_modulate_quant_triton(
+        x, branch, gate, shift, scale, inverse, 1e-6, out_dtype=torch.float32)
+    ref_residual, _ = nq.add_norm_modulate_quant_reference(
+        x, branch, gate, shift, scale, inverse, 1e-6, out_dtype=torch.float32)
+    step = ref_residual.float().abs() * 2**-7
+    assert ((residual.float() - ref_residual.float()).abs() <= step).all()
+    _, ref_values = nq.add_norm_modulate_quant_reference(
+        residual, None, None, shift, scale, inverse, 1e-6, out_dtype=torch.float32)
+    torch.testing.assert_close(values, ref_values, rtol=1e-4, atol=1e-3)

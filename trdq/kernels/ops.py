@@ -56,6 +56,7 @@ from trdq.kernels.oplib import define_op, linear_fake
 
 __all__ = [
     "fast_path_available", "fp8_linear", "fp8_linear_unrotated", "lowbit_linear", "rotate_quant",
+    "scaled_mm_rowwise",
 ]
 
 TRITON_AVAILABLE = rq.TRITON_AVAILABLE

@@ -46,7 +46,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from trdq.kernels.base import ActQuant, KernelBackend, serve_linear
+from trdq.kernels.base import ActQuant, KernelBackend, apply_output_activation, serve_linear
+from trdq.kernels.ops import scaled_mm_rowwise
+from trdq.primitives import MIN_SCALE
 from trdq.quant_transforms import (
     LayerQuantParams,
     centering_weight_sum,
@@ -250,6 +252,33 @@ class QuantLinear(nn.Module):
         else:
             pair = by_group[min(ctx.group, by_group.shape[0] - 1)]
         return pair.repeat_interleave(rows // 2) if split else pair[1:].expand(rows)
+
+    # ---- input quantized by its producer (trdq.nn.fused_block) -----------------------------
+    def producer_row_scale(self, rows: int) -> torch.Tensor | None:
+        """The e4m3 scale each of ``rows`` input rows gets here (float32 ``[M]``), for a
+        producer that quantizes this layer's input itself (``forward_quantized``), or None
+        where the quantization is more than that one static per-row scale: rotation,
+        smoothing, centring, CFG-delta, integer codes or dynamic scales, or a backend
+        other than ``cuda_fp8`` and the reference."""
+        if not (self.fp8 and self.act_mode == "static" and not self.rotation_block
+                and self.smooth_divisor is None and self.weight_sum is None
+                and not self.cfg_delta and self.backend.name in ("cuda_fp8", "reference")):
+            return None
+        split = self.context.cfg_active and self.cfg_wise and rows % 2 == 0
+        return self._per_row(self.act_scale_by_group, rows, split).float().clamp_min(MIN_SCALE)
+
+    def forward_quantized(
+        self, q: torch.Tensor, row_scale: torch.Tensor, lead: tuple[int, ...], dtype: torch.dtype
+    ) -> torch.Tensor:
+        """This layer on input its producer already quantized: ``q [M, K]`` e4m3 with
+        ``row_scale [M]`` (``producer_row_scale``); ``lead`` and ``dtype`` are those the
+        unquantized input would have had. The same GEMM ``forward`` runs after its own
+        quantizer (``scaled_mm_rowwise``), then ``output_activation``."""
+        weight, weight_scale = self.backend.unpack(self.packed)
+        out = scaled_mm_rowwise(q, row_scale, weight, weight_scale, self.bias, dtype)
+        if self.output_activation:
+            out = apply_output_activation(out, self.output_activation)
+        return out.reshape(*lead, self.out_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]

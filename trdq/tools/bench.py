@@ -29,8 +29,9 @@ docs/bench --out docs/BENCHMARKS.md`` regenerates the tables from every such rec
 Row suffixes: ``+cg`` (CUDA graphs), ``+fp8attn`` / ``+fa3attn`` (self-attention through
 FA3 in e4m3 / bf16, ``trdq.nn.attention``), ``+t5int8`` / ``+t5int4``, ``+vaetile``,
 ``+torchops`` (CPU), ``+t5compile`` (written last: the text encoders' layers compiled too),
-``+multikernel`` (last of all: Inductor's ``triton.multi_kernel``, which also generates a
-persistent variant of each row reduction and keeps the faster).
+``+multikernel`` (Inductor's ``triton.multi_kernel``, which also generates a persistent
+variant of each row reduction and keeps the faster) and ``+fusednorm`` (the blocks'
+feed-forward entry through ``trdq.nn.fused_block``) after all the others, in either order.
 """
 
 from __future__ import annotations
@@ -87,6 +88,9 @@ T5_COMPILE = "+t5compile"
 #: reduction also as a persistent kernel, the faster kept at run time; LayerNorm over 1152
 #: or 3072 channels is past the default persistent threshold of 1024)
 MULTI_KERNEL = "+multikernel"
+#: row suffix, written last: ``fuse_block_norms`` on the quantized denoiser (PixArt/Latte
+#: blocks: residual add, LayerNorm, modulate and e4m3 quantizer in one kernel)
+FUSED_NORM = "+fusednorm"
 
 
 @dataclasses.dataclass
@@ -252,7 +256,11 @@ class _Runner:
         dtype = self._dtype_for(row)
         # taken off before the other suffixes ("+t5compile" is written last); the layers
         # are compiled after a "+t5int8"/"+t5int4" row has quantized its copy of the encoder
-        if row.endswith(MULTI_KERNEL):
+        fused_norm = False
+        while row.endswith((MULTI_KERNEL, FUSED_NORM)):
+            if row.endswith(FUSED_NORM):
+                row, fused_norm = row.removesuffix(FUSED_NORM), True
+                continue
             row = row.removesuffix(MULTI_KERNEL)
             # read when each graph compiles (at its first call); _release sets it back
             inductor_config.triton.multi_kernel = 1
@@ -297,6 +305,13 @@ class _Runner:
             info["swapped_linears"] = apply_fp8_swap(transformer)
         elif kind not in ("bf16", "fp32"):
             info["quantize"] = self._quantize(kind)
+        if fused_norm:
+            from trdq.nn.fused_block import fuse_block_norms
+
+            info["fused_norm_blocks"] = fuse_block_norms(transformer)
+            if not info["fused_norm_blocks"]:
+                raise ValueError(f"{FUSED_NORM}: no block of this denoiser can be fused "
+                                 "(ada_norm_single blocks quantized with fp8-norot)")
         if attention is not None:
             report = set_attention_backend(transformer, attention, self.device)
             info["attention"] = {"backend": report.backend, "modules": len(report.replaced)}

@@ -1,0 +1,129 @@
+"""A fused feed-forward entry for PixArt/Latte blocks: ``fuse_block_norms``.
+
+diffusers' ``BasicTransformerBlock`` with ``norm_type="ada_norm_single"`` (PixArt-alpha,
+Latte) computes, before its feed-forward,
+
+    h = h + attn2(h)                           (or h + gate_msa * attn1(...) without attn2)
+    x = LayerNorm(h) * (1 + scale_mlp) + shift_mlp
+    ff(x)                                      (ff.net[0].proj quantizes x first)
+
+With ``fp8-norot`` the quantizer of ``ff.net[0].proj`` is one static e4m3 scale per row,
+so all of it is one pass over the rows: ``trdq.kernels.triton_norm_quant`` writes the new
+residual and the codes, and the projection runs its GEMM on them
+(``QuantLinear.forward_quantized``). Inductor's kernel for the same fusion reads each row
+twice and is bound by its arithmetic (the measurements are in that module's docstring).
+
+``fuse_block_norms`` gives each eligible block this forward (the instance's ``forward``;
+module names, parameters and state dicts are unchanged) and returns how many it changed.
+Eligible: ``ada_norm_single``, no positional embedding inside the block, no GLIGEN fuser,
+no chunked feed-forward, ``ff.net[0]`` a diffusers ``GELU`` whose ``proj`` is a
+``QuantLinear`` with a producer-computable scale (``producer_row_scale``). Everything else
+of the block runs as diffusers writes it.
+"""
+
+from __future__ import annotations
+
+import types
+from typing import Any
+
+import torch
+from torch import nn
+
+from trdq.kernels.triton_norm_quant import add_norm_modulate_quant
+from trdq.nn.quant_linear import QuantLinear
+
+__all__ = ["fuse_block_norms", "fused_block_forward", "unfuse_block_norms"]
+
+#: instance attribute that marks a fused block (its forward is ``fused_block_forward``)
+_FUSED = "_trdq_fused_norm"
+
+
+def _eligible(block: nn.Module) -> bool:
+    from diffusers.models.activations import GELU
+    from diffusers.models.attention import BasicTransformerBlock
+
+    if not isinstance(block, BasicTransformerBlock) or block.norm_type != "ada_norm_single":
+        return False
+    if block.pos_embed is not None or getattr(block, "fuser", None) is not None:
+        return False
+    if block._chunk_size is not None or block.only_cross_attention:
+        return False
+    if getattr(block.norm2, "elementwise_affine", True):
+        return False
+    first = block.ff.net[0]
+    return isinstance(first, GELU) and isinstance(first.proj, QuantLinear) and (
+        first.proj.fp8 and first.proj.producer_row_scale(2) is not None
+    )
+
+
+def fused_block_forward(
+    self,
+    hidden_states: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    encoder_hidden_states: torch.Tensor | None = None,
+    encoder_attention_mask: torch.Tensor | None = None,
+    timestep: torch.Tensor | None = None,
+    cross_attention_kwargs: dict[str, Any] | None = None,
+    class_labels: torch.Tensor | None = None,
+    added_cond_kwargs: dict[str, torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """``BasicTransformerBlock.forward`` for ``ada_norm_single`` with the feed-forward's
+    residual add, LayerNorm, modulate and quantizer in one kernel (module docstring).
+    Inputs other than ``[batch, tokens, dim]`` take diffusers' own forward."""
+    if hidden_states.dim() != 3:
+        return type(self).forward(self, hidden_states, attention_mask, encoder_hidden_states,
+                                  encoder_attention_mask, timestep, cross_attention_kwargs,
+                                  class_labels, added_cond_kwargs)
+    batch = hidden_states.shape[0]
+    kwargs = dict(cross_attention_kwargs or {})
+    shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
+        self.scale_shift_table[None] + timestep.reshape(batch, 6, -1)
+    ).chunk(6, dim=1)
+
+    normed = self.norm1(hidden_states) * (1 + scale_msa) + shift_msa
+    attn_output = self.attn1(normed, encoder_hidden_states=None, attention_mask=attention_mask,
+                             **kwargs)
+    if self.attn2 is not None:
+        hidden_states = gate_msa * attn_output + hidden_states
+        # PixArt's cross-attention reads the residual stream itself (no norm2 before it)
+        branch, gate = self.attn2(hidden_states, encoder_hidden_states=encoder_hidden_states,
+                                  attention_mask=encoder_attention_mask, **kwargs), None
+    else:
+        branch, gate = attn_output, gate_msa
+
+    proj = self.ff.net[0].proj
+    rows = hidden_states.shape[0] * hidden_states.shape[1]
+    row_scale = proj.producer_row_scale(rows)
+    hidden_states, codes = add_norm_modulate_quant(
+        hidden_states, branch, gate, shift_mlp, scale_mlp, 1.0 / row_scale, self.norm2.eps
+    )
+    ff_hidden = proj.forward_quantized(codes, row_scale, tuple(hidden_states.shape[:-1]),
+                                       hidden_states.dtype)
+    ff_hidden = self.ff.net[0].gelu(ff_hidden)
+    for module in self.ff.net[1:]:
+        ff_hidden = module(ff_hidden)
+    return gate_mlp * ff_hidden + hidden_states
+
+
+def fuse_block_norms(denoiser: nn.Module) -> int:
+    """Give every eligible block of ``denoiser`` ``fused_block_forward``; returns how many
+    (0 when the layers are not quantized the way the fused kernel needs: nothing changes)."""
+    count = 0
+    for module in denoiser.modules():
+        if getattr(module, _FUSED, False) or not _eligible(module):
+            continue
+        module.forward = types.MethodType(fused_block_forward, module)
+        setattr(module, _FUSED, True)
+        count += 1
+    return count
+
+
+def unfuse_block_norms(denoiser: nn.Module) -> int:
+    """Undo ``fuse_block_norms`` (diffusers' forward again); returns how many blocks."""
+    count = 0
+    for module in denoiser.modules():
+        if getattr(module, _FUSED, False):
+            del module.forward
+            delattr(module, _FUSED)
+            count += 1
+    return count
