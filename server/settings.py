@@ -56,6 +56,11 @@ class Settings(BaseSettings):
     # by the host launching its small kernels); true: CUDA only, refused on CPU.
     cuda_graphs: Literal["auto"] | bool = "auto"
     cuda_graphs_max: int = Field(default=64, ge=1)
+    # One to_qkv projection (one activation quantization, one GEMM) instead of to_q, to_k and
+    # to_v in every denoiser that diffusers can fuse, for every precision served (fp too).
+    # auto: on CUDA devices (what `trdq bench` measures), off on CPU, where the zoo's shipped
+    # calibrations are of the unfused layers (fused, a model calibrates once at start-up).
+    fuse_qkv: Literal["auto"] | bool = "auto"
     # Self-attention kernel of the quantized denoisers (the fp precision keeps SDPA): sdpa
     # (PyTorch's, cuDNN on Hopper), fa3 (FlashAttention-3 bf16), fp8 (FA3 e4m3 with K/V
     # smoothing), fp8-long (fp8 on self-attention over >= 2048 tokens, sdpa on shorter ones);
@@ -152,9 +157,9 @@ class Settings(BaseSettings):
             return value
         raise ValueError("must be auto, cpu, cuda or cuda:N")
 
-    @field_validator("cuda_graphs", mode="before")
+    @field_validator("cuda_graphs", "fuse_qkv", mode="before")
     @classmethod
-    def _parse_cuda_graphs(cls, value):
+    def _parse_auto_or_flag(cls, value):
         if not isinstance(value, str):
             return value
         word = value.strip().lower()

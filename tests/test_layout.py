@@ -57,7 +57,7 @@ def test_the_check_sees_an_import_of_the_tools(tmp_path):
     sample = ROOT / "trdq" / "cli.py"  # the dispatcher names the tools only as strings
     assert _tool_imports(sample) == []
     probe = tmp_path / "probe.py"
-    probe.write_text("from trdq.tools.bench_variants import fuse_qkv\nfrom trdq import tools\n")
+    probe.write_text("from trdq.tools.bench_variants import apply_torchao\nfrom trdq import tools\n")
     assert len(_tool_imports(probe, tmp_path)) == 2
 
 

@@ -134,6 +134,7 @@ def load_models(
             continue
         base = load_pipeline(model_name, device=device, dtype=dtype)
         task = pipeline_task(base)
+        fused_qkv = _fuse_qkv(base, settings.fuse_qkv, device)
         _quantize_text_encoder(base, settings.text_encoder_quant)
         # every variant's denoiser is copied before any is quantized or profiled: the hooks
         # those attach (and their handles) are not copyable
@@ -144,6 +145,7 @@ def load_models(
         for quant, pipe in pipes.items():
             model = _make_served(model_name, task, quant, pipe, metrics)
             model.info["text_encoder_quant"] = settings.text_encoder_quant
+            model.info["fused_qkv_modules"] = fused_qkv
             if quant != "fp":
                 _quantize(model, settings, metrics)
                 _set_attention(model, settings.attention, device)
@@ -176,6 +178,18 @@ def served_dtype(setting: str, device: torch.device) -> torch.dtype:
             "there and usually much slower than float32"
         )
     return dtype
+
+
+def _fuse_qkv(pipe, setting: str | bool, device: torch.device) -> int:
+    """diffusers' fused q/k/v projections in the denoiser (TRDQ_FUSE_QKV; auto: on CUDA),
+    before any variant is copied or quantized; returns the attention modules fused."""
+    if not (device.type == "cuda" if setting == "auto" else setting):
+        return 0
+    from trdq.integrations.diffusers import fuse_qkv_projections
+
+    fused = fuse_qkv_projections(pipe.transformer)
+    logger.info("fused the q/k/v projections of %d attention modules", fused)
+    return fused
 
 
 def _quantize_text_encoder(pipe, quant: str) -> None:

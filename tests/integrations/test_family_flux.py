@@ -98,7 +98,7 @@ def test_local_folder_round_trip_and_generation(flux, tmp_path):
 def test_fused_projections_drop_every_unfused_copy():
     """The bench's fused Q/K/V on FLUX (``to_qkv`` and the text stream's ``to_added_qkv``)
     keeps the output and leaves no idle linear for calibration."""
-    from trdq.tools.bench_variants import fuse_qkv
+    from trdq.integrations.diffusers import fuse_qkv_projections as fuse_qkv
 
     pipe = tiny_flux_pipeline()
     before = capture_denoiser_calls(pipe, steps=1, guidance=GUIDANCE, **IMAGE_CALL)[0]

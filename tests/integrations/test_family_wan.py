@@ -90,7 +90,7 @@ def test_local_folder_round_trip_and_generation(wan, tmp_path):
 def test_fused_projections_leave_no_idle_layer_and_idle_layers_are_named():
     """The bench's fused Q/K/V on Wan drops the unfused copies (calibration then runs); a
     linear that never runs during calibration is refused by name, not with an empty search."""
-    from trdq.tools.bench_variants import fuse_qkv
+    from trdq.integrations.diffusers import fuse_qkv_projections as fuse_qkv
 
     pipe = tiny_wan_pipeline()
     assert fuse_qkv(pipe.transformer) == 4

@@ -42,6 +42,7 @@ __all__ = [
     "architecture_of",
     "find_denoiser",
     "fuse_gelu_into_linears",
+    "fuse_qkv_projections",
     "rotation_block_for",
     "select_layers",
     "set_submodule",
@@ -230,3 +231,34 @@ class CfgSplitForward:
             first.sample = torch.cat((first.sample, second.sample))
             return first
         return (torch.cat((first[0], second[0])),) + tuple(first[1:])
+
+
+def fuse_qkv_projections(transformer: nn.Module) -> int:
+    """diffusers' fused projections (one ``to_qkv`` GEMM for self-attention, one ``to_kv``
+    for cross-attention, FLUX's ``to_added_qkv`` for the text stream), with the unfused
+    copies dropped so weight bytes stay honest and calibration sees no idle layers.
+    One activation read and quantization, and one larger GEMM, instead of three. Exact
+    (the weights are concatenated), but it renames layers, so a calibration of the unfused
+    model does not apply (its fingerprint differs). Returns the attention modules fused
+    (0 for a denoiser diffusers cannot fuse). Used by the server (``TRDQ_FUSE_QKV``) and
+    by every ``trdq bench`` row."""
+    from diffusers.models.attention import AttentionModuleMixin
+    from diffusers.models.attention_processor import Attention
+
+    if not hasattr(transformer, "fuse_qkv_projections"):
+        return 0
+    transformer.fuse_qkv_projections()
+    count = 0
+    for module in transformer.modules():
+        if not isinstance(module, (Attention, AttentionModuleMixin)):
+            continue
+        if not getattr(module, "fused_projections", False):
+            continue
+        names = ["to_k", "to_v"] if getattr(module, "is_cross_attention", False) else ["to_q", "to_k", "to_v"]
+        if getattr(module, "to_added_qkv", None) is not None:
+            names += ["add_q_proj", "add_k_proj", "add_v_proj"]
+        for name in names:
+            setattr(module, name, None)
+        count += 1
+    transformer.original_attn_processors = None
+    return count

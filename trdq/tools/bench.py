@@ -54,6 +54,7 @@ import torch
 import torch._inductor.config as inductor_config
 
 from trdq.kernels import cpu_int8, cpu_native
+from trdq.integrations.diffusers import fuse_qkv_projections
 from trdq.nn.attention import set_attention_backend, split_attention_suffix
 from trdq.runtime.compile import (
     compile_denoiser,
@@ -70,7 +71,6 @@ from trdq.tools.bench_report import render_markdown, write_outputs
 from trdq.tools.bench_variants import (
     apply_fp8_swap,
     apply_torchao,
-    fuse_qkv,
     profile_step,
 )
 
@@ -227,7 +227,7 @@ class _Runner:
         self.base = self.pipe.transformer.to("cpu")
         self.pipe.transformer = None
         if args.fuse_qkv:
-            self.fused_attention = fuse_qkv(self.base)
+            self.fused_attention = fuse_qkv_projections(self.base)
         self.results: list[BenchResult] = []
         self.details: dict[str, Any] = {
             "rows": {},

@@ -17,7 +17,6 @@ import torch
 __all__ = [
     "apply_fp8_swap",
     "apply_torchao",
-    "fuse_qkv",
     "profile_step",
 ]
 
@@ -88,33 +87,6 @@ def apply_fp8_swap(transformer: torch.nn.Module) -> int:
         parent = transformer.get_submodule(parent_name)
         setattr(parent, child, Fp8SwapLinear(getattr(parent, child)))
     return len(names)
-
-
-def fuse_qkv(transformer: torch.nn.Module) -> int:
-    """diffusers' fused projections (one ``to_qkv`` GEMM for self-attention, one ``to_kv``
-    for cross-attention, FLUX's ``to_added_qkv`` for the text stream), with the unfused
-    copies dropped so weight bytes stay honest and calibration sees no idle layers.
-    Applied to every row alike: one activation read and quantization instead of three."""
-    from diffusers.models.attention import AttentionModuleMixin
-    from diffusers.models.attention_processor import Attention
-
-    if not hasattr(transformer, "fuse_qkv_projections"):
-        return 0
-    transformer.fuse_qkv_projections()
-    count = 0
-    for module in transformer.modules():
-        if not isinstance(module, (Attention, AttentionModuleMixin)):
-            continue
-        if not getattr(module, "fused_projections", False):
-            continue
-        names = ["to_k", "to_v"] if getattr(module, "is_cross_attention", False) else ["to_q", "to_k", "to_v"]
-        if getattr(module, "to_added_qkv", None) is not None:
-            names += ["add_q_proj", "add_k_proj", "add_v_proj"]
-        for name in names:
-            setattr(module, name, None)
-        count += 1
-    transformer.original_attn_processors = None
-    return count
 
 
 #: inductor's generated pointwise / reduction / persistent-reduction kernels: named after
