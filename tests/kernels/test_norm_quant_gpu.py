@@ -11,6 +11,7 @@ import torch
 
 from tests.helpers.quant import fast, run_image
 from trdq import api
+from trdq.integrations.diffusers import fuse_qkv_projections
 from trdq.kernels import triton_norm_quant as nq
 from trdq.nn.fused_block import fuse_block_norms
 from trdq.primitives import psnr_db
@@ -37,15 +38,18 @@ def test_kernel_codes_match_reference(with_branch, with_gate, rows, dim):
     residual, codes = nq.add_norm_modulate_quant_triton(x, branch, gate, shift, scale, inverse, 1e-6)
     ref_residual, ref_codes = nq.add_norm_modulate_quant_reference(
         x, branch, gate, shift, scale, inverse, 1e-6)
-    assert torch.equal(residual, ref_residual)
+    assert torch.equal(residual, ref_residual)  # both empty without a branch
     # float32 sums in another order: a code may round the other way at a boundary
     step = (codes.float() - ref_codes.float()).abs() / ref_codes.float().abs().clamp_min(2**-6)
     assert step.max() <= 0.125 and (codes.float() != ref_codes.float()).float().mean() < 0.01
 
 
 @pytest.mark.parametrize("compiled", [False, True])
-def test_fused_pixart_blocks_match_unfused_on_cuda_fp8(compiled):
+@pytest.mark.parametrize("fuse_qkv", [False, True])
+def test_fused_pixart_blocks_match_unfused_on_cuda_fp8(compiled, fuse_qkv):
     pipe = tiny_pixart_pipeline().to("cuda", torch.bfloat16)
+    if fuse_qkv:  # the self-attention's entry is fused too
+        fuse_qkv_projections(pipe.transformer)
     report = api.quantize(pipe, fast("fp8-norot"), progress=False, calibration_prompts=TINY_PROMPTS,
                           backend="cuda_fp8")
     assert report.backend == "cuda_fp8"

@@ -429,6 +429,8 @@ def test_add_norm_modulate_quant_kernel_matches_reference(with_branch, with_gate
         x, branch, gate, shift, scale, inverse, 1e-6, out_dtype=torch.float32)
     step = ref_residual.float().abs() * 2**-7
     assert ((residual.float() - ref_residual.float()).abs() <= step).all()
+    assert residual.numel() == (x.numel() if with_branch else 0)  # x itself: not written
     _, ref_values = nq.add_norm_modulate_quant_reference(
-        residual, None, None, shift, scale, inverse, 1e-6, out_dtype=torch.float32)
+        residual if with_branch else x, None, None, shift, scale, inverse, 1e-6,
+        out_dtype=torch.float32)
     torch.testing.assert_close(values, ref_values, rtol=1e-4, atol=1e-3)

@@ -15,7 +15,9 @@ import torch
 
 from tests.helpers.quant import fast, run_image, run_video
 from trdq import api
+from trdq.integrations.diffusers import fuse_qkv_projections
 from trdq.kernels import triton_norm_quant as nq
+from trdq.nn import fused_block
 from trdq.nn.fused_block import fuse_block_norms, unfuse_block_norms
 from trdq.primitives import psnr_db
 from trdq.testing.tiny import TINY_PROMPTS, tiny_latte_pipeline, tiny_pixart_pipeline
@@ -59,25 +61,37 @@ def test_operator_checks_shapes_and_runs_the_reference_on_cpu():
         nq.add_norm_modulate_quant(x, None, gate, shift, scale, inverse, 1e-6)
 
 
-def _quantized(pipe_factory, preset="fp8-norot"):
+def _quantized(pipe_factory, preset="fp8-norot", fuse_qkv=False):
     pipe = pipe_factory()
+    if fuse_qkv:
+        assert fuse_qkv_projections(pipe.transformer) > 0
     api.quantize(pipe, fast(preset), progress=False, calibration_prompts=TINY_PROMPTS)
     return pipe
 
 
-@pytest.mark.parametrize("family", ["pixart", "latte"])
-def test_fused_blocks_match_diffusers_forward(family):
+# diffusers cannot fuse Latte's projections (no fuse_qkv_projections on its model)
+@pytest.mark.parametrize("family,fuse_qkv", [("pixart", False), ("pixart", True), ("latte", False)])
+def test_fused_blocks_match_diffusers_forward(family, fuse_qkv, monkeypatch):
     """PixArt (cross-attention before the feed-forward) and Latte (its temporal blocks have
     none: the gated self-attention output is the branch) give the same samples fused and
-    unfused, and unfusing restores diffusers' forward exactly."""
+    unfused, and unfusing restores diffusers' forward exactly. With one quantized
+    ``to_qkv`` the self-attention's entry is fused too (one kernel call more per block)."""
     factory, run = ((tiny_pixart_pipeline, run_image) if family == "pixart"
                     else (tiny_latte_pipeline, run_video))
-    pipe = _quantized(factory)
+    pipe = _quantized(factory, fuse_qkv=fuse_qkv)
     unfused = run(pipe, TINY_PROMPTS[:2], steps=3)
     blocks = fuse_block_norms(pipe.transformer)
     assert blocks == sum(1 for _ in _basic_blocks(pipe.transformer)) > 0
+    calls = []
+    real = fused_block.add_norm_modulate_quant
+    monkeypatch.setattr(fused_block, "add_norm_modulate_quant",
+                        lambda *a: (calls.append(a[1] is None), real(*a))[1])
     fused = run(pipe, TINY_PROMPTS[:2], steps=3)
     assert psnr_db(unfused, fused) > 35.0
+    # per block and step (3, both CFG halves in one call): the feed-forward's entry, and
+    # the self-attention's where its projections are one quantized to_qkv
+    assert calls.count(False) == blocks * 3
+    assert calls.count(True) == (blocks * 3 if fuse_qkv else 0)
     assert unfuse_block_norms(pipe.transformer) == blocks
     assert torch.equal(run(pipe, TINY_PROMPTS[:2], steps=3), unfused)
 

@@ -86,7 +86,13 @@ def add_norm_modulate_quant_reference(
     )
     v = y.reshape(batch * tokens, dim) * inverse_row_scale.float().reshape(-1, 1)
     q = torch.clamp(v, -E4M3_MAX, E4M3_MAX).to(out_dtype)
-    return (h if branch is not None else h.clone()), q
+    return (h if branch is not None else _no_residual(x)), q
+
+
+def _no_residual(x: torch.Tensor) -> torch.Tensor:
+    """What the op returns for the residual when there is no branch: the residual is x
+    itself, which an operator may not return (its outputs must be new tensors)."""
+    return x.new_empty(0)
 
 
 if TRITON_AVAILABLE:
@@ -140,7 +146,7 @@ def add_norm_modulate_quant_triton(
     batch, tokens, dim = _check(x, branch, gate, shift, scale, inverse_row_scale)
     x = x.contiguous()
     rows = batch * tokens
-    residual = torch.empty_like(x) if branch is not None else x
+    residual = torch.empty_like(x) if branch is not None else _no_residual(x)
     q = torch.empty(rows, dim, device=x.device, dtype=out_dtype)
     dummy = x  # an unread pointer where an optional input is absent
     with TRITON_LAUNCH_LOCK:
@@ -151,7 +157,7 @@ def add_norm_modulate_quant_triton(
             shift.contiguous(),
             scale.contiguous(),
             inverse_row_scale.float().contiguous(),
-            residual,
+            residual if branch is not None else dummy,
             q,
             tokens,
             dim,
@@ -162,7 +168,7 @@ def add_norm_modulate_quant_triton(
             E4M3=E4M3_MAX,
             num_warps=4 if dim <= 2048 else 8,
         )
-    return (residual if branch is not None else x.clone()), q
+    return residual, q
 
 
 def _add_norm_modulate_quant(
@@ -181,7 +187,8 @@ def _add_norm_modulate_quant(
 
 def _add_norm_modulate_quant_fake(x, branch, gate, shift, scale, inverse_row_scale, eps):
     rows = x.shape[0] * x.shape[1]
-    return x.new_empty(x.shape), x.new_empty((rows, x.shape[2]), dtype=torch.float8_e4m3fn)
+    residual = x.new_empty(x.shape) if branch is not None else _no_residual(x)
+    return residual, x.new_empty((rows, x.shape[2]), dtype=torch.float8_e4m3fn)
 
 
 _add_norm_modulate_quant_op = define_op(
@@ -201,5 +208,5 @@ def add_norm_modulate_quant(
     """``(residual [B, T, D], codes [B*T, D] e4m3)`` of ``x + gate * branch`` normalized,
     modulated and quantized (the module docstring): the Triton kernel on CUDA, the
     reference elsewhere, one opaque operator to torch.compile. Without ``branch`` the
-    residual is a copy of ``x``."""
+    residual is ``x`` itself and the returned one is empty (nothing is written)."""
     return _add_norm_modulate_quant_op(x, branch, gate, shift, scale, inverse_row_scale, eps)

@@ -40,10 +40,12 @@ __all__ = [
     "FP8_MIN_TOKENS",
     "AttentionReport",
     "KernelAttnProcessor",
+    "attend_projected",
     "dispatching_processor",
     "fp8_long_attention",
     "install_attention_kernel",
     "kernel_dispatch",
+    "projected_attention_kernel",
     "resolve_attention_backend",
     "set_attention_backend",
     "split_attention_suffix",
@@ -136,18 +138,41 @@ class KernelAttnProcessor:
             return self.fallback(
                 attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs
             )
-        batch, tokens, _ = hidden_states.shape
         if getattr(attn, "fused_projections", False) and getattr(attn, "to_qkv", None) is not None:
             query, key, value = attn.to_qkv(hidden_states).chunk(3, dim=-1)
         else:
             query = attn.to_q(hidden_states)
             key, value = attn.to_k(hidden_states), attn.to_v(hidden_states)
-        head_dim = query.shape[-1] // attn.heads
-        shape = (batch, tokens, attn.heads, head_dim)
-        out = self.kernel(query.view(shape), key.view(shape), value.view(shape))
-        out = out.reshape(batch, tokens, attn.heads * head_dim).to(query.dtype)
-        out = attn.to_out[0](out)
-        return attn.to_out[1](out)
+        return attend_projected(attn, query, key, value, self.kernel)
+
+
+def attend_projected(attn, query, key, value, kernel: AttentionKernel) -> torch.Tensor:
+    """Self-attention of module ``attn`` from its projections (``[B, T, heads x head_dim]``
+    each) through ``kernel``, then its output projection: what ``KernelAttnProcessor``
+    runs after ``to_q``/``to_k``/``to_v``, for callers that projected themselves
+    (``trdq.nn.fused_block``)."""
+    batch, tokens, width = query.shape
+    head_dim = width // attn.heads
+    shape = (batch, tokens, attn.heads, head_dim)
+    out = kernel(query.view(shape), key.view(shape), value.view(shape))
+    out = out.reshape(batch, tokens, attn.heads * head_dim).to(query.dtype)
+    out = attn.to_out[0](out)
+    return attn.to_out[1](out)
+
+
+def projected_attention_kernel(attn) -> AttentionKernel | None:
+    """The kernel ``attn``'s self-attention runs through when its processor is
+    ``KernelAttnProcessor`` or diffusers' plain SDPA one (and nothing else happens inside
+    the module: ``_ineligible``), else None: a caller that projected q/k/v itself may then
+    call ``attend_projected`` with it."""
+    if _ineligible(attn) is not None:
+        return None
+    processor = attn.processor
+    if isinstance(processor, KernelAttnProcessor):
+        return processor.kernel
+    if type(processor).__name__ in ("AttnProcessor2_0", "FusedAttnProcessor2_0"):
+        return fa3.sdpa_attention
+    return None
 
 
 #: the processors whose ``__call__`` ends in diffusers' ``dispatch_attention_fn``

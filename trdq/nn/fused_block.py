@@ -1,4 +1,4 @@
-"""A fused feed-forward entry for PixArt/Latte blocks: ``fuse_block_norms``.
+"""Fused LayerNorm entries for PixArt/Latte blocks: ``fuse_block_norms``.
 
 diffusers' ``BasicTransformerBlock`` with ``norm_type="ada_norm_single"`` (PixArt-alpha,
 Latte) computes, before its feed-forward,
@@ -12,6 +12,11 @@ so all of it is one pass over the rows: ``trdq.kernels.triton_norm_quant`` write
 residual and the codes, and the projection runs its GEMM on them
 (``QuantLinear.forward_quantized``). Inductor's kernel for the same fusion reads each row
 twice and is bound by its arithmetic (the measurements are in that module's docstring).
+
+The self-attention's entry, ``LayerNorm(h) * (1 + scale_msa) + shift_msa`` quantized for
+``attn1.to_qkv``, is the same kernel without a residual, where ``attn1`` has one fused,
+quantized ``to_qkv`` (``TRDQ_FUSE_QKV``, every bench row) and attends through diffusers'
+SDPA processor or ours (``trdq.nn.attention.attend_projected``); otherwise diffusers' path.
 
 ``fuse_block_norms`` gives each eligible block this forward (the instance's ``forward``;
 module names, parameters and state dicts are unchanged) and returns how many it changed.
@@ -30,6 +35,7 @@ import torch
 from torch import nn
 
 from trdq.kernels.triton_norm_quant import add_norm_modulate_quant
+from trdq.nn.attention import attend_projected, projected_attention_kernel
 from trdq.nn.quant_linear import QuantLinear
 
 __all__ = ["fuse_block_norms", "fused_block_forward", "unfuse_block_norms"]
@@ -80,9 +86,7 @@ def fused_block_forward(
         self.scale_shift_table[None] + timestep.reshape(batch, 6, -1)
     ).chunk(6, dim=1)
 
-    normed = self.norm1(hidden_states) * (1 + scale_msa) + shift_msa
-    attn_output = self.attn1(normed, encoder_hidden_states=None, attention_mask=attention_mask,
-                             **kwargs)
+    attn_output = _self_attention(self, hidden_states, shift_msa, scale_msa, attention_mask, kwargs)
     if self.attn2 is not None:
         hidden_states = gate_msa * attn_output + hidden_states
         # PixArt's cross-attention reads the residual stream itself (no norm2 before it)
@@ -103,6 +107,29 @@ def fused_block_forward(
     for module in self.ff.net[1:]:
         ff_hidden = module(ff_hidden)
     return gate_mlp * ff_hidden + hidden_states
+
+
+def _self_attention(block, hidden_states, shift, scale, attention_mask, kwargs) -> torch.Tensor:
+    """``attn1(LayerNorm(h) * (1 + scale) + shift)``. Where ``attn1`` projects with one
+    quantized ``to_qkv`` and attends through a known kernel, the LayerNorm, modulate and
+    quantizer run as one kernel (without a residual) and the projection on its codes;
+    otherwise as diffusers writes it."""
+    attn = block.attn1
+    qkv_layer = getattr(attn, "to_qkv", None)
+    kernel = None
+    if (attention_mask is None and not kwargs and isinstance(qkv_layer, QuantLinear)
+            and getattr(attn, "fused_projections", False)):
+        kernel = projected_attention_kernel(attn)
+    rows = hidden_states.shape[0] * hidden_states.shape[1]
+    row_scale = qkv_layer.producer_row_scale(rows) if kernel is not None else None
+    if row_scale is None:
+        normed = block.norm1(hidden_states) * (1 + scale) + shift
+        return attn(normed, encoder_hidden_states=None, attention_mask=attention_mask, **kwargs)
+    _, codes = add_norm_modulate_quant(hidden_states, None, None, shift, scale, 1.0 / row_scale,
+                                       block.norm1.eps)
+    qkv = qkv_layer.forward_quantized(codes, row_scale, tuple(hidden_states.shape[:-1]),
+                                      hidden_states.dtype)
+    return attend_projected(attn, *qkv.chunk(3, dim=-1), kernel)
 
 
 def fuse_block_norms(denoiser: nn.Module) -> int:

@@ -53,8 +53,8 @@ from typing import Any
 import torch
 import torch._inductor.config as inductor_config
 
-from trdq.kernels import cpu_int8, cpu_native
 from trdq.integrations.diffusers import fuse_qkv_projections
+from trdq.kernels import cpu_int8, cpu_native
 from trdq.nn.attention import set_attention_backend, split_attention_suffix
 from trdq.runtime.compile import (
     compile_denoiser,
