@@ -503,7 +503,10 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             "denoiser forward from CUDA graphs (one per timestep group; their peak includes "
             "the graphs' private pool)"
         ),
-        f"fused q/k/v projections in every row: {args.fuse_qkv}",
+        (f"fused q/k/v projections in every row: {runner.fused_attention} attention modules"
+         if runner.fused_attention else
+         "q/k/v projections unfused" + (" (diffusers cannot fuse this denoiser's)"
+                                        if args.fuse_qkv else "")),
         f"median of {args.runs} pipeline / {args.step_runs} step runs after warm-up",
         (
             f"TR-DQ rows: trdq.quantize backend={args.backend}, calibrated on "
