@@ -44,9 +44,21 @@ def test_kernel_codes_match_reference(with_branch, with_gate, rows, dim):
     assert step.max() <= 0.125 and (codes.float() != ref_codes.float()).float().mean() < 0.01
 
 
+@pytest.mark.parametrize("rows,cols", [(8192, 4608), (31, 1030)])
+def test_gelu_quant_codes_match_reference(rows, cols):
+    from trdq.kernels import triton_gelu_quant as gq
+
+    g = torch.Generator(device="cuda").manual_seed(rows)
+    x = (torch.randn(rows, cols, device="cuda", generator=g) * 3).to(torch.bfloat16)
+    inverse = torch.rand(rows, device="cuda", generator=g) * 40 + 10
+    codes, ref = gq.gelu_quant_triton(x, inverse).float(), gq.gelu_quant_reference(x, inverse).float()
+    assert ((codes - ref).abs() / ref.abs().clamp_min(2**-6)).max() <= 0.125
+    assert (codes != ref).float().mean() < 0.01
+
+
 @pytest.mark.parametrize("compiled", [False, True])
-@pytest.mark.parametrize("fuse_qkv", [False, True])
-def test_fused_pixart_blocks_match_unfused_on_cuda_fp8(compiled, fuse_qkv):
+@pytest.mark.parametrize("fuse_qkv,gelu", [(False, False), (True, False), (True, True)])
+def test_fused_pixart_blocks_match_unfused_on_cuda_fp8(compiled, fuse_qkv, gelu):
     pipe = tiny_pixart_pipeline().to("cuda", torch.bfloat16)
     if fuse_qkv:  # the self-attention's entry is fused too
         fuse_qkv_projections(pipe.transformer)
@@ -54,7 +66,7 @@ def test_fused_pixart_blocks_match_unfused_on_cuda_fp8(compiled, fuse_qkv):
                           backend="cuda_fp8")
     assert report.backend == "cuda_fp8"
     unfused = run_image(pipe, TINY_PROMPTS[:2], steps=3)
-    assert fuse_block_norms(pipe.transformer) > 0
+    assert fuse_block_norms(pipe.transformer, gelu=gelu) > 0
     if compiled:
         pipe.transformer.compile()
     fused = run_image(pipe, TINY_PROMPTS[:2], steps=3)

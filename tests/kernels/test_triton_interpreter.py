@@ -434,3 +434,17 @@ def test_add_norm_modulate_quant_kernel_matches_reference(with_branch, with_gate
         residual if with_branch else x, None, None, shift, scale, inverse, 1e-6,
         out_dtype=torch.float32)
     torch.testing.assert_close(values, ref_values, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("rows,cols", [(3, 96), (2, 4608), (5, 1030)])  # 1030: a masked slice
+def test_gelu_quant_kernel_matches_reference(rows, cols):
+    """The fused feed-forward's GELU + quantizer (sigmoid form) against torch's tanh GELU,
+    values before the e4m3 cast."""
+    from trdq.kernels import triton_gelu_quant as gq
+
+    g = torch.Generator().manual_seed(cols)
+    x = (torch.randn(rows, cols, generator=g) * 3).to(torch.bfloat16)
+    inverse = torch.rand(rows, generator=g) * 40 + 10
+    values = gq.gelu_quant_triton(x, inverse, out_dtype=torch.float32)
+    torch.testing.assert_close(values, gq.gelu_quant_reference(x, inverse, out_dtype=torch.float32),
+                               rtol=1e-5, atol=1e-4)

@@ -70,8 +70,11 @@ def _quantized(pipe_factory, preset="fp8-norot", fuse_qkv=False):
 
 
 # diffusers cannot fuse Latte's projections (no fuse_qkv_projections on its model)
-@pytest.mark.parametrize("family,fuse_qkv", [("pixart", False), ("pixart", True), ("latte", False)])
-def test_fused_blocks_match_diffusers_forward(family, fuse_qkv, monkeypatch):
+@pytest.mark.parametrize("family,fuse_qkv,gelu", [
+    ("pixart", False, False), ("pixart", True, False), ("pixart", True, True),
+    ("latte", False, False), ("latte", False, True),
+])
+def test_fused_blocks_match_diffusers_forward(family, fuse_qkv, gelu, monkeypatch):
     """PixArt (cross-attention before the feed-forward) and Latte (its temporal blocks have
     none: the gated self-attention output is the branch) give the same samples fused and
     unfused, and unfusing restores diffusers' forward exactly. With one quantized
@@ -80,18 +83,21 @@ def test_fused_blocks_match_diffusers_forward(family, fuse_qkv, monkeypatch):
                     else (tiny_latte_pipeline, run_video))
     pipe = _quantized(factory, fuse_qkv=fuse_qkv)
     unfused = run(pipe, TINY_PROMPTS[:2], steps=3)
-    blocks = fuse_block_norms(pipe.transformer)
+    blocks = fuse_block_norms(pipe.transformer, gelu=gelu)
     assert blocks == sum(1 for _ in _basic_blocks(pipe.transformer)) > 0
-    calls = []
-    real = fused_block.add_norm_modulate_quant
+    calls, gelu_calls = [], []
+    real, real_gelu = fused_block.add_norm_modulate_quant, fused_block.gelu_quant
     monkeypatch.setattr(fused_block, "add_norm_modulate_quant",
                         lambda *a: (calls.append(a[1] is None), real(*a))[1])
+    monkeypatch.setattr(fused_block, "gelu_quant",
+                        lambda *a: (gelu_calls.append(1), real_gelu(*a))[1])
     fused = run(pipe, TINY_PROMPTS[:2], steps=3)
     assert psnr_db(unfused, fused) > 35.0
     # per block and step (3, both CFG halves in one call): the feed-forward's entry, and
     # the self-attention's where its projections are one quantized to_qkv
     assert calls.count(False) == blocks * 3
     assert calls.count(True) == (blocks * 3 if fuse_qkv else 0)
+    assert len(gelu_calls) == (blocks * 3 if gelu else 0)
     assert unfuse_block_norms(pipe.transformer) == blocks
     assert torch.equal(run(pipe, TINY_PROMPTS[:2], steps=3), unfused)
 

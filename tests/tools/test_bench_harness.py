@@ -200,12 +200,14 @@ def test_bench_fusednorm_row_fuses_the_quantized_blocks(tmp_path):
     """`+fusednorm` gives the quantized denoiser's blocks the fused feed-forward entry; a
     row whose blocks cannot take it fails with the reason."""
     out = tmp_path / "b.json"
-    rc = _bench_cpu(out, "fp8-norot-eager+fusednorm,bf16-eager+fusednorm", "--no-markdown",
+    rc = _bench_cpu(out, "fp8-norot-eager+fusednorm,fp8-norot-eager+fusedff,bf16-eager+fusednorm",
+                    "--no-markdown",
                     "--runs", "1", "--step-runs", "1", "--warmup", "0", "--scopes",
                     "denoiser_step", "--cache-dir", str(tmp_path / "cache"))
     assert rc == 0  # a failed row is reported in the details; the run goes on
     details = json.loads((tmp_path / "b.json.details.json").read_text())
     assert details["rows"]["fp8-norot-eager+fusednorm"]["fused_norm_blocks"] > 0
+    assert details["rows"]["fp8-norot-eager+fusedff"]["fused_norm_blocks"] > 0
     assert "no block of this denoiser can be fused" in details["errors"]["bf16-eager+fusednorm"]
 
 

@@ -18,6 +18,10 @@ The self-attention's entry, ``LayerNorm(h) * (1 + scale_msa) + shift_msa`` quant
 quantized ``to_qkv`` (``TRDQ_FUSE_QKV``, every bench row) and attends through diffusers'
 SDPA processor or ours (``trdq.nn.attention.attend_projected``); otherwise diffusers' path.
 
+With ``gelu=True`` the feed-forward's middle is one kernel too: ``ff.net[0].proj``'s GEMM
+writes bf16, ``trdq.kernels.triton_gelu_quant`` applies GELU and ``ff.net[2]``'s quantizer,
+and that GEMM runs on the codes.
+
 ``fuse_block_norms`` gives each eligible block this forward (the instance's ``forward``;
 module names, parameters and state dicts are unchanged) and returns how many it changed.
 Eligible: ``ada_norm_single``, no positional embedding inside the block, no GLIGEN fuser,
@@ -34,6 +38,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from trdq.kernels.triton_gelu_quant import gelu_quant
 from trdq.kernels.triton_norm_quant import add_norm_modulate_quant
 from trdq.nn.attention import attend_projected, projected_attention_kernel
 from trdq.nn.quant_linear import QuantLinear
@@ -42,6 +47,8 @@ __all__ = ["fuse_block_norms", "fused_block_forward", "unfuse_block_norms"]
 
 #: instance attribute that marks a fused block (its forward is ``fused_block_forward``)
 _FUSED = "_trdq_fused_norm"
+#: instance attribute: the fused block also runs GELU + quantizer as one kernel
+_FUSED_GELU = "_trdq_fused_gelu"
 
 
 def _eligible(block: nn.Module) -> bool:
@@ -101,12 +108,36 @@ def fused_block_forward(
     hidden_states, codes = add_norm_modulate_quant(
         hidden_states, branch, gate, shift_mlp, scale_mlp, 1.0 / row_scale, self.norm2.eps
     )
-    ff_hidden = proj.forward_quantized(codes, row_scale, tuple(hidden_states.shape[:-1]),
-                                       hidden_states.dtype)
-    ff_hidden = self.ff.net[0].gelu(ff_hidden)
-    for module in self.ff.net[1:]:
-        ff_hidden = module(ff_hidden)
-    return gate_mlp * ff_hidden + hidden_states
+    lead, dtype = tuple(hidden_states.shape[:-1]), hidden_states.dtype
+    out_layer = _gelu_consumer(self) if getattr(self, _FUSED_GELU, False) else None
+    if out_layer is not None:
+        # GELU (moved into proj's output_activation or not) and out_layer's quantizer in
+        # one kernel between the two GEMMs
+        hidden = proj.forward_quantized(codes, row_scale, (rows,), dtype, activation=False)
+        out_scale = out_layer.producer_row_scale(rows)
+        ff_output = out_layer.forward_quantized(gelu_quant(hidden, 1.0 / out_scale), out_scale,
+                                                lead, dtype)
+    else:
+        ff_output = self.ff.net[0].gelu(proj.forward_quantized(codes, row_scale, lead, dtype))
+        for module in self.ff.net[1:]:
+            ff_output = module(ff_output)
+    return gate_mlp * ff_output + hidden_states
+
+
+def _gelu_consumer(block: nn.Module) -> QuantLinear | None:
+    """``ff.net[2]`` where the feed-forward is GELU -> dropout (inactive) -> that quantized
+    linear with a producer-computable scale, so ``gelu_quant`` can feed it; else None."""
+    net = block.ff.net
+    first, out_layer = net[0], net[2] if len(net) > 2 else None
+    if not isinstance(out_layer, QuantLinear):
+        return None
+    if first.proj.output_activation not in ("", "gelu_tanh"):  # fuse_gelu_into_linears' name
+        return None
+    if getattr(first, "approximate", "") != "tanh" or block.training:
+        return None
+    if not all(isinstance(m, nn.Dropout) for i, m in enumerate(net) if i not in (0, 2)):
+        return None
+    return out_layer if out_layer.producer_row_scale(2) is not None else None
 
 
 def _self_attention(block, hidden_states, shift, scale, attention_mask, kwargs) -> torch.Tensor:
@@ -132,15 +163,18 @@ def _self_attention(block, hidden_states, shift, scale, attention_mask, kwargs) 
     return attend_projected(attn, *qkv.chunk(3, dim=-1), kernel)
 
 
-def fuse_block_norms(denoiser: nn.Module) -> int:
+def fuse_block_norms(denoiser: nn.Module, gelu: bool = False) -> int:
     """Give every eligible block of ``denoiser`` ``fused_block_forward``; returns how many
-    (0 when the layers are not quantized the way the fused kernel needs: nothing changes)."""
+    (0 when the layers are not quantized the way the fused kernel needs: nothing changes).
+    ``gelu``: also run the feed-forward's GELU and its second linear's quantizer as one
+    kernel (``trdq.kernels.triton_gelu_quant``) where that linear allows it."""
     count = 0
     for module in denoiser.modules():
         if getattr(module, _FUSED, False) or not _eligible(module):
             continue
         module.forward = types.MethodType(fused_block_forward, module)
         setattr(module, _FUSED, True)
+        setattr(module, _FUSED_GELU, gelu and _gelu_consumer(module) is not None)
         count += 1
     return count
 
@@ -152,5 +186,6 @@ def unfuse_block_norms(denoiser: nn.Module) -> int:
         if getattr(module, _FUSED, False):
             del module.forward
             delattr(module, _FUSED)
+            delattr(module, _FUSED_GELU)
             count += 1
     return count

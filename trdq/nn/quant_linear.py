@@ -268,15 +268,17 @@ class QuantLinear(nn.Module):
         return self._per_row(self.act_scale_by_group, rows, split).float().clamp_min(MIN_SCALE)
 
     def forward_quantized(
-        self, q: torch.Tensor, row_scale: torch.Tensor, lead: tuple[int, ...], dtype: torch.dtype
+        self, q: torch.Tensor, row_scale: torch.Tensor, lead: tuple[int, ...], dtype: torch.dtype,
+        activation: bool = True,
     ) -> torch.Tensor:
         """This layer on input its producer already quantized: ``q [M, K]`` e4m3 with
         ``row_scale [M]`` (``producer_row_scale``); ``lead`` and ``dtype`` are those the
         unquantized input would have had. The same GEMM ``forward`` runs after its own
-        quantizer (``scaled_mm_rowwise``), then ``output_activation``."""
+        quantizer (``scaled_mm_rowwise``), then ``output_activation`` unless ``activation``
+        is False (a consumer that applies it itself)."""
         weight, weight_scale = self.backend.unpack(self.packed)
         out = scaled_mm_rowwise(q, row_scale, weight, weight_scale, self.bias, dtype)
-        if self.output_activation:
+        if self.output_activation and activation:
             out = apply_output_activation(out, self.output_activation)
         return out.reshape(*lead, self.out_features)
 

@@ -31,7 +31,8 @@ FA3 in e4m3 / bf16, ``trdq.nn.attention``), ``+t5int8`` / ``+t5int4``, ``+vaetil
 ``+torchops`` (CPU), ``+t5compile`` (written last: the text encoders' layers compiled too),
 ``+multikernel`` (Inductor's ``triton.multi_kernel``, which also generates a persistent
 variant of each row reduction and keeps the faster) and ``+fusednorm`` (the blocks'
-feed-forward entry through ``trdq.nn.fused_block``) after all the others, in either order.
+LayerNorm entries through ``trdq.nn.fused_block``; ``+fusedff`` also its GELU kernel) after
+all the others, in any order.
 """
 
 from __future__ import annotations
@@ -91,6 +92,8 @@ MULTI_KERNEL = "+multikernel"
 #: row suffix, written last: ``fuse_block_norms`` on the quantized denoiser (PixArt/Latte
 #: blocks: residual add, LayerNorm, modulate and e4m3 quantizer in one kernel)
 FUSED_NORM = "+fusednorm"
+#: row suffix, written last: ``+fusednorm`` and the feed-forward's GELU + quantizer kernel
+FUSED_FF = "+fusedff"
 
 
 @dataclasses.dataclass
@@ -256,10 +259,11 @@ class _Runner:
         dtype = self._dtype_for(row)
         # taken off before the other suffixes ("+t5compile" is written last); the layers
         # are compiled after a "+t5int8"/"+t5int4" row has quantized its copy of the encoder
-        fused_norm = False
-        while row.endswith((MULTI_KERNEL, FUSED_NORM)):
-            if row.endswith(FUSED_NORM):
-                row, fused_norm = row.removesuffix(FUSED_NORM), True
+        fused_norm = fused_gelu = False
+        while row.endswith((MULTI_KERNEL, FUSED_NORM, FUSED_FF)):
+            if row.endswith((FUSED_NORM, FUSED_FF)):
+                fused_gelu = row.endswith(FUSED_FF)
+                row, fused_norm = row.rpartition("+")[0], True
                 continue
             row = row.removesuffix(MULTI_KERNEL)
             # read when each graph compiles (at its first call); _release sets it back
@@ -308,10 +312,11 @@ class _Runner:
         if fused_norm:
             from trdq.nn.fused_block import fuse_block_norms
 
-            info["fused_norm_blocks"] = fuse_block_norms(transformer)
+            info["fused_norm_blocks"] = fuse_block_norms(transformer, gelu=fused_gelu)
             if not info["fused_norm_blocks"]:
-                raise ValueError(f"{FUSED_NORM}: no block of this denoiser can be fused "
-                                 "(ada_norm_single blocks quantized with fp8-norot)")
+                raise ValueError(f"{FUSED_FF if fused_gelu else FUSED_NORM}: no block of this "
+                                 "denoiser can be fused (ada_norm_single blocks quantized "
+                                 "with fp8-norot)")
         if attention is not None:
             report = set_attention_backend(transformer, attention, self.device)
             info["attention"] = {"backend": report.backend, "modules": len(report.replaced)}
