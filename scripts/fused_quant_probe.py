@@ -84,55 +84,9 @@ def make(op: str, kind: str):
     return fn
 
 
-def _handwritten_kernel():
-    """A hand-written Triton kernel for ``ln-res`` + the e4m3 quantizer: each program holds
-    ROWS whole rows in registers (read once; mean and variance from the registers), writes
-    the new residual (bf16) and the codes. What Inductor's looped Welford kernels could be."""
-    import triton
-    import triton.language as tl
-
-    @triton.jit
-    def ln_res_quant(x_ptr, branch_ptr, gate_ptr, shift_ptr, scale_ptr, inv_ptr, res_ptr, q_ptr,
-                     M, N: tl.constexpr, BLOCK: tl.constexpr, ROWS: tl.constexpr,
-                     QUANT: tl.constexpr):
-        rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)[:, None]
-        cols = tl.arange(0, BLOCK)[None, :]
-        cmask = cols < N
-        mask = (rows < M) & cmask
-        offs = rows * N + cols
-        x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        b = tl.load(branch_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        g = tl.load(gate_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
-        h = x + g * b
-        tl.store(res_ptr + offs, h.to(tl.bfloat16), mask=mask)
-        mean = tl.sum(h, axis=1) / N
-        d = tl.where(mask, h - mean[:, None], 0.0)
-        rstd = tl.rsqrt(tl.sum(d * d, axis=1) / N + 1e-5)
-        sc = tl.load(scale_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
-        sh = tl.load(shift_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
-        y = d * rstd[:, None] * (1.0 + sc) + sh
-        if QUANT:
-            inv = tl.load(inv_ptr + rows, mask=rows < M, other=1.0)
-            v = tl.minimum(tl.maximum(y * inv, -448.0), 448.0)
-            tl.store(q_ptr + offs, v.to(tl.float8e4nv), mask=mask)
-        else:
-            tl.store(q_ptr + offs, y.to(tl.bfloat16), mask=mask)
-
-    def run(x, branch, gate, shift, scale, inverse_rows, quant: bool, rows_per_program: int):
-        m, n = x.shape
-        res = torch.empty_like(x)
-        q = torch.empty(m, n, device=x.device, dtype=torch.float8_e4m3fn if quant else x.dtype)
-        grid = (triton.cdiv(m, rows_per_program),)
-        ln_res_quant[grid](x, branch, gate, shift, scale, inverse_rows, res, q, m, n,
-                           BLOCK=triton.next_power_of_2(n), ROWS=rows_per_program, QUANT=quant,
-                           num_warps=8 if rows_per_program > 1 else 4)
-        return res, q
-
-    return run
-
-
 def main() -> None:
-    """PROBE_PARTS (comma list, default inductor,multikernel,handwritten) picks what runs,
+    """PROBE_PARTS (comma list, default inductor,multikernel,handwritten: the library's
+    kernels) picks what runs,
     PROBE_KINDS the quantizer variants of the inductor part; PROBE_CODE=1 also writes
     Inductor's code (code-*.py)."""
     import triton.testing
@@ -178,7 +132,7 @@ def main() -> None:
             if os.environ.get("PROBE_CODE") == "1" and kind in ("bf16", "div") and not multi_kernel:
                 with open(f"{out}/code-{tag}-{kind}.py", "w") as fh:
                     fh.write("\n\n#####\n\n".join(code))
-        if "handwritten" in parts and op == "ln-res":
+        if "handwritten" in parts:
             try:
                 handwritten(tag, op, x, shift, mod_scale, pair, group, record, results)
             except Exception as exc:  # noqa: BLE001 (a probe: report and go on)
@@ -187,23 +141,31 @@ def main() -> None:
 
 
 def handwritten(tag, op, x, shift, mod_scale, pair, group, record, results) -> None:
-    """The hand-written kernel against the eager quantizer (codes) and its times."""
-    rows = x.shape[0]
-    run = _handwritten_kernel()
-    branch = x.flip(0).contiguous()  # the bytes Inductor's variant reads (x and x.flip)
+    """The library's kernels for the same work (``trdq.kernels.triton_norm_quant``,
+    ``triton_gelu_quant``): codes against the eager quantizer, and their times. The rows
+    are two samples (the CFG halves), each with the modulation vectors given."""
+    from trdq.kernels.triton_gelu_quant import gelu_quant_triton
+    from trdq.kernels.triton_norm_quant import add_norm_modulate_quant_triton
+
+    rows, width = x.shape
     inverse_rows = 1.0 / rows_scale(pair, group, rows)
     ref = make(op, "pre_rows")(x, shift, mod_scale, rows_scale(pair, group, rows), group,
                                inverse_rows)
-    _, q = run(x, branch, mod_scale, shift, mod_scale, inverse_rows, True, 1)
+    if op == "gelu":
+        call = functools.partial(gelu_quant_triton, x, inverse_rows)
+    else:
+        per_sample = [v.expand(2, 1, width).contiguous() for v in (mod_scale, shift)]
+        x3 = x.view(2, rows // 2, width)
+        # ln-res: the residual is x + gate * x.flip(0) (the bytes Inductor's variant reads)
+        branch = x.flip(0).contiguous().view_as(x3) if op == "ln-res" else None
+        gate = per_sample[0] if op == "ln-res" else None
+        call = functools.partial(add_norm_modulate_quant_triton, x3, branch, gate,
+                                 per_sample[1], per_sample[0], inverse_rows, 1e-5)
+    out = call()
+    q = out if op == "gelu" else out[1]
     differ = q.float() != ref[0].float()  # eager rounds to bf16 between its ops
-    results[f"{tag} handwritten codes differing from eager"] = differ.float().mean().item()
-    results[f"{tag} handwritten max |code diff|"] = (q.float() - ref[0].float()).abs().max().item()
-    for quant in (False, True):
-        for rows_per_program in (1, 2, 4):
-            record(f"{tag} handwritten {'e4m3' if quant else 'bf16'} rows={rows_per_program}",
-                   functools.partial(run, x, branch, mod_scale, shift, mod_scale,
-                                     inverse_rows, quant, rows_per_program))
-
+    results[f"{tag} library kernel codes differing from eager"] = differ.float().mean().item()
+    record(f"{tag} {op} library kernel", call)
 
 if __name__ == "__main__":
     main()
