@@ -7,6 +7,7 @@
 # PRESET may name several bench presets, comma-separated: one `trdq bench` run each, in order.
 # QUANT: the eval stage's settings (default w8a8,w8a8+fp8attn,fp8-norot+fp8attn).
 # STAGES=probe runs scripts/fused_quant_probe.py (the fused e4m3 quantizer's cost).
+# Logs end up in $OUT/logs.txt (the device tool returns at most 8 files).
 # BENCH_ARGS goes to `trdq bench` as it is (e.g. "--batches 1 --runs 2"); TESTS_TIMEOUT
 # (seconds, default 600) bounds the GPU tests so the bench after them still runs.
 set -u
@@ -40,3 +41,8 @@ case ",$STAGES," in *,eval,*)  # the zoo models' quality with FP8 attention, to 
       --json "$OUT/eval-fp8attn-$model.json" --out-md "$OUT/quality-fp8attn.md" 2>&1 | tail -3
   done
 esac
+# The device tool returns at most 8 files: every log of this run goes into one logs.txt.
+for log in "$OUT"/*.log; do
+  [ -f "$log" ] || continue
+  { echo "===== $(basename "$log")"; cat "$log"; } >> "$OUT/logs.txt" && rm -f "$log"
+done
