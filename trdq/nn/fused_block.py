@@ -109,8 +109,8 @@ def fused_block_forward(
         hidden_states, branch, gate, shift_mlp, scale_mlp, 1.0 / row_scale, self.norm2.eps
     )
     lead, dtype = tuple(hidden_states.shape[:-1]), hidden_states.dtype
-    out_layer = _gelu_consumer(self) if getattr(self, _FUSED_GELU, False) else None
-    if out_layer is not None:
+    if getattr(self, _FUSED_GELU, False) and not self.training:  # checked by fuse_block_norms
+        out_layer = self.ff.net[2]
         # GELU (moved into proj's output_activation or not) and out_layer's quantizer in
         # one kernel between the two GEMMs
         hidden = proj.forward_quantized(codes, row_scale, (rows,), dtype, activation=False)
@@ -124,20 +124,19 @@ def fused_block_forward(
     return gate_mlp * ff_output + hidden_states
 
 
-def _gelu_consumer(block: nn.Module) -> QuantLinear | None:
-    """``ff.net[2]`` where the feed-forward is GELU -> dropout (inactive) -> that quantized
-    linear with a producer-computable scale, so ``gelu_quant`` can feed it; else None."""
+def _gelu_fusable(block: nn.Module) -> bool:
+    """Whether the feed-forward is tanh GELU -> dropout -> a quantized linear with a
+    producer-computable scale (``ff.net[2]``), so ``gelu_quant`` can feed that linear (the
+    dropouts are identities in eval mode, which the forward checks)."""
     net = block.ff.net
     first, out_layer = net[0], net[2] if len(net) > 2 else None
-    if not isinstance(out_layer, QuantLinear):
-        return None
+    if not isinstance(out_layer, QuantLinear) or getattr(first, "approximate", "") != "tanh":
+        return False
     if first.proj.output_activation not in ("", "gelu_tanh"):  # fuse_gelu_into_linears' name
-        return None
-    if getattr(first, "approximate", "") != "tanh" or block.training:
-        return None
+        return False
     if not all(isinstance(m, nn.Dropout) for i, m in enumerate(net) if i not in (0, 2)):
-        return None
-    return out_layer if out_layer.producer_row_scale(2) is not None else None
+        return False
+    return out_layer.producer_row_scale(2) is not None
 
 
 def _self_attention(block, hidden_states, shift, scale, attention_mask, kwargs) -> torch.Tensor:
@@ -174,7 +173,7 @@ def fuse_block_norms(denoiser: nn.Module, gelu: bool = False) -> int:
             continue
         module.forward = types.MethodType(fused_block_forward, module)
         setattr(module, _FUSED, True)
-        setattr(module, _FUSED_GELU, gelu and _gelu_consumer(module) is not None)
+        setattr(module, _FUSED_GELU, gelu and _gelu_fusable(module))
         count += 1
     return count
 
