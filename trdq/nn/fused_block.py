@@ -80,9 +80,10 @@ def fused_block_forward(
     class_labels: torch.Tensor | None = None,
     added_cond_kwargs: dict[str, torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """``BasicTransformerBlock.forward`` for ``ada_norm_single`` with the feed-forward's
-    residual add, LayerNorm, modulate and quantizer in one kernel (module docstring).
-    Inputs other than ``[batch, tokens, dim]`` take diffusers' own forward."""
+    """``BasicTransformerBlock.forward`` for ``ada_norm_single`` with the LayerNorm entries
+    of the self-attention and the feed-forward (and optionally its GELU) fused with the
+    quantizers after them (module docstring). Inputs other than ``[batch, tokens, dim]``
+    take diffusers' own forward."""
     if hidden_states.dim() != 3:
         return type(self).forward(self, hidden_states, attention_mask, encoder_hidden_states,
                                   encoder_attention_mask, timestep, cross_attention_kwargs,
@@ -108,20 +109,27 @@ def fused_block_forward(
     hidden_states, codes = add_norm_modulate_quant(
         hidden_states, branch, gate, shift_mlp, scale_mlp, 1.0 / row_scale, self.norm2.eps
     )
-    lead, dtype = tuple(hidden_states.shape[:-1]), hidden_states.dtype
-    if getattr(self, _FUSED_GELU, False) and not self.training:  # checked by fuse_block_norms
-        out_layer = self.ff.net[2]
-        # GELU (moved into proj's output_activation or not) and out_layer's quantizer in
-        # one kernel between the two GEMMs
-        hidden = proj.forward_quantized(codes, row_scale, (rows,), dtype, activation=False)
-        out_scale = out_layer.producer_row_scale(rows)
-        ff_output = out_layer.forward_quantized(gelu_quant(hidden, 1.0 / out_scale), out_scale,
-                                                lead, dtype)
-    else:
-        ff_output = self.ff.net[0].gelu(proj.forward_quantized(codes, row_scale, lead, dtype))
-        for module in self.ff.net[1:]:
-            ff_output = module(ff_output)
+    ff_output = _feed_forward(self, codes, row_scale, tuple(hidden_states.shape[:-1]),
+                              hidden_states.dtype)
     return gate_mlp * ff_output + hidden_states
+
+
+def _feed_forward(block, codes, row_scale, lead, dtype) -> torch.Tensor:
+    """``block.ff`` on its input's codes: ``ff.net[0].proj``'s GEMM, then GELU and the rest
+    of ``ff.net`` as diffusers runs them, or, where ``fuse_block_norms(gelu=True)`` found
+    it possible, GELU and ``ff.net[2]``'s quantizer as one kernel between the two GEMMs
+    (the GELU applied there whether or not it was moved into ``proj``)."""
+    proj = block.ff.net[0].proj
+    if not (getattr(block, _FUSED_GELU, False) and not block.training):
+        out = block.ff.net[0].gelu(proj.forward_quantized(codes, row_scale, lead, dtype))
+        for module in block.ff.net[1:]:
+            out = module(out)
+        return out
+    rows, out_layer = codes.shape[0], block.ff.net[2]
+    hidden = proj.forward_quantized(codes, row_scale, (rows,), dtype, activation=False)
+    out_scale = out_layer.producer_row_scale(rows)
+    return out_layer.forward_quantized(gelu_quant(hidden, 1.0 / out_scale), out_scale, lead,
+                                       dtype)
 
 
 def _gelu_fusable(block: nn.Module) -> bool:
