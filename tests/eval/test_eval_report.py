@@ -112,3 +112,15 @@ def test_bad_arguments():
         run_quality("m", {"fp": lambda p, s: []}, ["a red circle"])
     with pytest.raises(ValueError):
         similarity_to([], [])
+
+
+def test_markdown_states_the_sampling_error_of_an_accuracy():
+    """64 prompts at 0.875 (the video model's FP on one sample) move ~4 points by the
+    sample alone; a perfect score bounds the failure rate instead."""
+    from trdq.eval.report import sampling_error_note
+
+    assert "standard error of 4.1 points" in sampling_error_note(0.875, 64)
+    assert "below 4.7% (95%)" in sampling_error_note(1.0, 64)
+    assert "success rate below" in sampling_error_note(0.0, 64)
+    report = run_quality("m", {"fp": _renderer()}, heldout_prompts(4, seed=0))
+    assert "Sampling error: 4 prompts without a failure" in quality_markdown([report], "cmd")

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import multiprocessing
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -195,6 +196,20 @@ def run_quality(
     return report
 
 
+def sampling_error_note(accuracy: float, prompts: int) -> str:
+    """How far an accuracy over ``prompts`` prompts can move by the sample alone, at the
+    first (full-precision) row's ``accuracy``: the binomial standard error, or, with no
+    failure at all, the rule-of-three bound (95%) on the failure rate."""
+    if 0.0 < accuracy < 1.0:
+        error = math.sqrt(accuracy * (1.0 - accuracy) / prompts)
+        return (f"Sampling error: over {prompts} prompts an accuracy near {accuracy:.3f} has a "
+                f"standard error of {100 * error:.1f} points (another sample of prompts moves "
+                "it by about that).")
+    return (f"Sampling error: {prompts} prompts without a {'success' if accuracy == 0 else 'failure'} "
+            f"bound the {'success' if accuracy == 0 else 'failure'} rate below "
+            f"{300 / prompts:.1f}% (95%).")
+
+
 def _cell(value: float | None, fmt: str) -> str:
     return "n/a" if value is None else format(value, fmt)
 
@@ -238,6 +253,8 @@ def quality_markdown(
             "",
             f"## {report.model} ({report.prompts} prompts)",
             "",
+            *([sampling_error_note(report.results[0].accuracy, report.prompts), ""]
+              if report.results and report.prompts else []),
             "| " + " | ".join(header) + " |",
             "|" + "---|" * len(header),
         ]
