@@ -38,7 +38,11 @@ def test_kernel_codes_match_reference(with_branch, with_gate, rows, dim):
     residual, codes = nq.add_norm_modulate_quant_triton(x, branch, gate, shift, scale, inverse, 1e-6)
     ref_residual, ref_codes = nq.add_norm_modulate_quant_reference(
         x, branch, gate, shift, scale, inverse, 1e-6)
-    assert torch.equal(residual, ref_residual)  # both empty without a branch
+    assert residual.shape == ref_residual.shape  # both empty without a branch
+    # the kernel may contract x + gate * branch into one FMA: one bf16 step now and then
+    diff, size = (residual.float() - ref_residual.float()).abs(), ref_residual.float().abs()
+    assert (diff <= size * 2**-7 + 1e-30).all()
+    assert (diff > size * 2**-8).sum().item() <= 1e-3 * residual.numel()
     # float32 sums in another order: a code may round the other way at a boundary
     step = (codes.float() - ref_codes.float()).abs() / ref_codes.float().abs().clamp_min(2**-6)
     assert step.max() <= 0.125 and (codes.float() != ref_codes.float()).float().mean() < 0.01
