@@ -257,18 +257,19 @@ class _Runner:
     def _prepare(self, row: str) -> dict[str, Any]:
         info: dict[str, Any] = {}
         dtype = self._dtype_for(row)
-        # taken off before the other suffixes ("+t5compile" is written last); the layers
-        # are compiled after a "+t5int8"/"+t5int4" row has quantized its copy of the encoder
-        fused_norm = fused_gelu = False
+        # "+multikernel", "+fusednorm", "+fusedff": after all the others, in any order
+        last: set[str] = set()
         while row.endswith((MULTI_KERNEL, FUSED_NORM, FUSED_FF)):
-            if row.endswith((FUSED_NORM, FUSED_FF)):
-                fused_gelu = row.endswith(FUSED_FF)
-                row, fused_norm = row.rpartition("+")[0], True
-                continue
-            row = row.removesuffix(MULTI_KERNEL)
+            row, _, suffix = row.rpartition("+")
+            last.add("+" + suffix)
+        if MULTI_KERNEL in last:
             # read when each graph compiles (at its first call); _release sets it back
             inductor_config.triton.multi_kernel = 1
             info["inductor_multi_kernel"] = 1
+        fused_gelu = FUSED_FF in last
+        fused_norm = fused_gelu or FUSED_NORM in last
+        # taken off before the other suffixes ("+t5compile" is written last); the layers
+        # are compiled after a "+t5int8"/"+t5int4" row has quantized its copy of the encoder
         t5_compile = row.endswith(T5_COMPILE)
         row = row.removesuffix(T5_COMPILE)
         if row.endswith(VAE_TILING):
