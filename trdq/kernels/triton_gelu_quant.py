@@ -85,6 +85,9 @@ def gelu_quant_triton(
 
 
 def _gelu_quant(x: torch.Tensor, inverse_row_scale: torch.Tensor) -> torch.Tensor:
+    """e4m3 codes ``[M, N]`` of ``gelu_tanh(x)`` scaled by ``inverse_row_scale [M]`` (the
+    consuming layer's reciprocal static scales): the Triton kernel on CUDA, the reference
+    elsewhere."""
     if x.is_cuda and TRITON_AVAILABLE:
         return gelu_quant_triton(x, inverse_row_scale)
     return gelu_quant_reference(x, inverse_row_scale)
@@ -94,11 +97,5 @@ def _gelu_quant_fake(x, inverse_row_scale):
     return x.new_empty(x.shape, dtype=torch.float8_e4m3fn)
 
 
-_gelu_quant_op = define_op("trdq::gelu_quant", _gelu_quant, _gelu_quant_fake)
-
-
-def gelu_quant(x: torch.Tensor, inverse_row_scale: torch.Tensor) -> torch.Tensor:
-    """e4m3 codes ``[M, N]`` of ``gelu_tanh(x)`` scaled by ``inverse_row_scale [M]`` (the
-    consuming layer's reciprocal static scales): the Triton kernel on CUDA, the reference
-    elsewhere; one opaque operator to torch.compile."""
-    return _gelu_quant_op(x, inverse_row_scale)
+#: ``torch.ops.trdq.gelu_quant``: ``_gelu_quant`` as one opaque operator to torch.compile
+gelu_quant = define_op("trdq::gelu_quant", _gelu_quant, _gelu_quant_fake)

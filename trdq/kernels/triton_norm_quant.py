@@ -141,7 +141,7 @@ def add_norm_modulate_quant_triton(
     eps: float,
     out_dtype: torch.dtype = torch.float8_e4m3fn,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The Triton kernel (a CUDA device, or the interpreter); ``out_dtype`` bfloat16 lets
+    """The Triton kernel (a CUDA device, or the interpreter); ``out_dtype`` float32 lets
     the interpreter tests compare values without Triton's float8 rounding there."""
     batch, tokens, dim = _check(x, branch, gate, shift, scale, inverse_row_scale)
     x = x.contiguous()
@@ -180,6 +180,10 @@ def _add_norm_modulate_quant(
     inverse_row_scale: torch.Tensor,
     eps: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(residual [B, T, D], codes [B*T, D] e4m3)`` of ``x + gate * branch`` normalized,
+    modulated and quantized (the module docstring): the Triton kernel on CUDA, the
+    reference elsewhere. Without ``branch`` the residual is ``x`` itself and the returned
+    one is empty (nothing is written)."""
     if x.is_cuda and TRITON_AVAILABLE:
         return add_norm_modulate_quant_triton(x, branch, gate, shift, scale, inverse_row_scale, eps)
     return add_norm_modulate_quant_reference(x, branch, gate, shift, scale, inverse_row_scale, eps)
@@ -191,22 +195,8 @@ def _add_norm_modulate_quant_fake(x, branch, gate, shift, scale, inverse_row_sca
     return residual, x.new_empty((rows, x.shape[2]), dtype=torch.float8_e4m3fn)
 
 
-_add_norm_modulate_quant_op = define_op(
+#: ``torch.ops.trdq.add_norm_modulate_quant``: ``_add_norm_modulate_quant`` as one opaque
+#: operator to torch.compile
+add_norm_modulate_quant = define_op(
     "trdq::add_norm_modulate_quant", _add_norm_modulate_quant, _add_norm_modulate_quant_fake
 )
-
-
-def add_norm_modulate_quant(
-    x: torch.Tensor,
-    branch: torch.Tensor | None,
-    gate: torch.Tensor | None,
-    shift: torch.Tensor,
-    scale: torch.Tensor,
-    inverse_row_scale: torch.Tensor,
-    eps: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(residual [B, T, D], codes [B*T, D] e4m3)`` of ``x + gate * branch`` normalized,
-    modulated and quantized (the module docstring): the Triton kernel on CUDA, the
-    reference elsewhere, one opaque operator to torch.compile. Without ``branch`` the
-    residual is ``x`` itself and the returned one is empty (nothing is written)."""
-    return _add_norm_modulate_quant_op(x, branch, gate, shift, scale, inverse_row_scale, eps)

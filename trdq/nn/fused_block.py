@@ -64,9 +64,8 @@ def _eligible(block: nn.Module) -> bool:
     if getattr(block.norm2, "elementwise_affine", True):
         return False
     first = block.ff.net[0]
-    return isinstance(first, GELU) and isinstance(first.proj, QuantLinear) and (
-        first.proj.fp8 and first.proj.producer_row_scale(2) is not None
-    )
+    return (isinstance(first, GELU) and isinstance(first.proj, QuantLinear)
+            and first.proj.producer_row_scale(2) is not None)
 
 
 def fused_block_forward(
