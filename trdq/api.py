@@ -229,6 +229,7 @@ def _from_artifact(tensors: dict[str, torch.Tensor], layer_names: list[str],
         tensors, layer_names, config.faithful,
         weight_clip=config.weight_clip_search and not weights_saved,
         weight_q=config.weight_rounding == "gptq" and not weights_saved,
+        low_rank=config.low_rank > 0,
     )
     for name, p in calib.params.items():
         if tuple(p.act_scale_by_group.shape) != (config.num_groups, 2):

@@ -27,6 +27,7 @@ __all__ = [
     "CONFIG_VERSION",
     "DEFAULT_FP_PATTERNS",
     "INT_BITS",
+    "LOW_RANK_W4",
     "PRESETS",
     "QuantConfig",
     "preset_names",
@@ -60,6 +61,10 @@ DEFAULT_FP_PATTERNS: tuple[str, ...] = (
 INT_BITS = (4, 6, 7, 8)
 #: (weight bits, activation bits) of the preset chains: ``w8a8``, ``w4a8``, ``w6a6``, ``w4a4``
 BIT_PAIRS = ((8, 8), (4, 8), (6, 6), (4, 4))
+#: the low-rank error branch of the 4-bit presets (from the search stage). W4A8 PSNR to FP
+#: on the image zoo (128 training prompts, CPU): 30.6 dB without, 34.4 / 34.7 / 35.8 dB at
+#: rank 8 / 16 / 32 (docs/QUALITY.md); 8-bit weights have too little error to pay for it.
+LOW_RANK_W4 = 16
 
 RotationKind = Literal["none", "hadamard", "duquant"]
 WeightRounding = Literal["nearest", "gptq"]
@@ -114,6 +119,10 @@ class QuantConfig:
     #: the calibration rows, trdq/gptq.py; the integers are stored in the artifact).
     #: On from the search stage.
     weight_rounding: WeightRounding = "nearest"
+    #: rank of the full-precision branch fitted to the integer weights' error on the
+    #: calibration rows, with a per-timestep-group bias of what it leaves
+    #: (trdq/low_rank.py); 0 = none. The W4 presets' search stage uses ``LOW_RANK_W4``.
+    low_rank: int = 0
     #: separate activation parameters for the uncond/cond halves of a CFG batch, searched
     #: against the guided output's error; integer weights calibrated on the guided rows
     cfg_wise: bool = True
@@ -176,6 +185,10 @@ class QuantConfig:
             raise ValueError("cfg_delta needs act_mode='dynamic' (per-token scales)")
         if self.weight_rounding not in ("nearest", "gptq"):
             raise ValueError(f"weight_rounding must be nearest or gptq, got {self.weight_rounding!r}")
+        if self.low_rank < 0:
+            raise ValueError(f"low_rank must be >= 0, got {self.low_rank}")
+        if self.low_rank and (self.fp8 or self.faithful):
+            raise ValueError("low_rank is for integer weights (not fp8 or faithful presets)")
         if self.fp8 and (self.weight_rounding == "gptq" or self.weight_clip_search):
             raise ValueError("weight_clip_search and gptq rounding are for integer weights, "
                              "not fp8")
@@ -276,7 +289,9 @@ def _chain(
 
     The search stage also calibrates the integer weights: a clip per output channel
     (``weight_clip_search``) and GPTQ rounding (``weight_rounding``), both from the
-    calibration rows (the W4A8 lever; at W8A8 +0.2-0.6 dB to FP; docs/QUALITY.md).
+    calibration rows (the W4A8 lever; at W8A8 +0.2-0.6 dB to FP; docs/QUALITY.md), and
+    with 4-bit weights fits the low-rank error branch and its per-group bias
+    (``low_rank``, trdq/low_rank.py).
 
     Every stage quantizes activations the way the full method does (``act_mode``): the
     chain isolates rotation, groups, search and CFG-wise, not the activation mode. With
@@ -295,6 +310,7 @@ def _chain(
         search=stage >= 3,
         weight_clip_search=stage >= 3,
         weight_rounding="gptq" if stage >= 3 else "nearest",
+        low_rank=LOW_RANK_W4 if bits == 4 and stage >= 3 else 0,
         cfg_wise=stage >= 4,
         cfg_delta=stage >= 4 and act_mode == "dynamic",
         modulation_weight_bits=4 if bits == 4 else 8,

@@ -15,7 +15,7 @@ from trdq.testing.tiny import TINY_PROMPTS, tiny_pixart_pipeline
 
 def test_w4a8_calibrated_weights_are_stored_and_reloaded(tmp_path):
     """The full W4A8 recipe calibrates its weights (a clip per output channel, GPTQ
-    rounding); the integers the served layers hold are the calibrated ones, they travel
+    rounding, the low-rank error branch); the integers the served layers hold are the calibrated ones, they travel
     with the artifact, and an artifact that lacks them is refused so the cache rebuilds."""
     pipe = tiny_pixart_pipeline()
     config = fast("w4a8", num_groups=2)
@@ -38,11 +38,12 @@ def test_w4a8_calibrated_weights_are_stored_and_reloaded(tmp_path):
     torch.testing.assert_close(run_image(fresh, TINY_PROMPTS[:1], steps=4), out)
     tensors = calib.to_tensors()
     assert tensors[f"{name}/weight_q"].dtype == torch.uint8  # stored packed, 4 bits
-    for key in ("weight_clip", "weight_q"):
+    assert layer.low_rank_up is not None  # the W4 search stage's error branch travels too
+    for key in ("weight_clip", "weight_q", "low_rank_up", "low_rank_down", "error_bias_by_group"):
         broken = {k: v for k, v in tensors.items() if k != f"{name}/{key}"}
         with pytest.raises(KeyError, match=key):
             CalibrationResult.from_tensors(broken, sorted(params), faithful=False,
-                                           weight_clip=True, weight_q=True)
+                                           weight_clip=True, weight_q=True, low_rank=True)
 
 
 def test_calibration_is_deterministic_for_a_seed():

@@ -11,7 +11,10 @@ from trdq import primitives as P
 from trdq.quant_transforms import LayerQuantParams
 from trdq.rotation import DuQuantRotation
 
-__all__ = ["CalibrationResult", "FaithfulParams"]
+__all__ = ["LOW_RANK_KEYS", "CalibrationResult", "FaithfulParams"]
+
+#: ``LayerQuantParams`` fields of the low-rank error branch (trdq/low_rank.py)
+LOW_RANK_KEYS = ("low_rank_up", "low_rank_down", "error_bias_by_group")
 
 
 @dataclass
@@ -41,6 +44,9 @@ class CalibrationResult:
                 out[f"{name}/weight_clip"] = p.weight_clip.float().cpu().contiguous()
             if p.weight_q is not None:
                 out[f"{name}/weight_q"] = P.store_int_weights(p.weight_q)
+            for key in LOW_RANK_KEYS:
+                if getattr(p, key) is not None:
+                    out[f"{name}/{key}"] = getattr(p, key).float().cpu().contiguous()
         for name, f in self.faithful.items():
             out[f"{name}/smooth_by_range"] = f.smooth_by_range.float().cpu().contiguous()
             if f.rotations is not None:
@@ -52,11 +58,11 @@ class CalibrationResult:
     @classmethod
     def from_tensors(
         cls, tensors: dict[str, torch.Tensor], layer_names: list[str], faithful: bool,
-        weight_clip: bool = False, weight_q: bool = False,
+        weight_clip: bool = False, weight_q: bool = False, low_rank: bool = False,
     ) -> CalibrationResult:
         """Rebuild from ``to_tensors`` output; raises KeyError naming a missing tensor
-        (``weight_clip`` / ``weight_q``: the config calibrated them, so every layer must
-        have one)."""
+        (``weight_clip`` / ``weight_q`` / ``low_rank``: the config calibrated them, so every
+        layer must have them)."""
         result = cls()
         for name in layer_names:
             if faithful:
@@ -74,5 +80,6 @@ class CalibrationResult:
                     clip_ratio_by_group=tensors[f"{name}/clip_ratio_by_group"],
                     weight_clip=tensors[f"{name}/weight_clip"] if weight_clip else None,
                     weight_q=P.load_int_weights(tensors[f"{name}/weight_q"]) if weight_q else None,
+                    **{key: tensors[f"{name}/{key}"] if low_rank else None for key in LOW_RANK_KEYS},
                 )
         return result

@@ -18,6 +18,7 @@ from trdq import primitives as P
 from trdq.calibration.collect import LayerStats
 from trdq.config import QuantConfig
 from trdq.gptq import gptq_round
+from trdq.low_rank import effective_weight, fit_low_rank, group_error_bias
 from trdq.quant_transforms import (
     LayerQuantParams,
     quantize_transformed_weight,
@@ -58,7 +59,7 @@ def solve_layer(linear: nn.Linear, st: LayerStats, config: QuantConfig,
             clips[g, half] = clip
             scales[g, half] = scale
             seen[g, half] = True
-    return LayerQuantParams(
+    params = LayerQuantParams(
         rotation_block=st.block,
         smooth_divisor=smooth,
         act_scale_by_group=_fill_unseen(scales, seen),
@@ -66,6 +67,9 @@ def solve_layer(linear: nn.Linear, st: LayerStats, config: QuantConfig,
         weight_clip=weight_clip,
         weight_q=weight_q,
     )
+    if config.low_rank:
+        _fit_error_branch(params, weight, st, config, linear.weight.device)
+    return params
 
 
 # ---- the rows a search sees ------------------------------------------------------------
@@ -178,6 +182,25 @@ def _calibrate_weights(weight: torch.Tensor, rows: torch.Tensor, smooth: torch.T
         _, scale = P.quantize_weight_per_channel(w_t, config.weight_bits, clip=clip)
         weight_q = gptq_round(w_t, hessian, scale, config.weight_bits).cpu()
     return (None if clip is None else clip.cpu()), weight_q
+
+
+def _fit_error_branch(params: LayerQuantParams, weight: torch.Tensor, st: LayerStats,
+                      config: QuantConfig, device: torch.device) -> None:
+    """The low-rank branch of the integer weight's error and its per-group bias
+    (trdq/low_rank.py), in ``params``. Fitted on the rows the integer weights were
+    calibrated on (raw inputs: the branch sees the row before centring and rotation);
+    without CFG-wise parameters both halves take the pooled mean (as their clips do)."""
+    q, scale = quantize_transformed_weight(
+        transform_weight(weight, params.smooth_divisor, st.block), config.weight_bits,
+        config.fp8, params.weight_clip, params.weight_q)
+    served = effective_weight(q.to(device), scale.to(device), params.smooth_divisor, st.block)
+    error = weight.to(device) - served
+    rows = _weight_rows(st, config).to(device)
+    up, down = fit_low_rank(error, rows.t() @ rows / rows.shape[0], config.low_rank)
+    means = st.mean_by_group(pool_halves=not config.cfg_wise)
+    residual = error - up @ down
+    params.low_rank_up, params.low_rank_down = up.cpu(), down.cpu()
+    params.error_bias_by_group = group_error_bias(residual, means.to(device)).cpu()
 
 
 # ---- activation errors -----------------------------------------------------------------

@@ -46,6 +46,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from trdq.calibration.result import LOW_RANK_KEYS
 from trdq.kernels.base import ActQuant, KernelBackend, apply_output_activation, serve_linear
 from trdq.kernels.ops import scaled_mm_rowwise
 from trdq.primitives import MIN_SCALE
@@ -105,6 +106,15 @@ class QuantLinear(nn.Module):
         self.register_buffer("clip_ratio_by_group", params.clip_ratio_by_group.float().clone())
         #: [N] row sums of the effective (dequantized, rotated back) weight; set = centered
         self.register_buffer("weight_sum", weight_sum)
+        # the low-rank error branch (trdq/low_rank.py): [N, r] and [r, K] in the layer's
+        # dtype (they are weights) and its [G, 2, N] per-group bias; None = no branch
+        dtype = bias.dtype if bias is not None else torch.float32
+        for key in ("low_rank_up", "low_rank_down"):
+            value = getattr(params, key)
+            self.register_buffer(key, None if value is None else value.to(dtype).contiguous())
+        error_bias = params.error_bias_by_group
+        self.register_buffer("error_bias_by_group",
+                             None if error_bias is None else error_bias.float().clone())
         #: applied to the output ("" = none, "gelu_tanh"): set by ``fuse_gelu_into_linears``
         #: when this layer feeds a GELU, so a backend can apply it in its GEMM epilogue
         self.output_activation = ""
@@ -177,6 +187,8 @@ class QuantLinear(nn.Module):
             smooth_divisor=None if smooth is None else smooth.to(device),
             act_scale_by_group=params.act_scale_by_group.to(device),
             clip_ratio_by_group=params.clip_ratio_by_group.to(device),
+            **{key: None if getattr(params, key) is None else getattr(params, key).to(device)
+               for key in LOW_RANK_KEYS},
         )
         return cls(
             qweight.shape[1],
@@ -208,6 +220,7 @@ class QuantLinear(nn.Module):
             smooth_divisor=self.smooth_divisor,
             act_scale_by_group=self.act_scale_by_group,
             clip_ratio_by_group=self.clip_ratio_by_group,
+            **{key: getattr(self, key) for key in LOW_RANK_KEYS},
         )
 
     # ---- helpers ---------------------------------------------------------------------------
@@ -237,21 +250,34 @@ class QuantLinear(nn.Module):
             cfg_delta_half=cfg_delta_half,
         )
 
-    def _per_row(self, by_group: torch.Tensor, rows: int, split: bool) -> torch.Tensor:
-        """This group's (uncond, cond) pair of ``by_group [G, 2]`` as one value per row.
-
-        With CFG the first half of the rows is uncond, the second cond; otherwise every
-        row takes the cond value. The group is read on the device (index_select with the
-        context's group tensor), so there is no host sync (CUDA graphs can capture it)
-        and torch.compile sees no Python value that changes with the group.
-        """
+    def _group_pair(self, by_group: torch.Tensor) -> torch.Tensor:
+        """This group's (uncond, cond) entry of ``by_group [G, 2, ...]``. The group is read
+        on the device (index_select with the context's group tensor), so there is no host
+        sync (CUDA graphs can capture it) and torch.compile sees no Python value that
+        changes with the group."""
         ctx = self.context
         gi = ctx.group_index
         if gi is not None and gi.device == by_group.device:
-            pair = by_group.index_select(0, gi.reshape(1)).squeeze(0)
-        else:
-            pair = by_group[min(ctx.group, by_group.shape[0] - 1)]
+            return by_group.index_select(0, gi.reshape(1)).squeeze(0)
+        return by_group[min(ctx.group, by_group.shape[0] - 1)]
+
+    def _per_row(self, by_group: torch.Tensor, rows: int, split: bool) -> torch.Tensor:
+        """This group's (uncond, cond) pair of ``by_group [G, 2]`` as one value per row:
+        with CFG the first half of the rows is uncond, the second cond; otherwise every
+        row takes the cond value."""
+        pair = self._group_pair(by_group)
         return pair.repeat_interleave(rows // 2) if split else pair[1:].expand(rows)
+
+    def _error_branch(self, x2: torch.Tensor, out: torch.Tensor, split: bool) -> torch.Tensor:
+        """``out`` plus the low-rank branch on the unquantized rows and this group's bias
+        (uncond half, cond half) of what the branch leaves (trdq/low_rank.py)."""
+        down, up = self.low_rank_down.to(x2.dtype), self.low_rank_up.to(x2.dtype)
+        out = out + (x2 @ down.t()) @ up.t()
+        pair = self._group_pair(self.error_bias_by_group).to(out.dtype)
+        if split:
+            halves = out.shape[0] // 2
+            return (out.reshape(2, halves, -1) + pair[:, None, :]).reshape(out.shape)
+        return out + pair[1]
 
     # ---- input quantized by its producer (trdq.nn.fused_block) -----------------------------
     def producer_row_scale(self, rows: int) -> torch.Tensor | None:
@@ -262,6 +288,7 @@ class QuantLinear(nn.Module):
         other than ``cuda_fp8`` and the reference."""
         if not (self.fp8 and self.act_mode == "static" and not self.rotation_block
                 and self.smooth_divisor is None and self.weight_sum is None
+                and self.low_rank_up is None
                 and not self.cfg_delta and self.backend.name in ("cuda_fp8", "reference")):
             return None
         split = self.context.cfg_active and self.cfg_wise and rows % 2 == 0
@@ -295,7 +322,13 @@ class QuantLinear(nn.Module):
             act = self._act(None, row_clip, self.weight_sum, m // 2 if delta else 0)
         # centring, CFG-delta and the output activation: in the backend's kernels where it
         # fuses them, else around its call (serve_linear)
-        out = serve_linear(self.backend, x2, self.packed, act, self.bias, self.output_activation)
+        if self.low_rank_up is None:
+            out = serve_linear(self.backend, x2, self.packed, act, self.bias, self.output_activation)
+        else:  # the branch joins before the output activation
+            out = serve_linear(self.backend, x2, self.packed, act, self.bias, "")
+            out = self._error_branch(x2, out, split)
+            if self.output_activation:
+                out = apply_output_activation(out, self.output_activation)
         return out.reshape(*lead, self.out_features)
 
     def extra_repr(self) -> str:
@@ -306,5 +339,6 @@ class QuantLinear(nn.Module):
             f"rot={self.rotation_block}, backend={self.backend.name}, "
             f"groups={self.act_scale_by_group.shape[0]}, cfg_wise={self.cfg_wise}"
             f"{', cfg_delta' if self.cfg_delta else ''}"
+            f"{f', low_rank={self.low_rank_up.shape[1]}' if self.low_rank_up is not None else ''}"
             f"{', then ' + self.output_activation if self.output_activation else ''}"
         )

@@ -1,0 +1,70 @@
+"""The low-rank error branch of 4-bit layers: what the integer weight gets wrong, put back.
+
+A quantized layer serves ``W_q`` (its integer weight, dequantized, rotated back) instead of
+``W``; the output error is ``E x`` with ``E = W - W_q``. At W4A8 this weight error is most
+of the layer's error (docs/QUALITY.md), and it is the same for every row: calibration fits
+a rank-``r`` correction ``U V`` to it in the metric of the layer's calibration rows,
+
+    min  E_x || (E - U V) x ||^2  =  || (E - U V) H^(1/2) ||_F^2,   H = E[x x^T],
+
+whose solution is the truncated SVD of ``E H^(1/2)`` mapped back by ``H^(-1/2)``. The
+layer serves ``y = Q(x) W_q^T + (x V^T) U^T``: two thin full-precision GEMMs on the
+unquantized input beside the packed weight (``V`` is ``[r, K]``, ``U`` is ``[N, r]``;
+r = 16 costs 2 r (N + K) bytes in bf16, about 6% of a 1152 x 1152 int4 weight).
+SVDQuant keeps a weight's top singular directions in such a branch before quantizing; here
+the branch is fitted afterwards, to the integer weight's own error as the rows see it.
+
+The time dimension: what remains, ``(E - U V)``, still meets each timestep group's (and
+CFG half's) mean input ``mu_g``, a constant output offset within the group. It is added back
+as a per-group bias ``(E - U V) mu_g`` (``error_bias_by_group [G, 2, N]``), selected by the
+timestep hook like the activation clip ratios.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from trdq.quant_transforms import smooth_and_rotate
+
+__all__ = ["effective_weight", "fit_low_rank", "group_error_bias"]
+
+#: relative damping added to ``H``'s diagonal before its square root (rows seldom span
+#: every input direction; a direction no row takes has no error worth fitting)
+HESSIAN_DAMPING = 1e-4
+
+
+def effective_weight(qweight: torch.Tensor, weight_scale: torch.Tensor,
+                     smooth_divisor: torch.Tensor | None, rotation_block: int | None) -> torch.Tensor:
+    """``[N, K]`` float32: the weight a quantized layer applies to an input row, in the
+    input's own space. The kernels compute ``T(x) W_t^T`` with ``T`` the smoothing and
+    rotation (linear: ``T(x) = x T``), so the effective weight is ``W_t T^T``."""
+    k = qweight.shape[1]
+    device = qweight.device
+    smooth = None if smooth_divisor is None else smooth_divisor.to(device)
+    transform = smooth_and_rotate(torch.eye(k, device=device), smooth, rotation_block)
+    return (qweight.float() * weight_scale.float()[:, None]) @ transform.t()
+
+
+def fit_low_rank(error: torch.Tensor, hessian: torch.Tensor,
+                 rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(up [N, r], down [r, K])`` minimising ``||(error - up @ down) H^(1/2)||_F``
+    (float32, on ``error``'s device); ``r`` is ``rank`` or less where K or N is smaller."""
+    k = hessian.shape[0]
+    h = hessian.double()
+    h = h + HESSIAN_DAMPING * h.diagonal().mean().clamp_min(1e-12) * torch.eye(
+        k, dtype=h.dtype, device=h.device)
+    eigenvalues, basis = torch.linalg.eigh(h)
+    eigenvalues = eigenvalues.clamp_min(eigenvalues.max() * 1e-12)
+    root = (basis * eigenvalues.sqrt()) @ basis.t()
+    inverse_root = (basis * eigenvalues.rsqrt()) @ basis.t()
+    left, singular, right = torch.linalg.svd(error.double() @ root, full_matrices=False)
+    r = min(rank, singular.shape[0])
+    up = left[:, :r] * singular[:r]
+    down = right[:r] @ inverse_root
+    return up.float(), down.float()
+
+
+def group_error_bias(residual: torch.Tensor, mean_by_group: torch.Tensor) -> torch.Tensor:
+    """``[G, 2, N]``: the output offset ``residual @ mu`` at each (group, CFG half) mean
+    input ``mean_by_group [G, 2, K]``."""
+    return (mean_by_group.double() @ residual.double().t()).float()
