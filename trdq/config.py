@@ -119,9 +119,8 @@ class QuantConfig:
     #: the calibration rows, trdq/gptq.py; the integers are stored in the artifact).
     #: On from the search stage.
     weight_rounding: WeightRounding = "nearest"
-    #: rank of the full-precision branch fitted to the integer weights' error on the
-    #: calibration rows, with a per-timestep-group bias of what it leaves
-    #: (trdq/low_rank.py); 0 = none. The W4 presets' search stage uses ``LOW_RANK_W4``.
+    #: rank of the 16-bit branch fitted to the integer weights' error on the calibration
+    #: rows (trdq/low_rank.py); 0 = none. The W4 presets' search stage uses ``LOW_RANK_W4``.
     low_rank: int = 0
     #: separate activation parameters for the uncond/cond halves of a CFG batch, searched
     #: against the guided output's error; integer weights calibrated on the guided rows
@@ -290,8 +289,7 @@ def _chain(
     The search stage also calibrates the integer weights: a clip per output channel
     (``weight_clip_search``) and GPTQ rounding (``weight_rounding``), both from the
     calibration rows (the W4A8 lever; at W8A8 +0.2-0.6 dB to FP; docs/QUALITY.md), and
-    with 4-bit weights fits the low-rank error branch and its per-group bias
-    (``low_rank``, trdq/low_rank.py).
+    with 4-bit weights fits the low-rank error branch (``low_rank``, trdq/low_rank.py).
 
     Every stage quantizes activations the way the full method does (``act_mode``): the
     chain isolates rotation, groups, search and CFG-wise, not the activation mode. With

@@ -10,14 +10,16 @@ a rank-``r`` correction ``U V`` to it in the metric of the layer's calibration r
 whose solution is the truncated SVD of ``E H^(1/2)`` mapped back by ``H^(-1/2)``. The
 layer serves ``y = Q(x) W_q^T + (x V^T) U^T``: two thin full-precision GEMMs on the
 unquantized input beside the packed weight (``V`` is ``[r, K]``, ``U`` is ``[N, r]``;
-r = 16 costs 2 r (N + K) bytes in bf16, about 6% of a 1152 x 1152 int4 weight).
+stored in bf16 (fp16 in an fp16 model): r = 16 costs 32 (N + K) bytes, 11% of a
+1152 x 1152 int4 weight, 7% of a 1152 x 4608 one).
 SVDQuant keeps a weight's top singular directions in such a branch before quantizing; here
 the branch is fitted afterwards, to the integer weight's own error as the rows see it.
 
-The time dimension: what remains, ``(E - U V)``, still meets each timestep group's (and
-CFG half's) mean input ``mu_g``, a constant output offset within the group. It is added back
-as a per-group bias ``(E - U V) mu_g`` (``error_bias_by_group [G, 2, N]``), selected by the
-timestep hook like the activation clip ratios.
+Tried and removed: a per-timestep-group (per CFG half) bias of what the branch leaves at
+each group's mean input, ``(E - U V) mu_g``. It moved PSNR to FP by -0.17 / +0.07 dB (image
+/ video zoo, W4A8) for 64 N bytes a layer: a branch fitted on every group's rows already
+spans the few directions in which the groups' mean inputs differ
+(docs/journal/2026-12-07-low-rank-branch.md).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import torch
 
 from trdq.quant_transforms import smooth_and_rotate
 
-__all__ = ["effective_weight", "fit_low_rank", "group_error_bias"]
+__all__ = ["effective_weight", "fit_low_rank"]
 
 #: relative damping added to ``H``'s diagonal before its square root (rows seldom span
 #: every input direction; a direction no row takes has no error worth fitting)
@@ -63,8 +65,3 @@ def fit_low_rank(error: torch.Tensor, hessian: torch.Tensor,
     down = right[:r] @ inverse_root
     return up.float(), down.float()
 
-
-def group_error_bias(residual: torch.Tensor, mean_by_group: torch.Tensor) -> torch.Tensor:
-    """``[G, 2, N]``: the output offset ``residual @ mu`` at each (group, CFG half) mean
-    input ``mean_by_group [G, 2, K]``."""
-    return (mean_by_group.double() @ residual.double().t()).float()

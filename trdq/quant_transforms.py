@@ -50,10 +50,9 @@ class LayerQuantParams:
     #: on the smoothed, rotated weight's per-channel scales; None = round to nearest
     weight_q: torch.Tensor | None = None
     #: the low-rank error branch (``QuantConfig.low_rank``, trdq/low_rank.py): ``[N, r]``
-    #: and ``[r, K]`` float32, and the ``[G, 2, N]`` per-group bias of what it leaves
+    #: and ``[r, K]`` float32
     low_rank_up: torch.Tensor | None = None
     low_rank_down: torch.Tensor | None = None
-    error_bias_by_group: torch.Tensor | None = None
 
     @classmethod
     def minmax_default(cls, num_groups: int, rotation_block: int | None) -> LayerQuantParams:

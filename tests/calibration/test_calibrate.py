@@ -39,7 +39,7 @@ def test_w4a8_calibrated_weights_are_stored_and_reloaded(tmp_path):
     tensors = calib.to_tensors()
     assert tensors[f"{name}/weight_q"].dtype == torch.uint8  # stored packed, 4 bits
     assert layer.low_rank_up is not None  # the W4 search stage's error branch travels too
-    for key in ("weight_clip", "weight_q", "low_rank_up", "low_rank_down", "error_bias_by_group"):
+    for key in ("weight_clip", "weight_q", "low_rank_up", "low_rank_down"):
         broken = {k: v for k, v in tensors.items() if k != f"{name}/{key}"}
         with pytest.raises(KeyError, match=key):
             CalibrationResult.from_tensors(broken, sorted(params), faithful=False,

@@ -49,34 +49,12 @@ class LayerStats:
         self.block = block
         self.chan_absmax = torch.zeros(groups, 2, k)
         self.rot_absmax = torch.zeros(groups, 2)
-        #: sum and count of every input row (not only the sampled ones), per (group, half):
-        #: the group means the low-rank branch's per-group bias needs (trdq/low_rank.py)
-        self.row_sum = torch.zeros(groups, 2, k, dtype=torch.float64)
-        self.row_count = torch.zeros(groups, 2, dtype=torch.float64)
         #: (group, timestep bin, width) -> row samples ``[r, width, K]``; width 2 = paired
         #: (uncond, cond) rows of the same token, width 1 = cond-only rows from calls
         #: without CFG; each bucket holds at most ``2 * calib_rows`` rows
         self.rows: dict[tuple[int, int, int], list[torch.Tensor]] = {}
         self.ema = torch.zeros(groups, k)
         self.ema_seen = [False] * groups
-
-    def mean_by_group(self, pool_halves: bool = False) -> torch.Tensor:
-        """``[G, 2, K]`` mean input per (group, half), or per group in both columns
-        (``pool_halves``); a half never seen takes the other's mean, a group never seen
-        the mean over all rows."""
-        sums, counts = self.row_sum, self.row_count
-        if pool_halves:
-            sums = sums.sum(dim=1, keepdim=True).expand_as(self.row_sum)
-            counts = counts.sum(dim=1, keepdim=True).expand_as(self.row_count)
-        means = sums / counts[..., None].clamp_min(1)
-        overall = self.row_sum.sum(dim=(0, 1)) / self.row_count.sum().clamp_min(1)
-        for g in range(means.shape[0]):
-            seen = counts[g] > 0
-            if not seen.any():
-                means[g] = overall
-            elif not seen.all():
-                means[g, ~seen] = means[g, seen]
-        return means.float()
 
     def group_rows(self, g: int, width: int) -> list[torch.Tensor]:
         """Group ``g``'s row samples of one width, every timestep bin."""
@@ -147,8 +125,6 @@ class StatsCollector:
             absmax_rows = row_max if absmax_rows is None else torch.maximum(absmax_rows, row_max)
             lo, hi = torch.aminmax(xh, dim=0)
             st.chan_absmax[g, h] = torch.maximum(st.chan_absmax[g, h], torch.maximum(-lo, hi).cpu())
-            st.row_sum[g, h] += xh.sum(dim=0, dtype=torch.float64).cpu()
-            st.row_count[g, h] += xh.shape[0]
             if st.block is not None:
                 lo, hi = torch.aminmax(hadamard_transform(xh, st.block))
                 rot_max = max(-float(lo), float(hi))

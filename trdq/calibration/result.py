@@ -14,7 +14,7 @@ from trdq.rotation import DuQuantRotation
 __all__ = ["LOW_RANK_KEYS", "CalibrationResult", "FaithfulParams"]
 
 #: ``LayerQuantParams`` fields of the low-rank error branch (trdq/low_rank.py)
-LOW_RANK_KEYS = ("low_rank_up", "low_rank_down", "error_bias_by_group")
+LOW_RANK_KEYS = ("low_rank_up", "low_rank_down")
 
 
 @dataclass

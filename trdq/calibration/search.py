@@ -18,7 +18,7 @@ from trdq import primitives as P
 from trdq.calibration.collect import LayerStats
 from trdq.config import QuantConfig
 from trdq.gptq import gptq_round
-from trdq.low_rank import effective_weight, fit_low_rank, group_error_bias
+from trdq.low_rank import effective_weight, fit_low_rank
 from trdq.quant_transforms import (
     LayerQuantParams,
     quantize_transformed_weight,
@@ -186,10 +186,9 @@ def _calibrate_weights(weight: torch.Tensor, rows: torch.Tensor, smooth: torch.T
 
 def _fit_error_branch(params: LayerQuantParams, weight: torch.Tensor, st: LayerStats,
                       config: QuantConfig, device: torch.device) -> None:
-    """The low-rank branch of the integer weight's error and its per-group bias
-    (trdq/low_rank.py), in ``params``. Fitted on the rows the integer weights were
-    calibrated on (raw inputs: the branch sees the row before centring and rotation);
-    without CFG-wise parameters both halves take the pooled mean (as their clips do)."""
+    """The low-rank branch of the integer weight's error (trdq/low_rank.py), in
+    ``params``. Fitted on the rows the integer weights were calibrated on (raw inputs: the
+    branch sees the row before centring and rotation)."""
     q, scale = quantize_transformed_weight(
         transform_weight(weight, params.smooth_divisor, st.block), config.weight_bits,
         config.fp8, params.weight_clip, params.weight_q)
@@ -197,10 +196,7 @@ def _fit_error_branch(params: LayerQuantParams, weight: torch.Tensor, st: LayerS
     error = weight.to(device) - served
     rows = _weight_rows(st, config).to(device)
     up, down = fit_low_rank(error, rows.t() @ rows / rows.shape[0], config.low_rank)
-    means = st.mean_by_group(pool_halves=not config.cfg_wise)
-    residual = error - up @ down
     params.low_rank_up, params.low_rank_down = up.cpu(), down.cpu()
-    params.error_bias_by_group = group_error_bias(residual, means.to(device)).cpu()
 
 
 # ---- activation errors -----------------------------------------------------------------

@@ -106,15 +106,13 @@ class QuantLinear(nn.Module):
         self.register_buffer("clip_ratio_by_group", params.clip_ratio_by_group.float().clone())
         #: [N] row sums of the effective (dequantized, rotated back) weight; set = centered
         self.register_buffer("weight_sum", weight_sum)
-        # the low-rank error branch (trdq/low_rank.py): [N, r] and [r, K] in the layer's
-        # dtype (they are weights) and its [G, 2, N] per-group bias; None = no branch
-        dtype = bias.dtype if bias is not None else torch.float32
-        for key in ("low_rank_up", "low_rank_down"):
+        # the low-rank error branch (trdq/low_rank.py): [N, r] and [r, K] weights in 16
+        # bits (fp16 in an fp16 model, else bf16: a correction needs no more); None = none
+        branch_dtype = torch.float16 if bias is not None and bias.dtype == torch.float16 \
+            else torch.bfloat16
+        for key in LOW_RANK_KEYS:
             value = getattr(params, key)
-            self.register_buffer(key, None if value is None else value.to(dtype).contiguous())
-        error_bias = params.error_bias_by_group
-        self.register_buffer("error_bias_by_group",
-                             None if error_bias is None else error_bias.float().clone())
+            self.register_buffer(key, None if value is None else value.to(branch_dtype).contiguous())
         #: applied to the output ("" = none, "gelu_tanh"): set by ``fuse_gelu_into_linears``
         #: when this layer feeds a GELU, so a backend can apply it in its GEMM epilogue
         self.output_activation = ""
@@ -250,34 +248,21 @@ class QuantLinear(nn.Module):
             cfg_delta_half=cfg_delta_half,
         )
 
-    def _group_pair(self, by_group: torch.Tensor) -> torch.Tensor:
-        """This group's (uncond, cond) entry of ``by_group [G, 2, ...]``. The group is read
-        on the device (index_select with the context's group tensor), so there is no host
-        sync (CUDA graphs can capture it) and torch.compile sees no Python value that
-        changes with the group."""
+    def _per_row(self, by_group: torch.Tensor, rows: int, split: bool) -> torch.Tensor:
+        """This group's (uncond, cond) pair of ``by_group [G, 2]`` as one value per row.
+
+        With CFG the first half of the rows is uncond, the second cond; otherwise every
+        row takes the cond value. The group is read on the device (index_select with the
+        context's group tensor), so there is no host sync (CUDA graphs can capture it)
+        and torch.compile sees no Python value that changes with the group.
+        """
         ctx = self.context
         gi = ctx.group_index
         if gi is not None and gi.device == by_group.device:
-            return by_group.index_select(0, gi.reshape(1)).squeeze(0)
-        return by_group[min(ctx.group, by_group.shape[0] - 1)]
-
-    def _per_row(self, by_group: torch.Tensor, rows: int, split: bool) -> torch.Tensor:
-        """This group's (uncond, cond) pair of ``by_group [G, 2]`` as one value per row:
-        with CFG the first half of the rows is uncond, the second cond; otherwise every
-        row takes the cond value."""
-        pair = self._group_pair(by_group)
+            pair = by_group.index_select(0, gi.reshape(1)).squeeze(0)
+        else:
+            pair = by_group[min(ctx.group, by_group.shape[0] - 1)]
         return pair.repeat_interleave(rows // 2) if split else pair[1:].expand(rows)
-
-    def _error_branch(self, x2: torch.Tensor, out: torch.Tensor, split: bool) -> torch.Tensor:
-        """``out`` plus the low-rank branch on the unquantized rows and this group's bias
-        (uncond half, cond half) of what the branch leaves (trdq/low_rank.py)."""
-        down, up = self.low_rank_down.to(x2.dtype), self.low_rank_up.to(x2.dtype)
-        out = out + (x2 @ down.t()) @ up.t()
-        pair = self._group_pair(self.error_bias_by_group).to(out.dtype)
-        if split:
-            halves = out.shape[0] // 2
-            return (out.reshape(2, halves, -1) + pair[:, None, :]).reshape(out.shape)
-        return out + pair[1]
 
     # ---- input quantized by its producer (trdq.nn.fused_block) -----------------------------
     def producer_row_scale(self, rows: int) -> torch.Tensor | None:
@@ -326,7 +311,8 @@ class QuantLinear(nn.Module):
             out = serve_linear(self.backend, x2, self.packed, act, self.bias, self.output_activation)
         else:  # the branch joins before the output activation
             out = serve_linear(self.backend, x2, self.packed, act, self.bias, "")
-            out = self._error_branch(x2, out, split)
+            down, up = self.low_rank_down.to(x2.dtype), self.low_rank_up.to(x2.dtype)
+            out = out + (x2 @ down.t()) @ up.t()
             if self.output_activation:
                 out = apply_output_activation(out, self.output_activation)
         return out.reshape(*lead, self.out_features)

@@ -57,7 +57,9 @@ STAGE_TEXT = {
             "exactly through the weights' row sums)",
     "-rot-search": "+ clip-ratio search with one timestep group, and calibrated integer "
                    "weights (a clip per output channel by the output error on the "
-                   "calibration rows, then GPTQ rounding)",
+                   "calibration rows, then GPTQ rounding; with 4-bit weights also a "
+                   "rank-16 full-precision branch fitted to their error on those rows, "
+                   "trdq/low_rank.py)",
     "-rot-groups-search": "+ 8 timestep groups, each with its own searched clip ratio (the "
                           "time dimension; the integer weights are calibrated on the same "
                           "rows as with one group; without the search, per-token scales "
