@@ -62,8 +62,10 @@ INT_BITS = (4, 6, 7, 8)
 #: (weight bits, activation bits) of the preset chains: ``w8a8``, ``w4a8``, ``w6a6``, ``w4a4``
 BIT_PAIRS = ((8, 8), (4, 8), (6, 6), (4, 4))
 #: the low-rank error branch of the 4-bit presets (from the search stage). W4A8 PSNR to FP
-#: on the image zoo (128 training prompts, CPU): 30.6 dB without, 34.4 / 34.7 / 35.8 dB at
-#: rank 8 / 16 / 32 (docs/QUALITY.md); 8-bit weights have too little error to pay for it.
+#: on the image zoo's training prompts (CPU): 30.6 dB without, 34.4 / 34.7 / 35.8 dB at
+#: rank 8 / 16 / 32 in a first fit; the recipe's rank 16 gives 35.7 dB
+#: (docs/journal/2026-12-07-low-rank-branch.md). 8-bit weights have too little error to
+#: pay for the branch's bytes.
 LOW_RANK_W4 = 16
 
 RotationKind = Literal["none", "hadamard", "duquant"]
