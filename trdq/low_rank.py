@@ -33,6 +33,11 @@ __all__ = ["effective_weight", "fit_low_rank"]
 #: relative damping added to ``H``'s diagonal before its square root (rows seldom span
 #: every input direction; a direction no row takes has no error worth fitting)
 HESSIAN_DAMPING = 1e-4
+#: a full SVD up to this size on the shorter side (the zoo, PixArt); randomized above
+EXACT_SVD_MAX = 2048
+#: randomized SVD's extra columns and power iterations (Halko et al.: ample for 16 of 3072)
+SVD_OVERSAMPLING = 16
+SVD_POWER_ITERATIONS = 4
 
 
 def effective_weight(qweight: torch.Tensor, weight_scale: torch.Tensor,
@@ -54,16 +59,33 @@ def fit_low_rank(error: torch.Tensor, hessian: torch.Tensor,
 
     With ``H = L L^T`` (Cholesky) the objective is ``||(error - up @ down) L||_F``, so the
     optimum is the truncated SVD of ``error @ L`` with ``down`` mapped back by ``L^(-1)``:
-    one Cholesky and one SVD, cheaper than the symmetric square root at FLUX's K = 15360.
+    one Cholesky and one (truncated) SVD, cheaper than the symmetric square root at FLUX's
+    K = 15360.
     """
     k = hessian.shape[0]
     h = hessian.double()
     h = h + HESSIAN_DAMPING * h.diagonal().mean().clamp_min(1e-12) * torch.eye(
         k, dtype=h.dtype, device=h.device)
     lower = torch.linalg.cholesky(h)
-    left, singular, right = torch.linalg.svd(error.double() @ lower, full_matrices=False)
-    r = min(rank, singular.shape[0])
-    up = left[:, :r] * singular[:r]
-    # down = right[:r] L^(-1), i.e. the solution of L^T down^T = right[:r]^T
-    down = torch.linalg.solve_triangular(lower.t(), right[:r].t(), upper=True).t()
+    left, singular, right = _top_singular(error.double() @ lower, rank)
+    up = left * singular
+    # down = right L^(-1), i.e. the solution of L^T down^T = right^T
+    down = torch.linalg.solve_triangular(lower.t(), right.t(), upper=True).t()
     return up.float(), down.float()
+
+
+def _top_singular(matrix: torch.Tensor,
+                  rank: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The ``rank`` leading singular triplets ``(U [m, r], S [r], V^T [r, n])``: exact below
+    ``EXACT_SVD_MAX`` on the shorter side, else by seeded randomized SVD (deterministic;
+    FLUX's 3072 x 15360 errors would take seconds each in a float64 full SVD on a GPU)."""
+    if min(matrix.shape) <= EXACT_SVD_MAX:
+        left, singular, right = torch.linalg.svd(matrix, full_matrices=False)
+        r = min(rank, singular.shape[0])
+        return left[:, :r], singular[:r], right[:r]
+    devices = [matrix.device] if matrix.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(0)
+        left, singular, right_t = torch.svd_lowrank(matrix, q=rank + SVD_OVERSAMPLING,
+                                                    niter=SVD_POWER_ITERATIONS)
+    return left[:, :rank], singular[:rank], right_t[:, :rank].t()

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 
 from tests.helpers.quant import fast, run_image
-from trdq import api
+from trdq import api, low_rank
 from trdq.kernels.registry import get_backend
 from trdq.low_rank import effective_weight, fit_low_rank
 from trdq.nn import QuantLinear
@@ -103,3 +103,19 @@ def test_w4a8_branch_brings_the_samples_closer_to_full_precision():
         layer.low_rank_up = layer.low_rank_down = None
     without = run_image(pipe, TINY_PROMPTS[:2], steps=4)
     assert (with_branch - reference).pow(2).mean() < (without - reference).pow(2).mean()
+
+
+def test_randomized_svd_of_large_errors_matches_the_exact_one(monkeypatch):
+    """Above ``EXACT_SVD_MAX`` the fit uses a seeded randomized SVD: the same fit (to the
+    exact one's error) and the same numbers on every call."""
+    torch.manual_seed(3)
+    error = torch.randn(96, 16) @ torch.randn(16, 80) + 0.01 * torch.randn(96, 80)
+    rows = torch.randn(300, 80)
+    hessian = rows.t() @ rows / rows.shape[0]
+    exact = fit_low_rank(error, hessian, 8)
+    monkeypatch.setattr(low_rank, "EXACT_SVD_MAX", 32)
+    first, second = fit_low_rank(error, hessian, 8), fit_low_rank(error, hessian, 8)
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+    exact_err = _metric_error(error - exact[0] @ exact[1], hessian)
+    random_err = _metric_error(error - first[0] @ first[1], hessian)
+    assert random_err <= exact_err * 1.01
