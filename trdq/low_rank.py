@@ -63,11 +63,14 @@ def fit_low_rank(error: torch.Tensor, hessian: torch.Tensor,
     K = 15360.
     """
     k = hessian.shape[0]
-    h = hessian.double()
+    # float64 on the host; float32 on a GPU, whose float64 GEMMs would take seconds per
+    # layer at FLUX's widths (the damping keeps the Cholesky well conditioned)
+    dtype = torch.float64 if error.device.type == "cpu" else torch.float32
+    h = hessian.to(dtype)
     h = h + HESSIAN_DAMPING * h.diagonal().mean().clamp_min(1e-12) * torch.eye(
-        k, dtype=h.dtype, device=h.device)
+        k, dtype=dtype, device=h.device)
     lower = torch.linalg.cholesky(h)
-    left, singular, right = _top_singular(error.double() @ lower, rank)
+    left, singular, right = _top_singular(error.to(dtype) @ lower, rank)
     up = left * singular
     # down = right L^(-1), i.e. the solution of L^T down^T = right^T
     down = torch.linalg.solve_triangular(lower.t(), right.t(), upper=True).t()
