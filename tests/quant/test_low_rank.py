@@ -4,6 +4,7 @@ the right place (before a fused GELU) and is closer to full precision with it.""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from tests.helpers.quant import fast, run_image
@@ -119,3 +120,20 @@ def test_randomized_svd_of_large_errors_matches_the_exact_one(monkeypatch):
     exact_err = _metric_error(error - exact[0] @ exact[1], hessian)
     random_err = _metric_error(error - first[0] @ first[1], hessian)
     assert random_err <= exact_err * 1.01
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_fit_matches_the_host_fit():
+    """On a GPU the fit runs in float32 (randomized above EXACT_SVD_MAX): its error in the
+    rows' metric is the float64 host fit's, at PixArt's and FLUX's widths."""
+    torch.manual_seed(4)
+    for n, k in ((1152, 4608), (3072, 15360)):
+        error = torch.randn(n, k) * 0.01
+        rows = torch.randn(2048, k) * torch.linspace(0.2, 2.0, k)
+        hessian = rows.t() @ rows / rows.shape[0]
+        host = fit_low_rank(error, hessian, 16)
+        gpu = fit_low_rank(error.cuda(), hessian.cuda(), 16)
+        host_err = _metric_error(error - host[0] @ host[1], hessian)
+        gpu_err = _metric_error(error - (gpu[0] @ gpu[1]).cpu(), hessian)
+        assert gpu_err <= host_err * 1.01
