@@ -12,6 +12,7 @@ def main(argv: list[str] | None = None) -> int:
     from server.app import create_app
     from server.lifecycle import serve
     from server.settings import Settings
+    from trdq.runtime.host_memory import configure_host_malloc
 
     try:
         settings = Settings()
@@ -24,6 +25,8 @@ def main(argv: list[str] | None = None) -> int:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # before any thread or model exists (trdq/runtime/host_memory.py)
+    configure_host_malloc(settings.host_malloc)
     app = create_app(settings)
     serve(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
           grace_s=settings.shutdown_grace_s)

@@ -124,6 +124,10 @@ class Settings(BaseSettings):
     gemm_tma: Literal["graphs", "1", "0"] = "graphs"
     # Where the C pass is built; unset: $TRDQ_CACHE_DIR/native, else ~/.cache/trdq/native.
     native_cache: Path | None = None
+    # Host memory (glibc): reuse keeps freed blocks for the next tensor (the CPU path's
+    # activations are tens of MB; unmapping them cost 1.45x on the zoo video model);
+    # system leaves malloc's defaults (trdq/runtime/host_memory.py).
+    host_malloc: Literal["reuse", "system"] = "reuse"
 
     @field_validator("cpu_int_mm", mode="before")
     @classmethod

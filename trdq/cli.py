@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+from trdq.runtime.host_memory import configure_host_malloc
+
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     import os
@@ -169,6 +171,11 @@ FORWARDED = {"bench": "trdq.tools.bench", "eval": "trdq.tools.eval_cli",
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        configure_host_malloc()  # TRDQ_HOST_MALLOC, before any thread or model exists
+    except ValueError as error:
+        print(f"invalid setting: {error}", file=sys.stderr)
+        return 2
     if argv and argv[0] in FORWARDED:
         import importlib
 

@@ -38,6 +38,7 @@ from server.engine.remote_metrics import MetricsRecorder
 from server.errors import GenerationCancelledError, ServiceError
 from server.settings import Settings
 from trdq.pipeline import resolve_device
+from trdq.runtime.host_memory import configure_host_malloc
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +53,7 @@ def worker_main(conn: Connection, settings: Settings, device_name: str, index: i
         level=settings.log_level.upper(),
         format=f"%(asctime)s %(levelname)s [worker {index} {device_name}] %(name)s: %(message)s",
     )
+    configure_host_malloc(settings.host_malloc)  # a spawned interpreter: its own malloc
     recorder = MetricsRecorder()
     try:
         kernels = configure_kernels(settings)

@@ -28,7 +28,8 @@ docs/bench --out docs/BENCHMARKS.md`` regenerates the tables from every such rec
 
 Row suffixes: ``+cg`` (CUDA graphs), ``+fp8attn`` / ``+fa3attn`` (self-attention through
 FA3 in e4m3 / bf16, ``trdq.nn.attention``), ``+t5int8`` / ``+t5int4``, ``+vaetile``,
-``+torchops`` (CPU), ``+t5compile`` (written last: the text encoders' layers compiled too),
+``+torchops`` (CPU), ``+sysmalloc`` (CPU: glibc's own malloc thresholds, without
+``TRDQ_HOST_MALLOC=reuse``), ``+t5compile`` (written last: the text encoders' layers compiled too),
 ``+multikernel`` (Inductor's ``triton.multi_kernel``, which also generates a persistent
 variant of each row reduction and keeps the faster) and ``+fusednorm`` (the blocks'
 LayerNorm entries through ``trdq.nn.fused_block``; ``+fusedff`` also its GELU kernel) after
@@ -57,6 +58,7 @@ import torch._inductor.config as inductor_config
 from trdq.integrations.diffusers import fuse_qkv_projections
 from trdq.kernels import cpu_int8, cpu_native
 from trdq.nn.attention import set_attention_backend, split_attention_suffix
+from trdq.runtime import host_memory
 from trdq.runtime.compile import (
     compile_denoiser,
     compile_text_encoders,
@@ -83,6 +85,9 @@ __all__ = ["BenchResult", "main", "run_bench"]
 VAE_TILING = "+vaetile"
 #: row suffix (CPU): cpu_int8 quantizes activations with its torch ops, not its C pass
 TORCH_OPS = "+torchops"
+#: row suffix (CPU): glibc's own malloc thresholds for the row, as without
+#: ``TRDQ_HOST_MALLOC=reuse`` (freed activations unmapped; trdq/runtime/host_memory.py)
+SYSTEM_MALLOC = "+sysmalloc"
 #: row suffix: also torch.compile the text encoders' layers (``compile_text_encoders``)
 T5_COMPILE = "+t5compile"
 #: row suffix, written last: compile with Inductor's ``triton.multi_kernel = 1`` (each
@@ -280,6 +285,11 @@ class _Runner:
             info["vae_tiling"] = True
         # "+fp8attn" / "+fa3attn": the denoiser's self-attention through that backend
         row, attention = split_attention_suffix(row)
+        if row.endswith(SYSTEM_MALLOC):
+            row = row.removesuffix(SYSTEM_MALLOC)
+            if not host_memory.set_system_thresholds(True):  # _release sets reuse back
+                raise ValueError(f"{SYSTEM_MALLOC}: needs glibc and TRDQ_HOST_MALLOC=reuse")
+            info["host_malloc"] = "system"
         if row.endswith(TORCH_OPS):
             row = row.removesuffix(TORCH_OPS)
             cpu_native.set_enabled(False)  # _release turns it back on
@@ -376,6 +386,7 @@ class _Runner:
         uncompile_vae_decoder(self.pipe.vae)
         uncompile_text_encoders(self.pipe)
         cpu_native.set_enabled(True)
+        host_memory.set_system_thresholds(False)
         inductor_config.triton.multi_kernel = self._multi_kernel_default
         if getattr(self.pipe.vae, "use_tiling", False):
             self.pipe.vae.disable_tiling()
@@ -516,7 +527,8 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         f"median of {args.runs} pipeline / {args.step_runs} step runs after warm-up",
         (
             f"TR-DQ rows: trdq.quantize backend={args.backend}, calibrated on "
-            f"{args.calib_prompts} prompt(s) at {preset.calib_hw}, "
+            f"{args.calib_prompts} prompt(s) at "
+            f"{preset.calib_hw or 'the pipeline default size'}, "
             f"{'fp32' if runner.act_dtype() == torch.float32 else 'bf16'} activations"
             + ("; calibration=timing (no search, GPTQ or weight clip: same kernels, "
                "latency only, not the recipe's quality)" if args.calibration == "timing" else "")
@@ -648,6 +660,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    host_memory.configure_host_malloc()  # as `trdq` does (also for python -m trdq.tools.bench)
     if args.render:
         if not args.markdown:
             print("--render needs --markdown FILE", file=sys.stderr)
