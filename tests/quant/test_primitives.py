@@ -16,6 +16,11 @@ def test_int4_pack_layout_and_roundtrip():
     torch.testing.assert_close(P.unpack_int4(packed), q)
     big = torch.randint(-7, 8, (33, 64), dtype=torch.int8)
     torch.testing.assert_close(P.unpack_int4(P.pack_int4(big)), big)
+    # every byte: each nibble sign-extended on its own (the shifts' oracle is arithmetic)
+    every = torch.arange(256, dtype=torch.uint8).view(1, 256)
+    want = torch.stack([every & 0xF, every >> 4], dim=-1).flatten(-2).to(torch.int16)
+    want = torch.where(want >= 8, want - 16, want).to(torch.int8)
+    assert torch.equal(P.unpack_int4(every), want)
 
 
 def test_weight_quant_ranges():
