@@ -27,6 +27,13 @@ if _XDIST_WORKERS > 1:
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+# As the server and `trdq` do at start-up (after TRITON_INTERPRET: this imports trdq):
+# freed activations kept for reuse (trdq/runtime/host_memory.py; TRDQ_HOST_MALLOC=system
+# in the environment opts out).
+from trdq.runtime.host_memory import configure_host_malloc
+
+configure_host_malloc()
+
 import diffusers
 import transformers
 
