@@ -16,6 +16,7 @@ from trdq.kernels import (
     select_backend,
     switches,
 )
+from trdq.kernels.base import serve_linear
 from trdq.rotation import hadamard_block_size, rotate_weight
 
 
@@ -376,3 +377,39 @@ def test_cpu_int8_compiles_without_graph_breaks():
     act = ActQuant(rotation_block=block)
     compiled = torch.compile(lambda t: fast.linear(t, packed, act, bias), fullgraph=True)
     torch.testing.assert_close(compiled(x), fast.linear(x, packed, act, bias))
+
+
+@pytest.mark.parametrize("native", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cpu_int8_low_rank_branch_in_its_epilogue(native, dtype, monkeypatch):
+    """The low-rank error branch inside cpu_int8 (the C epilogue, or int8_linear_math's
+    torch ops) gives what ``serve_linear`` builds around a backend that does not fuse it:
+    the branch on the served rows (the cond rows' x, not their CFG difference), then GELU."""
+    if native and not cpu_native.available():
+        pytest.skip("no C compiler here: cpu_int8 runs its torch ops")
+    monkeypatch.setattr(cpu_native, "_enabled", native)
+    x, _, bias, s, block, q, scale = _case(40, 1152, 96, 4, True)
+    x = x.to(dtype)
+    gen = torch.Generator().manual_seed(5)
+    down = (torch.randn(16, 1152, generator=gen) * 0.02).to(dtype)
+    up = (torch.randn(96, 16, generator=gen) * 0.5).to(dtype)
+    act = ActQuant(bits=8, rotation_block=block, smooth_divisor=s, clip_ratio=0.9,
+                   weight_sum=torch.randn(96, generator=gen), cfg_delta_half=20)
+    fused = get_backend("cpu_int8")
+    packed = fused.pack(q, scale, 4)
+    got = serve_linear(fused, x, packed, act, bias, "gelu_tanh", (down, up))
+    monkeypatch.setattr(type(fused), "fuses_low_rank", False)
+    want = serve_linear(fused, x, packed, act, bias, "gelu_tanh", (down, up))
+    without = serve_linear(fused, x, packed, act, bias, "gelu_tanh")
+    assert got.dtype == dtype and got.shape == want.shape
+    assert P.sqnr_db(want.float(), got.float()) > (45 if dtype == torch.bfloat16 else 60)
+    # and the branch is there: without it the output is measurably different
+    assert P.sqnr_db(want.float(), without.float()) < 40
+
+
+def test_native_unpack_int4_matches_the_primitive():
+    """The C unpack of 4-bit weights against ``trdq.primitives.unpack_int4``, every byte."""
+    if not cpu_native.available():
+        pytest.skip("no C compiler here: cpu_int8 runs its torch ops")
+    every = torch.arange(256, dtype=torch.uint8).repeat(37, 3)
+    assert torch.equal(cpu_native.unpack_int4(every), P.unpack_int4(every))

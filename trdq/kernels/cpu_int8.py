@@ -115,6 +115,8 @@ def int8_linear_math(
     weight_sum: torch.Tensor | None = None,
     delta_half: int = 0,
     activation: str = "",
+    low_rank_down: torch.Tensor | None = None,
+    low_rank_up: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``[M, K]`` x (``[N, K]`` int8 or ``[N, K/2]`` packed uint8) -> ``[M, N]`` x.dtype.
 
@@ -122,7 +124,9 @@ def int8_linear_math(
     ``bits`` for the integer width. ``rotation_block`` <= 0 means no rotation; ``row_scale`` None means dynamic per-token;
     ``weight_sum`` set: centre the rows and add ``mean x weight_sum`` back; ``delta_half``
     > 0: quantize rows ``r >= delta_half`` as ``x[r] - x[r - delta_half]`` (CFG-delta) and
-    return them as served, ``y_u + W d``; ``activation``: applied to the served output.
+    return them as served, ``y_u + W d``; ``low_rank_down [R, K]`` / ``low_rank_up [N, R]``:
+    the low-rank error branch ``(x down^T) up^T`` added to the served output in float32
+    (trdq/low_rank.py); ``activation``: applied to the served output last.
     """
     xf = x.float()
     if delta_half:
@@ -150,6 +154,8 @@ def int8_linear_math(
         out.add_(mean * weight_sum.float()[None, :])
     if delta_half:  # the served cond rows: y_u + W d (restores_cfg_delta)
         out = restore_cfg_delta(out, delta_half, bias)
+    if low_rank_down is not None and low_rank_up is not None:
+        out = out.addmm_(x.float() @ low_rank_down.float().t(), low_rank_up.float().t())
     return apply_output_activation(out, activation).to(x.dtype)
 
 
@@ -171,10 +177,13 @@ def _positional(fn):
         weight_sum: torch.Tensor | None,
         delta_half: int,
         activation: str,
+        low_rank_down: torch.Tensor | None,
+        low_rank_up: torch.Tensor | None,
     ) -> torch.Tensor:
         return fn(x, weight, weight_scale, bias, rotation_block=rotation_block, smooth=smooth,
                   row_scale=row_scale, clip_ratio=clip_ratio, bits=bits, weight_sum=weight_sum,
-                  delta_half=delta_half, activation=activation)
+                  delta_half=delta_half, activation=activation, low_rank_down=low_rank_down,
+                  low_rank_up=low_rank_up)
 
     return kernel
 
@@ -183,9 +192,10 @@ def _keyword(op):
     """The operator ``op`` (made from ``_positional``) called as ``int8_linear_math`` is."""
 
     def call(x, weight, weight_scale, bias, *, rotation_block, smooth=None, row_scale=None,
-             clip_ratio, bits=8, weight_sum=None, delta_half=0, activation=""):
+             clip_ratio, bits=8, weight_sum=None, delta_half=0, activation="",
+             low_rank_down=None, low_rank_up=None):
         return op(x, weight, weight_scale, bias, rotation_block, smooth, row_scale, clip_ratio,
-                  bits, weight_sum, delta_half, activation)
+                  bits, weight_sum, delta_half, activation, low_rank_down, low_rank_up)
 
     return call
 
@@ -267,7 +277,7 @@ def int8_gemm(q: torch.Tensor, weight: torch.Tensor, act_bits: int = 8) -> torch
     saturating. 4-bit weights are unpacked per call and use ``torch._int_mm``.
     """
     if weight.dtype == torch.uint8:
-        weight = P.unpack_int4(weight)
+        weight = cpu_native.unpack_int4(weight) if cpu_native.available() else P.unpack_int4(weight)
     elif ONEDNN_PREPACK:
         return _onednn_linear(q, weight, 0)
     elif U8_GEMM and act_bits <= 7:
@@ -310,10 +320,13 @@ def native_int8_linear(
     weight_sum: torch.Tensor | None = None,
     delta_half: int = 0,
     activation: str = "",
+    low_rank_down: torch.Tensor | None = None,
+    low_rank_up: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``int8_linear_math`` through the C kernels: one pass over x (every step before the
     GEMM), the int8 GEMM, one pass over the output (rescale, bias, centring, the uncond
-    rows added back to the cond rows under CFG-delta, and the output activation).
+    rows added back to the cond rows under CFG-delta, the low-rank branch's rank-R sum on
+    ``x down^T``, and the output activation).
     Compiled graphs call it as one op (``trdq::cpu_int8_native_linear``), not three: each
     dispatcher round trip is a fixed host cost, a sizeable share of a linear this small;
     eager code calls it directly."""
@@ -321,8 +334,13 @@ def native_int8_linear(
         x, rotation_block=rotation_block, smooth=smooth, row_scale=row_scale,
         clip_ratio=clip_ratio, bits=bits, center=weight_sum is not None, delta_half=delta_half,
     )
+    branch_x = branch_up_t = None
+    if low_rank_down is not None and low_rank_up is not None:
+        branch_x = x.float() @ low_rank_down.float().t()
+        branch_up_t = low_rank_up.float().t().contiguous()
     return cpu_native.int8_epilogue(int8_gemm(q, weight, bits), a_scale, weight_scale, bias,
-                                    mean, weight_sum, x.dtype, delta_half, activation)
+                                    mean, weight_sum, x.dtype, delta_half, activation,
+                                    branch_x, branch_up_t)
 
 
 #: ``native_int8_linear`` as one op: what a compiled model calls (eager calls the function).
@@ -341,6 +359,8 @@ class CpuInt8Backend(KernelBackend):
     restores_cfg_delta = True
     # in the C epilogue (one pass over the output fewer); in torch on the fallback paths
     fused_activations = ("gelu_tanh",)
+    # the low-rank error branch's sum in the C epilogue; in int8_linear_math's torch ops
+    fuses_low_rank = True
 
     def is_available(self, device: torch.device | str) -> tuple[bool, str]:
         if torch.device(device).type != "cpu":
@@ -383,6 +403,7 @@ class CpuInt8Backend(KernelBackend):
         act: ActQuant,
         bias: torch.Tensor | None,
         activation: str = "",
+        low_rank: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         if act.bits not in INT_BITS or act.fp8:
             raise ValueError(f"cpu_int8 quantizes activations to {_WIDTHS} integer bits, "
@@ -397,8 +418,9 @@ class CpuInt8Backend(KernelBackend):
             fn = int8_linear_math
         else:
             fn = cpu_int8_linear
+        down, up = low_rank if low_rank is not None else (None, None)
         return fn(x, packed["weight"], packed["weight_scale"], bias, **act.op_kwargs(x),
-                  bits=act.bits, activation=activation)
+                  bits=act.bits, activation=activation, low_rank_down=down, low_rank_up=up)
 
 
 register(CpuInt8Backend())

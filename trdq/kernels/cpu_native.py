@@ -41,7 +41,7 @@ from trdq.machine import cpu_model, cpuinfo_field
 
 __all__ = [
     "available", "cpu_int8_epilogue", "cpu_rotate_quant", "int8_epilogue", "library_path",
-    "rotate_quant", "set_enabled",
+    "rotate_quant", "set_enabled", "unpack_int4",
 ]
 
 log = logging.getLogger(__name__)
@@ -83,8 +83,11 @@ def _build() -> ctypes.CDLL:
     p, i64, i32, f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
     dll.trdq_rotate_quant.argtypes = [p, i32, i64, i64, i64, p, i32, p, p, f32, p, p, p, i32]
     dll.trdq_rotate_quant.restype = i32
-    dll.trdq_int8_epilogue.argtypes = [p, i32, i64, i64, p, p, p, p, p, p, i32, i64, i32, i32]
+    dll.trdq_int8_epilogue.argtypes = [p, i32, i64, i64, p, p, p, p, p, p, i32, i64, p, p, i64,
+                                       i32, i32]
     dll.trdq_int8_epilogue.restype = i32
+    dll.trdq_unpack_int4.argtypes = [p, p, i64, i32]
+    dll.trdq_unpack_int4.restype = None
     return dll
 
 
@@ -204,12 +207,17 @@ def int8_epilogue(
     out_dtype: torch.dtype,
     delta_half: int = 0,
     activation: str = "",
+    low_rank_x: torch.Tensor | None = None,
+    low_rank_up_t: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``acc [M, N]`` (int32 or float32) * a_scale[m] * weight_scale[n] + bias[n]
     + mean[m] * weight_sum[n], written once in ``out_dtype`` (float32 or bfloat16).
     ``delta_half`` > 0: rows ``>= delta_half`` hold ``W d`` of CFG-delta and are written
-    as served, ``y_u + W d`` (no second bias). ``activation`` ("" or "gelu_tanh", as
-    ``kernels.base.OUTPUT_ACTIVATIONS``) is applied to the served rows before the write."""
+    as served, ``y_u + W d`` (no second bias). ``low_rank_x [M, R]`` and ``low_rank_up_t
+    [R, N]`` (float32): the low-rank error branch ``low_rank_x @ low_rank_up_t`` added to
+    the served rows (``low_rank_x`` from the rows as served, not differenced).
+    ``activation`` ("" or "gelu_tanh", as ``kernels.base.OUTPUT_ACTIVATIONS``) is applied
+    to the served rows last, before the write."""
     check_output_activation(activation)
     if out_dtype not in (torch.float32, torch.bfloat16):
         raise TypeError(f"cpu_int8_epilogue writes float32 or bfloat16, not {out_dtype}")
@@ -223,14 +231,29 @@ def int8_epilogue(
     mean = _f32(mean) if weight_sum is not None else None
     if delta_half and 2 * delta_half != m:
         raise ValueError(f"delta_half must be half of the {m} rows, got {delta_half}")
+    rank = 0
+    if low_rank_x is not None:
+        low_rank_x, low_rank_up_t = _f32(low_rank_x), _f32(low_rank_up_t)
+        rank = low_rank_x.shape[1]
+        if low_rank_x.shape[0] != m or low_rank_up_t is None or low_rank_up_t.shape != (rank, n):
+            raise ValueError(f"low-rank branch: x side [{m}, R] and up side [R, {n}] expected")
     failed = _library().trdq_int8_epilogue(
         acc.data_ptr(), int(acc.dtype == torch.int32), m, n, a_scale.data_ptr(),
         weight_scale.data_ptr(), _ptr(bias), _ptr(mean), _ptr(weight_sum), out.data_ptr(),
-        int(out_dtype == torch.bfloat16), delta_half, int(activation == "gelu_tanh"),
-        torch.get_num_threads(),
+        int(out_dtype == torch.bfloat16), delta_half, _ptr(low_rank_x), _ptr(low_rank_up_t),
+        rank, int(activation == "gelu_tanh"), torch.get_num_threads(),
     )
     if failed:
         raise MemoryError("cpu_int8_epilogue could not allocate its row buffers")
+    return out
+
+
+def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
+    """``trdq.primitives.unpack_int4`` in C: ``[N, K/2]`` uint8 -> ``[N, K]`` int8."""
+    packed = packed.contiguous()
+    out = torch.empty((*packed.shape[:-1], packed.shape[-1] * 2), dtype=torch.int8)
+    _library().trdq_unpack_int4(packed.data_ptr(), out.data_ptr(), packed.numel(),
+                                torch.get_num_threads())
     return out
 
 
@@ -242,7 +265,7 @@ def _rotate_quant_fake(x, rotation_block, smooth, row_scale, clip_ratio, bits, c
 
 
 def _int8_epilogue_fake(acc, a_scale, weight_scale, bias, mean, weight_sum, out_dtype,
-                        delta_half=0, activation=""):
+                        delta_half=0, activation="", low_rank_x=None, low_rank_up_t=None):
     return acc.new_empty(acc.shape, dtype=out_dtype)
 
 

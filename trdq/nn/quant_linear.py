@@ -305,19 +305,11 @@ class QuantLinear(nn.Module):
             row_clip = self._per_row(self.clip_ratio_by_group, m, split)
             delta = self.cfg_delta and self.context.cfg_active and m % 2 == 0
             act = self._act(None, row_clip, self.weight_sum, m // 2 if delta else 0)
-        # centring, CFG-delta and the output activation: in the backend's kernels where it
-        # fuses them, else around its call (serve_linear)
-        if self.low_rank_up is None:
-            out = serve_linear(self.backend, x2, self.packed, act, self.bias, self.output_activation)
-        else:  # the branch joins before the output activation
-            out = serve_linear(self.backend, x2, self.packed, act, self.bias, "")
-            down, up = self.low_rank_down.to(x2.dtype), self.low_rank_up.to(x2.dtype)
-            # added in place, one pass over the output: a new [M, N] result is a fresh
-            # allocation (at the zoo video model's 65536 x 256 on the CPU, AMD EPYC, glibc
-            # defaults: 22.6 ms against 2.9 in place; trdq/runtime/host_memory.py)
-            out = out.addmm_(x2 @ down.t(), up.t())
-            if self.output_activation:
-                out = apply_output_activation(out, self.output_activation)
+        # centring, CFG-delta, the low-rank branch and the output activation: in the
+        # backend's kernels where it fuses them, else around its call (serve_linear)
+        low_rank = None if self.low_rank_up is None else (self.low_rank_down, self.low_rank_up)
+        out = serve_linear(self.backend, x2, self.packed, act, self.bias, self.output_activation,
+                           low_rank)
         return out.reshape(*lead, self.out_features)
 
     def extra_repr(self) -> str:

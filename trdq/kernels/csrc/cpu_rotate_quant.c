@@ -13,7 +13,9 @@
  *
  * epilogue: out[m, n] = acc[m, n] * a_scale[m] * w_scale[n] (+ bias[n])
  *           (+ mean[m] * weight_sum[n]), acc int32 or float32, out float32 or bfloat16;
- *           with CFG-delta the cond rows come out as served, y_u + W d; then, if asked,
+ *           with CFG-delta the cond rows come out as served, y_u + W d; then, if given,
+ *           the low-rank error branch, + sum_r lr_x[m, r] * lr_up_t[r, n] (lr_x = x down^T
+ *           of the rows as served, not as differenced: trdq/low_rank.py); then, if asked,
  *           GELU (tanh approximation): the feed-forward's activation, on the row in L1
  *           instead of another pass over [M, N].
  *
@@ -304,6 +306,17 @@ static inline void epilogue_row(const void *acc, int acc_is_int32, int64_t m, in
         for (int64_t n = 0; n < N; ++n) y[n] += mu * weight_sum[n];
 }
 
+/* The low-rank branch on one output row: y[n] += sum_r a[r] * up_t[r, n] (rank r of 16:
+ * one vectorized sweep of y per r, y and up_t's rows in L1). */
+static inline void add_low_rank_row(const float *restrict a, const float *restrict up_t,
+                                    int64_t R, int64_t N, float *restrict y) {
+    for (int64_t r = 0; r < R; ++r) {
+        const float ar = a[r];
+        const float *restrict u = up_t + r * N;
+        for (int64_t n = 0; n < N; ++n) y[n] += ar * u[n];
+    }
+}
+
 static inline void store_row(const float *restrict y, int64_t N, void *out, int out_is_bf16,
                              int64_t m) {
     if (out_is_bf16) {
@@ -367,7 +380,8 @@ static void gelu_tanh_row(float *restrict y, int64_t N) {
 int trdq_int8_epilogue(const void *acc, int acc_is_int32, int64_t M, int64_t N,
                        const float *a_scale, const float *w_scale, const float *bias,
                        const float *mean, const float *weight_sum, void *out, int out_is_bf16,
-                       int64_t delta_half, int gelu, int threads) {
+                       int64_t delta_half, const float *lr_x, const float *lr_up_t, int64_t R,
+                       int gelu, int threads) {
     const int64_t rows = delta_half > 0 ? delta_half : M;
     int failed = 0;
 #pragma omp parallel num_threads(threads)
@@ -383,14 +397,30 @@ int trdq_int8_epilogue(const void *acc, int acc_is_int32, int64_t M, int64_t N,
                 float *d = y + N; /* W d, no bias: y_c = y_u + W d */
                 epilogue_row(acc, acc_is_int32, c, N, a_scale[c], w_scale, NULL,
                              mean ? mean[c] : 0.0f, mean ? weight_sum : NULL, d);
-                for (int64_t n = 0; n < N; ++n) d[n] += y[n];
+                for (int64_t n = 0; n < N; ++n) d[n] += y[n]; /* y_u before its branch */
+                if (lr_x) add_low_rank_row(lr_x + c * R, lr_up_t, R, N, d);
                 if (gelu) gelu_tanh_row(d, N);
                 store_row(d, N, out, out_is_bf16, c);
             }
+            if (lr_x) add_low_rank_row(lr_x + m * R, lr_up_t, R, N, y);
             if (gelu) gelu_tanh_row(y, N);
             store_row(y, N, out, out_is_bf16, m);
         }
         free(y);
     }
     return failed;
+}
+
+/* 4-bit weights packed two per byte (low nibble: even k; trdq.primitives.pack_int4) to
+ * int8, n bytes -> 2n values: each nibble sign-extended by an arithmetic shift. The CPU
+ * path unpacks its 4-bit weights at every call; as torch ops the interleave is a copy of
+ * its own. */
+void trdq_unpack_int4(const uint8_t *restrict in, int8_t *restrict out, int64_t n,
+                      int threads) {
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t i = 0; i < n; ++i) {
+        const int8_t b = (int8_t)in[i];
+        out[2 * i] = (int8_t)((int8_t)(b << 4) >> 4);
+        out[2 * i + 1] = (int8_t)(b >> 4);
+    }
 }
