@@ -125,7 +125,7 @@ class Settings(BaseSettings):
     # Where the C pass is built; unset: $TRDQ_CACHE_DIR/native, else ~/.cache/trdq/native.
     native_cache: Path | None = None
     # Host memory (glibc): reuse keeps freed blocks for the next tensor (the CPU path's
-    # activations are tens of MB; unmapping them cost 1.45x on the zoo video model);
+    # activations are tens of MB; unmapping them cost the zoo video pipeline 1.5-3.0x);
     # system leaves malloc's defaults (trdq/runtime/host_memory.py).
     host_malloc: Literal["reuse", "system"] = "reuse"
 

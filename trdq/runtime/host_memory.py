@@ -26,7 +26,7 @@ wants it calls it too. Not glibc (musl, macOS): nothing is changed.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
+import functools
 import logging
 import os
 
@@ -47,14 +47,15 @@ TRIM_THRESHOLD_BYTES = (1 << 31) - 1
 #: glibc's initial thresholds (its mmap threshold then grows with freed blocks, up to 32 MB)
 SYSTEM_THRESHOLD_BYTES = 128 * 1024
 
-_applied: str | None = None
+#: whether this process's glibc runs with ``reuse``'s thresholds
+_reusing = False
 
 
+@functools.cache
 def _glibc() -> ctypes.CDLL | None:
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return None
-    libc = ctypes.CDLL(name)
+    """The process's own C library when it is glibc (its symbols through the program's
+    handle: no library search, which would start subprocesses at every start-up)."""
+    libc = ctypes.CDLL(None)
     # gnu_get_libc_version exists only in glibc
     return libc if hasattr(libc, "gnu_get_libc_version") and hasattr(libc, "mallopt") else None
 
@@ -62,12 +63,12 @@ def _glibc() -> ctypes.CDLL | None:
 def configure_host_malloc(mode: str | None = None) -> bool:
     """Apply ``mode`` (default: ``TRDQ_HOST_MALLOC``, else ``reuse``); True when glibc's
     thresholds were raised by this call or an earlier one."""
-    global _applied
+    global _reusing
     mode = (mode or os.environ.get("TRDQ_HOST_MALLOC") or "reuse").strip().lower()
     if mode not in HOST_MALLOC_MODES:
         raise ValueError(f"TRDQ_HOST_MALLOC must be one of {HOST_MALLOC_MODES}, got {mode!r}")
-    if mode == "system" or _applied == "reuse":
-        return _applied == "reuse"
+    if mode == "system" or _reusing:
+        return _reusing
     libc = _glibc()
     if libc is None:
         log.debug("host malloc: not glibc, left as it is")
@@ -81,7 +82,7 @@ def configure_host_malloc(mode: str | None = None) -> bool:
     if not ok:
         log.warning("host malloc: glibc refused a threshold; freed blocks may be unmapped")
         return False
-    _applied = "reuse"
+    _reusing = True
     return True
 
 
@@ -90,7 +91,7 @@ def set_system_thresholds(system: bool) -> bool:
     ``reuse``'s again (False), in a process where ``configure_host_malloc`` applied
     ``reuse``; the arena count stays one. False where there is nothing to switch."""
     libc = _glibc()
-    if libc is None or _applied != "reuse":
+    if libc is None or not _reusing:
         return False
     mmap_bytes = SYSTEM_THRESHOLD_BYTES if system else MMAP_THRESHOLD_BYTES
     trim_bytes = SYSTEM_THRESHOLD_BYTES if system else TRIM_THRESHOLD_BYTES
