@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from trdq.tools import bench
 
@@ -281,3 +282,25 @@ def test_profile_categories_by_kernel_name(kernel, category):
     from trdq.tools.bench_variants import kernel_category
 
     assert kernel_category(kernel) == category
+
+
+def test_text_encoder_profile_replays_the_inputs_a_pipeline_call_gave_it():
+    from trdq.tools.bench_variants import profile_text_encoder
+
+    class Pipe:
+        def __init__(self):
+            self.text_encoder = torch.nn.Linear(4, 4)
+            self.calls = 0
+
+        def __call__(self):
+            self.calls += 1
+            return self.text_encoder(torch.ones(2, 4))
+
+    pipe = Pipe()
+    seen = []
+    pipe.text_encoder.register_forward_hook(lambda _m, args, _out: seen.append(args[0].shape))
+    report = profile_text_encoder(pipe, pipe, runs=3)
+    assert pipe.calls == 1  # one pipeline call, to record the encoder's inputs
+    assert seen == [(2, 4)] * 5  # that call, a warm-up, three timed runs (no GPU to profile)
+    assert report["wall_ms"] > 0 and report["gpu_ms"] == 0.0  # no GPU here
+    assert profile_text_encoder(type("NoEncoder", (), {})(), pipe) is None

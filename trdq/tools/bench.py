@@ -75,6 +75,7 @@ from trdq.tools.bench_variants import (
     apply_fp8_swap,
     apply_torchao,
     profile_step,
+    profile_text_encoder,
 )
 
 logger = logging.getLogger(__name__)
@@ -427,6 +428,15 @@ class _Runner:
                         call()
                     info[f"peak_by_stage_gb@b{batch}"] = stages.report(pool)
                     info[f"ms_by_stage@b{batch}"] = stages.milliseconds()
+                if args.profile and dev.type == "cuda":
+                    encode = profile_text_encoder(self.pipe, call)
+                    info[f"text_encoder_ms@b{batch}"] = encode
+                    if encode is not None:
+                        print(
+                            f"[bench] text encoder {name}: wall {encode['wall_ms']:.1f} ms, "
+                            f"GPU {encode['gpu_ms']:.1f} ms",
+                            flush=True,
+                        )
             if "denoiser_step" in args.scopes:
                 inputs = preset.step_inputs(transformer, batch, dev, self._dtype_for(row))
                 # the step is called without the pipeline, which is what tells a quantized
@@ -564,6 +574,9 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         stage_note = _stage_note(runner.details["rows"], prefix, title, decimals)
         if stage_note:
             notes.append(stage_note)
+    encoder_note = _text_encoder_note(runner.details["rows"])
+    if encoder_note:
+        notes.append(encoder_note)
     md = None if args.no_markdown or not args.markdown else Path(args.markdown)
     return write_outputs(preset.name, device, runner.results, runner.details, args.json, md, notes)
 
@@ -588,6 +601,20 @@ def _stage_note(
     if not entries:
         return None
     return f"{title}, encode / denoise / decode: " + "; ".join(entries)
+
+
+def _text_encoder_note(rows: dict[str, dict[str, Any]]) -> str | None:
+    """One note listing each result's text-encoder wall / GPU ms (``--profile``)."""
+    entries = [
+        f"{row if key == 'text_encoder_ms@b1' else row + key.removeprefix('text_encoder_ms')}: "
+        f"{ms['wall_ms']:.1f} / {ms['gpu_ms']:.1f}"
+        for row, info in rows.items()
+        for key, ms in info.items()
+        if key.startswith("text_encoder_ms") and ms
+    ]
+    if not entries:
+        return None
+    return "text encoder alone, wall / GPU kernel ms (`--profile`): " + "; ".join(entries)
 
 
 def build_parser() -> argparse.ArgumentParser:
