@@ -35,6 +35,8 @@ def load_prompts(prompts: list[str] | str | Path | None, fallback: list[str] | N
         out = [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
     elif isinstance(prompts, str):
         out = [prompts]
+    elif isinstance(prompts, Path):
+        raise FileNotFoundError(f"no calibration prompts file at {prompts}")
     else:
         out = [str(p) for p in prompts]
     if not out:
@@ -129,6 +131,7 @@ class StatsCollector:
                 lo, hi = torch.aminmax(hadamard_transform(xh, st.block))
                 rot_max = max(-float(lo), float(hi))
                 st.rot_absmax[g, h] = max(float(st.rot_absmax[g, h]), rot_max)
+        assert absmax_rows is not None  # halves holds one or two entries
         self._sample_rows(st, g, halves, absmax_rows)
 
     def _observe_ema(self, st: LayerStats, g: int, x: torch.Tensor) -> None:

@@ -296,7 +296,7 @@ class _ActSearch:
             rows = _group_rows(self.st, g, half, config)
             if rows is None:
                 continue
-            cols = [0, 1] if half is None else [half]
+            cols: list[int] = [0, 1] if half is None else [half]
             x_rot = self.rotate(rows)
             absmax = self.range_of(g, cols, x_rot)
             base = self.base_scales(x_rot, absmax)

@@ -24,8 +24,12 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypedDict
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack  # typing.Unpack is 3.11+; stubs ship with mypy
 
 #: Shape colours and backgrounds (sRGB, 0-255). Pairwise distances are >= ~100 so the
 #: nearest-palette classification tolerates imperfect generated colours.
@@ -74,6 +78,17 @@ DEFAULTS: dict[str, str] = {
 FALLBACK_BACKGROUND = "black"
 
 _FUNCTION_WORDS = ("a", "an", "at", "the", "on", "background", "moving")
+
+
+class CaptionChanges(TypedDict, total=False):
+    """The attributes `Caption.replace` may change (all but the shape); None drops one."""
+
+    color: str | None
+    size: str | None
+    position: str | None
+    background: str | None
+    direction: str | None
+    speed: str | None
 
 
 class CaptionError(ValueError):
@@ -208,7 +223,7 @@ class Caption:
             fields["position"] = pick("position", POSITIONS)
         return Caption(**fields)
 
-    def replace(self, **changes: str | None) -> Caption:
+    def replace(self, **changes: Unpack[CaptionChanges]) -> Caption:
         return dataclasses.replace(self, **changes)
 
 

@@ -123,9 +123,12 @@ def coverage(
     return alpha
 
 
-def _composite(alpha: np.ndarray, color: str, background: str) -> np.ndarray:
-    fg = np.asarray(PALETTE[color], dtype=np.float32)
-    bg = np.asarray(PALETTE[background], dtype=np.float32)
+def _composite(alpha: np.ndarray, full: Caption) -> np.ndarray:
+    """Blend the shape's colour over the background; `full` comes from `Caption.complete`,
+    which sets both colours."""
+    assert full.color is not None and full.background is not None, "caption not completed"
+    fg = np.asarray(PALETTE[full.color], dtype=np.float32)
+    bg = np.asarray(PALETTE[full.background], dtype=np.float32)
     rgb = bg + alpha[..., None] * (fg - bg)
     return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
 
@@ -149,7 +152,7 @@ def render_image(
     width = height if width is None else width
     placed = layout(full, 1, rng)
     alpha = coverage(full.shape, height, width, tuple(placed.centers[0]), placed.extent)
-    return _composite(alpha, full.color, full.background)
+    return _composite(alpha, full)
 
 
 def render_video(
@@ -174,4 +177,4 @@ def render_video(
     alpha = np.stack(
         [coverage(full.shape, height, width, tuple(c), placed.extent) for c in placed.centers]
     )
-    return _composite(alpha, full.color, full.background)
+    return _composite(alpha, full)

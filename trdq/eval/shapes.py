@@ -87,7 +87,7 @@ def _blur_matrix(length: int, sigma: float) -> np.ndarray:
 
 def match_shape(
     features: FrameFeatures, frame_shape: tuple[int, ...]
-) -> tuple[str, dict[str, float]]:
+) -> tuple[str | None, dict[str, float]]:
     """Shape whose rendered, blurred template best explains the measured opacity.
 
     Analysis by synthesis: each candidate is rendered by `trdq.data.render.coverage` with
@@ -101,6 +101,8 @@ def match_shape(
     height, width = frame_shape[:2]
     y0, y1, x0, x1 = features.window
     observed = features.opacity
+    if observed is None:
+        raise ValueError("match_shape needs the features of a frame that shows a shape")
     energy = max(float((observed**2).sum()), 1e-6)
     area = max(float(observed.sum()), 1.0)
     ys, xs = np.arange(y0, y1) + 0.5, np.arange(x0, x1) + 0.5

@@ -132,8 +132,11 @@ def fuse_gelu_into_linears(denoiser: nn.Module, linear_type: type[nn.Module]) ->
     for name, module in denoiser.named_modules():
         if (isinstance(module, GELU) and module.approximate == "tanh"
                 and isinstance(module.proj, linear_type)):
-            module.proj.output_activation = "gelu_tanh"
-            module.gelu = _identity  # instance attribute: GELU.forward calls self.gelu
+            # torch types Module.__setattr__'s value as Tensor | Module; any value is stored
+            module.proj.output_activation = "gelu_tanh"  # type: ignore[assignment]
+            # instance attribute: GELU.forward calls self.gelu (deliberately shadows diffusers'
+            # method, which mypy flags as assigning to a method)
+            module.gelu = _identity  # type: ignore[method-assign, assignment]
             fused.append(name)
     return fused
 
@@ -245,9 +248,10 @@ def fuse_qkv_projections(transformer: nn.Module) -> int:
     from diffusers.models.attention import AttentionModuleMixin
     from diffusers.models.attention_processor import Attention
 
-    if not hasattr(transformer, "fuse_qkv_projections"):
+    fuse = getattr(transformer, "fuse_qkv_projections", None)
+    if fuse is None:
         return 0
-    transformer.fuse_qkv_projections()
+    fuse()
     count = 0
     for module in transformer.modules():
         if not isinstance(module, (Attention, AttentionModuleMixin)):
@@ -260,5 +264,6 @@ def fuse_qkv_projections(transformer: nn.Module) -> int:
         for name in names:
             setattr(module, name, None)
         count += 1
-    transformer.original_attn_processors = None
+    # torch types Module.__setattr__'s value as Tensor | Module; None is stored as given
+    transformer.original_attn_processors = None  # type: ignore[assignment]
     return count

@@ -38,9 +38,9 @@ def native_size(pipe: Any) -> tuple[int, int]:
     if size is not None:
         return size, size
     params = inspect.signature(type(pipe).__call__).parameters
-    defaults = [params[k].default if k in params else None for k in ("height", "width")]
-    if all(isinstance(v, int) for v in defaults):
-        return defaults[0], defaults[1]
+    height, width = (params[k].default if k in params else None for k in ("height", "width"))
+    if isinstance(height, int) and isinstance(width, int):
+        return height, width
     raise ValueError(f"{type(pipe).__name__}: no default size known")
 
 

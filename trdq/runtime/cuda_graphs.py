@@ -76,7 +76,7 @@ class CudaGraphForward:
             return [CudaGraphForward._unflatten(v, tensors) for v in val]
         return val
 
-    def __call__(self, *args, **kwargs):
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
         flat: list[torch.Tensor] = []
         spec = self._flatten((list(args), kwargs), flat)
         key = self._key(flat, kwargs)

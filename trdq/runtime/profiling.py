@@ -66,7 +66,7 @@ class PipelineProfiler:
     def __init__(self, pipe) -> None:
         self._profile: CallProfile | None = None
         self._step_listeners: list[StepListener] = []
-        self._handles = []
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
         # Flux and SD3 run one or two CLIP encoders beside their T5: all count as text_encode
         for name in ("text_encoder", "text_encoder_2", "text_encoder_3"):
             encoder = getattr(pipe, name, None)

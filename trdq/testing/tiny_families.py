@@ -19,6 +19,10 @@ import torch
 
 from trdq.testing.tiny import TINY_WORDS, _seeded
 
+# The `type: ignore[attr-defined]` comments below: mypy binds diffusers' top-level names to
+# the placeholder classes its __init__ names first (diffusers.utils.dummy_pt_objects, for
+# installs without torch), which lack the methods of nn.Module and DiffusionPipeline.
+
 __all__ = [
     "T5_MAX_LENGTH",
     "tiny_flux_pipeline",
@@ -79,7 +83,7 @@ def _clip(seed: int, projection: bool):
 def _t5(seed: int, d_model: int, umt5: bool = False):
     from transformers import T5Config, T5EncoderModel, UMT5Config, UMT5EncoderModel
 
-    config_cls, model_cls = (UMT5Config, UMT5EncoderModel) if umt5 else (T5Config, T5EncoderModel)
+    config_cls = UMT5Config if umt5 else T5Config
     cfg = config_cls(
         vocab_size=64, d_model=d_model, d_kv=16, d_ff=2 * d_model, num_layers=1, num_heads=2,
         relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1,
@@ -87,7 +91,8 @@ def _t5(seed: int, d_model: int, umt5: bool = False):
     )
     state = _seeded(seed)
     try:
-        model = model_cls(cfg)
+        # each encoder class takes its own config class (UMT5Config is no T5Config)
+        model = UMT5EncoderModel(cfg) if isinstance(cfg, UMT5Config) else T5EncoderModel(cfg)
     finally:
         torch.random.set_rng_state(state)
     return model.eval()
@@ -109,7 +114,7 @@ def _image_vae(seed: int, shift_factor: float | None):
         )
     finally:
         torch.random.set_rng_state(state)
-    return vae.eval()
+    return vae.eval()  # type: ignore[attr-defined]
 
 
 def _flow_scheduler(**kwargs):
@@ -127,7 +132,7 @@ def tiny_flux_pipeline(seed: int = 0, hidden: int = 64, double_layers: int = 2,
     head_dim = hidden // heads
     state = _seeded(seed)
     try:
-        transformer = FluxTransformer2DModel(
+        transformer = FluxTransformer2DModel(  # type: ignore[attr-defined]
             patch_size=1, in_channels=4 * LATENT_CHANNELS, num_layers=double_layers,
             num_single_layers=single_layers, attention_head_dim=head_dim,
             num_attention_heads=heads, joint_attention_dim=TEXT_DIM * 2,
@@ -146,7 +151,7 @@ def tiny_flux_pipeline(seed: int = 0, hidden: int = 64, double_layers: int = 2,
         tokenizer_2=word_tokenizer(T5_MAX_LENGTH),
         transformer=transformer,
     )
-    pipe.set_progress_bar_config(disable=True)
+    pipe.set_progress_bar_config(disable=True)  # type: ignore[attr-defined]
     return pipe
 
 
@@ -157,7 +162,7 @@ def tiny_sd3_pipeline(seed: int = 0, hidden: int = 64, layers: int = 2):
     heads = 2
     state = _seeded(seed)
     try:
-        transformer = SD3Transformer2DModel(
+        transformer = SD3Transformer2DModel(  # type: ignore[attr-defined]
             sample_size=16, patch_size=2, in_channels=LATENT_CHANNELS, num_layers=layers,
             attention_head_dim=hidden // heads, num_attention_heads=heads,
             joint_attention_dim=TEXT_DIM * 2, caption_projection_dim=hidden,
@@ -177,7 +182,7 @@ def tiny_sd3_pipeline(seed: int = 0, hidden: int = 64, layers: int = 2):
         text_encoder_3=_t5(seed, TEXT_DIM * 2),
         tokenizer_3=word_tokenizer(T5_MAX_LENGTH),
     )
-    pipe.set_progress_bar_config(disable=True)
+    pipe.set_progress_bar_config(disable=True)  # type: ignore[attr-defined]
     return pipe
 
 
@@ -189,13 +194,13 @@ def tiny_wan_pipeline(seed: int = 0, hidden: int = 64, layers: int = 2):
     heads = 2
     state = _seeded(seed)
     try:
-        transformer = WanTransformer3DModel(
+        transformer = WanTransformer3DModel(  # type: ignore[attr-defined]
             patch_size=(1, 2, 2), num_attention_heads=heads, attention_head_dim=hidden // heads,
             in_channels=LATENT_CHANNELS, out_channels=LATENT_CHANNELS, text_dim=TEXT_DIM,
             freq_dim=32, ffn_dim=2 * hidden, num_layers=layers, cross_attn_norm=True,
             qk_norm="rms_norm_across_heads", rope_max_seq_len=32,
         ).eval()
-        vae = AutoencoderKLWan(
+        vae = AutoencoderKLWan(  # type: ignore[attr-defined]
             base_dim=8, z_dim=LATENT_CHANNELS, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
             temperal_downsample=[False, True, True],
         ).eval()
@@ -208,5 +213,5 @@ def tiny_wan_pipeline(seed: int = 0, hidden: int = 64, layers: int = 2):
         scheduler=_flow_scheduler(shift=3.0),
         transformer=transformer,
     )
-    pipe.set_progress_bar_config(disable=True)
+    pipe.set_progress_bar_config(disable=True)  # type: ignore[attr-defined]
     return pipe

@@ -8,6 +8,8 @@ generation fits the CPU budgets (image <= 3 s, 16-frame video <= 15 s on 2 cores
 
 from __future__ import annotations
 
+from typing import Any
+
 #: Default generation settings per zoo pipeline (the server's defaults come from here).
 T2I_RESOLUTION = 128
 T2V_RESOLUTION = 64
@@ -16,7 +18,8 @@ T2V_FRAMES = 16
 #: Number of tokens the tokenizer pads to (PixArt/Latte pipelines' max_sequence_length).
 MAX_SEQUENCE_LENGTH = 120
 
-TEXT_ENCODER = {
+#: Keyword arguments of transformers' ``T5Config`` (the vocabulary size is the tokenizer's).
+TEXT_ENCODER: dict[str, Any] = {
     "d_model": 128,
     "d_kv": 32,
     "d_ff": 512,

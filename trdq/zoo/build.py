@@ -20,6 +20,10 @@ from trdq.zoo.tokenizer import build_tokenizer
 
 logger = logging.getLogger(__name__)
 
+# The `type: ignore[attr-defined]` comments below: mypy binds diffusers' top-level names to
+# the placeholder classes its __init__ names first (diffusers.utils.dummy_pt_objects, for
+# installs without torch), which lack the methods of nn.Module and DiffusionPipeline.
+
 
 def build_components(seed: int) -> dict:
     """Shared parts of both zoo pipelines: text encoder, tokenizer, VAE, scheduler."""
@@ -31,7 +35,7 @@ def build_components(seed: int) -> dict:
     text_config = T5Config(vocab_size=len(tokenizer), **arch.TEXT_ENCODER)
     text_encoder = T5EncoderModel(text_config).eval()
     torch.manual_seed(seed + 1)
-    vae = AutoencoderKL(**arch.VAE).eval()
+    vae = AutoencoderKL(**arch.VAE).eval()  # type: ignore[attr-defined]
     scheduler = DPMSolverMultistepScheduler(**arch.SCHEDULER)
     return {"tokenizer": tokenizer, "text_encoder": text_encoder, "vae": vae, "scheduler": scheduler}
 
@@ -42,7 +46,7 @@ def build_t2i(seed: int = 0):
 
     parts = build_components(seed)
     torch.manual_seed(seed + 2)
-    transformer = PixArtTransformer2DModel(**arch.T2I_TRANSFORMER).eval()
+    transformer = PixArtTransformer2DModel(**arch.T2I_TRANSFORMER).eval()  # type: ignore[attr-defined]
     return PixArtAlphaPipeline(transformer=transformer, **parts)
 
 
@@ -52,7 +56,7 @@ def build_t2v(seed: int = 0):
 
     parts = build_components(seed)
     torch.manual_seed(seed + 3)
-    transformer = LatteTransformer3DModel(**arch.T2V_TRANSFORMER).eval()
+    transformer = LatteTransformer3DModel(**arch.T2V_TRANSFORMER).eval()  # type: ignore[attr-defined]
     return LattePipeline(transformer=transformer, **parts)
 
 
