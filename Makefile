@@ -45,7 +45,7 @@ test-all: setup
 lint: setup
 	$(BIN)/ruff check trdq server tests
 
-# mypy on server/ and trdq/api.py (pyproject's [tool.mypy])
+# mypy on the files of pyproject's [tool.mypy]: server/ and trdq/ but nn, kernels and tools
 typecheck: setup
 	$(BIN)/python -m mypy
 
