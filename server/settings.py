@@ -61,6 +61,11 @@ class Settings(BaseSettings):
     # auto: on CUDA devices (what `trdq bench` measures), off on CPU, where the zoo's shipped
     # calibrations are of the unfused layers (fused, a model calibrates once at start-up).
     fuse_qkv: Literal["auto"] | bool = "auto"
+    # The quantized blocks' LayerNorm + adaLN modulate + quantizer (and the feed-forward's
+    # GELU + quantizer) as one Triton kernel each (trdq/nn/fused_block.py), where a block
+    # allows it (PixArt/Latte blocks quantized with static e4m3 scales, fp8-norot). auto: on
+    # CUDA; on the CPU the same forward runs its reference path (correct, not faster).
+    fused_block: Literal["auto"] | bool = "auto"
     # Self-attention kernel of the quantized denoisers (the fp precision keeps SDPA): sdpa
     # (PyTorch's, cuDNN on Hopper), fa3 (FlashAttention-3 bf16), fp8 (FA3 e4m3 with K/V
     # smoothing), fp8-long (fp8 on self-attention over >= 2048 tokens, sdpa on shorter ones);
@@ -161,7 +166,7 @@ class Settings(BaseSettings):
             return value
         raise ValueError("must be auto, cpu, cuda or cuda:N")
 
-    @field_validator("cuda_graphs", "fuse_qkv", mode="before")
+    @field_validator("cuda_graphs", "fuse_qkv", "fused_block", mode="before")
     @classmethod
     def _parse_auto_or_flag(cls, value):
         if not isinstance(value, str):

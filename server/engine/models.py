@@ -149,8 +149,9 @@ def load_models(
             if quant != "fp":
                 _quantize(model, settings, metrics)
                 _set_attention(model, settings.attention, device)
+            _fuse_blocks(model, settings.fused_block, device)
             if settings.compile:
-                _compile(model)
+                _compile(model, device)
             if cuda_graphs:  # (checked above: the device is CUDA)
                 _replay_from_cuda_graphs(model, settings.cuda_graphs_max)
             _publish_weight_bytes(model, metrics)
@@ -292,18 +293,35 @@ def _set_attention(model: ServedModel, setting: str, device: torch.device) -> No
     model.info["attention"] = report.backend
 
 
-def _compile(model: ServedModel) -> None:
-    """torch.compile each denoiser block and the image VAE's decoder (TRDQ_COMPILE).
+def _fuse_blocks(model: ServedModel, setting: str | bool, device: torch.device) -> None:
+    """The quantized blocks' fused LayerNorm/GELU entries (TRDQ_FUSED_BLOCK; auto: on CUDA).
+    Blocks that do not allow it (another family, a config without static e4m3 scales) keep
+    diffusers' forward; ``/info`` shows how many were fused."""
+    if not (device.type == "cuda" if setting == "auto" else setting):
+        model.info["fused_blocks"] = 0
+        return
+    from trdq.nn.fused_block import fuse_block_norms
+
+    model.info["fused_blocks"] = fuse_block_norms(model.pipe.transformer, gelu=True)
+
+
+def _compile(model: ServedModel, device: torch.device) -> None:
+    """torch.compile each denoiser block, the image VAE's decoder and, on CUDA, each
+    text-encoder layer (TRDQ_COMPILE).
 
     Compiling block by block keeps the timestep hook and the profiler outside the
     graphs and makes the one compile serve every block; the quantized layers are torch
-    custom ops, so the blocks compile without graph breaks. The warm-up pays the
-    compile time before /readyz turns 200.
+    custom ops, so the blocks compile without graph breaks. The text encoder is compiled
+    on CUDA only, where an eager T5 encode is bound by the host launching its kernels
+    (``compile_text_encoders``); it is shared by the variants and compiled once. The
+    warm-up pays the compile time before /readyz turns 200.
     """
-    from trdq.runtime.compile import compile_denoiser, compile_vae_decoder
+    from trdq.runtime.compile import compile_denoiser, compile_text_encoders, compile_vae_decoder
 
     blocks = compile_denoiser(model.pipe.transformer, "regional")
     model.info["compiled_vae_decoder"] = compile_vae_decoder(model.pipe.vae)
+    if device.type == "cuda":
+        compile_text_encoders(model.pipe)
     model.info["compiled"] = True
     model.info["compiled_blocks"] = blocks
 

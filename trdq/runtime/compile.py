@@ -132,12 +132,15 @@ def compile_text_encoders(pipe) -> int:
 
     Why: at batch 1 an eager T5-XXL encode is bound by the host launching its small
     kernels (PixArt-1024 on an H100: 58.6 ms for two 120-token prompts whose arithmetic
-    takes a few ms; docs/journal/2026-12-07-fp8-norot-families.md). The prompts are padded
-    to a fixed length, so the compiled layers see one shape per batch size. Returns the
-    number of layers compiled. Opt-in (the bench's ``+t5compile`` rows) until measured.
+    takes a few ms; docs/journal/2026-12-07-fp8-norot-families.md). Measured alone
+    (``trdq bench --profile``, H100): 19-30 ms eager against 8 ms of GPU kernels, 14-15 ms
+    compiled (docs/BENCHMARKS.md, 2026-12-07 14:17). The prompts are padded to a fixed
+    length, so the compiled layers see one shape per batch size. Layers already compiled
+    (a text encoder shared by several served variants) are left as they are. Returns the
+    number of layers compiled.
     """
     _raise_recompile_limits()
-    layers = _text_encoder_layers(pipe)
+    layers = [layer for layer in _text_encoder_layers(pipe) if layer._compiled_call_impl is None]
     for layer in layers:
         layer.compile()
     return len(layers)
