@@ -69,10 +69,9 @@ def _quantized(pipe_factory, preset="fp8-norot", fuse_qkv=False):
     return pipe
 
 
-# diffusers cannot fuse Latte's projections (no fuse_qkv_projections on its model)
 @pytest.mark.parametrize("family,fuse_qkv,gelu", [
     ("pixart", False, False), ("pixart", True, False), ("pixart", True, True),
-    ("latte", False, False), ("latte", False, True),
+    ("latte", False, False), ("latte", False, True), ("latte", True, True),
 ])
 def test_fused_blocks_match_diffusers_forward(family, fuse_qkv, gelu, monkeypatch):
     """PixArt (cross-attention before the feed-forward) and Latte (its temporal blocks have

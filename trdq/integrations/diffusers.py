@@ -236,6 +236,26 @@ class CfgSplitForward:
         return (torch.cat((first[0], second[0])),) + tuple(first[1:])
 
 
+def _fuse_plain_attention_modules(transformer: nn.Module) -> int:
+    """What PixArt's ``fuse_qkv_projections`` does, for a denoiser without the method whose
+    attention modules all run diffusers' plain SDPA processor (Latte): each module's
+    projections fused and ``FusedAttnProcessor2_0`` set. Returns the modules fused (0, and
+    nothing changed, when any module has another processor)."""
+    from diffusers.models.attention_processor import (
+        Attention,
+        AttnProcessor2_0,
+        FusedAttnProcessor2_0,
+    )
+
+    modules = [m for m in transformer.modules() if isinstance(m, Attention)]
+    if not modules or any(type(m.processor) is not AttnProcessor2_0 for m in modules):
+        return 0
+    for module in modules:
+        module.fuse_projections(fuse=True)
+        module.set_processor(FusedAttnProcessor2_0())
+    return len(modules)
+
+
 def fuse_qkv_projections(transformer: nn.Module) -> int:
     """diffusers' fused projections (one ``to_qkv`` GEMM for self-attention, one ``to_kv``
     for cross-attention, FLUX's ``to_added_qkv`` for the text stream), with the unfused
@@ -243,15 +263,17 @@ def fuse_qkv_projections(transformer: nn.Module) -> int:
     One activation read and quantization, and one larger GEMM, instead of three. Exact
     (the weights are concatenated), but it renames layers, so a calibration of the unfused
     model does not apply (its fingerprint differs). Returns the attention modules fused
-    (0 for a denoiser diffusers cannot fuse). Used by the server (``TRDQ_FUSE_QKV``) and
-    by every ``trdq bench`` row."""
+    (0 for a denoiser diffusers cannot fuse). Latte has no model-level method; its modules
+    are fused one by one (``_fuse_plain_attention_modules``). Used by the server
+    (``TRDQ_FUSE_QKV``) and by every ``trdq bench`` row."""
     from diffusers.models.attention import AttentionModuleMixin
     from diffusers.models.attention_processor import Attention
 
     fuse = getattr(transformer, "fuse_qkv_projections", None)
-    if fuse is None:
+    if fuse is not None:
+        fuse()
+    elif not _fuse_plain_attention_modules(transformer):
         return 0
-    fuse()
     count = 0
     for module in transformer.modules():
         if not isinstance(module, (Attention, AttentionModuleMixin)):
