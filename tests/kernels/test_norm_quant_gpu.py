@@ -9,13 +9,13 @@ import importlib.util
 import pytest
 import torch
 
-from tests.helpers.quant import fast, run_image
+from tests.helpers.quant import fast, run_image, run_video
 from trdq import api
 from trdq.integrations.diffusers import fuse_qkv_projections
 from trdq.kernels import triton_norm_quant as nq
 from trdq.nn.fused_block import fuse_block_norms
 from trdq.primitives import psnr_db
-from trdq.testing.tiny import TINY_PROMPTS, tiny_pixart_pipeline
+from trdq.testing.tiny import TINY_PROMPTS, tiny_latte_pipeline, tiny_pixart_pipeline
 
 _OK = (torch.cuda.is_available() and importlib.util.find_spec("triton") is not None
        and torch.cuda.get_device_capability() >= (8, 9))
@@ -61,17 +61,22 @@ def test_gelu_quant_codes_match_reference(rows, cols):
 
 
 @pytest.mark.parametrize("compiled", [False, True])
-@pytest.mark.parametrize("fuse_qkv,gelu", [(False, False), (True, False), (True, True)])
-def test_fused_pixart_blocks_match_unfused_on_cuda_fp8(compiled, fuse_qkv, gelu):
-    pipe = tiny_pixart_pipeline().to("cuda", torch.bfloat16)
+@pytest.mark.parametrize("family,fuse_qkv,gelu", [
+    ("pixart", False, False), ("pixart", True, False), ("pixart", True, True),
+    ("latte", True, True),
+])
+def test_fused_blocks_match_unfused_on_cuda_fp8(compiled, family, fuse_qkv, gelu):
+    factory, run = ((tiny_pixart_pipeline, run_image) if family == "pixart"
+                    else (tiny_latte_pipeline, run_video))
+    pipe = factory().to("cuda", torch.bfloat16)
     if fuse_qkv:  # the self-attention's entry is fused too
-        fuse_qkv_projections(pipe.transformer)
+        assert fuse_qkv_projections(pipe.transformer) > 0
     report = api.quantize(pipe, fast("fp8-norot"), progress=False, calibration_prompts=TINY_PROMPTS,
                           backend="cuda_fp8")
     assert report.backend == "cuda_fp8"
-    unfused = run_image(pipe, TINY_PROMPTS[:2], steps=3)
+    unfused = run(pipe, TINY_PROMPTS[:2], steps=3)
     assert fuse_block_norms(pipe.transformer, gelu=gelu) > 0
     if compiled:
         pipe.transformer.compile()
-    fused = run_image(pipe, TINY_PROMPTS[:2], steps=3)
+    fused = run(pipe, TINY_PROMPTS[:2], steps=3)
     assert psnr_db(unfused.float(), fused.float()) > 30.0
