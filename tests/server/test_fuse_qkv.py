@@ -12,12 +12,13 @@ from server.settings import Settings
 from tests.helpers.serving import make_settings_with_video
 
 
-def test_setting_parses_auto_and_flags():
-    assert Settings().fuse_qkv == "auto"
-    assert Settings(fuse_qkv=" ON ").fuse_qkv is True
-    assert Settings(fuse_qkv="0").fuse_qkv is False
+@pytest.mark.parametrize("name", ["fuse_qkv", "fused_block"])  # TRDQ_FUSED_BLOCK too
+def test_setting_parses_auto_and_flags(name):
+    assert getattr(Settings(), name) == "auto"
+    assert getattr(Settings(**{name: " ON "}), name) is True
+    assert getattr(Settings(**{name: "0"}), name) is False
     with pytest.raises(ValueError, match="auto, true"):
-        Settings(fuse_qkv="sometimes")
+        Settings(**{name: "sometimes"})
 
 
 @pytest.mark.parametrize("setting,expect_fused", [("auto", False), ("1", True)])

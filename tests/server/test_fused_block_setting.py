@@ -4,22 +4,12 @@ runs its reference path, so a served model with it gives the images of one witho
 
 from __future__ import annotations
 
-import pytest
 import torch
 
 from server.engine.models import load_models
 from server.metrics import Metrics
-from server.settings import Settings
 from tests.helpers.serving import make_settings_with_video
 from trdq.primitives import psnr_db
-
-
-def test_setting_parses_auto_and_flags():
-    assert Settings().fused_block == "auto"
-    assert Settings(fused_block="1").fused_block is True
-    assert Settings(fused_block="off").fused_block is False
-    with pytest.raises(ValueError, match="auto, true"):
-        Settings(fused_block="maybe")
 
 
 def _served(tmp_path, quant: str, fused_block: str):
