@@ -252,7 +252,7 @@ def _fuse_plain_attention_modules(transformer: nn.Module) -> int:
         return 0
     for module in modules:
         module.fuse_projections(fuse=True)
-        module.set_processor(FusedAttnProcessor2_0())
+        module.set_processor(FusedAttnProcessor2_0())  # type: ignore[arg-type]  # diffusers annotates the legacy AttnProcessor class only
     return len(modules)
 
 
