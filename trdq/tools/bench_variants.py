@@ -122,18 +122,20 @@ def profile_step(fn, steps: int = 3) -> dict[str, Any]:
             fn()
         torch.cuda.synchronize()
     by_cat: dict[str, float] = {}
-    top: list[tuple[str, float]] = []
+    top: list[tuple[str, float, float]] = []
     for evt in prof.key_averages():
         us = getattr(evt, "device_time_total", None) or getattr(evt, "cuda_time_total", 0.0)
         if not us:
             continue
         cat = kernel_category(evt.key)
         by_cat[cat] = by_cat.get(cat, 0.0) + us / 1e3 / steps
-        top.append((evt.key[:90], us / 1e3 / steps))
+        top.append((evt.key[:90], us / 1e3 / steps, evt.count / steps))
     top.sort(key=lambda kv: -kv[1])
     return {
         "ms_per_step_by_category": by_cat,
         "total_ms": sum(by_cat.values()),
+        # (kernel, ms per step, launches per step): one kernel's total may be one call per
+        # block or one per layer; the launches tell which code it stands for
         "top_kernels_ms": top[:15],
     }
 
