@@ -45,7 +45,8 @@ test-all: setup
 lint: setup
 	$(BIN)/ruff check trdq server tests
 
-# mypy on the files of pyproject's [tool.mypy]: server/ and trdq/ but nn, kernels and tools
+# mypy on the files of pyproject's [tool.mypy]: server/, trdq/api.py, trdq/state.py and
+# every trdq/ package but tools
 typecheck: setup
 	$(BIN)/python -m mypy
 

@@ -264,7 +264,7 @@ def serve_linear(
     epilogue = _epilogue(backend, activation, low_rank,
                          served=center is None and not restore_here)
     out = backend.linear(x, packed, act, bias, **epilogue)
-    if center is not None:
+    if center is not None and weight_sum is not None:  # center is set only with weight_sum
         out = out + center.to(out.dtype) * weight_sum.to(out.dtype)
     if restore_here:
         out = restore_cfg_delta(out, half, bias)

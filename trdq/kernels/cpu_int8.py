@@ -150,7 +150,7 @@ def int8_linear_math(
     out = int8_matmul(xq, w).mul_(a_scale[:, None]).mul_(weight_scale[None, :])
     if bias is not None:
         out.add_(bias.float())
-    if mean is not None:
+    if mean is not None and weight_sum is not None:  # mean is set exactly when weight_sum is
         out.add_(mean * weight_sum.float()[None, :])
     if delta_half:  # the served cond rows: y_u + W d (restores_cfg_delta)
         out = restore_cfg_delta(out, delta_half, bias)

@@ -31,6 +31,7 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
+from typing import overload
 
 import torch
 
@@ -134,10 +135,24 @@ def available() -> bool:
     return _enabled and _library() is not None
 
 
+def _loaded_library() -> ctypes.CDLL:
+    """The C library for a kernel call (callers check ``available()`` first)."""
+    lib = _library()
+    if lib is None:
+        raise RuntimeError("the C kernels are not available (cpu_native.available() is False)")
+    return lib
+
+
 def _ptr(t: torch.Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
 
+@overload
+def _f32(t: torch.Tensor) -> torch.Tensor: ...
+@overload
+def _f32(t: None) -> None: ...
+@overload
+def _f32(t: torch.Tensor | None) -> torch.Tensor | None: ...
 def _f32(t: torch.Tensor | None) -> torch.Tensor | None:
     """Float32 and contiguous, without a copy when it already is (the common case: each
     call's overhead counts on 2 cores, ~85 linears a step)."""
@@ -186,7 +201,7 @@ def _rotate_quant(
     scale = torch.empty(m, dtype=torch.float32)
     mean = torch.empty(m, dtype=torch.float32) if center else torch.zeros(m)
     smooth, row_scale, clip = _f32(smooth), _f32(row_scale), _f32(clip_ratio)
-    failed = _library().trdq_rotate_quant(
+    failed = _loaded_library().trdq_rotate_quant(
         x.data_ptr(), int(x.dtype == torch.bfloat16), m, k, delta_half, _ptr(smooth),
         max(rotation_block, 0), _ptr(row_scale), clip.data_ptr(), float(2 ** (bits - 1) - 1),
         q.data_ptr(), scale.data_ptr(), mean.data_ptr() if center else None,
@@ -237,7 +252,7 @@ def int8_epilogue(
         rank = low_rank_x.shape[1]
         if low_rank_x.shape[0] != m or low_rank_up_t is None or low_rank_up_t.shape != (rank, n):
             raise ValueError(f"low-rank branch: x side [{m}, R] and up side [R, {n}] expected")
-    failed = _library().trdq_int8_epilogue(
+    failed = _loaded_library().trdq_int8_epilogue(
         acc.data_ptr(), int(acc.dtype == torch.int32), m, n, a_scale.data_ptr(),
         weight_scale.data_ptr(), _ptr(bias), _ptr(mean), _ptr(weight_sum), out.data_ptr(),
         int(out_dtype == torch.bfloat16), delta_half, _ptr(low_rank_x), _ptr(low_rank_up_t),
@@ -252,7 +267,7 @@ def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
     """``trdq.primitives.unpack_int4`` in C: ``[N, K/2]`` uint8 -> ``[N, K]`` int8."""
     packed = packed.contiguous()
     out = torch.empty((*packed.shape[:-1], packed.shape[-1] * 2), dtype=torch.int8)
-    _library().trdq_unpack_int4(packed.data_ptr(), out.data_ptr(), packed.numel(),
+    _loaded_library().trdq_unpack_int4(packed.data_ptr(), out.data_ptr(), packed.numel(),
                                 torch.get_num_threads())
     return out
 

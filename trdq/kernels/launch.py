@@ -20,6 +20,7 @@ import contextlib
 import contextvars
 import functools
 import threading
+from typing import Any
 
 import torch
 
@@ -139,7 +140,7 @@ def _replay_ms(graph: torch.cuda.CUDAGraph) -> float:
 
 #: (autotuner, its tuning key) -> (the config it chose, its launch keywords); see
 #: ``launch_triton``
-_CHOSEN_CONFIGS: dict[tuple, object] = {}
+_CHOSEN_CONFIGS: dict[tuple, tuple[Any, dict[str, Any]]] = {}
 
 
 def launch_triton(autotuner, grid, args: tuple, constexprs: dict, tile: dict | None = None):

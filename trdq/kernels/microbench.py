@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import sys
+from typing import Any
 
 import torch
 
@@ -130,7 +131,7 @@ def shape_rows(name: str, m: int, k: int, n: int) -> dict[str, float]:
     r["rq_dot_dyn"] = _bench(lambda: rotate_quant_triton(x, rotation_block=blk, use_dot=True))
     r["rq_noro_dyn"] = _bench(lambda: rotate_quant_triton(x, rotation_block=None))
     clip = torch.ones(m, device=x.device)
-    kw = {"rotation_block": blk, "clip_ratio": clip}
+    kw: dict[str, Any] = {"rotation_block": blk, "clip_ratio": clip}
     r["fp8_linear_op"] = _bench(lambda: ops.fp8_linear(x, w8, s8, bias, **kw))
     r["fp8_linear_op_static"] = _bench(
         lambda: ops.fp8_linear(x, w8, s8, bias, row_scale=row_scale, **kw)
@@ -211,7 +212,7 @@ def fa3_attention_rows(b: int, h: int, s: int, d: int) -> dict[str, float]:
         "fa3_fp8_eager": _bench(lambda: fa3.fa3_fp8_attention(q, k, v)),
         "fa3_fp8_compiled": _bench(lambda: compiled(q, k, v)),
     }
-    one = (q[:1], k[:1], v[:1])
+    one: tuple[torch.Tensor, ...] = (q[:1], k[:1], v[:1])
     if s > 8192:  # the fp32 references hold S x S scores: a slice of the heads
         one = tuple(x[:, :, :2] for x in one)
     exact = fa3.sdpa_attention(*(x.float() for x in one))
@@ -318,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.error_budget:
         from trdq.machine import cpu_model
 
-        result = {"device": f"CPU {cpu_model()}", "torch": torch.__version__,
+        result: dict[str, Any] = {"device": f"CPU {cpu_model()}", "torch": torch.__version__,
                   "fp8_attention_error_budget": {}}
         for title, row in fp8_error_budget().items():
             _report(result["fp8_attention_error_budget"], title, row)

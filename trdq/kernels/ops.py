@@ -158,6 +158,7 @@ def scaled_mm_rowwise(
             use_fast_accum=True,
         )
         if center is not None:
+            assert weight_sum is not None, "center [M] and weight_sum [N] come together"
             out.addr_(center.to(out.dtype), weight_sum.to(out.dtype))
         return out if out_dtype == torch.bfloat16 else out.to(out_dtype)
     # reference: dequantize and multiply in float32
@@ -165,6 +166,7 @@ def scaled_mm_rowwise(
     if bias is not None:
         out = out + bias.float()
     if center is not None:
+        assert weight_sum is not None, "center [M] and weight_sum [N] come together"
         out = out + center[:, None] * weight_sum.float()[None, :]
     return out.to(out_dtype)
 

@@ -719,7 +719,7 @@ def rotate_quant_triton(
     if delta_half:
         _check_delta(delta_half, m, row_scale)
     # (the fast paths below avoid extra small kernels: this runs ~300 times per DiT step)
-    if static:
+    if row_scale is not None:  # static
         scale = row_scale
         if scale.dtype != torch.float32 or scale.dim() != 1 or scale.numel() != m:
             scale = scale.to(torch.float32).reshape(-1).expand(m)

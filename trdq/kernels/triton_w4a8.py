@@ -113,7 +113,7 @@ def w4a8_matmul_reference(
     out = acc * a_scale.double()[:, None] * w_scale.double()[None, :]
     if bias is not None:
         out = out + bias.double()
-    if center is not None:
+    if center is not None and weight_sum is not None:  # both or neither (_check_rank1)
         out = out + center.double()[:, None] * weight_sum.double()[None, :]
     if paired:
         _check_paired(a.shape[0])

@@ -222,7 +222,8 @@ def dispatching_processor(processor, kernel: AttentionKernel, label: str):
     _DISPATCH_KERNELS[key] = kernel
     original = getattr(processor, "fallback", processor)
     swapped = copy.copy(original)
-    swapped.__class__ = _dispatching_class(type(original))
+    original_class: type = type(original)  # typed: mypy reads type(Any) as unhashable
+    swapped.__class__ = _dispatching_class(original_class)
     swapped._attention_backend = key
     swapped.fallback = original
     return swapped
@@ -271,7 +272,8 @@ def install_attention_kernel(
         if type(fallback).__name__ in DISPATCHING_PROCESSORS:
             module.set_processor(dispatching_processor(fallback, kernel, label))
         else:
-            module.set_processor(KernelAttnProcessor(kernel, fallback, label))
+            # diffusers annotates set_processor with its own processor classes; any callable works
+            module.set_processor(KernelAttnProcessor(kernel, fallback, label))  # type: ignore[arg-type]
         report.replaced.append(name)
     return report
 

@@ -35,6 +35,12 @@ def fake_quant_asym_rows(x: torch.Tensor, bits: int) -> torch.Tensor:
 
 
 class FaithfulLinear(nn.Module):
+    # buffers registered in __init__ (declared for the type checker; no class attributes)
+    smooth_by_range: torch.Tensor
+    r0: torch.Tensor | None
+    perm: torch.Tensor | None
+    r1: torch.Tensor | None
+
     def __init__(
         self,
         linear: nn.Linear,
@@ -69,7 +75,8 @@ class FaithfulLinear(nn.Module):
         self._cached_weight: torch.Tensor | None = None
 
     def _transform(self, z: torch.Tensor, r: int) -> torch.Tensor:
-        if self.r0 is None:
+        # the three rotation buffers are set together, or all None
+        if self.r0 is None or self.perm is None or self.r1 is None:
             return z.float()
         rot = DuQuantRotation(self.r0[r], self.perm[r], self.r1[r])
         return rot.apply(z)

@@ -87,6 +87,8 @@ def fused_block_forward(
         return type(self).forward(self, hidden_states, attention_mask, encoder_hidden_states,
                                   encoder_attention_mask, timestep, cross_attention_kwargs,
                                   class_labels, added_cond_kwargs)
+    # diffusers' ada_norm_single blocks are always called with the timestep embedding
+    assert timestep is not None, "an ada_norm_single block needs its timestep"
     batch = hidden_states.shape[0]
     kwargs = dict(cross_attention_kwargs or {})
     shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
@@ -131,10 +133,12 @@ def _feed_forward(block, codes, row_scale, lead, dtype) -> torch.Tensor:
                                        dtype)
 
 
-def _gelu_fusable(block: nn.Module) -> bool:
+def _gelu_fusable(block: Any) -> bool:
     """Whether the feed-forward is tanh GELU -> dropout -> a quantized linear with a
     producer-computable scale (``ff.net[2]``), so ``gelu_quant`` can feed that linear (the
-    dropouts are identities in eval mode, which the forward checks)."""
+    dropouts are identities in eval mode, which the forward checks). ``block``: a block
+    ``_eligible`` accepted (diffusers' ``BasicTransformerBlock``, whose submodules are
+    read as dynamically as in ``_feed_forward``)."""
     net = block.ff.net
     first, out_layer = net[0], net[2] if len(net) > 2 else None
     if not isinstance(out_layer, QuantLinear) or getattr(first, "approximate", "") != "tanh":
@@ -158,15 +162,19 @@ def _self_attention(block, hidden_states, shift, scale, attention_mask, kwargs) 
             and getattr(attn, "fused_projections", False)):
         kernel = projected_attention_kernel(attn)
     rows = hidden_states.shape[0] * hidden_states.shape[1]
-    row_scale = qkv_layer.producer_row_scale(rows) if kernel is not None else None
-    if row_scale is None:
+    # a kernel is found only for a QuantLinear ``to_qkv``, and row_scale only with a kernel;
+    # the isinstance / None tests restate that for the type checker
+    row_scale = (qkv_layer.producer_row_scale(rows)
+                 if kernel is not None and isinstance(qkv_layer, QuantLinear) else None)
+    if row_scale is None or kernel is None or not isinstance(qkv_layer, QuantLinear):
         normed = block.norm1(hidden_states) * (1 + scale) + shift
         return attn(normed, encoder_hidden_states=None, attention_mask=attention_mask, **kwargs)
     _, codes = add_norm_modulate_quant(hidden_states, None, None, shift, scale, 1.0 / row_scale,
                                        block.norm1.eps)
     qkv = qkv_layer.forward_quantized(codes, row_scale, tuple(hidden_states.shape[:-1]),
                                       hidden_states.dtype)
-    return attend_projected(attn, *qkv.chunk(3, dim=-1), kernel)
+    query, key, value = qkv.chunk(3, dim=-1)
+    return attend_projected(attn, query, key, value, kernel)
 
 
 def fuse_block_norms(denoiser: nn.Module, gelu: bool = False) -> int:

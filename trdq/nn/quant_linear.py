@@ -64,6 +64,14 @@ __all__ = ["QuantLinear"]
 class QuantLinear(nn.Module):
     """A drop-in ``nn.Linear`` replacement running on a kernel backend."""
 
+    # buffers registered in __init__ (declared for the type checker; no class attributes)
+    smooth_divisor: torch.Tensor | None
+    act_scale_by_group: torch.Tensor
+    clip_ratio_by_group: torch.Tensor
+    weight_sum: torch.Tensor | None
+    low_rank_up: torch.Tensor | None
+    low_rank_down: torch.Tensor | None
+
     def __init__(
         self,
         in_features: int,
@@ -307,7 +315,9 @@ class QuantLinear(nn.Module):
             act = self._act(None, row_clip, self.weight_sum, m // 2 if delta else 0)
         # centring, CFG-delta, the low-rank branch and the output activation: in the
         # backend's kernels where it fuses them, else around its call (serve_linear)
-        low_rank = None if self.low_rank_up is None else (self.low_rank_down, self.low_rank_up)
+        # the branch's two weights are set together (LayerQuantParams), or both None
+        low_rank = None if self.low_rank_up is None or self.low_rank_down is None \
+            else (self.low_rank_down, self.low_rank_up)
         out = serve_linear(self.backend, x2, self.packed, act, self.bias, self.output_activation,
                            low_rank)
         return out.reshape(*lead, self.out_features)

@@ -23,6 +23,11 @@ WEIGHT_ONLY_INT4_GROUP = 64
 class WeightOnlyLinear(nn.Module):
     """``nn.Linear`` with int8 or packed int4 weights and group-wise fp32 scales."""
 
+    # buffers registered in __init__ (declared for the type checker; no class attributes)
+    qweight: torch.Tensor
+    scale: torch.Tensor
+    bias: torch.Tensor | None
+
     def __init__(self, linear: nn.Linear, bits: int, group_size: int | None = None) -> None:
         super().__init__()
         if bits not in (4, 8):
