@@ -45,8 +45,7 @@ test-all: setup
 lint: setup
 	$(BIN)/ruff check trdq server tests
 
-# mypy on the files of pyproject's [tool.mypy]: server/, trdq/api.py, trdq/state.py and
-# every trdq/ package but tools
+# mypy on the files of pyproject's [tool.mypy]: all of server/ and trdq/
 typecheck: setup
 	$(BIN)/python -m mypy
 

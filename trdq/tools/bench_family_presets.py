@@ -32,6 +32,10 @@ import torch
 
 __all__ = ["FAMILY_PRESETS", "TRANSFORMER_CONFIGS", "FamilySpec", "scaled_down"]
 
+# The `type: ignore[attr-defined]` comments below: mypy binds diffusers' top-level names to
+# the placeholder classes its __init__ names first (diffusers.utils.dummy_pt_objects, for
+# installs without torch), which lack the methods of nn.Module and DiffusionPipeline.
+
 T5_XXL = {"vocab_size": 32128, "d_model": 4096, "d_kv": 64, "d_ff": 10240, "num_layers": 24,
           "num_heads": 64, "feed_forward_proj": "gated-gelu"}
 UMT5_XXL = {**T5_XXL, "vocab_size": 256384}
@@ -93,7 +97,7 @@ def _vae_2d(scaling: float, shift: float):
         block_out_channels=(128, 256, 512, 512), layers_per_block=2, norm_num_groups=32,
         sample_size=1024, scaling_factor=scaling, shift_factor=shift,
         use_quant_conv=False, use_post_quant_conv=False,
-    ).eval()
+    ).eval()  # type: ignore[attr-defined]
 
 
 def _clip(cfg: dict[str, Any], projection: bool):
@@ -106,8 +110,10 @@ def _clip(cfg: dict[str, Any], projection: bool):
 def _t5(cfg: dict[str, Any], umt5: bool = False):
     from transformers import T5Config, T5EncoderModel, UMT5Config, UMT5EncoderModel
 
-    config_cls, model_cls = (UMT5Config, UMT5EncoderModel) if umt5 else (T5Config, T5EncoderModel)
-    return model_cls(config_cls(pad_token_id=0, eos_token_id=1, **cfg)).eval()
+    # two branches, not a (config class, model class) pair: mypy checks each pairing
+    if umt5:
+        return UMT5EncoderModel(UMT5Config(pad_token_id=0, eos_token_id=1, **cfg)).eval()
+    return T5EncoderModel(T5Config(pad_token_id=0, eos_token_id=1, **cfg)).eval()
 
 
 def build_family_pipeline(spec: FamilySpec, device: torch.device, dtype: torch.dtype):
@@ -120,17 +126,18 @@ def build_family_pipeline(spec: FamilySpec, device: torch.device, dtype: torch.d
     t5_tok = word_tokenizer(spec.max_sequence_length)
     with _build_on(device, dtype):
         if spec.family == "flux":
-            parts = {"transformer": diffusers.FluxTransformer2DModel(**tcfg).eval(),
+            parts = {"transformer": diffusers.FluxTransformer2DModel(**tcfg).eval(),  # type: ignore[attr-defined]
                      "vae": _vae_2d(0.3611, 0.1159), "text_encoder": _clip(CLIP_L, False),
                      "text_encoder_2": _t5(T5_XXL)}
         elif spec.family == "sd3":
-            parts = {"transformer": diffusers.SD3Transformer2DModel(**tcfg).eval(),
+            parts = {"transformer": diffusers.SD3Transformer2DModel(**tcfg).eval(),  # type: ignore[attr-defined]
                      "vae": _vae_2d(1.5305, 0.0609), "text_encoder": _clip(CLIP_L, True),
                      "text_encoder_2": _clip(CLIP_G, True), "text_encoder_3": _t5(T5_XXL)}
         else:
-            parts = {"transformer": diffusers.WanTransformer3DModel(**tcfg).eval(),
-                     "vae": diffusers.AutoencoderKLWan().eval(),
+            parts = {"transformer": diffusers.WanTransformer3DModel(**tcfg).eval(),  # type: ignore[attr-defined]
+                     "vae": diffusers.AutoencoderKLWan().eval(),  # type: ignore[attr-defined]
                      "text_encoder": _t5(UMT5_XXL, umt5=True)}
+    pipe: Any  # FluxPipeline | StableDiffusion3Pipeline | WanPipeline (placeholders to mypy)
     if spec.family == "flux":
         pipe = diffusers.FluxPipeline(
             scheduler=diffusers.FlowMatchEulerDiscreteScheduler(
@@ -182,7 +189,7 @@ def family_step_inputs(preset, spec: FamilySpec, transformer, batch: int, device
         ids = torch.zeros(ph, pw, 3)
         ids[..., 1] += torch.arange(ph)[:, None]
         ids[..., 2] += torch.arange(pw)[None, :]
-        kw = {
+        kw: dict[str, Any] = {
             "hidden_states": randn(batch, ph * pw, cfg.in_channels),
             "encoder_hidden_states": randn(batch, preset.text_len, cfg.joint_attention_dim),
             "pooled_projections": randn(batch, cfg.pooled_projection_dim),

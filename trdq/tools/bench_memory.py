@@ -16,9 +16,12 @@ it does not say, and why this module exists:
 from __future__ import annotations
 
 import time
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from typing_extensions import Self  # typing.Self is 3.11+; stubs ship with mypy
 
 #: (pipeline attribute, stage name); the VAE stage is its ``decode`` method
 STAGES = (("text_encoder", "encode"), ("transformer", "denoise"), ("vae", "decode"))

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import torch
 
@@ -26,7 +26,7 @@ __all__ = [
 
 
 def _versions() -> dict[str, str]:
-    out = {"torch": torch.__version__}
+    out: dict[str, str] = {"torch": torch.__version__}
     for mod in ("triton", "diffusers", "torchao", "transformers"):
         try:
             out[mod] = __import__(mod).__version__
@@ -245,7 +245,7 @@ _RESULT_KEYS = frozenset({"preset", "device", "torch", "results"})
 _SIDECAR = ".details.json"
 
 
-def is_bench_result(doc: Any) -> bool:
+def is_bench_result(doc: Any) -> TypeGuard[dict[str, Any]]:
     """A ``trdq bench --json`` file; probe records under docs/bench have other shapes."""
     return isinstance(doc, dict) and _RESULT_KEYS <= doc.keys()
 

@@ -194,7 +194,7 @@ def profile_text_encoder(pipe, call, runs: int = 3) -> dict[str, float] | None:
             encode()
             sync()
         gpu_ms = sum(
-            (getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0.0)) / 1e3
+            (getattr(e, "device_time_total", 0.0) or getattr(e, "cuda_time_total", 0.0)) / 1e3
             for e in prof.key_averages()
         )
     return {"wall_ms": sorted(walls)[len(walls) // 2], "gpu_ms": gpu_ms}

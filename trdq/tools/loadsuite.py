@@ -35,6 +35,7 @@ import sys
 import time
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -75,7 +76,7 @@ def local_server(env: dict[str, str], port: int, log_path: Path | None, ready_ti
             process.wait(timeout=60)
         except subprocess.TimeoutExpired:
             process.kill()
-        if log_path:
+        if not isinstance(log, int):  # a file opened above, not subprocess.DEVNULL
             log.close()
 
 
@@ -115,7 +116,8 @@ def base_env(args: argparse.Namespace) -> dict[str, str]:
 
 
 def run_concurrency(args: argparse.Namespace) -> dict:
-    runs, memory = [], {}
+    runs: list[dict] = []
+    memory: dict[str, Any] = {}
     with local_server(base_env(args), args.port, args.log, args.ready_timeout) as (url, pid):
         drive(url, args, 1, 2)  # warm-up, not reported
         for concurrency in (1, 4, 16):

@@ -349,6 +349,7 @@ def _train(
     vae.to(device).eval().requires_grad_(False)
     image_latents = encode_latents(vae, images.pixels, device) if need_images else None
     if "vae" in stages or "scaling_factor" not in meta:
+        assert image_latents is not None  # both conditions are in need_images
         meta["scaling_factor"] = latent_scaling_factor(image_latents)
         vae.register_to_config(scaling_factor=meta["scaling_factor"])
         save_component(vae, checkpoint_dir / COMPONENT_FILES["vae"])

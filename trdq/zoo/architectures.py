@@ -101,7 +101,7 @@ T2I_TRANSFORMER = t2i_transformer(T2I_PATCH_SIZE)
 T2V_TRANSFORMER = t2v_transformer(T2V_PATCH_SIZE)
 
 #: DDPM-style linear betas shared by training and sampling; DPM-Solver samples with them.
-SCHEDULER = {
+SCHEDULER: dict[str, Any] = {
     "num_train_timesteps": 1000,
     "beta_schedule": "linear",
     "beta_start": 0.0001,

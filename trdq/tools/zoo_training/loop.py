@@ -9,6 +9,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -126,7 +127,9 @@ def load_component(module: torch.nn.Module, path: Path) -> None:
     module's own (`trdq.tools.zoo_training.repatch`)."""
     state = load_file(str(path))
     if PATCH_WEIGHT in state:
-        state = repatch_state(state, module.config.patch_size)
+        # a diffusers DiT: `config` is its FrozenDict (a property), not a submodule or buffer
+        config: Any = module.config
+        state = repatch_state(state, config.patch_size)
     dtype = next(module.parameters()).dtype
     missing, unexpected = module.load_state_dict(
         {k: v.to(dtype) for k, v in state.items()}, strict=False

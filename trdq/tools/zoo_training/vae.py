@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -17,6 +18,9 @@ import torch.nn.functional as F
 
 from trdq.tools.zoo_training.data import to_unit_range
 from trdq.tools.zoo_training.loop import Budget, Meter, autocast, set_lr
+
+if TYPE_CHECKING:
+    from trdq.data.split import Kind
 
 logger = logging.getLogger(__name__)
 
@@ -217,7 +221,8 @@ def reconstruction_accuracy(
     from trdq.zoo import architectures as arch
 
     result = {}
-    for kind, count in (("image", images), ("video", videos)):
+    counts: tuple[tuple[Kind, int], ...] = (("image", images), ("video", videos))
+    for kind, count in counts:
         prompts = heldout_prompts(count, 1, kind)
         if kind == "image":
             pixels = np.stack([render_image(p, arch.T2I_RESOLUTION) for p in prompts])
