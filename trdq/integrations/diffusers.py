@@ -134,9 +134,7 @@ def fuse_gelu_into_linears(denoiser: nn.Module, linear_type: type[nn.Module]) ->
                 and isinstance(module.proj, linear_type)):
             # torch types Module.__setattr__'s value as Tensor | Module; any value is stored
             module.proj.output_activation = "gelu_tanh"  # type: ignore[assignment]
-            # instance attribute: GELU.forward calls self.gelu (deliberately shadows diffusers'
-            # method, which mypy flags as assigning to a method)
-            module.gelu = _identity  # type: ignore[method-assign, assignment]
+            module.gelu = _identity  # instance attribute: GELU.forward calls self.gelu
             fused.append(name)
     return fused
 
@@ -252,7 +250,7 @@ def _fuse_plain_attention_modules(transformer: nn.Module) -> int:
         return 0
     for module in modules:
         module.fuse_projections(fuse=True)
-        module.set_processor(FusedAttnProcessor2_0())  # type: ignore[arg-type]  # diffusers annotates the legacy AttnProcessor class only
+        module.set_processor(FusedAttnProcessor2_0())
     return len(modules)
 
 

@@ -272,8 +272,7 @@ def install_attention_kernel(
         if type(fallback).__name__ in DISPATCHING_PROCESSORS:
             module.set_processor(dispatching_processor(fallback, kernel, label))
         else:
-            # diffusers annotates set_processor with its own processor classes; any callable works
-            module.set_processor(KernelAttnProcessor(kernel, fallback, label))  # type: ignore[arg-type]
+            module.set_processor(KernelAttnProcessor(kernel, fallback, label))
         report.replaced.append(name)
     return report
 

@@ -316,8 +316,9 @@ class QuantLinear(nn.Module):
         # centring, CFG-delta, the low-rank branch and the output activation: in the
         # backend's kernels where it fuses them, else around its call (serve_linear)
         # the branch's two weights are set together (LayerQuantParams), or both None
-        low_rank = None if self.low_rank_up is None or self.low_rank_down is None \
-            else (self.low_rank_down, self.low_rank_up)
+        low_rank = None
+        if self.low_rank_up is not None and self.low_rank_down is not None:
+            low_rank = (self.low_rank_down, self.low_rank_up)
         out = serve_linear(self.backend, x2, self.packed, act, self.bias, self.output_activation,
                            low_rank)
         return out.reshape(*lead, self.out_features)

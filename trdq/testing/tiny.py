@@ -8,10 +8,6 @@ from __future__ import annotations
 
 import torch
 
-# The `type: ignore[attr-defined]` comments below: mypy binds diffusers' top-level names to
-# the placeholder classes its __init__ names first (diffusers.utils.dummy_pt_objects, for
-# installs without torch), which lack the methods of nn.Module and DiffusionPipeline.
-
 __all__ = [
     "TINY_PROMPTS",
     "plant_outlier_channels",
@@ -63,7 +59,7 @@ def tiny_pixart_transformer(seed: int = 0, hidden: int = 64, layers: int = 2, sa
         )
     finally:
         torch.random.set_rng_state(state)
-    return model.eval()  # type: ignore[attr-defined]
+    return model.eval()
 
 
 def tiny_latte_transformer(
@@ -93,7 +89,7 @@ def tiny_latte_transformer(
         )
     finally:
         torch.random.set_rng_state(state)
-    return model.eval()  # type: ignore[attr-defined]
+    return model.eval()
 
 
 def tiny_tokenizer():
@@ -141,7 +137,7 @@ def tiny_vae(seed: int = 0):
         )
     finally:
         torch.random.set_rng_state(state)
-    return vae.eval()  # type: ignore[attr-defined]
+    return vae.eval()
 
 
 def plant_outlier_channels(transformer, channels: int = 3, gain: float = 20.0, seed: int = 0):
@@ -180,8 +176,8 @@ def tiny_pixart_pipeline(seed: int = 0, hidden: int = 64, layers: int = 2, outli
         scheduler=_scheduler(),
     )
     if outliers:
-        plant_outlier_channels(pipe.transformer, seed=seed)  # type: ignore[attr-defined]
-    pipe.set_progress_bar_config(disable=True)  # type: ignore[attr-defined]
+        plant_outlier_channels(pipe.transformer, seed=seed)
+    pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
@@ -201,6 +197,6 @@ def tiny_latte_pipeline(
         scheduler=_scheduler(),
     )
     if outliers:
-        plant_outlier_channels(pipe.transformer, seed=seed)  # type: ignore[attr-defined]
-    pipe.set_progress_bar_config(disable=True)  # type: ignore[attr-defined]
+        plant_outlier_channels(pipe.transformer, seed=seed)
+    pipe.set_progress_bar_config(disable=True)
     return pipe

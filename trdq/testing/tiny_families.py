@@ -19,10 +19,6 @@ import torch
 
 from trdq.testing.tiny import TINY_WORDS, _seeded
 
-# The `type: ignore[attr-defined]` comments below: mypy binds diffusers' top-level names to
-# the placeholder classes its __init__ names first (diffusers.utils.dummy_pt_objects, for
-# installs without torch), which lack the methods of nn.Module and DiffusionPipeline.
-
 __all__ = [
     "T5_MAX_LENGTH",
     "tiny_flux_pipeline",
@@ -114,7 +110,7 @@ def _image_vae(seed: int, shift_factor: float | None):
         )
     finally:
         torch.random.set_rng_state(state)
-    return vae.eval()  # type: ignore[attr-defined]
+    return vae.eval()
 
 
 def _flow_scheduler(**kwargs):
@@ -132,7 +128,7 @@ def tiny_flux_pipeline(seed: int = 0, hidden: int = 64, double_layers: int = 2,
     head_dim = hidden // heads
     state = _seeded(seed)
     try:
-        transformer = FluxTransformer2DModel(  # type: ignore[attr-defined]
+        transformer = FluxTransformer2DModel(
             patch_size=1, in_channels=4 * LATENT_CHANNELS, num_layers=double_layers,
             num_single_layers=single_layers, attention_head_dim=head_dim,
             num_attention_heads=heads, joint_attention_dim=TEXT_DIM * 2,
@@ -151,7 +147,7 @@ def tiny_flux_pipeline(seed: int = 0, hidden: int = 64, double_layers: int = 2,
         tokenizer_2=word_tokenizer(T5_MAX_LENGTH),
         transformer=transformer,
     )
-    pipe.set_progress_bar_config(disable=True)  # type: ignore[attr-defined]
+    pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
@@ -162,7 +158,7 @@ def tiny_sd3_pipeline(seed: int = 0, hidden: int = 64, layers: int = 2):
     heads = 2
     state = _seeded(seed)
     try:
-        transformer = SD3Transformer2DModel(  # type: ignore[attr-defined]
+        transformer = SD3Transformer2DModel(
             sample_size=16, patch_size=2, in_channels=LATENT_CHANNELS, num_layers=layers,
             attention_head_dim=hidden // heads, num_attention_heads=heads,
             joint_attention_dim=TEXT_DIM * 2, caption_projection_dim=hidden,
@@ -182,7 +178,7 @@ def tiny_sd3_pipeline(seed: int = 0, hidden: int = 64, layers: int = 2):
         text_encoder_3=_t5(seed, TEXT_DIM * 2),
         tokenizer_3=word_tokenizer(T5_MAX_LENGTH),
     )
-    pipe.set_progress_bar_config(disable=True)  # type: ignore[attr-defined]
+    pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
@@ -194,13 +190,13 @@ def tiny_wan_pipeline(seed: int = 0, hidden: int = 64, layers: int = 2):
     heads = 2
     state = _seeded(seed)
     try:
-        transformer = WanTransformer3DModel(  # type: ignore[attr-defined]
+        transformer = WanTransformer3DModel(
             patch_size=(1, 2, 2), num_attention_heads=heads, attention_head_dim=hidden // heads,
             in_channels=LATENT_CHANNELS, out_channels=LATENT_CHANNELS, text_dim=TEXT_DIM,
             freq_dim=32, ffn_dim=2 * hidden, num_layers=layers, cross_attn_norm=True,
             qk_norm="rms_norm_across_heads", rope_max_seq_len=32,
         ).eval()
-        vae = AutoencoderKLWan(  # type: ignore[attr-defined]
+        vae = AutoencoderKLWan(
             base_dim=8, z_dim=LATENT_CHANNELS, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
             temperal_downsample=[False, True, True],
         ).eval()
@@ -213,5 +209,5 @@ def tiny_wan_pipeline(seed: int = 0, hidden: int = 64, layers: int = 2):
         scheduler=_flow_scheduler(shift=3.0),
         transformer=transformer,
     )
-    pipe.set_progress_bar_config(disable=True)  # type: ignore[attr-defined]
+    pipe.set_progress_bar_config(disable=True)
     return pipe

@@ -581,23 +581,27 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     return write_outputs(preset.name, device, runner.results, runner.details, args.json, md, notes)
 
 
+def _per_result(rows: dict[str, dict[str, Any]], prefix: str):
+    """``(result name, value)`` of each row's ``{prefix}@bN`` detail, the name as in the
+    table: the row, with ``@bN`` for batches other than 1."""
+    for row, info in rows.items():
+        for key, value in info.items():
+            if key.startswith(prefix) and value:
+                batch = key.removeprefix(prefix)
+                yield (row if batch == "@b1" else row + batch), value
+
+
 def _stage_note(
     rows: dict[str, dict[str, Any]], prefix: str, title: str, decimals: int
 ) -> str | None:
-    """One note listing each result's ``{prefix}@bN`` stage values (result names as in the
-    table: the row, with ``@bN`` for batches other than 1), encode / denoise / decode."""
-    entries = []
-    for row, info in rows.items():
-        for key, stages in info.items():
-            if not key.startswith(prefix):
-                continue
-            batch = key.removeprefix(prefix)
-            name = row if batch == "@b1" else row + batch
-            values = " / ".join(
-                f"{stages.get(s, float('nan')):.{decimals}f}"
-                for s in ("encode", "denoise", "decode")
-            )
-            entries.append(f"{name}: {values}")
+    """One note listing each result's ``{prefix}@bN`` stage values, encode / denoise /
+    decode."""
+    entries = [
+        f"{name}: "
+        + " / ".join(f"{stages.get(s, float('nan')):.{decimals}f}"
+                     for s in ("encode", "denoise", "decode"))
+        for name, stages in _per_result(rows, prefix)
+    ]
     if not entries:
         return None
     return f"{title}, encode / denoise / decode: " + "; ".join(entries)
@@ -606,11 +610,8 @@ def _stage_note(
 def _text_encoder_note(rows: dict[str, dict[str, Any]]) -> str | None:
     """One note listing each result's text-encoder wall / GPU ms (``--profile``)."""
     entries = [
-        f"{row if key == 'text_encoder_ms@b1' else row + key.removeprefix('text_encoder_ms')}: "
-        f"{ms['wall_ms']:.1f} / {ms['gpu_ms']:.1f}"
-        for row, info in rows.items()
-        for key, ms in info.items()
-        if key.startswith("text_encoder_ms") and ms
+        f"{name}: {ms['wall_ms']:.1f} / {ms['gpu_ms']:.1f}"
+        for name, ms in _per_result(rows, "text_encoder_ms")
     ]
     if not entries:
         return None

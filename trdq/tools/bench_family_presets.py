@@ -32,10 +32,6 @@ import torch
 
 __all__ = ["FAMILY_PRESETS", "TRANSFORMER_CONFIGS", "FamilySpec", "scaled_down"]
 
-# The `type: ignore[attr-defined]` comments below: mypy binds diffusers' top-level names to
-# the placeholder classes its __init__ names first (diffusers.utils.dummy_pt_objects, for
-# installs without torch), which lack the methods of nn.Module and DiffusionPipeline.
-
 T5_XXL = {"vocab_size": 32128, "d_model": 4096, "d_kv": 64, "d_ff": 10240, "num_layers": 24,
           "num_heads": 64, "feed_forward_proj": "gated-gelu"}
 UMT5_XXL = {**T5_XXL, "vocab_size": 256384}
@@ -97,7 +93,7 @@ def _vae_2d(scaling: float, shift: float):
         block_out_channels=(128, 256, 512, 512), layers_per_block=2, norm_num_groups=32,
         sample_size=1024, scaling_factor=scaling, shift_factor=shift,
         use_quant_conv=False, use_post_quant_conv=False,
-    ).eval()  # type: ignore[attr-defined]
+    ).eval()
 
 
 def _clip(cfg: dict[str, Any], projection: bool):
@@ -126,18 +122,17 @@ def build_family_pipeline(spec: FamilySpec, device: torch.device, dtype: torch.d
     t5_tok = word_tokenizer(spec.max_sequence_length)
     with _build_on(device, dtype):
         if spec.family == "flux":
-            parts = {"transformer": diffusers.FluxTransformer2DModel(**tcfg).eval(),  # type: ignore[attr-defined]
+            parts = {"transformer": diffusers.FluxTransformer2DModel(**tcfg).eval(),
                      "vae": _vae_2d(0.3611, 0.1159), "text_encoder": _clip(CLIP_L, False),
                      "text_encoder_2": _t5(T5_XXL)}
         elif spec.family == "sd3":
-            parts = {"transformer": diffusers.SD3Transformer2DModel(**tcfg).eval(),  # type: ignore[attr-defined]
+            parts = {"transformer": diffusers.SD3Transformer2DModel(**tcfg).eval(),
                      "vae": _vae_2d(1.5305, 0.0609), "text_encoder": _clip(CLIP_L, True),
                      "text_encoder_2": _clip(CLIP_G, True), "text_encoder_3": _t5(T5_XXL)}
         else:
-            parts = {"transformer": diffusers.WanTransformer3DModel(**tcfg).eval(),  # type: ignore[attr-defined]
-                     "vae": diffusers.AutoencoderKLWan().eval(),  # type: ignore[attr-defined]
+            parts = {"transformer": diffusers.WanTransformer3DModel(**tcfg).eval(),
+                     "vae": diffusers.AutoencoderKLWan().eval(),
                      "text_encoder": _t5(UMT5_XXL, umt5=True)}
-    pipe: Any  # FluxPipeline | StableDiffusion3Pipeline | WanPipeline (placeholders to mypy)
     if spec.family == "flux":
         pipe = diffusers.FluxPipeline(
             scheduler=diffusers.FlowMatchEulerDiscreteScheduler(

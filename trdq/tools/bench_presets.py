@@ -117,7 +117,7 @@ def _sd_vae(small: bool = False):
         norm_num_groups=32,
         sample_size=512,
         scaling_factor=0.18215,
-    ).eval()  # type: ignore[attr-defined]  # mypy binds AutoencoderKL to diffusers' dummy placeholder
+    ).eval()
 
 
 def _dit_kwargs(

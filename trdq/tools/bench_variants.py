@@ -113,6 +113,11 @@ def kernel_category(kernel_name: str) -> str:
     )
 
 
+def _kernel_us(event) -> float:
+    """GPU microseconds of one profiler entry (``cuda_time_total`` on older torch)."""
+    return getattr(event, "device_time_total", 0.0) or getattr(event, "cuda_time_total", 0.0)
+
+
 def profile_step(fn, steps: int = 3) -> dict[str, Any]:
     """GPU kernel time of one denoiser call by category (ms), from torch.profiler."""
     from torch.profiler import ProfilerActivity, profile
@@ -124,7 +129,7 @@ def profile_step(fn, steps: int = 3) -> dict[str, Any]:
     by_cat: dict[str, float] = {}
     top: list[tuple[str, float, float]] = []
     for evt in prof.key_averages():
-        us = getattr(evt, "device_time_total", None) or getattr(evt, "cuda_time_total", 0.0)
+        us = _kernel_us(evt)
         if not us:
             continue
         cat = kernel_category(evt.key)
@@ -193,8 +198,5 @@ def profile_text_encoder(pipe, call, runs: int = 3) -> dict[str, float] | None:
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
             encode()
             sync()
-        gpu_ms = sum(
-            (getattr(e, "device_time_total", 0.0) or getattr(e, "cuda_time_total", 0.0)) / 1e3
-            for e in prof.key_averages()
-        )
+        gpu_ms = sum(_kernel_us(e) for e in prof.key_averages()) / 1e3
     return {"wall_ms": sorted(walls)[len(walls) // 2], "gpu_ms": gpu_ms}

@@ -20,10 +20,6 @@ from trdq.zoo.tokenizer import build_tokenizer
 
 logger = logging.getLogger(__name__)
 
-# The `type: ignore[attr-defined]` comments below: mypy binds diffusers' top-level names to
-# the placeholder classes its __init__ names first (diffusers.utils.dummy_pt_objects, for
-# installs without torch), which lack the methods of nn.Module and DiffusionPipeline.
-
 
 def build_components(seed: int) -> dict:
     """Shared parts of both zoo pipelines: text encoder, tokenizer, VAE, scheduler."""
@@ -35,7 +31,7 @@ def build_components(seed: int) -> dict:
     text_config = T5Config(vocab_size=len(tokenizer), **arch.TEXT_ENCODER)
     text_encoder = T5EncoderModel(text_config).eval()
     torch.manual_seed(seed + 1)
-    vae = AutoencoderKL(**arch.VAE).eval()  # type: ignore[attr-defined]
+    vae = AutoencoderKL(**arch.VAE).eval()
     scheduler = DPMSolverMultistepScheduler(**arch.SCHEDULER)
     return {"tokenizer": tokenizer, "text_encoder": text_encoder, "vae": vae, "scheduler": scheduler}
 
@@ -46,7 +42,7 @@ def build_t2i(seed: int = 0):
 
     parts = build_components(seed)
     torch.manual_seed(seed + 2)
-    transformer = PixArtTransformer2DModel(**arch.T2I_TRANSFORMER).eval()  # type: ignore[attr-defined]
+    transformer = PixArtTransformer2DModel(**arch.T2I_TRANSFORMER).eval()
     return PixArtAlphaPipeline(transformer=transformer, **parts)
 
 
@@ -56,7 +52,7 @@ def build_t2v(seed: int = 0):
 
     parts = build_components(seed)
     torch.manual_seed(seed + 3)
-    transformer = LatteTransformer3DModel(**arch.T2V_TRANSFORMER).eval()  # type: ignore[attr-defined]
+    transformer = LatteTransformer3DModel(**arch.T2V_TRANSFORMER).eval()
     return LattePipeline(transformer=transformer, **parts)
 
 
