@@ -118,6 +118,12 @@ def _kernel_us(event) -> float:
     return getattr(event, "device_time_total", 0.0) or getattr(event, "cuda_time_total", 0.0)
 
 
+#: kernels kept per profiled row, and characters of each name: Inductor names a kernel after
+#: every op it fuses, and the ops near the end of a long name tell two kernels apart
+TOP_KERNELS = 40
+KERNEL_NAME_CHARS = 200
+
+
 def profile_step(fn, steps: int = 3) -> dict[str, Any]:
     """GPU kernel time of one denoiser call by category (ms), from torch.profiler."""
     from torch.profiler import ProfilerActivity, profile
@@ -134,14 +140,14 @@ def profile_step(fn, steps: int = 3) -> dict[str, Any]:
             continue
         cat = kernel_category(evt.key)
         by_cat[cat] = by_cat.get(cat, 0.0) + us / 1e3 / steps
-        top.append((evt.key[:90], us / 1e3 / steps, evt.count / steps))
+        top.append((evt.key[:KERNEL_NAME_CHARS], us / 1e3 / steps, evt.count / steps))
     top.sort(key=lambda kv: -kv[1])
     return {
         "ms_per_step_by_category": by_cat,
         "total_ms": sum(by_cat.values()),
         # (kernel, ms per step, launches per step): one kernel's total may be one call per
         # block or one per layer; the launches tell which code it stands for
-        "top_kernels_ms": top[:15],
+        "top_kernels_ms": top[:TOP_KERNELS],
     }
 
 
