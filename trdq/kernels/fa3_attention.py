@@ -32,6 +32,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +41,8 @@ __all__ = [
     "E4M3_MAX",
     "FP8_HEAD_DIM_MULTIPLE",
     "FP8_OPERANDS",
+    "AttentionInputStats",
+    "attention_input_stats",
     "fa3_attention",
     "fa3_fp8_attention",
     "fa3_status",
@@ -106,8 +109,8 @@ def _to_e4m3(x: torch.Tensor, amax: torch.Tensor,
     """e4m3 codes of ``x - mean`` ([B, S, H, D], D padded) and its scales [B, H]."""
     scale = amax.clamp_min(1e-12) / E4M3_MAX
     centred = x.float() if mean is None else x.float() - mean
-    scaled = _pad_head_dim(centred / scale[:, None, :, None], FP8_HEAD_DIM_MULTIPLE)
-    return scaled.to(torch.float8_e4m3fn), scale
+    scaled = (centred / scale[:, None, :, None]).clamp(-E4M3_MAX, E4M3_MAX)
+    return _pad_head_dim(scaled, FP8_HEAD_DIM_MULTIPLE).to(torch.float8_e4m3fn), scale
 
 
 def _token_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -125,22 +128,43 @@ def _token_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return mean, amax
 
 
-def quantize_attention_inputs(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
-) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...], torch.Tensor]:
-    """e4m3 ``(q8, k8, v8)``, their ``(q_scale, k_scale, v_scale)`` [B, H] and V's mean
-    [B, 1, H, D] (to add back to the output); K and V smoothed, D padded (module doc).
+class AttentionInputStats(NamedTuple):
+    """What the e4m3 quantization of Q, K and V needs: the absmaxes per (batch, head)
+    ``[B, H]`` of Q, of K - k_mean and of V - v_mean, and the means ``[B, 1, H, D]``
+    subtracted from K and V (float32). ``attention_input_stats`` takes them from the
+    inputs themselves; static ones (``trdq.nn.static_attention``: calibrated per timestep
+    group) may be any means, since subtracting a constant from K or V is exact, and any
+    absmaxes, values beyond them being clamped to e4m3's range."""
 
-    One read of each input for its statistics and one for its codes: every reduction is
-    over the token axis (``_token_stats``), which ``torch.compile`` fuses per tensor.
-    """
+    q_amax: torch.Tensor
+    k_amax: torch.Tensor
+    v_amax: torch.Tensor
+    k_mean: torch.Tensor
+    v_mean: torch.Tensor
+
+
+def attention_input_stats(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> AttentionInputStats:
+    """The inputs' own statistics (dynamic quantization): one read of each input, every
+    reduction over the token axis (``_token_stats``), which ``torch.compile`` fuses per
+    tensor."""
     k_mean, k_amax = _token_stats(k)
     v_mean, v_amax = _token_stats(v)
     q_amax = q.float().abs().amax(dim=1).amax(dim=-1)
-    q8, q_scale = _to_e4m3(q, q_amax)
-    k8, k_scale = _to_e4m3(k, k_amax, k_mean)
-    v8, v_scale = _to_e4m3(v, v_amax, v_mean)
-    return (q8, k8, v8), (q_scale, k_scale, v_scale), v_mean
+    return AttentionInputStats(q_amax, k_amax, v_amax, k_mean, v_mean)
+
+
+def quantize_attention_inputs(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, stats: AttentionInputStats | None = None
+) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...], torch.Tensor]:
+    """e4m3 ``(q8, k8, v8)``, their ``(q_scale, k_scale, v_scale)`` [B, H] and V's mean
+    [B, 1, H, D] (to add back to the output); K and V smoothed, D padded (module doc).
+    ``stats``: fixed statistics to quantize with (default: the inputs' own)."""
+    if stats is None:
+        stats = attention_input_stats(q, k, v)
+    q8, q_scale = _to_e4m3(q, stats.q_amax)
+    k8, k_scale = _to_e4m3(k, stats.k_amax, stats.k_mean)
+    v8, v_scale = _to_e4m3(v, stats.v_amax, stats.v_mean)
+    return (q8, k8, v8), (q_scale, k_scale, v_scale), stats.v_mean
 
 
 # ---- the kernels ------------------------------------------------------------------------------
@@ -156,15 +180,18 @@ def fa3_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Te
     return out
 
 
-def fa3_fp8_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+def fa3_fp8_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, stats: AttentionInputStats | None = None
+) -> torch.Tensor:
     """FA3's e4m3 kernel on smoothed, padded, per-head-scaled inputs; bf16 [B, S, H, D] out.
+    ``stats``: fixed statistics to quantize with (default: the inputs' own).
 
     The quantization is torch ops: under ``torch.compile`` (the served blocks) Inductor
     fuses the means, the absmax reductions, the casts and the padding into a few kernels,
     and the slice and mean-add after the call into one.
     """
     head_dim = q.shape[-1]
-    (q8, k8, v8), (qs, ks, vs), v_mean = quantize_attention_inputs(q, k, v)
+    (q8, k8, v8), (qs, ks, vs), v_mean = quantize_attention_inputs(q, k, v, stats)
     out = _fa3_forward()(
         q8, k8, v8, q_descale=qs, k_descale=ks, v_descale=vs, softmax_scale=head_dim**-0.5
     )[0]
@@ -176,15 +203,19 @@ FP8_OPERANDS = ("qk", "v", "p")
 
 
 def fp8_attention_reference(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, operands: tuple[str, ...] = FP8_OPERANDS
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, operands: tuple[str, ...] = FP8_OPERANDS,
+    stats: AttentionInputStats | None = None,
 ) -> torch.Tensor:
     """The oracle of ``fa3_fp8_attention`` in float32 (the whole score matrix at once).
 
     ``operands`` leaves the ones not named in float32 (smoothing and padding stay): the
     error budget of each rounding on its own (``trdq.kernels.microbench --error-budget``).
+    ``stats``: fixed statistics to quantize with (default: the inputs' own).
     """
     head_dim = q.shape[-1]
-    (q8, k8, v8), (qs, ks, vs), v_mean = quantize_attention_inputs(q, k, v)
+    if stats is None:
+        stats = attention_input_stats(q, k, v)
+    (q8, k8, v8), (qs, ks, vs), v_mean = quantize_attention_inputs(q, k, v, stats)
 
     def dequant(codes, scale):  # [B, S, H, D] -> [B, H, S, D]
         return (codes.float() * scale[:, None, :, None]).transpose(1, 2)
@@ -196,7 +227,7 @@ def fp8_attention_reference(
     if "qk" in operands:
         qf, kf = dequant(q8, qs), dequant(k8, ks)
     else:
-        qf, kf = smoothed(q), smoothed(k, k.float().mean(dim=1, keepdim=True))
+        qf, kf = smoothed(q), smoothed(k, stats.k_mean)
     vf = dequant(v8, vs) if "v" in operands else smoothed(v, v_mean)
     logits = qf @ kf.transpose(-1, -2) * (head_dim**-0.5)
     shifted = (logits - logits.amax(dim=-1, keepdim=True)) * (1 / math.log(2)) + P_SHIFT_LOG2

@@ -38,12 +38,14 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "ATTENTION_BACKENDS",
     "FP8_MIN_TOKENS",
+    "STATIC_FP8",
     "AttentionReport",
     "KernelAttnProcessor",
     "attend_projected",
     "dispatching_processor",
     "fp8_long_attention",
     "install_attention_kernel",
+    "install_attention_kernels",
     "kernel_dispatch",
     "projected_attention_kernel",
     "resolve_attention_backend",
@@ -79,7 +81,11 @@ ATTENTION_BACKENDS: dict[str, AttentionKernel | None] = {
     "fp8-long": fp8_long_attention,
 }
 #: suffix of a bench row or eval setting name -> the attention backend it runs
-SETTING_SUFFIXES = {"+fp8attn": "fp8", "+fa3attn": "fa3", "+fp8longattn": "fp8-long"}
+SETTING_SUFFIXES = {"+fp8attn": "fp8", "+fa3attn": "fa3", "+fp8longattn": "fp8-long",
+                    "+fp8staticattn": "fp8-static"}
+#: FA3 e4m3 with statistics calibrated per timestep group (``trdq.nn.static_attention``):
+#: not a kernel to set but one to calibrate, so ``set_attention_backend`` refuses it
+STATIC_FP8 = "fp8-static"
 #: what ``auto`` picks where the FA3 kernels run (``sdpa`` elsewhere). Still ``sdpa``: of
 #: issue #24's quality gate, the zoo half holds (W8A8 + FP8 attention at FP accuracy and
 #: >= 40 dB to FP, H100) but the attention-output half (>= 30 dB to bf16 on random
@@ -108,6 +114,9 @@ def split_attention_suffix(name: str) -> tuple[str, str | None]:
 def resolve_attention_backend(name: str, device: torch.device | str) -> str:
     """``name`` checked against ``device``; ``auto`` resolved. An explicit FA3 backend the
     device cannot run is an error that says what is missing."""
+    if name == STATIC_FP8:
+        raise ValueError(f"attention backend {STATIC_FP8!r} is calibrated, not set: "
+                         "trdq.nn.static_attention.calibrate_static_attention")
     if name not in ("auto", *ATTENTION_BACKENDS):
         raise ValueError(
             f"unknown attention backend {name!r}; choose auto, {', '.join(ATTENTION_BACKENDS)}"
@@ -257,10 +266,20 @@ def install_attention_kernel(
     transformer: torch.nn.Module, kernel: AttentionKernel, label: str
 ) -> AttentionReport:
     """Put ``kernel`` behind every eligible self-attention module of ``transformer``."""
+    return install_attention_kernels(transformer, lambda name: kernel, label)
+
+
+def install_attention_kernels(
+    transformer: torch.nn.Module, kernel_for: Callable[[str], AttentionKernel], label: str
+) -> AttentionReport:
+    """Put ``kernel_for(module name)`` behind each eligible self-attention module of
+    ``transformer``: one kernel for all (``install_attention_kernel``) or one per module
+    (``trdq.nn.static_attention``: each module's calibrated statistics)."""
     from diffusers.models.attention import AttentionModuleMixin
     from diffusers.models.attention_processor import Attention
 
     report = AttentionReport(backend=label)
+    kernels: dict[int, str] = {}  # id(kernel) -> its dispatch label
     for name, module in transformer.named_modules():
         if not isinstance(module, (Attention, AttentionModuleMixin)):
             continue
@@ -268,9 +287,12 @@ def install_attention_kernel(
         if reason is not None:
             report.skipped[name] = reason
             continue
+        kernel = kernel_for(name)
         fallback = getattr(module.processor, "fallback", module.processor)
         if type(fallback).__name__ in DISPATCHING_PROCESSORS:
-            module.set_processor(dispatching_processor(fallback, kernel, label))
+            # the dispatch table is keyed by label: a kernel of its own gets a label of its own
+            key = kernels.setdefault(id(kernel), label if not kernels else f"{label}:{name}")
+            module.set_processor(dispatching_processor(fallback, kernel, key))
         else:
             module.set_processor(KernelAttnProcessor(kernel, fallback, label))
         report.replaced.append(name)

@@ -27,7 +27,9 @@ Nothing under docs/ is written unless asked: a run kept for the record goes to
 docs/bench --out docs/BENCHMARKS.md`` regenerates the tables from every such record.
 
 Row suffixes: ``+cg`` (CUDA graphs), ``+fp8attn`` / ``+fa3attn`` (self-attention through
-FA3 in e4m3 / bf16, ``trdq.nn.attention``), ``+t5int8`` / ``+t5int4``, ``+vaetile``,
+FA3 in e4m3 / bf16, ``trdq.nn.attention``), ``+fp8longattn`` (e4m3 on long sequences only),
+``+fp8staticattn`` (e4m3 with statistics recorded per timestep group over one pipeline
+call first, ``trdq.nn.static_attention``), ``+t5int8`` / ``+t5int4``, ``+vaetile``,
 ``+torchops`` (CPU), ``+sysmalloc`` (CPU: glibc's own malloc thresholds, without
 ``TRDQ_HOST_MALLOC=reuse``), ``+t5compile`` (written last: the text encoders' layers compiled too),
 ``+multikernel`` (Inductor's ``triton.multi_kernel``, which also generates a persistent
@@ -57,7 +59,7 @@ import torch._inductor.config as inductor_config
 
 from trdq.integrations.diffusers import fuse_qkv_projections
 from trdq.kernels import cpu_int8, cpu_native
-from trdq.nn.attention import set_attention_backend, split_attention_suffix
+from trdq.nn.attention import STATIC_FP8, set_attention_backend, split_attention_suffix
 from trdq.runtime import host_memory
 from trdq.runtime.compile import (
     compile_denoiser,
@@ -329,7 +331,9 @@ class _Runner:
                 raise ValueError(f"{FUSED_FF if fused_gelu else FUSED_NORM}: no block of this "
                                  "denoiser can be fused (ada_norm_single blocks quantized "
                                  "with fp8-norot)")
-        if attention is not None:
+        if attention == STATIC_FP8:
+            info["attention"] = self._calibrate_static_attention(transformer)
+        elif attention is not None:
             report = set_attention_backend(transformer, attention, self.device)
             info["attention"] = {"backend": report.backend, "modules": len(report.replaced)}
         info["prepare_s"] = time.perf_counter() - t0
@@ -342,6 +346,24 @@ class _Runner:
                 raise RuntimeError("CUDA graphs (+cg rows) need a CUDA device")
             CudaGraphForward(self.pipe.transformer, quant_context(self.pipe.transformer))
         return info
+
+    def _calibrate_static_attention(self, transformer: torch.nn.Module) -> dict[str, Any]:
+        """``+fp8staticattn``: record the self-attention inputs over one pipeline call at
+        the bench's size, then give each module FA3 e4m3 with those statistics per
+        timestep group and CFG half (``trdq.nn.static_attention``)."""
+        from trdq.nn.static_attention import calibrate_static_attention
+
+        context = quant_context(transformer)
+        if context is None:
+            raise ValueError("+fp8staticattn needs a TR-DQ row: its statistics are kept per "
+                             "timestep group of the quantized denoiser")
+        kwargs = self.preset.call_kwargs(1)
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            kernels = calibrate_static_attention(transformer, lambda: self.pipe(**kwargs),
+                                                 context)
+        return {"backend": STATIC_FP8, "modules": len(kernels),
+                "calibration_s": time.perf_counter() - t0}
 
     def _quantize(self, preset_name: str) -> dict[str, Any]:
         from trdq.api import quantize
