@@ -126,3 +126,37 @@ def test_calibrated_tiny_pixart_is_as_close_to_full_precision_as_dynamic_fp8():
     install_attention_kernel(model, fa3.fp8_attention_reference, "fp8-oracle")
     dynamic_db = P.sqnr_db(expected, _pixart_run(model, context))
     assert static_db > 25 and static_db > dynamic_db - 3
+
+
+def test_quantized_latte_with_fused_blocks_takes_the_calibrated_kernels():
+    """The served setup: a quantized tiny Latte (fused q/k/v, fused block entries), its
+    attention statistics recorded over a pipeline call; the fused blocks' self-attention
+    then runs the module's static kernel, and the videos stay close to those of exact
+    attention."""
+    from tests.helpers.quant import fast, run_video
+    from trdq import api
+    from trdq.integrations.diffusers import fuse_qkv_projections
+    from trdq.nn.fused_block import fuse_block_norms
+    from trdq.primitives import psnr_db
+    from trdq.runtime.cuda_graphs import quant_context
+    from trdq.testing.tiny import TINY_PROMPTS, tiny_latte_pipeline
+
+    pipe = tiny_latte_pipeline()
+    fuse_qkv_projections(pipe.transformer)
+    api.quantize(pipe, fast("fp8-norot"), progress=False, calibration_prompts=TINY_PROMPTS)
+    assert fuse_block_norms(pipe.transformer, gelu=True) > 0
+    exact = run_video(pipe, TINY_PROMPTS[:2], steps=3)
+    context = quant_context(pipe.transformer)
+    calls = []
+
+    def counting_oracle(q, k, v, stats):
+        calls.append(q.shape)
+        return fa3.fp8_attention_reference(q, k, v, stats=stats)
+
+    kernels = calibrate_static_attention(
+        pipe.transformer, lambda: run_video(pipe, TINY_PROMPTS[:2], steps=3), context,
+        kernel=counting_oracle)
+    assert any(n.startswith("temporal_transformer_blocks") for n in kernels)
+    static = run_video(pipe, TINY_PROMPTS[:2], steps=3)
+    assert len(calls) == 3 * len(kernels)  # every module, every step (CFG halves batched)
+    assert psnr_db(exact, static) > 30.0
