@@ -72,6 +72,7 @@ __all__ = [
     "QuantState",
     "add_step_listener",
     "calibrate",
+    "calibrate_attention",
     "get_state",
     "load",
     "quantize",
@@ -415,6 +416,45 @@ def load(pipe: Any, directory: str | Path, backend: str = "auto", *,
     logger.info("loaded %s from %s onto %s: %d layers (%s)", config.name, directory,
                 kernel.name, len(report.replaced), manifest.get("contents", CONTENTS_CALIBRATION))
     return report
+
+
+def calibrate_attention(
+    pipe: Any,
+    calibration_prompts: list[str] | str | Path | None = None,
+    *,
+    seed: int = 0,
+    call_kwargs: dict[str, Any] | None = None,
+    kernel: Any = None,
+) -> int:
+    """Static FP8 attention for a pipeline ``quantize`` has quantized: record the Q/K/V
+    statistics of its self-attention per timestep group and CFG half over the calibration
+    prompts (run as the quantized config's calibration runs them: size, steps, guidance;
+    ``call_kwargs`` override), then give every eligible module FA3 e4m3 with them
+    (``trdq.nn.static_attention``; ``kernel``: another e4m3 kernel taking ``stats=``, e.g.
+    ``fp8_attention_reference`` where FA3 does not run). Returns how many modules.
+
+    Not cached with the calibration: one pass of the calibration prompts through the
+    quantized pipeline, seconds on a GPU."""
+    from trdq.integrations.pipeline_args import calibration_call_kwargs
+    from trdq.nn.static_attention import calibrate_static_attention
+
+    state = get_state(pipe)
+    if state is None:
+        raise ValueError("calibrate_attention needs a pipeline quantized by trdq.quantize")
+    config = state.config
+    prompts = load_prompts(calibration_prompts, _default_prompts(pipe))
+    if config.calib_num_prompts and len(prompts) > config.calib_num_prompts:
+        prompts = prompts[: config.calib_num_prompts]
+    kwargs = {**calibration_call_kwargs(pipe, config), **(call_kwargs or {})}
+    size = max(1, config.calib_batch_size)
+
+    def run() -> None:
+        for i in range(0, len(prompts), size):
+            generator = torch.Generator(device="cpu").manual_seed(seed + i // size)
+            pipe(prompt=prompts[i : i + size], generator=generator, **kwargs)
+
+    kernels = calibrate_static_attention(find_denoiser(pipe), run, state.context, kernel)
+    return len(kernels)
 
 
 def dequantize_hooks(pipe: Any) -> None:

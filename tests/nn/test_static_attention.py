@@ -160,3 +160,28 @@ def test_quantized_latte_with_fused_blocks_takes_the_calibrated_kernels():
     static = run_video(pipe, TINY_PROMPTS[:2], steps=3)
     assert len(calls) == 3 * len(kernels)  # every module, every step (CFG halves batched)
     assert psnr_db(exact, static) > 30.0
+
+
+def test_calibrate_attention_runs_the_calibration_prompts_through_the_quantized_pipeline():
+    from tests.helpers.quant import IMAGE_KW, fast, run_image
+    from trdq import api
+    from trdq.primitives import psnr_db
+    from trdq.testing.tiny import TINY_PROMPTS, tiny_pixart_pipeline
+
+    pipe = tiny_pixart_pipeline()
+    with pytest.raises(ValueError, match="quantized by trdq.quantize"):
+        api.calibrate_attention(pipe)
+    api.quantize(pipe, fast("w8a8"), progress=False, calibration_prompts=TINY_PROMPTS)
+    before = run_image(pipe, TINY_PROMPTS[:2])
+    calls = []
+
+    def counting_oracle(q, k, v, stats):
+        calls.append(q.shape)
+        return fa3.fp8_attention_reference(q, k, v, stats=stats)
+
+    modules = api.calibrate_attention(pipe, TINY_PROMPTS, kernel=counting_oracle,
+                                      call_kwargs=IMAGE_KW)
+    assert modules == 2 and not calls  # recording runs exact attention
+    after = run_image(pipe, TINY_PROMPTS[:2])
+    assert len(calls) == 6 * modules  # 6 steps, CFG halves in one batch
+    assert psnr_db(before, after) > 30.0

@@ -131,16 +131,36 @@ def _prepare(args: argparse.Namespace, name: str):
     qreport = quantize(
         pipe, config, cache_dir=args.cache_dir, backend=backend, progress=not args.quiet
     )
+    attention_label = None
     if attention is not None:  # "+fp8attn" / "+fa3attn": self-attention through that kernel
-        set_attention_backend(pipe.transformer, attention, args.device)
+        attention_label = _set_attention(pipe, attention, args.device)
     info = SettingInfo(
         name,
-        qreport.backend if attention is None else f"{qreport.backend}, {attention} attention",
+        qreport.backend if attention is None else f"{qreport.backend}, {attention_label} attention",
         list(qreport.cache),
         qreport.calibration_seconds,
         time.perf_counter() - started,
     )
     return pipe, info
+
+
+def _set_attention(pipe, attention: str, device: str) -> str:
+    """The setting's self-attention backend on the quantized ``pipe``; what the notes call
+    it. Where FA3 does not run (a CPU), the e4m3 settings run its oracle
+    (``fp8_attention_reference``: FA3's roundings, computed in float32): the quality of
+    the quantization, not of the kernel."""
+    from trdq.api import calibrate_attention
+    from trdq.kernels import fa3_attention as fa3
+    from trdq.nn.attention import STATIC_FP8, install_attention_kernel
+
+    oracle = attention in ("fp8", STATIC_FP8) and not fa3.fa3_status(device)[0]
+    if attention == STATIC_FP8:
+        calibrate_attention(pipe, kernel=fa3.fp8_attention_reference if oracle else None)
+    elif oracle:
+        install_attention_kernel(pipe.transformer, fa3.fp8_attention_reference, attention)
+    else:
+        set_attention_backend(pipe.transformer, attention, device)
+    return f"{attention} (e4m3 oracle)" if oracle else attention
 
 
 def _batched_generator(
