@@ -68,10 +68,12 @@ class Settings(BaseSettings):
     fused_block: Literal["auto"] | bool = "auto"
     # Self-attention kernel of the quantized denoisers (the fp precision keeps SDPA): sdpa
     # (PyTorch's, cuDNN on Hopper), fa3 (FlashAttention-3 bf16), fp8 (FA3 e4m3 with K/V
-    # smoothing), fp8-long (fp8 on self-attention over >= 2048 tokens, sdpa on shorter ones);
+    # smoothing), fp8-long (fp8 on self-attention over >= 2048 tokens, sdpa on shorter ones),
+    # fp8-static (fp8 with Q/K/V statistics recorded per timestep group at start-up over the
+    # calibration prompts: no statistics pass per call, trdq/nn/static_attention.py);
     # the FA3 ones need a Hopper GPU and the fa3-fwd package. auto: sdpa until FP8 attention
     # passes its whole quality gate (trdq/nn/attention.py AUTO_ON_HOPPER, docs/KERNELS.md).
-    attention: Literal["auto", "sdpa", "fa3", "fp8", "fp8-long"] = "auto"
+    attention: Literal["auto", "sdpa", "fa3", "fp8", "fp8-long", "fp8-static"] = "auto"
     threads: int = Field(default=0, ge=0)  # torch intra-op threads on CPU; 0 = torch default
     warmup: bool = True
     # What the warm-up runs before /readyz turns 200, per served variant and worker: every

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -148,7 +149,7 @@ def load_models(
             model.info["fused_qkv_modules"] = fused_qkv
             if quant != "fp":
                 _quantize(model, settings, metrics)
-                _set_attention(model, settings.attention, device)
+                _set_attention(model, settings, device)
             _fuse_blocks(model, settings.fused_block, device)
             if settings.compile:
                 _compile(model, device)
@@ -281,16 +282,37 @@ def _quantize(model: ServedModel, settings: Settings, metrics: MetricSink) -> No
     )
 
 
-def _set_attention(model: ServedModel, setting: str, device: torch.device) -> None:
+def _set_attention(model: ServedModel, settings: Settings, device: torch.device) -> None:
     """The quantized denoiser's self-attention kernel (TRDQ_ATTENTION); an explicit FA3
     backend this worker cannot run refuses the start, naming the setting."""
-    from trdq.nn.attention import set_attention_backend
+    from trdq.nn.attention import STATIC_FP8, set_attention_backend
 
+    setting = settings.attention
+    if setting == STATIC_FP8:  # calibrated here: one pass of the calibration prompts
+        model.info["attention"] = _calibrate_static_attention(model, settings, device)
+        return
     try:
         report = set_attention_backend(model.pipe.transformer, setting, device)
     except RuntimeError as exc:
         raise ValueError(f"TRDQ_ATTENTION={setting}: {exc}") from exc
     model.info["attention"] = report.backend
+
+
+def _calibrate_static_attention(model: ServedModel, settings: Settings,
+                                device: torch.device) -> str:
+    """TRDQ_ATTENTION=fp8-static: FA3 e4m3 with Q/K/V statistics recorded per timestep
+    group over the calibration prompts (``trdq.api.calibrate_attention``)."""
+    from trdq.api import calibrate_attention
+    from trdq.kernels.fa3_attention import fa3_status
+
+    runs, why = fa3_status(device)
+    if not runs:
+        raise ValueError(f"TRDQ_ATTENTION=fp8-static: {why}")
+    started = time.perf_counter()
+    modules = calibrate_attention(model.pipe, settings.calibration_prompts)
+    logger.info("static FP8 attention for %s (%s) on %d modules, recorded in %.1f s",
+                model.name, model.quant, modules, time.perf_counter() - started)
+    return "fp8-static"
 
 
 def _fuse_blocks(model: ServedModel, setting: str | bool, device: torch.device) -> None:

@@ -17,16 +17,18 @@ def test_attention_setting_takes_the_backend_names_only():
     assert Settings().attention == "auto"
     assert Settings(attention="fp8").attention == "fp8"
     assert Settings(attention="fp8-long").attention == "fp8-long"
+    assert Settings(attention="fp8-static").attention == "fp8-static"
     with pytest.raises(ValidationError, match="attention"):
         Settings(attention="fp4")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks a worker without a GPU")
-def test_fp8_attention_on_a_cpu_worker_fails_start_up_naming_the_setting(tmp_path):
-    settings = make_settings_with_video(tmp_path, device="cpu", quant="w8a8", attention="fp8",
+@pytest.mark.parametrize("attention", ["fp8", "fp8-static"])
+def test_fp8_attention_on_a_cpu_worker_fails_start_up_naming_the_setting(tmp_path, attention):
+    settings = make_settings_with_video(tmp_path, device="cpu", quant="w8a8", attention=attention,
                              video_model="none", warmup=False)
     with (
-        pytest.raises(ValueError, match="TRDQ_ATTENTION=fp8: .*needs a CUDA device"),
+        pytest.raises(ValueError, match=f"TRDQ_ATTENTION={attention}: .*needs a CUDA device"),
         TestClient(create_app(settings)),
     ):
         pass
