@@ -102,3 +102,39 @@ def test_family_denoisers_through_fp8_attention_stay_close_to_sdpa(family):
     assert report.replaced
     pipe.transformer.compile()
     assert P.sqnr_db(expected, run()) > 20
+
+
+def test_static_kernel_matches_its_oracle_compiled_and_from_a_cuda_graph():
+    """``StaticFp8Attention`` (statistics recorded on one input, per CFG half) on FA3
+    against the oracle with the same statistics; compiled, and replayed from a graph
+    after the context's group tensor changed on the device."""
+    from trdq.nn.static_attention import AttentionRecorder
+    from trdq.timestep import QuantContext
+
+    context = QuantContext(num_groups=2)
+    context.cfg_active = True
+    recorder = AttentionRecorder(fa3.sdpa_attention, context)
+    inputs = {}
+    for group in (0, 1):
+        context.set_group(group, torch.device("cuda"))
+        inputs[group] = _qkv(2, 1024, 4, 72, seed=group, k_offset=2.0 + group)
+        recorder(*inputs[group])
+    static = recorder.freeze(num_groups=2)
+    for group in (0, 1):
+        context.set_group(group, torch.device("cuda"))
+        q, k, v = inputs[group]
+        ref = fa3.fp8_attention_reference(q.float(), k.float(), v.float(),
+                                          stats=static.stats(2))
+        assert P.sqnr_db(ref, static(q, k, v).float()) > 30
+    compiled = torch.compile(static.__call__, fullgraph=True)
+    context.set_group(0, torch.device("cuda"))
+    buffers = [x.clone() for x in inputs[0]]
+    compiled(*buffers)  # warm-up outside the capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = compiled(*buffers)
+    context.set_group(1, torch.device("cuda"))  # in place: the graph reads the new group
+    for dst, src in zip(buffers, inputs[1], strict=True):
+        dst.copy_(src)
+    graph.replay()
+    assert P.sqnr_db(static(*inputs[1]).float(), out.float()) > 35
