@@ -72,7 +72,10 @@ class QuantContext:
         if device is None:
             return
         if self.group_index is None or self.group_index.device != device:
-            self.group_index = torch.tensor(group, dtype=torch.long, device=device)
+            # a normal tensor even when the first call runs under inference_mode: calls
+            # under plain no_grad (diffusers' own) may update it in place afterwards
+            with torch.inference_mode(False):
+                self.group_index = torch.tensor(group, dtype=torch.long, device=device)
         else:
             self.group_index.fill_(group)
 

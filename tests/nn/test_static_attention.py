@@ -185,3 +185,40 @@ def test_calibrate_attention_runs_the_calibration_prompts_through_the_quantized_
     after = run_image(pipe, TINY_PROMPTS[:2])
     assert len(calls) == 6 * modules  # 6 steps, CFG halves in one batch
     assert psnr_db(before, after) > 30.0
+
+
+@pytest.mark.parametrize("family", ["flux", "wan"])
+def test_modern_families_record_and_serve_static_attention(family):
+    """FLUX (joint text+image attention after q/k norms and rotary embeddings, no CFG
+    batch) and Wan (CFG as two calls) through diffusers' own processors: every
+    self-attention module gets its own calibrated kernel."""
+    from tests.integrations.family_helpers import IMAGE_CALL, PROMPTS, VIDEO_CALL, fast_family
+    from trdq import api
+    from trdq.testing.tiny import TINY_PROMPTS
+    from trdq.testing.tiny_families import tiny_flux_pipeline, tiny_wan_pipeline
+
+    video = family == "wan"
+    pipe = (tiny_wan_pipeline if video else tiny_flux_pipeline)()
+    api.quantize(pipe, fast_family(video=video), backend="reference", progress=False,
+                 calibration_prompts=TINY_PROMPTS)
+    call = {**(VIDEO_CALL if video else IMAGE_CALL), "num_inference_steps": 3,
+            "guidance_scale": 3.0, "output_type": "latent"}
+
+    def latents():
+        with torch.inference_mode():
+            return pipe(PROMPTS[:1], generator=torch.Generator().manual_seed(5), **call)[0]
+
+    before = latents()
+    calls = []
+
+    def counting_oracle(q, k, v, stats):
+        calls.append(id(stats))
+        return fa3.fp8_attention_reference(q, k, v, stats=stats)
+
+    modules = api.calibrate_attention(pipe, TINY_PROMPTS[:2], kernel=counting_oracle,
+                                      call_kwargs={k: v for k, v in call.items()
+                                                   if k != "output_type"})
+    assert modules == (2 if video else 4)
+    after = latents()
+    assert len(calls) == 3 * modules * (2 if video else 1)  # Wan: two calls a step
+    assert P.sqnr_db(before, after) > 20

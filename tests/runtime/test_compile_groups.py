@@ -27,3 +27,18 @@ def test_group_switches_do_not_recompile(preset):
     with torch._dynamo.config.patch(error_on_recompile=True):
         run_image(pipe, TINY_PROMPTS[:1], steps=8)  # visits every group
     torch._dynamo.reset()
+
+
+def test_the_group_tensor_made_under_inference_mode_updates_under_no_grad():
+    """A first pipeline call under inference_mode (the server's) creates the context's
+    group tensor; a later call under diffusers' plain no_grad must still update it in
+    place (CUDA graphs read it at its address)."""
+    from trdq.timestep import QuantContext
+
+    context = QuantContext(num_groups=4)
+    with torch.inference_mode():
+        context.set_group(1, torch.device("cpu"))
+    index = context.group_index
+    with torch.no_grad():
+        context.set_group(3, torch.device("cpu"))
+    assert context.group_index is index and int(index) == 3
