@@ -41,7 +41,6 @@ __all__ = [
     "AttentionRecorder",
     "StaticFp8Attention",
     "calibrate_static_attention",
-    "static_attention_kernels",
 ]
 
 #: calibrated absmaxes are widened by this factor: e4m3's precision is relative (3 mantissa
@@ -109,9 +108,11 @@ class AttentionRecorder:
                         self.seen[key][name].add(extremes)
         return self.inner(q, k, v)
 
-    def freeze(self, num_groups: int, margin: float = MARGIN) -> StaticFp8Attention:
-        """The static kernel of what was recorded. A (group, half) never seen takes the
-        nearest recorded group's values of the same half (or of the other half)."""
+    def freeze(self, num_groups: int, margin: float = MARGIN,
+               kernel: Callable[..., torch.Tensor] | None = None) -> StaticFp8Attention:
+        """The static kernel of what was recorded (``kernel``: see ``StaticFp8Attention``).
+        A (group, half) never seen takes the nearest recorded group's values of the same
+        half (or of the other half)."""
         if not self.seen:
             raise RuntimeError("no attention call was recorded: run the pipeline first")
         any_stats = next(iter(self.seen.values()))
@@ -128,7 +129,7 @@ class AttentionRecorder:
                     m = x.mean()
                     means[group, half, i] = m
                     amax[group, half, 1 + i] = torch.maximum(x.hi - m, m - x.lo).amax(-1)
-        return StaticFp8Attention(amax * margin, means, self.context)
+        return StaticFp8Attention(amax * margin, means, self.context, kernel)
 
 
 def _nearest(seen: Mapping[tuple[int, int], object], group: int, half: int) -> tuple[int, int]:
@@ -149,10 +150,6 @@ class StaticFp8Attention:
                  kernel: Callable[..., torch.Tensor] | None = None):
         self.amax, self.means, self.context = amax.float(), means.float(), context
         self.kernel = kernel
-
-    def to(self, device: torch.device | str) -> StaticFp8Attention:
-        self.amax, self.means = self.amax.to(device), self.means.to(device)
-        return self
 
     def stats(self, batch: int) -> fa3.AttentionInputStats:
         """This group's statistics, one row per batch entry (``[B, H]``, ``[B, 1, H, D]``)."""
@@ -180,18 +177,6 @@ class StaticFp8Attention:
         return fa3.fa3_fp8_attention(q, k, v, stats)
 
 
-def static_attention_kernels(
-    recorders: dict[str, AttentionRecorder], num_groups: int,
-    kernel: Callable[..., torch.Tensor] | None = None,
-) -> dict[str, StaticFp8Attention]:
-    """Each module's recorder frozen into its static kernel."""
-    frozen = {}
-    for name, recorder in recorders.items():
-        frozen[name] = recorder.freeze(num_groups)
-        frozen[name].kernel = kernel
-    return frozen
-
-
 def calibrate_static_attention(
     transformer: torch.nn.Module, run: Callable[[], object], context: QuantContext,
     kernel: Callable[..., torch.Tensor] | None = None,
@@ -216,7 +201,8 @@ def calibrate_static_attention(
         from trdq.nn.attention import set_attention_backend
 
         set_attention_backend(transformer, "sdpa")
-    kernels = static_attention_kernels(recorders, context.num_groups, kernel)
+    kernels = {name: recorder.freeze(context.num_groups, kernel=kernel)
+               for name, recorder in recorders.items()}
     install_attention_kernels(transformer, kernels.__getitem__, "fp8-static")
     logger.info("static FP8 attention on %d modules (%d groups)", len(kernels),
                 context.num_groups)
