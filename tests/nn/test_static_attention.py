@@ -12,6 +12,7 @@ import torch
 
 from trdq import primitives as P
 from trdq.kernels import fa3_attention as fa3
+from trdq.nn import static_attention
 from trdq.nn.attention import KernelAttnProcessor, resolve_attention_backend
 from trdq.nn.static_attention import (
     COND,
@@ -22,6 +23,12 @@ from trdq.nn.static_attention import (
 )
 from trdq.testing.tiny import TEXT_DIM, tiny_pixart_transformer
 from trdq.timestep import QuantContext
+
+
+@pytest.fixture(autouse=True)
+def _every_sequence_takes_fp8(monkeypatch):
+    """The tiny models' sequences are shorter than ``STATIC_MIN_TOKENS``."""
+    monkeypatch.setattr(static_attention, "STATIC_MIN_TOKENS", 0)
 
 
 def _qkv(batch=2, tokens=24, heads=2, dim=8, seed=0, offset=0.0):
@@ -52,6 +59,15 @@ def test_any_means_are_exact_without_rounding():
     exact_kernel = functools.partial(fa3.fp8_attention_reference, operands=())
     static = StaticFp8Attention(amax, means, QuantContext(), kernel=exact_kernel)
     torch.testing.assert_close(static(q, k, v), fa3.sdpa_attention(q, k, v), atol=1e-5, rtol=1e-5)
+
+
+def test_sequences_shorter_than_the_threshold_take_sdpa(monkeypatch):
+    monkeypatch.setattr(static_attention, "STATIC_MIN_TOKENS", 25)
+    q, k, v = _qkv(tokens=24)
+    heads, dim = q.shape[2], q.shape[3]
+    static = StaticFp8Attention(torch.ones(1, 2, 3, heads), torch.zeros(1, 2, 2, heads, dim),
+                                QuantContext(), kernel=fa3.fp8_attention_reference)
+    torch.testing.assert_close(static(q, k, v), fa3.sdpa_attention(q, k, v))
 
 
 def test_values_beyond_the_calibrated_range_are_clamped_not_nan():

@@ -38,6 +38,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "MARGIN",
+    "STATIC_MIN_TOKENS",
     "AttentionRecorder",
     "StaticFp8Attention",
     "calibrate_static_attention",
@@ -47,6 +48,11 @@ __all__ = [
 #: bits at every magnitude), so headroom costs nothing but the subnormal range's floor
 #: (values below 2^-6 of the scale), and it keeps inputs slightly beyond calibration exact
 MARGIN = 2.0
+#: sequences shorter than this take SDPA (cuDNN bf16): over a few tokens (Latte's 16-frame
+#: temporal attention) the scores are tiny and the kernel is bound by reading Q/K/V, so the
+#: e4m3 casts only add a pass. Lower than ``fp8-long``'s 2048 tokens, whose threshold also
+#: paid for the statistics pass that static statistics remove (Latte's 1024-token frames).
+STATIC_MIN_TOKENS = 256
 #: index of the CFG half in the statistics: uncond rows first, cond rows second (a batch
 #: without CFG takes the cond values)
 UNCOND, COND = 0, 1
@@ -171,6 +177,8 @@ class StaticFp8Attention:
         )
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        if q.shape[1] < STATIC_MIN_TOKENS:  # static shapes: settled once per compiled graph
+            return fa3.sdpa_attention(q, k, v)
         stats = self.stats(q.shape[0])
         if self.kernel is not None:
             return self.kernel(q, k, v, stats=stats).to(q.dtype)
