@@ -51,7 +51,7 @@ class GenerationRequestBase(BaseModel):
 
 def request_models(limits: Limits) -> tuple[type[BaseModel], type[BaseModel]]:
     """(ImageRequest, VideoRequest) with these limits."""
-    quant_type = Literal[limits.quant_names] if limits.quant_names else str  # type: ignore[valid-type]
+    quant_type = Literal[limits.quant_names] if limits.quant_names else str
 
     class ImageRequest(GenerationRequestBase):
         prompt: str = Field(min_length=1, max_length=limits.max_prompt_chars)

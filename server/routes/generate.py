@@ -162,7 +162,7 @@ def make_router(image_model, video_model) -> APIRouter:
         "/generate/image", response_model=ImageResponse, responses=ERROR_RESPONSES,
         summary="Generate images from a prompt",
     )
-    async def generate_image(body: image_model, request: Request):  # type: ignore[valid-type]
+    async def generate_image(body: image_model, request: Request):
         started = time.perf_counter()
         engine = request.app.state.engine
         raw = negotiate(request.headers.get("accept"), media.IMAGE_FORMATS, body.output_format)
@@ -184,7 +184,7 @@ def make_router(image_model, video_model) -> APIRouter:
         "/generate/video", response_model=VideoResponse, responses=ERROR_RESPONSES,
         summary="Generate videos from a prompt",
     )
-    async def generate_video(body: video_model, request: Request):  # type: ignore[valid-type]
+    async def generate_video(body: video_model, request: Request):
         started = time.perf_counter()
         engine = request.app.state.engine
         raw = negotiate(request.headers.get("accept"), media.VIDEO_FORMATS, body.output_format)

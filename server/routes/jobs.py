@@ -250,14 +250,14 @@ def make_router(image_model, video_model) -> APIRouter:
 
     @router.post("/image", status_code=202, response_model=JobStatus, responses=accepted,
                  summary="Queue an image generation; returns its job id")
-    async def submit_image(body: image_model, request: Request):  # type: ignore[valid-type]
+    async def submit_image(body: image_model, request: Request):
         engine = request.app.state.engine
         record = request.app.state.jobs.add(image_spec(engine, body), body.output_format, None)
         return accepted_reply(record)
 
     @router.post("/video", status_code=202, response_model=JobStatus, responses=accepted,
                  summary="Queue a video generation; returns its job id")
-    async def submit_video(body: video_model, request: Request):  # type: ignore[valid-type]
+    async def submit_video(body: video_model, request: Request):
         engine = request.app.state.engine
         record = request.app.state.jobs.add(
             video_spec(engine, body), body.output_format, body.fps

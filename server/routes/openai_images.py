@@ -74,8 +74,8 @@ class OpenAIImagesResponse(BaseModel):
 
 
 def request_model(limits: Limits, model_name: str | None) -> type[BaseModel]:
-    model_type = Literal[model_name] if model_name else str  # type: ignore[valid-type]
-    quant_type = Literal[limits.quant_names] if limits.quant_names else str  # type: ignore[valid-type]
+    model_type = Literal[model_name] if model_name else str
+    quant_type = Literal[limits.quant_names] if limits.quant_names else str
 
     class OpenAIImagesRequest(BaseModel):
         model_config = STRICT_REQUEST
@@ -130,7 +130,7 @@ def make_router(limits: Limits, model_name: str | None) -> APIRouter:
 
     @router.post("/images/generations", response_model=OpenAIImagesResponse,
                  responses=ERROR_RESPONSES, summary="OpenAI-compatible image generation")
-    async def images_generations(body: body_model, request: Request):  # type: ignore[valid-type]
+    async def images_generations(body: body_model, request: Request):
         engine = request.app.state.engine
         if body.response_format == "url":
             raise InvalidRequestError(

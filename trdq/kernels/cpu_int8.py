@@ -371,7 +371,7 @@ class CpuInt8Backend(KernelBackend):
             _warn_no_fast_int_mm()
         return True, ""
 
-    def supports(self, config) -> tuple[bool, str]:  # type: ignore[override]
+    def supports(self, config) -> tuple[bool, str]:
         if getattr(config, "fp8", False):
             return False, "fp8 (e4m3) configs need cuda_fp8 or reference"
         if config.act_bits not in INT_BITS:

@@ -64,7 +64,7 @@ class CudaFp8Backend(KernelBackend):
         reason = fp8_unavailable_reason(device)
         return not reason, reason
 
-    def supports(self, config) -> tuple[bool, str]:  # type: ignore[override]
+    def supports(self, config) -> tuple[bool, str]:
         if config.weight_bits != 8 or config.act_bits != 8:
             return False, "cuda_fp8 serves 8-bit weights and activations (W4A8: cuda_w4a8)"
         if config.rotation == "duquant":

@@ -52,7 +52,7 @@ class CudaW4A8Backend(KernelBackend):
             )
         return True, ""
 
-    def supports(self, config) -> tuple[bool, str]:  # type: ignore[override]
+    def supports(self, config) -> tuple[bool, str]:
         if getattr(config, "fp8", False):
             return False, "fp8 (e4m3) configs run on cuda_fp8"
         if config.act_bits != 8 or config.weight_bits not in (4, 8):
