@@ -32,6 +32,7 @@ from collections.abc import Callable, Mapping
 import torch
 
 from trdq.kernels import fa3_attention as fa3
+from trdq.nn.attention import FP8_MIN_TOKENS, install_attention_kernels, set_attention_backend
 from trdq.timestep import QuantContext
 
 logger = logging.getLogger(__name__)
@@ -48,11 +49,12 @@ __all__ = [
 #: bits at every magnitude), so headroom costs nothing but the subnormal range's floor
 #: (values below 2^-6 of the scale), and it keeps inputs slightly beyond calibration exact
 MARGIN = 2.0
-#: sequences shorter than this take SDPA (cuDNN bf16): over a few tokens (Latte's 16-frame
-#: temporal attention) the scores are tiny and the kernel is bound by reading Q/K/V, so the
-#: e4m3 casts only add a pass. Lower than ``fp8-long``'s 2048 tokens, whose threshold also
-#: paid for the statistics pass that static statistics remove (Latte's 1024-token frames).
-STATIC_MIN_TOKENS = 256
+#: sequences shorter than this take SDPA (cuDNN bf16), as with ``fp8-long``: the e4m3 casts
+#: left after the statistics pass is gone still cost more than the kernel saves at Latte-512's
+#: 1024-token frames (H100 step: 137.1 ms against 132.2 with SDPA there; the three cast
+#: kernels ~3 ms a step each, far from the memory bandwidth;
+#: docs/bench/latte-512-16f-fusedqkv-h100.json), let alone its 16-frame temporal attention
+STATIC_MIN_TOKENS = FP8_MIN_TOKENS
 #: index of the CFG half in the statistics: uncond rows first, cond rows second (a batch
 #: without CFG takes the cond values)
 UNCOND, COND = 0, 1
@@ -193,8 +195,6 @@ def calibrate_static_attention(
     (calibration pipeline calls; SDPA computes the attention meanwhile), then give each
     module its static FP8 kernel (``kernel``: FA3 where None, e.g. the oracle on a CPU).
     Returns the kernels by module name."""
-    from trdq.nn.attention import install_attention_kernels
-
     recorders: dict[str, AttentionRecorder] = {}
 
     def recorder_for(name: str) -> AttentionRecorder:
@@ -206,8 +206,6 @@ def calibrate_static_attention(
         with torch.no_grad():
             run()
     finally:
-        from trdq.nn.attention import set_attention_backend
-
         set_attention_backend(transformer, "sdpa")
     kernels = {name: recorder.freeze(context.num_groups, kernel=kernel)
                for name, recorder in recorders.items()}
