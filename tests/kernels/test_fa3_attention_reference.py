@@ -84,3 +84,22 @@ def test_sdpa_attention_keeps_the_token_major_layout():
 def test_fa3_is_reported_missing_on_the_cpu():
     runs, why = fa3.fa3_status("cpu")
     assert not runs and "CUDA" in why
+
+
+def test_one_launch_casts_give_the_same_codes_as_the_torch_ops():
+    """Fixed statistics through ``trdq::attention_inputs_e4m3`` (its CPU kernel is the
+    reference; the Triton kernel is checked against that in the interpreter tests): the
+    same codes, scales and V mean as ``_to_e4m3``'s path, on strided q/k/v views."""
+    g = torch.Generator().manual_seed(11)
+    qkv = torch.randn(2, 50, 3 * 3 * 72, generator=g) * 4
+    q, k, v = (x.view(2, 50, 3, 72) for x in qkv.chunk(3, dim=-1))
+    stats = fa3.attention_input_stats(q, k, v)
+    stats = stats._replace(q_amax=stats.q_amax * 0.5)  # some Q values clamp
+    torch_path = fa3.quantize_attention_inputs(q, k, v, stats)
+    one_launch = fa3._quantize_in_one_launch(q, k, v, stats)
+    for ours, theirs in zip(one_launch[0], torch_path[0], strict=True):
+        assert ours.dtype == torch.float8_e4m3fn and ours.shape == theirs.shape
+        assert torch.equal(ours.float(), theirs.float())
+    for ours, theirs in zip(one_launch[1], torch_path[1], strict=True):
+        torch.testing.assert_close(ours, theirs)
+    assert torch.equal(one_launch[2], torch_path[2])

@@ -450,3 +450,22 @@ def test_gelu_quant_kernel_matches_reference(rows, cols):
     values = gq.gelu_quant_triton(x, inverse, out_dtype=torch.float32)
     torch.testing.assert_close(values, gq.gelu_quant_reference(x, inverse, out_dtype=torch.float32),
                                rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("batch,tokens,heads,dim", [(2, 40, 3, 72), (1, 33, 2, 64), (3, 7, 1, 16)])
+def test_attention_inputs_e4m3_kernel_matches_reference(batch, tokens, heads, dim):
+    """Q, K, V as chunks of one fused projection output (strided views), rows not a
+    multiple of the block, head dims padded (72 -> 80) or not."""
+    from trdq.kernels import triton_attention_quant as aq
+
+    g = torch.Generator().manual_seed(dim)
+    qkv = torch.randn(batch, tokens, 3 * heads * dim, generator=g) * 3
+    q, k, v = (x.view(batch, tokens, heads, dim) for x in qkv.chunk(3, dim=-1))
+    scale = torch.rand(3, batch, heads, generator=g) * 0.02 + 0.005  # some values clamp
+    mean = torch.randn(3, batch, heads, dim, generator=g)
+    mean[0] = 0.0
+    values = aq.attention_inputs_e4m3_triton(q, k, v, scale, mean, out_dtype=torch.float32)
+    expected = aq.attention_inputs_e4m3_reference(q, k, v, scale, mean, out_dtype=torch.float32)
+    assert values.shape == (3, batch, tokens, heads, aq.padded_head_dim(dim))
+    torch.testing.assert_close(values, expected, rtol=1e-6, atol=1e-5)
+    assert (values.abs() == 448.0).any()  # the clamp was exercised

@@ -50,6 +50,7 @@ __all__ = [
     "load_fa3",
     "quantize_attention_inputs",
     "sdpa_attention",
+    "set_triton_cast",
 ]
 
 E4M3_MAX = 448.0
@@ -153,18 +154,46 @@ def attention_input_stats(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> 
     return AttentionInputStats(q_amax, k_amax, v_amax, k_mean, v_mean)
 
 
+#: fixed statistics' casts through ``trdq.kernels.triton_attention_quant`` (one launch for
+#: Q, K and V) instead of the torch ops Inductor fuses into three kernels; off until the
+#: kernel is timed on a GPU (bench row suffix ``+tritoncast``)
+_triton_cast = False
+
+
+def set_triton_cast(enabled: bool) -> None:
+    """Cast fixed-statistics Q/K/V with the one-launch Triton kernel on CUDA (or not)."""
+    global _triton_cast
+    _triton_cast = enabled
+
+
 def quantize_attention_inputs(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, stats: AttentionInputStats | None = None
 ) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...], torch.Tensor]:
     """e4m3 ``(q8, k8, v8)``, their ``(q_scale, k_scale, v_scale)`` [B, H] and V's mean
     [B, 1, H, D] (to add back to the output); K and V smoothed, D padded (module doc).
     ``stats``: fixed statistics to quantize with (default: the inputs' own)."""
+    if stats is not None and _triton_cast and q.is_cuda:
+        return _quantize_in_one_launch(q, k, v, stats)
     if stats is None:
         stats = attention_input_stats(q, k, v)
     q8, q_scale = _to_e4m3(q, stats.q_amax)
     k8, k_scale = _to_e4m3(k, stats.k_amax, stats.k_mean)
     v8, v_scale = _to_e4m3(v, stats.v_amax, stats.v_mean)
     return (q8, k8, v8), (q_scale, k_scale, v_scale), stats.v_mean
+
+
+def _quantize_in_one_launch(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, stats: AttentionInputStats
+) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...], torch.Tensor]:
+    """``quantize_attention_inputs`` with fixed statistics, the casts as one Triton launch
+    (``trdq.kernels.triton_attention_quant``; the same codes as ``_to_e4m3``)."""
+    from trdq.kernels.triton_attention_quant import attention_inputs_e4m3
+
+    scales = torch.stack([stats.q_amax, stats.k_amax, stats.v_amax]).clamp_min(1e-12) / E4M3_MAX
+    k_mean = stats.k_mean[:, 0]
+    means = torch.stack([torch.zeros_like(k_mean), k_mean, stats.v_mean[:, 0]])
+    codes = attention_inputs_e4m3(q, k, v, scales, means)
+    return (codes[0], codes[1], codes[2]), (scales[0], scales[1], scales[2]), stats.v_mean
 
 
 # ---- the kernels ------------------------------------------------------------------------------

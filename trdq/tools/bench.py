@@ -33,9 +33,10 @@ call first, ``trdq.nn.static_attention``), ``+t5int8`` / ``+t5int4``, ``+vaetile
 ``+torchops`` (CPU), ``+sysmalloc`` (CPU: glibc's own malloc thresholds, without
 ``TRDQ_HOST_MALLOC=reuse``), ``+t5compile`` (written last: the text encoders' layers compiled too),
 ``+multikernel`` (Inductor's ``triton.multi_kernel``, which also generates a persistent
-variant of each row reduction and keeps the faster) and ``+fusednorm`` (the blocks'
-LayerNorm entries through ``trdq.nn.fused_block``; ``+fusedff`` also its GELU kernel) after
-all the others, in any order.
+variant of each row reduction and keeps the faster), ``+fusednorm`` (the blocks'
+LayerNorm entries through ``trdq.nn.fused_block``; ``+fusedff`` also its GELU kernel) and
+``+tritoncast`` (with ``+fp8staticattn``: the Q/K/V casts as one Triton launch) after all
+the others, in any order.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ import torch._inductor.config as inductor_config
 
 from trdq.integrations.diffusers import fuse_qkv_projections
 from trdq.kernels import cpu_int8, cpu_native
+from trdq.kernels import fa3_attention as fa3
 from trdq.nn.attention import STATIC_FP8, set_attention_backend, split_attention_suffix
 from trdq.runtime import host_memory
 from trdq.runtime.compile import (
@@ -102,6 +104,9 @@ MULTI_KERNEL = "+multikernel"
 FUSED_NORM = "+fusednorm"
 #: row suffix, written last: ``+fusednorm`` and the feed-forward's GELU + quantizer kernel
 FUSED_FF = "+fusedff"
+#: row suffix, written last: static FP8 attention's Q/K/V casts as one Triton launch
+#: (``trdq.kernels.triton_attention_quant``) instead of Inductor's three kernels
+TRITON_CAST = "+tritoncast"
 
 
 @dataclasses.dataclass
@@ -265,15 +270,18 @@ class _Runner:
     def _prepare(self, row: str) -> dict[str, Any]:
         info: dict[str, Any] = {}
         dtype = self._dtype_for(row)
-        # "+multikernel", "+fusednorm", "+fusedff": after all the others, in any order
+        # "+multikernel", "+fusednorm", "+fusedff", "+tritoncast": after all the others
         last: set[str] = set()
-        while row.endswith((MULTI_KERNEL, FUSED_NORM, FUSED_FF)):
+        while row.endswith((MULTI_KERNEL, FUSED_NORM, FUSED_FF, TRITON_CAST)):
             row, _, suffix = row.rpartition("+")
             last.add("+" + suffix)
         if MULTI_KERNEL in last:
             # read when each graph compiles (at its first call); _release sets it back
             inductor_config.triton.multi_kernel = 1
             info["inductor_multi_kernel"] = 1
+        if TRITON_CAST in last:
+            fa3.set_triton_cast(True)  # _release turns it off
+            info["triton_cast"] = True
         fused_gelu = FUSED_FF in last
         fused_norm = fused_gelu or FUSED_NORM in last
         # taken off before the other suffixes ("+t5compile" is written last); the layers
@@ -409,6 +417,7 @@ class _Runner:
         uncompile_vae_decoder(self.pipe.vae)
         uncompile_text_encoders(self.pipe)
         cpu_native.set_enabled(True)
+        fa3.set_triton_cast(False)
         host_memory.set_system_thresholds(False)
         inductor_config.triton.multi_kernel = self._multi_kernel_default
         if getattr(self.pipe.vae, "use_tiling", False):
