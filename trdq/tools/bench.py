@@ -340,7 +340,7 @@ class _Runner:
                                  "denoiser can be fused (ada_norm_single blocks quantized "
                                  "with fp8-norot)")
         if attention == STATIC_FP8:
-            info["attention"] = self._calibrate_static_attention(transformer)
+            info["attention"] = self._calibrate_static_attention()
         elif attention is not None:
             report = set_attention_backend(transformer, attention, self.device)
             info["attention"] = {"backend": report.backend, "modules": len(report.replaced)}
@@ -355,22 +355,15 @@ class _Runner:
             CudaGraphForward(self.pipe.transformer, quant_context(self.pipe.transformer))
         return info
 
-    def _calibrate_static_attention(self, transformer: torch.nn.Module) -> dict[str, Any]:
-        """``+fp8staticattn``: record the self-attention inputs over one pipeline call at
-        the bench's size, then give each module FA3 e4m3 with those statistics per
-        timestep group and CFG half (``trdq.nn.static_attention``)."""
-        from trdq.nn.static_attention import calibrate_static_attention
+    def _calibrate_static_attention(self) -> dict[str, Any]:
+        """``+fp8staticattn``: the statistics recorded as the server records them
+        (``trdq.api.calibrate_attention``: the row's calibration prompts and size)."""
+        from trdq.api import calibrate_attention
 
-        context = quant_context(transformer)
-        if context is None:
-            raise ValueError("+fp8staticattn needs a TR-DQ row: its statistics are kept per "
-                             "timestep group of the quantized denoiser")
-        kwargs = self.preset.call_kwargs(1)
         t0 = time.perf_counter()
         with torch.inference_mode():
-            kernels = calibrate_static_attention(transformer, lambda: self.pipe(**kwargs),
-                                                 context)
-        return {"backend": STATIC_FP8, "modules": len(kernels),
+            modules = calibrate_attention(self.pipe)
+        return {"backend": STATIC_FP8, "modules": modules,
                 "calibration_s": time.perf_counter() - t0}
 
     def _quantize(self, preset_name: str) -> dict[str, Any]:
