@@ -6,7 +6,8 @@
 # STAGES picks what runs (default: tests,micro,step; also eval); results land in $OUT.
 # PRESET may name several bench presets, comma-separated: one `trdq bench` run each, in order.
 # QUANT: the eval stage's settings (default w8a8,w8a8+fp8attn,fp8-norot+fp8attn).
-# STAGES=probe runs scripts/fused_quant_probe.py (the fused e4m3 quantizer's cost).
+# STAGES=probe runs scripts/fused_quant_probe.py (the fused e4m3 quantizer's cost),
+# STAGES=qkvprobe scripts/qkv_fp8_out_probe.py (e4m3 written by the Q/K/V GEMM).
 # Logs end up in $OUT/logs.txt (the device tool returns at most 8 files).
 # BENCH_ARGS goes to `trdq bench` as it is (e.g. "--batches 1 --runs 2"); TESTS_TIMEOUT
 # (seconds, default 600) bounds the GPU tests so the bench after them still runs.
@@ -33,6 +34,9 @@ case ",$STAGES," in *,micro,*)
 esac
 case ",$STAGES," in *,probe,*)
   timeout "${PROBE_TIMEOUT:-300}" python3 scripts/fused_quant_probe.py 2>&1 | tee "$OUT/probe.log" | tail -20
+esac
+case ",$STAGES," in *,qkvprobe,*)  # can the Q/K/V GEMM write e4m3 (scripts/qkv_fp8_out_probe.py)
+  timeout "${PROBE_TIMEOUT:-300}" python3 scripts/qkv_fp8_out_probe.py 2>&1 | tee "$OUT/qkvprobe.log" | tail -20
 esac
 case ",$STAGES," in *,eval,*)  # the zoo models' quality with FP8 attention, to FP
   for model in tiny-shapes-t2i tiny-shapes-t2v; do

@@ -18,8 +18,9 @@ This times, at the served shapes (GPU microseconds, ``triton.testing.do_bench``)
   ``quantize_attention_inputs``), for the cost it would replace.
 and how many e4m3 codes ``e4m3`` and ``bf16+cast`` give differently.
 
-Run on the device: ``. scripts/device_env.sh && python3 scripts/qkv_fp8_out_probe.py``;
-results go to ``$OUT/qkv-fp8-out-probe.json``.
+Run on the device: ``STAGES=qkvprobe bash scripts/gpu_attention.sh`` (its environment puts
+the repository and the carried wheels on the path); results go to
+``$OUT/qkv-fp8-out-probe.json``.
 """
 
 from __future__ import annotations
