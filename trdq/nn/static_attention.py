@@ -4,8 +4,10 @@ Why: ``fa3_fp8_attention`` quantizes Q, K and V with their own statistics (K's a
 means over the tokens, the absmaxes per batch and head), reductions that read the
 projection's output once more before the casts read it again: on an H100 ~1 ms of a
 PixArt-1024 step, and at Latte-512's 1024-token frames more than FP8 attention saves
-(``FP8_MIN_TOKENS``). Fixed statistics leave one elementwise pass that Inductor fuses into
-the kernel after the projection.
+(``FP8_MIN_TOKENS``). Fixed statistics leave only the casts after the projection
+(Inductor's three elementwise kernels, or one Triton launch: ``fa3.set_triton_cast``).
+H100 step, against dynamic statistics: FLUX.1-dev 95.9 -> 91.9 ms, PixArt-1024 27.5 ->
+26.7 ms (docs/KERNELS.md).
 
 They are TR-DQ's time dimension applied to attention, as the linears' activation scales:
 one set per timestep group and CFG half, recorded on calibration runs
