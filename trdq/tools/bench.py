@@ -28,8 +28,8 @@ docs/bench --out docs/BENCHMARKS.md`` regenerates the tables from every such rec
 
 Row suffixes: ``+cg`` (CUDA graphs), ``+fp8attn`` / ``+fa3attn`` (self-attention through
 FA3 in e4m3 / bf16, ``trdq.nn.attention``), ``+fp8longattn`` (e4m3 on long sequences only),
-``+fp8staticattn`` (e4m3 with statistics recorded per timestep group over one pipeline
-call first, ``trdq.nn.static_attention``), ``+t5int8`` / ``+t5int4``, ``+vaetile``,
+``+fp8staticattn`` (e4m3 with statistics recorded per timestep group over the row's
+calibration prompts first, ``trdq.api.calibrate_attention``), ``+t5int8`` / ``+t5int4``, ``+vaetile``,
 ``+torchops`` (CPU), ``+sysmalloc`` (CPU: glibc's own malloc thresholds, without
 ``TRDQ_HOST_MALLOC=reuse``), ``+t5compile`` (written last: the text encoders' layers compiled too),
 ``+multikernel`` (Inductor's ``triton.multi_kernel``, which also generates a persistent
