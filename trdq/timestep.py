@@ -66,6 +66,16 @@ class QuantContext:
     #: not specialise (and recompile) on the group number
     group_index: torch.Tensor | None = None
 
+    def group_row(self, table: torch.Tensor) -> torch.Tensor:
+        """``table [G, ...]``'s row for the current group. Read on the device (index_select
+        with ``group_index``) where the table lives with it, so there is no host sync (CUDA
+        graphs capture it) and torch.compile sees no Python value that changes with the
+        group; else by the host's ``group`` (clamped to the table)."""
+        gi = self.group_index
+        if gi is not None and gi.device == table.device:
+            return table.index_select(0, gi.reshape(1)).squeeze(0)
+        return table[min(self.group, table.shape[0] - 1)]
+
     def set_group(self, group: int, device: torch.device | None = None) -> None:
         group = min(max(group, 0), self.num_groups - 1)
         self.group = group

@@ -43,6 +43,7 @@ __all__ = [
     "FP8_OPERANDS",
     "AttentionInputStats",
     "attention_input_stats",
+    "e4m3_codes",
     "fa3_attention",
     "fa3_fp8_attention",
     "fa3_status",
@@ -105,13 +106,21 @@ def _pad_head_dim(x: torch.Tensor, multiple: int) -> torch.Tensor:
     return F.pad(x, (0, pad)) if pad else x
 
 
+def e4m3_codes(x: torch.Tensor, scale: torch.Tensor, mean: torch.Tensor | None = None,
+               out_dtype: torch.dtype = torch.float8_e4m3fn) -> torch.Tensor:
+    """Codes of ``(x - mean) / scale`` clamped to e4m3's range, D padded with zeros
+    (``x [B, S, H, D]``, ``scale [B, H]``, ``mean`` broadcasting to x; ``out_dtype``
+    float32: the values before the cast, for tests)."""
+    centred = x.float() if mean is None else x.float() - mean
+    scaled = (centred / scale[:, None, :, None]).clamp(-E4M3_MAX, E4M3_MAX)
+    return _pad_head_dim(scaled, FP8_HEAD_DIM_MULTIPLE).to(out_dtype)
+
+
 def _to_e4m3(x: torch.Tensor, amax: torch.Tensor,
              mean: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """e4m3 codes of ``x - mean`` ([B, S, H, D], D padded) and its scales [B, H]."""
     scale = amax.clamp_min(1e-12) / E4M3_MAX
-    centred = x.float() if mean is None else x.float() - mean
-    scaled = (centred / scale[:, None, :, None]).clamp(-E4M3_MAX, E4M3_MAX)
-    return _pad_head_dim(scaled, FP8_HEAD_DIM_MULTIPLE).to(torch.float8_e4m3fn), scale
+    return e4m3_codes(x, scale, mean), scale
 
 
 def _token_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -11,7 +11,7 @@ scale read once per row, the mean once per element, the padding written as zeros
 Not yet timed on a GPU: opt-in (``fa3_attention.set_triton_cast``, bench ``+tritoncast``).
 
 The arithmetic, per tensor t in (Q, K, V), batch b, head h, channel d (float32; the oracle
-is ``fa3_attention._to_e4m3``, which this must equal code for code):
+is ``fa3_attention.e4m3_codes``, which this must equal code for code):
 
     code = e4m3(clamp((x - mean[t, b, h, d]) / scale[t, b, h], -448, 448))   for d < D
     code = 0                                                                 for D <= d < Dp
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import torch
 
+from trdq.kernels.fa3_attention import FP8_HEAD_DIM_MULTIPLE, e4m3_codes
 from trdq.kernels.launch import TRITON_LAUNCH_LOCK, next_pow2
 from trdq.kernels.oplib import define_op
 from trdq.kernels.triton_rotate_quant import E4M3_MAX, TRITON_AVAILABLE
@@ -32,14 +33,12 @@ from trdq.kernels.triton_rotate_quant import E4M3_MAX, TRITON_AVAILABLE
 __all__ = ["attention_inputs_e4m3", "attention_inputs_e4m3_reference",
            "attention_inputs_e4m3_triton", "padded_head_dim"]
 
-#: FA3's e4m3 head-dim multiple (``fa3_attention.FP8_HEAD_DIM_MULTIPLE``)
-HEAD_DIM_MULTIPLE = 16
 #: rows (batch x tokens) per program
 BLOCK_ROWS = 32
 
 
 def padded_head_dim(head_dim: int) -> int:
-    return -(-head_dim // HEAD_DIM_MULTIPLE) * HEAD_DIM_MULTIPLE
+    return -(-head_dim // FP8_HEAD_DIM_MULTIPLE) * FP8_HEAD_DIM_MULTIPLE
 
 
 def _check(q, k, v, scale, mean) -> tuple[int, int, int, int]:
@@ -58,16 +57,11 @@ def attention_inputs_e4m3_reference(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: torch.Tensor, mean: torch.Tensor,
     out_dtype: torch.dtype = torch.float8_e4m3fn,
 ) -> torch.Tensor:
-    """Pure-torch oracle ``[3, B, S, H, Dp]`` (``out_dtype`` float32: the clamped values
-    before the cast, for tests)."""
-    _, _, _, dim = _check(q, k, v, scale, mean)
-    pad = padded_head_dim(dim) - dim
-    codes = []
-    for t, x in enumerate((q, k, v)):
-        y = (x.float() - mean[t, :, None]) / scale[t, :, None, :, None]
-        y = torch.nn.functional.pad(y.clamp(-E4M3_MAX, E4M3_MAX), (0, pad))
-        codes.append(y.to(out_dtype))
-    return torch.stack(codes)
+    """Pure-torch oracle ``[3, B, S, H, Dp]``: ``fa3_attention.e4m3_codes`` of each
+    (``out_dtype`` float32: the clamped values before the cast, for tests)."""
+    _check(q, k, v, scale, mean)
+    return torch.stack([e4m3_codes(x, scale[t], mean[t, :, None], out_dtype)
+                        for t, x in enumerate((q, k, v))])
 
 
 if TRITON_AVAILABLE:

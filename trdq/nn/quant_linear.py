@@ -260,16 +260,10 @@ class QuantLinear(nn.Module):
         """This group's (uncond, cond) pair of ``by_group [G, 2]`` as one value per row.
 
         With CFG the first half of the rows is uncond, the second cond; otherwise every
-        row takes the cond value. The group is read on the device (index_select with the
-        context's group tensor), so there is no host sync (CUDA graphs can capture it)
-        and torch.compile sees no Python value that changes with the group.
+        row takes the cond value. The group is read on the device
+        (``QuantContext.group_row``).
         """
-        ctx = self.context
-        gi = ctx.group_index
-        if gi is not None and gi.device == by_group.device:
-            pair = by_group.index_select(0, gi.reshape(1)).squeeze(0)
-        else:
-            pair = by_group[min(ctx.group, by_group.shape[0] - 1)]
+        pair = self.context.group_row(by_group)
         return pair.repeat_interleave(rows // 2) if split else pair[1:].expand(rows)
 
     # ---- input quantized by its producer (trdq.nn.fused_block) -----------------------------

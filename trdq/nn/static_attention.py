@@ -164,18 +164,12 @@ class StaticFp8Attention:
     def stats(self, batch: int) -> fa3.AttentionInputStats:
         """This group's statistics, one row per batch entry (``[B, H]``, ``[B, 1, H, D]``)."""
         ctx = self.context
-        gi = ctx.group_index
-        if gi is not None and gi.device == self.amax.device:
-            amax, means = self.amax.index_select(0, gi.reshape(1))[0], \
-                self.means.index_select(0, gi.reshape(1))[0]
+        amax, means = ctx.group_row(self.amax), ctx.group_row(self.means)  # [2, ...] each
+        if ctx.cfg_active and batch % 2 == 0:  # as QuantLinear._per_row: uncond rows first
+            amax, means = (t.repeat_interleave(batch // 2, dim=0) for t in (amax, means))
         else:
-            group = min(ctx.group, self.amax.shape[0] - 1)
-            amax, means = self.amax[group], self.means[group]
-        if ctx.cfg_active and batch % 2 == 0:
-            half_of_row = torch.arange(batch, device=amax.device) // (batch // 2)
-        else:
-            half_of_row = torch.full((batch,), COND, device=amax.device, dtype=torch.long)
-        amax, means = amax[half_of_row], means[half_of_row]  # [B, 3, H], [B, 2, H, D]
+            amax, means = (t[COND:].expand(batch, *t.shape[1:]) for t in (amax, means))
+        # amax [B, 3, H], means [B, 2, H, D]
         return fa3.AttentionInputStats(
             amax[:, 0], amax[:, 1], amax[:, 2], means[:, 0, None], means[:, 1, None]
         )
