@@ -316,15 +316,18 @@ def _calibrate_static_attention(model: ServedModel, settings: Settings,
 
 
 def _fuse_blocks(model: ServedModel, setting: str | bool, device: torch.device) -> None:
-    """The quantized blocks' fused LayerNorm/GELU entries (TRDQ_FUSED_BLOCK; auto: on CUDA).
-    Blocks that do not allow it (another family, a config without static e4m3 scales) keep
-    diffusers' forward; ``/info`` shows how many were fused."""
+    """The quantized blocks' fused LayerNorm/GELU entries and the other families' fused
+    GELU + quantizer MLPs (TRDQ_FUSED_BLOCK; auto: on CUDA). Blocks that do not allow it
+    (a config without static e4m3 scales) keep diffusers' forward; ``/info`` shows how many
+    were fused."""
     if not (device.type == "cuda" if setting == "auto" else setting):
-        model.info["fused_blocks"] = 0
+        model.info["fused_blocks"] = model.info["fused_mlps"] = 0
         return
     from trdq.nn.fused_block import fuse_block_norms
+    from trdq.nn.fused_mlp import fuse_mlps
 
     model.info["fused_blocks"] = fuse_block_norms(model.pipe.transformer, gelu=True)
+    model.info["fused_mlps"] = fuse_mlps(model.pipe.transformer)
 
 
 def _compile(model: ServedModel, device: torch.device) -> None:

@@ -60,6 +60,48 @@ def test_gelu_quant_codes_match_reference(rows, cols):
     assert (codes != ref).float().mean() < 0.01
 
 
+@pytest.mark.parametrize("rows,prefix_cols,cols", [(4608, 3072, 12288), (31, 40, 1030)])
+def test_cat_gelu_quant_codes_match_reference(rows, prefix_cols, cols):
+    """FLUX single blocks' proj_out input (attention | GELU(mlp)) at FLUX-1024's shape and
+    a masked one, from a row-strided prefix."""
+    from trdq.kernels import triton_gelu_quant as gq
+
+    g = torch.Generator(device="cuda").manual_seed(rows)
+    prefix = (torch.randn(rows, prefix_cols + 8, device="cuda", generator=g) * 3)[:, 8:]
+    prefix = prefix.to(torch.bfloat16)
+    x = (torch.randn(rows, cols, device="cuda", generator=g) * 3).to(torch.bfloat16)
+    inverse = torch.rand(rows, device="cuda", generator=g) * 40 + 10
+    codes = gq.cat_gelu_quant_triton(prefix, x, inverse).float()
+    ref = gq.cat_gelu_quant_reference(prefix, x, inverse).float()
+    assert ((codes - ref).abs() / ref.abs().clamp_min(2**-6)).max() <= 0.125
+    assert (codes != ref).float().mean() < 0.01
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_fused_flux_mlps_match_unfused_on_cuda_fp8(compiled):
+    """FLUX's double-stream feed-forwards and single-stream proj_out inputs through the
+    Triton kernels, eager and compiled, against diffusers' forward on the same layers."""
+    from tests.integrations.family_helpers import IMAGE_CALL, PROMPTS, fast_family
+    from trdq.nn.fused_mlp import fuse_mlps
+    from trdq.testing.tiny_families import tiny_flux_pipeline
+
+    pipe = tiny_flux_pipeline().to("cuda", torch.bfloat16)
+    report = api.quantize(pipe, fast_family("fp8-norot"), backend="cuda_fp8", progress=False,
+                          calibration_prompts=TINY_PROMPTS)
+    assert report.backend == "cuda_fp8"
+    call = {**IMAGE_CALL, "num_inference_steps": 3, "output_type": "latent"}
+
+    def latents():
+        with torch.inference_mode():
+            return pipe(PROMPTS[:1], generator=torch.Generator().manual_seed(5), **call)[0]
+
+    unfused = latents()
+    assert fuse_mlps(pipe.transformer) > 0
+    if compiled:
+        pipe.transformer.compile()
+    assert psnr_db(unfused.float(), latents().float()) > 30.0
+
+
 @pytest.mark.parametrize("compiled", [False, True])
 @pytest.mark.parametrize("family,fuse_qkv,gelu", [
     ("pixart", False, False), ("pixart", True, False), ("pixart", True, True),

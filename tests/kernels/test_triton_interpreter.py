@@ -452,6 +452,29 @@ def test_gelu_quant_kernel_matches_reference(rows, cols):
                                rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered in exp:RuntimeWarning")
+# FLUX's proj_out input is [attention 3072 | mlp 12288]; 40 and 1030: masked prefix slices
+@pytest.mark.parametrize("rows,prefix_cols,cols", [(2, 3072, 1030), (3, 40, 96), (2, 1030, 24)])
+def test_cat_gelu_quant_kernel_matches_reference(rows, prefix_cols, cols):
+    """FLUX single blocks' ``cat([attention, GELU(mlp)])`` quantizer: the prefix copied,
+    the rest through GELU, both scaled by the row's reciprocal, from row-strided inputs
+    (slices of wider outputs, as the attention's may be)."""
+    from trdq.kernels import triton_gelu_quant as gq
+
+    g = torch.Generator().manual_seed(prefix_cols)
+    wide = (torch.randn(rows, prefix_cols + 8, generator=g) * 3).to(torch.bfloat16)
+    prefix = wide[:, 8:]  # a row stride wider than the row
+    x = (torch.randn(rows, cols, generator=g) * 3).to(torch.bfloat16)
+    inverse = torch.rand(rows, generator=g) * 40 + 10
+    values = gq.cat_gelu_quant_triton(prefix, x, inverse, out_dtype=torch.float32)
+    expected = gq.cat_gelu_quant_reference(prefix, x, inverse, out_dtype=torch.float32)
+    assert values.shape == (rows, prefix_cols + cols)
+    torch.testing.assert_close(values, expected, rtol=1e-5, atol=1e-4)
+    # the prefix is only scaled: exact up to float32 rounding of one product
+    torch.testing.assert_close(values[:, :prefix_cols],
+                               (prefix.float() * inverse[:, None]).clamp(-448, 448))
+
+
 @pytest.mark.parametrize("batch,tokens,heads,dim", [(2, 40, 3, 72), (1, 33, 2, 64), (3, 7, 1, 16)])
 def test_attention_inputs_e4m3_kernel_matches_reference(batch, tokens, heads, dim):
     """Q, K, V as chunks of one fused projection output (strided views), rows not a

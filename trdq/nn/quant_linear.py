@@ -296,7 +296,9 @@ class QuantLinear(nn.Module):
             out = apply_output_activation(out, self.output_activation)
         return out.reshape(*lead, self.out_features)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, activation: bool = True) -> torch.Tensor:
+        """The quantized linear on ``x``, then ``output_activation`` unless ``activation``
+        is False (a consumer that applies it itself, as ``forward_quantized``)."""
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)
         m = x2.shape[0]
@@ -313,8 +315,8 @@ class QuantLinear(nn.Module):
         low_rank = None
         if self.low_rank_up is not None and self.low_rank_down is not None:
             low_rank = (self.low_rank_down, self.low_rank_up)
-        out = serve_linear(self.backend, x2, self.packed, act, self.bias, self.output_activation,
-                           low_rank)
+        out = serve_linear(self.backend, x2, self.packed, act, self.bias,
+                           self.output_activation if activation else "", low_rank)
         return out.reshape(*lead, self.out_features)
 
     def extra_repr(self) -> str:

@@ -34,7 +34,8 @@ calibration prompts first, ``trdq.api.calibrate_attention``), ``+t5int8`` / ``+t
 ``TRDQ_HOST_MALLOC=reuse``), ``+t5compile`` (written last: the text encoders' layers compiled too),
 ``+multikernel`` (Inductor's ``triton.multi_kernel``, which also generates a persistent
 variant of each row reduction and keeps the faster), ``+fusednorm`` (the blocks'
-LayerNorm entries through ``trdq.nn.fused_block``; ``+fusedff`` also its GELU kernel) and
+LayerNorm entries through ``trdq.nn.fused_block``; ``+fusedff`` also its GELU kernel, and
+FLUX/SD3/Wan MLPs' GELU + quantizer through ``trdq.nn.fused_mlp``) and
 ``+tritoncast`` (with ``+fp8staticattn``: the Q/K/V casts as one Triton launch) after all
 the others, in any order.
 """
@@ -103,6 +104,7 @@ MULTI_KERNEL = "+multikernel"
 #: blocks: residual add, LayerNorm, modulate and e4m3 quantizer in one kernel)
 FUSED_NORM = "+fusednorm"
 #: row suffix, written last: ``+fusednorm`` and the feed-forward's GELU + quantizer kernel
+#: (PixArt/Latte through ``fuse_block_norms``; FLUX/SD3/Wan MLPs through ``fuse_mlps``)
 FUSED_FF = "+fusedff"
 #: row suffix, written last: static FP8 attention's Q/K/V casts as one Triton launch
 #: (``trdq.kernels.triton_attention_quant``) instead of Inductor's three kernels
@@ -333,12 +335,15 @@ class _Runner:
             info["quantize"] = self._quantize(kind)
         if fused_norm:
             from trdq.nn.fused_block import fuse_block_norms
+            from trdq.nn.fused_mlp import fuse_mlps
 
             info["fused_norm_blocks"] = fuse_block_norms(transformer, gelu=fused_gelu)
-            if not info["fused_norm_blocks"]:
+            if fused_gelu:
+                info["fused_mlps"] = fuse_mlps(transformer)
+            if not (info["fused_norm_blocks"] or info.get("fused_mlps")):
                 raise ValueError(f"{FUSED_FF if fused_gelu else FUSED_NORM}: no block of this "
-                                 "denoiser can be fused (ada_norm_single blocks quantized "
-                                 "with fp8-norot)")
+                                 "denoiser can be fused (layers quantized with fp8-norot: "
+                                 "ada_norm_single blocks, or with +fusedff tanh-GELU MLPs)")
         if attention == STATIC_FP8:
             info["attention"] = self._calibrate_static_attention()
         elif attention is not None:
