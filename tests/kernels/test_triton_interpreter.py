@@ -492,3 +492,16 @@ def test_attention_inputs_e4m3_kernel_matches_reference(batch, tokens, heads, di
     assert values.shape == (3, batch, tokens, heads, aq.padded_head_dim(dim))
     torch.testing.assert_close(values, expected, rtol=1e-6, atol=1e-5)
     assert (values.abs() == 448.0).any()  # the clamp was exercised
+
+
+@pytest.mark.parametrize("text,image", [(5, 11), (0, 20), (16, 33)])  # 0: a single-stream block
+def test_norm_rope_e4m3_kernel_matches_reference(text, image):
+    """FLUX's attention prologue: both streams' RMSNorm weights, the rotary pairs, the
+    statistics per (tensor, batch, head), masked row blocks, strided text rows."""
+    from tests.kernels.test_rope_quant import flux_inputs
+    from trdq.kernels import triton_rope_quant as rq
+
+    args = flux_inputs(text=text, image=image)
+    values = rq.norm_rope_e4m3_triton(*args, 1e-6, out_dtype=torch.float32)
+    expected = rq.norm_rope_e4m3_reference(*args, 1e-6, out_dtype=torch.float32)
+    torch.testing.assert_close(values, expected, rtol=1e-5, atol=1e-4)
