@@ -77,7 +77,7 @@ def norm_rope_e4m3_reference(
     """Pure-torch oracle ``[3, B, S, H, D]`` (module docstring); ``norm_weights [4, D]``:
     text q, text k, image q, image k (``out_dtype`` float32: the clamped values before the
     cast, for tests)."""
-    batch, _, _, dim = _check(text_qkv, image_qkv, norm_weights, cos, sin, scale, mean, heads)
+    _, _, _, dim = _check(text_qkv, image_qkv, norm_weights, cos, sin, scale, mean, heads)
     w = norm_weights.float()
 
     def split(qkv):  # [B, S, 3HD] -> three [B, S, H, D] float32
