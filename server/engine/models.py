@@ -322,12 +322,16 @@ def _fuse_blocks(model: ServedModel, setting: str | bool, device: torch.device) 
     were fused."""
     if not (device.type == "cuda" if setting == "auto" else setting):
         model.info["fused_blocks"] = model.info["fused_mlps"] = 0
+        model.info["fused_attention_prologues"] = 0
         return
+    from trdq.nn.flux_attention import fuse_flux_attention
     from trdq.nn.fused_block import fuse_block_norms
     from trdq.nn.fused_mlp import fuse_mlps
 
     model.info["fused_blocks"] = fuse_block_norms(model.pipe.transformer, gelu=True)
     model.info["fused_mlps"] = fuse_mlps(model.pipe.transformer)
+    # FLUX with TRDQ_ATTENTION=fp8-static (set before this): the attention prologue too
+    model.info["fused_attention_prologues"] = fuse_flux_attention(model.pipe.transformer)
 
 
 def _compile(model: ServedModel, device: torch.device) -> None:

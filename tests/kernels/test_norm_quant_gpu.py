@@ -77,6 +77,21 @@ def test_cat_gelu_quant_codes_match_reference(rows, prefix_cols, cols):
     assert (codes != ref).float().mean() < 0.01
 
 
+@pytest.mark.parametrize("text,image,heads,dim", [(512, 4096, 24, 128), (5, 33, 3, 64)])
+def test_norm_rope_e4m3_codes_match_reference(text, image, heads, dim):
+    """FLUX's attention prologue at FLUX-1024's double-stream shape and a masked one."""
+    from tests.kernels.test_rope_quant import flux_inputs
+    from trdq.kernels import triton_rope_quant as rq
+
+    args = [a.cuda().to(torch.bfloat16) if i < 2 else (a.cuda() if torch.is_tensor(a) else a)
+            for i, a in enumerate(flux_inputs(batch=1, text=text, image=image, heads=heads,
+                                              dim=dim))]
+    codes = rq.norm_rope_e4m3_triton(*args, 1e-6).float()
+    ref = rq.norm_rope_e4m3_reference(*args, 1e-6).float()
+    assert ((codes - ref).abs() / ref.abs().clamp_min(2**-6)).max() <= 0.125
+    assert (codes != ref).float().mean() < 0.01
+
+
 @pytest.mark.parametrize("compiled", [False, True])
 def test_fused_flux_mlps_match_unfused_on_cuda_fp8(compiled):
     """FLUX's double-stream feed-forwards and single-stream proj_out inputs through the

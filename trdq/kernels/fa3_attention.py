@@ -32,6 +32,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import math
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
@@ -46,12 +47,15 @@ __all__ = [
     "e4m3_codes",
     "fa3_attention",
     "fa3_fp8_attention",
+    "fa3_fp8_attention_on_codes",
     "fa3_status",
+    "fp8_attention_on_codes_reference",
     "fp8_attention_reference",
     "load_fa3",
     "quantize_attention_inputs",
     "sdpa_attention",
     "set_triton_cast",
+    "stacked_scales_and_means",
 ]
 
 E4M3_MAX = 448.0
@@ -198,11 +202,17 @@ def _quantize_in_one_launch(
     (``trdq.kernels.triton_attention_quant``; the same codes as ``_to_e4m3``)."""
     from trdq.kernels.triton_attention_quant import attention_inputs_e4m3
 
-    scales = torch.stack([stats.q_amax, stats.k_amax, stats.v_amax]).clamp_min(1e-12) / E4M3_MAX
-    k_mean = stats.k_mean[:, 0]
-    means = torch.stack([torch.zeros_like(k_mean), k_mean, stats.v_mean[:, 0]])
+    scales, means = stacked_scales_and_means(stats)
     codes = attention_inputs_e4m3(q, k, v, scales, means)
     return (codes[0], codes[1], codes[2]), (scales[0], scales[1], scales[2]), stats.v_mean
+
+
+def stacked_scales_and_means(stats: AttentionInputStats) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fixed statistics as the one-launch casts take them: e4m3 scales ``[3, B, H]`` of Q,
+    K, V and the means subtracted ``[3, B, H, D]`` (Q's zero)."""
+    scales = torch.stack([stats.q_amax, stats.k_amax, stats.v_amax]).clamp_min(1e-12) / E4M3_MAX
+    k_mean = stats.k_mean[:, 0]
+    return scales, torch.stack([torch.zeros_like(k_mean), k_mean, stats.v_mean[:, 0]])
 
 
 # ---- the kernels ------------------------------------------------------------------------------
@@ -228,12 +238,50 @@ def fa3_fp8_attention(
     fuses the means, the absmax reductions, the casts and the padding into a few kernels,
     and the slice and mean-add after the call into one.
     """
-    head_dim = q.shape[-1]
-    (q8, k8, v8), (qs, ks, vs), v_mean = quantize_attention_inputs(q, k, v, stats)
+    codes, scales, v_mean = quantize_attention_inputs(q, k, v, stats)
+    return fa3_fp8_attention_on_codes(codes, scales, v_mean, q.shape[-1], q.dtype)
+
+
+def fa3_fp8_attention_on_codes(
+    codes: Sequence[torch.Tensor], scales: Sequence[torch.Tensor], v_mean: torch.Tensor,
+    head_dim: int, dtype: torch.dtype,
+) -> torch.Tensor:
+    """FA3's e4m3 kernel on operands already quantized: ``codes`` Q, K, V ``[B, S, H, Dp]``
+    (each, or stacked ``[3, ...]``), ``scales`` their ``[B, H]``, ``v_mean [B, 1, H, D]``
+    added back; ``[B, S, H, head_dim]`` in ``dtype``. For producers that write the codes
+    themselves (``trdq.kernels.triton_rope_quant``)."""
     out = _fa3_forward()(
-        q8, k8, v8, q_descale=qs, k_descale=ks, v_descale=vs, softmax_scale=head_dim**-0.5
+        codes[0], codes[1], codes[2], q_descale=scales[0], k_descale=scales[1],
+        v_descale=scales[2], softmax_scale=head_dim**-0.5,
     )[0]
-    return (out[..., :head_dim].float() + v_mean).to(q.dtype)
+    return (out[..., :head_dim].float() + v_mean).to(dtype)
+
+
+def fp8_attention_on_codes_reference(
+    codes: Sequence[torch.Tensor], scales: Sequence[torch.Tensor], v_mean: torch.Tensor,
+    head_dim: int, dtype: torch.dtype,
+) -> torch.Tensor:
+    """The oracle of ``fa3_fp8_attention_on_codes`` in float32 (P rounded to e4m3 as FA3
+    does, the whole score matrix at once)."""
+    def dequant(x, scale):  # [B, S, H, D] -> [B, H, S, D]
+        return (x.float() * scale[:, None, :, None]).transpose(1, 2)
+
+    qf, kf, vf = (dequant(codes[t], scales[t]) for t in range(3))
+    return (_attend_reference(qf, kf, vf, head_dim, round_p=True)[..., :head_dim]
+            + v_mean).to(dtype)
+
+
+def _attend_reference(qf, kf, vf, head_dim: int, round_p: bool) -> torch.Tensor:
+    """Softmax attention of float32 ``[B, H, S, D]`` operands as FA3's e4m3 kernel computes
+    it (numerator shifted by ``P_SHIFT_LOG2`` and, with ``round_p``, rounded to e4m3);
+    ``[B, S, H, D]`` out."""
+    logits = qf @ kf.transpose(-1, -2) * (head_dim**-0.5)
+    shifted = (logits - logits.amax(dim=-1, keepdim=True)) * (1 / math.log(2)) + P_SHIFT_LOG2
+    numer = torch.exp2(shifted)
+    row_sum = numer.sum(dim=-1, keepdim=True)
+    if round_p:
+        numer = numer.to(torch.float8_e4m3fn).float()
+    return (numer @ vf / row_sum).transpose(1, 2)
 
 
 #: the operands FA3 rounds to e4m3: Q and K (together: the logits), V, and P
@@ -267,11 +315,5 @@ def fp8_attention_reference(
     else:
         qf, kf = smoothed(q), smoothed(k, stats.k_mean)
     vf = dequant(v8, vs) if "v" in operands else smoothed(v, v_mean)
-    logits = qf @ kf.transpose(-1, -2) * (head_dim**-0.5)
-    shifted = (logits - logits.amax(dim=-1, keepdim=True)) * (1 / math.log(2)) + P_SHIFT_LOG2
-    numer = torch.exp2(shifted)
-    row_sum = numer.sum(dim=-1, keepdim=True)
-    if "p" in operands:
-        numer = numer.to(torch.float8_e4m3fn).float()
-    out = (numer @ vf / row_sum).transpose(1, 2)[..., :head_dim]
+    out = _attend_reference(qf, kf, vf, head_dim, round_p="p" in operands)[..., :head_dim]
     return (out + v_mean).to(q.dtype)

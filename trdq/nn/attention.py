@@ -46,6 +46,7 @@ __all__ = [
     "fp8_long_attention",
     "install_attention_kernel",
     "install_attention_kernels",
+    "installed_kernel",
     "kernel_dispatch",
     "projected_attention_kernel",
     "resolve_attention_backend",
@@ -236,6 +237,17 @@ def dispatching_processor(processor, kernel: AttentionKernel, label: str):
     swapped._attention_backend = key
     swapped.fallback = original
     return swapped
+
+
+def installed_kernel(attn) -> AttentionKernel | None:
+    """The kernel ``install_attention_kernels`` put behind ``attn`` (None: diffusers' own)."""
+    processor = getattr(attn, "processor", None)
+    if isinstance(processor, KernelAttnProcessor):
+        return processor.kernel
+    backend = getattr(processor, "_attention_backend", None)
+    if getattr(processor, "fallback", None) is not None and isinstance(backend, str):
+        return _DISPATCH_KERNELS.get(backend)
+    return None
 
 
 def _ineligible(attn) -> str | None:

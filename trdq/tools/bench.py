@@ -36,8 +36,9 @@ calibration prompts first, ``trdq.api.calibrate_attention``), ``+t5int8`` / ``+t
 variant of each row reduction and keeps the faster), ``+fusednorm`` (the blocks'
 LayerNorm entries through ``trdq.nn.fused_block``; ``+fusedff`` also its GELU kernel, and
 FLUX/SD3/Wan MLPs' GELU + quantizer through ``trdq.nn.fused_mlp``) and
-``+tritoncast`` (with ``+fp8staticattn``: the Q/K/V casts as one Triton launch) after all
-the others, in any order.
+``+tritoncast`` (with ``+fp8staticattn``: the Q/K/V casts as one Triton launch) and
+``+fusedrope`` (with ``+fp8staticattn``: FLUX's q/k norms, rotary embedding and casts as
+one launch, ``trdq.nn.flux_attention``) after all the others, in any order.
 """
 
 from __future__ import annotations
@@ -109,6 +110,9 @@ FUSED_FF = "+fusedff"
 #: row suffix, written last: static FP8 attention's Q/K/V casts as one Triton launch
 #: (``trdq.kernels.triton_attention_quant``) instead of Inductor's three kernels
 TRITON_CAST = "+tritoncast"
+#: row suffix, written last: with ``+fp8staticattn``, FLUX's attention prologue (q/k
+#: RMSNorm, rotary embedding, e4m3 casts) as one Triton launch (``trdq.nn.flux_attention``)
+FUSED_ROPE = "+fusedrope"
 
 
 @dataclasses.dataclass
@@ -272,15 +276,18 @@ class _Runner:
     def _prepare(self, row: str) -> dict[str, Any]:
         info: dict[str, Any] = {}
         dtype = self._dtype_for(row)
-        # "+multikernel", "+fusednorm", "+fusedff", "+tritoncast": after all the others
+        # "+multikernel", "+fusednorm", "+fusedff", "+tritoncast", "+fusedrope": after all
+        # the others
         last: set[str] = set()
-        while row.endswith((MULTI_KERNEL, FUSED_NORM, FUSED_FF, TRITON_CAST)):
+        while row.endswith((MULTI_KERNEL, FUSED_NORM, FUSED_FF, TRITON_CAST, FUSED_ROPE)):
             row, _, suffix = row.rpartition("+")
             last.add("+" + suffix)
         if MULTI_KERNEL in last:
             # read when each graph compiles (at its first call); _release sets it back
             inductor_config.triton.multi_kernel = 1
             info["inductor_multi_kernel"] = 1
+        if FUSED_ROPE in last and "+fp8staticattn" not in row:  # checked before quantizing
+            raise ValueError(f"{FUSED_ROPE} needs +fp8staticattn (its statistics)")
         if TRITON_CAST in last:
             fa3.set_triton_cast(True)  # _release turns it off
             info["triton_cast"] = True
@@ -346,6 +353,13 @@ class _Runner:
                                  "ada_norm_single blocks, or with +fusedff tanh-GELU MLPs)")
         if attention == STATIC_FP8:
             info["attention"] = self._calibrate_static_attention()
+            if FUSED_ROPE in last:
+                from trdq.nn.flux_attention import fuse_flux_attention
+
+                info["fused_rope_modules"] = fuse_flux_attention(transformer)
+                if not info["fused_rope_modules"]:
+                    raise ValueError(f"{FUSED_ROPE}: no FLUX attention module with fused "
+                                     "projections and static FP8 attention")
         elif attention is not None:
             report = set_attention_backend(transformer, attention, self.device)
             info["attention"] = {"backend": report.backend, "modules": len(report.replaced)}
