@@ -16,6 +16,20 @@ VIDEO_CALL = {**IMAGE_CALL, "num_frames": 5}
 PROMPTS = ["a red circle top left", "a blue square moving right"]
 
 
+def latent_run(pipe, video: bool, steps: int = 3, guidance: float = 3.0):
+    """A callable giving one seeded run's latents of a tiny family pipeline (the first
+    prompt, ``steps`` steps), and the call's keyword arguments without the output type."""
+    call = {**(VIDEO_CALL if video else IMAGE_CALL), "num_inference_steps": steps,
+            "guidance_scale": guidance}
+
+    def latents() -> torch.Tensor:
+        with torch.inference_mode():
+            return pipe(PROMPTS[:1], generator=torch.Generator().manual_seed(5),
+                        output_type="latent", **call)[0]
+
+    return latents, call
+
+
 def fast_family(preset: str = "w8a8", video: bool = False, **changes):
     """``fast`` at the tiny families' size, with 4 groups over 4 calibration steps."""
     base = {"calib_rows": 32, "calib_steps": 4, "num_groups": 4, "calib_height": 32,

@@ -14,7 +14,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.integrations.family_helpers import IMAGE_CALL, PROMPTS, fast_family
+from tests.integrations.family_helpers import fast_family, latent_run
 from trdq import api
 from trdq.integrations.diffusers import fuse_qkv_projections
 from trdq.kernels import fa3_attention as fa3
@@ -23,8 +23,6 @@ from trdq.nn.flux_attention import FluxPrologueProcessor, fuse_flux_attention, u
 from trdq.primitives import sqnr_db
 from trdq.testing.tiny import TINY_PROMPTS
 from trdq.testing.tiny_families import tiny_flux_pipeline
-
-CALL = {**IMAGE_CALL, "num_inference_steps": 3, "output_type": "latent"}
 
 
 @pytest.fixture(autouse=True)
@@ -61,16 +59,12 @@ def _static_flux(fused_qkv: bool = True):
         assert fuse_qkv_projections(pipe.transformer) > 0
     api.quantize(pipe, fast_family("fp8-norot"), backend="reference", progress=False,
                  calibration_prompts=TINY_PROMPTS)
+    latents, call = latent_run(pipe, video=False)
     modules = api.calibrate_attention(
         pipe, TINY_PROMPTS[:2],
         kernel=lambda q, k, v, stats: fa3.fp8_attention_reference(q, k, v, stats=stats),
-        call_kwargs={k: v for k, v in CALL.items() if k != "output_type"})
+        call_kwargs=call)
     assert modules == 4  # two double-stream, two single-stream blocks
-
-    def latents():
-        with torch.inference_mode():
-            return pipe(PROMPTS[:1], generator=torch.Generator().manual_seed(5), **CALL)[0]
-
     return pipe, latents
 
 

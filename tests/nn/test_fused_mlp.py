@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.integrations.family_helpers import IMAGE_CALL, PROMPTS, VIDEO_CALL, fast_family
+from tests.integrations.family_helpers import fast_family, latent_run
 from trdq import api
 from trdq.nn import fused_mlp
 from trdq.nn.fused_mlp import fuse_mlps, unfuse_mlps
@@ -28,14 +28,7 @@ def _quantized(family: str, preset: str = "fp8-norot"):
     pipe = factory[family]()
     api.quantize(pipe, fast_family(preset, video=video), backend="reference", progress=False,
                  calibration_prompts=TINY_PROMPTS)
-    call = {**(VIDEO_CALL if video else IMAGE_CALL), "num_inference_steps": 3,
-            "guidance_scale": 3.0, "output_type": "latent"}
-
-    def latents():
-        with torch.inference_mode():
-            return pipe(PROMPTS[:1], generator=torch.Generator().manual_seed(5), **call)[0]
-
-    return pipe, latents
+    return pipe, latent_run(pipe, video)[0]
 
 
 def _counted(monkeypatch, name: str) -> list[int]:

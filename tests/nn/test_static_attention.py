@@ -208,7 +208,7 @@ def test_modern_families_record_and_serve_static_attention(family):
     """FLUX (joint text+image attention after q/k norms and rotary embeddings, no CFG
     batch) and Wan (CFG as two calls) through diffusers' own processors: every
     self-attention module gets its own calibrated kernel."""
-    from tests.integrations.family_helpers import IMAGE_CALL, PROMPTS, VIDEO_CALL, fast_family
+    from tests.integrations.family_helpers import fast_family, latent_run
     from trdq import api
     from trdq.testing.tiny import TINY_PROMPTS
     from trdq.testing.tiny_families import tiny_flux_pipeline, tiny_wan_pipeline
@@ -217,13 +217,7 @@ def test_modern_families_record_and_serve_static_attention(family):
     pipe = (tiny_wan_pipeline if video else tiny_flux_pipeline)()
     api.quantize(pipe, fast_family(video=video), backend="reference", progress=False,
                  calibration_prompts=TINY_PROMPTS)
-    call = {**(VIDEO_CALL if video else IMAGE_CALL), "num_inference_steps": 3,
-            "guidance_scale": 3.0, "output_type": "latent"}
-
-    def latents():
-        with torch.inference_mode():
-            return pipe(PROMPTS[:1], generator=torch.Generator().manual_seed(5), **call)[0]
-
+    latents, call = latent_run(pipe, video)
     before = latents()
     calls = []
 
@@ -232,8 +226,7 @@ def test_modern_families_record_and_serve_static_attention(family):
         return fa3.fp8_attention_reference(q, k, v, stats=stats)
 
     modules = api.calibrate_attention(pipe, TINY_PROMPTS[:2], kernel=counting_oracle,
-                                      call_kwargs={k: v for k, v in call.items()
-                                                   if k != "output_type"})
+                                      call_kwargs=call)
     assert modules == (2 if video else 4)
     after = latents()
     assert len(calls) == 3 * modules * (2 if video else 1)  # Wan: two calls a step
