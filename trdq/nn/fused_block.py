@@ -32,7 +32,6 @@ of the block runs as diffusers writes it.
 
 from __future__ import annotations
 
-import types
 from typing import Any
 
 import torch
@@ -41,6 +40,8 @@ from torch import nn
 from trdq.kernels.triton_gelu_quant import gelu_quant
 from trdq.kernels.triton_norm_quant import add_norm_modulate_quant
 from trdq.nn.attention import attend_projected, projected_attention_kernel
+from trdq.nn.fused_mlp import feed_forward_fusable
+from trdq.nn.instance_forward import restore_forwards, set_forward
 from trdq.nn.quant_linear import QuantLinear
 
 __all__ = ["fuse_block_norms", "fused_block_forward", "unfuse_block_norms"]
@@ -135,19 +136,10 @@ def _feed_forward(block, codes, row_scale, lead, dtype) -> torch.Tensor:
 
 def _gelu_fusable(block: Any) -> bool:
     """Whether the feed-forward is tanh GELU -> dropout -> a quantized linear with a
-    producer-computable scale (``ff.net[2]``), so ``gelu_quant`` can feed that linear (the
-    dropouts are identities in eval mode, which the forward checks). ``block``: a block
-    ``_eligible`` accepted (diffusers' ``BasicTransformerBlock``, whose submodules are
-    read as dynamically as in ``_feed_forward``)."""
-    net = block.ff.net
-    first, out_layer = net[0], net[2] if len(net) > 2 else None
-    if not isinstance(out_layer, QuantLinear) or getattr(first, "approximate", "") != "tanh":
-        return False
-    if first.proj.output_activation not in ("", "gelu_tanh"):  # fuse_gelu_into_linears' name
-        return False
-    if not all(isinstance(m, nn.Dropout) for i, m in enumerate(net) if i not in (0, 2)):
-        return False
-    return out_layer.producer_row_scale(2) is not None
+    producer-computable scale (``ff.net[2]``), so ``gelu_quant`` can feed that linear:
+    ``fused_mlp.feed_forward_fusable`` (the dropouts are identities in eval mode, which the
+    forward checks)."""
+    return feed_forward_fusable(block.ff)
 
 
 def _self_attention(block, hidden_states, shift, scale, attention_mask, kwargs) -> torch.Tensor:
@@ -186,8 +178,7 @@ def fuse_block_norms(denoiser: nn.Module, gelu: bool = False) -> int:
     for module in denoiser.modules():
         if getattr(module, _FUSED, False) or not _eligible(module):
             continue
-        module.forward = types.MethodType(fused_block_forward, module)
-        setattr(module, _FUSED, True)
+        set_forward(module, fused_block_forward, _FUSED)
         setattr(module, _FUSED_GELU, gelu and _gelu_fusable(module))
         count += 1
     return count
@@ -195,11 +186,4 @@ def fuse_block_norms(denoiser: nn.Module, gelu: bool = False) -> int:
 
 def unfuse_block_norms(denoiser: nn.Module) -> int:
     """Undo ``fuse_block_norms`` (diffusers' forward again); returns how many blocks."""
-    count = 0
-    for module in denoiser.modules():
-        if getattr(module, _FUSED, False):
-            del module.forward
-            delattr(module, _FUSED)
-            delattr(module, _FUSED_GELU)
-            count += 1
-    return count
+    return restore_forwards(denoiser, _FUSED, _FUSED_GELU)

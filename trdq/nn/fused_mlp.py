@@ -26,7 +26,6 @@ keeps diffusers' forward.
 
 from __future__ import annotations
 
-import types
 from collections.abc import Callable
 from typing import Any
 
@@ -34,9 +33,10 @@ import torch
 from torch import nn
 
 from trdq.kernels.triton_gelu_quant import cat_gelu_quant, gelu_quant
+from trdq.nn.instance_forward import restore_forwards, set_forward
 from trdq.nn.quant_linear import QuantLinear
 
-__all__ = ["fuse_mlps", "unfuse_mlps"]
+__all__ = ["feed_forward_fusable", "fuse_mlps", "unfuse_mlps"]
 
 #: instance attribute that marks a module whose forward this module replaced
 _FUSED = "_trdq_fused_mlp"
@@ -47,7 +47,7 @@ def _consumes_row_scales(layer: Any) -> bool:
     return isinstance(layer, QuantLinear) and layer.producer_row_scale(2) is not None
 
 
-def _feed_forward_fusable(module: nn.Module) -> bool:
+def feed_forward_fusable(module: nn.Module) -> bool:
     """diffusers' ``FeedForward``: tanh ``GELU`` with a quantized ``proj`` (its GELU in
     the layer after ``fuse_gelu_into_linears`` or in the module), dropouts, and a
     quantized ``net[2]`` with a producer-computable scale."""
@@ -135,24 +135,17 @@ def fuse_mlps(denoiser: nn.Module) -> int:
         if getattr(module, _FUSED, False):
             continue
         forward: Callable[..., Any]
-        if _feed_forward_fusable(module):
+        if feed_forward_fusable(module):
             forward = fused_feed_forward
         elif _single_block_fusable(module):
             forward = fused_single_block_forward
         else:
             continue
-        module.forward = types.MethodType(forward, module)
-        setattr(module, _FUSED, True)
+        set_forward(module, forward, _FUSED)
         count += 1
     return count
 
 
 def unfuse_mlps(denoiser: nn.Module) -> int:
     """Undo ``fuse_mlps`` (diffusers' forward again); returns how many modules."""
-    count = 0
-    for module in denoiser.modules():
-        if getattr(module, _FUSED, False):
-            del module.forward
-            delattr(module, _FUSED)
-            count += 1
-    return count
+    return restore_forwards(denoiser, _FUSED)

@@ -35,7 +35,7 @@ calibration prompts first, ``trdq.api.calibrate_attention``), ``+t5int8`` / ``+t
 ``+multikernel`` (Inductor's ``triton.multi_kernel``, which also generates a persistent
 variant of each row reduction and keeps the faster), ``+fusednorm`` (the blocks'
 LayerNorm entries through ``trdq.nn.fused_block``; ``+fusedff`` also its GELU kernel, and
-FLUX/SD3/Wan MLPs' GELU + quantizer through ``trdq.nn.fused_mlp``) and
+FLUX/SD3/Wan MLPs' GELU + quantizer through ``trdq.nn.fused_mlp``),
 ``+tritoncast`` (with ``+fp8staticattn``: the Q/K/V casts as one Triton launch) and
 ``+fusedrope`` (with ``+fp8staticattn``: FLUX's q/k norms, rotary embedding and casts as
 one launch, ``trdq.nn.flux_attention``) after all the others, in any order.
