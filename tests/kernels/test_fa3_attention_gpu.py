@@ -166,3 +166,34 @@ def test_one_launch_casts_match_the_torch_ops_on_the_gpu():
     finally:
         fa3.set_triton_cast(False)
     assert P.sqnr_db(expected.float(), got.float()) > 40
+
+
+def test_flux_prologue_processor_matches_diffusers_processor_compiled(monkeypatch):
+    """``+fusedrope``: tiny FLUX (head dim 64) with static FP8 attention, the fused prologue
+    against diffusers' processor on the same statistics, both through FA3, compiled."""
+    from tests.integrations.family_helpers import fast_family
+    from trdq import api
+    from trdq.integrations.diffusers import fuse_qkv_projections
+    from trdq.nn import static_attention
+    from trdq.nn.flux_attention import fuse_flux_attention
+    from trdq.testing.tiny import TINY_PROMPTS
+    from trdq.testing.tiny_families import tiny_flux_pipeline
+
+    monkeypatch.setattr(static_attention, "STATIC_MIN_TOKENS", 0)
+    pipe = tiny_flux_pipeline(hidden=128).to("cuda", torch.bfloat16)
+    assert fuse_qkv_projections(pipe.transformer) > 0
+    api.quantize(pipe, fast_family("fp8-norot", calib_height=64, calib_width=64),
+                 backend="cuda_fp8", progress=False, calibration_prompts=TINY_PROMPTS)
+    call = {"height": 64, "width": 64, "max_sequence_length": 16, "num_inference_steps": 2,
+            "guidance_scale": 3.5}
+    assert api.calibrate_attention(pipe, TINY_PROMPTS[:2], call_kwargs=call) == 4
+
+    def run():
+        with torch.inference_mode():
+            return pipe(["a red circle"], generator=torch.Generator().manual_seed(0),
+                        output_type="latent", **call)[0].float()
+
+    expected = run()
+    assert fuse_flux_attention(pipe.transformer) == 4
+    pipe.transformer.compile()
+    assert P.sqnr_db(expected, run()) > 25
