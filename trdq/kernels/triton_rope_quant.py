@@ -118,7 +118,6 @@ if TRITON_AVAILABLE:
         b = tl.program_id(2).to(tl.int64)
         text_blocks = tl.cdiv(text_tokens, BLOCK_ROWS)
         r = tl.arange(0, BLOCK_ROWS)
-        half = tl.arange(0, D // 2)
         batch = tl.num_programs(2)
         tokens = text_tokens + image_tokens
         if tl.program_id(0) < text_blocks:
@@ -134,32 +133,26 @@ if TRITON_AVAILABLE:
             token = text_tokens + local
             w_row = 2
         mask = row_ok[:, None]
-        even, odd = 2 * half[None, :], 2 * half[None, :] + 1  # channel offsets of the pairs
-        rope_offs = token.to(tl.int64)[:, None] * D
-        cos_e = tl.load(cos_ptr + rope_offs + even, mask=mask, other=0.0).to(tl.float32)
-        cos_o = tl.load(cos_ptr + rope_offs + odd, mask=mask, other=0.0).to(tl.float32)
-        sin_e = tl.load(sin_ptr + rope_offs + even, mask=mask, other=0.0).to(tl.float32)
-        sin_o = tl.load(sin_ptr + rope_offs + odd, mask=mask, other=0.0).to(tl.float32)
+        d = tl.arange(0, D)[None, :]
+        # contiguous rows in and out; the rotation pairs channels (2i, 2i+1) in registers
+        rope_offs = token.to(tl.int64)[:, None] * D + d
+        cos = tl.load(cos_ptr + rope_offs, mask=mask, other=0.0)
+        sin = tl.load(sin_ptr + rope_offs, mask=mask, other=0.0)
         for t in tl.static_range(3):
-            head = src + (t * heads + h) * D
-            xe = tl.load(head + even, mask=mask, other=0.0).to(tl.float32)
-            xo = tl.load(head + odd, mask=mask, other=0.0).to(tl.float32)
+            x = tl.load(src + (t * heads + h) * D + d, mask=mask, other=0.0).to(tl.float32)
             if t < 2:  # Q and K: RMSNorm with the stream's weight, then the rotation
-                rstd = tl.rsqrt((tl.sum(xe * xe, 1) + tl.sum(xo * xo, 1)) / D + eps)
-                we = tl.load(weight_ptr + (w_row + t) * D + even)
-                wo = tl.load(weight_ptr + (w_row + t) * D + odd)
-                ne, no = xe * rstd[:, None] * we, xo * rstd[:, None] * wo
-                xe, xo = ne * cos_e - no * sin_e, no * cos_o + ne * sin_o
+                rstd = tl.rsqrt(tl.sum(x * x, 1) / D + eps)
+                x = x * rstd[:, None] * tl.load(weight_ptr + (w_row + t) * D + d)
+                even, odd = tl.split(tl.reshape(x, [BLOCK_ROWS, D // 2, 2]))
+                rotated = tl.reshape(tl.join(-odd, even), [BLOCK_ROWS, D])
+                x = x * cos + rotated * sin
             stat = (t * batch + b) * heads + h
             inverse = 1.0 / tl.load(scale_ptr + stat)
-            mean_e = tl.load(mean_ptr + stat * D + even)
-            mean_o = tl.load(mean_ptr + stat * D + odd)
-            ye = tl.minimum(tl.maximum((xe - mean_e) * inverse, -E4M3), E4M3)
-            yo = tl.minimum(tl.maximum((xo - mean_o) * inverse, -E4M3), E4M3)
+            y = (x - tl.load(mean_ptr + stat * D + d)) * inverse
+            y = tl.minimum(tl.maximum(y, -E4M3), E4M3)
             out = out_ptr + (((t * batch + b) * tokens + token.to(tl.int64)[:, None]) * heads
                              + h) * D
-            tl.store(out + even, ye.to(out_ptr.dtype.element_ty), mask=mask)
-            tl.store(out + odd, yo.to(out_ptr.dtype.element_ty), mask=mask)
+            tl.store(out + d, y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 def norm_rope_e4m3_triton(
