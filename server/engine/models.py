@@ -379,14 +379,17 @@ def _replay_from_cuda_graphs(model: ServedModel, max_graphs: int) -> None:
     (PixArt-1024 W8A8 + compile on H100s: 62-90 ms a step depending on the host, 33.0 ms
     replayed from graphs, bf16 + compile 33.5 without them; docs/BENCHMARKS.md). The first
     call per timestep group and shape runs eagerly (and autotunes), the second captures;
-    the warm-up pays for the default shape before /readyz turns 200.
+    the warm-up pays for the default shape before /readyz turns 200. The text encoders
+    are replayed too (``graph_text_encoders``: a compiled T5-XXL encode is host-bound as
+    well); an encoder shared by the variants is wrapped once.
     """
-    from trdq.runtime.cuda_graphs import CudaGraphForward, quant_context
+    from trdq.runtime.cuda_graphs import CudaGraphForward, graph_text_encoders, quant_context
 
     transformer = model.pipe.transformer
     CudaGraphForward(
         transformer, quant_context(transformer), max_graphs=max_graphs, eager_on_failure=True
     )
+    graph_text_encoders(model.pipe, max_graphs=max_graphs, eager_on_failure=True)
     model.info["cuda_graphs"] = True
 
 

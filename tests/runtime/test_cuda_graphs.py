@@ -114,3 +114,57 @@ def test_a_failed_capture_leaves_those_shapes_eager_in_the_server_only(monkeypat
     strict(x)
     with pytest.raises(RuntimeError, match="capturing"):
         strict(x)
+
+
+class _Encoder(torch.nn.Module):
+    """A text encoder's call shape: tensors and flags in, a ``ModelOutput`` out."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.ones(1))
+
+    def forward(self, input_ids, attention_mask=None, output_hidden_states=False):
+        from transformers.modeling_outputs import BaseModelOutput
+
+        hidden = input_ids.float() * self.scale
+        states = (hidden, hidden + 1) if output_hidden_states else None
+        return BaseModelOutput(last_hidden_state=hidden, hidden_states=states)
+
+
+def test_constant_arguments_key_their_own_graph_and_model_outputs_are_copied(monkeypatch):
+    CudaGraphForward = _fake_cuda(monkeypatch)
+    encoder = _Encoder()
+    forward = CudaGraphForward(encoder)
+    ids = torch.ones(1, 4)
+    for flag in (False, True):  # each flag: eager, then captured
+        for _ in range(2):
+            out = encoder(ids, output_hidden_states=flag)
+            assert type(out).__name__ == "BaseModelOutput"
+            assert (out.hidden_states is not None) == flag
+    assert len(forward.graphs) == 2
+    # a copy: the next replay overwrites the static outputs, not what the caller holds
+    held = encoder(ids, output_hidden_states=True)
+    for _graph, _static, static_out in forward.graphs.values():
+        assert held.last_hidden_state is not static_out.last_hidden_state
+        assert held.hidden_states is not static_out.hidden_states
+
+
+def test_graph_text_encoders_wraps_each_cuda_encoder_once(monkeypatch):
+    from types import SimpleNamespace
+
+    from trdq.runtime.cuda_graphs import (
+        CudaGraphForward,
+        graph_text_encoders,
+        ungraph_text_encoders,
+    )
+
+    _fake_cuda(monkeypatch)
+    on_gpu, on_cpu = _Encoder(), _Encoder()
+    monkeypatch.setattr(type(on_gpu.scale), "is_cuda", property(lambda t: t is on_gpu.scale))
+    pipe = SimpleNamespace(text_encoder=on_gpu, text_encoder_2=on_cpu, text_encoder_3=None)
+    assert graph_text_encoders(pipe) == 1
+    assert isinstance(on_gpu.__dict__["forward"], CudaGraphForward)
+    assert "forward" not in on_cpu.__dict__
+    assert graph_text_encoders(pipe) == 0  # a shared encoder is wrapped once
+    ungraph_text_encoders(pipe)
+    assert "forward" not in on_gpu.__dict__

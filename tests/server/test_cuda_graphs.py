@@ -55,7 +55,8 @@ def test_cuda_graphs_with_auto_on_a_machine_without_gpu_fails_start_up(tmp_path)
 @pytest.mark.gpu
 def test_the_served_model_replays_from_cuda_graphs_and_matches_eager(tmp_path):
     """On a GPU: the same request with and without TRDQ_CUDA_GRAPHS gives the same image,
-    and with it the denoiser's steps were captured and replayed (not run eagerly)."""
+    and with it the denoiser's steps and the text encoder were captured and replayed (not
+    run eagerly)."""
     import base64
     import io
 
@@ -79,6 +80,7 @@ def test_the_served_model_replays_from_cuda_graphs_and_matches_eager(tmp_path):
             pixels[graphs] = np.asarray(image, dtype=np.int16)
             if graphs:
                 worker = client.app.state.engine.workers[0]
-                forward = worker.models.get("image", "w8a8").pipe.transformer.forward
-                assert forward.graphs and not forward.eager
+                pipe = worker.models.get("image", "w8a8").pipe
+                for forward in (pipe.transformer.forward, pipe.text_encoder.forward):
+                    assert forward.graphs and not forward.eager
     assert np.abs(pixels[True] - pixels[False]).max() <= 2

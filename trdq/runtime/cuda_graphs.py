@@ -1,6 +1,7 @@
-"""Replaying the denoiser's forward from CUDA graphs: ``trdq bench``'s ``+cg`` rows and the
-server's ``TRDQ_CUDA_GRAPHS``. The capture itself (on a stream of the inputs' GPU, one at a
-time in the process) is ``trdq.kernels.launch.capture_graph``.
+"""Replaying the denoiser's forward (and the text encoders') from CUDA graphs: ``trdq
+bench``'s ``+cg`` and ``+t5cg`` rows and the server's ``TRDQ_CUDA_GRAPHS``. The capture
+itself (on a stream of the inputs' GPU, one at a time in the process) is
+``trdq.kernels.launch.capture_graph``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,14 @@ from trdq.kernels.launch import capture_graph, recording_launches
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CudaGraphForward", "quant_context"]
+__all__ = ["CudaGraphForward", "graph_text_encoders", "quant_context", "ungraph_text_encoders"]
+
+#: the pipeline attributes that hold text encoders (T5, CLIP, UMT5)
+TEXT_ENCODERS = ("text_encoder", "text_encoder_2", "text_encoder_3")
+
+#: argument values that take part in a graph's key as themselves; any other non-tensor
+#: argument takes part by its type
+_KEYED_CONSTANTS = (type(None), bool, int, float, str)
 
 
 class CudaGraphForward:
@@ -49,10 +57,13 @@ class CudaGraphForward:
         self.pool = torch.cuda.graph_pool_handle()
         module.forward = self  # instance attribute: hooks in __call__ still run
 
-    def _key(self, flat: list[torch.Tensor], kwargs: dict[str, Any]):
+    def _key(self, flat: list[torch.Tensor], spec) -> tuple:
+        """The timestep group and CFG state, the tensors' shapes and dtypes, and the call's
+        structure with its constant arguments (``output_hidden_states=True`` is another
+        graph than ``False``)."""
         group = getattr(self.context, "group", None) if self.context is not None else None
         cfg = getattr(self.context, "cfg_active", None) if self.context is not None else None
-        return (group, cfg, tuple((t.shape, t.dtype) for t in flat), tuple(sorted(kwargs)))
+        return (group, cfg, tuple((t.shape, t.dtype) for t in flat), _hashable(spec))
 
     @staticmethod
     def _flatten(obj, out: list[torch.Tensor]):
@@ -79,7 +90,7 @@ class CudaGraphForward:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         flat: list[torch.Tensor] = []
         spec = self._flatten((list(args), kwargs), flat)
-        key = self._key(flat, kwargs)
+        key = self._key(flat, spec)
         if key not in self.graphs:
             if key in self.eager:
                 return self.forward(*args, **kwargs)
@@ -115,7 +126,61 @@ class CudaGraphForward:
         for dst, src in zip(static, flat):
             dst.copy_(src)
         graph.replay()
-        return tuple(o.clone() for o in out) if isinstance(out, tuple) else out.clone()
+        return _clone_output(out)
+
+
+def _hashable(spec):
+    """``_flatten``'s structure as a key: tensors by position, constants by value, other
+    objects by type."""
+    kind, val = spec
+    if kind == "T":
+        return spec
+    if kind == "D":
+        return ("D", tuple((k, _hashable(v)) for k, v in val.items()))
+    if kind == "L":
+        return ("L", tuple(_hashable(v) for v in val))
+    return ("C", val if isinstance(val, _KEYED_CONSTANTS) else type(val).__qualname__)
+
+
+def _clone_output(out):
+    """A copy of a replayed output (the static buffers are overwritten by the next replay):
+    tensors cloned inside tuples, lists and dicts, ``ModelOutput`` classes kept."""
+    if torch.is_tensor(out):
+        return out.clone()
+    if isinstance(out, dict):  # transformers' / diffusers' ModelOutput is an OrderedDict
+        return type(out)(**{k: _clone_output(v) for k, v in out.items()})
+    if isinstance(out, (list, tuple)):
+        return type(out)(_clone_output(o) for o in out)
+    return out
+
+
+def graph_text_encoders(pipe, max_graphs: int | None = None,
+                        eager_on_failure: bool = False) -> int:
+    """Replay each CUDA text encoder's forward from CUDA graphs (``CudaGraphForward``).
+
+    Why: compiled, an encode still launches hundreds of small kernels from the host
+    (PixArt-1024's T5-XXL on an H100: 12.5 ms wall for 5.0 ms of kernels, ``--profile``
+    in docs/BENCHMARKS.md). The pipelines pad prompts to a fixed length, so each encoder
+    sees one shape per batch size. Encoders already replayed (shared by several served
+    variants) are left as they are. Returns the number of encoders wrapped.
+    """
+    wrapped = 0
+    for attr in TEXT_ENCODERS:
+        encoder = getattr(pipe, attr, None)
+        if encoder is None or isinstance(encoder.__dict__.get("forward"), CudaGraphForward):
+            continue
+        if next(encoder.parameters()).is_cuda:
+            CudaGraphForward(encoder, max_graphs=max_graphs, eager_on_failure=eager_on_failure)
+            wrapped += 1
+    return wrapped
+
+
+def ungraph_text_encoders(pipe) -> None:
+    """Undo ``graph_text_encoders`` (the bench's next row starts from eager calls)."""
+    for attr in TEXT_ENCODERS:
+        encoder = getattr(pipe, attr, None)
+        if encoder is not None and isinstance(encoder.__dict__.get("forward"), CudaGraphForward):
+            del encoder.forward
 
 
 def quant_context(transformer: torch.nn.Module):

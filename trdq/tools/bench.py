@@ -31,7 +31,8 @@ FA3 in e4m3 / bf16, ``trdq.nn.attention``), ``+fp8longattn`` (e4m3 on long seque
 ``+fp8staticattn`` (e4m3 with statistics recorded per timestep group over the row's
 calibration prompts first, ``trdq.api.calibrate_attention``), ``+t5int8`` / ``+t5int4``, ``+vaetile``,
 ``+torchops`` (CPU), ``+sysmalloc`` (CPU: glibc's own malloc thresholds, without
-``TRDQ_HOST_MALLOC=reuse``), ``+t5compile`` (written last: the text encoders' layers compiled too),
+``TRDQ_HOST_MALLOC=reuse``), ``+t5compile`` (written last: the text encoders' layers compiled too;
+``+t5cg`` also replays them from CUDA graphs),
 ``+multikernel`` (Inductor's ``triton.multi_kernel``, which also generates a persistent
 variant of each row reduction and keeps the faster), ``+fusednorm`` (the blocks'
 LayerNorm entries through ``trdq.nn.fused_block``; ``+fusedff`` also its GELU kernel, and
@@ -73,7 +74,12 @@ from trdq.runtime.compile import (
     uncompile_text_encoders,
     uncompile_vae_decoder,
 )
-from trdq.runtime.cuda_graphs import CudaGraphForward, quant_context
+from trdq.runtime.cuda_graphs import (
+    CudaGraphForward,
+    graph_text_encoders,
+    quant_context,
+    ungraph_text_encoders,
+)
 from trdq.tools.bench_memory import StagePeaks, graph_pool_idle_bytes
 from trdq.tools.bench_presets import PRESET_NAMES, BenchPreset, get_preset, resolve_zoo_geometry
 from trdq.tools.bench_report import render_markdown, write_outputs
@@ -97,6 +103,9 @@ TORCH_OPS = "+torchops"
 SYSTEM_MALLOC = "+sysmalloc"
 #: row suffix: also torch.compile the text encoders' layers (``compile_text_encoders``)
 T5_COMPILE = "+t5compile"
+#: row suffix, in place of ``+t5compile``: the compiled text encoders also replayed from
+#: CUDA graphs (``graph_text_encoders``)
+T5_GRAPHS = "+t5cg"
 #: row suffix, written last: compile with Inductor's ``triton.multi_kernel = 1`` (each
 #: reduction also as a persistent kernel, the faster kept at run time; LayerNorm over 1152
 #: or 3072 channels is past the default persistent threshold of 1024)
@@ -293,9 +302,14 @@ class _Runner:
             info["triton_cast"] = True
         fused_gelu = FUSED_FF in last
         fused_norm = fused_gelu or FUSED_NORM in last
-        # taken off before the other suffixes ("+t5compile" is written last); the layers
-        # are compiled after a "+t5int8"/"+t5int4" row has quantized its copy of the encoder
-        t5_compile = row.endswith(T5_COMPILE)
+        # taken off before the other suffixes ("+t5compile" / "+t5cg" is written last); the
+        # layers are compiled after a "+t5int8"/"+t5int4" row has quantized its copy of the
+        # encoder
+        t5_graphs = row.endswith(T5_GRAPHS)
+        if t5_graphs and self.device.type != "cuda":
+            raise ValueError(f"{T5_GRAPHS} (CUDA graphs) needs a CUDA device")
+        row = row.removesuffix(T5_GRAPHS)
+        t5_compile = t5_graphs or row.endswith(T5_COMPILE)
         row = row.removesuffix(T5_COMPILE)
         if row.endswith(VAE_TILING):
             # diffusers' tiled VAE decode (overlapping tiles, blended seams): the decode
@@ -333,6 +347,8 @@ class _Runner:
             self._text_encoder.to("cpu")
         if t5_compile:
             info["compiled_text_encoder_layers"] = compile_text_encoders(self.pipe)
+        if t5_graphs:
+            info["graphed_text_encoders"] = graph_text_encoders(self.pipe)
         t0 = time.perf_counter()
         if kind.startswith("torchao-"):
             apply_torchao(transformer, kind.split("-", 1)[1])
@@ -427,6 +443,7 @@ class _Runner:
         api.dequantize_hooks(self.pipe)
         self.pipe.transformer = None
         uncompile_vae_decoder(self.pipe.vae)
+        ungraph_text_encoders(self.pipe)
         uncompile_text_encoders(self.pipe)
         cpu_native.set_enabled(True)
         fa3.set_triton_cast(False)
