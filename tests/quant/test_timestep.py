@@ -36,7 +36,7 @@ def test_hook_reads_positional_and_tensor_timesteps():
 
 
 @pytest.mark.slow  # ~1 minute; the hook's trace and switches: the tests above
-def test_twenty_step_trace_with_four_groups():
+def test_twenty_step_trace_with_four_groups(monkeypatch):
     pipe = tiny_pixart_pipeline()
     api.quantize(pipe, fast("w8a8", num_groups=4), progress=False,
                  calibration_prompts=TINY_PROMPTS)
@@ -53,3 +53,61 @@ def test_twenty_step_trace_with_four_groups():
     run_image(pipe, TINY_PROMPTS[:1], steps=20)  # a second call: trace is per call
     assert api.step_trace(pipe) == EXPECTED_TRACE
     assert hook.switches_total == switches_before + 3
+    # the timesteps forecast from DPM-Solver's schedule (what a CUDA timestep gets)
+    from trdq import timestep as module
+
+    monkeypatch.setattr(module, "_read_waits", lambda t: isinstance(t, torch.Tensor))
+    copies = []
+    monkeypatch.setattr(module, "_copy_to_host",
+                        lambda t, real=module._copy_to_host: copies.append(t) or real(t))
+    run_image(pipe, TINY_PROMPTS[:1], steps=20)
+    assert api.step_trace(pipe) == EXPECTED_TRACE and not hook.forecast_failed
+    assert len(copies) == 19  # every step forecast but the first, which is read
+    assert [round(t) for t in hook.timesteps] == EXPECTED_TIMESTEPS
+
+
+class _Denoiser(torch.nn.Module):
+    def forward(self, hidden_states, timestep=None):
+        return hidden_states
+
+
+def _forecasting_run(monkeypatch, scheduled, passed):
+    """One call of four steps whose scheduler holds ``scheduled`` while the denoiser is
+    passed ``passed``, with forecasting on for CPU tensors: (trace, host reads, hook)."""
+    from types import SimpleNamespace
+
+    from trdq import timestep as module
+
+    reads = []
+    monkeypatch.setattr(module, "_read_waits", lambda t: isinstance(t, torch.Tensor))
+    real = module.timestep_value
+    monkeypatch.setattr(module, "timestep_value", lambda t: reads.append(t) or real(t))
+    ctx = QuantContext(num_groups=4)
+    denoiser = _Denoiser()
+    hook = TimestepHook(GroupMap((250.0, 500.0, 750.0)), ctx).attach(denoiser)
+    scheduler = SimpleNamespace(timesteps=torch.tensor(scheduled), step_index=None)
+    hook.begin_call(scheduler=scheduler)
+    for i, t in enumerate(passed):
+        denoiser(torch.zeros(2, 3), timestep=torch.tensor([t, t]))
+        scheduler.step_index = i + 1  # what scheduler.step does
+    hook.end_call()
+    return hook.trace, len(reads), hook
+
+
+def test_the_hook_forecasts_timesteps_from_the_scheduler_without_reading_them(monkeypatch):
+    steps = [999.0, 700.0, 400.0, 100.0]
+    trace, reads, hook = _forecasting_run(monkeypatch, steps, steps)
+    assert trace == [3, 2, 1, 0] and not hook.forecast_failed
+    assert reads == 1  # the first step only; the others are checked a step late
+
+
+def test_a_wrong_forecast_turns_forecasting_off(monkeypatch, caplog):
+    # the scheduler disagrees from the third step: that step runs with the forecast (it is
+    # checked a step late), the fourth reads the passed value
+    trace, reads, hook = _forecasting_run(monkeypatch, [999.0, 700.0, 400.0, 100.0],
+                                          [999.0, 700.0, 100.0, 100.0])
+    assert hook.forecast_failed and "reading the timestep on the host" in caplog.text
+    assert trace == [3, 2, 1, 0] and reads == 2
+    # a wrong first step is caught at once
+    trace, reads, hook = _forecasting_run(monkeypatch, [999.0, 700.0], [100.0, 100.0])
+    assert hook.forecast_failed and trace == [0, 0] and reads == 2

@@ -163,7 +163,7 @@ def wrap_pipeline_call(pipe: Any, hook: TimestepHook) -> None:
         cfg = cfg_batched and guidance is not None and float(guidance) > 1.0
         active = list(self.__dict__.get("_trdq_hooks", []))
         for h in active:
-            h.begin_call(cfg_active=cfg)
+            h.begin_call(cfg_active=cfg, scheduler=getattr(self, "scheduler", None))
         try:
             return original_call(self, *args, **kwargs)
         finally:
