@@ -108,12 +108,14 @@ def get_state(pipe: Any) -> QuantState | None:
     return getattr(find_denoiser(pipe), STATE_ATTR, None)
 
 
-def add_step_listener(pipe: Any, fn: Callable[[StepEvent], None]) -> TimestepHook:
-    """Attach ``fn(StepEvent)`` to a quantized pipeline's timestep hook."""
+def add_step_listener(pipe: Any, fn: Callable[[StepEvent], None],
+                      timed: bool = True) -> TimestepHook:
+    """Attach ``fn(StepEvent)`` to a quantized pipeline's timestep hook (``timed=False``
+    when ``fn`` does not read ``event.seconds``: no GPU sync around each step for it)."""
     state = get_state(pipe)
     if state is None:
         raise ValueError("pipeline is not quantized (call trdq.quantize first)")
-    state.hook.add_listener(fn)
+    state.hook.add_listener(fn, timed=timed)
     return state.hook
 
 

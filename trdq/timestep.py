@@ -140,13 +140,15 @@ class TimestepHook:
     context: QuantContext
     #: multiply the passed timestep by this to reach the [0, 1000] training scale
     timestep_multiplier: float = 1.0
-    #: synchronize CUDA before timing (only when someone listens)
+    #: synchronize CUDA before timing (only when a timed listener listens)
     synchronize: bool = True
     trace: list[int] = field(default_factory=list)
     timesteps: list[float] = field(default_factory=list)
     step_seconds: list[float] = field(default_factory=list)
     switches_total: int = 0
     _listeners: list[Callable[[StepEvent], None]] = field(default_factory=list)
+    #: the listeners that read ``StepEvent.seconds`` (they cost two GPU syncs a step)
+    _timed_listeners: list[Callable[[StepEvent], None]] = field(default_factory=list)
     _handles: list[Any] = field(default_factory=list)
     _signature: inspect.Signature | None = None
     _t0: float = 0.0
@@ -178,12 +180,18 @@ class TimestepHook:
         self._handles = []
 
     # ---- listeners and trace ---------------------------------------------------------
-    def add_listener(self, fn: Callable[[StepEvent], None]) -> None:
-        """``fn(event)`` runs after every denoiser forward (keep it cheap; never raise)."""
+    def add_listener(self, fn: Callable[[StepEvent], None], timed: bool = True) -> None:
+        """``fn(event)`` runs after every denoiser forward (keep it cheap; never raise).
+        ``timed=False``: ``fn`` does not read ``event.seconds``, so the hook need not
+        synchronize CUDA around the step for it (host time only)."""
         self._listeners.append(fn)
+        if timed:
+            self._timed_listeners.append(fn)
 
     def remove_listener(self, fn: Callable[[StepEvent], None]) -> None:
         self._listeners.remove(fn)
+        if fn in self._timed_listeners:
+            self._timed_listeners.remove(fn)
 
     def begin_call(self, cfg_active: bool | None = None, scheduler: Any = None) -> None:
         """Start a new pipeline call: resets the trace and the step counter. ``scheduler``
@@ -297,12 +305,12 @@ class TimestepHook:
             logger.warning("CFG announced but batch %d is odd; using cond parameters", batch)
             cfg = False
         ctx.cfg_active = bool(cfg)
-        if self._listeners and self.synchronize and torch.cuda.is_available():
+        if self._timed_listeners and self.synchronize and torch.cuda.is_available():
             torch.cuda.synchronize()
         self._t0 = time.perf_counter()
 
     def _post_hook(self, module: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
-        if self._listeners and self.synchronize and torch.cuda.is_available():
+        if self._timed_listeners and self.synchronize and torch.cuda.is_available():
             torch.cuda.synchronize()
         seconds = time.perf_counter() - self._t0
         group = self.context.group

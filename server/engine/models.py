@@ -261,7 +261,8 @@ def _quantize(model: ServedModel, settings: Settings, metrics: MetricSink) -> No
         if result in ("hit", "miss", "invalid"):
             metrics.calibration_cache.labels(result=result).inc()
     switches = metrics.group_switches.labels(model=model.name)
-    add_step_listener(model.pipe, lambda event: switches.inc() if event.switched else None)
+    add_step_listener(model.pipe, lambda event: switches.inc() if event.switched else None,
+                      timed=False)
     state = get_state(model.pipe)
     if state is None:  # quantize() returned without leaving its state on the pipeline
         raise RuntimeError(f"{model.name} at {model.quant}: no quantization state after quantize")

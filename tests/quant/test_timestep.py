@@ -111,3 +111,23 @@ def test_a_wrong_forecast_turns_forecasting_off(monkeypatch, caplog):
     # a wrong first step is caught at once
     trace, reads, hook = _forecasting_run(monkeypatch, [999.0, 700.0], [100.0, 100.0])
     assert hook.forecast_failed and trace == [0, 0] and reads == 2
+
+
+def test_only_timed_listeners_make_the_hook_wait_for_the_gpu(monkeypatch):
+    syncs = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: syncs.append(1))
+    denoiser = _Denoiser()
+    hook = TimestepHook(GroupMap((500.0,)), QuantContext(num_groups=2)).attach(denoiser)
+    switched = []
+    hook.add_listener(lambda event: switched.append(event.switched), timed=False)
+    denoiser(torch.zeros(1), timestep=torch.tensor(900.0))
+    denoiser(torch.zeros(1), timestep=torch.tensor(100.0))
+    assert switched == [False, True] and not syncs
+    timed = []
+    hook.add_listener(lambda event: timed.append(event.seconds))
+    denoiser(torch.zeros(1), timestep=torch.tensor(100.0))
+    assert len(syncs) == 2 and len(timed) == 1  # before and after the step
+    hook.remove_listener(hook._timed_listeners[0])
+    denoiser(torch.zeros(1), timestep=torch.tensor(100.0))
+    assert len(syncs) == 2
