@@ -49,7 +49,9 @@ class Metrics:
             ["model", "quant", "stage"], buckets=STAGE_BUCKETS, registry=r,
         )
         self.denoise_step = Histogram(
-            "trdq_denoise_step_seconds", "One denoiser forward (one sampler step).",
+            "trdq_denoise_step_seconds",
+            "One denoiser forward (one sampler step), timed on the device (CUDA events), "
+            "observed when its generation ends.",
             ["model", "quant", "group"], buckets=STEP_BUCKETS, registry=r,
         )
         self.group_switches = Counter(
