@@ -19,7 +19,9 @@ Tried and removed: a per-timestep-group (per CFG half) bias of what the branch l
 each group's mean input, ``(E - U V) mu_g``. It moved PSNR to FP by -0.17 / +0.07 dB (image
 / video zoo, W4A8) for 64 N bytes a layer: a branch fitted on every group's rows already
 spans the few directions in which the groups' mean inputs differ
-(docs/journal/2026-12-07-low-rank-branch.md).
+(docs/journal/2026-12-07-low-rank-branch.md). Measured and not built: a rank-4 branch per
+group on what the shared one leaves, which cuts the held-out layer error a sixth as much as
+the same bytes spent as shared rank (``scripts/group_branch_probe.py``, docs/QUALITY.md).
 """
 
 from __future__ import annotations
