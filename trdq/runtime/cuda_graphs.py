@@ -12,13 +12,11 @@ from typing import Any
 import torch
 
 from trdq.kernels.launch import capture_graph, recording_launches
+from trdq.runtime.compile import TEXT_ENCODERS
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["CudaGraphForward", "graph_text_encoders", "quant_context", "ungraph_text_encoders"]
-
-#: the pipeline attributes that hold text encoders (T5, CLIP, UMT5)
-TEXT_ENCODERS = ("text_encoder", "text_encoder_2", "text_encoder_3")
 
 #: argument values that take part in a graph's key as themselves; any other non-tensor
 #: argument takes part by its type

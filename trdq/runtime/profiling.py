@@ -21,6 +21,8 @@ from typing import Any
 
 import torch
 
+from trdq.runtime.compile import TEXT_ENCODERS
+
 
 def _device_of(module: torch.nn.Module) -> torch.device | None:
     param = next(module.parameters(), None)
@@ -107,7 +109,7 @@ class PipelineProfiler:
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._transformer = pipe.transformer
         # Flux and SD3 run one or two CLIP encoders beside their T5: all count as text_encode
-        for name in ("text_encoder", "text_encoder_2", "text_encoder_3"):
+        for name in TEXT_ENCODERS:
             encoder = getattr(pipe, name, None)
             if encoder is not None:
                 self._attach(encoder, self._text_start, self._text_end)
