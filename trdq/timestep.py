@@ -28,7 +28,8 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["GroupMap", "QuantContext", "StepEvent", "TimestepHook", "timestep_value"]
+__all__ = ["GroupMap", "QuantContext", "StepEvent", "TimestepHook", "copy_to_host_later",
+           "timestep_value"]
 
 
 @dataclass(frozen=True)
@@ -120,7 +121,7 @@ def _read_waits(timestep: Any) -> bool:
     return isinstance(timestep, torch.Tensor) and timestep.is_cuda
 
 
-def _copy_to_host(timestep: torch.Tensor) -> tuple[Any, torch.Tensor]:
+def copy_to_host_later(timestep: torch.Tensor) -> tuple[Any, torch.Tensor]:
     """(event, copy): a float32 host copy of ``timestep`` that is valid once ``event``
     (None: at once) has completed; the copy waits its turn in the stream, the host not."""
     if not timestep.is_cuda:
@@ -259,7 +260,7 @@ class TimestepHook:
         forecast = self._value_at(index)
         if forecast is None:
             return None
-        self._pending_check = (*_copy_to_host(passed), forecast)
+        self._pending_check = (*copy_to_host_later(passed), forecast)
         return forecast
 
     def _value_at(self, index: int) -> float | None:

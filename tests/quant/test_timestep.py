@@ -58,8 +58,8 @@ def test_twenty_step_trace_with_four_groups(monkeypatch):
 
     monkeypatch.setattr(module, "_read_waits", lambda t: isinstance(t, torch.Tensor))
     copies = []
-    monkeypatch.setattr(module, "_copy_to_host",
-                        lambda t, real=module._copy_to_host: copies.append(t) or real(t))
+    monkeypatch.setattr(module, "copy_to_host_later",
+                        lambda t, real=module.copy_to_host_later: copies.append(t) or real(t))
     run_image(pipe, TINY_PROMPTS[:1], steps=20)
     assert api.step_trace(pipe) == EXPECTED_TRACE and not hook.forecast_failed
     assert len(copies) == 19  # every step forecast but the first, which is read

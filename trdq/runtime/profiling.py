@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from trdq.runtime.compile import TEXT_ENCODERS
+from trdq.timestep import copy_to_host_later
 
 
 def _device_of(module: torch.nn.Module) -> torch.device | None:
@@ -49,23 +50,19 @@ def _seconds(start: Any, end: Any) -> float:
 
 
 def _passed_timestep(args: tuple, kwargs: dict) -> Any:
-    """The denoiser's timestep as a float, or (CUDA) a host copy of its first element
-    that is valid once the step's end mark is reached; None when there is none."""
+    """The denoiser's timestep as a float, or a host copy of a tensor one that is valid
+    once the step's end mark is reached (no wait here); None when there is none."""
     timestep = kwargs.get("timestep", args[1] if len(args) > 1 else None)
     if timestep is None:
         return None
     if not torch.is_tensor(timestep):
         return float(timestep)
-    first = timestep.detach().reshape(-1)[:1]
-    if not first.is_cuda:
-        return float(first.item())
-    copy = torch.empty(1, dtype=torch.float32, pin_memory=True)
-    copy.copy_(first, non_blocking=True)
-    return copy
+    return copy_to_host_later(timestep)[1]
 
 
 def _timestep_value(passed: Any) -> float | None:
-    return float(passed.item()) if torch.is_tensor(passed) else passed
+    """The first sample's timestep (read after the step's end mark was waited for)."""
+    return float(passed[0]) if torch.is_tensor(passed) else passed
 
 
 @dataclass
