@@ -263,12 +263,14 @@ def fp8_attention_on_codes_reference(
 ) -> torch.Tensor:
     """The oracle of ``fa3_fp8_attention_on_codes`` in float32 (P rounded to e4m3 as FA3
     does, the whole score matrix at once)."""
-    def dequant(x, scale):  # [B, S, H, D] -> [B, H, S, D]
-        return (x.float() * scale[:, None, :, None]).transpose(1, 2)
-
-    qf, kf, vf = (dequant(codes[t], scales[t]) for t in range(3))
+    qf, kf, vf = (_dequant_codes(codes[t], scales[t]) for t in range(3))
     return (_attend_reference(qf, kf, vf, head_dim, round_p=True)[..., :head_dim]
             + v_mean).to(dtype)
+
+
+def _dequant_codes(codes: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """e4m3 codes ``[B, S, H, D]`` times their ``[B, H]`` scales, as ``[B, H, S, D]`` float32."""
+    return (codes.float() * scale[:, None, :, None]).transpose(1, 2)
 
 
 def _attend_reference(qf, kf, vf, head_dim: int, round_p: bool) -> torch.Tensor:
@@ -303,17 +305,14 @@ def fp8_attention_reference(
         stats = attention_input_stats(q, k, v)
     (q8, k8, v8), (qs, ks, vs), v_mean = quantize_attention_inputs(q, k, v, stats)
 
-    def dequant(codes, scale):  # [B, S, H, D] -> [B, H, S, D]
-        return (codes.float() * scale[:, None, :, None]).transpose(1, 2)
-
     def smoothed(x, mean=None):  # the same inputs, not rounded
         x = x.float() if mean is None else x.float() - mean
         return _pad_head_dim(x, FP8_HEAD_DIM_MULTIPLE).transpose(1, 2)
 
     if "qk" in operands:
-        qf, kf = dequant(q8, qs), dequant(k8, ks)
+        qf, kf = _dequant_codes(q8, qs), _dequant_codes(k8, ks)
     else:
         qf, kf = smoothed(q), smoothed(k, stats.k_mean)
-    vf = dequant(v8, vs) if "v" in operands else smoothed(v, v_mean)
+    vf = _dequant_codes(v8, vs) if "v" in operands else smoothed(v, v_mean)
     out = _attend_reference(qf, kf, vf, head_dim, round_p="p" in operands)[..., :head_dim]
     return (out + v_mean).to(q.dtype)

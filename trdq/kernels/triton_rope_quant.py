@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import torch
 
+from trdq.kernels.fa3_attention import e4m3_codes
 from trdq.kernels.launch import TRITON_LAUNCH_LOCK
 from trdq.kernels.oplib import define_op
 from trdq.kernels.triton_rotate_quant import E4M3_MAX, TRITON_AVAILABLE
@@ -96,9 +97,9 @@ def norm_rope_e4m3_reference(
         rotated = torch.stack([-pairs[..., 1], pairs[..., 0]], -1).flatten(-2)
         return x * cos.float()[None, :, None] + rotated * sin.float()[None, :, None]
 
-    codes = [((x - mean[t, :, None].float()) / scale[t, :, None, :, None].float())
-             for t, x in enumerate((rope(q), rope(k), v))]
-    return torch.clamp(torch.stack(codes), -E4M3_MAX, E4M3_MAX).to(out_dtype)
+    # the casts as static FP8 attention's (no padding: the head dims are multiples of 16)
+    return torch.stack([e4m3_codes(x, scale[t].float(), mean[t, :, None].float(), out_dtype)
+                        for t, x in enumerate((rope(q), rope(k), v))])
 
 
 if TRITON_AVAILABLE:
