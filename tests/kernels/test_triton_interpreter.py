@@ -285,7 +285,7 @@ def test_lowbit_gemm_epilogue_gelu_matches_reference(paired):
 
 
 def test_autotuner_prunes_keep_only_tiles_that_apply():
-    from trdq.kernels import triton_rotate_quant as rq
+    from trdq.kernels import triton_rotate_quant_rows as rq
     from trdq.kernels import triton_w4a8 as w4
 
     packed = w4._packed_needs_full_tiles(w4._CONFIGS, {}, PACKED=True)

@@ -109,7 +109,7 @@ if TRITON_AVAILABLE:
     import triton
     import triton.language as tl
 
-    from trdq.kernels.triton_rotate_quant import round_half_even_int8
+    from trdq.kernels.triton_rotate_quant_math import round_half_even_int8
 
     @triton.jit
     def _quantize_kv_kernel(
