@@ -104,12 +104,16 @@ def test_family_denoisers_through_fp8_attention_stay_close_to_sdpa(family):
     assert P.sqnr_db(expected, run()) > 20
 
 
-def test_static_kernel_matches_its_oracle_compiled_and_from_a_cuda_graph():
+def test_static_kernel_matches_its_oracle_compiled_and_from_a_cuda_graph(monkeypatch):
     """``StaticFp8Attention`` (statistics recorded on one input, per CFG half) on FA3
     against the oracle with the same statistics; compiled, and replayed from a graph
     after the context's group tensor changed on the device."""
+    from trdq.nn import static_attention
     from trdq.nn.static_attention import AttentionRecorder
     from trdq.timestep import QuantContext
+
+    # 1024 tokens: below the served threshold, which would send the call to SDPA
+    monkeypatch.setattr(static_attention, "STATIC_MIN_TOKENS", 0)
 
     context = QuantContext(num_groups=2)
     context.cfg_active = True
@@ -140,12 +144,16 @@ def test_static_kernel_matches_its_oracle_compiled_and_from_a_cuda_graph():
     assert P.sqnr_db(static(*inputs[1]).float(), out.float()) > 35
 
 
-def test_one_launch_casts_match_the_torch_ops_on_the_gpu():
+def test_one_launch_casts_match_the_torch_ops_on_the_gpu(monkeypatch):
     """``+tritoncast``: the Triton kernel's codes against ``_to_e4m3``'s (Triton's float32
     division may round a quotient differently: a code one step apart, rarely), and the
     static kernel's output with it against without it."""
+    from trdq.nn import static_attention
     from trdq.nn.static_attention import AttentionRecorder
     from trdq.timestep import QuantContext
+
+    # 1000 tokens: below the served threshold, where both calls would be SDPA's
+    monkeypatch.setattr(static_attention, "STATIC_MIN_TOKENS", 0)
 
     qkv = torch.randn(2, 1000, 3 * 4 * 72, device="cuda").bfloat16() * 3
     q, k, v = (x.view(2, 1000, 4, 72) for x in qkv.chunk(3, dim=-1))
