@@ -168,3 +168,38 @@ def test_graph_text_encoders_wraps_each_cuda_encoder_once(monkeypatch):
     assert graph_text_encoders(pipe) == 0  # a shared encoder is wrapped once
     ungraph_text_encoders(pipe)
     assert "forward" not in on_gpu.__dict__
+
+
+def test_text_encoder_graphs_take_an_all_ones_mask_as_no_mask(monkeypatch):
+    """An all-ones mask is no mask to a T5 encode; passed as None, the eager call before
+    the capture and the capture take one path (transformers skips its all-ones shortcut
+    while a stream captures), and a prompt with or without such a mask is one graph."""
+    from transformers import T5Config, T5EncoderModel
+
+    from trdq.runtime.cuda_graphs import TextEncoderGraphForward, without_all_ones_mask
+
+    _fake_cuda(monkeypatch)
+    torch.manual_seed(0)
+    config = T5Config(vocab_size=50, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4)
+    encoder = T5EncoderModel(config).eval()
+    ids = torch.randint(0, 50, (1, 12))
+    ones = torch.ones(1, 12, dtype=torch.long)
+    padded = ones.clone()
+    padded[:, 7:] = 0
+    with torch.no_grad():
+        want_ones = encoder(ids, attention_mask=ones).last_hidden_state
+        want_padded = encoder(ids, attention_mask=padded).last_hidden_state
+        assert torch.equal(encoder(ids).last_hidden_state, want_ones)
+        forward = TextEncoderGraphForward(encoder)
+        for _ in range(3):
+            got = encoder(ids, attention_mask=ones).last_hidden_state
+            torch.testing.assert_close(got, want_ones)
+            got = encoder(ids, attention_mask=padded).last_hidden_state
+            torch.testing.assert_close(got, want_padded)
+        encoder(ids)
+    assert len(forward.graphs) == 2  # no mask (all ones or absent), and the padded one
+
+    args, kwargs = without_all_ones_mask((ids, ones), {})
+    assert args[1] is None and args[0] is ids and kwargs == {}
+    args, kwargs = without_all_ones_mask((ids,), {"attention_mask": padded})
+    assert kwargs["attention_mask"] is padded

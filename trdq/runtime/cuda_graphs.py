@@ -16,7 +16,14 @@ from trdq.runtime.compile import TEXT_ENCODERS
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CudaGraphForward", "graph_text_encoders", "quant_context", "ungraph_text_encoders"]
+__all__ = [
+    "CudaGraphForward",
+    "TextEncoderGraphForward",
+    "graph_text_encoders",
+    "quant_context",
+    "ungraph_text_encoders",
+    "without_all_ones_mask",
+]
 
 #: argument values that take part in a graph's key as themselves; any other non-tensor
 #: argument takes part by its type
@@ -152,9 +159,39 @@ def _clone_output(out):
     return out
 
 
+class TextEncoderGraphForward(CudaGraphForward):
+    """``CudaGraphForward`` for a transformers text encoder: an attention mask of all ones
+    is passed as no mask.
+
+    Why: transformers' mask helpers return no mask for an all-ones padding mask in an eager
+    call, but not while a stream captures (``is_tracing`` is true then), so the capture of
+    such a call would give the compiled layers a mask tensor they never saw: a recompile
+    inside the capture, which fails it (H100: a 12-token prompt without padding). Both
+    mean "attend everywhere"; dropping the mask gives the eager call and the capture one
+    path. The test costs one tiny host sync per encode.
+    """
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        args, kwargs = without_all_ones_mask(args, kwargs)
+        return super().__call__(*args, **kwargs)
+
+
+def without_all_ones_mask(args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict[str, Any]]:
+    """A text encoder's call arguments with an all-ones ``attention_mask`` (the keyword,
+    or the second positional argument as transformers' encoders take it) replaced by
+    None; other calls unchanged."""
+    if "attention_mask" in kwargs:
+        mask = kwargs["attention_mask"]
+        if torch.is_tensor(mask) and bool(mask.all()):
+            return args, {**kwargs, "attention_mask": None}
+    elif len(args) > 1 and torch.is_tensor(args[1]) and bool(args[1].all()):
+        return (args[0], None, *args[2:]), kwargs
+    return args, kwargs
+
+
 def graph_text_encoders(pipe, max_graphs: int | None = None,
                         eager_on_failure: bool = False) -> int:
-    """Replay each CUDA text encoder's forward from CUDA graphs (``CudaGraphForward``).
+    """Replay each CUDA text encoder's forward from CUDA graphs (``TextEncoderGraphForward``).
 
     Why: compiled, an encode still launches hundreds of small kernels from the host
     (PixArt-1024's T5-XXL on an H100: 12.5 ms wall for 5.0 ms of kernels, ``--profile``
@@ -168,7 +205,8 @@ def graph_text_encoders(pipe, max_graphs: int | None = None,
         if encoder is None or isinstance(encoder.__dict__.get("forward"), CudaGraphForward):
             continue
         if next(encoder.parameters()).is_cuda:
-            CudaGraphForward(encoder, max_graphs=max_graphs, eager_on_failure=eager_on_failure)
+            TextEncoderGraphForward(encoder, max_graphs=max_graphs,
+                                    eager_on_failure=eager_on_failure)
             wrapped += 1
     return wrapped
 
