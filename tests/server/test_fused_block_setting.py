@@ -37,3 +37,27 @@ def test_fused_blocks_serve_images_as_close_to_full_precision_as_unfused_ones(tm
     # the two roundings land on either side of it (fused 26.4 dB, unfused 24.0 dB).
     assert psnr_db(fused_image, fp_image) > psnr_db(plain_image, fp_image) - 1.5
     assert psnr_db(fused_image, plain_image) > 20
+
+
+def test_auto_fuses_the_flux_feed_forwards_on_cuda_only():
+    """TRDQ_FUSED_BLOCK=auto on a CUDA worker gives FLUX's feed-forwards and single blocks
+    their GELU + quantizer kernels (timed on an H100: docs/bench/flux-dev-1024-fusions-h100
+    .json); on the CPU nothing changes. The device is only read, so a CPU model stands in."""
+    from types import SimpleNamespace
+
+    from server.engine.models import _fuse_blocks
+    from tests.integrations.family_helpers import fast_family
+    from trdq import api
+    from trdq.testing.tiny import TINY_PROMPTS
+    from trdq.testing.tiny_families import tiny_flux_pipeline
+
+    pipe = tiny_flux_pipeline()
+    api.quantize(pipe, fast_family("fp8-norot"), backend="reference", progress=False,
+                 calibration_prompts=TINY_PROMPTS)
+    on_cpu, on_cuda = SimpleNamespace(pipe=pipe, info={}), SimpleNamespace(pipe=pipe, info={})
+    _fuse_blocks(on_cpu, "auto", torch.device("cpu"))
+    assert on_cpu.info == {"fused_blocks": 0, "fused_mlps": 0, "fused_attention_prologues": 0}
+    _fuse_blocks(on_cuda, "auto", torch.device("cuda"))
+    assert on_cuda.info["fused_mlps"] == 6  # two double blocks x (image, text), two single
+    assert on_cuda.info["fused_blocks"] == 0  # no ada_norm_single block in FLUX
+    assert on_cuda.info["fused_attention_prologues"] == 0  # SDPA: no static FP8 attention
