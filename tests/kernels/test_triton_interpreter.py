@@ -475,10 +475,15 @@ def test_cat_gelu_quant_kernel_matches_reference(rows, prefix_cols, cols):
                                (prefix.float() * inverse[:, None]).clamp(-448, 448))
 
 
-@pytest.mark.parametrize("batch,tokens,heads,dim", [(2, 40, 3, 72), (1, 33, 2, 64), (3, 7, 1, 16)])
+@pytest.mark.parametrize("batch,tokens,heads,dim", [
+    (2, 40, 3, 72), (1, 33, 2, 64), (3, 7, 1, 16),
+    (2, 37, 5, 72),  # 400 output channels: a full and a partial channel block
+    (1, 9, 4, 128),  # two full channel blocks
+])
 def test_attention_inputs_e4m3_kernel_matches_reference(batch, tokens, heads, dim):
     """Q, K, V as chunks of one fused projection output (strided views), rows not a
-    multiple of the block, head dims padded (72 -> 80) or not."""
+    multiple of the block, head dims padded (72 -> 80) or not, output channels in one or
+    more blocks."""
     from trdq.kernels import triton_attention_quant as aq
 
     g = torch.Generator().manual_seed(dim)

@@ -6,9 +6,15 @@ quantization is three elementwise casts, and Inductor's kernels for them ran far
 memory bandwidth on an H100: 0.71 ms a step each on PixArt-1024 (``[2, 4096, 16, 72]``
 bf16 in, head dim padded to 80 out: ~0.6 TB/s), ~3 ms each at Latte-512's frames
 (``docs/bench/pixart-alpha-1024-static-h100.json``, ``latte-512-16f-fusedqkv-h100.json``).
-Here each program casts a block of rows of one head of one tensor: the per-(batch, head)
-scale read once per row, the mean once per element, the padding written as zeros.
-Not yet timed on a GPU: opt-in (``fa3_attention.set_triton_cast``, bench ``+tritoncast``).
+Here each program casts a tile of rows x output channels of one tensor, the channels
+being all heads' padded head dims side by side (``H * Dp``): its loads of a row are one
+contiguous run of the projection's output and its stores one contiguous run of the codes.
+The first version (a program per block of rows of one head: 144-byte loads and 80-byte
+stores at a stride of a row) took 68 us a call on PixArt-1024 (H100, 1.9 ms a step,
+``pixart-alpha-1024-t5cg-h100.json``), ~0.6 TB/s, no better than Inductor's three kernels.
+The per-(tensor, batch, head) scales and means are gathered per element (a few KB, from
+the cache). Opt-in until timed on a GPU (``fa3_attention.set_triton_cast``, bench
+``+tritoncast``).
 
 The arithmetic, per tensor t in (Q, K, V), batch b, head h, channel d (float32; the oracle
 is ``fa3_attention.e4m3_codes``, which this must equal code for code):
@@ -35,6 +41,8 @@ __all__ = ["attention_inputs_e4m3", "attention_inputs_e4m3_reference",
 
 #: rows (batch x tokens) per program
 BLOCK_ROWS = 32
+#: output channels (heads x padded head dim, flattened) per program
+BLOCK_CHANNELS = 256
 
 
 def padded_head_dim(head_dim: int) -> int:
@@ -72,20 +80,25 @@ if TRITON_AVAILABLE:
     def _attention_inputs_e4m3_kernel(
         q_ptr, k_ptr, v_ptr, scale_ptr, mean_ptr, out_ptr,
         rows, tokens, heads, head_dim, stride_b, stride_s, stride_h,
-        PADDED: tl.constexpr, BLOCK_ROWS: tl.constexpr, BLOCK_D: tl.constexpr,
+        PADDED: tl.constexpr, BLOCK_ROWS: tl.constexpr, BLOCK_C: tl.constexpr,
         E4M3: tl.constexpr,
     ):
-        """Program (row block, tensor x head): BLOCK_ROWS rows of one head of Q, K or V."""
-        t = tl.program_id(1) // heads
-        h = tl.program_id(1) % heads
+        """Program (row block, channel block, tensor): BLOCK_ROWS rows x BLOCK_C of the
+        ``heads * PADDED`` output channels of Q, K or V."""
+        t = tl.program_id(2)
         r = tl.program_id(0) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
-        d = tl.arange(0, BLOCK_D)
+        c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+        h = c // PADDED  # [BLOCK_C]: each output channel's head and channel in the head
+        d = c % PADDED
         b = r // tokens
         s = r % tokens
         row_ok = r < rows
-        load_mask = row_ok[:, None] & (d < head_dim)[None, :]
+        col_ok = h < heads
+        real = col_ok & (d < head_dim)  # not padding
+        tile_ok = row_ok[:, None] & col_ok[None, :]
+        load_mask = row_ok[:, None] & real[None, :]
         offs = (b.to(tl.int64)[:, None] * stride_b + s.to(tl.int64)[:, None] * stride_s
-                + h * stride_h + d[None, :])
+                + (h * stride_h + d)[None, :])
         if t == 0:
             x = tl.load(q_ptr + offs, mask=load_mask, other=0.0)
         elif t == 1:
@@ -93,16 +106,14 @@ if TRITON_AVAILABLE:
         else:
             x = tl.load(v_ptr + offs, mask=load_mask, other=0.0)
         batch = rows // tokens
-        stat = (t * batch + b) * heads + h  # [BLOCK_ROWS]: the row's (tensor, batch, head)
-        scale = tl.load(scale_ptr + stat, mask=row_ok, other=1.0)
-        mean = tl.load(mean_ptr + stat[:, None] * head_dim + d[None, :], mask=load_mask,
-                       other=0.0)
-        y = (x.to(tl.float32) - mean) / scale[:, None]
+        stat = (t * batch + b)[:, None] * heads + h[None, :]  # the (tensor, batch, head)
+        scale = tl.load(scale_ptr + stat, mask=tile_ok, other=1.0)
+        mean = tl.load(mean_ptr + stat * head_dim + d[None, :], mask=load_mask, other=0.0)
+        y = (x.to(tl.float32) - mean) / scale
         y = tl.minimum(tl.maximum(y, -E4M3), E4M3)
-        y = tl.where((d < head_dim)[None, :], y, 0.0)
-        out = ((t * rows + r.to(tl.int64))[:, None] * heads + h) * PADDED + d[None, :]
-        tl.store(out_ptr + out, y.to(out_ptr.dtype.element_ty),
-                 mask=row_ok[:, None] & (d < PADDED)[None, :])
+        y = tl.where(real[None, :], y, 0.0)
+        out = (t * rows + r.to(tl.int64))[:, None] * (heads * PADDED) + c[None, :]
+        tl.store(out_ptr + out, y.to(out_ptr.dtype.element_ty), mask=tile_ok)
 
 
 def attention_inputs_e4m3_triton(
@@ -118,12 +129,13 @@ def attention_inputs_e4m3_triton(
     padded = padded_head_dim(dim)
     rows = batch * tokens
     out = torch.empty(3, batch, tokens, heads, padded, device=q.device, dtype=out_dtype)
-    grid = (triton.cdiv(rows, BLOCK_ROWS), 3 * heads)
+    block_channels = min(BLOCK_CHANNELS, next_pow2(heads * padded))
+    grid = (triton.cdiv(rows, BLOCK_ROWS), triton.cdiv(heads * padded, block_channels), 3)
     with TRITON_LAUNCH_LOCK:
         _attention_inputs_e4m3_kernel[grid](
             q, k, v, scale.float().contiguous(), mean.float().contiguous(), out,
             rows, tokens, heads, dim, q.stride(0), q.stride(1), q.stride(2),
-            PADDED=padded, BLOCK_ROWS=BLOCK_ROWS, BLOCK_D=next_pow2(padded), E4M3=E4M3_MAX,
+            PADDED=padded, BLOCK_ROWS=BLOCK_ROWS, BLOCK_C=block_channels, E4M3=E4M3_MAX,
             num_warps=4,
         )
     return out
