@@ -429,3 +429,24 @@ def test_quant_attention_matches_reference(shape, pv_fp8):
     # same integers and scales; the kernel's running softmax max moves P's e4m3 rounding
     # (measured on an H100: 37-41 dB with e4m3 P V, 54-56 dB with bf16 P V)
     assert P.sqnr_db(out.float(), ref.float()) > (33 if pv_fp8 else 48)
+
+
+@pytest.mark.parametrize("rows", [1, 2])
+@pytest.mark.parametrize("n,k", [(18432, 3072), (9216, 3072), (70, 1100)])
+def test_int8_gemv_matches_reference_and_the_compiled_layer(rows, n, k):
+    """FLUX's adaLN shapes: the kernel against its float32 oracle, and a compiled
+    ``WeightOnlyLinear`` (which calls it on CUDA) against the dequantize-then-GEMM form."""
+    from trdq.kernels import triton_gemv as tg
+    from trdq.nn.weight_only import WeightOnlyLinear
+
+    torch.manual_seed(n)
+    linear = torch.nn.Linear(k, n).cuda()
+    layer = WeightOnlyLinear(linear, 8).cuda()
+    x = torch.randn(rows, k, device="cuda").bfloat16()
+    got = tg.int8_gemv(x, layer.qweight, layer.scale[:, 0], layer.bias.bfloat16())
+    want = tg.int8_gemv_reference(x, layer.qweight, layer.scale[:, 0], layer.bias.bfloat16())
+    assert P.sqnr_db(want.float(), got.float()) > 45
+    dequantized = torch.nn.functional.linear(x, layer.dequantized_weight(x.dtype),
+                                             layer.bias.bfloat16())
+    compiled = torch.compile(layer)(x)
+    assert P.sqnr_db(dequantized.float(), compiled.float()) > 40

@@ -1,5 +1,6 @@
-"""WeightOnlyLinear's compiled few-row form (``_reduced_forward``): the same product as the
-dequantize-then-GEMM forward, and compiled without the dequantized weight."""
+"""WeightOnlyLinear's few-row forms: the compiled reduction (``_reduced_forward``) and the
+int8 GEMV operator the CUDA forward calls, each the same product as the
+dequantize-then-GEMM forward; compiled without the dequantized weight."""
 
 from __future__ import annotations
 
@@ -50,3 +51,23 @@ def test_compiled_few_rows_read_the_integer_weight_without_dequantizing_it(bits)
     assert max(_allocated_elements(codes)) < 96 * 256
     # more rows than that keep the dequantize-then-GEMM form
     torch.testing.assert_close(compiled(torch.randn(8, 256)).shape, torch.Size([8, 96]))
+
+
+@pytest.mark.parametrize("rows", [1, 2])
+def test_the_gemv_operator_on_the_layers_buffers_equals_the_forward(rows, monkeypatch):
+    """What the CUDA forward passes to ``trdq::int8_gemv`` (its reference on the CPU, the
+    Triton kernel checked against that in tests/kernels): the layer's own output."""
+    from trdq.kernels import triton_gemv
+    from trdq.nn import weight_only
+
+    layer = _layer(8)
+    x = torch.randn(rows, 1, 256)
+    want = layer(x)
+    calls = []
+    real = weight_only.int8_gemv
+    monkeypatch.setattr(weight_only, "int8_gemv", lambda *a: (calls.append(1), real(*a))[1])
+    monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda t: True))
+    monkeypatch.setattr(triton_gemv, "TRITON_AVAILABLE", False)  # the operator's reference
+    got = layer(x)
+    assert calls == [1] and got.shape == want.shape
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)

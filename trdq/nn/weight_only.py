@@ -13,15 +13,17 @@ import torch
 from torch import nn
 
 from trdq import primitives as P
+from trdq.kernels.triton_gemv import MAX_ROWS, int8_gemv
 
 __all__ = ["WEIGHT_ONLY_INT4_GROUP", "WeightOnlyLinear"]
 
 #: input channels per scale for 4-bit weights (8 bits use one scale per output channel)
 WEIGHT_ONLY_INT4_GROUP = 64
-#: input rows up to which a compiled forward reads the integer weight in one reduction
-#: instead of dequantizing it first (``_reduced_forward``): the denoiser's per-block adaLN
-#: projections see one row per sample (two under a CFG batch)
-REDUCED_ROWS = 2
+#: input rows up to which a forward reads the integer weight once instead of dequantizing
+#: it first: on CUDA, 8-bit weights with one scale per output channel through
+#: ``trdq.kernels.triton_gemv``; otherwise, compiled, ``_reduced_forward``. The denoiser's
+#: per-block adaLN projections see one row per sample (two under a CFG batch)
+REDUCED_ROWS = MAX_ROWS
 
 
 class WeightOnlyLinear(nn.Module):
@@ -68,7 +70,12 @@ class WeightOnlyLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bias = None if self.bias is None else self.bias.to(x.dtype)
-        if torch.compiler.is_compiling() and x.numel() <= REDUCED_ROWS * self.in_features:
+        few_rows = x.numel() <= REDUCED_ROWS * self.in_features
+        if few_rows and x.is_cuda and self.bits == 8 and self.group == self.in_features:
+            out = int8_gemv(x.reshape(-1, self.in_features), self.qweight, self.scale[:, 0],
+                            bias)
+            return out.reshape(*x.shape[:-1], self.out_features)
+        if few_rows and torch.compiler.is_compiling():
             return self._reduced_forward(x, bias)
         return nn.functional.linear(x, self.dequantized_weight(x.dtype), bias)
 
