@@ -514,16 +514,20 @@ def test_norm_rope_e4m3_kernel_matches_reference(text, image):
 
 @pytest.mark.parametrize("rows,n,k,bias", [(1, 70, 1100, True), (2, 32, 512, False),
                                            (2, 5, 3, True)])
-def test_int8_gemv_kernel_matches_reference(rows, n, k, bias):
+@pytest.mark.parametrize("tile", [0, 4])  # two of the tuned tiles
+def test_int8_gemv_kernel_matches_reference(rows, n, k, bias, tile):
     """One or two rows, output channels and K not multiples of the blocks, with and
     without a bias; float32 rows so only the order of the sums differs."""
     from trdq.kernels import triton_gemv as tg
+
+    block_n, block_k, warps = tg.TILES[tile]
 
     g = torch.Generator().manual_seed(n)
     x = torch.randn(rows, k, generator=g)
     qweight = torch.randint(-127, 128, (n, k), generator=g, dtype=torch.int8)
     scale = torch.rand(n, generator=g) * 0.01 + 0.001
     b = torch.randn(n, generator=g) if bias else None
-    got = tg.int8_gemv_triton(x, qweight, scale, b)
+    got = tg.int8_gemv_triton(x, qweight, scale, b,
+                              tile={"BLOCK_N": block_n, "BLOCK_K": block_k, "num_warps": warps})
     torch.testing.assert_close(got, tg.int8_gemv_reference(x, qweight, scale, b),
                                rtol=1e-5, atol=1e-4)

@@ -6,9 +6,10 @@ sample a step, so their time is reading the weight. FLUX.1-dev's are 3.2 GB in i
 H100, dequantizing to bf16 and a cuBLAS GEMV took 5.9 ms a step; the same product written
 as a reduction that Inductor fuses (``WeightOnlyLinear._reduced_forward``) 4.6 ms, ~0.7
 TB/s (``docs/bench/flux-dev-1024-fusions-h100.json``). At the memory bandwidth it is
-~1.2 ms. Here each program reads a block of output channels' weight rows once, in
-contiguous runs of ``BLOCK_K`` bytes, for every input row at once (``M`` is 1 or 2), and
-applies the scale and bias at the end.
+~1.2 ms. Here each program reads a block of ``BLOCK_N`` output channels' weight rows
+once, in contiguous runs of ``BLOCK_K`` bytes, for every input row at once (``M`` is 1 or
+2), and applies the scale and bias at the end. The tile is tuned per shape on the first
+call (GPU time from a graph, ``trdq.kernels.launch.autotune_gpu_time``), before any capture.
 
 Notation: ``x [M, K]`` (M <= ``MAX_ROWS``), ``qweight [N, K]`` int8, ``scale [N]`` float32,
 ``bias [N]`` or None; out ``[M, N]`` in x's dtype, accumulated in float32:
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import torch
 
-from trdq.kernels.launch import TRITON_LAUNCH_LOCK
+from trdq.kernels.launch import autotune_gpu_time, launch_triton
 from trdq.kernels.oplib import define_op
 from trdq.kernels.triton_rotate_quant import TRITON_AVAILABLE
 
@@ -30,10 +31,9 @@ __all__ = ["MAX_ROWS", "int8_gemv", "int8_gemv_reference", "int8_gemv_triton"]
 
 #: input rows the kernel takes (one per sample, two under a CFG batch)
 MAX_ROWS = 2
-#: output channels per program: FLUX's 9216 outputs make 288 programs, two waves of an H100
-BLOCK_N = 32
-#: weight bytes per row per load
-BLOCK_K = 512
+#: (output channels per program, weight bytes per row per load, warps) the autotuner tries:
+#: FLUX's 9216 outputs in blocks of 32 make 288 programs, about two per H100 SM
+TILES = ((32, 512, 4), (16, 512, 4), (32, 256, 4), (64, 256, 4), (64, 128, 4), (16, 1024, 8))
 
 
 def _check(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor,
@@ -92,22 +92,31 @@ if TRITON_AVAILABLE:
             tl.store(out_ptr + n_out + n, (acc1 * scale + bias).to(out_ty), mask=n_ok)
 
 
+    _int8_gemv_autotuned = triton.autotune(
+        configs=[triton.Config({"BLOCK_N": n, "BLOCK_K": k}, num_warps=w) for n, k, w in TILES],
+        key=["n_out", "k_in", "M"],
+        do_bench=autotune_gpu_time,
+    )(_int8_gemv_kernel)
+
+
 def int8_gemv_triton(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor,
-                     bias: torch.Tensor | None) -> torch.Tensor:
-    """The Triton kernel (a CUDA device, or the interpreter)."""
+                     bias: torch.Tensor | None, tile: dict | None = None) -> torch.Tensor:
+    """The Triton kernel (a CUDA device, or the interpreter with a fixed ``tile``, e.g.
+    ``{"BLOCK_N": 32, "BLOCK_K": 512, "num_warps": 4}``; otherwise tuned)."""
     _check(x, qweight, scale, bias)
     rows, k_in = x.shape
     n_out = qweight.shape[0]
     x, qweight = x.contiguous(), qweight.contiguous()
     out = torch.empty(rows, n_out, device=x.device, dtype=x.dtype)
     scale = scale.float().contiguous()
-    grid = (triton.cdiv(n_out, BLOCK_N),)
-    with TRITON_LAUNCH_LOCK:
-        _int8_gemv_kernel[grid](
-            x, qweight, scale, scale if bias is None else bias.contiguous(), out,
-            n_out, k_in, x.stride(0), qweight.stride(0),
-            M=rows, HAS_BIAS=bias is not None, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, num_warps=4,
-        )
+
+    def grid(cfg):
+        return (triton.cdiv(n_out, cfg["BLOCK_N"]),)
+
+    args = (x, qweight, scale, scale if bias is None else bias.contiguous(), out,
+            n_out, k_in, x.stride(0), qweight.stride(0))
+    launch_triton(_int8_gemv_autotuned, grid, args, {"M": rows, "HAS_BIAS": bias is not None},
+                  tile)
     return out
 
 
