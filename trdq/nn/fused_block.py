@@ -37,10 +37,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from trdq.kernels.triton_gelu_quant import gelu_quant
 from trdq.kernels.triton_norm_quant import add_norm_modulate_quant
 from trdq.nn.attention import attend_projected, projected_attention_kernel
-from trdq.nn.fused_mlp import feed_forward_fusable
+from trdq.nn.fused_mlp import feed_forward_fusable, feed_forward_on_codes
 from trdq.nn.instance_forward import restore_forwards, set_forward
 from trdq.nn.quant_linear import QuantLinear
 
@@ -121,17 +120,13 @@ def _feed_forward(block, codes, row_scale, lead, dtype) -> torch.Tensor:
     of ``ff.net`` as diffusers runs them, or, where ``fuse_block_norms(gelu=True)`` found
     it possible, GELU and ``ff.net[2]``'s quantizer as one kernel between the two GEMMs
     (the GELU applied there whether or not it was moved into ``proj``)."""
-    proj = block.ff.net[0].proj
     if not (getattr(block, _FUSED_GELU, False) and not block.training):
+        proj = block.ff.net[0].proj
         out = block.ff.net[0].gelu(proj.forward_quantized(codes, row_scale, lead, dtype))
         for module in block.ff.net[1:]:
             out = module(out)
         return out
-    rows, out_layer = codes.shape[0], block.ff.net[2]
-    hidden = proj.forward_quantized(codes, row_scale, (rows,), dtype, activation=False)
-    out_scale = out_layer.producer_row_scale(rows)
-    return out_layer.forward_quantized(gelu_quant(hidden, 1.0 / out_scale), out_scale, lead,
-                                       dtype)
+    return feed_forward_on_codes(block.ff, codes, row_scale, lead, dtype)
 
 
 def _gelu_fusable(block: Any) -> bool:

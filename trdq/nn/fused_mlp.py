@@ -36,7 +36,7 @@ from trdq.kernels.triton_gelu_quant import cat_gelu_quant, gelu_quant
 from trdq.nn.instance_forward import restore_forwards, set_forward
 from trdq.nn.quant_linear import QuantLinear
 
-__all__ = ["feed_forward_fusable", "fuse_mlps", "unfuse_mlps"]
+__all__ = ["feed_forward_fusable", "feed_forward_on_codes", "fuse_mlps", "unfuse_mlps"]
 
 #: instance attribute that marks a module whose forward this module replaced
 _FUSED = "_trdq_fused_mlp"
@@ -79,6 +79,20 @@ def fused_feed_forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: 
     row_scale = out_layer.producer_row_scale(rows)
     return out_layer.forward_quantized(gelu_quant(hidden, 1.0 / row_scale), row_scale, lead,
                                        hidden_states.dtype)
+
+
+def feed_forward_on_codes(ff: nn.Module, codes: torch.Tensor, row_scale: torch.Tensor,
+                          lead: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """A fusable ``FeedForward`` (``feed_forward_fusable``) from the codes of its input,
+    quantized by the kernel before it with ``net[0].proj``'s ``row_scale``: that GEMM
+    without its GELU, then ``gelu_quant`` writes ``net[2]``'s codes. ``lead``: the output's
+    leading dimensions (``codes`` is ``[rows, features]``)."""
+    proj, out_layer = ff.net[0].proj, ff.net[2]
+    rows = codes.shape[0]
+    hidden = proj.forward_quantized(codes, row_scale, (rows,), dtype, activation=False)
+    out_scale = out_layer.producer_row_scale(rows)
+    return out_layer.forward_quantized(gelu_quant(hidden, 1.0 / out_scale), out_scale, lead,
+                                       dtype)
 
 
 def _single_block_fusable(module: nn.Module) -> bool:
