@@ -318,12 +318,13 @@ def _calibrate_static_attention(model: ServedModel, settings: Settings,
 
 def _fuse_blocks(model: ServedModel, setting: str | bool, device: torch.device) -> None:
     """The quantized blocks' fused entries (TRDQ_FUSED_BLOCK; auto: on CUDA): PixArt/Latte
-    and FLUX double-stream LayerNorm + modulate + quantizer (the latter not yet timed), the
-    feed-forwards' GELU + quantizer (FLUX, SD3, Wan, FLUX's single blocks' ``cat`` too) and, with TRDQ_ATTENTION=fp8-static (set before
+    LayerNorm + modulate + quantizer, the feed-forwards' GELU + quantizer (FLUX, SD3, Wan;
+    FLUX's single blocks' ``cat`` too) and, with TRDQ_ATTENTION=fp8-static (set before
     this), FLUX's attention prologue. FLUX.1-dev-1024 step on an H100: 91.1 -> 86.4 ms with
-    the last two (docs/bench/flux-dev-1024-fusions-h100.json). Blocks that do not allow it
-    (a config without static e4m3 scales) keep diffusers' forward; ``/info`` shows how
-    many were fused."""
+    the last two (docs/bench/flux-dev-1024-fusions-h100.json). FLUX's double-stream
+    LayerNorm entries (``trdq.nn.flux_block``) only with TRDQ_FUSED_BLOCK=1 until timed.
+    Blocks that do not allow it (a config without static e4m3 scales) keep diffusers'
+    forward; ``/info`` shows how many were fused."""
     if not (device.type == "cuda" if setting == "auto" else setting):
         model.info["fused_blocks"] = model.info["fused_mlps"] = 0
         model.info["fused_attention_prologues"] = 0
@@ -333,8 +334,9 @@ def _fuse_blocks(model: ServedModel, setting: str | bool, device: torch.device) 
     from trdq.nn.fused_block import fuse_block_norms
     from trdq.nn.fused_mlp import fuse_mlps
 
-    model.info["fused_blocks"] = (fuse_block_norms(model.pipe.transformer, gelu=True)
-                                  + fuse_flux_blocks(model.pipe.transformer))
+    model.info["fused_blocks"] = fuse_block_norms(model.pipe.transformer, gelu=True)
+    if setting != "auto":  # not yet timed on a GPU: only where asked for
+        model.info["fused_blocks"] += fuse_flux_blocks(model.pipe.transformer)
     model.info["fused_mlps"] = fuse_mlps(model.pipe.transformer)
     model.info["fused_attention_prologues"] = fuse_flux_attention(model.pipe.transformer)
 

@@ -40,9 +40,8 @@ def test_fused_blocks_serve_images_as_close_to_full_precision_as_unfused_ones(tm
 
 
 def test_auto_fuses_the_flux_feed_forwards_on_cuda_only():
-    """TRDQ_FUSED_BLOCK=auto on a CUDA worker gives FLUX's double-stream blocks their fused
-    feed-forward entries and the feed-forwards and single blocks their GELU + quantizer
-    kernels (timed on an H100: docs/bench/flux-dev-1024-fusions-h100
+    """TRDQ_FUSED_BLOCK=auto on a CUDA worker gives FLUX's feed-forwards and single blocks
+    their GELU + quantizer kernels (timed on an H100: docs/bench/flux-dev-1024-fusions-h100
     .json); on the CPU nothing changes. The device is only read, so a CPU model stands in."""
     from types import SimpleNamespace
 
@@ -60,5 +59,24 @@ def test_auto_fuses_the_flux_feed_forwards_on_cuda_only():
     assert on_cpu.info == {"fused_blocks": 0, "fused_mlps": 0, "fused_attention_prologues": 0}
     _fuse_blocks(on_cuda, "auto", torch.device("cuda"))
     assert on_cuda.info["fused_mlps"] == 6  # two double blocks x (image, text), two single
-    assert on_cuda.info["fused_blocks"] == 2  # the double-stream blocks' entries
+    assert on_cuda.info["fused_blocks"] == 0  # the double-stream entries: only with "1"
     assert on_cuda.info["fused_attention_prologues"] == 0  # SDPA: no static FP8 attention
+
+
+def test_an_explicit_setting_also_fuses_the_flux_double_stream_entries():
+    """TRDQ_FUSED_BLOCK=1: the double-stream blocks' LayerNorm entries too (not yet timed on
+    a GPU, so not under auto); on the CPU their reference path."""
+    from types import SimpleNamespace
+
+    from server.engine.models import _fuse_blocks
+    from tests.integrations.family_helpers import fast_family
+    from trdq import api
+    from trdq.testing.tiny import TINY_PROMPTS
+    from trdq.testing.tiny_families import tiny_flux_pipeline
+
+    pipe = tiny_flux_pipeline()
+    api.quantize(pipe, fast_family("fp8-norot"), backend="reference", progress=False,
+                 calibration_prompts=TINY_PROMPTS)
+    model = SimpleNamespace(pipe=pipe, info={})
+    _fuse_blocks(model, True, torch.device("cpu"))
+    assert model.info["fused_blocks"] == 2 and model.info["fused_mlps"] == 6
