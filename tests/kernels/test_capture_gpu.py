@@ -72,6 +72,8 @@ def test_a_failed_capture_gives_the_thread_its_stream_back():
             torch.cuda.synchronize()  # not permitted while capturing
         assert torch.cuda.current_stream() == before
         assert torch.cuda.current_device() == 0
+        # the default generator left capture mode: eager random draws work
+        torch.randn(4, device=device)
         _capture_and_replay(device)  # the thread captures and runs normally afterwards
 
 

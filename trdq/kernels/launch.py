@@ -19,10 +19,14 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
+import logging
 import threading
+import warnings
 from typing import Any
 
 import torch
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "TRITON_LAUNCH_LOCK",
@@ -84,7 +88,8 @@ def capture_graph(graph: torch.cuda.CUDAGraph, device: torch.device, pool=None):
     per device, one capture at a time (``TRITON_LAUNCH_LOCK``), and ``thread_local`` capture
     mode, so the other GPUs' workers keep calling CUDA meanwhile. A capture that fails
     leaves ``torch.cuda.graph`` inside its stream context (its exit raises before leaving
-    it): this thread's current device and stream are restored, so the caller can go on
+    it): this thread's current device and stream are restored, and the CUDA generators
+    told the capture is over (``_end_generator_capture``), so the caller can go on
     eagerly."""
     with TRITON_LAUNCH_LOCK:
         stream = _CAPTURE_STREAMS.get(device)
@@ -98,7 +103,30 @@ def capture_graph(graph: torch.cuda.CUDAGraph, device: torch.device, pool=None):
         except BaseException:
             torch.cuda.set_stream(prior_stream)
             torch.cuda.set_device(prior_device)
+            _end_generator_capture(stream, prior_device, prior_stream)
             raise
+
+
+def _end_generator_capture(stream, prior_device, prior_stream) -> None:
+    """After a failed capture: one empty capture that succeeds.
+
+    Why: ``CUDAGraph.capture_end`` raises on a failed capture before it ends the CUDA
+    generators' capture, so the default generator stays in capture mode and every later
+    eager random draw from it fails ("Offset increment outside graph capture encountered
+    unexpectedly": seen on an H100, in the tests after a capture that had failed). A
+    capture that succeeds ends it. If even that fails, the error is logged: the caller's
+    own error is the one to raise."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "the CUDA graph is empty"
+            with torch.cuda.graph(torch.cuda.CUDAGraph(), stream=stream,
+                                  capture_error_mode="thread_local"):
+                pass
+    except Exception:
+        torch.cuda.set_stream(prior_stream)
+        torch.cuda.set_device(prior_device)
+        logger.warning("could not end the CUDA generators' capture after a failed one",
+                       exc_info=True)
 
 
 def autotune_gpu_time(kernel_call, quantiles, rep_ms: float = 20.0, replays: int = 10):
