@@ -419,9 +419,11 @@ def test_add_norm_modulate_quant_kernel_matches_reference(with_branch, with_gate
     batch, tokens = 2, 3
     x = (torch.randn(batch, tokens, dim, generator=g) * 3).to(torch.bfloat16)
     branch = torch.randn(batch, tokens, dim, generator=g).to(torch.bfloat16) if with_branch else None
-    gate = torch.randn(batch, 1, dim, generator=g).to(torch.bfloat16) if with_gate else None
-    shift = torch.randn(batch, 1, dim, generator=g).to(torch.bfloat16) * 0.1
-    scale = torch.randn(batch, 1, dim, generator=g).to(torch.bfloat16) * 0.1
+    # chunks of one adaLN output, as the blocks pass them: [B, 1, D] at a stride of 3 D
+    table = (torch.randn(batch, 3, dim, generator=g) * 0.1).to(torch.bfloat16)
+    gate, shift, scale = table.chunk(3, dim=1)
+    gate = gate * 10 if with_gate else None  # a contiguous one: both layouts are read
+    assert shift.stride(0) == 3 * dim and not shift.is_contiguous()
     inverse = torch.rand(batch * tokens, generator=g) * 40 + 10
     residual, values = nq.add_norm_modulate_quant_triton(
         x, branch, gate, shift, scale, inverse, 1e-6, out_dtype=torch.float32)

@@ -102,11 +102,12 @@ if TRITON_AVAILABLE:
     @triton.jit
     def _add_norm_modulate_quant_kernel(
         x_ptr, branch_ptr, gate_ptr, shift_ptr, scale_ptr, inverse_ptr, residual_ptr, q_ptr,
-        tokens, dim, eps,
+        tokens, dim, eps, gate_stride, shift_stride, scale_stride,
         BLOCK: tl.constexpr, HAS_BRANCH: tl.constexpr, HAS_GATE: tl.constexpr,
         E4M3: tl.constexpr,
     ):
-        """One program per row: the whole row in registers, read once."""
+        """One program per row: the whole row in registers, read once. The modulation
+        vectors are read at their samples' strides (chunks of one adaLN output)."""
         row = tl.program_id(0)
         sample = row // tokens
         cols = tl.arange(0, BLOCK)
@@ -116,15 +117,18 @@ if TRITON_AVAILABLE:
         if HAS_BRANCH:
             b = tl.load(branch_ptr + offs, mask=mask, other=0.0).to(tl.float32)
             if HAS_GATE:
-                b = b * tl.load(gate_ptr + sample * dim + cols, mask=mask, other=0.0).to(tl.float32)
+                gate = tl.load(gate_ptr + sample * gate_stride + cols, mask=mask, other=0.0)
+                b = b * gate.to(tl.float32)
             h_stored = (h + b).to(residual_ptr.dtype.element_ty)
             tl.store(residual_ptr + offs, h_stored, mask=mask)
             h = h_stored.to(tl.float32)  # normalize the residual as stored, as the block does
         mean = tl.sum(h, axis=0) / dim
         centred = tl.where(mask, h - mean, 0.0)
         rstd = tl.rsqrt(tl.sum(centred * centred, axis=0) / dim + eps)
-        mod_scale = tl.load(scale_ptr + sample * dim + cols, mask=mask, other=0.0).to(tl.float32)
-        mod_shift = tl.load(shift_ptr + sample * dim + cols, mask=mask, other=0.0).to(tl.float32)
+        mod_scale = tl.load(scale_ptr + sample * scale_stride + cols, mask=mask,
+                            other=0.0).to(tl.float32)
+        mod_shift = tl.load(shift_ptr + sample * shift_stride + cols, mask=mask,
+                            other=0.0).to(tl.float32)
         y = centred * rstd * (1.0 + mod_scale) + mod_shift
         v = y * tl.load(inverse_ptr + row)
         v = tl.minimum(tl.maximum(v, -E4M3), E4M3)
@@ -149,19 +153,25 @@ def add_norm_modulate_quant_triton(
     residual = torch.empty_like(x) if branch is not None else _no_residual(x)
     q = torch.empty(rows, dim, device=x.device, dtype=out_dtype)
     dummy = x  # an unread pointer where an optional input is absent
+    gate_rows, gate_stride = (dummy, 0) if gate is None else _per_sample(gate, batch, dim)
+    shift_rows, shift_stride = _per_sample(shift, batch, dim)
+    scale_rows, scale_stride = _per_sample(scale, batch, dim)
     with TRITON_LAUNCH_LOCK:
         _add_norm_modulate_quant_kernel[(rows,)](
             x,
             dummy if branch is None else branch.contiguous(),
-            dummy if gate is None else gate.contiguous(),
-            shift.contiguous(),
-            scale.contiguous(),
+            gate_rows,
+            shift_rows,
+            scale_rows,
             inverse_row_scale.float().contiguous(),
             residual if branch is not None else dummy,
             q,
             tokens,
             dim,
             eps,
+            gate_stride,
+            shift_stride,
+            scale_stride,
             BLOCK=next_pow2(dim),
             HAS_BRANCH=branch is not None,
             HAS_GATE=gate is not None,
@@ -169,6 +179,17 @@ def add_norm_modulate_quant_triton(
             num_warps=4 if dim <= 2048 else 8,
         )
     return residual, q
+
+
+def _per_sample(vector: torch.Tensor, batch: int, dim: int) -> tuple[torch.Tensor, int]:
+    """A modulation vector per sample as ``[batch, dim]`` with contiguous channels, and its
+    sample stride. The blocks pass chunks of one adaLN output (``[B, 1, D]`` views at a
+    stride of ``6 D``): read in place, where copying each made a launch of its own (PixArt
+    on an H100: ~114 small copy kernels a step)."""
+    rows = vector.reshape(batch, dim)  # a view where the chunk's layout allows it
+    if rows.stride(-1) != 1:
+        rows = rows.contiguous()
+    return rows, rows.stride(0)
 
 
 def _add_norm_modulate_quant(
