@@ -81,12 +81,13 @@ def fused_feed_forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: 
                                        hidden_states.dtype)
 
 
-def feed_forward_on_codes(ff: nn.Module, codes: torch.Tensor, row_scale: torch.Tensor,
+def feed_forward_on_codes(ff: Any, codes: torch.Tensor, row_scale: torch.Tensor,
                           lead: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     """A fusable ``FeedForward`` (``feed_forward_fusable``) from the codes of its input,
     quantized by the kernel before it with ``net[0].proj``'s ``row_scale``: that GEMM
     without its GELU, then ``gelu_quant`` writes ``net[2]``'s codes. ``lead``: the output's
-    leading dimensions (``codes`` is ``[rows, features]``)."""
+    leading dimensions (``codes`` is ``[rows, features]``; ``ff`` read as dynamically as
+    diffusers' own code)."""
     proj, out_layer = ff.net[0].proj, ff.net[2]
     rows = codes.shape[0]
     hidden = proj.forward_quantized(codes, row_scale, (rows,), dtype, activation=False)
