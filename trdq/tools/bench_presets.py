@@ -261,7 +261,7 @@ def _zoo_preset(name: str) -> BenchPreset:
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
-    # the real size is read from the loaded pipeline in bench.py (resolve_zoo_geometry)
+    # the real size is read from the loaded pipeline in bench_runner.py (resolve_zoo_geometry)
     return BenchPreset(
         name=name,
         build=build,

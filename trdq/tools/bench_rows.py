@@ -15,8 +15,9 @@ calibration prompts first, ``trdq.api.calibrate_attention``), ``+t5int8`` / ``+t
 ``+t5cg`` also replays them from CUDA graphs),
 ``+multikernel`` (Inductor's ``triton.multi_kernel``, which also generates a persistent
 variant of each row reduction and keeps the faster), ``+fusednorm`` (the blocks'
-LayerNorm entries through ``trdq.nn.fused_block``; ``+fusedff`` also its GELU kernel, and
-FLUX/SD3/Wan MLPs' GELU + quantizer through ``trdq.nn.fused_mlp``),
+LayerNorm entries through ``trdq.nn.fused_block``; ``+fusedff`` also its GELU kernel,
+FLUX/SD3/Wan MLPs' GELU + quantizer through ``trdq.nn.fused_mlp`` and FLUX's double-stream
+feed-forward entries through ``trdq.nn.flux_block``),
 ``+tritoncast`` (with ``+fp8staticattn``: the Q/K/V casts as one Triton launch) and
 ``+fusedrope`` (with ``+fp8staticattn``: FLUX's q/k norms, rotary embedding and casts as
 one launch, ``trdq.nn.flux_attention``) after all the others, in any order.

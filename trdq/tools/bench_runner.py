@@ -178,12 +178,14 @@ class _Runner:
         elif kind not in ("bf16", "fp32"):
             info["quantize"] = self._quantize(kind)
         if fused_norm:
+            from trdq.nn.flux_block import fuse_flux_blocks
             from trdq.nn.fused_block import fuse_block_norms
             from trdq.nn.fused_mlp import fuse_mlps
 
             info["fused_norm_blocks"] = fuse_block_norms(transformer, gelu=fused_gelu)
             if fused_gelu:
                 info["fused_mlps"] = fuse_mlps(transformer)
+                info["fused_norm_blocks"] += fuse_flux_blocks(transformer)
             if not (info["fused_norm_blocks"] or info.get("fused_mlps")):
                 raise ValueError(f"{FUSED_FF if fused_gelu else FUSED_NORM}: no block of this "
                                  "denoiser can be fused (layers quantized with fp8-norot: "
