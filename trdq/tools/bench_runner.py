@@ -60,8 +60,7 @@ from trdq.tools.bench_variants import (
     profile_text_encoder,
 )
 
-# the name the row lines were always logged under (`trdq bench`'s log format shows it)
-logger = logging.getLogger("trdq.tools.bench")
+logger = logging.getLogger(__name__)
 
 
 class _Runner:
