@@ -12,9 +12,9 @@ LayerNorm, modulate and quantizer are one pass over the rows
 (``trdq.kernels.triton_norm_quant``, as in PixArt's blocks: ``trdq.nn.fused_block``) and
 the feed-forward runs on its codes, with GELU and ``net[2]``'s quantizer as one kernel
 between its GEMMs (``fused_mlp.feed_forward_on_codes``). Inductor's kernels for this entry
-took 2.3 ms of an 86.4 ms FLUX.1-dev-1024 step on an H100 (38 launches, ~60 us each,
-``docs/bench/flux-dev-1024-fusions-h100.json``); the hand-written kernel ran twice
-Inductor's speed at Latte's shape.
+are, by their names, the two 19-launch LayerNorm reductions of the 86.4 ms FLUX.1-dev-1024
+step on an H100 (0.73 + 0.20 ms, ``docs/bench/flux-dev-1024-fusions-h100.json``): a small
+gain; the hand-written kernel ran twice Inductor's speed at Latte's shape.
 
 ``fuse_flux_blocks`` gives each eligible block this forward (the instance's ``forward``;
 names, parameters and state dicts unchanged). Eligible: ``FluxTransformerBlock`` whose
