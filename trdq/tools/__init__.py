@@ -1,9 +1,11 @@
 """The tools: measuring, evaluating and training, outside the served path.
 
-- ``bench`` (with ``bench_presets``, ``bench_family_presets``, ``bench_variants``,
-  ``bench_memory``, ``bench_report``): ``trdq bench``, speed and memory rows;
+- ``bench`` (with ``bench_rows``, ``bench_runner``, ``bench_measure``, ``bench_notes``,
+  ``bench_presets``, ``bench_family_presets``, ``bench_variants``, ``bench_memory``,
+  ``bench_report``): ``trdq bench``, speed and memory rows;
   ``python -m trdq.tools.bench_report`` renders docs/BENCHMARKS.md from the records;
-- ``eval_cli``: ``trdq eval``, the shapes quality benchmark (the metrics stay in
+- ``eval_cli`` (with ``eval_settings``, ``eval_runner``, ``eval_notes``,
+  ``eval_markdown``): ``trdq eval``, the shapes quality benchmark (the metrics stay in
   ``trdq.eval``);
 - ``loadtest``, ``loadsuite``: ``trdq loadtest`` and ``trdq loadsuite``, load on loopback
   servers;
