@@ -184,8 +184,8 @@ def add_norm_modulate_quant_triton(
 def _per_sample(vector: torch.Tensor, batch: int, dim: int) -> tuple[torch.Tensor, int]:
     """A modulation vector per sample as ``[batch, dim]`` with contiguous channels, and its
     sample stride. The blocks pass chunks of one adaLN output (``[B, 1, D]`` views at a
-    stride of ``6 D``): read in place, where copying each made a launch of its own (PixArt
-    on an H100: ~114 small copy kernels a step)."""
+    stride of ``6 D``): read in place, where copying each made a launch of its own (five a
+    PixArt block: likely most of the 114 small copy kernels of an H100 step's graph)."""
     rows = vector.reshape(batch, dim)  # a view where the chunk's layout allows it
     if rows.stride(-1) != 1:
         rows = rows.contiguous()
