@@ -413,3 +413,14 @@ def test_native_unpack_int4_matches_the_primitive():
         pytest.skip("no C compiler here: cpu_int8 runs its torch ops")
     every = torch.arange(256, dtype=torch.uint8).repeat(37, 3)
     assert torch.equal(cpu_native.unpack_int4(every), P.unpack_int4(every))
+
+
+def test_the_small_kernels_microbenchmark_asks_for_a_gpu(capsys):
+    """``python -m trdq.kernels.microbench_small`` times CUDA kernels: without a GPU it
+    says so and exits 2 (its shapes run on the GPU machine)."""
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: the microbenchmark would run")
+    from trdq.kernels import microbench_small
+
+    assert microbench_small.main([]) == 2
+    assert "needs CUDA" in capsys.readouterr().err

@@ -1,0 +1,118 @@
+"""Microbenchmarks of the small memory-bound kernels against what they replace
+(``python -m trdq.kernels.microbench_small``): one GPU call of about a minute instead of
+a pipeline bench, for kernels written without a GPU.
+
+- ``int8_gemv`` (``trdq.kernels.triton_gemv``) at FLUX.1-dev's adaLN shapes, one and two
+  rows: against dequantize + ``F.linear`` (eager ``WeightOnlyLinear``) and against the
+  compiled reduction (``WeightOnlyLinear._reduced_forward`` under torch.compile).
+- ``attention_inputs_e4m3`` (``trdq.kernels.triton_attention_quant``) on PixArt-1024's
+  and Latte's fused projection outputs: against the torch ops Inductor fuses
+  (``fa3_attention.quantize_attention_inputs``, compiled).
+
+Median ms per call (CUDA events via ``triton.testing.do_bench``), GB/s of the bytes each
+must move, and the largest difference to the reference. Prints a table and writes JSON to
+``--json`` after each shape (partial results survive a time limit).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+import torch
+
+from trdq.kernels.microbench import _bench, _report
+
+#: (name, rows, K, N) of the adaLN projections: FLUX.1-dev double / single blocks
+GEMV_SHAPES = [
+    ("flux.double.adaln", 1, 3072, 18432),
+    ("flux.single.adaln", 1, 3072, 9216),
+    ("cfg.pair.adaln", 2, 3072, 18432),
+]
+#: (name, batch, tokens, heads, head dim) of the self-attention inputs
+ATTENTION_CAST_SHAPES = [
+    ("pixart1024.attn1", 2, 4096, 16, 72),
+    ("latte512.frames", 32, 1024, 16, 72),
+]
+
+
+def gemv_rows(rows: int, k: int, n: int) -> dict[str, float]:
+    from trdq.kernels.triton_gemv import int8_gemv_reference, int8_gemv_triton
+    from trdq.nn.weight_only import WeightOnlyLinear
+
+    layer = WeightOnlyLinear(torch.nn.Linear(k, n), 8).cuda()
+    x = torch.randn(rows, k, device="cuda").bfloat16()
+    assert layer.bias is not None  # nn.Linear's default
+    bias = layer.bias.bfloat16()
+    scale = layer.scale[:, 0]
+    reduced = torch.compile(lambda t: layer._reduced_forward(t, bias))
+    weight_bytes = n * k
+    out = {
+        "dequant_linear": _bench(lambda: torch.nn.functional.linear(
+            x, layer.dequantized_weight(x.dtype), bias)),
+        "compiled_reduction": _bench(lambda: reduced(x)),
+        "int8_gemv": _bench(lambda: int8_gemv_triton(x, layer.qweight, scale, bias)),
+    }
+    out["int8_gemv_GBps"] = weight_bytes / out["int8_gemv"] / 1e6
+    out["compiled_reduction_GBps"] = weight_bytes / out["compiled_reduction"] / 1e6
+    ref = int8_gemv_reference(x, layer.qweight, scale, bias).float()
+    out["max_abs_diff"] = (int8_gemv_triton(x, layer.qweight, scale, bias).float()
+                           - ref).abs().max().item()
+    return out
+
+
+def attention_cast_rows(batch: int, tokens: int, heads: int, dim: int) -> dict[str, float]:
+    from trdq.kernels import fa3_attention as fa3
+    from trdq.kernels.triton_attention_quant import attention_inputs_e4m3_triton, padded_head_dim
+
+    qkv = torch.randn(batch, tokens, 3 * heads * dim, device="cuda").bfloat16() * 3
+    q, k, v = (t.view(batch, tokens, heads, dim) for t in qkv.chunk(3, dim=-1))
+    stats = fa3.attention_input_stats(q, k, v)
+    scales, means = fa3.stacked_scales_and_means(stats)
+    torch_ops = torch.compile(lambda a, b, c: fa3.quantize_attention_inputs(a, b, c, stats)[0])
+    moved = qkv.numel() * 2 + 3 * batch * tokens * heads * padded_head_dim(dim)
+    out = {
+        "inductor_casts": _bench(lambda: torch_ops(q, k, v)),
+        "one_launch": _bench(lambda: attention_inputs_e4m3_triton(q, k, v, scales, means)),
+    }
+    out["one_launch_GBps"] = moved / out["one_launch"] / 1e6
+    out["inductor_casts_GBps"] = moved / out["inductor_casts"] / 1e6
+    ours = attention_inputs_e4m3_triton(q, k, v, scales, means)
+    theirs = torch.stack(list(fa3.quantize_attention_inputs(q, k, v, stats)[0]))
+    out["codes_diff_fraction"] = (ours.float() != theirs.float()).float().mean().item()
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", help="write all numbers here")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("microbench_small needs CUDA", file=sys.stderr)
+        return 2
+    import triton
+
+    result: dict[str, Any] = {"device": torch.cuda.get_device_name(),
+                              "torch": torch.__version__, "triton": triton.__version__,
+                              "what": __doc__.split("\n\n")[1], "int8_gemv": {},
+                              "attention_casts": {}}
+
+    def save() -> None:
+        if args.json:
+            with open(args.json, "w") as fh:
+                json.dump(result, fh, indent=1)
+
+    for name, rows, k, n in GEMV_SHAPES:
+        _report(result["int8_gemv"], f"{name} M={rows} K={k} N={n}", gemv_rows(rows, k, n))
+        save()
+    for name, batch, tokens, heads, dim in ATTENTION_CAST_SHAPES:
+        _report(result["attention_casts"], f"{name} B={batch} S={tokens} H={heads} D={dim}",
+                attention_cast_rows(batch, tokens, heads, dim))
+        save()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
