@@ -199,10 +199,11 @@ def test_bench_multikernel_row_sets_inductors_switch_for_that_row_only(tmp_path,
 
 def test_bench_fusednorm_row_fuses_the_quantized_blocks(tmp_path):
     """`+fusednorm` gives the quantized denoiser's blocks the fused feed-forward entry; a
-    row whose blocks cannot take it fails with the reason."""
+    row whose blocks cannot take it (or FLUX's, `+fluxentry`) fails with the reason."""
     out = tmp_path / "b.json"
-    rc = _bench_cpu(out, "fp8-norot-eager+fusednorm,fp8-norot-eager+fusedff,bf16-eager+fusednorm",
-                    "--no-markdown",
+    rows = ("fp8-norot-eager+fusednorm,fp8-norot-eager+fusedff,bf16-eager+fusednorm,"
+            "fp8-norot-eager+fluxentry")
+    rc = _bench_cpu(out, rows, "--no-markdown",
                     "--runs", "1", "--step-runs", "1", "--warmup", "0", "--scopes",
                     "denoiser_step", "--cache-dir", str(tmp_path / "cache"))
     assert rc == 0  # a failed row is reported in the details; the run goes on
@@ -210,6 +211,8 @@ def test_bench_fusednorm_row_fuses_the_quantized_blocks(tmp_path):
     assert details["rows"]["fp8-norot-eager+fusednorm"]["fused_norm_blocks"] > 0
     assert details["rows"]["fp8-norot-eager+fusedff"]["fused_norm_blocks"] > 0
     assert "no block of this denoiser can be fused" in details["errors"]["bf16-eager+fusednorm"]
+    # the tiny preset is PixArt-like: no FLUX double-stream block
+    assert "no FLUX double-stream block" in details["errors"]["fp8-norot-eager+fluxentry"]
 
 
 @pytest.mark.parametrize("act_dtype", ["fp32", pytest.param("auto", marks=pytest.mark.slow)])

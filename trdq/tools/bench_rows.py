@@ -15,9 +15,10 @@ calibration prompts first, ``trdq.api.calibrate_attention``), ``+t5int8`` / ``+t
 ``+t5cg`` also replays them from CUDA graphs),
 ``+multikernel`` (Inductor's ``triton.multi_kernel``, which also generates a persistent
 variant of each row reduction and keeps the faster), ``+fusednorm`` (the blocks'
-LayerNorm entries through ``trdq.nn.fused_block``; ``+fusedff`` also its GELU kernel,
-FLUX/SD3/Wan MLPs' GELU + quantizer through ``trdq.nn.fused_mlp`` and FLUX's double-stream
-feed-forward entries through ``trdq.nn.flux_block``),
+LayerNorm entries through ``trdq.nn.fused_block``; ``+fusedff`` also its GELU kernel and
+FLUX/SD3/Wan MLPs' GELU + quantizer through ``trdq.nn.fused_mlp``: what the server fuses
+under ``TRDQ_FUSED_BLOCK=auto``), ``+fluxentry`` (FLUX's double-stream feed-forward
+entries through ``trdq.nn.flux_block``, served only with ``TRDQ_FUSED_BLOCK=1``),
 ``+tritoncast`` (with ``+fp8staticattn``: the Q/K/V casts as one Triton launch) and
 ``+fusedrope`` (with ``+fp8staticattn``: FLUX's q/k norms, rotary embedding and casts as
 one launch, ``trdq.nn.flux_attention``) after all the others, in any order.
@@ -28,6 +29,7 @@ from __future__ import annotations
 import torch
 
 __all__ = [
+    "FLUX_ENTRY",
     "FUSED_FF",
     "FUSED_NORM",
     "FUSED_ROPE",
@@ -63,6 +65,9 @@ FUSED_NORM = "+fusednorm"
 #: row suffix, written last: ``+fusednorm`` and the feed-forward's GELU + quantizer kernel
 #: (PixArt/Latte through ``fuse_block_norms``; FLUX/SD3/Wan MLPs through ``fuse_mlps``)
 FUSED_FF = "+fusedff"
+#: row suffix, written last: FLUX's double-stream feed-forward entries (residual add,
+#: LayerNorm, modulate, quantizer) as one kernel each (``trdq.nn.flux_block``)
+FLUX_ENTRY = "+fluxentry"
 #: row suffix, written last: static FP8 attention's Q/K/V casts as one Triton launch
 #: (``trdq.kernels.triton_attention_quant``) instead of Inductor's three kernels
 TRITON_CAST = "+tritoncast"

@@ -42,6 +42,7 @@ from trdq.tools.bench_measure import BenchResult, component_bytes, sync, time_ca
 from trdq.tools.bench_memory import StagePeaks, graph_pool_idle_bytes
 from trdq.tools.bench_presets import BenchPreset, resolve_zoo_geometry
 from trdq.tools.bench_rows import (
+    FLUX_ENTRY,
     FUSED_FF,
     FUSED_NORM,
     FUSED_ROPE,
@@ -105,10 +106,11 @@ class _Runner:
     def _prepare(self, row: str) -> dict[str, Any]:
         info: dict[str, Any] = {}
         dtype = self._dtype_for(row)
-        # "+multikernel", "+fusednorm", "+fusedff", "+tritoncast", "+fusedrope": after all
-        # the others
+        # "+multikernel", "+fusednorm", "+fusedff", "+fluxentry", "+tritoncast", "+fusedrope":
+        # after all the others
         last: set[str] = set()
-        while row.endswith((MULTI_KERNEL, FUSED_NORM, FUSED_FF, TRITON_CAST, FUSED_ROPE)):
+        while row.endswith((MULTI_KERNEL, FUSED_NORM, FUSED_FF, FLUX_ENTRY, TRITON_CAST,
+                            FUSED_ROPE)):
             row, _, suffix = row.rpartition("+")
             last.add("+" + suffix)
         if MULTI_KERNEL in last:
@@ -176,15 +178,20 @@ class _Runner:
             info["swapped_linears"] = apply_fp8_swap(transformer)
         elif kind not in ("bf16", "fp32"):
             info["quantize"] = self._quantize(kind)
-        if fused_norm:
+        if FLUX_ENTRY in last:
             from trdq.nn.flux_block import fuse_flux_blocks
+
+            info["fused_flux_blocks"] = fuse_flux_blocks(transformer)
+            if not info["fused_flux_blocks"]:
+                raise ValueError(f"{FLUX_ENTRY}: no FLUX double-stream block can be fused "
+                                 "(layers quantized with fp8-norot)")
+        if fused_norm:
             from trdq.nn.fused_block import fuse_block_norms
             from trdq.nn.fused_mlp import fuse_mlps
 
             info["fused_norm_blocks"] = fuse_block_norms(transformer, gelu=fused_gelu)
             if fused_gelu:
                 info["fused_mlps"] = fuse_mlps(transformer)
-                info["fused_norm_blocks"] += fuse_flux_blocks(transformer)
             if not (info["fused_norm_blocks"] or info.get("fused_mlps")):
                 raise ValueError(f"{FUSED_FF if fused_gelu else FUSED_NORM}: no block of this "
                                  "denoiser can be fused (layers quantized with fp8-norot: "
