@@ -101,10 +101,15 @@ def capture_graph(graph: torch.cuda.CUDAGraph, device: torch.device, pool=None):
                                   capture_error_mode="thread_local"):
                 yield
         except BaseException:
-            torch.cuda.set_stream(prior_stream)
-            torch.cuda.set_device(prior_device)
+            _give_back(prior_device, prior_stream)
             _end_generator_capture(stream, prior_device, prior_stream)
             raise
+
+
+def _give_back(device: int, stream) -> None:
+    """This thread's current device and stream as they were before a capture."""
+    torch.cuda.set_stream(stream)
+    torch.cuda.set_device(device)
 
 
 def _end_generator_capture(stream, prior_device, prior_stream) -> None:
@@ -123,8 +128,7 @@ def _end_generator_capture(stream, prior_device, prior_stream) -> None:
                                   capture_error_mode="thread_local"):
                 pass
     except Exception:
-        torch.cuda.set_stream(prior_stream)
-        torch.cuda.set_device(prior_device)
+        _give_back(prior_device, prior_stream)
         logger.warning("could not end the CUDA generators' capture after a failed one",
                        exc_info=True)
 

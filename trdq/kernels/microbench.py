@@ -49,7 +49,7 @@ WIDE_ROTATE_QUANT_SHAPES = [
 ]
 
 
-def _bench(fn, warmup=25, rep=100) -> float:
+def bench_ms(fn, warmup=25, rep=100) -> float:
     """Median ms; NaN (with the error logged) when a variant fails, so one broken
     variant does not hide the others' numbers."""
     import triton.testing
@@ -65,15 +65,15 @@ def ceilings() -> dict[str, float]:
     n = 1 << 28  # 512 MiB of bf16 copied
     src = torch.randn(n, device="cuda", dtype=torch.bfloat16)
     dst = torch.empty_like(src)
-    ms = _bench(lambda: dst.copy_(src))
+    ms = bench_ms(lambda: dst.copy_(src))
     out = {"copy_TBps": 2 * n * 2 / ms / 1e9}
     a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
     b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
-    ms = _bench(lambda: a @ b)
+    ms = bench_ms(lambda: a @ b)
     out["bf16_TFLOPs"] = 2 * 8192**3 / ms / 1e9
     a8, b8 = a.to(torch.float8_e4m3fn), b.to(torch.float8_e4m3fn)
     one = torch.ones(8192, 1, device="cuda")
-    ms = _bench(
+    ms = bench_ms(
         lambda: torch._scaled_mm(a8, b8.t(), scale_a=one, scale_b=one.t(), out_dtype=torch.bfloat16)
     )
     out["fp8_rowwise_TFLOPs"] = 2 * 8192**3 / ms / 1e9
@@ -111,8 +111,8 @@ def shape_rows(name: str, m: int, k: int, n: int) -> dict[str, float]:
         )
 
     r: dict[str, float] = {}
-    r["bf16_linear"] = _bench(lambda: torch.nn.functional.linear(x, w, bias))
-    r["fp8_scaled_mm"] = _bench(
+    r["bf16_linear"] = bench_ms(lambda: torch.nn.functional.linear(x, w, bias))
+    r["fp8_scaled_mm"] = bench_ms(
         lambda: torch._scaled_mm(
             xq,
             w8.t(),
@@ -122,30 +122,30 @@ def shape_rows(name: str, m: int, k: int, n: int) -> dict[str, float]:
             out_dtype=torch.bfloat16,
         )
     )
-    r["rq_fwht_dyn"] = _bench(lambda: rotate_quant_triton(x, rotation_block=blk))
+    r["rq_fwht_dyn"] = bench_ms(lambda: rotate_quant_triton(x, rotation_block=blk))
     mean = torch.empty(m, device=x.device)
-    r["rq_center_dyn"] = _bench(
+    r["rq_center_dyn"] = bench_ms(
         lambda: rotate_quant_triton(x, rotation_block=blk, center_out=mean))
-    r["rq_fwht_static"] = _bench(
+    r["rq_fwht_static"] = bench_ms(
         lambda: rotate_quant_triton(x, rotation_block=blk, row_scale=row_scale))
-    r["rq_dot_dyn"] = _bench(lambda: rotate_quant_triton(x, rotation_block=blk, use_dot=True))
-    r["rq_noro_dyn"] = _bench(lambda: rotate_quant_triton(x, rotation_block=None))
+    r["rq_dot_dyn"] = bench_ms(lambda: rotate_quant_triton(x, rotation_block=blk, use_dot=True))
+    r["rq_noro_dyn"] = bench_ms(lambda: rotate_quant_triton(x, rotation_block=None))
     clip = torch.ones(m, device=x.device)
     kw: dict[str, Any] = {"rotation_block": blk, "clip_ratio": clip}
-    r["fp8_linear_op"] = _bench(lambda: ops.fp8_linear(x, w8, s8, bias, **kw))
-    r["fp8_linear_op_static"] = _bench(
+    r["fp8_linear_op"] = bench_ms(lambda: ops.fp8_linear(x, w8, s8, bias, **kw))
+    r["fp8_linear_op_static"] = bench_ms(
         lambda: ops.fp8_linear(x, w8, s8, bias, row_scale=row_scale, **kw)
     )
-    r["fp8_unfused_torch"] = _bench(unfused_fp8)
+    r["fp8_unfused_torch"] = bench_ms(unfused_fp8)
     if k % 128 == 0:
-        r["w4a8_gemm_int8act"] = _bench(lambda: w4a8_matmul_triton(xq8, xs8, wp4, si4, bias))
-        r["w4a8_gemm_fp8act"] = _bench(lambda: w4a8_matmul_triton(xq, xs, wp4, si4, bias))
-        r["w8a8_triton_int8"] = _bench(lambda: w4a8_matmul_triton(xq8, xs8, wi8, si8, bias))
-        r["w4a8_linear_op"] = _bench(
+        r["w4a8_gemm_int8act"] = bench_ms(lambda: w4a8_matmul_triton(xq8, xs8, wp4, si4, bias))
+        r["w4a8_gemm_fp8act"] = bench_ms(lambda: w4a8_matmul_triton(xq, xs, wp4, si4, bias))
+        r["w8a8_triton_int8"] = bench_ms(lambda: w4a8_matmul_triton(xq8, xs8, wi8, si8, bias))
+        r["w4a8_linear_op"] = bench_ms(
             lambda: ops.lowbit_linear(x, wp4, si4, bias, **kw)
         )
     if m > 16:
-        r["int_mm"] = _bench(lambda: torch._int_mm(xq8, wi8.t()))
+        r["int_mm"] = bench_ms(lambda: torch._int_mm(xq8, wi8.t()))
     # achieved rates
     flops = 2 * m * k * n
     r["bf16_TFLOPs"] = flops / r["bf16_linear"] / 1e9
@@ -178,9 +178,9 @@ def attention_rows(b: int, h: int, s: int, d: int) -> dict[str, float]:
     q, k, v = (torch.randn(b, s, h, d, device="cuda", generator=g, dtype=torch.bfloat16)
                .transpose(1, 2) for _ in range(3))  # the [B, H, S, D] views processors pass
     r = {
-        "sdpa_bf16": _bench(lambda: F.scaled_dot_product_attention(q, k, v)),
-        "int8qk_fp8pv": _bench(lambda: quant_attention_triton(q, k, v)),
-        "int8qk_bf16pv": _bench(lambda: quant_attention_triton(q, k, v, pv_fp8=False)),
+        "sdpa_bf16": bench_ms(lambda: F.scaled_dot_product_attention(q, k, v)),
+        "int8qk_fp8pv": bench_ms(lambda: quant_attention_triton(q, k, v)),
+        "int8qk_bf16pv": bench_ms(lambda: quant_attention_triton(q, k, v, pv_fp8=False)),
     }
     exact = F.scaled_dot_product_attention(q[:1].float(), k[:1].float(), v[:1].float())
     for key, pv_fp8 in (("int8qk_fp8pv", True), ("int8qk_bf16pv", False)):
@@ -205,12 +205,12 @@ def fa3_attention_rows(b: int, h: int, s: int, d: int) -> dict[str, float]:
     fp8_kernel = fa3._fa3_forward()
     compiled = torch.compile(fa3.fa3_fp8_attention)
     r = {
-        "sdpa_bf16": _bench(lambda: fa3.sdpa_attention(q, k, v)),
-        "fa3_bf16": _bench(lambda: fa3.fa3_attention(q, k, v)),
-        "fa3_fp8_kernel_only": _bench(lambda: fp8_kernel(
+        "sdpa_bf16": bench_ms(lambda: fa3.sdpa_attention(q, k, v)),
+        "fa3_bf16": bench_ms(lambda: fa3.fa3_attention(q, k, v)),
+        "fa3_fp8_kernel_only": bench_ms(lambda: fp8_kernel(
             q8, k8, v8, q_descale=qs, k_descale=ks, v_descale=vs, softmax_scale=d**-0.5)),
-        "fa3_fp8_eager": _bench(lambda: fa3.fa3_fp8_attention(q, k, v)),
-        "fa3_fp8_compiled": _bench(lambda: compiled(q, k, v)),
+        "fa3_fp8_eager": bench_ms(lambda: fa3.fa3_fp8_attention(q, k, v)),
+        "fa3_fp8_compiled": bench_ms(lambda: compiled(q, k, v)),
     }
     one = (q[:1], k[:1], v[:1])
     if s > 8192:  # the fp32 references hold S x S scores: a slice of the heads
@@ -281,7 +281,7 @@ def wide_rotate_quant_rows(m: int, k: int) -> dict[str, float]:
     outputs = {}
     for label, single in (("tiled", False), ("single_pass", True)):
         outputs[label] = run(single)
-        row[label] = _bench(lambda single=single: run(single))
+        row[label] = bench_ms(lambda single=single: run(single))
         row[f"{label}_GBps"] = (m * k * 3) / row[label] / 1e6
     (q_t, s_t), (q_s, s_s) = outputs["tiled"], outputs["single_pass"]
     row["code_max_diff"] = float((q_t.int() - q_s.int()).abs().max())
@@ -290,7 +290,7 @@ def wide_rotate_quant_rows(m: int, k: int) -> dict[str, float]:
     return row
 
 
-def _report(section: dict, title: str, rows: dict[str, float]) -> None:
+def report(section: dict, title: str, rows: dict[str, float]) -> None:
     """Keep ``rows`` under ``title`` and print them (times in ms; rates and dB as they are)."""
     section[title] = rows
     print(f"\n{title}", flush=True)
@@ -322,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
         result: dict[str, Any] = {"device": f"CPU {cpu_model()}", "torch": torch.__version__,
                   "fp8_attention_error_budget": {}}
         for title, row in fp8_error_budget().items():
-            _report(result["fp8_attention_error_budget"], title, row)
+            report(result["fp8_attention_error_budget"], title, row)
         if args.json:
             with open(args.json, "w") as fh:
                 json.dump(result, fh, indent=1)
@@ -344,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
         result["what"] = WIDE_ROTATE_QUANT_WHAT
         result["rotate_quant_wide"] = {}
         for name, m, k in WIDE_ROTATE_QUANT_SHAPES:
-            _report(result["rotate_quant_wide"], f"{name} M={m} K={k}",
+            report(result["rotate_quant_wide"], f"{name} M={m} K={k}",
                     wide_rotate_quant_rows(m, k))
             if args.json:  # partial results survive a time limit
                 with open(args.json, "w") as fh:
@@ -354,16 +354,16 @@ def main(argv: list[str] | None = None) -> int:
         result["fa3_attention"] = {}
         for name, b, h, s, d in FA3_ATTENTION_SHAPES:
             title = f"{name} B={b} H={h} S={s} D={d}"
-            _report(result["fa3_attention"], title, fa3_attention_rows(b, h, s, d))
+            report(result["fa3_attention"], title, fa3_attention_rows(b, h, s, d))
             if args.json:  # partial results survive a time limit
                 with open(args.json, "w") as fh:
                     json.dump(result, fh, indent=1)
         return 0
     for name, m, k, n in PIXART_SHAPES:
-        _report(result["shapes"], f"{name} M={m} K={k} N={n}", shape_rows(name, m, k, n))
+        report(result["shapes"], f"{name} M={m} K={k} N={n}", shape_rows(name, m, k, n))
     result["attention"] = {}
     for name, b, h, s, d in ATTENTION_SHAPES:
-        _report(result["attention"], f"{name} B={b} H={h} S={s} D={d}", attention_rows(b, h, s, d))
+        report(result["attention"], f"{name} B={b} H={h} S={s} D={d}", attention_rows(b, h, s, d))
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(result, fh, indent=1)

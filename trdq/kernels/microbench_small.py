@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from trdq.kernels.microbench import _bench, _report
+from trdq.kernels.microbench import bench_ms, report
 
 #: (name, rows, K, N) of the adaLN projections: FLUX.1-dev double / single blocks
 GEMV_SHAPES = [
@@ -50,10 +50,10 @@ def gemv_rows(rows: int, k: int, n: int) -> dict[str, float]:
     reduced = torch.compile(lambda t: layer._reduced_forward(t, bias))
     weight_bytes = n * k
     out = {
-        "dequant_linear": _bench(lambda: torch.nn.functional.linear(
+        "dequant_linear": bench_ms(lambda: torch.nn.functional.linear(
             x, layer.dequantized_weight(x.dtype), bias)),
-        "compiled_reduction": _bench(lambda: reduced(x)),
-        "int8_gemv": _bench(lambda: int8_gemv_triton(x, layer.qweight, scale, bias)),
+        "compiled_reduction": bench_ms(lambda: reduced(x)),
+        "int8_gemv": bench_ms(lambda: int8_gemv_triton(x, layer.qweight, scale, bias)),
     }
     out["int8_gemv_GBps"] = weight_bytes / out["int8_gemv"] / 1e6
     out["compiled_reduction_GBps"] = weight_bytes / out["compiled_reduction"] / 1e6
@@ -74,8 +74,8 @@ def attention_cast_rows(batch: int, tokens: int, heads: int, dim: int) -> dict[s
     torch_ops = torch.compile(lambda a, b, c: fa3.quantize_attention_inputs(a, b, c, stats)[0])
     moved = qkv.numel() * 2 + 3 * batch * tokens * heads * padded_head_dim(dim)
     out = {
-        "inductor_casts": _bench(lambda: torch_ops(q, k, v)),
-        "one_launch": _bench(lambda: attention_inputs_e4m3_triton(q, k, v, scales, means)),
+        "inductor_casts": bench_ms(lambda: torch_ops(q, k, v)),
+        "one_launch": bench_ms(lambda: attention_inputs_e4m3_triton(q, k, v, scales, means)),
     }
     out["one_launch_GBps"] = moved / out["one_launch"] / 1e6
     out["inductor_casts_GBps"] = moved / out["inductor_casts"] / 1e6
@@ -105,10 +105,10 @@ def main(argv: list[str] | None = None) -> int:
                 json.dump(result, fh, indent=1)
 
     for name, rows, k, n in GEMV_SHAPES:
-        _report(result["int8_gemv"], f"{name} M={rows} K={k} N={n}", gemv_rows(rows, k, n))
+        report(result["int8_gemv"], f"{name} M={rows} K={k} N={n}", gemv_rows(rows, k, n))
         save()
     for name, batch, tokens, heads, dim in ATTENTION_CAST_SHAPES:
-        _report(result["attention_casts"], f"{name} B={batch} S={tokens} H={heads} D={dim}",
+        report(result["attention_casts"], f"{name} B={batch} S={tokens} H={heads} D={dim}",
                 attention_cast_rows(batch, tokens, heads, dim))
         save()
     return 0

@@ -32,9 +32,8 @@ import torch
 from torch import nn
 
 from trdq.kernels.triton_norm_quant import add_norm_modulate_quant
-from trdq.nn.fused_mlp import feed_forward_fusable, feed_forward_on_codes
+from trdq.nn.fused_mlp import consumes_row_scales, feed_forward_fusable, feed_forward_on_codes
 from trdq.nn.instance_forward import restore_forwards, set_forward
-from trdq.nn.quant_linear import QuantLinear
 
 __all__ = ["fuse_flux_blocks", "fused_flux_block_forward", "unfuse_flux_blocks"]
 
@@ -48,10 +47,7 @@ def _entry_fusable(norm: Any, ff: Any) -> bool:
     dynamically as diffusers' own code)."""
     if not isinstance(norm, nn.LayerNorm) or norm.elementwise_affine:
         return False
-    if not feed_forward_fusable(ff):
-        return False
-    proj = ff.net[0].proj
-    return isinstance(proj, QuantLinear) and proj.producer_row_scale(2) is not None
+    return feed_forward_fusable(ff) and consumes_row_scales(ff.net[0].proj)
 
 
 def _eligible(block: Any) -> bool:

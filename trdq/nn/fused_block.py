@@ -39,7 +39,7 @@ from torch import nn
 
 from trdq.kernels.triton_norm_quant import add_norm_modulate_quant
 from trdq.nn.attention import attend_projected, projected_attention_kernel
-from trdq.nn.fused_mlp import feed_forward_fusable, feed_forward_on_codes
+from trdq.nn.fused_mlp import consumes_row_scales, feed_forward_fusable, feed_forward_on_codes
 from trdq.nn.instance_forward import restore_forwards, set_forward
 from trdq.nn.quant_linear import QuantLinear
 
@@ -64,8 +64,7 @@ def _eligible(block: nn.Module) -> bool:
     if getattr(block.norm2, "elementwise_affine", True):
         return False
     first = block.ff.net[0]
-    return (isinstance(first, GELU) and isinstance(first.proj, QuantLinear)
-            and first.proj.producer_row_scale(2) is not None)
+    return isinstance(first, GELU) and consumes_row_scales(first.proj)
 
 
 def fused_block_forward(

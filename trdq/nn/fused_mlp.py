@@ -36,13 +36,16 @@ from trdq.kernels.triton_gelu_quant import cat_gelu_quant, gelu_quant
 from trdq.nn.instance_forward import restore_forwards, set_forward
 from trdq.nn.quant_linear import QuantLinear
 
-__all__ = ["feed_forward_fusable", "feed_forward_on_codes", "fuse_mlps", "unfuse_mlps"]
+__all__ = [
+    "consumes_row_scales", "feed_forward_fusable", "feed_forward_on_codes", "fuse_mlps",
+    "unfuse_mlps",
+]
 
 #: instance attribute that marks a module whose forward this module replaced
 _FUSED = "_trdq_fused_mlp"
 
 
-def _consumes_row_scales(layer: Any) -> bool:
+def consumes_row_scales(layer: Any) -> bool:
     """Whether ``layer`` is a ``QuantLinear`` whose input a producer can quantize."""
     return isinstance(layer, QuantLinear) and layer.producer_row_scale(2) is not None
 
@@ -63,7 +66,7 @@ def feed_forward_fusable(module: nn.Module) -> bool:
         return False
     if not all(isinstance(m, nn.Dropout) for i, m in enumerate(module.net) if i not in (0, 2)):
         return False
-    return _consumes_row_scales(module.net[2])
+    return consumes_row_scales(module.net[2])
 
 
 def fused_feed_forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
@@ -108,7 +111,7 @@ def _single_block_fusable(module: nn.Module) -> bool:
     return (isinstance(act, nn.GELU) and act.approximate == "tanh"
             and isinstance(module.proj_mlp, QuantLinear)
             and not module.proj_mlp.output_activation
-            and _consumes_row_scales(module.proj_out))
+            and consumes_row_scales(module.proj_out))
 
 
 def fused_single_block_forward(
