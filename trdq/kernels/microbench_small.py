@@ -8,6 +8,9 @@ a pipeline bench, for kernels written without a GPU.
 - ``attention_inputs_e4m3`` (``trdq.kernels.triton_attention_quant``) on PixArt-1024's
   and Latte's fused projection outputs: against the torch ops Inductor fuses
   (``fa3_attention.quantize_attention_inputs``, compiled).
+- ``fa3_cross_attention`` (``trdq.kernels.cross_attention``) at PixArt-1024's and Latte's
+  cross-attention (120 text tokens, the CFG half's prompt padded): against SDPA with
+  diffusers' additive key-padding bias, the call it replaces (both compiled).
 
 Median ms per call (CUDA events via ``triton.testing.do_bench``), GB/s of the bytes each
 must move, and the largest difference to the reference. Prints a table and writes JSON to
@@ -35,6 +38,12 @@ GEMV_SHAPES = [
 ATTENTION_CAST_SHAPES = [
     ("pixart1024.attn1", 2, 4096, 16, 72),
     ("latte512.frames", 32, 1024, 16, 72),
+]
+#: (name, batch, query tokens, text tokens, heads, head dim, kept text tokens per sample
+#: or None for no mask) of the cross-attention calls
+CROSS_ATTENTION_SHAPES = [
+    ("pixart1024.attn2", 2, 4096, 120, 16, 72, (2, 17)),
+    ("latte512.attn2", 32, 1024, 120, 16, 72, None),
 ]
 
 
@@ -85,6 +94,36 @@ def attention_cast_rows(batch: int, tokens: int, heads: int, dim: int) -> dict[s
     return out
 
 
+def cross_attention_rows(batch: int, tokens: int, keys: int, heads: int, dim: int,
+                         kept: tuple[int, ...] | None) -> dict[str, float]:
+    from trdq.kernels.cross_attention import fa3_cross_attention
+
+    q = torch.randn(batch, tokens, heads, dim, device="cuda").bfloat16()
+    k, v = (torch.randn(batch, keys, heads, dim, device="cuda").bfloat16() for _ in range(2))
+    keep = None
+    bias = None
+    if kept is not None:
+        counts = torch.tensor([kept[i % len(kept)] for i in range(batch)], device="cuda")
+        keep = torch.arange(keys, device="cuda")[None, :] < counts[:, None]
+        # diffusers' bias, as AttnProcessor2_0 hands it to SDPA: [B, heads, 1, S_k]
+        bias = ((~keep).bfloat16() * -10000.0)[:, None, None, :].expand(batch, heads, 1, keys)
+
+    def sdpa(a, b, c):
+        return torch.nn.functional.scaled_dot_product_attention(
+            a.transpose(1, 2), b.transpose(1, 2), c.transpose(1, 2), attn_mask=bias
+        ).transpose(1, 2)
+
+    sdpa_compiled = torch.compile(sdpa)
+    fa3_compiled = torch.compile(lambda a, b, c: fa3_cross_attention(a, b, c, keep))
+    moved = 2 * (2 * q.numel() + 2 * k.numel())
+    out = {"sdpa_bias": bench_ms(lambda: sdpa_compiled(q, k, v)),
+           "fa3_cross": bench_ms(lambda: fa3_compiled(q, k, v))}
+    out["fa3_cross_GBps"] = moved / out["fa3_cross"] / 1e6
+    out["sdpa_bias_GBps"] = moved / out["sdpa_bias"] / 1e6
+    out["max_abs_diff"] = (fa3_compiled(q, k, v).float() - sdpa(q, k, v).float()).abs().max().item()
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", help="write all numbers here")
@@ -97,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, Any] = {"device": torch.cuda.get_device_name(),
                               "torch": torch.__version__, "triton": triton.__version__,
                               "what": __doc__.split("\n\n")[1], "int8_gemv": {},
-                              "attention_casts": {}}
+                              "attention_casts": {}, "cross_attention": {}}
 
     def save() -> None:
         if args.json:
@@ -110,6 +149,10 @@ def main(argv: list[str] | None = None) -> int:
     for name, batch, tokens, heads, dim in ATTENTION_CAST_SHAPES:
         report(result["attention_casts"], f"{name} B={batch} S={tokens} H={heads} D={dim}",
                 attention_cast_rows(batch, tokens, heads, dim))
+        save()
+    for name, batch, tokens, keys, heads, dim, kept in CROSS_ATTENTION_SHAPES:
+        report(result["cross_attention"], f"{name} B={batch} S={tokens} S_k={keys} H={heads} "
+               f"D={dim} kept={kept}", cross_attention_rows(batch, tokens, keys, heads, dim, kept))
         save()
     return 0
 

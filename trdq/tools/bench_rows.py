@@ -21,7 +21,8 @@ under ``TRDQ_FUSED_BLOCK=auto``), ``+fluxentry`` (FLUX's double-stream feed-forw
 entries through ``trdq.nn.flux_block``, served only with ``TRDQ_FUSED_BLOCK=1``),
 ``+tritoncast`` (with ``+fp8staticattn``: the Q/K/V casts as one Triton launch) and
 ``+fusedrope`` (with ``+fp8staticattn``: FLUX's q/k norms, rotary embedding and casts as
-one launch, ``trdq.nn.flux_attention``) after all the others, in any order.
+one launch, ``trdq.nn.flux_attention``) and ``+fa3cross`` (PixArt/Latte cross-attention
+through FA3 bf16, ``trdq.nn.cross_attention``) after all the others, in any order.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from __future__ import annotations
 import torch
 
 __all__ = [
+    "FA3_CROSS",
     "FLUX_ENTRY",
     "FUSED_FF",
     "FUSED_NORM",
@@ -74,6 +76,9 @@ TRITON_CAST = "+tritoncast"
 #: row suffix, written last: with ``+fp8staticattn``, FLUX's attention prologue (q/k
 #: RMSNorm, rotary embedding, e4m3 casts) as one Triton launch (``trdq.nn.flux_attention``)
 FUSED_ROPE = "+fusedrope"
+#: row suffix, written last: PixArt/Latte cross-attention over the text tokens through FA3
+#: (bf16, the key-padding mask as kept keys: ``trdq.nn.cross_attention``) instead of SDPA
+FA3_CROSS = "+fa3cross"
 
 
 def default_rows(device: torch.device, quant: list[str], torchao: bool, swap: bool) -> list[str]:

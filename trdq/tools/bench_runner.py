@@ -42,6 +42,7 @@ from trdq.tools.bench_measure import BenchResult, component_bytes, sync, time_ca
 from trdq.tools.bench_memory import StagePeaks, graph_pool_idle_bytes
 from trdq.tools.bench_presets import BenchPreset, resolve_zoo_geometry
 from trdq.tools.bench_rows import (
+    FA3_CROSS,
     FLUX_ENTRY,
     FUSED_FF,
     FUSED_NORM,
@@ -106,11 +107,11 @@ class _Runner:
     def _prepare(self, row: str) -> dict[str, Any]:
         info: dict[str, Any] = {}
         dtype = self._dtype_for(row)
-        # "+multikernel", "+fusednorm", "+fusedff", "+fluxentry", "+tritoncast", "+fusedrope":
-        # after all the others
+        # "+multikernel", "+fusednorm", "+fusedff", "+fluxentry", "+tritoncast", "+fusedrope",
+        # "+fa3cross": after all the others
         last: set[str] = set()
         while row.endswith((MULTI_KERNEL, FUSED_NORM, FUSED_FF, FLUX_ENTRY, TRITON_CAST,
-                            FUSED_ROPE)):
+                            FUSED_ROPE, FA3_CROSS)):
             row, _, suffix = row.rpartition("+")
             last.add("+" + suffix)
         if MULTI_KERNEL in last:
@@ -208,6 +209,13 @@ class _Runner:
         elif attention is not None:
             report = set_attention_backend(transformer, attention, self.device)
             info["attention"] = {"backend": report.backend, "modules": len(report.replaced)}
+        if FA3_CROSS in last:
+            from trdq.nn.cross_attention import install_cross_attention_kernel
+
+            info["fa3_cross_modules"] = install_cross_attention_kernel(transformer)
+            if not info["fa3_cross_modules"]:
+                raise ValueError(f"{FA3_CROSS}: no PixArt/Latte cross-attention module, or FA3 "
+                                 "does not run here")
         info["prepare_s"] = time.perf_counter() - t0
         if mode.startswith("compile"):
             info["compiled_modules"] = compile_denoiser(self.pipe.transformer, self.args.compile)
