@@ -174,36 +174,76 @@ def test_graph_text_encoders_wraps_each_cuda_encoder_once(monkeypatch):
     assert "forward" not in on_gpu.__dict__
 
 
-def test_text_encoder_graphs_take_an_all_ones_mask_as_no_mask(monkeypatch):
-    """An all-ones mask is no mask to a T5 encode; passed as None, the eager call before
-    the capture and the capture take one path (transformers skips its all-ones shortcut
-    while a stream captures), and a prompt with or without such a mask is one graph."""
+def test_text_encoder_graphs_rehearse_the_capture_mask_path(monkeypatch):
+    """Before a shape's first eager call, one encode with a padded mask (its result
+    dropped) compiles the mask-tensor path transformers takes while a stream captures;
+    masked and unmasked calls stay right."""
     from transformers import T5Config, T5EncoderModel
 
-    from trdq.runtime.cuda_graphs import TextEncoderGraphForward, without_all_ones_mask
+    from trdq.runtime.cuda_graphs import TextEncoderGraphForward
 
     _fake_cuda(monkeypatch)
     torch.manual_seed(0)
     config = T5Config(vocab_size=50, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4)
     encoder = T5EncoderModel(config).eval()
     ids = torch.randint(0, 50, (1, 12))
-    ones = torch.ones(1, 12, dtype=torch.long)
-    padded = ones.clone()
+    padded = torch.ones(1, 12, dtype=torch.long)
     padded[:, 7:] = 0
+    masks_seen = []
     with torch.no_grad():
-        want_ones = encoder(ids, attention_mask=ones).last_hidden_state
+        want_ones = encoder(ids).last_hidden_state
         want_padded = encoder(ids, attention_mask=padded).last_hidden_state
-        assert torch.equal(encoder(ids).last_hidden_state, want_ones)
         forward = TextEncoderGraphForward(encoder)
-        for _ in range(3):
-            got = encoder(ids, attention_mask=ones).last_hidden_state
-            torch.testing.assert_close(got, want_ones)
+        original = forward.forward
+
+        def recording(*args, **kwargs):  # every call the wrapper makes, rehearsals included
+            masks_seen.append(kwargs.get("attention_mask"))
+            return original(*args, **kwargs)
+
+        forward.forward = recording
+        # (the stand-in replays what its capture computed, so each key's data stays put)
+        for _ in range(2):  # eager after the rehearsal, then captured
             got = encoder(ids, attention_mask=padded).last_hidden_state
             torch.testing.assert_close(got, want_padded)
-        encoder(ids)
-    assert len(forward.graphs) == 2  # no mask (all ones or absent), and the padded one
+        for _ in range(2):
+            torch.testing.assert_close(encoder(ids).last_hidden_state, want_ones)
+    assert len(forward.graphs) == 2 and len(forward.seen) == 2  # (ids, mask) and (ids)
+    # each key: rehearsal, eager call, capture; the rehearsal's mask is the call's (or all
+    # ones) with the last token dropped, a copy
+    assert len(masks_seen) == 6 and masks_seen[4] is None and masks_seen[5] is None
+    assert torch.equal(masks_seen[0], padded) and masks_seen[0] is not padded
+    assert masks_seen[3].tolist() == [[1] * 11 + [0]]
 
-    args, kwargs = without_all_ones_mask((ids, ones), {})
-    assert args[1] is None and args[0] is ids and kwargs == {}
-    args, kwargs = without_all_ones_mask((ids,), {"attention_mask": padded})
-    assert kwargs["attention_mask"] is padded
+
+def test_padded_mask_call_arguments():
+    from trdq.runtime.cuda_graphs import with_padded_mask
+
+    ids = torch.zeros(2, 5, dtype=torch.long)
+    mask = torch.ones(2, 5, dtype=torch.long)
+    args, kwargs = with_padded_mask((ids, mask), {})
+    assert args[0] is ids and args[1][:, -1].eq(0).all() and args[1][:, :-1].eq(1).all()
+    assert mask.eq(1).all()  # the caller's mask is not changed
+    args, kwargs = with_padded_mask((), {"input_ids": ids})
+    assert kwargs["attention_mask"].tolist() == [[1, 1, 1, 1, 0]] * 2
+    assert with_padded_mask((torch.zeros(3),), {}) is None  # no [batch, tokens] ids
+
+
+def test_a_capture_runs_compiled_code_eagerly_rather_than_recompile(monkeypatch):
+    """Inside a capture the compiler's stance is eager-on-recompile (a compile there fails
+    the capture); before and after it, the default."""
+    from torch._dynamo import eval_frame
+
+    CudaGraphForward = _fake_cuda(monkeypatch)
+    stances = []
+
+    class Recorder(torch.nn.Module):
+        def forward(self, x):
+            stances.append(eval_frame._stance.stance)
+            return x + 1
+
+    net = Recorder()
+    CudaGraphForward(net)
+    net(torch.ones(2))
+    net(torch.ones(2))
+    assert stances == ["default", "eager_on_recompile"]
+    assert eval_frame._stance.stance == "default"

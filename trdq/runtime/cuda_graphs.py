@@ -22,7 +22,7 @@ __all__ = [
     "graph_text_encoders",
     "quant_context",
     "ungraph_text_encoders",
-    "without_all_ones_mask",
+    "with_padded_mask",
 ]
 
 #: argument values that take part in a graph's key as themselves; any other non-tensor
@@ -92,6 +92,10 @@ class CudaGraphForward:
             return [CudaGraphForward._unflatten(v, tensors) for v in val]
         return val
 
+    def _rehearse(self, args: tuple, kwargs: dict[str, Any]) -> None:
+        """Calls to make before a key's first eager call, so that the capture finds what it
+        will run compiled already (none here; ``TextEncoderGraphForward`` has one)."""
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         flat: list[torch.Tensor] = []
         spec = self._flatten((list(args), kwargs), flat)
@@ -102,6 +106,7 @@ class CudaGraphForward:
             if key not in self.seen:
                 self.seen.add(key)
                 with recording_launches():  # tunes what the capture will launch
+                    self._rehearse(args, kwargs)
                     return self.forward(*args, **kwargs)
             if self.max_graphs is not None and len(self.graphs) >= self.max_graphs:
                 logger.warning("CUDA graphs: %d captured, the limit; new shapes run eagerly",
@@ -117,7 +122,11 @@ class CudaGraphForward:
             try:
                 # on a stream of the inputs' GPU, one capture at a time in the process, and
                 # other threads (the other GPUs' engine workers) free to call CUDA meanwhile
-                with recording_launches(), capture_graph(graph, device, pool=self.pool):
+                # a compile inside the capture always fails it (Inductor reads values back
+                # to the host): compiled code whose guards fail there runs eagerly instead,
+                # captured like any other kernels
+                with (torch.compiler.set_stance("eager_on_recompile"), recording_launches(),
+                      capture_graph(graph, device, pool=self.pool)):
                     out = self.forward(*a, **kw)
             except Exception:
                 if not self.eager_on_failure:
@@ -160,33 +169,37 @@ def _clone_output(out):
 
 
 class TextEncoderGraphForward(CudaGraphForward):
-    """``CudaGraphForward`` for a transformers text encoder: an attention mask of all ones
-    is passed as no mask.
+    """``CudaGraphForward`` for a transformers text encoder, which rehearses the capture's
+    attention-mask path before the first call of each shape.
 
-    Why: transformers' mask helpers return no mask for an all-ones padding mask in an eager
-    call, but not while a stream captures (``is_tracing`` is true then), so the capture of
-    such a call would give the compiled layers a mask tensor they never saw: a recompile
-    inside the capture, which fails it (H100: a 12-token prompt without padding). Both
-    mean "attend everywhere"; dropping the mask gives the eager call and the capture one
-    path. The test costs one tiny host sync per encode.
+    Why: transformers' mask helpers hand the layers no mask when the padding mask is all
+    ones (or absent) in an eager call, but always a mask tensor while a stream captures
+    (their ``is_tracing`` is true then, and they skip the data-dependent test). The compiled
+    layers would meet that tensor for the first time inside the capture (FLUX's CLIP prompt,
+    a T5 prompt without padding; H100). One extra encode with a padded mask, its result
+    dropped, compiles the mask-tensor path first; should its guards still differ, the
+    capture runs those layers eagerly (``CudaGraphForward``) rather than fail.
     """
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        args, kwargs = without_all_ones_mask(args, kwargs)
-        return super().__call__(*args, **kwargs)
+    def _rehearse(self, args: tuple, kwargs: dict[str, Any]) -> None:
+        rehearsal = with_padded_mask(args, kwargs)
+        if rehearsal is not None:
+            self.forward(*rehearsal[0], **rehearsal[1])
 
 
-def without_all_ones_mask(args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict[str, Any]]:
-    """A text encoder's call arguments with an all-ones ``attention_mask`` (the keyword,
-    or the second positional argument as transformers' encoders take it) replaced by
-    None; other calls unchanged."""
-    if "attention_mask" in kwargs:
-        mask = kwargs["attention_mask"]
-        if torch.is_tensor(mask) and bool(mask.all()):
-            return args, {**kwargs, "attention_mask": None}
-    elif len(args) > 1 and torch.is_tensor(args[1]) and bool(args[1].all()):
-        return (args[0], None, *args[2:]), kwargs
-    return args, kwargs
+def with_padded_mask(args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict[str, Any]] | None:
+    """A text encoder's call arguments with its attention mask (keyword, second positional
+    argument, or none given: all ones) padded at the last token, so that an eager call
+    builds a mask tensor; None when the call has no 2-D ``input_ids`` to shape one."""
+    ids = kwargs.get("input_ids", args[0] if args else None)
+    if not torch.is_tensor(ids) or ids.ndim != 2 or ids.shape[1] < 2:
+        return None
+    mask = kwargs.get("attention_mask", args[1] if len(args) > 1 else None)
+    padded = torch.ones_like(ids) if mask is None else mask.clone()
+    padded[:, -1] = 0
+    if len(args) > 1:
+        return (args[0], padded, *args[2:]), kwargs
+    return args, {**kwargs, "attention_mask": padded}
 
 
 def graph_text_encoders(pipe, max_graphs: int | None = None,
