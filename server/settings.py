@@ -74,11 +74,6 @@ class Settings(BaseSettings):
     # the FA3 ones need a Hopper GPU and the fa3-fwd package. auto: sdpa until FP8 attention
     # passes its whole quality gate (trdq/nn/attention.py AUTO_ON_HOPPER, docs/KERNELS.md).
     attention: Literal["auto", "sdpa", "fa3", "fp8", "fp8-long", "fp8-static"] = "auto"
-    # Cross-attention (image tokens over the text tokens) of the quantized PixArt/Latte
-    # denoisers: sdpa (diffusers' additive key-padding bias), fa3 (FlashAttention-3 bf16 over
-    # the kept text tokens, trdq/nn/cross_attention.py; needs a Hopper GPU and fa3-fwd).
-    # auto: fa3 where it runs, sdpa elsewhere.
-    cross_attention: Literal["auto", "sdpa", "fa3"] = "auto"
     threads: int = Field(default=0, ge=0)  # torch intra-op threads on CPU; 0 = torch default
     warmup: bool = True
     # What the warm-up runs before /readyz turns 200, per served variant and worker: every

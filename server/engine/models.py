@@ -150,7 +150,6 @@ def load_models(
             if quant != "fp":
                 _quantize(model, settings, metrics)
                 _set_attention(model, settings, device)
-                _set_cross_attention(model, settings.cross_attention, device)
             _fuse_blocks(model, settings.fused_block, device)
             if settings.compile:
                 _compile(model, device)
@@ -298,23 +297,6 @@ def _set_attention(model: ServedModel, settings: Settings, device: torch.device)
     except RuntimeError as exc:
         raise ValueError(f"TRDQ_ATTENTION={setting}: {exc}") from exc
     model.info["attention"] = report.backend
-
-
-def _set_cross_attention(model: ServedModel, setting: str, device: torch.device) -> None:
-    """The quantized PixArt/Latte denoiser's cross-attention kernel (TRDQ_CROSS_ATTENTION;
-    auto: FA3 where it runs). An explicit ``fa3`` this worker cannot run refuses the start."""
-    from trdq.kernels.fa3_attention import fa3_status
-    from trdq.nn.cross_attention import install_cross_attention_kernel
-
-    modules = 0
-    if setting != "sdpa":
-        runs, why = fa3_status(device)
-        if setting == "fa3" and not runs:
-            raise ValueError(f"TRDQ_CROSS_ATTENTION=fa3: {why}")
-        if runs:
-            modules = install_cross_attention_kernel(model.pipe.transformer)
-    model.info["cross_attention"] = "fa3" if modules else "sdpa"
-    model.info["cross_attention_modules"] = modules
 
 
 def _calibrate_static_attention(model: ServedModel, settings: Settings,

@@ -42,7 +42,6 @@ def test_auto_serves_sdpa_on_the_cpu_and_info_says_so(tmp_path):
         models = client.get("/info").json()["models"]
     by_quant = {m["quant"]: m for m in models}
     assert by_quant["w8a8"]["attention"] == "sdpa"
-    assert by_quant["w8a8"]["cross_attention"] == "sdpa"  # auto: FA3 does not run here
     assert "attention" not in by_quant["fp"]  # full precision keeps diffusers' processors
 
 
@@ -64,8 +63,7 @@ def test_fp8_static_records_at_start_up_and_serves_through_the_calibrated_kernel
     monkeypatch.setattr(fa3, "fa3_fp8_attention", oracle)
     monkeypatch.setattr("trdq.nn.static_attention.STATIC_MIN_TOKENS", 0)  # the zoo's are short
     settings = make_settings_with_video(tmp_path, device="cpu", quant="w8a8", video_model="none",
-                                        attention="fp8-static", warmup=False,
-                                        cross_attention="sdpa")  # FA3 bf16 has no stand-in
+                                        attention="fp8-static", warmup=False)
     with TestClient(create_app(settings)) as client:
         assert client.get("/info").json()["models"][0]["attention"] == "fp8-static"
         transformer = client.app.state.engine.models.all()[0].pipe.transformer
@@ -75,21 +73,3 @@ def test_fp8_static_records_at_start_up_and_serves_through_the_calibrated_kernel
                                                      "num_inference_steps": 4})
     assert reply.status_code == 200, reply.text
     assert calls  # the served generation attended through the static kernel
-
-
-def test_cross_attention_setting():
-    assert Settings().cross_attention == "auto"
-    assert Settings(cross_attention="fa3").cross_attention == "fa3"
-    with pytest.raises(ValidationError, match="cross_attention"):
-        Settings(cross_attention="fp8")
-
-
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a worker without a GPU")
-def test_cross_attention_fa3_on_a_cpu_worker_fails_start_up_naming_the_setting(tmp_path):
-    settings = make_settings_with_video(tmp_path, device="cpu", quant="w8a8",
-                                        cross_attention="fa3", video_model="none", warmup=False)
-    with (
-        pytest.raises(ValueError, match="TRDQ_CROSS_ATTENTION=fa3: .*needs a CUDA device"),
-        TestClient(create_app(settings)),
-    ):
-        pass
