@@ -1,9 +1,10 @@
 """Cross-attention over a padded text sequence through FlashAttention-3 (bf16).
 
-Why: PixArt's cross-attention (8192 query rows over 120 T5 tokens, head dim 72) ran through
-SDPA with diffusers' additive key-padding bias, which sends it to a cuDNN kernel at about a
+Why it was tried: PixArt's cross-attention (8192 query rows over 120 T5 tokens, head dim
+72) runs through SDPA with diffusers' additive key-padding bias, a cuDNN kernel at about a
 third of the memory bandwidth (39 us a call, 1.1 ms a PixArt-1024 step on an H100). FA3 takes
-no bias, but it takes ``seqused_k``: how many leading keys each sample uses.
+no bias, but it takes ``seqused_k``: how many leading keys each sample uses. Measured, it is
+no faster (41 us a call in the same graphs): an opt-in bench row (``+fa3cross``) only.
 
 A key-padding mask is not always a prefix, so the kept keys are moved to the front first.
 Attention is a sum over keys, so any reordering of the keys (with the values alongside)
