@@ -202,7 +202,7 @@ def test_bench_fusednorm_row_fuses_the_quantized_blocks(tmp_path):
     row whose blocks cannot take it (or FLUX's, `+fluxentry`) fails with the reason."""
     out = tmp_path / "b.json"
     rows = ("fp8-norot-eager+fusednorm,fp8-norot-eager+fusedff,bf16-eager+fusednorm,"
-            "fp8-norot-eager+fluxentry")
+            "fp8-norot-eager+fluxentry,bf16-eager+padheads")
     rc = _bench_cpu(out, rows, "--no-markdown",
                     "--runs", "1", "--step-runs", "1", "--warmup", "0", "--scopes",
                     "denoiser_step", "--cache-dir", str(tmp_path / "cache"))
@@ -213,6 +213,8 @@ def test_bench_fusednorm_row_fuses_the_quantized_blocks(tmp_path):
     assert "no block of this denoiser can be fused" in details["errors"]["bf16-eager+fusednorm"]
     # the tiny preset is PixArt-like: no FLUX double-stream block
     assert "no FLUX double-stream block" in details["errors"]["fp8-norot-eager+fluxentry"]
+    # its heads are 32 wide, already a multiple of FA3's 16: nothing to pad
+    assert "heads to pad" in details["errors"]["bf16-eager+padheads"]
 
 
 @pytest.mark.parametrize("act_dtype", ["fp32", pytest.param("auto", marks=pytest.mark.slow)])

@@ -21,8 +21,10 @@ under ``TRDQ_FUSED_BLOCK=auto``), ``+fluxentry`` (FLUX's double-stream feed-forw
 entries through ``trdq.nn.flux_block``, served only with ``TRDQ_FUSED_BLOCK=1``),
 ``+tritoncast`` (with ``+fp8staticattn``: the Q/K/V casts as one Triton launch) and
 ``+fusedrope`` (with ``+fp8staticattn``: FLUX's q/k norms, rotary embedding and casts as
-one launch, ``trdq.nn.flux_attention``) and ``+fa3cross`` (PixArt/Latte cross-attention
-through FA3 bf16, ``trdq.nn.cross_attention``) after all the others, in any order.
+one launch, ``trdq.nn.flux_attention``), ``+fa3cross`` (PixArt/Latte cross-attention
+through FA3 bf16, ``trdq.nn.cross_attention``) and ``+padheads`` (self-attention heads
+padded to FA3's FP8 multiple in the weights, ``trdq.nn.padded_heads``) after all the others,
+in any order.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ __all__ = [
     "FUSED_NORM",
     "FUSED_ROPE",
     "MULTI_KERNEL",
+    "PAD_HEADS",
     "SYSTEM_MALLOC",
     "T5_COMPILE",
     "T5_GRAPHS",
@@ -79,6 +82,10 @@ FUSED_ROPE = "+fusedrope"
 #: row suffix, written last: PixArt/Latte cross-attention over the text tokens through FA3
 #: (bf16, the key-padding mask as kept keys: ``trdq.nn.cross_attention``) instead of SDPA
 FA3_CROSS = "+fa3cross"
+#: row suffix, written last: self-attention heads padded to FA3's FP8 head-dim multiple in
+#: the weights right after quantizing (``trdq.nn.padded_heads``), before fusions and
+#: ``+fp8staticattn``'s recording
+PAD_HEADS = "+padheads"
 
 
 def default_rows(device: torch.device, quant: list[str], torchao: bool, swap: bool) -> list[str]:

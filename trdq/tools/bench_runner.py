@@ -48,6 +48,7 @@ from trdq.tools.bench_rows import (
     FUSED_NORM,
     FUSED_ROPE,
     MULTI_KERNEL,
+    PAD_HEADS,
     SYSTEM_MALLOC,
     T5_COMPILE,
     T5_GRAPHS,
@@ -108,10 +109,10 @@ class _Runner:
         info: dict[str, Any] = {}
         dtype = self._dtype_for(row)
         # "+multikernel", "+fusednorm", "+fusedff", "+fluxentry", "+tritoncast", "+fusedrope",
-        # "+fa3cross": after all the others
+        # "+fa3cross", "+padheads": after all the others
         last: set[str] = set()
         while row.endswith((MULTI_KERNEL, FUSED_NORM, FUSED_FF, FLUX_ENTRY, TRITON_CAST,
-                            FUSED_ROPE, FA3_CROSS)):
+                            FUSED_ROPE, FA3_CROSS, PAD_HEADS)):
             row, _, suffix = row.rpartition("+")
             last.add("+" + suffix)
         if MULTI_KERNEL in last:
@@ -179,6 +180,13 @@ class _Runner:
             info["swapped_linears"] = apply_fp8_swap(transformer)
         elif kind not in ("bf16", "fp32"):
             info["quantize"] = self._quantize(kind)
+        if PAD_HEADS in last:
+            from trdq.nn.padded_heads import pad_attention_heads
+
+            info["padded_attention_modules"] = pad_attention_heads(transformer)
+            if not info["padded_attention_modules"]:
+                raise ValueError(f"{PAD_HEADS}: no self-attention module with fused q/k/v, "
+                                 "an unrotated to_out and heads to pad")
         if FLUX_ENTRY in last:
             from trdq.nn.flux_block import fuse_flux_blocks
 
