@@ -332,6 +332,10 @@ def save(pipe: Any, directory: str | Path) -> Path:
     state = get_state(pipe)
     if state is None:
         raise ValueError("pipeline is not quantized (call trdq.quantize first)")
+    if state.padded_heads:
+        raise ValueError("save the denoiser before padding its attention heads "
+                         "(trdq.nn.padded_heads: a run-time layout the model's own "
+                         "layers would not load)")
     config, calibrated = state.config, state.calibration
     names = sorted(state.layers)
     calib = CalibrationResult(faithful=calibrated.faithful, seconds=calibrated.seconds,

@@ -96,6 +96,9 @@ class QuantState:
     cfg_split: CfgSplitForward | None = None
     #: ``trdq.cache.model_fingerprint`` of the float denoiser it was quantized from
     model_fingerprint: str = ""
+    #: attention modules whose heads ``trdq.nn.padded_heads`` padded in the weights after
+    #: quantizing (a run-time layout: ``save`` refuses such a denoiser)
+    padded_heads: int = 0
 
 
 def weight_bytes_by_dtype(module: nn.Module) -> dict[str, int]:

@@ -4,6 +4,7 @@ static FP8 attention (through its oracle); modules it cannot pad are left alone.
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from tests.helpers.quant import fast, run_image
@@ -109,7 +110,7 @@ def test_rotated_outputs_and_unfused_projections_are_left_alone():
     assert pad_attention_heads(pipe.transformer, MULTIPLE) == 0
 
 
-def test_fused_blocks_run_the_padded_projections():
+def test_fused_blocks_run_the_padded_projections(tmp_path):
     """The served order on CUDA: quantize, pad, fuse the block entries (their LayerNorm
     kernel feeds the padded ``to_qkv`` its codes)."""
     from trdq.nn.fused_block import fuse_block_norms
@@ -118,6 +119,12 @@ def test_fused_blocks_run_the_padded_projections():
     fuse_qkv_projections(pipe.transformer)
     api.quantize(pipe, fast("fp8-norot"), progress=False, calibration_prompts=TINY_PROMPTS)
     assert pad_attention_heads(pipe.transformer, MULTIPLE) == 2
+    state = api.get_state(pipe)
+    attn = pipe.transformer.transformer_blocks[0].attn1
+    assert state.layers["transformer_blocks.0.attn1.to_qkv"] is attn.to_qkv  # old ones freed
+    assert state.layers["transformer_blocks.0.attn1.to_out.0"] is attn.to_out[0]
+    with pytest.raises(ValueError, match="before padding"):
+        api.save(pipe, tmp_path / "padded")
     unfused = run_image(pipe, TINY_PROMPTS[:2], steps=3)
     assert fuse_block_norms(pipe.transformer, gelu=True) == 2
     assert psnr_db(unfused, run_image(pipe, TINY_PROMPTS[:2], steps=3)) > 35

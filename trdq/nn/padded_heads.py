@@ -37,6 +37,7 @@ from torch import nn
 from trdq.kernels.fa3_attention import FP8_HEAD_DIM_MULTIPLE
 from trdq.nn.quant_linear import QuantLinear
 from trdq.quant_transforms import LayerQuantParams
+from trdq.state import STATE_ATTR
 
 __all__ = [
     "pad_attention_heads",
@@ -162,7 +163,8 @@ def pad_attention_heads(transformer: nn.Module, multiple: int = FP8_HEAD_DIM_MUL
     """Pad the heads of every eligible self-attention module of ``transformer`` to a
     multiple of ``multiple`` in its weights (module doc); the number of modules padded."""
     count = 0
-    for module in list(transformer.modules()):
+    state = getattr(transformer, STATE_ATTR, None)  # a quantized denoiser's layer table
+    for name, module in list(transformer.named_modules()):
         attn: Any = module  # diffusers' Attention, duck-typed
         dims = _paddable(attn, multiple)
         if dims is None:
@@ -175,5 +177,11 @@ def pad_attention_heads(transformer: nn.Module, multiple: int = FP8_HEAD_DIM_MUL
         attn.to_qkv = _pad_rows(attn.to_qkv, rows, factor)
         attn.to_out[0] = _pad_columns(attn.to_out[0], padded_channels(1, heads, head_dim, padded))
         attn.trdq_padded_head_dim = (head_dim, padded)
+        if state is not None:  # the table holds the layers in use (the old ones are freed)
+            for layer_name, layer in ((f"{name}.to_qkv", attn.to_qkv),
+                                      (f"{name}.to_out.0", attn.to_out[0])):
+                if layer_name in state.layers:
+                    state.layers[layer_name] = layer
+            state.padded_heads += 1
         count += 1
     return count
