@@ -84,6 +84,21 @@ def test_stage_peaks_attributes_each_stage_and_cleans_up(monkeypatch):
     assert stages.peaks["decode"] == 300_000_000 and "decode" not in vars(pipe.vae)
 
 
+def test_stage_peaks_time_every_text_encoder_as_encode(monkeypatch):
+    """FLUX's T5 (``text_encoder_2``) is part of the encode stage, and an encoder shared
+    by two attributes is counted once."""
+    counters = _Counters()
+    counters.install(monkeypatch)
+    pipe = _Pipe(counters)
+    pipe.text_encoder_2 = _Using(counters, 400_000_000)
+    pipe.text_encoder_3 = pipe.text_encoder
+    with StagePeaks(pipe, torch.device("cuda")) as stages:
+        assert len(stages._handles) == 2 * 3  # text_encoder, text_encoder_2, transformer
+        pipe.text_encoder_2(torch.zeros(1))
+        pipe()
+    assert stages.peaks["encode"] == 400_000_000 and stages.peaks["denoise"] == 200_000_000
+
+
 def test_component_bytes_counts_every_text_encoder_a_pipeline_has():
     """FLUX and SD3 keep T5 in text_encoder_2 / text_encoder_3: its bytes count too."""
     from types import SimpleNamespace

@@ -24,7 +24,10 @@ if TYPE_CHECKING:
     from typing_extensions import Self  # typing.Self is 3.11+; stubs ship with mypy
 
 #: (pipeline attribute, stage name); the VAE stage is its ``decode`` method
-STAGES = (("text_encoder", "encode"), ("transformer", "denoise"), ("vae", "decode"))
+#: (pipeline attribute, stage): every text encoder a pipeline has is "encode" (FLUX and SD3
+#: keep T5 in ``text_encoder_2`` / ``text_encoder_3`` beside CLIP)
+STAGES = (("text_encoder", "encode"), ("text_encoder_2", "encode"), ("text_encoder_3", "encode"),
+          ("transformer", "denoise"), ("vae", "decode"))
 DEFAULT_POOL = (0, 0)
 
 
@@ -76,10 +79,12 @@ class StagePeaks:
 
     def __enter__(self) -> Self:
         self.resident = int(torch.cuda.memory_allocated(self.device))
+        hooked: set[int] = set()  # a module shared by two attributes is timed once
         for attr, stage in STAGES:
             module = getattr(self.pipe, attr, None)
-            if module is None:
+            if module is None or id(module) in hooked:
                 continue
+            hooked.add(id(module))
             if attr == "vae":
                 self._wrap_decode(module, stage)
                 continue

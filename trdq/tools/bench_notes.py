@@ -55,4 +55,5 @@ def text_encoder_note(rows: dict[str, dict[str, Any]]) -> str | None:
     ]
     if not entries:
         return None
-    return "text encoder alone, wall / GPU kernel ms (`--profile`): " + "; ".join(entries)
+    return ("`text_encoder` alone (CLIP where T5 is `text_encoder_2`), wall / GPU kernel ms "
+            "(`--profile`): " + "; ".join(entries))
