@@ -131,3 +131,33 @@ def test_a_text_encoder_replayed_from_graphs_matches_eager_calls():
     ungraph_text_encoders(pipe)
     uncompile_text_encoders(pipe)
     assert "forward" not in encoder.__dict__
+
+
+def test_a_causal_clip_encoder_called_without_a_mask_is_captured():
+    """FLUX's CLIP call (no attention mask, a causal encoder): eagerly transformers gives
+    its compiled layers no mask, while capturing a mask tensor (the H100 failure of
+    2026-12-08). The rehearsal compiles that path first; the replay equals eager calls."""
+    from types import SimpleNamespace
+
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from trdq.runtime.compile import compile_text_encoders, uncompile_text_encoders
+    from trdq.runtime.cuda_graphs import graph_text_encoders, ungraph_text_encoders
+
+    torch.manual_seed(0)
+    config = CLIPTextConfig(vocab_size=100, hidden_size=64, intermediate_size=128,
+                            num_hidden_layers=2, num_attention_heads=4,
+                            max_position_embeddings=16)
+    encoder = CLIPTextModel(config).cuda().eval()
+    pipe = SimpleNamespace(text_encoder=encoder)
+    prompts = [torch.randint(0, 100, (1, 16), device="cuda") for _ in range(3)]
+    with torch.inference_mode():
+        eager = [encoder(ids, output_hidden_states=False).last_hidden_state for ids in prompts]
+        compile_text_encoders(pipe)
+        assert graph_text_encoders(pipe) == 1
+        replayed = [encoder(ids, output_hidden_states=False) for ids in prompts]
+    assert len(encoder.forward.graphs) == 1
+    for want, got in zip(eager, replayed):
+        torch.testing.assert_close(got.last_hidden_state, want, rtol=2e-3, atol=2e-3)
+    ungraph_text_encoders(pipe)
+    uncompile_text_encoders(pipe)
