@@ -76,3 +76,43 @@ def test_rendered_scenes_read_back_and_wrong_captions_do_not():
         wrong_reads += not all(evaluate_scene(image, wrong).values())
         checked += 1
     assert wrong_reads == checked
+
+
+def test_split_prompts_mix_in_scenes_of_the_splits_shapes():
+    from trdq.data.scene import parse_prompt
+    from trdq.data.split import heldout_captions, split_prompts
+
+    plain = heldout_captions(8, seed=3)
+    prompts = split_prompts("heldout", 8, seed=3, scenes=0.25)
+    kinds = [type(parse_prompt(p)).__name__ for p in prompts]
+    assert kinds == ["Scene", "Caption", "Caption", "Caption"] * 2
+    first = parse_prompt(prompts[0])
+    assert (first.first.shape, first.second.shape) == (plain[0].shape, plain[1].shape)
+    assert prompts[1] == plain[1].text
+    with pytest.raises(ValueError, match="images only"):
+        split_prompts("heldout", 4, kind="video", scenes=0.5)
+
+
+def test_the_report_scores_scenes_under_the_grammars_columns():
+    """Rendered prompts as the 'model': every prompt right, scenes a kind of their own."""
+    from trdq.data.render import render_image
+    from trdq.data.scene import parse_prompt
+    from trdq.data.split import split_prompts
+    from trdq.eval.report import caption_kind, run_quality
+
+    prompts = split_prompts("heldout", 8, seed=5, partial=0.25, scenes=0.25)
+
+    def renderer(texts, seeds):
+        out = []
+        for text, seed in zip(texts, seeds):
+            rng = np.random.default_rng(seed)
+            prompt = parse_prompt(text)
+            out.append(render_scene(prompt, 96, rng=rng) if isinstance(prompt, Scene)
+                       else render_image(prompt, 96, rng=rng))
+        return out
+
+    report = run_quality("rendered", {"fp": renderer}, prompts)
+    row = report.results[0]
+    assert row.accuracy == 1.0 and row.accuracy_by_kind["scene"] == 1.0
+    assert set(row.per_attribute) <= {"color", "shape", "size", "position", "background"}
+    assert caption_kind("a red circle and a blue square") == "scene"

@@ -26,7 +26,7 @@ from trdq.data.grammar import COLORS, PALETTE, POSITIONS, Caption, CaptionError,
 from trdq.data.render import coverage, layout
 from trdq.data.render import render_image as render_one
 
-__all__ = ["Scene", "far_apart", "parse_scene", "render_scene"]
+__all__ = ["Scene", "far_apart", "parse_prompt", "parse_scene", "render_scene", "scene_from"]
 
 _GRID_CELL = {p: divmod(i, 3) for i, p in enumerate(POSITIONS)}  # (row, column)
 
@@ -107,6 +107,22 @@ def parse_scene(text: str) -> Scene:
         raise CaptionError("a scene names its background once, after both shapes")
     background = second.background
     return Scene(first, replace(second, background=None), background)
+
+
+def parse_prompt(text: str) -> Caption | Scene:
+    """A prompt of the shapes world: a two-shape scene when it joins two shapes with
+    "and", else a one-shape caption."""
+    return parse_scene(text) if " and " in f" {text.lower()} " else parse_caption(text)
+
+
+def scene_from(first: Caption, second: Caption) -> Scene:
+    """A scene of two image captions' shapes: their colours and sizes, no positions (the
+    completion places them), the first caption's background where both colours allow it."""
+    background = first.background
+    if background in (first.color, second.color):
+        background = None
+    return Scene(replace(first, position=None, background=None),
+                 replace(second, position=None, background=None), background)
 
 
 def render_scene(scene: Scene | str, height: int = 128, width: int | None = None, *,

@@ -26,6 +26,7 @@ from trdq.data.grammar import (
     SPEEDS,
     Caption,
 )
+from trdq.data.scene import Scene, scene_from
 
 Kind = Literal["image", "video"]
 Split = Literal["heldout", "train"]
@@ -109,22 +110,43 @@ def with_partial_captions(captions: list[Caption], fraction: float, seed: int) -
     return out
 
 
+def with_scenes(captions: list[Caption], fraction: float) -> list[Caption | Scene]:
+    """``captions`` with about ``fraction`` of them (rounded up, evenly spread, as
+    ``with_partial_captions``) replaced by a two-shape scene of that caption's shape and
+    the next one's (``trdq.data.scene.scene_from``; the last pairs with the first)."""
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"scenes must be in [0, 1], got {fraction}")
+    out: list[Caption | Scene] = []
+    for i, caption in enumerate(captions):
+        if math.ceil((i + 1) * fraction) > math.ceil(i * fraction):
+            out.append(scene_from(caption, captions[(i + 1) % len(captions)]))
+        else:
+            out.append(caption)
+    return out
+
+
 def split_prompts(
     split: Split, n: int | None = None, seed: int = 0, kind: Kind = "image",
-    partial: float = 0.0,
+    partial: float = 0.0, scenes: float = 0.0,
 ) -> list[str]:
     """Texts of `n` combinations of one split, sampled as `heldout_captions` samples
-    (``partial`` of them as partial captions).
+    (``partial`` of them as partial captions; then ``scenes`` of them, images only, as
+    two-shape scenes: ``with_scenes``).
 
     The ``train`` sample is a development set: tuning a quantizer on it leaves the
     held-out combinations, on which results are reported, untouched.
     """
+    if scenes and kind != "image":
+        raise ValueError("two-shape scenes are images only")
     if split == "heldout":
-        return [c.text for c in heldout_captions(n, seed, kind, partial)]
-    if split == "train":
-        captions = _sample(train_captions(kind), n, seed, kind)
-        return [c.text for c in with_partial_captions(captions, partial, seed)]
-    raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        captions = heldout_captions(n, seed, kind, partial)
+    elif split == "train":
+        captions = with_partial_captions(_sample(train_captions(kind), n, seed, kind),
+                                         partial, seed)
+    else:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    return [c.text for c in with_scenes(captions, scenes)] if scenes else [
+        c.text for c in captions]
 
 
 def _sample(pool: list[Caption], n: int | None, seed: int, kind: Kind) -> list[Caption]:

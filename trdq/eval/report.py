@@ -9,11 +9,13 @@ time. `QualityReport.to_dict` is the stable `trdq eval --json` layout::
 
     {"model": str, "prompts": int, "results": [{"quant": str, "accuracy": float,
      "per_attribute": {name: float}, "psnr_to_fp": float|null, "ssim_to_fp": float|null,
-     "seconds": float, "accuracy_by_kind": {"full": float, "partial": float}}]}
+     "seconds": float, "accuracy_by_kind": {"full": float, "partial": float,
+     "scene": float}}]}
 
-``accuracy_by_kind`` splits the accuracy by caption kind: full combinations and partial
-captions (some attributes unnamed; only the named ones are scored); a kind absent from
-the prompts is absent there.
+``accuracy_by_kind`` splits the accuracy by caption kind: full combinations, partial
+captions (some attributes unnamed; only the named ones are scored) and two-shape scenes
+(``trdq.data.scene``; an attribute counts as right when both shapes have it right); a kind
+absent from the prompts is absent there.
 
 PSNR is averaged per sample, each capped at `PSNR_CAP_DB` so that a bit-identical sample
 (infinite PSNR) keeps the mean finite and the JSON valid; the reference's own row has
@@ -34,8 +36,10 @@ from datetime import datetime, timezone
 
 import numpy as np
 
-from trdq.data.grammar import Caption, parse_caption
+from trdq.data.grammar import Caption
+from trdq.data.scene import Scene, parse_prompt
 from trdq.eval.metrics import psnr, ssim
+from trdq.eval.scene import by_attribute, evaluate_scene
 from trdq.eval.shapes import evaluate, summarize
 
 logger = logging.getLogger(__name__)
@@ -93,12 +97,15 @@ def _map_pairs(fn: Callable, first: Sequence, second: Sequence, workers: int) ->
         return list(pool.map(fn, first, second, chunksize=chunk))
 
 
-def _evaluate(sample: np.ndarray, caption: Caption | str) -> dict[str, bool]:
+def _evaluate(sample: np.ndarray, caption: Caption | Scene | str) -> dict[str, bool]:
+    caption = parse_prompt(caption) if isinstance(caption, str) else caption
+    if isinstance(caption, Scene):
+        return by_attribute(evaluate_scene(np.asarray(sample), caption))
     return evaluate(np.asarray(sample), caption)
 
 
 def score_samples(
-    samples: Sequence[np.ndarray], captions: Sequence[Caption | str], *, workers: int = 1
+    samples: Sequence[np.ndarray], captions: Sequence[Caption | Scene | str], *, workers: int = 1
 ) -> list[dict[str, bool]]:
     """Per sample, which attributes its caption names were read back right."""
     if len(samples) != len(captions):
@@ -107,26 +114,29 @@ def score_samples(
 
 
 def accuracy_of(
-    samples: Sequence[np.ndarray], captions: Sequence[Caption | str], *, workers: int = 1
+    samples: Sequence[np.ndarray], captions: Sequence[Caption | Scene | str], *, workers: int = 1
 ) -> tuple[float, dict[str, float]]:
     """(all-attributes-right fraction, per-attribute accuracy) of samples vs their captions."""
     return summarize(score_samples(samples, captions, workers=workers))
 
 
-def caption_kind(caption: Caption | str) -> str:
-    """"full" for a full combination, "partial" for a caption that leaves attributes out."""
-    caption = parse_caption(caption) if isinstance(caption, str) else caption
+def caption_kind(caption: Caption | Scene | str) -> str:
+    """"full" for a full combination, "partial" for a caption that leaves attributes out,
+    "scene" for two shapes (``trdq.data.scene``)."""
+    caption = parse_prompt(caption) if isinstance(caption, str) else caption
+    if isinstance(caption, Scene):
+        return "scene"
     return "full" if caption.is_complete else "partial"
 
 
 def accuracy_by_kind(
-    scores: Sequence[Mapping[str, bool]], captions: Sequence[Caption | str]
+    scores: Sequence[Mapping[str, bool]], captions: Sequence[Caption | Scene | str]
 ) -> dict[str, float]:
     """All-attributes-right fraction per caption kind present ("full", then "partial")."""
     kinds = [caption_kind(c) for c in captions]
     return {
         kind: summarize([s for s, k in zip(scores, kinds) if k == kind])[0]
-        for kind in ("full", "partial")
+        for kind in ("full", "partial", "scene")
         if kind in kinds
     }
 
@@ -173,7 +183,7 @@ def run_quality(
     seeds = list(range(len(prompts))) if seeds is None else list(seeds)
     if len(seeds) != len(prompts):
         raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts")
-    captions = [parse_caption(p) for p in prompts]
+    captions = [parse_prompt(p) for p in prompts]
     order = sorted(generators, key=lambda name: name != reference)  # reference first
     report = QualityReport(model=model, prompts=len(prompts))
     reference_samples: list[np.ndarray] | None = None

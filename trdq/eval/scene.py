@@ -19,7 +19,7 @@ from trdq.data.scene import Scene, parse_scene
 from trdq.eval.segment import largest_component
 from trdq.eval.shapes import Prediction, predict_image
 
-__all__ = ["evaluate_scene", "predict_scene"]
+__all__ = ["by_attribute", "evaluate_scene", "predict_scene"]
 
 #: pixels around a found shape also painted over (its anti-aliased edge)
 _MARGIN = 3
@@ -78,3 +78,14 @@ def evaluate_scene(image: np.ndarray, scene: Scene | str) -> dict[str, bool]:
     ordered = _score_pair(readings[0], readings[1], scene)
     swapped = _score_pair(readings[1], readings[0], scene)
     return ordered if sum(ordered.values()) >= sum(swapped.values()) else swapped
+
+
+def by_attribute(scores: dict[str, bool]) -> dict[str, bool]:
+    """``evaluate_scene``'s scores under the one-shape attribute names: an attribute is
+    right when both shapes that name it have it right (the report's columns stay the
+    grammar's)."""
+    out: dict[str, bool] = {}
+    for key, right in scores.items():
+        name = key.split(".", 1)[-1]
+        out[name] = out.get(name, True) and right
+    return out

@@ -127,6 +127,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="fraction of the prompts given as partial captions, some attributes left out "
         "(default 1/3; 0: full combinations only)",
     )
+    p.add_argument(
+        "--scenes",
+        type=float,
+        default=0.0,
+        help="fraction of the prompts (images only) given as two-shape scenes, 'a ... and a "
+        "...' (trdq.data.scene; default 0)",
+    )
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--guidance", type=float, default=4.5)
     p.add_argument("--width", type=int, help="default: the denoiser's sample size x VAE factor")
@@ -173,6 +180,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if not 0.0 <= args.partial <= 1.0:
         print("trdq eval: --partial must be in [0, 1]", file=sys.stderr)
+        return 2
+    if not 0.0 <= args.scenes <= 1.0:
+        print("trdq eval: --scenes must be in [0, 1]", file=sys.stderr)
         return 2
     quant = args.quant if args.quant is not None or args.ablation else "w8a8,w4a8"
     try:

@@ -136,7 +136,7 @@ def evaluate_settings(
         if report is None:
             args.task = pipeline_task(pipe)
             prompts = split_prompts(args.split, args.prompts, seed=args.seed, kind=args.task,
-                                    partial=args.partial)
+                                    partial=args.partial, scenes=getattr(args, "scenes", 0.0))
             seeds = [args.seed + i for i in range(len(prompts))]
             report = QualityReport(model=args.model, prompts=len(prompts))
         default = int(pipe.transformer.config.sample_size) * int(pipe.vae_scale_factor)
