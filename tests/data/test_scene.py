@@ -116,3 +116,25 @@ def test_the_report_scores_scenes_under_the_grammars_columns():
     assert row.accuracy == 1.0 and row.accuracy_by_kind["scene"] == 1.0
     assert set(row.per_attribute) <= {"color", "shape", "size", "position", "background"}
     assert caption_kind("a red circle and a blue square") == "scene"
+
+
+def test_training_scenes_pair_training_combinations():
+    """``build_set(scenes=...)``: some samples are scenes whose two shapes are each a
+    training combination (same background, two cells apart); their texts parse as scenes;
+    without scenes a seed gives the set it gave before."""
+    from trdq.data.split import train_captions
+    from trdq.tools.zoo_training.data import build_set
+
+    train = {c.text for c in train_captions("image")}
+    plain = build_set("image", 32, 1, seed=0, limit=24)
+    assert build_set("image", 32, 1, seed=0, limit=24, scenes=0.0).texts == plain.texts
+    mixed = build_set("image", 32, 1, seed=0, limit=24, scenes=0.5)
+    scenes = [row for row in mixed.texts if " and " in row[0]]
+    assert 4 <= len(scenes) <= 20 and mixed.pixels.shape == (24, 32, 32, 3)
+    for row in scenes:
+        full = parse_scene(row[0])
+        assert full.is_complete and all(parse_scene(t) for t in row[1:])
+        for shape in (full.first, full.second):
+            assert shape.replace(background=full.background).text in train
+    with pytest.raises(ValueError, match="images only"):
+        build_set("video", 16, 1, seed=0, limit=2, scenes=0.5)

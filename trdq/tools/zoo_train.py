@@ -88,6 +88,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--t2i-steps", type=int, default=30000)
     p.add_argument("--t2i-seconds", type=float, default=180.0)
     p.add_argument("--t2i-batch", type=int, default=512)
+    p.add_argument("--scenes", type=float, default=0.0,
+                   help="fraction of the training images drawn as two-shape scenes (issue #25)")
     p.add_argument("--t2v-steps", type=int, default=30000)
     p.add_argument("--t2v-seconds", type=float, default=180.0)
     p.add_argument("--t2v-batch", type=int, default=128)
@@ -306,6 +308,7 @@ def _train(
         args.seed,
         limit=limit if need_images else 0,
         workers=args.workers,
+        scenes=args.scenes,
     )
     videos = build_set(
         "video",

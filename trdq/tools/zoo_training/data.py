@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
 from trdq.data import Caption, render_image, render_video, train_captions
+from trdq.data.scene import Scene, far_apart, render_scene
 
 logger = logging.getLogger(__name__)
 
@@ -43,9 +44,36 @@ def caption_variants(caption: Caption, rng: np.random.Generator, count: int) -> 
     return [caption.text, *(caption.drop_attributes(rng).text for _ in range(count - 1))]
 
 
-def _render(job: tuple[str, Caption, int, int, int]) -> np.ndarray:
+def scene_partner(caption: Caption, pool: list[Caption],
+                  rng: np.random.Generator) -> Caption | None:
+    """A training caption to share a two-shape scene with ``caption`` (issue #25): same
+    background, a position two grid cells away (``trdq.data.scene.far_apart``), so each
+    shape of the scene is itself a training combination; None where the pool has none."""
+    if caption.position is None or caption.position == "center":
+        return None
+    partners = [c for c in pool if c.background == caption.background
+                and c.position not in (None, "center") and far_apart(caption.position, c.position)]
+    return partners[int(rng.integers(len(partners)))] if partners else None
+
+
+def scene_variants(scene: Scene, rng: np.random.Generator, count: int) -> list[str]:
+    """The full scene text, then ``count - 1`` texts dropping random attributes of each
+    shape (and the background with probability 1/2), as ``caption_variants`` does."""
+    variants = [scene.text]
+    for _ in range(count - 1):
+        first, second = (replace(c.drop_attributes(rng), background=None)
+                         for c in (replace(scene.first, background=scene.background),
+                                   replace(scene.second, background=scene.background)))
+        background = scene.background if rng.random() < 0.5 else None
+        variants.append(Scene(first, second, background).text)
+    return variants
+
+
+def _render(job: tuple[str, Caption | Scene, int, int, int]) -> np.ndarray:
     kind, caption, size, frames, seed = job
     rng = np.random.default_rng(seed)
+    if isinstance(caption, Scene):
+        return render_scene(caption, size, rng=rng)
     if kind == "image":
         return render_image(caption, size, rng=rng)
     return render_video(caption, frames, size, rng=rng)
@@ -60,17 +88,32 @@ def build_set(
     frames: int = 16,
     limit: int | None = None,
     workers: int = 1,
+    scenes: float = 0.0,
 ) -> ShapesSet:
-    """Render the train split of `kind` ('image' or 'video'); `limit` caps the sample count."""
+    """Render the train split of `kind` ('image' or 'video'); `limit` caps the sample count.
+    ``scenes`` (images): the fraction of samples drawn as a two-shape scene of the caption
+    and a ``scene_partner`` (both shapes training combinations)."""
+    if scenes and kind != "image":
+        raise ValueError("two-shape scenes are images only")
     captions = train_captions(kind)  # type: ignore[arg-type]
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(captions) * renders_per_caption)
     if limit is not None:
         order = order[:limit]
-    jobs, texts = [], []
+    jobs: list[tuple[str, Caption | Scene, int, int, int]] = []
+    texts = []
     for index in order:
         caption = captions[int(index) % len(captions)]
         render_seed = int(rng.integers(2**63))
+        # (no draw without scenes: a seed gives the set it gave before)
+        partner = (scene_partner(caption, captions, rng) if scenes and rng.random() < scenes
+                   else None)
+        if partner is not None:
+            scene = Scene(replace(caption, background=None), replace(partner, background=None),
+                          caption.background)
+            jobs.append((kind, scene, size, frames, render_seed))
+            texts.append(scene_variants(scene, rng, CAPTION_VARIANTS))
+            continue
         jobs.append((kind, caption, size, frames, render_seed))
         texts.append(caption_variants(caption, rng, CAPTION_VARIANTS))
     if not jobs:
