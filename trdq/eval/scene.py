@@ -16,25 +16,13 @@ from __future__ import annotations
 import numpy as np
 
 from trdq.data.scene import Scene, parse_scene
-from trdq.eval.segment import largest_component
+from trdq.eval.segment import dilate, largest_component
 from trdq.eval.shapes import Prediction, predict_image
 
 __all__ = ["by_attribute", "evaluate_scene", "predict_scene"]
 
 #: pixels around a found shape also painted over (its anti-aliased edge)
 _MARGIN = 3
-
-
-def _grow(mask: np.ndarray, steps: int) -> np.ndarray:
-    out = mask.copy()
-    for _ in range(steps):
-        grown = out.copy()
-        grown[1:] |= out[:-1]
-        grown[:-1] |= out[1:]
-        grown[:, 1:] |= out[:, :-1]
-        grown[:, :-1] |= out[:, 1:]
-        out = grown
-    return out
 
 
 def predict_scene(image: np.ndarray) -> tuple[Prediction, Prediction] | None:
@@ -45,14 +33,14 @@ def predict_scene(image: np.ndarray) -> tuple[Prediction, Prediction] | None:
     distance = np.abs(image.astype(np.float32) - background).max(axis=-1)
     foreground = distance > 48  # palette colours stand >= ~100 apart in some channel
     first = largest_component(foreground)
-    second = largest_component(foreground & ~_grow(first, _MARGIN))
+    second = largest_component(foreground & ~dilate(first, _MARGIN))
     if not first.any() or second.sum() < 4:
         return None
     fill = np.clip(np.rint(background), 0, 255).astype(image.dtype)
     readings = []
     for hidden in (second, first):
         alone = image.copy()
-        alone[_grow(hidden, _MARGIN)] = fill
+        alone[dilate(hidden, _MARGIN)] = fill
         readings.append(predict_image(alone))
     return readings[0], readings[1]
 

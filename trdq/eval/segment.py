@@ -144,7 +144,8 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     return labels == int(np.argmax(counts))
 
 
-def _dilate(mask: np.ndarray, steps: int) -> np.ndarray:
+def dilate(mask: np.ndarray, steps: int) -> np.ndarray:
+    """``mask`` grown by ``steps`` pixels (4-neighbourhood)."""
     out = mask.copy()
     for _ in range(steps):
         grown = out.copy()
@@ -194,7 +195,7 @@ def measure_frame(frame: np.ndarray) -> FrameFeatures:
     fg_rgb = np.median(smooth[interior], axis=0)
     color = nearest_shape_color(fg_rgb, bg_rgb, background)
 
-    near = _dilate(component, 2)
+    near = dilate(component, 2)
     alpha = np.where(near, _opacity(smooth, bg_rgb, fg_rgb), 0.0)
     area = float(alpha.sum())
     ys, xs = np.arange(frame.shape[0]) + 0.5, np.arange(frame.shape[1]) + 0.5
@@ -215,7 +216,7 @@ def measure_frame(frame: np.ndarray) -> FrameFeatures:
     x0, x1 = max(cols.min() - _WINDOW_MARGIN, 0), min(cols.max() + 1 + _WINDOW_MARGIN, width_px)
     span = np.asarray(PALETTE[color], dtype=np.float32) - bg_rgb
     linear = (smooth[y0:y1, x0:x1] - bg_rgb) @ span / max(float(span @ span), 1e-6)
-    keep = _dilate(component, _WINDOW_MARGIN - 1)[y0:y1, x0:x1]
+    keep = dilate(component, _WINDOW_MARGIN - 1)[y0:y1, x0:x1]
     opacity = np.where(keep, np.clip(linear, -0.5, 1.5), 0.0)
     return FrameFeatures(
         found=True,
