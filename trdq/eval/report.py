@@ -247,7 +247,9 @@ def quality_markdown(
             "Accuracy: fraction of held-out prompts whose every attribute the analytic "
             "evaluator (`trdq.eval.shapes`) reads back correctly; per-attribute columns "
             "likewise. A partial caption (\"a red circle\") is scored on the attributes it "
-            "names; `full captions` / `partial captions`: the accuracy over each kind. "
+            "names; `full captions` / `partial captions`: the accuracy over each kind "
+            "(`scene captions`, with `--scenes`: two-shape scenes, an attribute right when "
+            "both shapes have it). "
             "PSNR/SSIM: to the full-precision sample of the same prompt and seed. "
             "Seconds: wall time to generate all prompts."
         ),
