@@ -123,14 +123,20 @@ def coverage(
     return alpha
 
 
+def blend_over(base: np.ndarray, alpha: np.ndarray, color: str) -> np.ndarray:
+    """``color`` blended over ``base`` (H, W, 3) with coverage ``alpha`` (H, W); uint8."""
+    fg = np.asarray(PALETTE[color], dtype=np.float32)
+    base = np.ascontiguousarray(base, dtype=np.float32)  # a C-order image out, as before
+    rgb = base + alpha[..., None] * (fg - base)
+    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+
+
 def _composite(alpha: np.ndarray, full: Caption) -> np.ndarray:
     """Blend the shape's colour over the background; `full` comes from `Caption.complete`,
     which sets both colours."""
     assert full.color is not None and full.background is not None, "caption not completed"
-    fg = np.asarray(PALETTE[full.color], dtype=np.float32)
     bg = np.asarray(PALETTE[full.background], dtype=np.float32)
-    rgb = bg + alpha[..., None] * (fg - bg)
-    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+    return blend_over(np.broadcast_to(bg, (*alpha.shape, 3)), alpha, full.color)
 
 
 def _as_caption(caption: Caption | str) -> Caption:

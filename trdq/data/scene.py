@@ -22,8 +22,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from trdq.data.grammar import COLORS, PALETTE, POSITIONS, Caption, CaptionError, parse_caption
-from trdq.data.render import coverage, layout
+from trdq.data.grammar import COLORS, POSITIONS, Caption, CaptionError, parse_caption
+from trdq.data.render import blend_over, coverage, layout
 from trdq.data.render import render_image as render_one
 
 __all__ = ["Scene", "far_apart", "parse_prompt", "parse_scene", "render_scene", "scene_from"]
@@ -61,11 +61,8 @@ class Scene:
 
     @property
     def text(self) -> str:
-        words = f"{self.first.text} and {self.second.text}"
-        if self.background is not None:
-            article = "an" if self.background[0] in "aeiou" else "a"
-            words += f" on {article} {self.background} background"
-        return words
+        # the scene's background phrase is the grammar's, after the second shape
+        return f"{self.first.text} and {replace(self.second, background=self.background).text}"
 
     @property
     def is_complete(self) -> bool:
@@ -136,6 +133,5 @@ def render_scene(scene: Scene | str, height: int = 128, width: int | None = None
     second = replace(full.second, background=full.background)
     placed = layout(second, 1, rng)
     alpha = coverage(second.shape, height, width, tuple(placed.centers[0]), placed.extent)
-    fg = np.asarray(PALETTE[second.color or "red"], dtype=np.float32)
-    blended = image.astype(np.float32) + alpha[..., None] * (fg - image.astype(np.float32))
-    return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+    assert second.color is not None  # completed
+    return blend_over(image, alpha, second.color)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from trdq.data.scene import Scene, parse_scene
-from trdq.eval.segment import dilate, largest_component
+from trdq.eval.segment import border_pixels, dilate, largest_component
 from trdq.eval.shapes import Prediction, predict_image
 
 __all__ = ["by_attribute", "evaluate_scene", "predict_scene"]
@@ -27,9 +27,7 @@ _MARGIN = 3
 
 def predict_scene(image: np.ndarray) -> tuple[Prediction, Prediction] | None:
     """The two shapes' readings (largest first), or None when fewer than two are found."""
-    border = np.concatenate([image[:2].reshape(-1, 3), image[-2:].reshape(-1, 3),
-                             image[:, :2].reshape(-1, 3), image[:, -2:].reshape(-1, 3)])
-    background = np.median(border.astype(np.float32), axis=0)
+    background = np.median(border_pixels(image).astype(np.float32), axis=0)
     distance = np.abs(image.astype(np.float32) - background).max(axis=-1)
     foreground = distance > 48  # palette colours stand >= ~100 apart in some channel
     first = largest_component(foreground)

@@ -99,7 +99,8 @@ def _smooth(frame: np.ndarray) -> np.ndarray:
     return (rows[:, :-2] + 2 * rows[:, 1:-1] + rows[:, 2:]) / 4
 
 
-def _border_pixels(frame: np.ndarray) -> np.ndarray:
+def border_pixels(frame: np.ndarray) -> np.ndarray:
+    """The frame's outer band of pixels (the renderer keeps shapes off it), (N, 3)."""
     b = _BORDER
     return np.concatenate(
         [
@@ -183,7 +184,7 @@ def measure_frame(frame: np.ndarray) -> FrameFeatures:
     if frame.ndim != 3 or frame.shape[-1] != 3:
         raise ValueError(f"expected an (H, W, 3) frame, got shape {frame.shape}")
     smooth = _smooth(frame)
-    bg_rgb = np.median(_border_pixels(smooth), axis=0)
+    bg_rgb = np.median(border_pixels(smooth), axis=0)
     background = nearest_palette(bg_rgb)
     distance = np.linalg.norm(smooth - bg_rgb, axis=-1)
     component = largest_component(distance > _foreground_threshold(background))

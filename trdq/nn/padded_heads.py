@@ -72,6 +72,21 @@ def _gather(values: torch.Tensor, source: torch.Tensor, dim: int, fill: float = 
     return out.view(values.dtype) if raw is not values else out
 
 
+def _rebuilt(layer: QuantLinear, qweight: torch.Tensor, scale: torch.Tensor,
+             bias: torch.Tensor | None, params: LayerQuantParams,
+             weight_sum: torch.Tensor | None) -> QuantLinear:
+    """A ``QuantLinear`` like ``layer`` (backend, context, bit widths, modes, output
+    activation) on new canonical weights."""
+    rebuilt = QuantLinear.from_quantized(
+        qweight, scale, bias, params, layer.backend, layer.context,
+        weight_bits=layer.weight_bits, act_bits=layer.act_bits, fp8=layer.fp8,
+        act_mode=layer.act_mode, cfg_wise=layer.cfg_wise, cfg_delta=layer.cfg_delta,
+        weight_sum=weight_sum,
+    )
+    rebuilt.output_activation = layer.output_activation
+    return rebuilt
+
+
 def _pad_rows(layer: nn.Module, source: torch.Tensor, factor: torch.Tensor) -> nn.Module:
     """``layer`` with output rows taken from ``source`` (-1: zero rows), each multiplied by
     ``factor`` (per new row)."""
@@ -88,16 +103,11 @@ def _pad_rows(layer: nn.Module, source: torch.Tensor, factor: torch.Tensor) -> n
             low_rank_down=params.low_rank_down,
         )
         weight_sum = layer.weight_sum
-        padded = QuantLinear.from_quantized(
-            _gather(qweight, source, 0), _gather(scale, source, 0, fill=1.0) * factor,
+        return _rebuilt(
+            layer, _gather(qweight, source, 0), _gather(scale, source, 0, fill=1.0) * factor,
             None if layer.bias is None else _gather(layer.bias, source, 0) * factor.to(layer.bias),
-            params, layer.backend, layer.context, weight_bits=layer.weight_bits,
-            act_bits=layer.act_bits, fp8=layer.fp8, act_mode=layer.act_mode,
-            cfg_wise=layer.cfg_wise, cfg_delta=layer.cfg_delta,
-            weight_sum=None if weight_sum is None else _gather(weight_sum, source, 0) * factor,
+            params, None if weight_sum is None else _gather(weight_sum, source, 0) * factor,
         )
-        padded.output_activation = layer.output_activation
-        return padded
     if isinstance(layer, nn.Linear):
         out = nn.Linear(layer.in_features, len(source), bias=layer.bias is not None,
                         device=layer.weight.device, dtype=layer.weight.dtype)
@@ -123,14 +133,8 @@ def _pad_columns(layer: nn.Module, source: torch.Tensor) -> nn.Module:
             low_rank_up=params.low_rank_up,
             low_rank_down=None if down is None else _gather(down, source, 1),
         )
-        padded = QuantLinear.from_quantized(
-            _gather(qweight, source, 1), scale, layer.bias, params, layer.backend, layer.context,
-            weight_bits=layer.weight_bits, act_bits=layer.act_bits, fp8=layer.fp8,
-            act_mode=layer.act_mode, cfg_wise=layer.cfg_wise, cfg_delta=layer.cfg_delta,
-            weight_sum=layer.weight_sum,
-        )
-        padded.output_activation = layer.output_activation
-        return padded
+        return _rebuilt(layer, _gather(qweight, source, 1), scale, layer.bias, params,
+                        layer.weight_sum)
     if isinstance(layer, nn.Linear):
         out = nn.Linear(len(source), layer.out_features, bias=layer.bias is not None,
                         device=layer.weight.device, dtype=layer.weight.dtype)

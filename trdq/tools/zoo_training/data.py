@@ -44,15 +44,22 @@ def caption_variants(caption: Caption, rng: np.random.Generator, count: int) -> 
     return [caption.text, *(caption.drop_attributes(rng).text for _ in range(count - 1))]
 
 
-def scene_partner(caption: Caption, pool: list[Caption],
-                  rng: np.random.Generator) -> Caption | None:
+def scene_partner(caption: Caption, pool: list[Caption], rng: np.random.Generator,
+                  cache: dict[tuple, list[Caption]] | None = None) -> Caption | None:
     """A training caption to share a two-shape scene with ``caption`` (issue #25): same
     background, a position two grid cells away (``trdq.data.scene.far_apart``), so each
-    shape of the scene is itself a training combination; None where the pool has none."""
+    shape of the scene is itself a training combination; None where the pool has none.
+    ``cache``: the candidates per (background, position), kept across calls on one pool."""
     if caption.position is None or caption.position == "center":
         return None
-    partners = [c for c in pool if c.background == caption.background
-                and c.position not in (None, "center") and far_apart(caption.position, c.position)]
+    key = (caption.background, caption.position)
+    partners = None if cache is None else cache.get(key)
+    if partners is None:
+        partners = [c for c in pool if c.background == caption.background
+                    and c.position not in (None, "center")
+                    and far_apart(caption.position, c.position)]
+        if cache is not None:
+            cache[key] = partners
     return partners[int(rng.integers(len(partners)))] if partners else None
 
 
@@ -102,12 +109,13 @@ def build_set(
         order = order[:limit]
     jobs: list[tuple[str, Caption | Scene, int, int, int]] = []
     texts = []
+    partners: dict[tuple, list[Caption]] = {}  # scene_partner's candidates, scanned once each
     for index in order:
         caption = captions[int(index) % len(captions)]
         render_seed = int(rng.integers(2**63))
         # (no draw without scenes: a seed gives the set it gave before)
-        partner = (scene_partner(caption, captions, rng) if scenes and rng.random() < scenes
-                   else None)
+        partner = (scene_partner(caption, captions, rng, partners)
+                   if scenes and rng.random() < scenes else None)
         if partner is not None:
             scene = Scene(replace(caption, background=None), replace(partner, background=None),
                           caption.background)
